@@ -1,0 +1,138 @@
+"""The configuration every stage reads: defaults, the model it describes, and validation.
+
+`configs/*.py` start from `base_config()` and change a few fields; users override any field on the
+command line (`--config.teacher.lr=0.05`) or edit the returned `ConfigDict` in a notebook.
+`validate()` runs before anything heavy and turns a wrong value into one line naming the field and
+what is allowed.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from tas_jax.data import datasets
+from tas_jax.models import arch as arch_lib
+
+STAGES = ("teacher",)          # search, extract, distill and all arrive with the next issues
+PARALLEL_MODES = ("jit", "pmap")
+DTYPES = ("float32", "bfloat16")
+
+
+class ConfigError(ValueError):
+  """A config value that cannot work; the message is one line: field, value, what is allowed."""
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Defaults: CIFAR-10 ResNet-20 teacher with the spec's recipe (§6)."""
+  c = ml_collections.ConfigDict()
+  c.stage = "teacher"
+  c.seed = 0
+
+  c.data = ml_collections.ConfigDict()
+  c.data.name = "cifar10"          # one of tas_jax.data.datasets.NAMES
+  c.data.dir = ""                  # where archives / IDX files / TFDS data live ("" = defaults only)
+  c.data.image_size = -1           # -1 = native; larger zero-pads (Fashion-MNIST 28 -> 32)
+  c.data.crop_padding = 4          # random crop with this much zero padding (0 = no crop)
+  c.data.flip = True               # random horizontal flip
+
+  c.model = ml_collections.ConfigDict()
+  c.model.family = "cifar"         # cifar | imagenet
+  c.model.depth = 20
+  c.model.block = "basic"          # basic | bottleneck (CIFAR); ImageNet depth decides
+  c.model.arch = ""                # a named architecture or an architecture JSON; overrides the above
+  c.model.dtype = "float32"        # float32 | bfloat16 (activations; weights stay float32)
+
+  c.teacher = ml_collections.ConfigDict()
+  c.teacher.warmup_epochs = 5      # linear warm-up, per iteration
+  c.teacher.cosine_epochs = 300    # then cosine to 0, per iteration
+  c.teacher.batch_size = 256       # global batch, split over devices
+  c.teacher.eval_batch_size = 500
+  c.teacher.lr = 0.1
+  c.teacher.momentum = 0.9
+  c.teacher.nesterov = True
+  c.teacher.weight_decay = 5e-4    # coupled L2 on every weight, as PyTorch's SGD
+
+  c.parallel = "jit"               # jit: global view, NamedSharding; pmap: per-device code
+  c.num_devices = -1               # -1 = all local devices
+  c.log_every_steps = 20
+  c.checkpoint_every_steps = 0     # 0 = at the end of every epoch only
+  c.keep_checkpoints = 2
+  return c
+
+
+def _fail(field: str, value, allowed: str):
+  raise ConfigError(f"config.{field}={value!r}: {allowed}")
+
+
+def _positive(c, field: str, integer: bool = False, zero_ok: bool = False):
+  value = c
+  for part in field.split("."):
+    value = value[part]
+  ok_type = isinstance(value, int) if integer else isinstance(value, (int, float))
+  if isinstance(value, bool) or not ok_type or value < 0 or (value == 0 and not zero_ok):
+    kind = "an integer" if integer else "a number"
+    _fail(field, value, f"must be {kind} {'>= 0' if zero_ok else '> 0'}")
+
+
+def validate(c: ml_collections.ConfigDict) -> None:
+  """Raises ConfigError on the first field that cannot work."""
+  if c.stage not in STAGES:
+    _fail("stage", c.stage, f"allowed: {', '.join(STAGES)}")
+  if c.data.name not in datasets.NAMES:
+    _fail("data.name", c.data.name, f"allowed: {', '.join(datasets.NAMES)}")
+  if not (c.data.image_size == -1 or (isinstance(c.data.image_size, int) and c.data.image_size > 0)):
+    _fail("data.image_size", c.data.image_size, "must be -1 (native size) or a positive integer")
+  _positive(c, "data.crop_padding", integer=True, zero_ok=True)
+  if c.model.dtype not in DTYPES:
+    _fail("model.dtype", c.model.dtype, f"allowed: {', '.join(DTYPES)}")
+  if c.model.arch:
+    try:
+      arch_lib.resolve(c.model.arch)
+    except arch_lib.ArchError as e:
+      raise ConfigError(f"config.model.arch: {e}") from None
+  elif c.model.family == "cifar":
+    if c.model.block not in ("basic", "bottleneck"):
+      _fail("model.block", c.model.block, "allowed: basic, bottleneck")
+    try:
+      arch_lib.cifar_resnet(c.model.depth, c.model.block)
+    except arch_lib.ArchError as e:
+      raise ConfigError(f"config.model.{e}") from None
+  elif c.model.family == "imagenet":
+    if c.model.depth not in arch_lib.IMAGENET_DEPTHS:
+      _fail("model.depth", c.model.depth,
+            f"ImageNet ResNets allow {', '.join(map(str, arch_lib.IMAGENET_DEPTHS))}")
+  else:
+    _fail("model.family", c.model.family, "allowed: cifar, imagenet")
+  t = c.teacher
+  for field in ("lr", "batch_size", "eval_batch_size", "cosine_epochs"):
+    _positive(c, f"teacher.{field}", integer=field != "lr")
+  _positive(c, "teacher.warmup_epochs", integer=True, zero_ok=True)
+  _positive(c, "teacher.weight_decay", zero_ok=True)
+  if not (isinstance(t.momentum, (int, float)) and 0 <= t.momentum < 1):
+    _fail("teacher.momentum", t.momentum, "must be in [0, 1)")
+  if c.parallel not in PARALLEL_MODES:
+    _fail("parallel", c.parallel, f"allowed: {', '.join(PARALLEL_MODES)}")
+  if not (c.num_devices == -1 or (isinstance(c.num_devices, int) and c.num_devices > 0)):
+    _fail("num_devices", c.num_devices, "must be -1 (all) or a positive integer")
+  _positive(c, "log_every_steps", integer=True)
+  _positive(c, "checkpoint_every_steps", integer=True, zero_ok=True)
+  _positive(c, "keep_checkpoints", integer=True)
+
+
+def architecture(c: ml_collections.ConfigDict, num_classes: int, image_size: int,
+                 channels: int) -> arch_lib.Architecture:
+  """The network the config describes, fitted to a dataset's classes, image size and channels."""
+  if c.model.arch:
+    a = arch_lib.resolve(c.model.arch)
+    if (a.num_classes, a.input_size, a.input_channels) != (num_classes, image_size, channels):
+      raise ConfigError(
+          f"config.model.arch={c.model.arch!r} expects {a.num_classes} classes and "
+          f"{a.input_size}x{a.input_size}x{a.input_channels} inputs, but config.data.name="
+          f"{c.data.name!r} gives {num_classes} classes and {image_size}x{image_size}x{channels}")
+    return a
+  try:
+    if c.model.family == "cifar":
+      return arch_lib.cifar_resnet(c.model.depth, c.model.block, num_classes, image_size, channels)
+    return arch_lib.imagenet_resnet(c.model.depth, num_classes, image_size, channels)
+  except arch_lib.ArchError as e:
+    raise ConfigError(f"model for {c.data.name}: {e}") from None

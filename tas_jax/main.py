@@ -1,0 +1,52 @@
+"""Command-line entry point: `python -m tas_jax.main --config=configs/NAME.py --workdir=DIR`.
+
+Any config field can be overridden (`--config.teacher.lr=0.05`). The work itself lives in
+`tas_jax.training`, so a notebook runs the same code with `run(get_config(), workdir)`.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import jax
+import ml_collections
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from tas_jax import config as config_lib
+from tas_jax.data import datasets
+from tas_jax.models import arch as arch_lib
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("workdir", None, "Folder for checkpoints, logs and results (created if needed).")
+config_flags.DEFINE_config_file("config", None, "A config file, e.g. configs/demo.py.",
+                                lock_config=True)
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Runs the stage the config selects; returns its summary."""
+  config_lib.validate(config)
+  if config.stage == "teacher":
+    from tas_jax.training import teacher
+    return teacher.train_and_evaluate(config, workdir)
+  raise config_lib.ConfigError(f"config.stage={config.stage!r}: allowed: {config_lib.STAGES}")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if FLAGS.config is None or FLAGS.workdir is None:
+    raise app.UsageError("both --config=configs/NAME.py and --workdir=DIR are needed")
+  # Orbax narrates every save at INFO; keep the console for progress and results.
+  logging.get_absl_handler().addFilter(lambda record: "orbax" not in record.pathname)
+  logging.info("JAX %s, process %d/%d, %d local device(s): %s", jax.__version__, jax.process_index(),
+               jax.process_count(), jax.local_device_count(), jax.devices()[0].device_kind)
+  try:
+    run(FLAGS.config, FLAGS.workdir)
+  except (config_lib.ConfigError, arch_lib.ArchError, datasets.DataNotFoundError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == "__main__":
+  app.run(main)

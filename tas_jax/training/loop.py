@@ -1,0 +1,145 @@
+"""The epoch loop every training stage shares: resume, steps, progress, evaluation, checkpoints.
+
+A stage hands over a compiled step, an evaluation function and the data; this module owns what a
+user of a long run expects: automatic resume from the latest Orbax checkpoint in the stage's folder
+(mid-epoch too: the batch order is a function of the epoch, and the step knows where it is),
+console progress with images/s and ETA, TensorBoard scalars, evaluation every epoch, and a stop on
+a NaN loss.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from typing import Any, Callable, Optional
+
+import jax
+import orbax.checkpoint as ocp
+from absl import logging
+from clu import metric_writers
+
+
+@dataclasses.dataclass(frozen=True)
+class LoopConfig:
+  stage: str                     # name shown in logs ("teacher", "distill", ...)
+  num_epochs: int
+  steps_per_epoch: int
+  global_batch: int
+  log_every_steps: int
+  checkpoint_every_steps: int    # 0: at epoch ends only
+  keep_checkpoints: int
+
+
+def checkpoint_manager(stage_dir: str, keep: int) -> ocp.CheckpointManager:
+  return ocp.CheckpointManager(
+      os.path.abspath(os.path.join(stage_dir, "checkpoints")),
+      options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
+
+
+def restore_latest(manager: ocp.CheckpointManager, abstract_state) -> Optional[tuple[Any, dict]]:
+  """(state, meta) of the latest finished checkpoint, or None. An interrupted save is never
+  'latest': Orbax finalises a step only once all of it is on disk."""
+  step = manager.latest_step()
+  if step is None:
+    return None
+  restored = manager.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
+  return restored["state"], restored["meta"]
+
+
+def _save(manager, step: int, state, meta: dict) -> None:
+  manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                             meta=ocp.args.JsonSave(meta)), force=True)
+
+
+def _fmt_time(seconds: float) -> str:
+  seconds = int(max(seconds, 0))
+  h, rem = divmod(seconds, 3600)
+  m, s = divmod(rem, 60)
+  return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
+
+
+def fit(cfg: LoopConfig, stage_dir: str, state, train_step: Callable, step_args: tuple,
+        epoch_permutation: Callable[[int], jax.Array], evaluate: Callable[[Any], dict],
+        learning_rate: Callable[[int], float]) -> tuple[Any, list[dict]]:
+  """Trains `state` to `cfg.num_epochs`; returns the final state and the per-epoch history.
+
+  `train_step(state, *step_args, permutation)` -> (state, metrics collection);
+  `evaluate(state)` -> dict of device scalars. History entries hold epoch, train and test figures.
+  """
+  os.makedirs(stage_dir, exist_ok=True)
+  manager = checkpoint_manager(stage_dir, cfg.keep_checkpoints)
+  writer = metric_writers.SummaryWriter(stage_dir)
+  history: list[dict] = []
+  restored = restore_latest(manager, jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state))
+  if restored is not None:
+    state, meta = restored
+    history = meta.get("history", [])
+  start = int(jax.device_get(state.step))  # the one host read of the step counter
+  total_steps = cfg.num_epochs * cfg.steps_per_epoch
+  if restored is not None:
+    logging.info("[%s] resumed from checkpoint at step %d (epoch %d, step %d of it) in %s",
+                 cfg.stage, start, start // cfg.steps_per_epoch + 1, start % cfg.steps_per_epoch,
+                 manager.directory)
+  else:
+    logging.info("[%s] starting from scratch: %d epochs x %d steps, global batch %d, %d device(s)",
+                 cfg.stage, cfg.num_epochs, cfg.steps_per_epoch, cfg.global_batch, jax.device_count())
+
+  step = start
+  t_start = time.time()
+  while step < total_steps:
+    epoch = step // cfg.steps_per_epoch
+    permutation = epoch_permutation(epoch)
+    accumulated = None
+    t_log, step_log = time.time(), step
+    while True:
+      state, m = train_step(state, *step_args, permutation)
+      accumulated = m if accumulated is None else accumulated.merge(m)
+      step += 1
+      in_epoch = step - epoch * cfg.steps_per_epoch
+      epoch_end = in_epoch == cfg.steps_per_epoch
+      if step % cfg.log_every_steps == 0 or epoch_end:
+        train = {k: float(v) for k, v in accumulated.compute().items()}  # host sync, per log only
+        if train["loss"] != train["loss"] or abs(train["loss"]) == float("inf"):
+          raise FloatingPointError(f"[{cfg.stage}] loss is {train['loss']} at step {step}: lower "
+                                   "the learning rate or check the data")
+        now = time.time()
+        rate = (step - step_log) * cfg.global_batch / max(now - t_log, 1e-9)
+        eta = (total_steps - step) * (now - t_log) / max(step - step_log, 1)
+        logging.info("[%s] epoch %d/%d step %d/%d loss %.4f acc %.2f%% lr %.4g %.0f img/s ETA %s",
+                     cfg.stage, epoch + 1, cfg.num_epochs, in_epoch, cfg.steps_per_epoch,
+                     train["loss"], 100 * train["accuracy"], learning_rate(step), rate,
+                     _fmt_time(eta))
+        writer.write_scalars(step, {"train/loss": train["loss"], "train/accuracy": train["accuracy"],
+                                    "train/learning_rate": learning_rate(step),
+                                    "train/images_per_second": rate})
+        t_log, step_log = now, step
+      if epoch_end:
+        break
+      if cfg.checkpoint_every_steps and step % cfg.checkpoint_every_steps == 0:
+        _save(manager, step, state, {"history": history})
+    test = {k: float(v) for k, v in evaluate(state).items()}
+    entry = {"epoch": epoch + 1, "step": step, "train_loss": train["loss"],
+             "train_accuracy": train["accuracy"], "test_loss": test["loss"],
+             "test_accuracy": test["accuracy"], "elapsed_s": round(time.time() - t_start, 1)}
+    history.append(entry)
+    logging.info("[%s] epoch %d/%d done: test loss %.4f test acc %.2f%% (train acc %.2f%%)",
+                 cfg.stage, epoch + 1, cfg.num_epochs, test["loss"], 100 * test["accuracy"],
+                 100 * train["accuracy"])
+    writer.write_scalars(step, {"test/loss": test["loss"], "test/accuracy": test["accuracy"]})
+    writer.flush()
+    _save(manager, step, state, {"history": history})
+  manager.wait_until_finished()
+  manager.close()
+  writer.close()
+  return state, history
+
+
+def write_summary(stage_dir: str, summary: dict) -> str:
+  path = os.path.join(stage_dir, "summary.json")
+  with open(path, "w") as f:
+    json.dump(summary, f, indent=2)
+  return path
