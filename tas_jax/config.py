@@ -57,6 +57,16 @@ def base_config() -> ml_collections.ConfigDict:
   c.log_every_steps = 20
   c.checkpoint_every_steps = 0     # 0 = at the end of every epoch only
   c.keep_checkpoints = 2
+  c.max_steps_per_run = 0          # > 0: checkpoint and stop after this many steps (rerun resumes)
+  return c
+
+
+def cifar_recipe(dataset: str, depth: int) -> ml_collections.ConfigDict:
+  """The spec's CIFAR recipe (§6) for a CIFAR ResNet of `depth` (164: bottleneck) on `dataset`."""
+  c = base_config()
+  c.data.name = dataset
+  c.model.depth = depth
+  c.model.block = "bottleneck" if depth in arch_lib.CIFAR_DEPTHS_BOTTLENECK else "basic"
   return c
 
 
@@ -117,6 +127,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
   _positive(c, "log_every_steps", integer=True)
   _positive(c, "checkpoint_every_steps", integer=True, zero_ok=True)
   _positive(c, "keep_checkpoints", integer=True)
+  _positive(c, "max_steps_per_run", integer=True, zero_ok=True)
 
 
 def architecture(c: ml_collections.ConfigDict, num_classes: int, image_size: int,

@@ -241,24 +241,23 @@ def _read_cifar(name: str, path: str):
 
 
 def _tfds(name, data_dir, looked):
+  """TFDS data already prepared in `data_dir` (or TFDS_DATA_DIR, ~/tensorflow_datasets)."""
+  where = data_dir or os.environ.get("TFDS_DATA_DIR") or os.path.expanduser("~/tensorflow_datasets")
   try:
     import tensorflow_datasets as tfds
   except ImportError:
     looked.append("TFDS (tensorflow-datasets is not installed)")
     return None
-  where = data_dir or os.environ.get("TFDS_DATA_DIR") or os.path.expanduser("~/tensorflow_datasets")
   looked.append(f"TFDS prepared data in {where}")
-  try:
-    builder = tfds.builder(name, data_dir=where)
-    splits = builder.info.splits  # raises or is empty when nothing is prepared
-    if not ("train" in splits and "test" in splits):
+  arrays = []
+  for split in ("train", "test"):
+    try:
+      ds = tfds.load(name, split=split, data_dir=where, download=False)
+    except AssertionError:  # TFDS's way of saying "not prepared here"
       return None
-    arrays = []
-    for split in ("train", "test"):
-      d = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1))
-      arrays += [d["image"], d["label"]]
-  except Exception:  # not prepared, no TensorFlow, or an unreadable folder: try the next source
-    return None
+    batches = list(tfds.as_numpy(ds.batch(8192)))
+    arrays += [np.concatenate([b["image"] for b in batches]),
+               np.concatenate([b["label"] for b in batches])]
   return tuple(arrays), f"TFDS {name} in {where}"
 
 

@@ -165,20 +165,20 @@ def _is_int(x) -> bool:
 def validate(a: Architecture) -> None:
   """Raises ArchError with a one-line message if `a` cannot be built."""
   if a.family not in FAMILIES:
-    raise ArchError(f"family={a.family!r}; allowed: {', '.join(FAMILIES)}")
+    raise ArchError(f"family={a.family!r}: allowed: {', '.join(FAMILIES)}")
   for field in ("num_classes", "input_size", "input_channels", "stem_width"):
     v = getattr(a, field)
     if not _is_int(v) or v < 1:
-      raise ArchError(f"{field}={v!r}; must be a positive integer")
+      raise ArchError(f"{field}={v!r}: must be a positive integer")
   if not isinstance(a.projection_bn, bool):
-    raise ArchError(f"projection_bn={a.projection_bn!r}; must be true or false")
+    raise ArchError(f"projection_bn={a.projection_bn!r}: must be true or false")
   n_stages = _NUM_STAGES[a.dataset_kind]
   if len(a.stages) != n_stages:
     raise ArchError(f"stages: {a.family} networks have {n_stages} stages, got {len(a.stages)}")
   # Every stride-2 step (conv and the 2x2 average pool of its shortcut) must see an even map.
   downsampling = n_stages - 1 + (2 if a.dataset_kind == "imagenet" else 0)
   if a.input_size % (2 ** downsampling):
-    raise ArchError(f"input_size={a.input_size}; {a.dataset_kind} networks need a multiple of "
+    raise ArchError(f"input_size={a.input_size}: {a.dataset_kind} networks need a multiple of "
                     f"{2 ** downsampling} (every stride-2 step must see an even map)")
   n_convs = _CONVS_PER_BLOCK[a.block_kind]
   for s, stage in enumerate(a.stages):
@@ -208,10 +208,10 @@ def cifar_resnet(depth: int, block: str = "basic", num_classes: int = 10, input_
   """The unpruned CIFAR ResNet of a depth: 6n+2 (basic) or 9n+2 (bottleneck)."""
   per_block = 6 if block == "basic" else 9
   if block not in _CONVS_PER_BLOCK:
-    raise ArchError(f"block={block!r}; allowed: basic, bottleneck")
+    raise ArchError(f"block={block!r}: allowed: basic, bottleneck")
   if not _is_int(depth) or depth < per_block + 2 or (depth - 2) % per_block:
     examples = CIFAR_DEPTHS_BASIC if block == "basic" else (29, 56, 164)
-    raise ArchError(f"depth={depth!r}; a CIFAR {block} ResNet needs depth = {per_block}n+2 "
+    raise ArchError(f"depth={depth!r}: a CIFAR {block} ResNet needs depth = {per_block}n+2 "
                     f"with n >= 1 (e.g. {', '.join(map(str, examples))})")
   n = (depth - 2) // per_block
   stages = []
@@ -227,7 +227,7 @@ def imagenet_resnet(depth: int, num_classes: int = 1000, input_size: int = 224,
                     input_channels: int = 3) -> Architecture:
   """The unpruned ImageNet ResNet-18/34/50/101."""
   if depth not in IMAGENET_DEPTHS:
-    raise ArchError(f"depth={depth!r}; ImageNet ResNets: {', '.join(map(str, IMAGENET_DEPTHS))}")
+    raise ArchError(f"depth={depth!r}: ImageNet ResNets: {', '.join(map(str, IMAGENET_DEPTHS))}")
   block, blocks = IMAGENET_DEPTHS[depth]
   stages = []
   for s, n in enumerate(blocks):

@@ -30,6 +30,7 @@ class LoopConfig:
   log_every_steps: int
   checkpoint_every_steps: int    # 0: at epoch ends only
   keep_checkpoints: int
+  max_steps_per_run: int = 0     # > 0: checkpoint and return after this many steps in this call
 
 
 def checkpoint_manager(stage_dir: str, keep: int) -> ocp.CheckpointManager:
@@ -63,8 +64,9 @@ def _fmt_time(seconds: float) -> str:
 
 def fit(cfg: LoopConfig, stage_dir: str, state, train_step: Callable, step_args: tuple,
         epoch_permutation: Callable[[int], jax.Array], evaluate: Callable[[Any], dict],
-        learning_rate: Callable[[int], float]) -> tuple[Any, list[dict]]:
-  """Trains `state` to `cfg.num_epochs`; returns the final state and the per-epoch history.
+        learning_rate: Callable[[int], float]) -> tuple[Any, list[dict], bool]:
+  """Trains `state` to `cfg.num_epochs`; returns the state, the per-epoch history and whether
+  the run is finished (False when `cfg.max_steps_per_run` stopped it early, with a checkpoint).
 
   `train_step(state, *step_args, permutation)` -> (state, metrics collection);
   `evaluate(state)` -> dict of device scalars. History entries hold epoch, train and test figures.
@@ -89,8 +91,9 @@ def fit(cfg: LoopConfig, stage_dir: str, state, train_step: Callable, step_args:
                  cfg.stage, cfg.num_epochs, cfg.steps_per_epoch, cfg.global_batch, jax.device_count())
 
   step = start
+  stop_at = min(total_steps, start + cfg.max_steps_per_run) if cfg.max_steps_per_run else total_steps
   t_start = time.time()
-  while step < total_steps:
+  while step < stop_at:
     epoch = step // cfg.steps_per_epoch
     permutation = epoch_permutation(epoch)
     accumulated = None
@@ -119,6 +122,12 @@ def fit(cfg: LoopConfig, stage_dir: str, state, train_step: Callable, step_args:
         t_log, step_log = now, step
       if epoch_end:
         break
+      if step == stop_at:
+        _save(manager, step, state, {"history": history})
+        logging.info("[%s] stopping after %d steps in this run (max_steps_per_run); run the same "
+                     "command again to continue", cfg.stage, step - start)
+        manager.wait_until_finished()
+        return state, history, False
       if cfg.checkpoint_every_steps and step % cfg.checkpoint_every_steps == 0:
         _save(manager, step, state, {"history": history})
     test = {k: float(v) for k, v in evaluate(state).items()}
@@ -135,7 +144,7 @@ def fit(cfg: LoopConfig, stage_dir: str, state, train_step: Callable, step_args:
   manager.wait_until_finished()
   manager.close()
   writer.close()
-  return state, history
+  return state, history, step >= total_steps
 
 
 def write_summary(stage_dir: str, summary: dict) -> str:

@@ -104,16 +104,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   os.makedirs(stage_dir, exist_ok=True)
   arch.save(os.path.join(stage_dir, "arch.json"))
   cfg = loop.LoopConfig("teacher", t.warmup_epochs + t.cosine_epochs, steps_per_epoch, t.batch_size,
-                        config.log_every_steps, config.checkpoint_every_steps, config.keep_checkpoints)
-  state, history = loop.fit(
+                        config.log_every_steps, config.checkpoint_every_steps, config.keep_checkpoints,
+                        config.max_steps_per_run)
+  state, history, finished = loop.fit(
       cfg, stage_dir, state, train_step,
       (data.train_images, data.train_labels, aug_key),
       epoch_permutation_fn(config.seed, data.num_train, mesh),
       lambda s: evaluate(s.params, s.batch_stats, data.test_images, data.test_labels),
       lambda step: float(schedule(step)))
+  if not finished:
+    return {"stage": "teacher", "finished": False, "step": int(jax.device_get(state.step))}
   last = history[-1]
   summary = {
-      "stage": "teacher", "dataset": ds.name, "data_source": ds.source, "architecture": arch.name,
+      "stage": "teacher", "finished": True, "dataset": ds.name, "data_source": ds.source, "architecture": arch.name,
       "flops_m": round(counts.flops_m, 4), "params_m": round(counts.params_m, 4),
       "epochs": cfg.num_epochs, "steps": cfg.num_epochs * steps_per_epoch,
       "test_accuracy": last["test_accuracy"], "test_loss": last["test_loss"],

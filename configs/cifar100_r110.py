@@ -1,0 +1,11 @@
+"""CIFAR-100 ResNet-110, the spec's recipe (TAS.md §6).
+
+    python -m tas_jax.main --config=configs/cifar100_r110.py --workdir=runs/cifar100_r110 \
+        --config.data.dir=/path/to/cifar100   # the official archive or TFDS data
+"""
+
+from tas_jax.config import cifar_recipe
+
+
+def get_config():
+  return cifar_recipe("cifar100", 110)

@@ -1,0 +1,11 @@
+"""CIFAR-10 ResNet-32, the spec's recipe (TAS.md §6).
+
+    python -m tas_jax.main --config=configs/cifar10_r32.py --workdir=runs/cifar10_r32 \
+        --config.data.dir=/path/to/cifar10   # the official archive or TFDS data
+"""
+
+from tas_jax.config import cifar_recipe
+
+
+def get_config():
+  return cifar_recipe("cifar10", 32)

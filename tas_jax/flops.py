@@ -1,0 +1,52 @@
+"""`python -m tas_jax.flops NAME_OR_ARCH_JSON [--json] [--layers]`: FLOPs and parameters.
+
+NAME is one of the named unpruned networks (resnet20/32/56/110/164 on CIFAR-10,
+imagenet_resnet18/50); anything ending in .json is read as an architecture description. FLOPs are
+multiply-adds in the TAS convention (see `tas_jax.ops.flops`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from tas_jax.models import arch as arch_lib
+from tas_jax.ops import flops
+
+
+def report(a: arch_lib.Architecture, counts: flops.Counts, with_layers: bool) -> str:
+  lines = [f"{a.name or 'architecture'} ({a.family}, {a.input_size}x{a.input_size}x"
+           f"{a.input_channels} input, {a.num_classes} classes, blocks per stage "
+           f"{list(a.depths)})",
+           f"FLOPs: {counts.flops_m:.2f} M   params: {counts.params_m:.3f} M"]
+  if with_layers:
+    lines.append(f"{'layer':<24}{'k':>3}{'in':>6}{'out':>6}{'map':>5}{'MFLOPs':>10}{'params':>10}")
+    for l in counts.layers:
+      lines.append(f"{l.name:<24}{l.kernel:>3}{l.in_width:>6}{l.out_width:>6}{l.out_size:>5}"
+                   f"{l.flops / 1e6:>10.3f}{l.params:>10d}")
+  return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(prog="python -m tas_jax.flops", description=__doc__.split("\n")[0])
+  parser.add_argument("arch", help=f"a named network ({', '.join(arch_lib.NAMED)}) or an "
+                                   "architecture .json file")
+  parser.add_argument("--json", action="store_true", help='print one line {"flops_m": …, "params_m": …}')
+  parser.add_argument("--layers", action="store_true", help="also list every layer")
+  args = parser.parse_args(argv)
+  try:
+    a = arch_lib.resolve(args.arch)
+  except arch_lib.ArchError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  counts = flops.count(a)
+  if args.json:
+    print(json.dumps({"flops_m": round(counts.flops_m, 4), "params_m": round(counts.params_m, 6)}))
+  else:
+    print(report(a, counts, args.layers))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

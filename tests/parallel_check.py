@@ -1,0 +1,43 @@
+"""One teacher train step on a given number of devices and parallel mode; used by test_train.py,
+in this process or, for a device count this process does not have, in a child process with
+XLA_FLAGS=--xla_force_host_platform_device_count=N."""
+
+import dataclasses
+import json
+import sys
+
+import jax
+import numpy as np
+
+from tas_jax.data import datasets
+from tas_jax.models import arch, resnet
+from tas_jax.training import parallel, steps, teacher
+from tas_jax.config import base_config
+
+
+def one_step(num_devices: int, mode: str, num_steps: int = 2) -> dict:
+  ds = datasets.load("embedded")
+  ds = dataclasses.replace(ds, train_images=ds.train_images[:256], train_labels=ds.train_labels[:256],
+                           test_images=ds.test_images[:64], test_labels=ds.test_labels[:64])
+  a = arch.cifar_resnet(8, num_classes=10, input_size=28, input_channels=1)
+  mesh = parallel.make_mesh(num_devices)
+  model = resnet.build(a)
+  t = base_config().teacher
+  t.warmup_epochs, t.cosine_epochs = 0, 1
+  tx, _ = teacher.sgd_with_warmup_cosine(t, steps_per_epoch=4)
+  state = steps.create_state(model, tx, resnet.dummy_input(a), jax.random.key(0), mesh)
+  data = teacher.DeviceData(ds, mesh, 64)
+  spec = steps.BatchSpec(64, 4, ds.mean, ds.std)
+  step = steps.make_train_step(model, tx, spec, mesh, mode)
+  perm = teacher.epoch_permutation_fn(0, 256, mesh)(0)
+  losses = []
+  for _ in range(num_steps):
+    state, m = step(state, data.train_images, data.train_labels, jax.random.key(1), perm)
+    losses.append(float(m.compute()["loss"]))
+  flat = np.concatenate([np.ravel(x) for x in jax.tree.leaves((state.params, state.batch_stats))])
+  return {"losses": losses, "params_head": flat[:2000].tolist(), "params_norm": float(np.linalg.norm(flat)),
+          "devices": mesh.shape[parallel.AXIS]}
+
+
+if __name__ == "__main__":
+  print(json.dumps(one_step(int(sys.argv[1]), sys.argv[2])))

@@ -1,0 +1,57 @@
+"""Config validation and the command line: a wrong value stops at once with one line."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tas_jax import config as config_lib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("model.depth", 21, "config.model.depth=21: a CIFAR basic ResNet needs depth = 6n+2"),
+    ("data.name", "imagenet2", "config.data.name='imagenet2': allowed: cifar10, cifar100"),
+    ("teacher.lr", -0.1, "config.teacher.lr=-0.1: must be a number > 0"),
+    ("teacher.momentum", 1.0, "config.teacher.momentum=1.0: must be in [0, 1)"),
+    ("parallel", "pjit", "config.parallel='pjit': allowed: jit, pmap"),
+    ("stage", "prune", "config.stage='prune': allowed: teacher"),
+    ("model.family", "vgg", "config.model.family='vgg': allowed: cifar, imagenet"),
+    ("teacher.batch_size", 0, "config.teacher.batch_size=0: must be an integer > 0"),
+])
+def test_validate_names_field_and_allowed_values(field, value, message):
+  c = config_lib.base_config()
+  section, _, name = field.rpartition(".")
+  setattr(c[section] if section else c, name, value)
+  with pytest.raises(config_lib.ConfigError) as e:
+    config_lib.validate(c)
+  assert str(e.value).startswith(message)
+
+
+@pytest.mark.parametrize("config_file", sorted(os.listdir(os.path.join(ROOT, "configs"))))
+def test_every_shipped_config_is_valid(config_file):
+  if not config_file.endswith(".py"):
+    return
+  import importlib.util
+  spec = importlib.util.spec_from_file_location("cfg", os.path.join(ROOT, "configs", config_file))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config_lib.validate(module.get_config())
+
+
+@pytest.mark.parametrize("override, needle", [
+    ("--config.model.depth=21", "config.model.depth=21"),
+    ("--config.data.name=svhn", "config.data.name='svhn'"),
+    ("--config.teacher.lr=-0.1", "config.teacher.lr=-0.1"),
+])
+def test_command_line_stops_with_one_line(tmp_path, override, needle):
+  out = subprocess.run([sys.executable, "-m", "tas_jax.main", "--config=configs/demo.py",
+                        f"--workdir={tmp_path}", override], capture_output=True, text=True, cwd=ROOT,
+                       timeout=120)
+  assert out.returncode == 2
+  errors = [l for l in out.stderr.splitlines() if l.startswith("error:")]
+  assert len(errors) == 1 and needle in errors[0], out.stderr[-2000:]
+  assert "Traceback" not in out.stderr
+  assert not os.path.exists(tmp_path / "teacher")  # stopped before any work

@@ -1,0 +1,86 @@
+"""The teacher stage: data-parallel equivalence, a short run that learns, resume."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from tas_jax import config as config_lib
+from tas_jax.training import teacher
+import parallel_check
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def run_on(num_devices, mode):
+  if jax.device_count() >= num_devices:
+    return parallel_check.one_step(num_devices, mode)
+  root = os.path.dirname(HERE)
+  env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={num_devices}",
+         "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
+  out = subprocess.run([sys.executable, os.path.join(HERE, "parallel_check.py"), str(num_devices), mode],
+                       capture_output=True, text=True, env=env, cwd=os.path.dirname(HERE))
+  assert out.returncode == 0, out.stderr[-3000:]
+  return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_same_numbers_on_1_and_8_devices_with_jit_and_pmap():
+  """Two steps (so the second sees updated weights and BN statistics) of the same global batch."""
+  ref = run_on(1, "jit")
+  assert ref["devices"] == 1
+  for devices, mode in [(1, "pmap"), (8, "jit"), (8, "pmap")]:
+    got = run_on(devices, mode)
+    assert got["devices"] == devices
+    np.testing.assert_allclose(got["losses"], ref["losses"], atol=1e-5, rtol=0, err_msg=f"{devices} {mode}")
+    np.testing.assert_allclose(got["params_head"], ref["params_head"], atol=1e-5, err_msg=f"{devices} {mode}")
+    assert abs(got["params_norm"] - ref["params_norm"]) < 1e-4 * ref["params_norm"]
+  assert ref["losses"][0] > 2.0  # untrained 10-class net: about ln 10
+
+
+def demo_like_config(**teacher_overrides):
+  c = config_lib.base_config()
+  c.data.name = "embedded"
+  c.model.depth = 8
+  c.teacher.warmup_epochs = 1
+  c.teacher.cosine_epochs = 2
+  c.teacher.batch_size = 128
+  c.log_every_steps = 100
+  for k, v in teacher_overrides.items():
+    setattr(c.teacher, k, v)
+  return c
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("teacher"))
+  return workdir, teacher.train_and_evaluate(demo_like_config(), workdir)
+
+
+def test_short_teacher_run_learns(finished_run):
+  workdir, summary = finished_run
+  hist = summary["history"]
+  assert len(hist) == 3 and summary["finished"]
+  assert summary["test_accuracy"] > 0.6               # chance is 0.1
+  assert hist[-1]["train_loss"] < 0.6 * hist[0]["train_loss"] + 0.5
+  on_disk = json.load(open(os.path.join(workdir, "teacher", "summary.json")))
+  assert on_disk["test_accuracy"] == summary["test_accuracy"]
+  assert os.path.isfile(os.path.join(workdir, "teacher", "arch.json"))
+  assert any(f.startswith("events.out.tfevents") for f in os.listdir(os.path.join(workdir, "teacher")))
+
+
+def test_interrupted_run_resumes_to_the_same_result(finished_run, tmp_path):
+  """Stopped mid-epoch (step 50 of 117) and resumed in a new call: the same final numbers."""
+  _, reference = finished_run
+  c = demo_like_config()
+  c.max_steps_per_run = 50
+  partial = teacher.train_and_evaluate(c, str(tmp_path))
+  assert partial == {"stage": "teacher", "finished": False, "step": 50}
+  c.max_steps_per_run = 0
+  resumed = teacher.train_and_evaluate(c, str(tmp_path))
+  assert resumed["finished"] and resumed["steps"] == reference["steps"]
+  assert resumed["test_accuracy"] == pytest.approx(reference["test_accuracy"], abs=1e-6)
+  assert resumed["test_loss"] == pytest.approx(reference["test_loss"], rel=1e-4)
