@@ -73,7 +73,9 @@ def fit(cfg: LoopConfig, stage_dir: str, state, train_step: Callable, step_args:
   """
   os.makedirs(stage_dir, exist_ok=True)
   manager = checkpoint_manager(stage_dir, cfg.keep_checkpoints)
-  writer = metric_writers.SummaryWriter(stage_dir)
+  # TensorBoard events from the first process only; the others write nowhere.
+  writer = (metric_writers.SummaryWriter(stage_dir) if jax.process_index() == 0
+            else metric_writers.MultiWriter([]))
   history: list[dict] = []
   restored = restore_latest(manager, jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state))
