@@ -1,0 +1,220 @@
+"""The TAS supernet (spec §3): width and depth mixtures over a ResNet, at static shapes.
+
+`SuperNet` is a pure function of (weights, batch statistics, architecture logits, key, τ). The
+architecture logits are an input, not a Flax variable, so the weight optimiser and the
+architecture optimiser each see only their own parameters.
+
+Every tensor stays at the unpruned width with zero tails. Each searched conv runs once at full
+width; its 8 candidates share the batch statistics of a channel but have their own BN affine
+parameters and running statistics. The two sampled candidates are combined by one channel-mixing
+matrix (`tas_jax.ops.cwi.mix_matrix`): BN affine, candidate mask, CWI to C* = max(C_a, C_b) and
+the weighted sum are all linear along channels. Depth: all blocks of a stage run; the stage output
+is Σ_j q_j · CWI(F_{d_j} → widest). The layer names are the plain ResNet's, so weights map across
+(`supernet_params_from_plain`).
+
+Variants: "tas" (width + depth), "width" (full depth), "depth" (full widths, one BN, no CWI).
+`train=False` evaluates the argmax network: the most likely width (its own running statistics)
+and depth everywhere.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from tas_jax.models.resnet import conv_init, linear_init
+from tas_jax.ops import cwi, gumbel
+from tas_jax.search.space import NUM_WIDTH_CANDIDATES, SearchSpace
+
+VARIANTS = ("tas", "width", "depth")
+BN_MOMENTUM = 0.9
+BN_EPS = 1e-5
+
+
+class CandidateBatchNorm(nn.Module):
+  """One BN per width candidate: affine parameters and running statistics of shape (K, C).
+
+  Training normalises with the batch statistics (the same for every candidate of a channel) and
+  updates the running statistics of the sampled candidates only. Evaluation normalises with the
+  statistics of `idx[0]`.
+  """
+  width: int
+  zero_init: bool = False
+  axis_name: Optional[str] = None
+
+  @nn.compact
+  def __call__(self, z, idx, train: bool):
+    k = NUM_WIDTH_CANDIDATES
+    scale = self.param("scale", nn.initializers.zeros if self.zero_init else nn.initializers.ones,
+                       (k, self.width))
+    bias = self.param("bias", nn.initializers.zeros, (k, self.width))
+    ra_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((k, self.width)))
+    ra_var = self.variable("batch_stats", "var", lambda: jnp.ones((k, self.width)))
+    if train:
+      z32 = z.astype(jnp.float32)
+      mean = jnp.mean(z32, (0, 1, 2))
+      mean2 = jnp.mean(z32 * z32, (0, 1, 2))
+      if self.axis_name is not None:
+        mean, mean2 = jax.lax.pmean((mean, mean2), self.axis_name)
+      var = jnp.maximum(mean2 - mean * mean, 0.0)
+      if not self.is_initializing():
+        ra_mean.value = ra_mean.value.at[idx].set(
+            BN_MOMENTUM * ra_mean.value[idx] + (1 - BN_MOMENTUM) * mean[None])
+        ra_var.value = ra_var.value.at[idx].set(
+            BN_MOMENTUM * ra_var.value[idx] + (1 - BN_MOMENTUM) * var[None])
+    else:
+      mean, var = ra_mean.value[idx[0]], ra_var.value[idx[0]]
+    normalised = (z - mean) * jax.lax.rsqrt(var + BN_EPS)
+    return normalised, scale[idx], bias[idx]
+
+
+class SearchConv(nn.Module):
+  """A full-width conv whose output is the weighted CWI mixture of two width candidates."""
+  width: int
+  kernel: int = 3
+  stride: int = 1
+  use_bn: bool = True
+  zero_init_bn: bool = False
+  mix: bool = True            # False: the "depth" variant (one candidate, the full width)
+  axis_name: Optional[str] = None
+
+  @nn.compact
+  def __call__(self, x, choice, train: bool):
+    """choice = (idx (2,), widths (2,), weights (2,)) of this conv's sampled candidates."""
+    idx, widths, weights = choice
+    p = self.kernel // 2
+    z = nn.Conv(self.width, (self.kernel,) * 2, (self.stride,) * 2, padding=((p, p), (p, p)),
+                use_bias=False, kernel_init=conv_init, name="conv")(x)
+    if self.use_bn:
+      z, scales, biases = CandidateBatchNorm(self.width, self.zero_init_bn, self.axis_name,
+                                             name="bn")(z, idx, train)
+    else:
+      scales, biases = jnp.ones((2, self.width)), jnp.zeros((2, self.width))
+    if not self.mix:
+      return z * scales[0] + biases[0]
+    m = cwi.mix_matrix(widths, weights, scales, self.width)
+    c_star = jnp.maximum(widths[0], widths[1])
+    bias = sum(weights[i] * cwi.cwi_matrix(widths[i], c_star, self.width) @ biases[i]
+               for i in range(2))
+    return z @ m.T + bias
+
+
+def _choices(space: SearchSpace, logits: dict, key, tau, train: bool, variant: str):
+  """Per slot (idx (S,2), widths (S,2), weights (S,2)) and per stage depth weights q (stages, D)."""
+  alpha, beta = space.masked_logits(logits)
+  table = jnp.asarray(space.width_table())
+  n_slots, n_stages = space.num_slots, len(space.depths)
+  if variant == "depth":
+    full = jnp.asarray([s.num_valid - 1 for s in space.slots])
+    idx, weights = jnp.stack([full, full], 1), jnp.tile(jnp.array([1.0, 0.0]), (n_slots, 1))
+  elif train:
+    idx, weights = gumbel.sample_pairs(jax.random.fold_in(key, 0), alpha, tau)
+  else:
+    best = jnp.argmax(alpha, -1)
+    idx, weights = jnp.stack([best, best], 1), jnp.tile(jnp.array([1.0, 0.0]), (n_slots, 1))
+  widths = table[jnp.arange(n_slots)[:, None], idx]
+  if variant == "width":
+    q = jax.nn.one_hot(jnp.asarray([len(d) - 1 for d in space.depths]), beta.shape[1])
+  elif train:
+    keys = jax.random.split(jax.random.fold_in(key, 1), n_stages)
+    q = jax.vmap(gumbel.soft_depth_weights, (0, 0, None))(keys, beta, tau)
+  else:
+    q = jax.nn.one_hot(jnp.argmax(beta, -1), beta.shape[1])
+  return idx, widths, weights, q
+
+
+class SuperNet(nn.Module):
+  """The supernet of `space` (CIFAR or ImageNet ResNet, basic or bottleneck blocks)."""
+  space: SearchSpace
+  variant: str = "tas"
+  axis_name: Optional[str] = None
+
+  @nn.compact
+  def __call__(self, x, logits: dict, key, tau, train: bool = True):
+    space, base = self.space, self.space.base
+    imagenet = base.dataset_kind == "imagenet"
+    mix = self.variant != "depth"
+    idx, widths, weights, q = _choices(space, logits, key, tau, train, self.variant)
+    choice = lambda slot: (idx[slot], widths[slot], weights[slot])
+    conv = lambda width, kernel, stride, **kw: SearchConv(width, kernel, stride, mix=mix,
+                                                          axis_name=self.axis_name, **kw)
+
+    stem = space.slots[0]
+    h = nn.relu(conv(stem.full, stem.kernel, stem.stride, name="stem")(x, choice(0), train))
+    if imagenet:
+      h = nn.max_pool(h, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
+    dtab = space.depth_table()
+    for s in range(len(space.depths)):
+      outputs = []  # (F_d, its width C*) after every block of the stage
+      for blk in (b for b in space.blocks if b.stage == s):
+        name = f"stage{s + 1}.block{blk.index + 1}"
+        y, last = h, len(blk.slots) - 1
+        for i, slot in enumerate(blk.slots):
+          sl = space.slots[slot]
+          y = conv(sl.full, sl.kernel, sl.stride, zero_init_bn=imagenet and i == last,
+                   name=f"{name}.conv_{'abc'[i]}")(y, choice(slot), train)
+          if i < last:
+            y = nn.relu(y)
+        out_slot = blk.slots[-1]
+        if blk.shortcut == "identity":
+          residual = h
+        else:
+          hp = nn.avg_pool(h, (2, 2), (2, 2)) if blk.stride == 2 else h
+          with_bn = blk.shortcut == "conv_bn" or (blk.stride == 2 and imagenet)
+          residual = conv(space.slots[out_slot].full, 1, 1, use_bn=with_bn,
+                          name=f"{name}.shortcut")(hp, choice(out_slot), train)
+        h = nn.relu(y + residual)
+        outputs.append((h, jnp.max(widths[out_slot]) if mix else space.slots[out_slot].full))
+      if self.variant != "width":
+        h = _depth_mixture(outputs, dtab[s], q[s], train)
+    features = jnp.mean(h, axis=(1, 2))
+    return nn.Dense(base.num_classes, kernel_init=linear_init, bias_init=nn.initializers.zeros,
+                    name="classifier")(features)
+
+
+def _depth_mixture(outputs, depths: np.ndarray, q, train: bool):
+  """Σ_j q_j · CWI(F_{d_j} → widest); at evaluation q is one-hot and no CWI is applied."""
+  feats = [outputs[int(d) - 1] for d in depths]
+  if not train:
+    return sum(q[j] * f for j, (f, _) in enumerate(feats))
+  size = feats[0][0].shape[-1]
+  widest = jnp.max(jnp.stack([c for _, c in feats]))
+  return sum(q[j] * (f @ cwi.cwi_matrix(c, widest, size).T) for j, (f, c) in enumerate(feats))
+
+
+def supernet_params_from_plain(plain_params: dict, plain_stats: dict) -> tuple[dict, dict]:
+  """Supernet weights whose every candidate carries the plain network's BN (same conv kernels)."""
+  k = NUM_WIDTH_CANDIDATES
+
+  def convert(tree):
+    out = {}
+    for name, sub in tree.items():
+      if name == "bn":
+        out[name] = {key: jnp.broadcast_to(v, (k,) + v.shape) for key, v in sub.items()}
+      elif isinstance(sub, dict):
+        out[name] = convert(sub)
+      else:
+        out[name] = sub
+    return out
+
+  def flatten_shortcut(tree):
+    """The plain model nests the projection one level deeper (shortcut/proj/conv)."""
+    return {name: (flatten_shortcut(sub["proj"]) if name == "shortcut" else
+                   flatten_shortcut(sub) if isinstance(sub, dict) else sub)
+            for name, sub in tree.items()} if isinstance(tree, dict) else tree
+
+  def to_super(tree):
+    out = {}
+    for name, sub in flatten_shortcut(tree).items():
+      if name.startswith("stage"):
+        for conv_name, conv in sub.items():
+          out[f"{name}.{conv_name}"] = conv
+      else:
+        out[name] = sub
+    return convert(out)
+
+  return to_super(plain_params), to_super(plain_stats)

@@ -1,0 +1,130 @@
+"""The FLOPs cost of the search (spec §4): expected FLOPs E[F], the argmax network's F(A), the loss.
+
+Both are traced functions of the architecture logits, so the architecture step computes them
+inside `jit`. F(A) is the exact count of the network extraction builds (truncated stages and the
+inserted stride-1 projections included) and equals `tas_jax.ops.flops.count` of
+`space.architecture(argmax)` — a test checks this on random architectures.
+
+E[F] comes in two forms:
+  "exact" (default): the expectation of F(A) when every slot's width and every stage's depth are
+      drawn independently from softmax(α), softmax(β). It follows the real input of every block
+      (the last kept block of the previous stage) and prices the projections that width
+      mismatches insert, so it equals F(A) when the logits are one-hot.
+  "released": the released code's approximation — each conv's input width is the previous conv's
+      expected width in the unpruned chain, whatever the depths; only the unpruned network's
+      projections are priced.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from tas_jax.search.space import SearchSpace
+
+EXPECTED_FORMS = ("exact", "released")
+BANDS = ("released", "symmetric")
+
+
+def _stem_term(space: SearchSpace, width):
+  s = space.slots[0]
+  return s.kernel * s.kernel * space.base.input_channels * width * s.out_size ** 2
+
+
+def exact_flops(space: SearchSpace, width_idx, depth_idx) -> jax.Array:
+  """F(A) of the network with these candidate indices (float32, traced)."""
+  widths = jnp.asarray(space.width_table())[jnp.arange(space.num_slots), width_idx].astype(jnp.float32)
+  depths = jnp.asarray(space.depth_table())[jnp.arange(len(space.depths)), depth_idx]
+  total = _stem_term(space, widths[0])
+  current = widths[0]
+  for blk in space.blocks:
+    cin = prev = current
+    f = 0.0
+    for i in blk.slots:
+      s = space.slots[i]
+      f = f + s.kernel * s.kernel * prev * widths[i] * s.out_size ** 2
+      prev = widths[i]
+    if blk.stride == 2:
+      f = f + cin * prev * (blk.in_size // 2) ** 2
+    else:
+      f = f + jnp.where(cin != prev, cin * prev * blk.in_size ** 2, 0.0)
+    kept = blk.index < depths[blk.stage]
+    total = total + jnp.where(kept, f, 0.0)
+    current = jnp.where(kept, prev, current)
+  classes = space.base.num_classes
+  return total + current * classes + classes
+
+
+def expected_flops(space: SearchSpace, logits: dict, form: str = "exact") -> jax.Array:
+  """E[F], differentiable in α and β (plain softmax: no Gumbel noise, no τ)."""
+  alpha, beta = space.masked_logits(logits)
+  pa = jax.nn.softmax(alpha, -1)                                  # (S, 8)
+  pb = jax.nn.softmax(beta, -1)                                   # (stages, D)
+  table = jnp.asarray(space.width_table(), jnp.float32)
+  e_width = jnp.sum(pa * table, -1)                               # E[c_out] per slot
+  dtab = space.depth_table()
+  # P(stage depth ≥ k) for k = 1 … max blocks
+  keep = {(s, k): jnp.sum(pb[s] * jnp.asarray(dtab[s] >= k)) for s in range(len(space.depths))
+          for k in range(1, len(space.base.stages[s]) + 1)}
+  last_slot = {(b.stage, b.index): b.slots[-1] for b in space.blocks}
+
+  def stage_output_mixture(s):
+    """[(probability, slot)] of the width leaving stage s (its last kept block's last conv)."""
+    return [(pb[s, j], last_slot[(s, int(dtab[s, j]) - 1)]) for j in range(len(space.depths[s]))]
+
+  def mismatch_product(slot_in, slot_out):
+    """E[1[c_in ≠ c_out]·c_in·c_out] for independent slots."""
+    w_in, w_out = table[slot_in][:, None], table[slot_out][None, :]
+    joint = pa[slot_in][:, None] * pa[slot_out][None, :]
+    return jnp.sum(joint * jnp.where(w_in != w_out, w_in * w_out, 0.0))
+
+  total = _stem_term(space, e_width[0])
+  chain_prev = 0  # "released": the previous conv of the unpruned chain
+  for blk in space.blocks:
+    if form == "exact":
+      if blk.index > 0:
+        mixture = [(1.0, last_slot[(blk.stage, blk.index - 1)])]
+      elif blk.stage == 0:
+        mixture = [(1.0, 0)]
+      else:
+        mixture = stage_output_mixture(blk.stage - 1)
+      e_in = sum(p * e_width[m] for p, m in mixture)
+    else:
+      e_in = e_width[chain_prev]
+    f, prev = 0.0, e_in
+    for i in blk.slots:
+      s = space.slots[i]
+      f = f + s.kernel * s.kernel * prev * e_width[i] * s.out_size ** 2
+      prev = e_width[i]
+    out_slot = blk.slots[-1]
+    if blk.stride == 2:
+      f = f + e_in * e_width[out_slot] * (blk.in_size // 2) ** 2
+    elif form == "exact":
+      f = f + sum(p * mismatch_product(m, out_slot) for p, m in mixture) * blk.in_size ** 2
+    elif blk.shortcut != "identity":
+      f = f + e_in * e_width[out_slot] * blk.in_size ** 2
+    total = total + keep[(blk.stage, blk.index + 1)] * f
+    chain_prev = out_slot
+  classes = space.base.num_classes
+  if form == "exact":
+    e_last = sum(p * e_width[m] for p, m in stage_output_mixture(len(space.depths) - 1))
+  else:
+    e_last = e_width[chain_prev]
+  return total + e_last * classes + classes
+
+
+def cost_loss(expected, exact, flops_max: float, ratio: float, tolerance: float = 0.05,
+              band: str = "released") -> jax.Array:
+  """±log E[F] outside the target band, 0 inside; the band's position decides the sign only.
+
+  released: push down if F(A) > R, up if F(A) < R − t·F_max (R = ratio·F_max).
+  symmetric (the paper's text): push down above (1+t)·R, up below (1−t)·R.
+  """
+  target = ratio * flops_max
+  if band == "released":
+    high, low = target, target - tolerance * flops_max
+  else:
+    high, low = (1 + tolerance) * target, (1 - tolerance) * target
+  log_e = jnp.log(expected)
+  return jnp.where(exact > high, log_e, jnp.where(exact < low, -log_e, 0.0))

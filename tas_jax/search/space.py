@@ -1,0 +1,164 @@
+"""The TAS search space of a ResNet (spec §2): width candidates per conv, depth candidates per stage.
+
+A `SearchSpace` is derived from the unpruned `Architecture` and is static (hashable): the supernet,
+the FLOPs cost and extraction all read their shapes and geometry from it. Every main-path conv
+(stem included) is a searched "slot" with up to 8 width candidates floor(C·r), r = 0.3 … 1.0;
+projection shortcuts are not searched, they follow their block's last conv.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from tas_jax.models.arch import Architecture
+from tas_jax.ops.flops import conv_out_size
+
+NUM_WIDTH_CANDIDATES = 8
+WIDTH_RATIOS_TENTHS = tuple(range(3, 11))  # r = 0.3, 0.4, …, 1.0
+
+
+def width_candidates(full: int) -> tuple[int, ...]:
+  """floor(C·r) for r ∈ {0.3, …, 1.0}, deduplicated and sorted (zeros dropped)."""
+  return tuple(sorted({full * t // 10 for t in WIDTH_RATIOS_TENTHS} - {0}))
+
+
+def depth_candidates(arch: Architecture) -> tuple[tuple[int, ...], ...]:
+  """Per stage, the numbers of kept blocks the search chooses between."""
+  blocks = arch.depths
+  if arch.dataset_kind == "imagenet":
+    m = min(blocks)
+    return tuple(tuple(sorted({d * j // m for j in range(1, m + 1)})) for d in blocks)
+  out = []
+  for n in blocks:
+    if n <= 3:
+      out.append(tuple(range(1, n + 1)))
+    else:
+      out.append(tuple(sorted(set(range(1, n + 1, 2)) | ({n} if n % 2 == 0 else set()))))
+  return tuple(out)
+
+
+@dataclasses.dataclass(frozen=True)
+class Slot:
+  """One searched conv."""
+  name: str                 # model layer name, e.g. "stage2.block1.conv_a"
+  kernel: int
+  stride: int
+  out_size: int             # spatial side of its output
+  full: int                 # unpruned width
+  candidates: tuple[int, ...]   # padded to 8 by repeating the widest
+  num_valid: int
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockInfo:
+  stage: int
+  index: int                # within the stage
+  stride: int
+  in_size: int              # spatial side of the block's input
+  slots: tuple[int, ...]    # its main-path conv slots, in order
+  shortcut: str             # "identity" or a projection kind of the unpruned network
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchSpace:
+  base: Architecture
+  slots: tuple[Slot, ...]
+  blocks: tuple[BlockInfo, ...]
+  depths: tuple[tuple[int, ...], ...]
+
+  @property
+  def num_slots(self) -> int:
+    return len(self.slots)
+
+  @property
+  def max_depth_candidates(self) -> int:
+    return max(len(d) for d in self.depths)
+
+  # --- constant tables, as numpy (they become jit constants) ---
+  def width_table(self) -> np.ndarray:
+    """(S, 8) candidate widths, padded with the widest."""
+    return np.array([s.candidates for s in self.slots], np.int32)
+
+  def width_mask(self) -> np.ndarray:
+    return np.array([[k < s.num_valid for k in range(NUM_WIDTH_CANDIDATES)] for s in self.slots])
+
+  def depth_table(self) -> np.ndarray:
+    """(stages, D) candidate depths, padded with the deepest."""
+    d = self.max_depth_candidates
+    return np.array([c + (c[-1],) * (d - len(c)) for c in self.depths], np.int32)
+
+  def depth_mask(self) -> np.ndarray:
+    d = self.max_depth_candidates
+    return np.array([[j < len(c) for j in range(d)] for c in self.depths])
+
+  def init_logits(self, key: jax.Array) -> dict:
+    """Architecture parameters: α (S, 8) and β (stages, D), N(0, 0.01) (spec §2)."""
+    ka, kb = jax.random.split(key)
+    return {"alpha": 0.01 * jax.random.normal(ka, (self.num_slots, NUM_WIDTH_CANDIDATES)),
+            "beta": 0.01 * jax.random.normal(kb, (len(self.depths), self.max_depth_candidates))}
+
+  def masked_logits(self, logits: dict) -> tuple[jax.Array, jax.Array]:
+    """α and β with padded candidates at -inf."""
+    return (jnp.where(self.width_mask(), logits["alpha"], -jnp.inf),
+            jnp.where(self.depth_mask(), logits["beta"], -jnp.inf))
+
+  def argmax(self, logits: dict) -> tuple[jax.Array, jax.Array]:
+    """Indices of the most likely width per slot and depth per stage."""
+    alpha, beta = self.masked_logits(logits)
+    return jnp.argmax(alpha, -1), jnp.argmax(beta, -1)
+
+  def architecture(self, width_idx, depth_idx, name: str = "") -> Architecture:
+    """The pruned network of a choice of candidates (host side)."""
+    width_idx, depth_idx = np.asarray(width_idx), np.asarray(depth_idx)
+    widths = [s.candidates[int(i)] for s, i in zip(self.slots, width_idx)]
+    depths = [self.depths[s][int(j)] for s, j in enumerate(depth_idx)]
+    stages = [[] for _ in self.depths]
+    for b in self.blocks:
+      if b.index < depths[b.stage]:
+        stages[b.stage].append(tuple(widths[i] for i in b.slots))
+    base = self.base
+    projection_bn = not (base.dataset_kind == "cifar" and base.block_kind == "bottleneck")
+    return Architecture(family=base.family, num_classes=base.num_classes,
+                        input_size=base.input_size, input_channels=base.input_channels,
+                        stem_width=widths[0], stages=tuple(tuple(s) for s in stages),
+                        projection_bn=projection_bn, name=name)
+
+
+def build(base: Architecture) -> SearchSpace:
+  """The search space of an unpruned architecture."""
+  slots: list[Slot] = []
+
+  def add(name, kernel, stride, size, full):
+    cands = width_candidates(full)
+    slots.append(Slot(name, kernel, stride, conv_out_size(size, kernel, stride), full,
+                      cands + (cands[-1],) * (NUM_WIDTH_CANDIDATES - len(cands)), len(cands)))
+    return len(slots) - 1, slots[-1].out_size
+
+  if base.dataset_kind == "cifar":
+    _, size = add("stem", 3, 1, base.input_size, base.stem_width)
+  else:
+    _, size = add("stem", 7, 2, base.input_size, base.stem_width)
+    size = conv_out_size(size, 3, 2)
+  blocks = []
+  for s, b, cin, widths, stride in base.blocks():
+    in_size = size
+    kernels, strides = ((3, 3), (stride, 1)) if len(widths) == 2 else ((1, 3, 1), (1, stride, 1))
+    idx = []
+    for i, (w, k, st) in enumerate(zip(widths, kernels, strides)):
+      j, size = add(f"stage{s + 1}.block{b + 1}.conv_{'abc'[i]}", k, st, size, w)
+      idx.append(j)
+    blocks.append(BlockInfo(s, b, stride, in_size, tuple(idx),
+                            base.shortcut_kind(cin, widths[-1], stride)))
+  return SearchSpace(base, tuple(slots), tuple(blocks), depth_candidates(base))
+
+
+def stage_of(space: SearchSpace, slot: int) -> Optional[int]:
+  for b in space.blocks:
+    if slot in b.slots:
+      return b.stage
+  return None
