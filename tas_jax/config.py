@@ -13,7 +13,9 @@ import ml_collections
 from tas_jax.data import datasets
 from tas_jax.models import arch as arch_lib
 
-STAGES = ("teacher",)          # search, extract, distill and all arrive with the next issues
+STAGES = ("teacher", "search")  # extract, distill and all arrive with the next issues
+SEARCH_VARIANTS = ("tas", "width", "depth")
+TAU_SCHEDULES = ("cosine", "linear")
 PARALLEL_MODES = ("jit", "pmap")
 DTYPES = ("float32", "bfloat16")
 
@@ -51,6 +53,29 @@ def base_config() -> ml_collections.ConfigDict:
   c.teacher.momentum = 0.9
   c.teacher.nesterov = True
   c.teacher.weight_decay = 5e-4    # coupled L2 on every weight, as PyTorch's SGD
+
+  c.search = ml_collections.ConfigDict()
+  c.search.variant = "tas"         # tas (width + depth) | width | depth
+  c.search.flop_ratio = 0.5        # target F(A) / F_max
+  c.search.tolerance = 0.05        # t of the cost band (fraction of F_max)
+  c.search.band = "released"       # released: [R - t·F_max, R]; symmetric: [(1-t)R, (1+t)R]
+  c.search.cost_weight = 2.0       # λ
+  c.search.expected_flops = "exact"  # exact: E over independent choices; released: the chain form
+  c.search.epochs = 600
+  c.search.batch_size = 256        # per step; each iteration takes one batch of each half
+  c.search.tau_schedule = "cosine"   # cosine (released) | linear (paper: tau_max = 10)
+  c.search.tau_max = 5.0
+  c.search.tau_min = 0.1
+  c.search.lr = 0.1                # weights: SGD Nesterov, cosine per epoch, no warm-up
+  c.search.momentum = 0.9
+  c.search.nesterov = True
+  c.search.weight_decay = 5e-4
+  c.search.arch_lr = 1e-3          # architecture: Adam, constant lr, coupled L2
+  c.search.arch_beta1 = 0.5
+  c.search.arch_beta2 = 0.999
+  c.search.arch_weight_decay = 1e-3
+  c.search.evaluate_every_epoch = True   # test accuracy of the argmax network (batch statistics)
+  c.search.eval_batch_size = 500
 
   c.parallel = "jit"               # jit: global view, NamedSharding; pmap: per-device code
   c.num_devices = -1               # -1 = all local devices
@@ -120,6 +145,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
   _positive(c, "teacher.weight_decay", zero_ok=True)
   if not (isinstance(t.momentum, (int, float)) and 0 <= t.momentum < 1):
     _fail("teacher.momentum", t.momentum, "must be in [0, 1)")
+  _validate_search(c)
   if c.parallel not in PARALLEL_MODES:
     _fail("parallel", c.parallel, f"allowed: {', '.join(PARALLEL_MODES)}")
   if not (c.num_devices == -1 or (isinstance(c.num_devices, int) and c.num_devices > 0)):
@@ -128,6 +154,34 @@ def validate(c: ml_collections.ConfigDict) -> None:
   _positive(c, "checkpoint_every_steps", integer=True, zero_ok=True)
   _positive(c, "keep_checkpoints", integer=True)
   _positive(c, "max_steps_per_run", integer=True, zero_ok=True)
+
+
+def _validate_search(c: ml_collections.ConfigDict) -> None:
+  s = c.search
+  if s.variant not in SEARCH_VARIANTS:
+    _fail("search.variant", s.variant, f"allowed: {', '.join(SEARCH_VARIANTS)}")
+  if not (isinstance(s.flop_ratio, (int, float)) and 0 < s.flop_ratio <= 1):
+    _fail("search.flop_ratio", s.flop_ratio, "must be in (0, 1]: the target fraction of the "
+          "unpruned network's FLOPs")
+  if not (isinstance(s.tolerance, (int, float)) and 0 <= s.tolerance < s.flop_ratio):
+    _fail("search.tolerance", s.tolerance, "must be in [0, search.flop_ratio)")
+  if s.band not in ("released", "symmetric"):
+    _fail("search.band", s.band, "allowed: released, symmetric")
+  if s.expected_flops not in ("exact", "released"):
+    _fail("search.expected_flops", s.expected_flops, "allowed: exact, released")
+  if s.tau_schedule not in TAU_SCHEDULES:
+    _fail("search.tau_schedule", s.tau_schedule, f"allowed: {', '.join(TAU_SCHEDULES)}")
+  for field in ("tau_max", "tau_min", "lr", "arch_lr"):
+    _positive(c, f"search.{field}")
+  if s.tau_min > s.tau_max:
+    _fail("search.tau_min", s.tau_min, f"must not exceed search.tau_max={s.tau_max}")
+  for field in ("cost_weight", "weight_decay", "arch_weight_decay"):
+    _positive(c, f"search.{field}", zero_ok=True)
+  for field in ("epochs", "batch_size", "eval_batch_size"):
+    _positive(c, f"search.{field}", integer=True)
+  for field in ("momentum", "arch_beta1", "arch_beta2"):
+    if not (isinstance(s[field], (int, float)) and 0 <= s[field] < 1):
+      _fail(f"search.{field}", s[field], "must be in [0, 1)")
 
 
 def architecture(c: ml_collections.ConfigDict, num_classes: int, image_size: int,

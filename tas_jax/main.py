@@ -29,6 +29,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if config.stage == "teacher":
     from tas_jax.training import teacher
     return teacher.train_and_evaluate(config, workdir)
+  if config.stage == "search":
+    from tas_jax.training import search
+    return search.search(config, workdir)
   raise config_lib.ConfigError(f"config.stage={config.stage!r}: allowed: {config_lib.STAGES}")
 
 

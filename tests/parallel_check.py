@@ -39,5 +39,38 @@ def one_step(num_devices: int, mode: str, num_steps: int = 2) -> dict:
           "devices": mesh.shape[parallel.AXIS]}
 
 
+def one_search_iteration(num_devices: int, mode: str, num_steps: int = 2) -> dict:
+  """Two TAS search iterations (weight step + architecture step) of ResNet-14."""
+  from tas_jax.models import supernet
+  from tas_jax.search import space as space_lib
+  from tas_jax.training import search
+  ds = datasets.load("embedded")
+  ds = dataclasses.replace(ds, train_images=ds.train_images[:256], train_labels=ds.train_labels[:256],
+                           test_images=ds.test_images[:64], test_labels=ds.test_labels[:64])
+  space = space_lib.build(arch.cifar_resnet(14, num_classes=10, input_size=28, input_channels=1))
+  mesh = parallel.make_mesh(num_devices)
+  s = base_config().search
+  s.epochs = 2
+  net = supernet.SuperNet(space)
+  tx, _, arch_tx = search.optimizers(s, steps_per_epoch=2)
+  state = search.create_state(net, space, tx, arch_tx, np.zeros((2, 28, 28, 1), np.float32),
+                              jax.random.key(0), mesh)
+  data = teacher.DeviceData(ds, mesh, 64)
+  spec = steps.BatchSpec(64, 2, ds.mean, ds.std)
+  step = search.make_search_step(net, space, tx, arch_tx, spec, s, mesh, mode)
+  half_a, half_b = (parallel.put_replicated(h.astype(np.int32), mesh)
+                    for h in datasets.split_per_class(ds.train_labels, 0))
+  tau = parallel.put_replicated(np.float32(3.0), mesh)
+  out = []
+  for _ in range(num_steps):
+    state, m = step(state, data.train_images, data.train_labels, jax.random.key(1), half_a, half_b, tau)
+    out.append({k: float(v) for k, v in m.compute().items()})
+  flat = np.concatenate([np.ravel(x) for x in jax.tree.leaves((state.params, state.batch_stats))])
+  return {"metrics": out, "alpha": np.asarray(state.arch["alpha"]).ravel().tolist(),
+          "beta": np.asarray(state.arch["beta"]).ravel().tolist(), "params_head": flat[:2000].tolist(),
+          "devices": mesh.shape[parallel.AXIS], "compilations": step._cache_size()}
+
+
 if __name__ == "__main__":
-  print(json.dumps(one_step(int(sys.argv[1]), sys.argv[2])))
+  fn = one_search_iteration if len(sys.argv) > 3 and sys.argv[3] == "search" else one_step
+  print(json.dumps(fn(int(sys.argv[1]), sys.argv[2])))

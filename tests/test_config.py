@@ -17,7 +17,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     ("teacher.lr", -0.1, "config.teacher.lr=-0.1: must be a number > 0"),
     ("teacher.momentum", 1.0, "config.teacher.momentum=1.0: must be in [0, 1)"),
     ("parallel", "pjit", "config.parallel='pjit': allowed: jit, pmap"),
-    ("stage", "prune", "config.stage='prune': allowed: teacher"),
+    ("stage", "prune", "config.stage='prune': allowed: teacher, search"),
     ("model.family", "vgg", "config.model.family='vgg': allowed: cifar, imagenet"),
     ("teacher.batch_size", 0, "config.teacher.batch_size=0: must be an integer > 0"),
 ])

@@ -16,13 +16,15 @@ import parallel_check
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def run_on(num_devices, mode):
+def run_on(num_devices, mode, what="step"):
+  """parallel_check's result for `num_devices`, in a child process when this one has fewer."""
   if jax.device_count() >= num_devices:
-    return parallel_check.one_step(num_devices, mode)
+    fn = parallel_check.one_search_iteration if what == "search" else parallel_check.one_step
+    return fn(num_devices, mode)
   root = os.path.dirname(HERE)
   env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={num_devices}",
          "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
-  out = subprocess.run([sys.executable, os.path.join(HERE, "parallel_check.py"), str(num_devices), mode],
+  out = subprocess.run([sys.executable, os.path.join(HERE, "parallel_check.py"), str(num_devices), mode, what],
                        capture_output=True, text=True, env=env, cwd=os.path.dirname(HERE))
   assert out.returncode == 0, out.stderr[-3000:]
   return json.loads(out.stdout.strip().splitlines()[-1])

@@ -13,8 +13,10 @@ is Σ_j q_j · CWI(F_{d_j} → widest). The layer names are the plain ResNet's, 
 (`supernet_params_from_plain`).
 
 Variants: "tas" (width + depth), "width" (full depth), "depth" (full widths, one BN, no CWI).
-`train=False` evaluates the argmax network: the most likely width (its own running statistics)
-and depth everywhere.
+`argmax=True` runs the most likely width and depth everywhere. Its BN running statistics are
+averages over many sampled upstream widths and do not fit one fixed network, so the search
+evaluates the argmax network with batch statistics (`train=True, argmax=True`, immutable
+`batch_stats`); `train=False` uses the running statistics.
 """
 
 from __future__ import annotations
@@ -38,9 +40,9 @@ BN_EPS = 1e-5
 class CandidateBatchNorm(nn.Module):
   """One BN per width candidate: affine parameters and running statistics of shape (K, C).
 
-  Training normalises with the batch statistics (the same for every candidate of a channel) and
-  updates the running statistics of the sampled candidates only. Evaluation normalises with the
-  statistics of `idx[0]`.
+  Training normalises with the batch statistics (the same for every candidate of a channel) and,
+  when `batch_stats` is mutable, updates the running statistics of the sampled candidates only.
+  Evaluation normalises with the running statistics of `idx[0]`.
   """
   width: int
   zero_init: bool = False
@@ -61,7 +63,7 @@ class CandidateBatchNorm(nn.Module):
       if self.axis_name is not None:
         mean, mean2 = jax.lax.pmean((mean, mean2), self.axis_name)
       var = jnp.maximum(mean2 - mean * mean, 0.0)
-      if not self.is_initializing():
+      if not self.is_initializing() and self.is_mutable_collection("batch_stats"):
         ra_mean.value = ra_mean.value.at[idx].set(
             BN_MOMENTUM * ra_mean.value[idx] + (1 - BN_MOMENTUM) * mean[None])
         ra_var.value = ra_var.value.at[idx].set(
@@ -103,7 +105,7 @@ class SearchConv(nn.Module):
     return z @ m.T + bias
 
 
-def _choices(space: SearchSpace, logits: dict, key, tau, train: bool, variant: str):
+def _choices(space: SearchSpace, logits: dict, key, tau, sample: bool, variant: str):
   """Per slot (idx (S,2), widths (S,2), weights (S,2)) and per stage depth weights q (stages, D)."""
   alpha, beta = space.masked_logits(logits)
   table = jnp.asarray(space.width_table())
@@ -111,7 +113,7 @@ def _choices(space: SearchSpace, logits: dict, key, tau, train: bool, variant: s
   if variant == "depth":
     full = jnp.asarray([s.num_valid - 1 for s in space.slots])
     idx, weights = jnp.stack([full, full], 1), jnp.tile(jnp.array([1.0, 0.0]), (n_slots, 1))
-  elif train:
+  elif sample:
     idx, weights = gumbel.sample_pairs(jax.random.fold_in(key, 0), alpha, tau)
   else:
     best = jnp.argmax(alpha, -1)
@@ -119,7 +121,7 @@ def _choices(space: SearchSpace, logits: dict, key, tau, train: bool, variant: s
   widths = table[jnp.arange(n_slots)[:, None], idx]
   if variant == "width":
     q = jax.nn.one_hot(jnp.asarray([len(d) - 1 for d in space.depths]), beta.shape[1])
-  elif train:
+  elif sample:
     keys = jax.random.split(jax.random.fold_in(key, 1), n_stages)
     q = jax.vmap(gumbel.soft_depth_weights, (0, 0, None))(keys, beta, tau)
   else:
@@ -134,11 +136,14 @@ class SuperNet(nn.Module):
   axis_name: Optional[str] = None
 
   @nn.compact
-  def __call__(self, x, logits: dict, key, tau, train: bool = True):
+  def __call__(self, x, logits: dict, key, tau, train: bool = True, argmax: bool = False):
+    """train: BN with batch statistics; argmax: the most likely architecture instead of a sample
+    (always so when not training)."""
     space, base = self.space, self.space.base
     imagenet = base.dataset_kind == "imagenet"
     mix = self.variant != "depth"
-    idx, widths, weights, q = _choices(space, logits, key, tau, train, self.variant)
+    sample = train and not argmax
+    idx, widths, weights, q = _choices(space, logits, key, tau, sample, self.variant)
     choice = lambda slot: (idx[slot], widths[slot], weights[slot])
     conv = lambda width, kernel, stride, **kw: SearchConv(width, kernel, stride, mix=mix,
                                                           axis_name=self.axis_name, **kw)
@@ -170,16 +175,16 @@ class SuperNet(nn.Module):
         h = nn.relu(y + residual)
         outputs.append((h, jnp.max(widths[out_slot]) if mix else space.slots[out_slot].full))
       if self.variant != "width":
-        h = _depth_mixture(outputs, dtab[s], q[s], train)
+        h = _depth_mixture(outputs, dtab[s], q[s], soft=sample)
     features = jnp.mean(h, axis=(1, 2))
     return nn.Dense(base.num_classes, kernel_init=linear_init, bias_init=nn.initializers.zeros,
                     name="classifier")(features)
 
 
-def _depth_mixture(outputs, depths: np.ndarray, q, train: bool):
-  """Σ_j q_j · CWI(F_{d_j} → widest); at evaluation q is one-hot and no CWI is applied."""
+def _depth_mixture(outputs, depths: np.ndarray, q, soft: bool):
+  """Σ_j q_j · CWI(F_{d_j} → widest); for the argmax q is one-hot and no CWI is applied."""
   feats = [outputs[int(d) - 1] for d in depths]
-  if not train:
+  if not soft:
     return sum(q[j] * f for j, (f, _) in enumerate(feats))
   size = feats[0][0].shape[-1]
   widest = jnp.max(jnp.stack([c for _, c in feats]))

@@ -5,7 +5,8 @@ For one searched conv with candidate logits α (K,) and temperature τ:
   a, b = two distinct candidates drawn from p (no gradient through the draw): the top-2 of
          log p + a second Gumbel draw, which is sampling without replacement;
   (w_a, w_b) = softmax(ℓ_a, ℓ_b), differentiable in α.
-softmax over the pair cancels log_softmax's normaliser, so α gets gradient only at a and b.
+log_softmax only shifts every ℓ by the same constant, which neither softmax(ℓ) nor the pair's
+softmax sees; we drop it, so α gets gradient only at a and b, exactly (not up to rounding).
 Padded candidate slots carry α = -inf and are never drawn while two real ones exist.
 """
 
@@ -16,9 +17,10 @@ import jax.numpy as jnp
 
 
 def perturbed_logits(key: jax.Array, alpha: jax.Array, tau) -> jax.Array:
-  """ℓ = (log_softmax(α) + g) / τ with fresh Gumbel noise g."""
+  """ℓ = (α + g) / τ with fresh Gumbel noise g: the spec's (log_softmax(α) + g) / τ up to a
+  constant shift, which no softmax of ℓ depends on."""
   g = jax.random.gumbel(key, alpha.shape, alpha.dtype)
-  return (jax.nn.log_softmax(alpha) + g) / tau
+  return (alpha + g) / tau
 
 
 def draw_two_distinct(key: jax.Array, log_p: jax.Array) -> jax.Array:
@@ -45,4 +47,5 @@ def sample_pairs(key: jax.Array, alphas: jax.Array, tau) -> tuple[jax.Array, jax
 
 def soft_depth_weights(key: jax.Array, beta: jax.Array, tau) -> jax.Array:
   """Depth mixture of one stage: q = softmax((log_softmax(β) + g) / τ) over all candidates."""
+  # (the shift-free form of perturbed_logits gives the same q)
   return jax.nn.softmax(perturbed_logits(key, beta, tau))

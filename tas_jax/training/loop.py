@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import time
 from typing import Any, Callable, Optional
@@ -62,14 +63,29 @@ def _fmt_time(seconds: float) -> str:
   return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
 
 
+def _fmt_metrics(values: dict) -> str:
+  """'loss 0.4321 accuracy 85.20% …': accuracies and ratios as percentages."""
+  parts = []
+  for k, v in values.items():
+    if "accuracy" in k or k.endswith("ratio"):
+      parts.append(f"{k} {100 * v:.2f}%")
+    elif isinstance(v, float):
+      parts.append(f"{k} {v:.4g}")
+    else:
+      parts.append(f"{k} {v}")
+  return " ".join(parts)
+
+
 def fit(cfg: LoopConfig, stage_dir: str, state, train_step: Callable, step_args: tuple,
-        epoch_permutation: Callable[[int], jax.Array], evaluate: Callable[[Any], dict],
+        epoch_inputs: Callable[[int], tuple], end_of_epoch: Callable[[Any, int], dict],
         learning_rate: Callable[[int], float]) -> tuple[Any, list[dict], bool]:
   """Trains `state` to `cfg.num_epochs`; returns the state, the per-epoch history and whether
   the run is finished (False when `cfg.max_steps_per_run` stopped it early, with a checkpoint).
 
-  `train_step(state, *step_args, permutation)` -> (state, metrics collection);
-  `evaluate(state)` -> dict of device scalars. History entries hold epoch, train and test figures.
+  `train_step(state, *step_args, *epoch_inputs(epoch))` -> (state, clu metrics collection);
+  `epoch_inputs(epoch)` gives the device arrays that change per epoch (permutations, τ);
+  `end_of_epoch(state, epoch)` -> a JSON-able dict (evaluation, recorded architecture, …): its
+  numbers are logged and written to TensorBoard, all of it goes into the history.
   """
   os.makedirs(stage_dir, exist_ok=True)
   manager = checkpoint_manager(stage_dir, cfg.keep_checkpoints)
@@ -97,28 +113,28 @@ def fit(cfg: LoopConfig, stage_dir: str, state, train_step: Callable, step_args:
   t_start = time.time()
   while step < stop_at:
     epoch = step // cfg.steps_per_epoch
-    permutation = epoch_permutation(epoch)
+    inputs = tuple(epoch_inputs(epoch))
     accumulated = None
     t_log, step_log = time.time(), step
     while True:
-      state, m = train_step(state, *step_args, permutation)
+      state, m = train_step(state, *step_args, *inputs)
       accumulated = m if accumulated is None else accumulated.merge(m)
       step += 1
       in_epoch = step - epoch * cfg.steps_per_epoch
       epoch_end = in_epoch == cfg.steps_per_epoch
       if step % cfg.log_every_steps == 0 or epoch_end:
         train = {k: float(v) for k, v in accumulated.compute().items()}  # host sync, per log only
-        if train["loss"] != train["loss"] or abs(train["loss"]) == float("inf"):
-          raise FloatingPointError(f"[{cfg.stage}] loss is {train['loss']} at step {step}: lower "
-                                   "the learning rate or check the data")
+        bad = [k for k, v in train.items() if not math.isfinite(v)]
+        if bad:
+          raise FloatingPointError(f"[{cfg.stage}] {bad[0]} is {train[bad[0]]} at step {step}: "
+                                   "lower the learning rate or check the data")
         now = time.time()
         rate = (step - step_log) * cfg.global_batch / max(now - t_log, 1e-9)
         eta = (total_steps - step) * (now - t_log) / max(step - step_log, 1)
-        logging.info("[%s] epoch %d/%d step %d/%d loss %.4f acc %.2f%% lr %.4g %.0f img/s ETA %s",
-                     cfg.stage, epoch + 1, cfg.num_epochs, in_epoch, cfg.steps_per_epoch,
-                     train["loss"], 100 * train["accuracy"], learning_rate(step), rate,
-                     _fmt_time(eta))
-        writer.write_scalars(step, {"train/loss": train["loss"], "train/accuracy": train["accuracy"],
+        logging.info("[%s] epoch %d/%d step %d/%d %s lr %.4g %.0f img/s ETA %s", cfg.stage,
+                     epoch + 1, cfg.num_epochs, in_epoch, cfg.steps_per_epoch, _fmt_metrics(train),
+                     learning_rate(step), rate, _fmt_time(eta))
+        writer.write_scalars(step, {**{f"train/{k}": v for k, v in train.items()},
                                     "train/learning_rate": learning_rate(step),
                                     "train/images_per_second": rate})
         t_log, step_log = now, step
@@ -129,18 +145,19 @@ def fit(cfg: LoopConfig, stage_dir: str, state, train_step: Callable, step_args:
         logging.info("[%s] stopping after %d steps in this run (max_steps_per_run); run the same "
                      "command again to continue", cfg.stage, step - start)
         manager.wait_until_finished()
+        manager.close()
+        writer.close()
         return state, history, False
       if cfg.checkpoint_every_steps and step % cfg.checkpoint_every_steps == 0:
         _save(manager, step, state, {"history": history})
-    test = {k: float(v) for k, v in evaluate(state).items()}
-    entry = {"epoch": epoch + 1, "step": step, "train_loss": train["loss"],
-             "train_accuracy": train["accuracy"], "test_loss": test["loss"],
-             "test_accuracy": test["accuracy"], "elapsed_s": round(time.time() - t_start, 1)}
+    entry = {"epoch": epoch + 1, "step": step, **{f"train_{k}": v for k, v in train.items()},
+             **end_of_epoch(state, epoch), "elapsed_s": round(time.time() - t_start, 1)}
     history.append(entry)
-    logging.info("[%s] epoch %d/%d done: test loss %.4f test acc %.2f%% (train acc %.2f%%)",
-                 cfg.stage, epoch + 1, cfg.num_epochs, test["loss"], 100 * test["accuracy"],
-                 100 * train["accuracy"])
-    writer.write_scalars(step, {"test/loss": test["loss"], "test/accuracy": test["accuracy"]})
+    numbers = {k: v for k, v in entry.items() if isinstance(v, (int, float)) and
+               k not in ("epoch", "step", "elapsed_s") and not k.startswith("train_")}
+    logging.info("[%s] epoch %d/%d done: %s", cfg.stage, epoch + 1, cfg.num_epochs,
+                 _fmt_metrics(numbers))
+    writer.write_scalars(step, {f"epoch/{k}": v for k, v in numbers.items()})
     writer.flush()
     _save(manager, step, state, {"history": history})
   manager.wait_until_finished()

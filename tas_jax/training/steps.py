@@ -60,12 +60,24 @@ def create_state(model: nn.Module, tx: optax.GradientTransformation, sample_inpu
   return jax.jit(init, out_shardings=parallel.replicated(mesh))()
 
 
-def _shard_batch(spec: BatchSpec, step, perm, shard_index, shard_count):
+def shard_batch(spec: BatchSpec, step, perm, shard_index, shard_count):
   """Indices into the dataset and positions in the global batch of this shard's examples."""
   local = spec.global_batch // shard_count
   offset = shard_index * local
   start = (step % spec.steps_per_epoch) * spec.global_batch + offset
   return jax.lax.dynamic_slice(perm, (start,), (local,)), offset + jnp.arange(local)
+
+
+def augmented_batch(spec: BatchSpec, step, perm, images, labels, key, shard_index, shard_count,
+                    batch_sharding: Optional[NamedSharding]):
+  """This shard's (augmented, normalised images; labels) of the step's batch from `perm`."""
+  idx, positions = shard_batch(spec, step, perm, shard_index, shard_count)
+  if batch_sharding is not None:  # global view: spread the batch over the 'data' axis
+    idx = jax.lax.with_sharding_constraint(idx, batch_sharding)
+    positions = jax.lax.with_sharding_constraint(positions, batch_sharding)
+  keys = augment.example_keys(key, positions)
+  x = augment.train_batch(keys, images[idx], spec.mean, spec.std, spec.crop_padding, spec.flip)
+  return x, labels[idx]
 
 
 def classification_loss(logits, labels):
@@ -85,13 +97,8 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, spec: Ba
   batch_sharding: Optional[NamedSharding] = parallel.batch_sharded(mesh) if mode == "jit" else None
 
   def per_shard(shard_index, shard_count, state: TrainState, images, labels, key, perm):
-    idx, positions = _shard_batch(spec, state.step, perm, shard_index, shard_count)
-    if batch_sharding is not None:  # global view: spread the batch over the 'data' axis
-      idx = jax.lax.with_sharding_constraint(idx, batch_sharding)
-      positions = jax.lax.with_sharding_constraint(positions, batch_sharding)
-    keys = augment.example_keys(jax.random.fold_in(key, state.step), positions)
-    x = augment.train_batch(keys, images[idx], spec.mean, spec.std, spec.crop_padding, spec.flip)
-    y = labels[idx]
+    x, y = augmented_batch(spec, state.step, perm, images, labels, jax.random.fold_in(key, state.step),
+                           shard_index, shard_count, batch_sharding)
 
     def objective(params):
       logits, updates = model.apply({"params": params, "batch_stats": state.batch_stats}, x,
@@ -110,15 +117,17 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, spec: Ba
   return parallel.compile_step(per_shard, mesh, mode, num_args=5)
 
 
-def make_eval_fn(model: nn.Module, mean, std, mesh, num_examples: int, eval_batch: int) -> Callable:
-  """Compiles `evaluate(params, batch_stats, images, labels) -> {'loss', 'accuracy'}`.
+def make_eval_fn(apply_fn: Callable, mean, std, mesh, num_examples: int,
+                 eval_batch: int) -> Callable:
+  """Compiles `evaluate(variables, images, labels) -> {'loss', 'accuracy'}`.
 
-  `images` is the test set padded to a multiple of `eval_batch`; the padding is masked out. The
-  whole pass is one `lax.map` over batches: one call per evaluation, no Python loop.
+  `apply_fn(variables, x)` gives the logits of normalised images in evaluation mode. `images` is
+  the test set padded to a multiple of `eval_batch`; the padding is masked out. The whole pass is
+  one `lax.map` over batches: one call per evaluation, no Python loop.
   """
   sharding = parallel.batch_sharded(mesh)
 
-  def evaluate(params, batch_stats, images, labels):
+  def evaluate(variables, images, labels):
     n_batches = images.shape[0] // eval_batch
     xs = images.reshape((n_batches, eval_batch) + images.shape[1:])
     ys = labels.reshape((n_batches, eval_batch))
@@ -126,8 +135,7 @@ def make_eval_fn(model: nn.Module, mean, std, mesh, num_examples: int, eval_batc
 
     def one(batch):
       x, y, m = (jax.lax.with_sharding_constraint(t, sharding) for t in batch)
-      logits = model.apply({"params": params, "batch_stats": batch_stats},
-                           augment.normalize(x, mean, std), train=False)
+      logits = apply_fn(variables, augment.normalize(x, mean, std))
       ce = optax.softmax_cross_entropy_with_integer_labels(logits, y)
       return jnp.sum(ce * m), jnp.sum((jnp.argmax(logits, -1) == y) * m)
 

@@ -99,8 +99,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   spec = steps.BatchSpec(t.batch_size, steps_per_epoch, ds.mean, ds.std, config.data.crop_padding,
                          config.data.flip)
   train_step = steps.make_train_step(model, tx, spec, mesh, config.parallel)
-  evaluate = steps.make_eval_fn(model, ds.mean, ds.std, mesh, data.num_test, data.eval_batch)
+  evaluate = steps.make_eval_fn(
+      lambda v, x: model.apply({"params": v[0], "batch_stats": v[1]}, x, train=False),
+      ds.mean, ds.std, mesh, data.num_test, data.eval_batch)
 
+  permutation = epoch_permutation_fn(config.seed, data.num_train, mesh)
   os.makedirs(stage_dir, exist_ok=True)
   arch.save(os.path.join(stage_dir, "arch.json"))
   cfg = loop.LoopConfig("teacher", t.warmup_epochs + t.cosine_epochs, steps_per_epoch, t.batch_size,
@@ -109,8 +112,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   state, history, finished = loop.fit(
       cfg, stage_dir, state, train_step,
       (data.train_images, data.train_labels, aug_key),
-      epoch_permutation_fn(config.seed, data.num_train, mesh),
-      lambda s: evaluate(s.params, s.batch_stats, data.test_images, data.test_labels),
+      lambda epoch: (permutation(epoch),),
+      lambda s, epoch: {f"test_{k}": float(v) for k, v in
+                        evaluate((s.params, s.batch_stats), data.test_images, data.test_labels).items()},
       lambda step: float(schedule(step)))
   if not finished:
     return {"stage": "teacher", "finished": False, "step": int(jax.device_get(state.step))}

@@ -1,0 +1,138 @@
+"""The supernet and the search stage."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from tas_jax import config as config_lib
+from tas_jax.models import arch, resnet, supernet
+from tas_jax.search import space as space_lib
+from tas_jax.training import search
+from test_train import run_on
+
+
+@pytest.mark.parametrize("a", [
+    arch.cifar_resnet(14, input_size=16),
+    arch.cifar_resnet(29, "bottleneck", input_size=16),
+    arch.imagenet_resnet(18, num_classes=5, input_size=64),
+], ids=lambda a: a.name)
+def test_peaked_supernet_is_the_plain_network(a):
+  """Every distribution peaked on the full width and depth: the supernet computes the plain
+  network's function with the same weights (train mode, batch statistics)."""
+  space = space_lib.build(a)
+  plain = resnet.build(a)
+  x = jax.random.normal(jax.random.key(1), (4, a.input_size, a.input_size, a.input_channels))
+  v = jax.jit(plain.init)(jax.random.key(0), x)
+  # perturb BN parameters so that a wrong candidate or a missed affine would show
+  v = {"params": jax.tree.map(lambda t: t + 0.1 * jax.random.normal(jax.random.key(2), t.shape),
+                              v["params"]), "batch_stats": v["batch_stats"]}
+  want, _ = plain.apply(v, x, train=True, mutable=["batch_stats"])
+  params, stats = supernet.supernet_params_from_plain(v["params"], v["batch_stats"])
+  full_w = np.array([s.num_valid - 1 for s in space.slots])
+  full_d = np.array([len(c) - 1 for c in space.depths])
+  logits = {"alpha": jnp.asarray(np.eye(8)[full_w] * 1e3, jnp.float32),
+            "beta": jnp.asarray(np.eye(space.max_depth_candidates)[full_d] * 1e3, jnp.float32)}
+  net = supernet.SuperNet(space)
+  got, _ = jax.jit(lambda p, s, k: net.apply({"params": p, "batch_stats": s}, x, logits, k, 1.0,
+                                             train=True, mutable=["batch_stats"]))(
+      params, stats, jax.random.key(5))
+  np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * float(jnp.abs(want).max()))
+
+
+def test_supernet_static_shapes_and_one_compilation_for_any_tau_and_sample():
+  space = space_lib.build(arch.cifar_resnet(14, input_size=16))
+  net = supernet.SuperNet(space)
+  x = jnp.ones((2, 16, 16, 3))
+  logits = space.init_logits(jax.random.key(0))
+  v = jax.jit(lambda: net.init(jax.random.key(0), x, logits, jax.random.key(0), 1.0))()
+  fwd = jax.jit(lambda v, lg, k, t: net.apply(v, x, lg, k, t, train=True, mutable=["batch_stats"])[0])
+  outs = [fwd(v, logits, jax.random.key(i), jnp.float32(t)) for i, t in enumerate([5.0, 2.0, 0.1])]
+  assert all(o.shape == (2, 10) for o in outs) and fwd._cache_size() == 1
+  assert not np.allclose(outs[0], outs[1])  # different samples, different functions
+
+
+def test_only_the_sampled_candidates_running_statistics_move():
+  bn = supernet.CandidateBatchNorm(6)
+  z = jax.random.normal(jax.random.key(0), (4, 3, 3, 6)) * 3 + 1
+  v = bn.init(jax.random.key(0), z, jnp.array([1, 4]), True)
+  _, upd = bn.apply(v, z, jnp.array([1, 4]), True, mutable=["batch_stats"])
+  moved = np.any(np.asarray(upd["batch_stats"]["mean"]) != 0, axis=1)
+  np.testing.assert_array_equal(moved, [False, True, False, False, True, False, False, False])
+  np.testing.assert_allclose(upd["batch_stats"]["mean"][1], 0.1 * z.mean((0, 1, 2)), rtol=1e-5)
+
+
+def test_search_iteration_same_numbers_on_1_and_8_devices_with_jit_and_pmap():
+  ref = run_on(1, "jit", "search")
+  assert ref["compilations"] == 1
+  for devices, mode in [(1, "pmap"), (8, "jit"), (8, "pmap")]:
+    got = run_on(devices, mode, "search")
+    assert got["devices"] == devices
+    for m_ref, m_got in zip(ref["metrics"], got["metrics"]):
+      for k in m_ref:
+        assert m_got[k] == pytest.approx(m_ref[k], abs=1e-5), (devices, mode, k)
+    np.testing.assert_allclose(got["alpha"], ref["alpha"], atol=1e-5)  # Adam: 1% of a step
+    np.testing.assert_allclose(got["beta"], ref["beta"], atol=1e-5)
+    np.testing.assert_allclose(got["params_head"], ref["params_head"], atol=1e-5)
+  # the architecture moved: Adam's first step changes every logit the pair touched
+  assert np.any(np.abs(np.asarray(ref["alpha"])) > 1e-4)
+
+
+def test_tau_schedules():
+  s = config_lib.base_config().search
+  s.epochs = 11
+  taus = [search.tau_at(e, s) for e in range(11)]
+  assert taus[0] == pytest.approx(5.0) and taus[-1] == pytest.approx(0.1)
+  assert taus[5] == pytest.approx(2.55)  # cosine midpoint
+  assert all(a > b for a, b in zip(taus, taus[1:]))
+  s.tau_schedule, s.tau_max = "linear", 10.0
+  assert [search.tau_at(e, s) for e in (0, 5, 10)] == pytest.approx([10.0, 5.05, 0.1])
+
+
+@pytest.fixture(scope="module")
+def short_search(tmp_path_factory):
+  c = config_lib.base_config()
+  c.stage = "search"
+  c.data.name = "embedded"
+  c.model.depth = 14
+  c.search.epochs = 2
+  c.search.batch_size = 250
+  c.search.flop_ratio = 0.5
+  c.log_every_steps = 100
+  workdir = str(tmp_path_factory.mktemp("search"))
+  return workdir, search.search(c, workdir)
+
+
+def test_short_search_records_every_epoch_and_compiles_once(short_search):
+  _, summary = short_search
+  assert summary["finished"] and summary["step_compilations"] == 1  # across τ changes
+  hist = summary["history"]
+  assert [h["epoch"] for h in hist] == [1, 2] and hist[0]["tau"] == 5.0 and hist[1]["tau"] == 0.1
+  space = space_lib.build(arch.cifar_resnet(14, input_size=28, input_channels=1))
+  for h in hist:
+    assert len(h["widths"]) == space.num_slots and len(h["depths"]) == 3
+    for w, slot in zip(h["widths"], space.slots):
+      assert w in slot.candidates
+    assert 0 < h["flops_ratio"] <= 1 and 0 < h["expected_flops_ratio"] <= 1
+    assert np.isfinite(h["train_loss"]) and np.isfinite(h["train_arch_loss"])
+  final = arch.Architecture.from_dict(summary["architecture"])
+  assert list(final.depths) == hist[-1]["depths"]
+  assert summary["flops_ratio"] == pytest.approx(hist[-1]["flops_ratio"])
+
+
+def test_search_resumes_after_an_interruption(short_search, tmp_path):
+  _, reference = short_search
+  c = config_lib.base_config()
+  c.stage = "search"
+  c.data.name = "embedded"
+  c.model.depth = 14
+  c.search.epochs = 2
+  c.search.batch_size = 250
+  c.log_every_steps = 100
+  c.max_steps_per_run = 13  # mid second epoch (10 iterations per epoch)
+  assert search.search(c, str(tmp_path))["finished"] is False
+  c.max_steps_per_run = 0
+  resumed = search.search(c, str(tmp_path))
+  assert resumed["architecture"] == reference["architecture"]
+  assert resumed["history"][-1]["flops_ratio"] == pytest.approx(reference["history"][-1]["flops_ratio"])
+  assert resumed["history"][-1]["train_loss"] == pytest.approx(reference["history"][-1]["train_loss"], rel=1e-4)
