@@ -20,6 +20,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     ("stage", "prune", "config.stage='prune': allowed: teacher, search"),
     ("model.family", "vgg", "config.model.family='vgg': allowed: cifar, imagenet"),
     ("teacher.batch_size", 0, "config.teacher.batch_size=0: must be an integer > 0"),
+    ("search.flop_ratio", 1.5, "config.search.flop_ratio=1.5: must be in (0, 1]"),
+    ("search.variant", "tas2", "config.search.variant='tas2': allowed: tas, width, depth"),
+    ("search.tau_schedule", "exp", "config.search.tau_schedule='exp': allowed: cosine, linear"),
+    ("search.band", "wide", "config.search.band='wide': allowed: released, symmetric"),
+    ("search.arch_lr", 0, "config.search.arch_lr=0: must be a number > 0"),
 ])
 def test_validate_names_field_and_allowed_values(field, value, message):
   c = config_lib.base_config()

@@ -12,7 +12,7 @@ statistics over that mesh axis so that they cover the global batch, as they do u
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import ClassVar, Optional
 
 import flax.linen as nn
 import jax
@@ -112,33 +112,32 @@ def _head(arch: Architecture, x):
                   dtype=jnp.float32, name="classifier")(x.astype(jnp.float32))
 
 
-class CifarResNet(nn.Module):
+class _ResNet(nn.Module):
+  """Stem, stages, head; the family's subclass says which stem and shortcut rules apply."""
+  arch: Architecture
+  bn_axis_name: Optional[str] = None
+  dtype: jnp.dtype = jnp.float32
+  imagenet: ClassVar[bool] = False
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    kernel, stride = (7, 2) if self.imagenet else (3, 1)
+    x = nn.relu(ConvBN(self.arch.stem_width, kernel, stride, bn_axis_name=self.bn_axis_name,
+                       dtype=self.dtype, name="stem")(x.astype(self.dtype), train))
+    if self.imagenet:
+      x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
+    x = _stages(self.arch, x, train, self.bn_axis_name, self.dtype, imagenet=self.imagenet)
+    return _head(self.arch, x)
+
+
+class CifarResNet(_ResNet):
   """CIFAR ResNet (basic or bottleneck blocks) of any widths and kept depths."""
-  arch: Architecture
-  bn_axis_name: Optional[str] = None
-  dtype: jnp.dtype = jnp.float32
-
-  @nn.compact
-  def __call__(self, x, train: bool = False):
-    x = nn.relu(ConvBN(self.arch.stem_width, 3, 1, bn_axis_name=self.bn_axis_name,
-                       dtype=self.dtype, name="stem")(x.astype(self.dtype), train))
-    x = _stages(self.arch, x, train, self.bn_axis_name, self.dtype, imagenet=False)
-    return _head(self.arch, x)
+  imagenet: ClassVar[bool] = False
 
 
-class ImageNetResNet(nn.Module):
+class ImageNetResNet(_ResNet):
   """ImageNet ResNet-18/50 (and any pruned version of them)."""
-  arch: Architecture
-  bn_axis_name: Optional[str] = None
-  dtype: jnp.dtype = jnp.float32
-
-  @nn.compact
-  def __call__(self, x, train: bool = False):
-    x = nn.relu(ConvBN(self.arch.stem_width, 7, 2, bn_axis_name=self.bn_axis_name,
-                       dtype=self.dtype, name="stem")(x.astype(self.dtype), train))
-    x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
-    x = _stages(self.arch, x, train, self.bn_axis_name, self.dtype, imagenet=True)
-    return _head(self.arch, x)
+  imagenet: ClassVar[bool] = True
 
 
 def build(arch: Architecture, bn_axis_name: Optional[str] = None,

@@ -231,7 +231,11 @@ def search(config: ml_collections.ConfigDict, workdir: str) -> dict:
       "flops_max_m": round(flops_max / 1e6, 4), "flops_m": round(counts.flops_m, 4),
       "flops_ratio": counts.flops / flops_max, "params_m": round(counts.params_m, 4),
       "architecture": final.to_dict(), "epochs": s.epochs,
-      "steps": s.epochs * steps_per_epoch, "step_compilations": iteration._cache_size(),
+      "steps": s.epochs * steps_per_epoch,
+      # compilations of each jitted function over the whole run (τ and permutations change per
+      # epoch, as inputs): 1 each, or the search recompiled somewhere
+      "compilations": {"iteration": iteration._cache_size(), "evaluate": evaluate._cache_size(),
+                       "epoch_shuffle": shuffle._cache_size()},
       "devices": n_dev, "parallel": config.parallel, "wall_time_s": round(time.time() - t0, 1),
       "history": history,
   }
