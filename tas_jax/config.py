@@ -33,6 +33,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data = ml_collections.ConfigDict()
   c.data.name = "cifar10"          # one of tas_jax.data.datasets.NAMES
   c.data.dir = ""                  # where archives / IDX files / TFDS data live ("" = defaults only)
+  c.data.train_examples = -1       # -1 = all; N = only the first N training images (quick runs)
   c.data.image_size = -1           # -1 = native; larger zero-pads (Fashion-MNIST 28 -> 32)
   c.data.crop_padding = 4          # random crop with this much zero padding (0 = no crop)
   c.data.flip = True               # random horizontal flip
@@ -118,6 +119,9 @@ def validate(c: ml_collections.ConfigDict) -> None:
   if not (c.data.image_size == -1 or (isinstance(c.data.image_size, int) and c.data.image_size > 0)):
     _fail("data.image_size", c.data.image_size, "must be -1 (native size) or a positive integer")
   _positive(c, "data.crop_padding", integer=True, zero_ok=True)
+  if not (c.data.train_examples == -1 or (isinstance(c.data.train_examples, int)
+                                          and c.data.train_examples > 0)):
+    _fail("data.train_examples", c.data.train_examples, "must be -1 (all) or a positive integer")
   if c.model.dtype not in DTYPES:
     _fail("model.dtype", c.model.dtype, f"allowed: {', '.join(DTYPES)}")
   if c.model.arch:

@@ -40,7 +40,8 @@ def one_step(num_devices: int, mode: str, num_steps: int = 2) -> dict:
 
 
 def one_search_iteration(num_devices: int, mode: str, num_steps: int = 2) -> dict:
-  """Two TAS search iterations (weight step + architecture step) of ResNet-14."""
+  """TAS search iterations (weight step + architecture step) of ResNet-14: the metrics of every
+  iteration, and the weights and architecture logits after the first."""
   from tas_jax.models import supernet
   from tas_jax.search import space as space_lib
   from tas_jax.training import search
@@ -56,19 +57,24 @@ def one_search_iteration(num_devices: int, mode: str, num_steps: int = 2) -> dic
   state = search.create_state(net, space, tx, arch_tx, np.zeros((2, 28, 28, 1), np.float32),
                               jax.random.key(0), mesh)
   data = teacher.DeviceData(ds, mesh, 64)
-  spec = steps.BatchSpec(64, 2, ds.mean, ds.std)
+  half_a, half_b = datasets.split_per_class(ds.train_labels, 0)
+  batch = 48  # two iterations fit in the smaller half (125 images)
+  assert 2 * batch <= min(len(half_a), len(half_b))
+  spec = steps.BatchSpec(batch, 2, ds.mean, ds.std)
   step = search.make_search_step(net, space, tx, arch_tx, spec, s, mesh, mode)
-  half_a, half_b = (parallel.put_replicated(h.astype(np.int32), mesh)
-                    for h in datasets.split_per_class(ds.train_labels, 0))
+  half_a, half_b = (parallel.put_replicated(h.astype(np.int32), mesh) for h in (half_a, half_b))
   tau = parallel.put_replicated(np.float32(3.0), mesh)
-  out = []
+  out, after_first = [], None
   for _ in range(num_steps):
     state, m = step(state, data.train_images, data.train_labels, jax.random.key(1), half_a, half_b, tau)
     out.append({k: float(v) for k, v in m.compute().items()})
-  flat = np.concatenate([np.ravel(x) for x in jax.tree.leaves((state.params, state.batch_stats))])
-  return {"metrics": out, "alpha": np.asarray(state.arch["alpha"]).ravel().tolist(),
-          "beta": np.asarray(state.arch["beta"]).ravel().tolist(), "params_head": flat[:2000].tolist(),
-          "devices": mesh.shape[parallel.AXIS], "compilations": step._cache_size()}
+    if after_first is None:  # the state after exactly one iteration
+      flat = np.concatenate([np.ravel(x) for x in jax.tree.leaves((state.params, state.batch_stats))])
+      after_first = {"alpha": np.asarray(state.arch["alpha"]).ravel().tolist(),
+                     "beta": np.asarray(state.arch["beta"]).ravel().tolist(),
+                     "params_head": flat[:2000].tolist()}
+  return {"metrics": out, **after_first, "devices": mesh.shape[parallel.AXIS],
+          "compilations": step._cache_size()}
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     ("search.variant", "tas2", "config.search.variant='tas2': allowed: tas, width, depth"),
     ("search.tau_schedule", "exp", "config.search.tau_schedule='exp': allowed: cosine, linear"),
     ("search.band", "wide", "config.search.band='wide': allowed: released, symmetric"),
-    ("search.arch_lr", 0, "config.search.arch_lr=0: must be a number > 0"),
+    ("search.arch_lr", -1.0, "config.search.arch_lr=-1.0: must be a number > 0"),
 ])
 def test_validate_names_field_and_allowed_values(field, value, message):
   c = config_lib.base_config()

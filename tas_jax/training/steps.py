@@ -62,6 +62,10 @@ def create_state(model: nn.Module, tx: optax.GradientTransformation, sample_inpu
 
 def shard_batch(spec: BatchSpec, step, perm, shard_index, shard_count):
   """Indices into the dataset and positions in the global batch of this shard's examples."""
+  if spec.steps_per_epoch * spec.global_batch > perm.shape[0]:  # static: checked when tracing
+    raise ValueError(f"{spec.steps_per_epoch} steps of {spec.global_batch} need "
+                     f"{spec.steps_per_epoch * spec.global_batch} examples per epoch, the "
+                     f"permutation has {perm.shape[0]}")
   local = spec.global_batch // shard_count
   offset = shard_index * local
   start = (step % spec.steps_per_epoch) * spec.global_batch + offset

@@ -7,6 +7,7 @@ reads them), TensorBoard events, `arch.json` and `summary.json`.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 
@@ -35,7 +36,11 @@ def sgd_with_warmup_cosine(t: ml_collections.ConfigDict, steps_per_epoch: int):
 
 
 def load_data(config: ml_collections.ConfigDict) -> datasets.ImageDataset:
-  return datasets.load(config.data.name, config.data.dir or None, config.data.image_size)
+  ds = datasets.load(config.data.name, config.data.dir or None, config.data.image_size)
+  n = config.data.train_examples
+  if n != -1:
+    ds = dataclasses.replace(ds, train_images=ds.train_images[:n], train_labels=ds.train_labels[:n])
+  return ds
 
 
 class DeviceData:
