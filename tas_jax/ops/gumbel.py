@@ -13,7 +13,6 @@ Padded candidate slots carry α = -inf and are never drawn while two real ones e
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 
 
 def perturbed_logits(key: jax.Array, alpha: jax.Array, tau) -> jax.Array:

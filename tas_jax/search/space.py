@@ -9,7 +9,6 @@ projection shortcuts are not searched, they follow their block's last conv.
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -156,9 +155,3 @@ def build(base: Architecture) -> SearchSpace:
                             base.shortcut_kind(cin, widths[-1], stride)))
   return SearchSpace(base, tuple(slots), tuple(blocks), depth_candidates(base))
 
-
-def stage_of(space: SearchSpace, slot: int) -> Optional[int]:
-  for b in space.blocks:
-    if slot in b.slots:
-      return b.stage
-  return None

@@ -3,7 +3,6 @@
     python -m tas_jax.data.embedded.build_subset [IDX_DIR]   # default: Debian's folder
 """
 
-import os
 import sys
 
 import numpy as np
