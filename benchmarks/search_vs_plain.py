@@ -17,7 +17,7 @@ from tas_jax.config import base_config
 from tas_jax.data import datasets
 from tas_jax.models import arch, resnet, supernet
 from tas_jax.search import space as space_lib
-from tas_jax.training import parallel, search, steps, teacher
+from tas_jax.training import parallel, search, steps, supervised
 
 
 def synthetic_cifar(n: int, seed: int = 0) -> datasets.ImageDataset:
@@ -52,15 +52,15 @@ def main():
   a = arch.cifar_resnet(args.depth)
   mesh = parallel.make_mesh(-1)
   c = base_config()
-  data = teacher.DeviceData(ds, mesh, 256)
+  data = supervised.DeviceData(ds, mesh, 256)
 
   # plain training step
   model = resnet.build(a)
-  tx, _ = teacher.sgd_with_warmup_cosine(c.teacher, 4)
+  tx, _ = supervised.sgd_with_warmup_cosine(c.teacher, 4)
   state = steps.create_state(model, tx, resnet.dummy_input(a), jax.random.key(0), mesh)
   spec = steps.BatchSpec(args.batch, 4, ds.mean, ds.std)
   plain = steps.make_train_step(model, tx, spec, mesh, "jit")
-  perm = teacher.epoch_permutation_fn(0, len(ds.train_labels), mesh)(0)
+  perm = supervised.epoch_permutation_fn(0, len(ds.train_labels), mesh)(0)
   holder = {"s": state}
 
   def plain_step():

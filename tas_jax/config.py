@@ -13,7 +13,9 @@ import ml_collections
 from tas_jax.data import datasets
 from tas_jax.models import arch as arch_lib
 
-STAGES = ("teacher", "search")  # extract, distill and all arrive with the next issues
+STAGES = ("teacher", "search", "extract", "distill", "results", "all")
+STUDENTS = ("tas", "uniform", "random")   # or the path of an architecture JSON / a named network
+STUDENT_INITS = ("scratch", "teacher")
 SEARCH_VARIANTS = ("tas", "width", "depth")
 TAU_SCHEDULES = ("cosine", "linear")
 PARALLEL_MODES = ("jit", "pmap")
@@ -45,15 +47,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.arch = ""                # a named architecture or an architecture JSON; overrides the above
   c.model.dtype = "float32"        # float32 | bfloat16 (activations; weights stay float32)
 
-  c.teacher = ml_collections.ConfigDict()
-  c.teacher.warmup_epochs = 5      # linear warm-up, per iteration
-  c.teacher.cosine_epochs = 300    # then cosine to 0, per iteration
-  c.teacher.batch_size = 256       # global batch, split over devices
-  c.teacher.eval_batch_size = 500
-  c.teacher.lr = 0.1
-  c.teacher.momentum = 0.9
-  c.teacher.nesterov = True
-  c.teacher.weight_decay = 5e-4    # coupled L2 on every weight, as PyTorch's SGD
+  c.teacher = sgd_recipe()
 
   c.search = ml_collections.ConfigDict()
   c.search.variant = "tas"         # tas (width + depth) | width | depth
@@ -78,6 +72,21 @@ def base_config() -> ml_collections.ConfigDict:
   c.search.evaluate_every_epoch = True   # test accuracy of the argmax network (batch statistics)
   c.search.eval_batch_size = 500
 
+  c.distill = sgd_recipe()         # training of the pruned network (spec §6: the teacher's recipe)
+  c.distill.student = "tas"        # tas: WORKDIR/extract/arch.json; uniform | random: baselines at
+                                   # its FLOPs; or an architecture JSON path / named network
+  c.distill.kd = True              # knowledge distillation from WORKDIR/teacher
+  c.distill.kd_alpha = 0.9         # (1-a)·CE + a·T²·KL(teacher ‖ student)
+  c.distill.kd_temperature = 4.0
+  c.distill.init = "scratch"       # scratch (released code) | teacher (w/ Init: first-k channels)
+  c.distill.baseline_seed = 0      # the random baseline's architecture draw
+  c.distill.flops_tolerance = 0.02  # baselines: |F - F(TAS)| <= this fraction of F(TAS)
+
+  c.pipeline = ml_collections.ConfigDict()
+  c.pipeline.runs = "tas-kd"       # stage=all: the distill runs, comma-separated STUDENT-{kd|ce}[-init]
+  c.pipeline.throughput_batch = 256   # results: inference images/s of every network on one batch
+  c.pipeline.throughput_repeats = 10
+
   c.parallel = "jit"               # jit: global view, NamedSharding; pmap: per-device code
   c.num_devices = -1               # -1 = all local devices
   c.log_every_steps = 20
@@ -85,6 +94,39 @@ def base_config() -> ml_collections.ConfigDict:
   c.keep_checkpoints = 2
   c.max_steps_per_run = 0          # > 0: checkpoint and stop after this many steps (rerun resumes)
   return c
+
+
+def sgd_recipe() -> ml_collections.ConfigDict:
+  """The spec's CIFAR training recipe (§6), shared by the teacher and the pruned network."""
+  t = ml_collections.ConfigDict()
+  t.warmup_epochs = 5              # linear warm-up, per iteration
+  t.cosine_epochs = 300            # then cosine to 0, per iteration
+  t.batch_size = 256               # global batch, split over devices
+  t.eval_batch_size = 500
+  t.lr = 0.1
+  t.momentum = 0.9
+  t.nesterov = True
+  t.weight_decay = 5e-4            # coupled L2 on every weight, as PyTorch's SGD
+  return t
+
+
+def parse_run(name: str) -> dict:
+  """'uniform-kd' / 'tas-ce-init' -> distill fields {student, kd, init}; ConfigError otherwise."""
+  parts = name.strip().split("-")
+  ok = (len(parts) in (2, 3) and parts[0] in STUDENTS and parts[1] in ("kd", "ce")
+        and (len(parts) == 2 or parts[2] == "init"))
+  if not ok:
+    _fail("pipeline.runs", name, "each run is STUDENT-kd or STUDENT-ce, optionally -init "
+          f"(STUDENT: {', '.join(STUDENTS)}), e.g. 'tas-kd,uniform-kd,tas-kd-init'")
+  return {"student": parts[0], "kd": parts[1] == "kd",
+          "init": "teacher" if len(parts) == 3 else "scratch"}
+
+
+def run_name(d: ml_collections.ConfigDict) -> str:
+  """The folder of a distill run under WORKDIR/distill/, e.g. 'tas-kd' or 'uniform-ce-init'."""
+  student = d.student if d.student in STUDENTS else (
+      d.student.rsplit("/", 1)[-1].removesuffix(".json"))
+  return f"{student}-{'kd' if d.kd else 'ce'}{'-init' if d.init == 'teacher' else ''}"
 
 
 def cifar_recipe(dataset: str, depth: int) -> ml_collections.ConfigDict:
@@ -142,14 +184,10 @@ def validate(c: ml_collections.ConfigDict) -> None:
             f"ImageNet ResNets allow {', '.join(map(str, arch_lib.IMAGENET_DEPTHS))}")
   else:
     _fail("model.family", c.model.family, "allowed: cifar, imagenet")
-  t = c.teacher
-  for field in ("lr", "batch_size", "eval_batch_size", "cosine_epochs"):
-    _positive(c, f"teacher.{field}", integer=field != "lr")
-  _positive(c, "teacher.warmup_epochs", integer=True, zero_ok=True)
-  _positive(c, "teacher.weight_decay", zero_ok=True)
-  if not (isinstance(t.momentum, (int, float)) and 0 <= t.momentum < 1):
-    _fail("teacher.momentum", t.momentum, "must be in [0, 1)")
+  for section in ("teacher", "distill"):
+    _validate_recipe(c, section)
   _validate_search(c)
+  _validate_distill(c)
   if c.parallel not in PARALLEL_MODES:
     _fail("parallel", c.parallel, f"allowed: {', '.join(PARALLEL_MODES)}")
   if not (c.num_devices == -1 or (isinstance(c.num_devices, int) and c.num_devices > 0)):
@@ -158,6 +196,37 @@ def validate(c: ml_collections.ConfigDict) -> None:
   _positive(c, "checkpoint_every_steps", integer=True, zero_ok=True)
   _positive(c, "keep_checkpoints", integer=True)
   _positive(c, "max_steps_per_run", integer=True, zero_ok=True)
+
+
+def _validate_recipe(c: ml_collections.ConfigDict, section: str) -> None:
+  for field in ("lr", "batch_size", "eval_batch_size", "cosine_epochs"):
+    _positive(c, f"{section}.{field}", integer=field != "lr")
+  _positive(c, f"{section}.warmup_epochs", integer=True, zero_ok=True)
+  _positive(c, f"{section}.weight_decay", zero_ok=True)
+  momentum = c[section].momentum
+  if not (isinstance(momentum, (int, float)) and 0 <= momentum < 1):
+    _fail(f"{section}.momentum", momentum, "must be in [0, 1)")
+
+
+def _validate_distill(c: ml_collections.ConfigDict) -> None:
+  d = c.distill
+  if d.student not in STUDENTS:
+    try:
+      arch_lib.resolve(d.student)
+    except arch_lib.ArchError as e:
+      raise ConfigError(f"config.distill.student={d.student!r}: not one of {', '.join(STUDENTS)}, "
+                        f"and not an architecture: {e}") from None
+  if d.init not in STUDENT_INITS:
+    _fail("distill.init", d.init, f"allowed: {', '.join(STUDENT_INITS)}")
+  if not (isinstance(d.kd_alpha, (int, float)) and 0 <= d.kd_alpha <= 1):
+    _fail("distill.kd_alpha", d.kd_alpha, "must be in [0, 1]")
+  _positive(c, "distill.kd_temperature")
+  if not (isinstance(d.flops_tolerance, (int, float)) and 0 < d.flops_tolerance < 1):
+    _fail("distill.flops_tolerance", d.flops_tolerance, "must be in (0, 1)")
+  for run in c.pipeline.runs.split(","):
+    parse_run(run)
+  for field in ("throughput_batch", "throughput_repeats"):
+    _positive(c, f"pipeline.{field}", integer=True)
 
 
 def _validate_search(c: ml_collections.ConfigDict) -> None:

@@ -16,6 +16,7 @@ from ml_collections import config_flags
 from tas_jax import config as config_lib
 from tas_jax.data import datasets
 from tas_jax.models import arch as arch_lib
+from tas_jax.training import loop
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Folder for checkpoints, logs and results (created if needed).")
@@ -32,6 +33,18 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if config.stage == "search":
     from tas_jax.training import search
     return search.search(config, workdir)
+  if config.stage == "extract":
+    from tas_jax.training import extract
+    return extract.extract(config, workdir)
+  if config.stage == "distill":
+    from tas_jax.training import distill
+    return distill.distill(config, workdir)
+  if config.stage == "results":
+    from tas_jax.training import pipeline
+    return pipeline.results(config, workdir)
+  if config.stage == "all":
+    from tas_jax.training import pipeline
+    return pipeline.run_all(config, workdir)
   raise config_lib.ConfigError(f"config.stage={config.stage!r}: allowed: {config_lib.STAGES}")
 
 
@@ -46,7 +59,8 @@ def main(argv):
                jax.process_count(), jax.local_device_count(), jax.devices()[0].device_kind)
   try:
     run(FLAGS.config, FLAGS.workdir)
-  except (config_lib.ConfigError, arch_lib.ArchError, datasets.DataNotFoundError) as e:
+  except (config_lib.ConfigError, arch_lib.ArchError, datasets.DataNotFoundError,
+          loop.CheckpointNotFoundError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
 

@@ -11,7 +11,7 @@ import numpy as np
 
 from tas_jax.data import datasets
 from tas_jax.models import arch, resnet
-from tas_jax.training import parallel, steps, teacher
+from tas_jax.training import parallel, steps, supervised
 from tas_jax.config import base_config
 
 
@@ -24,12 +24,12 @@ def one_step(num_devices: int, mode: str, num_steps: int = 2) -> dict:
   model = resnet.build(a)
   t = base_config().teacher
   t.warmup_epochs, t.cosine_epochs = 0, 1
-  tx, _ = teacher.sgd_with_warmup_cosine(t, steps_per_epoch=4)
+  tx, _ = supervised.sgd_with_warmup_cosine(t, steps_per_epoch=4)
   state = steps.create_state(model, tx, resnet.dummy_input(a), jax.random.key(0), mesh)
-  data = teacher.DeviceData(ds, mesh, 64)
+  data = supervised.DeviceData(ds, mesh, 64)
   spec = steps.BatchSpec(64, 4, ds.mean, ds.std)
   step = steps.make_train_step(model, tx, spec, mesh, mode)
-  perm = teacher.epoch_permutation_fn(0, 256, mesh)(0)
+  perm = supervised.epoch_permutation_fn(0, 256, mesh)(0)
   losses = []
   for _ in range(num_steps):
     state, m = step(state, data.train_images, data.train_labels, jax.random.key(1), perm)
@@ -56,7 +56,7 @@ def one_search_iteration(num_devices: int, mode: str, num_steps: int = 2) -> dic
   tx, _, arch_tx = search.optimizers(s, steps_per_epoch=2)
   state = search.create_state(net, space, tx, arch_tx, np.zeros((2, 28, 28, 1), np.float32),
                               jax.random.key(0), mesh)
-  data = teacher.DeviceData(ds, mesh, 64)
+  data = supervised.DeviceData(ds, mesh, 64)
   half_a, half_b = datasets.split_per_class(ds.train_labels, 0)
   batch = 48  # two iterations fit in the smaller half (125 images)
   assert 2 * batch <= min(len(half_a), len(half_b))

@@ -150,3 +150,29 @@ def build(arch: Architecture, bn_axis_name: Optional[str] = None,
 def dummy_input(arch: Architecture, batch: int = 1) -> jax.ShapeDtypeStruct:
   """The NHWC input shape the network expects."""
   return jnp.zeros((batch, arch.input_size, arch.input_size, arch.input_channels), jnp.float32)
+
+
+def inherit_first_channels(student, teacher):
+  """The paper's "w/ Init": every student array takes the leading block of the teacher's array at
+  the same path (the first k filters, the first k input channels, BN vectors, classifier rows).
+
+  Works for `params` and `batch_stats` trees of two networks of one family: layer names are shared
+  (a dropped block is simply absent from the student). A student array without a counterpart of at
+  least its size (a projection the pruning introduced) keeps its own initial value. Returns
+  (tree, number of arrays inherited).
+  """
+  flat_teacher = dict(jax.tree_util.tree_flatten_with_path(teacher)[0])
+  inherited = 0
+
+  def take(path, value):
+    nonlocal inherited
+    source = flat_teacher.get(path)
+    if source is None or source.ndim != value.ndim or any(
+        s < v for s, v in zip(source.shape, value.shape)):
+      return value
+    inherited += 1
+    # a copy: the train step donates the student's buffers, the teacher's must survive
+    return jnp.array(source[tuple(slice(0, n) for n in value.shape)], dtype=value.dtype, copy=True)
+
+  tree = jax.tree_util.tree_map_with_path(take, student)
+  return tree, inherited

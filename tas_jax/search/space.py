@@ -114,8 +114,13 @@ class SearchSpace:
   def architecture(self, width_idx, depth_idx, name: str = "") -> Architecture:
     """The pruned network of a choice of candidates (host side)."""
     width_idx, depth_idx = np.asarray(width_idx), np.asarray(depth_idx)
-    widths = [s.candidates[int(i)] for s, i in zip(self.slots, width_idx)]
-    depths = [self.depths[s][int(j)] for s, j in enumerate(depth_idx)]
+    return self.architecture_of_widths(
+        [s.candidates[int(i)] for s, i in zip(self.slots, width_idx)],
+        [self.depths[s][int(j)] for s, j in enumerate(depth_idx)], name)
+
+  def architecture_of_widths(self, widths, depths, name: str = "") -> Architecture:
+    """The network with `widths[i]` channels in slot i and `depths[s]` blocks in stage s (any
+    widths, not only the candidates: the uniform baseline scales them freely)."""
     stages = [[] for _ in self.depths]
     for b in self.blocks:
       if b.index < depths[b.stage]:

@@ -51,6 +51,33 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state) -> Optional[t
   return restored["state"], restored["meta"]
 
 
+class CheckpointNotFoundError(FileNotFoundError):
+  """A later stage needs an earlier stage's checkpoint that is not there."""
+
+
+def read_checkpoint(stage_dir: str, abstract_subtrees: dict, stage: str) -> tuple[dict, dict, int]:
+  """(the requested subtrees of the state, the meta JSON, step) of the latest checkpoint in
+  `stage_dir`, read in a fresh manager with Orbax partial restore: a later stage reads only what
+  it needs (the architecture logits of a search, the weights of a teacher), never optimiser state.
+
+  `abstract_subtrees` maps top-level state fields to trees of `jax.ShapeDtypeStruct` (with the
+  sharding to restore onto).
+  """
+  directory = os.path.abspath(os.path.join(stage_dir, "checkpoints"))
+  manager = ocp.CheckpointManager(directory) if os.path.isdir(directory) else None
+  step = manager.latest_step() if manager is not None else None
+  if step is None:
+    raise CheckpointNotFoundError(
+        f"no {stage} checkpoint in {directory}: run --config.stage={stage} with this --workdir first")
+  restored = manager.restore(step, args=ocp.args.Composite(
+      state=ocp.args.PyTreeRestore(
+          item=abstract_subtrees, partial_restore=True,
+          restore_args=ocp.checkpoint_utils.construct_restore_args(abstract_subtrees)),
+      meta=ocp.args.JsonRestore()))
+  manager.close()
+  return dict(restored["state"]), restored["meta"], step
+
+
 def _save(manager, step: int, state, meta: dict) -> None:
   manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                              meta=ocp.args.JsonSave(meta)), force=True)

@@ -30,7 +30,7 @@ from tas_jax.data import datasets
 from tas_jax.models import supernet as supernet_lib
 from tas_jax.ops import flops
 from tas_jax.search import cost, space as space_lib
-from tas_jax.training import loop, parallel, steps, teacher
+from tas_jax.training import loop, parallel, steps, supervised
 
 
 @flax.struct.dataclass
@@ -163,14 +163,14 @@ def search(config: ml_collections.ConfigDict, workdir: str) -> dict:
   s = config.search
   stage_dir = os.path.join(workdir, "search")
   t0 = time.time()
-  ds = teacher.load_data(config)
+  ds = supervised.load_data(config)
   base = config_lib.architecture(config, ds.num_classes, ds.image_size, ds.channels)
   space = space_lib.build(base)
   flops_max = float(flops.count(base).flops)
   mesh = parallel.make_mesh(config.num_devices)
   n_dev = mesh.shape[parallel.AXIS]
   half_a, half_b = datasets.split_per_class(ds.train_labels, config.seed)
-  steps_per_epoch = teacher.check_batch("search.batch_size", s.batch_size, n_dev,
+  steps_per_epoch = supervised.check_batch("search.batch_size", s.batch_size, n_dev,
                                         min(len(half_a), len(half_b)))
   logging.info("[search] TAS(%s) on %s of %s: target %.0f%% of %.2f M FLOPs, %d searched convs, "
                "depth choices %s; halves of %d/%d images, %d iterations per epoch, %d device(s)",
@@ -183,7 +183,7 @@ def search(config: ml_collections.ConfigDict, workdir: str) -> dict:
   init_key, aug_key = jax.random.split(jax.random.key(config.seed))
   state = create_state(net, space, tx, arch_tx, jnp.zeros((2,) + ds.train_images.shape[1:]),
                        init_key, mesh)
-  data = teacher.DeviceData(ds, mesh, s.eval_batch_size)
+  data = supervised.DeviceData(ds, mesh, s.eval_batch_size)
   halves = parallel.put_replicated((half_a.astype(np.int32), half_b.astype(np.int32)), mesh)
   spec = steps.BatchSpec(s.batch_size, steps_per_epoch, ds.mean, ds.std, config.data.crop_padding,
                          config.data.flip)
@@ -214,6 +214,8 @@ def search(config: ml_collections.ConfigDict, workdir: str) -> dict:
                  entry["depths"])
     return entry
 
+  os.makedirs(stage_dir, exist_ok=True)
+  base.save(os.path.join(stage_dir, "base_arch.json"))  # extraction rebuilds the space from it
   cfg = loop.LoopConfig("search", s.epochs, steps_per_epoch, s.batch_size, config.log_every_steps,
                         config.checkpoint_every_steps, config.keep_checkpoints,
                         config.max_steps_per_run)

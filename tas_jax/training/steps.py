@@ -89,10 +89,13 @@ def classification_loss(logits, labels):
 
 
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation, spec: BatchSpec, mesh,
-                    mode: str, loss_fn: Callable = None) -> Callable:
-  """Compiles `step(state, images, labels, key, perm) -> (state, TrainMetrics)`.
+                    mode: str, loss_fn: Optional[Callable] = None,
+                    num_loss_args: int = 0) -> Callable:
+  """Compiles `step(state, images, labels, key, *loss_args, perm) -> (state, TrainMetrics)`.
 
-  `loss_fn(logits, labels, x)` defaults to cross-entropy; distillation passes its own.
+  `loss_fn(logits, labels, x, *loss_args)` defaults to cross-entropy; distillation passes its own,
+  with the teacher's variables as a loss argument (an input of the compiled step, not a constant
+  baked into it).
   """
   loss_fn = loss_fn or (lambda logits, labels, x: classification_loss(logits, labels))
   axis = parallel.AXIS if mode == "pmap" else None
@@ -100,14 +103,15 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, spec: Ba
     model = model.clone(bn_axis_name=axis)
   batch_sharding: Optional[NamedSharding] = parallel.batch_sharded(mesh) if mode == "jit" else None
 
-  def per_shard(shard_index, shard_count, state: TrainState, images, labels, key, perm):
+  def per_shard(shard_index, shard_count, state: TrainState, images, labels, key, *rest):
+    *loss_args, perm = rest
     x, y = augmented_batch(spec, state.step, perm, images, labels, jax.random.fold_in(key, state.step),
                            shard_index, shard_count, batch_sharding)
 
     def objective(params):
       logits, updates = model.apply({"params": params, "batch_stats": state.batch_stats}, x,
                                     train=True, mutable=["batch_stats"])
-      return loss_fn(logits, y, x), (logits, updates["batch_stats"])
+      return loss_fn(logits, y, x, *loss_args), (logits, updates["batch_stats"])
 
     (loss, (logits, batch_stats)), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
     accuracy = jnp.mean(jnp.argmax(logits, -1) == y)
@@ -118,7 +122,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, spec: Ba
                               batch_stats=batch_stats, opt_state=opt_state)
     return new_state, TrainMetrics.single_from_model_output(loss=loss, accuracy=accuracy)
 
-  return parallel.compile_step(per_shard, mesh, mode, num_args=5)
+  return parallel.compile_step(per_shard, mesh, mode, num_args=5 + num_loss_args)
 
 
 def make_eval_fn(apply_fn: Callable, mean, std, mesh, num_examples: int,

@@ -1,0 +1,127 @@
+"""Stage `distill`: train the pruned network, with knowledge distillation from the teacher (spec §6).
+
+The student is `WORKDIR/extract/arch.json` (`distill.student=tas`), a baseline at the same FLOPs
+(`uniform`: one width multiplier; `random`: a random draw from the search space) or any
+architecture JSON / named network. It is built by the same ResNet code as the teacher, physically
+smaller, and trained with the teacher's recipe (`config.distill`) and, with `distill.kd`, the loss
+
+    (1 - a)·CE(z, y) + a·T²·KL(softmax(ẑ/T) ‖ softmax(z/T)),   a = 0.9, T = 4,
+
+where ẑ are the logits of the teacher (read from its Orbax checkpoint, eval mode, same augmented
+batch). `distill.init=teacher` starts from the teacher's first-k channels ("w/ Init"). Each run
+has its own folder `WORKDIR/distill/STUDENT-{kd|ce}[-init]/`.
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from absl import logging
+
+from tas_jax import config as config_lib
+from tas_jax.models import arch as arch_lib, resnet
+from tas_jax.ops import flops
+from tas_jax.search import baselines, space as space_lib
+from tas_jax.training import loop, parallel, steps, supervised
+
+
+def kd_loss(student_logits, teacher_logits, labels, alpha: float, temperature: float):
+  """(1 - a)·CE(student, labels) + a·T²·KL(softmax(teacher/T) ‖ softmax(student/T)), batch mean."""
+  ce = steps.classification_loss(student_logits, labels)
+  kl = optax.kl_divergence(jax.nn.log_softmax(student_logits / temperature),
+                           jax.nn.softmax(teacher_logits / temperature)).mean()
+  return (1 - alpha) * ce + alpha * temperature ** 2 * kl
+
+
+def _require(path: str, stage: str) -> str:
+  if not os.path.exists(path):
+    raise loop.CheckpointNotFoundError(
+        f"{path} is missing: run --config.stage={stage} with this --workdir first")
+  return path
+
+
+def student_architecture(d: ml_collections.ConfigDict, workdir: str) -> tuple[arch_lib.Architecture, dict]:
+  """The network to train, and how it was chosen (for the summary)."""
+  if d.student not in config_lib.STUDENTS:
+    return arch_lib.resolve(d.student), {"student": d.student}
+  searched = arch_lib.load(_require(os.path.join(workdir, "extract", "arch.json"), "extract"))
+  if d.student == "tas":
+    return searched, {"student": "tas"}
+  base = arch_lib.load(_require(os.path.join(workdir, "search", "base_arch.json"), "search"))
+  space = space_lib.build(base)
+  target = flops.count(searched).flops
+  stem = (base.name or "custom")
+  if d.student == "uniform":
+    a = baselines.uniform(space, target, name=f"{stem}_uniform")
+  else:
+    a = baselines.random(space, target, d.flops_tolerance, d.baseline_seed,
+                         name=f"{stem}_random{d.baseline_seed}")
+  return a, {"student": d.student, "target_flops_m": round(target / 1e6, 4)}
+
+
+def read_teacher(workdir: str, mesh, dtype) -> tuple[arch_lib.Architecture, dict, int]:
+  """The teacher's architecture and {'params', 'batch_stats'} (replicated), from its latest
+  checkpoint; optimiser state is not read."""
+  teacher_dir = os.path.join(workdir, "teacher")
+  arch = arch_lib.load(_require(os.path.join(teacher_dir, "arch.json"), "teacher"))
+  model = resnet.build(arch, dtype=dtype)
+  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), resnet.dummy_input(arch), train=False))
+  abstract = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=parallel.replicated(mesh)),
+      {"params": shapes["params"], "batch_stats": shapes["batch_stats"]})
+  variables, _, step = loop.read_checkpoint(teacher_dir, abstract, "teacher")
+  if not os.path.exists(os.path.join(teacher_dir, "summary.json")):
+    logging.warning("[distill] the teacher in %s has not finished; using its checkpoint at step %d",
+                    teacher_dir, step)
+  return arch, variables, step
+
+
+def distill(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Runs (or resumes, or finds finished) one distill run; returns its summary."""
+  config_lib.validate(config)
+  d = config.distill
+  run = config_lib.run_name(d)
+  ds = supervised.load_data(config)
+  student, chosen = student_architecture(d, workdir)
+  supervised.check_fits(student, ds, f"config.distill.student={d.student!r}")
+  dtype = jnp.dtype(config.model.dtype)
+  mesh = parallel.make_mesh(config.num_devices)
+  needs_teacher = d.kd or d.init == "teacher"
+  teacher_arch, teacher_vars, teacher_step = (read_teacher(workdir, mesh, dtype) if needs_teacher
+                                              else (None, None, None))
+  if teacher_arch is not None:
+    supervised.check_fits(teacher_arch, ds, f"the teacher in {workdir}/teacher")
+
+  loss_fn, loss_args = None, ()
+  if d.kd:
+    teacher_model = resnet.build(teacher_arch, dtype=dtype)
+
+    def loss_fn(logits, labels, x, teacher_variables):
+      teacher_logits = jax.lax.stop_gradient(teacher_model.apply(teacher_variables, x, train=False))
+      return kd_loss(logits, teacher_logits, labels, d.kd_alpha, d.kd_temperature)
+
+    loss_args = (teacher_vars,)
+
+  init_variables = None
+  if d.init == "teacher":
+    def init_variables(params, batch_stats):
+      params, n_params = resnet.inherit_first_channels(params, teacher_vars["params"])
+      batch_stats, _ = resnet.inherit_first_channels(batch_stats, teacher_vars["batch_stats"])
+      logging.info("[distill] w/ Init: %d of %d weight arrays start from the teacher's first "
+                   "channels", n_params, len(jax.tree.leaves(params)))
+      return params, batch_stats
+
+  reference = teacher_arch or arch_lib.load(_require(
+      os.path.join(workdir, "search", "base_arch.json"), "search"))
+  extra = {"run": run, **chosen, "kd": d.kd, "kd_alpha": d.kd_alpha,
+           "kd_temperature": d.kd_temperature, "init": d.init, "teacher_step": teacher_step,
+           "reference_flops_m": round(flops.count(reference).flops_m, 4),
+           "flops_ratio": flops.count(student).flops / flops.count(reference).flops,
+           "architecture_spec": student.to_dict()}
+  return supervised.train_network(config, d, "distill", f"distill/{run}",
+                                  os.path.join(workdir, "distill", run), ds, student,
+                                  loss_fn, loss_args, init_variables, extra)

@@ -1,0 +1,170 @@
+"""Stage `extract`: the searched architecture as a file, a report and two plots (spec §6).
+
+Runs as its own process after the search: it reads only the architecture logits (α, β) and the
+recorded history from the latest search checkpoint (Orbax partial restore, no weights), takes the
+argmax of every distribution and writes `WORKDIR/extract/`:
+
+- `arch.json`: the pruned network (the format `tas_jax.models.arch` reads; `python -m
+  tas_jax.flops` and the distill stage take it as it is);
+- `report.md` / `summary.json`: width of every conv against the original, depth of every stage,
+  FLOPs and parameters before and after, F(A) against the target;
+- `widths.png`: pruned against original width per layer; `widths_over_epochs.png`: the argmax
+  width of every layer after each search epoch, as a heat map.
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import jax.numpy as jnp
+import matplotlib
+import matplotlib.ticker
+import ml_collections
+import numpy as np
+from absl import logging
+
+from tas_jax.models import arch as arch_lib
+from tas_jax.ops import flops
+from tas_jax.search import space as space_lib
+from tas_jax.training import loop
+
+matplotlib.use("Agg")  # files only; no display on TPU VMs and CI
+import matplotlib.pyplot as plt
+
+
+def read_search(workdir: str) -> tuple[space_lib.SearchSpace, dict, list[dict], int]:
+  """(search space, architecture logits, per-epoch history, step) of the latest search checkpoint."""
+  search_dir = os.path.join(workdir, "search")
+  base_path = os.path.join(search_dir, "base_arch.json")
+  if not os.path.exists(base_path):
+    raise loop.CheckpointNotFoundError(
+        f"no search in {search_dir} ({base_path} is missing): run --config.stage=search with this "
+        "--workdir first")
+  space = space_lib.build(arch_lib.load(base_path))
+  sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  abstract = {"arch": {
+      "alpha": jax.ShapeDtypeStruct((space.num_slots, space_lib.NUM_WIDTH_CANDIDATES), jnp.float32,
+                                    sharding=sharding),
+      "beta": jax.ShapeDtypeStruct((len(space.depths), space.max_depth_candidates), jnp.float32,
+                                   sharding=sharding)}}
+  restored, meta, step = loop.read_checkpoint(search_dir, abstract, "search")
+  return space, jax.device_get(restored["arch"]), meta.get("history", []), step
+
+
+def slot_table(space: space_lib.SearchSpace, widths, depths) -> list[dict]:
+  """One row per searched conv: original width, kept width (0 where its block was dropped)."""
+  rows = []
+  slot_block = {i: b for b in space.blocks for i in b.slots}
+  for i, slot in enumerate(space.slots):
+    block = slot_block.get(i)
+    kept = block is None or block.index < depths[block.stage]
+    rows.append({"layer": slot.name, "original": slot.full, "width": widths[i] if kept else 0,
+                 "removed": not kept})
+  return rows
+
+
+def plot_widths(rows: list[dict], path: str, title: str) -> None:
+  x = np.arange(len(rows))
+  fig, ax = plt.subplots(figsize=(max(6, 0.28 * len(rows) + 2), 3.6))
+  ax.bar(x, [r["original"] for r in rows], color="#d0d0d0", label="original")
+  ax.bar(x, [r["width"] for r in rows], color="#2a6fb0", width=0.6, label="pruned")
+  for i, r in enumerate(rows):
+    if r["removed"]:
+      ax.text(i, r["original"] * 0.5, "×", ha="center", va="center", color="#b02a2a")
+  ax.set_xticks(x, [r["layer"].replace(".block", ".b").replace(".conv_", ".") for r in rows],
+                rotation=90, fontsize=7)
+  ax.set_ylabel("channels")
+  ax.set_title(title, fontsize=9)
+  ax.legend(fontsize=8, loc="upper left")
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def plot_history(space: space_lib.SearchSpace, history: list[dict], path: str) -> None:
+  """Heat map: rows = layers, columns = epochs, colour = argmax width / original (0 = dropped)."""
+  full = np.array([s.full for s in space.slots], np.float32)
+  ratios = np.stack([[r["width"] for r in slot_table(space, h["widths"], h["depths"])] / full
+                     for h in history], axis=1)
+  fig, ax = plt.subplots(figsize=(max(5, 0.25 * len(history) + 3), max(3, 0.2 * len(full) + 1)))
+  image = ax.imshow(ratios, aspect="auto", cmap="viridis", vmin=0, vmax=1, interpolation="nearest",
+                    extent=(0.5, len(history) + 0.5, len(full) - 0.5, -0.5))
+  ax.set_yticks(range(len(full)), [s.name for s in space.slots], fontsize=6)
+  ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+  ax.set_xlabel("search epoch")
+  ax.set_title("argmax width / original width after each epoch (0 = block dropped)", fontsize=9)
+  fig.colorbar(image, ax=ax, fraction=0.04)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def _markdown(summary: dict, rows: list[dict]) -> str:
+  b, p = summary["before"], summary["after"]
+  lines = [
+      f"# Extracted architecture: {summary['architecture']}",
+      "",
+      f"From the search checkpoint at step {summary['search_step']} "
+      f"({summary['search_epochs_recorded']} epochs recorded).",
+      "",
+      "| | original | pruned | kept |",
+      "|---|---|---|---|",
+      f"| FLOPs (M) | {b['flops_m']:.2f} | {p['flops_m']:.2f} | {100 * summary['flops_ratio']:.1f}% |",
+      f"| params (M) | {b['params_m']:.4f} | {p['params_m']:.4f} | "
+      f"{100 * p['params_m'] / b['params_m']:.1f}% |",
+      f"| blocks per stage | {b['depths']} | {p['depths']} | |",
+      "",
+      f"F(A) = {100 * summary['flops_ratio']:.1f}% of F_max; target {100 * summary['target']:.0f}% "
+      f"(band of the search: {summary['band']}).",
+      "",
+      "| layer | original width | pruned width | kept |",
+      "|---|---|---|---|",
+  ]
+  for r in rows:
+    kept = "block dropped" if r["removed"] else f"{100 * r['width'] / r['original']:.0f}%"
+    lines.append(f"| {r['layer']} | {r['original']} | {r['width'] if not r['removed'] else '–'} | "
+                 f"{kept} |")
+  return "\n".join(lines) + "\n"
+
+
+def extract(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Writes WORKDIR/extract/ from the latest search checkpoint; returns the summary."""
+  s = config.search
+  out_dir = os.path.join(workdir, "extract")
+  space, logits, history, step = read_search(workdir)
+  w_idx, d_idx = (np.asarray(v) for v in jax.device_get(space.argmax(logits)))
+  base = space.base
+  final = space.architecture(w_idx, d_idx, name=f"{base.name or 'custom'}_tas{round(100 * s.flop_ratio)}")
+  widths = [slot.candidates[int(i)] for slot, i in zip(space.slots, w_idx)]
+  rows = slot_table(space, widths, final.depths)
+  before, after = flops.count(base), flops.count(final)
+  low, high = ((s.flop_ratio - s.tolerance, s.flop_ratio) if s.band == "released"
+               else ((1 - s.tolerance) * s.flop_ratio, (1 + s.tolerance) * s.flop_ratio))
+  summary = {
+      "stage": "extract", "finished": True, "architecture": final.name,
+      "search_step": step, "search_epochs_recorded": len(history),
+      "target": s.flop_ratio, "band": f"{100 * low:.0f}%–{100 * high:.0f}% of F_max",
+      "flops_ratio": after.flops / before.flops,
+      "before": {"flops_m": round(before.flops_m, 4), "params_m": round(before.params_m, 6),
+                 "depths": list(base.depths)},
+      "after": {"flops_m": round(after.flops_m, 4), "params_m": round(after.params_m, 6),
+                "depths": list(final.depths)},
+      "layers": rows,
+  }
+  os.makedirs(out_dir, exist_ok=True)
+  final.save(os.path.join(out_dir, "arch.json"))
+  with open(os.path.join(out_dir, "report.md"), "w") as f:
+    f.write(_markdown(summary, rows))
+  plot_widths(rows, os.path.join(out_dir, "widths.png"),
+              f"{final.name}: {after.flops_m:.2f} M FLOPs ({100 * summary['flops_ratio']:.1f}% of "
+              f"{before.flops_m:.2f} M), blocks {list(final.depths)} of {list(base.depths)}")
+  if history:
+    plot_history(space, history, os.path.join(out_dir, "widths_over_epochs.png"))
+  loop.write_summary(out_dir, summary)
+  logging.info("[extract] %s: %.2f M FLOPs = %.1f%% of %.2f M (target %.0f%%), %.4f M params "
+               "(%.4f M), blocks per stage %s of %s; wrote arch.json, report.md and plots to %s",
+               final.name, after.flops_m, 100 * summary["flops_ratio"], before.flops_m,
+               100 * s.flop_ratio, after.params_m, before.params_m, list(final.depths),
+               list(base.depths), out_dir)
+  return summary

@@ -1,0 +1,170 @@
+"""Stages `all` and `results`: the whole method in one workdir, and the table that sums it up.
+
+`all` runs teacher → search → extract → every distill run of `config.pipeline.runs`; a stage whose
+`summary.json` says it finished is skipped, an interrupted one resumes from its checkpoint, so the
+same command continues a pipeline that was stopped anywhere.
+
+`results` (also the last step of `all`) reads the teacher and every finished distill run of the
+workdir, measures the inference throughput of each network, physically built at its own widths,
+on one batch of test images in one process (interleaved, median of repeats), and writes
+`WORKDIR/results.md` and `results.json`.
+"""
+
+from __future__ import annotations
+
+import copy
+import glob
+import json
+import os
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from absl import logging
+
+from tas_jax import config as config_lib
+from tas_jax.data import augment
+from tas_jax.models import arch as arch_lib, resnet
+from tas_jax.training import distill, extract, loop, search, supervised, teacher
+
+
+def _summary(stage_dir: str):
+  path = os.path.join(stage_dir, "summary.json")
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    summary = json.load(f)
+  return summary if summary.get("finished") else None
+
+
+def read_variables(stage_dir: str, arch: arch_lib.Architecture, stage: str) -> dict:
+  """{'params', 'batch_stats'} of a trained network's latest checkpoint (no optimiser state)."""
+  model = resnet.build(arch)
+  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), resnet.dummy_input(arch), train=False))
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
+                          {"params": shapes["params"], "batch_stats": shapes["batch_stats"]})
+  variables, _, _ = loop.read_checkpoint(stage_dir, abstract, stage)
+  return variables
+
+
+def measure_throughput(networks: dict, images, mean, std, repeats: int) -> dict:
+  """Inference images/s of each {name: (arch, variables)} on the same uint8 batch, one device.
+
+  Each network is compiled and warmed up first; then every repeat times one call of every network
+  in turn (interleaved, so machine noise hits all alike). Returns {name: {'images_per_s',
+  'ms_per_batch'}} from the median call time.
+  """
+  x = jax.device_put(augment.normalize(jnp.asarray(images), mean, std))
+  forwards = {}
+  for name, (a, variables) in networks.items():
+    model = resnet.build(a)
+    forwards[name] = (jax.jit(lambda v, x, m=model: m.apply(v, x, train=False)), variables)
+    jax.block_until_ready(forwards[name][0](variables, x))  # compile
+    jax.block_until_ready(forwards[name][0](variables, x))  # warm up
+  times = {name: [] for name in networks}
+  for _ in range(repeats):
+    for name, (fn, variables) in forwards.items():
+      t = time.perf_counter()
+      jax.block_until_ready(fn(variables, x))
+      times[name].append(time.perf_counter() - t)
+  batch = images.shape[0]
+  return {name: {"images_per_s": round(batch / statistics.median(ts), 1),
+                 "ms_per_batch": round(1e3 * statistics.median(ts), 3)} for name, ts in times.items()}
+
+
+def _label(summary: dict) -> str:
+  student = {"tas": "TAS", "uniform": "uniform width", "random": "random"}.get(
+      summary.get("student"), summary.get("architecture") or summary.get("student"))
+  return (f"{student} + {'KD' if summary['kd'] else 'CE'}"
+          f"{' w/ Init' if summary.get('init') == 'teacher' else ''}")
+
+
+def results(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Builds WORKDIR/results.{md,json} from the finished stages; prints and returns the table."""
+  teacher_summary = _summary(os.path.join(workdir, "teacher"))
+  if teacher_summary is None:
+    raise loop.CheckpointNotFoundError(
+        f"no finished teacher in {workdir}/teacher: run --config.stage=teacher (or all) first")
+  teacher_arch = arch_lib.load(os.path.join(workdir, "teacher", "arch.json"))
+  runs = []
+  for path in sorted(glob.glob(os.path.join(workdir, "distill", "*", "summary.json"))):
+    s = _summary(os.path.dirname(path))
+    if s is not None:
+      runs.append(s)
+  order = [r.strip() for r in config.pipeline.runs.split(",")]
+  runs.sort(key=lambda s: (order.index(s["run"]) if s["run"] in order else len(order), s["run"]))
+
+  ds = supervised.load_data(config)
+  batch = ds.test_images[:config.pipeline.throughput_batch]
+  networks = {"teacher": (teacher_arch, read_variables(os.path.join(workdir, "teacher"),
+                                                       teacher_arch, "teacher"))}
+  for s in runs:
+    a = arch_lib.load(os.path.join(workdir, "distill", s["run"], "arch.json"))
+    networks[s["run"]] = (a, read_variables(os.path.join(workdir, "distill", s["run"]), a, "distill"))
+  logging.info("[results] measuring inference throughput of %d networks on one batch of %d test "
+               "images (%d repeats)", len(networks), len(batch), config.pipeline.throughput_repeats)
+  speed = measure_throughput(networks, batch, ds.mean, ds.std, config.pipeline.throughput_repeats)
+
+  t_flops, t_params = teacher_summary["flops_m"], teacher_summary["params_m"]
+  rows = [{"network": "teacher (unpruned)", "run": "teacher", "architecture": teacher_arch.name,
+           "test_accuracy": teacher_summary["test_accuracy"], "flops_m": t_flops,
+           "params_m": t_params, "flops_pruned": 0.0, "epochs": teacher_summary["epochs"],
+           **speed["teacher"], "speedup": 1.0}]
+  for s in runs:
+    rows.append({"network": _label(s), "run": s["run"], "architecture": s["architecture"],
+                 "test_accuracy": s["test_accuracy"], "flops_m": s["flops_m"],
+                 "params_m": s["params_m"], "flops_pruned": 1 - s["flops_m"] / t_flops,
+                 "epochs": s["epochs"], **speed[s["run"]],
+                 "speedup": speed[s["run"]]["images_per_s"] / speed["teacher"]["images_per_s"]})
+  device = jax.devices()[0]
+  table = {"dataset": teacher_summary["dataset"], "device": f"{device.platform} ({device.device_kind})",
+           "throughput_batch": len(batch), "throughput_repeats": config.pipeline.throughput_repeats,
+           "rows": rows}
+  with open(os.path.join(workdir, "results.json"), "w") as f:
+    json.dump(table, f, indent=2)
+  text = markdown(table)
+  with open(os.path.join(workdir, "results.md"), "w") as f:
+    f.write(text)
+  print(text, flush=True)
+  logging.info("[results] written to %s/results.md and results.json", workdir)
+  return table
+
+
+def markdown(table: dict) -> str:
+  lines = [f"Results on {table['dataset']}; inference throughput: batch {table['throughput_batch']}, "
+           f"median of {table['throughput_repeats']} interleaved calls, one {table['device']} device.",
+           "",
+           "| network | run | test acc. | FLOPs (M) | params (M) | FLOPs pruned | epochs | images/s | speed-up |",
+           "|---|---|---|---|---|---|---|---|---|"]
+  for r in table["rows"]:
+    lines.append(f"| {r['network']} | {r['run']} | {100 * r['test_accuracy']:.2f}% | "
+                 f"{r['flops_m']:.2f} | {r['params_m']:.4f} | {100 * r['flops_pruned']:.1f}% | "
+                 f"{r['epochs']} | {r['images_per_s']:.0f} | {r['speedup']:.2f}× |")
+  return "\n".join(lines) + "\n"
+
+
+def run_all(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """teacher → search → extract → distill runs → results, skipping what is finished."""
+  runs = [r.strip() for r in config.pipeline.runs.split(",")]
+  plan = [("teacher", lambda: teacher.train_and_evaluate(config, workdir)),
+          ("search", lambda: search.search(config, workdir)),
+          ("extract", lambda: extract.extract(config, workdir))]
+  for run in runs:
+    c = copy.deepcopy(config)
+    for field, value in config_lib.parse_run(run).items():
+      c.distill[field] = value
+    plan.append((f"distill/{run}", lambda c=c: distill.distill(c, workdir)))
+  for i, (stage, fn) in enumerate(plan, 1):
+    if _summary(os.path.join(workdir, stage)) is not None:
+      logging.info("[all] %d/%d %s: finished before, skipped", i, len(plan), stage)
+      continue
+    logging.info("[all] %d/%d %s", i, len(plan), stage)
+    summary = fn()
+    if not summary.get("finished"):
+      logging.info("[all] %s stopped before the end (max_steps_per_run); run the same command "
+                   "again to continue", stage)
+      return {"stage": "all", "finished": False, "stopped_in": stage}
+  return {"stage": "all", "finished": True, **results(config, workdir)}
