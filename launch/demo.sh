@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The embedded demo: trains an unpruned ResNet on the Fashion-MNIST subset shipped in the repo.
+# The embedded demo: the whole pipeline (teacher, search, extract, distill, results) on the
+# Fashion-MNIST subset shipped in the repo; rerunning the same command resumes or skips what is done.
 #   bash launch/demo.sh [WORKDIR] [--config.x.y=...]
 set -euo pipefail
 cd "$(dirname "$0")/.."

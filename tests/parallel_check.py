@@ -77,6 +77,42 @@ def one_search_iteration(num_devices: int, mode: str, num_steps: int = 2) -> dic
           "compilations": step._cache_size()}
 
 
+def one_distill_step(num_devices: int, mode: str, num_steps: int = 2) -> dict:
+  """KD steps of a pruned ResNet-8 from a (randomly initialised) ResNet-8 teacher whose variables
+  are an input of the step."""
+  from tas_jax.training import distill
+  ds = datasets.load("embedded")
+  ds = dataclasses.replace(ds, train_images=ds.train_images[:256], train_labels=ds.train_labels[:256])
+  teacher_arch = arch.cifar_resnet(8, num_classes=10, input_size=28, input_channels=1)
+  student_arch = arch.Architecture(**{**teacher_arch.to_dict(), "stem_width": 8,
+                                      "stages": [[[8, 16]], [[16, 24]], [[40, 48]]]})
+  mesh = parallel.make_mesh(num_devices)
+  teacher_model, model = resnet.build(teacher_arch), resnet.build(student_arch)
+  teacher_vars = parallel.put_replicated(
+      jax.jit(teacher_model.init)(jax.random.key(5), resnet.dummy_input(teacher_arch)), mesh)
+  t = base_config().distill
+  t.warmup_epochs, t.cosine_epochs = 0, 1
+  tx, _ = supervised.sgd_with_warmup_cosine(t, steps_per_epoch=4)
+  state = steps.create_state(model, tx, resnet.dummy_input(student_arch), jax.random.key(0), mesh)
+  data = supervised.DeviceData(ds, mesh, 64)
+
+  def loss_fn(logits, labels, x, tv):
+    return distill.kd_loss(logits, teacher_model.apply(tv, x, train=False), labels, 0.9, 4.0)
+
+  step = steps.make_train_step(model, tx, steps.BatchSpec(64, 4, ds.mean, ds.std), mesh, mode,
+                               loss_fn, num_loss_args=1)
+  perm = supervised.epoch_permutation_fn(0, 256, mesh)(0)
+  losses = []
+  for _ in range(num_steps):
+    state, m = step(state, data.train_images, data.train_labels, jax.random.key(1), teacher_vars, perm)
+    losses.append(float(m.compute()["loss"]))
+  flat = np.concatenate([np.ravel(x) for x in jax.tree.leaves((state.params, state.batch_stats))])
+  return {"losses": losses, "params_head": flat[:2000].tolist(), "params_norm": float(np.linalg.norm(flat)),
+          "devices": mesh.shape[parallel.AXIS]}
+
+
+CHECKS = {"step": one_step, "search": one_search_iteration, "distill": one_distill_step}
+
 if __name__ == "__main__":
-  fn = one_search_iteration if len(sys.argv) > 3 and sys.argv[3] == "search" else one_step
+  fn = CHECKS[sys.argv[3] if len(sys.argv) > 3 else "step"]
   print(json.dumps(fn(int(sys.argv[1]), sys.argv[2])))

@@ -19,8 +19,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 def run_on(num_devices, mode, what="step"):
   """parallel_check's result for `num_devices`, in a child process when this one has fewer."""
   if jax.device_count() >= num_devices:
-    fn = parallel_check.one_search_iteration if what == "search" else parallel_check.one_step
-    return fn(num_devices, mode)
+    return parallel_check.CHECKS[what](num_devices, mode)
   root = os.path.dirname(HERE)
   env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={num_devices}",
          "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}

@@ -1,0 +1,114 @@
+"""Stage `all` end to end on a tiny budget: teacher → search → extract → distill runs → results;
+extraction as its own process; a rerun skips what is finished."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tas_jax import config as config_lib
+from tas_jax.models import arch
+from tas_jax.ops import flops
+from tas_jax.training import pipeline
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+OVERRIDES = {  # ResNet-8 on 256 embedded images: a few steps per stage
+    "data.train_examples": 256, "model.depth": 8,
+    "teacher.warmup_epochs": 0, "teacher.cosine_epochs": 1, "teacher.batch_size": 64,
+    "search.epochs": 2, "search.batch_size": 64,
+    "distill.warmup_epochs": 0, "distill.cosine_epochs": 1, "distill.batch_size": 64,
+    "pipeline.runs": "tas-kd,uniform-ce-init", "pipeline.throughput_batch": 32,
+    "pipeline.throughput_repeats": 2, "log_every_steps": 100,
+}
+
+
+def tiny_config():
+  c = config_lib.base_config()
+  c.stage = "all"
+  c.data.name = "embedded"
+  for field, value in OVERRIDES.items():
+    section, _, name = field.rpartition(".")
+    (c[section] if section else c)[name] = value
+  return c
+
+
+def cli(workdir, *extra):
+  args = [f"--config.{k}={v}" for k, v in OVERRIDES.items()]
+  env = {**os.environ, "PYTHONPATH": ROOT, "XLA_FLAGS": ""}
+  return subprocess.run([sys.executable, "-m", "tas_jax.main", "--config=configs/demo.py",
+                         f"--workdir={workdir}", *args, *extra],
+                        capture_output=True, text=True, cwd=ROOT, env=env)
+
+
+@pytest.fixture(scope="module")
+def pipeline_run(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("all"))
+  return workdir, pipeline.run_all(tiny_config(), workdir)
+
+
+def test_all_stages_run_and_the_results_table_compares_the_networks(pipeline_run):
+  workdir, out = pipeline_run
+  assert out["finished"]
+  for path in ["teacher/summary.json", "search/summary.json", "extract/arch.json",
+               "extract/report.md", "extract/widths.png", "extract/widths_over_epochs.png",
+               "distill/tas-kd/summary.json", "distill/uniform-ce-init/summary.json",
+               "results.md", "results.json"]:
+    assert os.path.isfile(os.path.join(workdir, path)), path
+  rows = {r["run"]: r for r in out["rows"]}
+  assert list(rows) == ["teacher", "tas-kd", "uniform-ce-init"]
+  teacher = rows["teacher"]
+  assert teacher["flops_pruned"] == 0 and teacher["flops_m"] == pytest.approx(
+      flops.count(arch.cifar_resnet(8, input_size=28, input_channels=1)).flops_m, abs=1e-4)
+  tas = json.load(open(os.path.join(workdir, "extract", "summary.json")))
+  for run in ("tas-kd", "uniform-ce-init"):
+    r = rows[run]
+    assert 0.3 < r["flops_pruned"] < 0.7      # the search's target is 50%
+    assert r["params_m"] < teacher["params_m"]
+    assert r["images_per_s"] > 0 and r["speedup"] > 0
+    assert 0 <= r["test_accuracy"] <= 1
+  # the uniform baseline sits at the searched network's FLOPs
+  assert rows["uniform-ce-init"]["flops_m"] == pytest.approx(tas["after"]["flops_m"], rel=0.03)
+  with open(os.path.join(workdir, "results.md")) as f:
+    text = f.read()
+  assert "| teacher (unpruned) | teacher |" in text and "| uniform width + CE w/ Init |" in text
+  s = json.load(open(os.path.join(workdir, "distill", "tas-kd", "summary.json")))
+  assert s["kd"] and s["init"] == "scratch" and s["compilations"] == {"train_step": 1, "evaluate": 1}
+
+
+def test_extracted_architecture_is_the_search_result_and_the_flop_counter_agrees(pipeline_run):
+  workdir, _ = pipeline_run
+  search = json.load(open(os.path.join(workdir, "search", "summary.json")))
+  extracted = arch.load(os.path.join(workdir, "extract", "arch.json"))
+  assert extracted.to_dict()["stages"] == search["architecture"]["stages"]
+  out = subprocess.run([sys.executable, "-m", "tas_jax.flops",
+                        os.path.join(workdir, "extract", "arch.json"), "--json"],
+                       capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT})
+  assert json.loads(out.stdout)["flops_m"] == search["flops_m"]
+  report = json.load(open(os.path.join(workdir, "extract", "summary.json")))
+  assert report["flops_ratio"] == pytest.approx(search["flops_ratio"])
+  assert [r["width"] for r in report["layers"] if not r["removed"]][0] == extracted.stem_width
+
+
+def test_extract_runs_as_its_own_process_from_the_search_checkpoint(pipeline_run, tmp_path):
+  workdir, _ = pipeline_run
+  # a workdir holding only the search: extraction needs nothing else
+  os.symlink(os.path.join(workdir, "search"), tmp_path / "search")
+  out = cli(tmp_path, "--config.stage=extract")
+  assert out.returncode == 0, out.stderr[-2000:]
+  with open(tmp_path / "extract" / "arch.json") as a, open(os.path.join(workdir, "extract", "arch.json")) as b:
+    assert json.load(a) == json.load(b)
+  # distilling without a teacher says which stage to run
+  out = cli(tmp_path, "--config.stage=distill")
+  assert out.returncode == 2 and "--config.stage=teacher" in out.stderr
+
+
+def test_rerun_skips_finished_stages(pipeline_run):
+  workdir, _ = pipeline_run
+  stamps = {p: os.path.getmtime(os.path.join(workdir, p, "summary.json"))
+            for p in ("teacher", "search", "extract", "distill/tas-kd", "distill/uniform-ce-init")}
+  again = pipeline.run_all(tiny_config(), workdir)
+  assert again["finished"] and [r["run"] for r in again["rows"]] == ["teacher", "tas-kd", "uniform-ce-init"]
+  for p, t in stamps.items():
+    assert os.path.getmtime(os.path.join(workdir, p, "summary.json")) == t, p
