@@ -1,0 +1,302 @@
+"""`python -m tas_jax.bench`: what one TAS search iteration costs, measured in one run.
+
+    python -m tas_jax.bench --network resnet20 --batch 256 --json
+    python -m tas_jax.bench --network resnet56 --scaling 1,2,4,8      # forced CPU devices
+    python -m tas_jax.bench --profile /tmp/trace                       # jax.profiler trace too
+
+On CIFAR-shaped uint8 data resident on the device (synthetic: timing does not depend on pixel
+values) it compiles and times, in this order and in one process:
+
+- the plain training step of the unpruned network (the teacher's step: gather, augment, forward,
+  backward, SGD), and one TAS search iteration (weight step on half A + architecture step on half
+  B, compiled as one function); the key `search_over_two_plain_ratio` is the search iteration
+  against two plain steps;
+- compile time (first call minus a steady call), images/s, the compiled program's memory
+  (`memory_analysis`; the CPU runtime keeps no peak counter, accelerators report `peak_bytes_in_use`);
+- compilations across an epoch boundary: the calls after new permutations and a new τ must reuse
+  the compiled step (jit cache size stays 1);
+- host-device transfers inside the step loop: the timed loop runs under
+  `jax.transfer_guard("disallow")`, so any implicit copy would raise; 0 is a checked figure;
+- with `--torch` (when PyTorch is installed; never a dependency), the same network's training step
+  in PyTorch as a reference row.
+
+Warm-up calls are excluded; figures are medians over `--repeats` of `--steps` calls each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+
+from tas_jax.config import base_config
+from tas_jax.data import datasets
+from tas_jax.models import arch as arch_lib, resnet, supernet
+from tas_jax.search import space as space_lib
+from tas_jax.training import parallel, search, steps, supervised
+
+
+def cifar_network(name: str) -> arch_lib.Architecture:
+  """'resnetN' -> the CIFAR ResNet of depth N (basic blocks; bottleneck for 164)."""
+  depth = int(name[6:]) if name.startswith("resnet") and name[6:].isdigit() else -1
+  block = "bottleneck" if depth in arch_lib.CIFAR_DEPTHS_BOTTLENECK else "basic"
+  try:
+    return arch_lib.cifar_resnet(depth, block)
+  except arch_lib.ArchError as e:
+    raise ValueError(f"--network={name}: resnetN with a CIFAR depth N (20, 32, 56, 110, 164, …): "
+                     f"{e}") from None
+
+
+def synthetic_cifar(n: int, seed: int = 0) -> datasets.ImageDataset:
+  rng = np.random.default_rng(seed)
+  x = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
+  y = rng.integers(0, 10, n).astype(np.int32)
+  return datasets.ImageDataset("synthetic", x, y, x[:256], y[:256], 10, (0.5,) * 3, (0.25,) * 3,
+                               "synthetic")
+
+
+def _median_time(call, repeats: int, steps_per_repeat: int) -> tuple[float, list[float]]:
+  times = []
+  for _ in range(repeats):
+    t = time.perf_counter()
+    for _ in range(steps_per_repeat):
+      out = call()
+    jax.block_until_ready(out)
+    times.append((time.perf_counter() - t) / steps_per_repeat)
+  return statistics.median(times), times
+
+
+def _memory(jitted, *args) -> dict:
+  device = jax.devices()[0]
+  stats = device.memory_stats() or {}
+  out = {}
+  if "peak_bytes_in_use" in stats:
+    out["peak_bytes_in_use"] = int(stats["peak_bytes_in_use"])
+  analysis = jitted.lower(*args).compile().memory_analysis()
+  if analysis is not None:
+    out["compiled_temp_bytes"] = int(analysis.temp_size_in_bytes)
+    out["compiled_argument_bytes"] = int(analysis.argument_size_in_bytes)
+  return out
+
+
+class _Stepper:
+  """Holds the evolving state so that timed calls look like the training loop's."""
+
+  def __init__(self, fn, state, *args):
+    self.fn, self.state, self.args = fn, state, args
+
+  def __call__(self):
+    self.state, metrics = self.fn(self.state, *self.args)
+    return self.state.step
+
+
+def bench_jax(network: str, batch: int, num_devices: int, repeats: int, steps_per_repeat: int,
+              profile_dir: str = "") -> dict:
+  a = cifar_network(network)
+  mesh = parallel.make_mesh(num_devices)
+  n_dev = mesh.shape[parallel.AXIS]
+  ds = synthetic_cifar(8 * batch)   # halves of about 4 batches: two search iterations fit
+  data = supervised.DeviceData(ds, mesh, 256)
+  c = base_config()
+  key = parallel.put_replicated(jax.random.key(1), mesh)
+  out: dict = {"network": network, "batch": batch, "devices": n_dev,
+               "platform": jax.devices()[0].platform, "device_kind": jax.devices()[0].device_kind}
+
+  # --- plain training step of the unpruned network ---
+  model = resnet.build(a)
+  tx, _ = supervised.sgd_with_warmup_cosine(c.teacher, 4)
+  state = steps.create_state(model, tx, resnet.dummy_input(a), jax.random.key(0), mesh)
+  plain = steps.make_train_step(model, tx, steps.BatchSpec(batch, 4, ds.mean, ds.std), mesh, "jit")
+  perms = [supervised.epoch_permutation_fn(0, len(ds.train_labels), mesh)(e) for e in (0, 1)]
+  out["plain_memory"] = _memory(plain, state, data.train_images, data.train_labels, key, perms[0])
+  stepper = plain_stepper = _Stepper(plain, state, data.train_images, data.train_labels, key,
+                                     perms[0])
+  t = time.perf_counter()
+  jax.block_until_ready(stepper())
+  first = time.perf_counter() - t
+  stepper()
+  with jax.transfer_guard("disallow"):
+    t_plain, raw_plain = _median_time(stepper, repeats, steps_per_repeat)
+    stepper.args = stepper.args[:-1] + (perms[1],)   # the next epoch: a new permutation
+    jax.block_until_ready(stepper())
+  out.update(plain_step_s=round(t_plain, 4), plain_repeats_s=[round(x, 4) for x in raw_plain],
+             plain_images_per_s=round(batch / t_plain, 1),
+             plain_compile_s=round(first - t_plain, 2),
+             plain_compilations=plain._cache_size())
+
+  # --- TAS search iteration ---
+  space = space_lib.build(a)
+  net = supernet.SuperNet(space)
+  wtx, _, atx = search.optimizers(c.search, 2)
+  sstate = search.create_state(net, space, wtx, atx, np.zeros((2, 32, 32, 3), np.float32),
+                               jax.random.key(0), mesh)
+  iteration = search.make_search_step(net, space, wtx, atx, steps.BatchSpec(batch, 2, ds.mean, ds.std),
+                                      c.search, mesh, "jit")
+  half_a, half_b = (parallel.put_replicated(h.astype(np.int32), mesh)
+                    for h in datasets.split_per_class(ds.train_labels, 0))
+  taus = [parallel.put_replicated(np.float32(search.tau_at(e, c.search)), mesh) for e in (0, 1)]
+  args = (data.train_images, data.train_labels, key, half_a, half_b, taus[0])
+  out["search_memory"] = _memory(iteration, sstate, *args)
+  stepper = _Stepper(iteration, sstate, *args)
+  t = time.perf_counter()
+  jax.block_until_ready(stepper())
+  first = time.perf_counter() - t
+  stepper()
+  with jax.transfer_guard("disallow"):
+    t_search, raw_search = _median_time(stepper, repeats, steps_per_repeat)
+    # the next epoch: new τ, reversed halves as new permutations
+    stepper.args = args[:3] + (half_a[::-1], half_b[::-1], taus[1])
+    jax.block_until_ready(stepper())
+  out.update(search_iteration_s=round(t_search, 4),
+             search_repeats_s=[round(x, 4) for x in raw_search],
+             search_images_per_s=round(2 * batch / t_search, 1),   # a batch of A and one of B
+             search_compile_s=round(first - t_search, 2),
+             search_compilations=iteration._cache_size(),
+             search_over_two_plain_ratio=round(t_search / (2 * t_plain), 3),
+             host_transfers_in_step_loop=0)   # checked: the loops above ran under transfer_guard
+  out["compilations_after_epoch_boundary"] = (out["plain_compilations"] - 1
+                                              + out["search_compilations"] - 1)
+
+  if profile_dir:   # 3 calls of each step, traced; summarised by XLA op
+    for name, fn in (("plain", plain_stepper), ("search", stepper)):
+      trace_dir = os.path.join(profile_dir, name)
+      with jax.profiler.trace(trace_dir):
+        for _ in range(3):
+          jax.block_until_ready(fn())
+      out[f"{name}_profile"] = profile_summary(trace_dir, calls=3)
+    out["profile_dir"] = profile_dir
+  return out
+
+
+def profile_summary(trace_dir: str, calls: int, top: int = 12) -> list[dict]:
+  """Where the time goes in a `jax.profiler` trace: XLA's executed ops (convolutions, fusions,
+  copies …) summed by name over the runtime's threads, per call, largest first.
+
+  Reads the trace's XSpace protobuf with TensorFlow's bindings (a dependency already). Times are
+  thread time: ops that run in parallel on several threads add up to more than the wall time.
+  """
+  import collections
+  import glob
+
+  from tensorflow.tsl.profiler.protobuf import xplane_pb2
+  paths = sorted(glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"), recursive=True))
+  if not paths:
+    return []
+  space = xplane_pb2.XSpace()
+  with open(paths[-1], "rb") as f:
+    space.ParseFromString(f.read())
+  totals: collections.Counter = collections.Counter()
+  for plane in space.planes:
+    for line in plane.lines:
+      if not line.name.startswith("tf_XLA"):   # the XLA runtime's threads, not Python
+        continue
+      for event in line.events:
+        name = plane.event_metadata[event.metadata_id].name
+        if not name.startswith("ThunkExecutor"):
+          totals[name] += event.duration_ps
+  everything = sum(totals.values()) or 1
+  return [{"op": name, "ms_per_call": round(ps / 1e9 / calls, 3), "share": round(ps / everything, 4)}
+          for name, ps in totals.most_common(top)]
+
+
+def bench_torch(depth: int, batch: int, repeats: int, steps_per_repeat: int) -> dict:
+  """The same CIFAR ResNet's training step in PyTorch (reference only; imported lazily)."""
+  from tas_jax import torch_reference
+  return torch_reference.bench(depth, batch, repeats, steps_per_repeat)
+
+
+def scaling(args, counts: list[int]) -> list[dict]:
+  """Re-runs this benchmark in a child process per forced CPU device count."""
+  rows = []
+  for n in counts:
+    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={n}"}
+    cmd = [sys.executable, "-m", "tas_jax.bench", "--network", args.network, "--batch",
+           str(args.batch), "--repeats", str(args.repeats), "--steps", str(args.steps), "--json",
+           "--no-torch"]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if out.returncode != 0:
+      raise RuntimeError(f"{' '.join(cmd)} with {n} devices failed:\n{out.stderr[-2000:]}")
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    rows.append({k: r[k] for k in ("devices", "plain_step_s", "plain_images_per_s",
+                                   "search_iteration_s", "search_images_per_s",
+                                   "search_over_two_plain_ratio")})
+  return rows
+
+
+def table(r: dict) -> str:
+  lines = [f"{r['network']}, batch {r['batch']}, {r['devices']} {r['platform']} device(s) "
+           f"({r['device_kind']}); medians of {r['repeats']} x {r['steps']} calls",
+           f"{'':40}{'median s':>10}{'images/s':>11}{'compile s':>11}",
+           f"{'plain training step':40}{r['plain_step_s']:>10.4f}{r['plain_images_per_s']:>11.1f}"
+           f"{r['plain_compile_s']:>11.2f}",
+           f"{'search iteration (weight + arch step)':40}{r['search_iteration_s']:>10.4f}"
+           f"{r['search_images_per_s']:>11.1f}{r['search_compile_s']:>11.2f}",
+           f"search iteration / two plain steps: {r['search_over_two_plain_ratio']:.3f}",
+           f"compilations after an epoch boundary: {r['compilations_after_epoch_boundary']}; "
+           f"host transfers inside the step loop: {r['host_transfers_in_step_loop']} "
+           "(transfer_guard)"]
+  for name in ("plain_memory", "search_memory"):
+    lines.append(f"{name}: " + ", ".join(f"{k} {v / 2**20:.1f} MiB" for k, v in r[name].items()))
+  if "torch" in r:
+    t = r["torch"]
+    lines.append(f"{'PyTorch ' + t['torch_version'] + ' training step':40}{t['step_s']:>10.4f}"
+                 f"{t['images_per_s']:>11.1f}   ({t['threads']} threads)")
+    lines.append(f"JAX plain step / PyTorch step: {r['jax_over_torch_ratio']:.2f}")
+  for name in ("plain_profile", "search_profile"):
+    if r.get(name):
+      lines.append(f"{name} (XLA ops, thread time per call):")
+      lines += [f"  {p['op']:<44}{p['ms_per_call']:>10.2f} ms{100 * p['share']:>7.1f}%"
+                for p in r[name]]
+  for row in r.get("scaling", []):
+    lines.append(f"  {row['devices']} device(s): plain {row['plain_images_per_s']:.1f} img/s, "
+                 f"search {row['search_images_per_s']:.1f} img/s, ratio "
+                 f"{row['search_over_two_plain_ratio']:.3f}")
+  return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(prog="python -m tas_jax.bench", description=__doc__.split("\n")[0])
+  p.add_argument("--network", default="resnet20", help="a named CIFAR network (resnet20, resnet56, …)")
+  p.add_argument("--batch", type=int, default=256)
+  p.add_argument("--devices", type=int, default=-1, help="-1: all visible devices")
+  p.add_argument("--steps", type=int, default=3, help="timed calls per repeat")
+  p.add_argument("--repeats", type=int, default=5)
+  p.add_argument("--json", action="store_true", help="print one JSON line instead of a table")
+  p.add_argument("--no-torch", dest="torch", action="store_false",
+                 help="skip the PyTorch reference row (default: included when torch is installed)")
+  p.add_argument("--scaling", default="", help="comma-separated forced CPU device counts, e.g. 1,2,4,8")
+  p.add_argument("--profile", default="", help="write a jax.profiler trace of 3 search iterations here")
+  args = p.parse_args(argv)
+  try:
+    cifar_network(args.network)
+  except ValueError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  r = bench_jax(args.network, args.batch, args.devices, args.repeats, args.steps, args.profile)
+  r.update(repeats=args.repeats, steps=args.steps, date=time.strftime("%Y-%m-%d"),
+           jax=jax.__version__)
+  if args.torch:
+    try:
+      import torch  # noqa: F401
+    except ImportError:
+      r["torch"] = None
+    else:
+      r["torch"] = bench_torch(int(args.network[6:]), args.batch, args.repeats, args.steps)
+      r["jax_over_torch_ratio"] = round(r["plain_step_s"] / r["torch"]["step_s"], 3)
+    if r["torch"] is None:
+      del r["torch"]
+  if args.scaling:
+    r["scaling"] = scaling(args, [int(n) for n in args.scaling.split(",")])
+  print(json.dumps(r) if args.json else table(r))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,47 @@
+"""`python -m tas_jax.bench` on a tiny network: its figures and the checks behind them."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from tas_jax import bench
+
+
+@pytest.fixture(scope="module")
+def result():
+  return bench.bench_jax("resnet8", batch=16, num_devices=-1, repeats=2, steps_per_repeat=1)
+
+
+def test_bench_reports_times_ratio_compiles_and_memory(result):
+  r = result
+  assert r["network"] == "resnet8" and r["batch"] == 16 and r["devices"] == jax.device_count()
+  assert r["plain_step_s"] > 0 and r["search_iteration_s"] > 0
+  assert r["search_over_two_plain_ratio"] == pytest.approx(
+      r["search_iteration_s"] / (2 * r["plain_step_s"]), rel=0.01)
+  assert r["plain_images_per_s"] == pytest.approx(16 / r["plain_step_s"], rel=0.01)
+  assert r["plain_compile_s"] > 0 and r["search_compile_s"] > 0
+  assert r["plain_memory"]["compiled_argument_bytes"] > 0
+  # a new permutation and a new τ (the next epoch) reuse the compiled steps
+  assert r["plain_compilations"] == 1 and r["search_compilations"] == 1
+  assert r["compilations_after_epoch_boundary"] == 0
+  assert r["host_transfers_in_step_loop"] == 0
+
+
+def test_transfer_guard_catches_a_host_array_in_the_step():
+  """The guard the benchmark relies on does raise on an implicit host-to-device copy."""
+  f = jax.jit(lambda x: x + 1)
+  f(jax.numpy.ones(3))
+  with jax.transfer_guard("disallow"), pytest.raises(Exception, match="[Dd]isallowed"):
+    f(np.ones(3, np.float32))
+
+
+def test_cli_json_line_and_bad_network(capsys):
+  assert bench.main(["--network", "resnet8", "--batch", "16", "--repeats", "1", "--steps", "1",
+                     "--json", "--no-torch"]) == 0
+  line = capsys.readouterr().out.strip().splitlines()[-1]
+  r = json.loads(line)
+  assert any("ratio" in k for k in r) and r["compilations_after_epoch_boundary"] == 0
+  assert bench.main(["--network", "resnet21"]) == 2
+  assert "resnetN" in capsys.readouterr().err
