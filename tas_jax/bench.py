@@ -11,7 +11,7 @@ values) it compiles and times, in this order and in one process:
   backward, SGD), and one TAS search iteration (weight step on half A + architecture step on half
   B, compiled as one function); the key `search_over_two_plain_ratio` is the search iteration
   against two plain steps;
-- compile time (first call minus a steady call), images/s, the compiled program's memory
+- compile time (ahead-of-time lower + compile), images/s, the compiled program's memory
   (`memory_analysis`; the CPU runtime keeps no peak counter, accelerators report `peak_bytes_in_use`);
 - compilations across an epoch boundary: the calls after new permutations and a new τ must reuse
   the compiled step (jit cache size stays 1);
@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -73,17 +74,20 @@ def _median_time(call, repeats: int, steps_per_repeat: int) -> tuple[float, list
   return statistics.median(times), times
 
 
-def _memory(jitted, *args) -> dict:
-  device = jax.devices()[0]
-  stats = device.memory_stats() or {}
+def _compile_stats(jitted, *args) -> tuple[float, dict]:
+  """(seconds to lower and compile, memory figures) of `jitted` on `args`, ahead of time."""
+  t = time.perf_counter()
+  compiled = jitted.lower(*args).compile()
+  seconds = time.perf_counter() - t
   out = {}
+  stats = jax.devices()[0].memory_stats() or {}
   if "peak_bytes_in_use" in stats:
     out["peak_bytes_in_use"] = int(stats["peak_bytes_in_use"])
-  analysis = jitted.lower(*args).compile().memory_analysis()
+  analysis = compiled.memory_analysis()
   if analysis is not None:
     out["compiled_temp_bytes"] = int(analysis.temp_size_in_bytes)
     out["compiled_argument_bytes"] = int(analysis.argument_size_in_bytes)
-  return out
+  return seconds, out
 
 
 class _Stepper:
@@ -115,12 +119,11 @@ def bench_jax(network: str, batch: int, num_devices: int, repeats: int, steps_pe
   state = steps.create_state(model, tx, resnet.dummy_input(a), jax.random.key(0), mesh)
   plain = steps.make_train_step(model, tx, steps.BatchSpec(batch, 4, ds.mean, ds.std), mesh, "jit")
   perms = [supervised.epoch_permutation_fn(0, len(ds.train_labels), mesh)(e) for e in (0, 1)]
-  out["plain_memory"] = _memory(plain, state, data.train_images, data.train_labels, key, perms[0])
+  plain_compile, out["plain_memory"] = _compile_stats(plain, state, data.train_images,
+                                                      data.train_labels, key, perms[0])
   stepper = plain_stepper = _Stepper(plain, state, data.train_images, data.train_labels, key,
                                      perms[0])
-  t = time.perf_counter()
-  jax.block_until_ready(stepper())
-  first = time.perf_counter() - t
+  jax.block_until_ready(stepper())   # compiles the jitted step itself, warms up
   stepper()
   with jax.transfer_guard("disallow"):
     t_plain, raw_plain = _median_time(stepper, repeats, steps_per_repeat)
@@ -128,7 +131,7 @@ def bench_jax(network: str, batch: int, num_devices: int, repeats: int, steps_pe
     jax.block_until_ready(stepper())
   out.update(plain_step_s=round(t_plain, 4), plain_repeats_s=[round(x, 4) for x in raw_plain],
              plain_images_per_s=round(batch / t_plain, 1),
-             plain_compile_s=round(first - t_plain, 2),
+             plain_compile_s=round(plain_compile, 2),
              plain_compilations=plain._cache_size())
 
   # --- TAS search iteration ---
@@ -143,11 +146,9 @@ def bench_jax(network: str, batch: int, num_devices: int, repeats: int, steps_pe
                     for h in datasets.split_per_class(ds.train_labels, 0))
   taus = [parallel.put_replicated(np.float32(search.tau_at(e, c.search)), mesh) for e in (0, 1)]
   args = (data.train_images, data.train_labels, key, half_a, half_b, taus[0])
-  out["search_memory"] = _memory(iteration, sstate, *args)
+  search_compile, out["search_memory"] = _compile_stats(iteration, sstate, *args)
   stepper = _Stepper(iteration, sstate, *args)
-  t = time.perf_counter()
   jax.block_until_ready(stepper())
-  first = time.perf_counter() - t
   stepper()
   with jax.transfer_guard("disallow"):
     t_search, raw_search = _median_time(stepper, repeats, steps_per_repeat)
@@ -157,7 +158,7 @@ def bench_jax(network: str, batch: int, num_devices: int, repeats: int, steps_pe
   out.update(search_iteration_s=round(t_search, 4),
              search_repeats_s=[round(x, 4) for x in raw_search],
              search_images_per_s=round(2 * batch / t_search, 1),   # a batch of A and one of B
-             search_compile_s=round(first - t_search, 2),
+             search_compile_s=round(search_compile, 2),
              search_compilations=iteration._cache_size(),
              search_over_two_plain_ratio=round(t_search / (2 * t_plain), 3),
              host_transfers_in_step_loop=0)   # checked: the loops above ran under transfer_guard
@@ -175,7 +176,7 @@ def bench_jax(network: str, batch: int, num_devices: int, repeats: int, steps_pe
   return out
 
 
-def profile_summary(trace_dir: str, calls: int, top: int = 12) -> list[dict]:
+def profile_summary(trace_dir: str, calls: int, top: int = 8) -> dict:
   """Where the time goes in a `jax.profiler` trace: XLA's executed ops (convolutions, fusions,
   copies …) summed by name over the runtime's threads, per call, largest first.
 
@@ -188,7 +189,7 @@ def profile_summary(trace_dir: str, calls: int, top: int = 12) -> list[dict]:
   from tensorflow.tsl.profiler.protobuf import xplane_pb2
   paths = sorted(glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"), recursive=True))
   if not paths:
-    return []
+    return {}
   space = xplane_pb2.XSpace()
   with open(paths[-1], "rb") as f:
     space.ParseFromString(f.read())
@@ -202,8 +203,16 @@ def profile_summary(trace_dir: str, calls: int, top: int = 12) -> list[dict]:
         if not name.startswith("ThunkExecutor"):
           totals[name] += event.duration_ps
   everything = sum(totals.values()) or 1
-  return [{"op": name, "ms_per_call": round(ps / 1e9 / calls, 3), "share": round(ps / everything, 4)}
-          for name, ps in totals.most_common(top)]
+  kinds: collections.Counter = collections.Counter()
+  for name, ps in totals.items():   # "transpose_copy_fusion.30" -> "transpose_copy_fusion"
+    kinds[re.sub(r"\.\d+$", "", name)] += ps
+
+  def rows(counter):
+    return [{"op": name, "ms_per_call": round(ps / 1e9 / calls, 3),
+             "share": round(ps / everything, 4)} for name, ps in counter.most_common(top)]
+
+  return {"thread_ms_per_call": round(everything / 1e9 / calls, 1), "by_kind": rows(kinds),
+          "top_ops": rows(totals)}
 
 
 def bench_torch(depth: int, batch: int, repeats: int, steps_per_repeat: int) -> dict:
@@ -251,9 +260,10 @@ def table(r: dict) -> str:
     lines.append(f"JAX plain step / PyTorch step: {r['jax_over_torch_ratio']:.2f}")
   for name in ("plain_profile", "search_profile"):
     if r.get(name):
-      lines.append(f"{name} (XLA ops, thread time per call):")
+      lines.append(f"{name}: XLA ops by kind, thread time per call (total "
+                   f"{r[name]['thread_ms_per_call']:.0f} ms over all threads):")
       lines += [f"  {p['op']:<44}{p['ms_per_call']:>10.2f} ms{100 * p['share']:>7.1f}%"
-                for p in r[name]]
+                for p in r[name]["by_kind"]]
   for row in r.get("scaling", []):
     lines.append(f"  {row['devices']} device(s): plain {row['plain_images_per_s']:.1f} img/s, "
                  f"search {row['search_images_per_s']:.1f} img/s, ratio "

@@ -10,8 +10,9 @@ from tas_jax import bench
 
 
 @pytest.fixture(scope="module")
-def result():
-  return bench.bench_jax("resnet8", batch=16, num_devices=-1, repeats=2, steps_per_repeat=1)
+def result(tmp_path_factory):
+  return bench.bench_jax("resnet8", batch=16, num_devices=-1, repeats=2, steps_per_repeat=1,
+                         profile_dir=str(tmp_path_factory.mktemp("trace")))
 
 
 def test_bench_reports_times_ratio_compiles_and_memory(result):
@@ -27,6 +28,16 @@ def test_bench_reports_times_ratio_compiles_and_memory(result):
   assert r["plain_compilations"] == 1 and r["search_compilations"] == 1
   assert r["compilations_after_epoch_boundary"] == 0
   assert r["host_transfers_in_step_loop"] == 0
+
+
+def test_profile_says_where_the_time_goes(result):
+  for name in ("plain_profile", "search_profile"):
+    p = result[name]
+    assert p["thread_ms_per_call"] > 0 and p["by_kind"] and p["top_ops"]
+    shares = [k["share"] for k in p["by_kind"]]
+    assert shares == sorted(shares, reverse=True) and 0 < sum(shares) <= 1.0001
+    # the network's convolutions show up among the executed XLA ops
+    assert any("conv" in k["op"] or "ynn" in k["op"] or "fusion" in k["op"] for k in p["by_kind"])
 
 
 def test_transfer_guard_catches_a_host_array_in_the_step():
