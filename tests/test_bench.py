@@ -36,8 +36,11 @@ def test_profile_says_where_the_time_goes(result):
     assert p["thread_ms_per_call"] > 0 and p["by_kind"] and p["top_ops"]
     shares = [k["share"] for k in p["by_kind"]]
     assert shares == sorted(shares, reverse=True) and 0 < sum(shares) <= 1.0001
-    # the network's convolutions show up among the executed XLA ops
-    assert any("conv" in k["op"] or "ynn" in k["op"] or "fusion" in k["op"] for k in p["by_kind"])
+    kinds = {k["op"] for k in p["by_kind"]}
+    if jax.device_count() == 1:   # the network's convolutions and fusions are what runs
+      assert any("conv" in k or "fusion" in k for k in kinds), kinds
+    else:                         # forced CPU devices share two cores: collectives show up
+      assert any("all-reduce" in k or "Rendezvous" in k or "fusion" in k for k in kinds), kinds
 
 
 def test_transfer_guard_catches_a_host_array_in_the_step():
