@@ -6,6 +6,7 @@ Any config field can be overridden (`--config.teacher.lr=0.05`). The work itself
 
 from __future__ import annotations
 
+import importlib
 import sys
 
 import jax
@@ -24,28 +25,24 @@ config_flags.DEFINE_config_file("config", None, "A config file, e.g. configs/dem
                                 lock_config=True)
 
 
+# stage -> (module, function(config, workdir) -> summary); imported when the stage runs
+STAGE_FUNCTIONS = {
+    "teacher": ("tas_jax.training.teacher", "train_and_evaluate"),
+    "search": ("tas_jax.training.search", "search"),
+    "extract": ("tas_jax.training.extract", "extract"),
+    "distill": ("tas_jax.training.distill", "distill"),
+    "results": ("tas_jax.training.pipeline", "results"),
+    "all": ("tas_jax.training.pipeline", "run_all"),
+}
+
+
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Runs the stage the config selects; returns its summary."""
   config_lib.validate(config)
-  if config.stage == "teacher":
-    from tas_jax.training import teacher
-    return teacher.train_and_evaluate(config, workdir)
-  if config.stage == "search":
-    from tas_jax.training import search
-    return search.search(config, workdir)
-  if config.stage == "extract":
-    from tas_jax.training import extract
-    return extract.extract(config, workdir)
-  if config.stage == "distill":
-    from tas_jax.training import distill
-    return distill.distill(config, workdir)
-  if config.stage == "results":
-    from tas_jax.training import pipeline
-    return pipeline.results(config, workdir)
-  if config.stage == "all":
-    from tas_jax.training import pipeline
-    return pipeline.run_all(config, workdir)
-  raise config_lib.ConfigError(f"config.stage={config.stage!r}: allowed: {config_lib.STAGES}")
+  if config.stage not in STAGE_FUNCTIONS:
+    raise config_lib.ConfigError(f"config.stage={config.stage!r}: allowed: {config_lib.STAGES}")
+  module, function = STAGE_FUNCTIONS[config.stage]
+  return getattr(importlib.import_module(module), function)(config, workdir)
 
 
 def main(argv):
