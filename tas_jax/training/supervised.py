@@ -89,6 +89,18 @@ def check_fits(a: arch_lib.Architecture, ds: datasets.ImageDataset, what: str) -
         f"and {ds.image_size}x{ds.image_size}x{ds.channels}")
 
 
+def read_variables(stage_dir: str, arch: arch_lib.Architecture, stage: str,
+                   sharding) -> tuple[dict, int]:
+  """({'params', 'batch_stats'}, step) of a trained network's latest checkpoint, placed with
+  `sharding`; the optimiser state is not read (Orbax partial restore)."""
+  model = resnet.build(arch)
+  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), resnet.dummy_input(arch), train=False))
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+                          {"params": shapes["params"], "batch_stats": shapes["batch_stats"]})
+  variables, _, step = loop.read_checkpoint(stage_dir, abstract, stage)
+  return variables, step
+
+
 def train_network(config: ml_collections.ConfigDict, recipe: ml_collections.ConfigDict,
                   recipe_field: str, stage: str, stage_dir: str, ds: datasets.ImageDataset,
                   arch: arch_lib.Architecture, loss_fn: Optional[Callable] = None,
