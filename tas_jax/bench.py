@@ -17,6 +17,8 @@ values) it compiles and times, in this order and in one process:
   the compiled step (jit cache size stays 1);
 - host-device transfers inside the step loop: the timed loop runs under
   `jax.transfer_guard("disallow")`, so any implicit copy would raise; 0 is a checked figure;
+- the plain step once more compiled with XLA's default options instead of tas_jax's CPU ones
+  (`parallel.compiler_options`), as the "before" figure of that change (skip: `--no-xla-defaults`);
 - with `--torch` (when PyTorch is installed; never a dependency), the same network's training step
   in PyTorch as a reference row.
 
@@ -102,7 +104,7 @@ class _Stepper:
 
 
 def bench_jax(network: str, batch: int, num_devices: int, repeats: int, steps_per_repeat: int,
-              profile_dir: str = "") -> dict:
+              profile_dir: str = "", with_xla_defaults: bool = True) -> dict:
   a = cifar_network(network)
   mesh = parallel.make_mesh(num_devices)
   n_dev = mesh.shape[parallel.AXIS]
@@ -132,7 +134,23 @@ def bench_jax(network: str, batch: int, num_devices: int, repeats: int, steps_pe
   out.update(plain_step_s=round(t_plain, 4), plain_repeats_s=[round(x, 4) for x in raw_plain],
              plain_images_per_s=round(batch / t_plain, 1),
              plain_compile_s=round(plain_compile, 2),
-             plain_compilations=plain._cache_size())
+             plain_compilations=plain._cache_size(),
+             compiler_options=parallel.compiler_options())
+  if with_xla_defaults and out["compiler_options"]:
+    # the same step compiled with XLA's own options: what tas_jax's CPU options are worth
+    with parallel.xla_defaults():
+      default_step = steps.make_train_step(model, tx, steps.BatchSpec(batch, 4, ds.mean, ds.std),
+                                           mesh, "jit")
+    default_state = steps.create_state(model, tx, resnet.dummy_input(a), jax.random.key(0), mesh)
+    stepper = _Stepper(default_step, default_state, data.train_images, data.train_labels, key,
+                       perms[0])
+    jax.block_until_ready(stepper())
+    stepper()
+    t_default, raw_default = _median_time(stepper, repeats, steps_per_repeat)
+    out.update(plain_step_xla_defaults_s=round(t_default, 4),
+               plain_xla_defaults_repeats_s=[round(x, 4) for x in raw_default],
+               xla_defaults_over_tuned_ratio=round(t_default / t_plain, 3))
+    del stepper, default_state
 
   # --- TAS search iteration ---
   space = space_lib.build(a)
@@ -228,7 +246,7 @@ def scaling(args, counts: list[int]) -> list[dict]:
     env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={n}"}
     cmd = [sys.executable, "-m", "tas_jax.bench", "--network", args.network, "--batch",
            str(args.batch), "--repeats", str(args.repeats), "--steps", str(args.steps), "--json",
-           "--no-torch"]
+           "--no-torch", "--no-xla-defaults"]
     out = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if out.returncode != 0:
       raise RuntimeError(f"{' '.join(cmd)} with {n} devices failed:\n{out.stderr[-2000:]}")
@@ -248,11 +266,16 @@ def table(r: dict) -> str:
            f"{'search iteration (weight + arch step)':40}{r['search_iteration_s']:>10.4f}"
            f"{r['search_images_per_s']:>11.1f}{r['search_compile_s']:>11.2f}",
            f"search iteration / two plain steps: {r['search_over_two_plain_ratio']:.3f}",
+           f"XLA options: {r['compiler_options'] or 'XLA defaults'}",
            f"compilations after an epoch boundary: {r['compilations_after_epoch_boundary']}; "
            f"host transfers inside the step loop: {r['host_transfers_in_step_loop']} "
            "(transfer_guard)"]
   for name in ("plain_memory", "search_memory"):
     lines.append(f"{name}: " + ", ".join(f"{k} {v / 2**20:.1f} MiB" for k, v in r[name].items()))
+  if "plain_step_xla_defaults_s" in r:
+    lines.append(f"{'plain step, XLA default options':40}{r['plain_step_xla_defaults_s']:>10.4f}"
+                 f"{r['batch'] / r['plain_step_xla_defaults_s']:>11.1f}   "
+                 f"({r['xla_defaults_over_tuned_ratio']:.2f}x the tuned step)")
   if "torch" in r:
     t = r["torch"]
     lines.append(f"{'PyTorch ' + t['torch_version'] + ' training step':40}{t['step_s']:>10.4f}"
@@ -281,6 +304,8 @@ def main(argv=None) -> int:
   p.add_argument("--json", action="store_true", help="print one JSON line instead of a table")
   p.add_argument("--no-torch", dest="torch", action="store_false",
                  help="skip the PyTorch reference row (default: included when torch is installed)")
+  p.add_argument("--no-xla-defaults", dest="xla_defaults", action="store_false",
+                 help="skip timing the plain step compiled with XLA's default options")
   p.add_argument("--scaling", default="", help="comma-separated forced CPU device counts, e.g. 1,2,4,8")
   p.add_argument("--profile", default="", help="write a jax.profiler trace of 3 search iterations here")
   args = p.parse_args(argv)
@@ -289,7 +314,8 @@ def main(argv=None) -> int:
   except ValueError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
-  r = bench_jax(args.network, args.batch, args.devices, args.repeats, args.steps, args.profile)
+  r = bench_jax(args.network, args.batch, args.devices, args.repeats, args.steps, args.profile,
+                args.xla_defaults)
   r.update(repeats=args.repeats, steps=args.steps, date=time.strftime("%Y-%m-%d"),
            jax=jax.__version__)
   if args.torch:

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from tas_jax import bench
+from tas_jax.training import parallel
 
 
 @pytest.fixture(scope="module")
@@ -28,6 +29,11 @@ def test_bench_reports_times_ratio_compiles_and_memory(result):
   assert r["plain_compilations"] == 1 and r["search_compilations"] == 1
   assert r["compilations_after_epoch_boundary"] == 0
   assert r["host_transfers_in_step_loop"] == 0
+  # the same plain step compiled with XLA's default options, the "before" of the CPU options
+  assert r["compiler_options"] == parallel.compiler_options() != {}
+  assert r["plain_step_xla_defaults_s"] > 0
+  assert r["xla_defaults_over_tuned_ratio"] == pytest.approx(
+      r["plain_step_xla_defaults_s"] / r["plain_step_s"], rel=0.01)
 
 
 def test_profile_says_where_the_time_goes(result):
@@ -53,9 +59,10 @@ def test_transfer_guard_catches_a_host_array_in_the_step():
 
 def test_cli_json_line_and_bad_network(capsys):
   assert bench.main(["--network", "resnet8", "--batch", "16", "--repeats", "1", "--steps", "1",
-                     "--json", "--no-torch"]) == 0
+                     "--json", "--no-torch", "--no-xla-defaults"]) == 0
   line = capsys.readouterr().out.strip().splitlines()[-1]
   r = json.loads(line)
   assert any("ratio" in k for k in r) and r["compilations_after_epoch_boundary"] == 0
+  assert "plain_step_xla_defaults_s" not in r
   assert bench.main(["--network", "resnet21"]) == 2
   assert "resnetN" in capsys.readouterr().err

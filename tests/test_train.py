@@ -6,11 +6,13 @@ import subprocess
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from tas_jax import config as config_lib
-from tas_jax.training import teacher
+from tas_jax.models import arch as arch_lib, resnet
+from tas_jax.training import parallel, teacher
 import parallel_check
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -40,6 +42,34 @@ def test_same_numbers_on_1_and_8_devices_with_jit_and_pmap():
     np.testing.assert_allclose(got["params_head"], ref["params_head"], atol=1e-5, err_msg=f"{devices} {mode}")
     assert abs(got["params_norm"] - ref["params_norm"]) < 1e-4 * ref["params_norm"]
   assert ref["losses"][0] > 2.0  # untrained 10-class net: about ln 10
+
+
+def test_cpu_compiler_options_change_speed_not_numbers(monkeypatch):
+  """The CPU fusion options apply on CPU, yield to the user's XLA_FLAGS and to xla_defaults(),
+  and a ResNet's loss and gradients compiled with them match XLA's defaults."""
+  assert jax.default_backend() == "cpu"
+  assert parallel.compiler_options() == parallel.CPU_COMPILER_OPTIONS
+  with parallel.xla_defaults():
+    assert parallel.compiler_options() == {}
+  monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_experimental_ynn_fusion_type=INDIVIDUAL_DOT")
+  assert parallel.compiler_options() == {}
+  monkeypatch.undo()
+
+  model = resnet.build(arch_lib.cifar_resnet(8, "basic"))
+  x = jax.random.normal(jax.random.key(0), (16, 32, 32, 3))
+  y = jax.random.randint(jax.random.key(1), (16,), 0, 10)
+  variables = model.init(jax.random.key(2), x[:1])
+
+  def loss(params):
+    logits, _ = model.apply({**variables, "params": params}, x, train=True, mutable=["batch_stats"])
+    return -jnp.mean(jax.nn.log_softmax(logits)[jnp.arange(16), y])
+
+  grad = jax.value_and_grad(loss)
+  tuned = jax.jit(grad, compiler_options=parallel.CPU_COMPILER_OPTIONS)(variables["params"])
+  default = jax.jit(grad)(variables["params"])
+  np.testing.assert_allclose(tuned[0], default[0], rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(tuned[1]), jax.tree.leaves(default[1])):
+    np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-3)
 
 
 def demo_like_config(**teacher_overrides):

@@ -9,11 +9,17 @@ gradients and metrics are averaged with `lax.pmean` over 'data', and BatchNorm a
 statistics over 'data'. `jax.pmap` itself is now implemented on `jit` + `shard_map`; we call
 `jax.shard_map` directly so that the train state keeps one layout (replicated global arrays) in both
 modes and checkpoints do not care which mode wrote them.
+
+Every network program (train steps, evaluation, inference) is compiled with `compiler_options()`,
+which on CPU changes how XLA fuses element-wise ops (see there).
 """
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+import contextlib
+import functools
+import os
+from typing import Callable, Iterator, Sequence
 
 import jax
 import numpy as np
@@ -45,6 +51,48 @@ def put_replicated(tree, mesh: Mesh):
   return jax.device_put(tree, replicated(mesh))
 
 
+# XLA:CPU by default fuses element-wise ops into loop fusions, and it fuses the recomputation of
+# BatchNorm, ReLU and the residual adds into the transposes that feed every weight-gradient
+# convolution, so each saved activation is recomputed under a strided transpose. Handing
+# element-wise ops and reductions to YNNPACK materialises them once instead: the plain ResNet-20
+# training step on the 2-core CPU goes from about 1.6 s to 1.0 s (BENCHMARKS.md).
+CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type":
+                        "LIBRARY_FUSION_TYPE_ELTWISE,LIBRARY_FUSION_TYPE_REDUCE"}
+_xla_defaults = False
+
+
+@functools.cache
+def _cpu_options_accepted() -> bool:
+  """Whether this jaxlib knows the option (it is marked experimental in XLA)."""
+  try:
+    jax.jit(lambda x: x + 1, compiler_options=CPU_COMPILER_OPTIONS).lower(np.float32(0)).compile()
+  except jax.errors.JaxRuntimeError:
+    return False
+  return True
+
+
+def compiler_options() -> dict:
+  """XLA options for tas_jax's jitted programs: `CPU_COMPILER_OPTIONS` on the CPU backend, none
+  elsewhere. A user's own `xla_cpu_experimental_ynn_fusion_type` in `XLA_FLAGS` wins, and an
+  XLA that rejects the option gets none."""
+  if (_xla_defaults or jax.default_backend() != "cpu"
+      or "xla_cpu_experimental_ynn_fusion_type" in os.environ.get("XLA_FLAGS", "")
+      or not _cpu_options_accepted()):
+    return {}
+  return dict(CPU_COMPILER_OPTIONS)
+
+
+@contextlib.contextmanager
+def xla_defaults() -> Iterator[None]:
+  """Programs built inside compile with XLA's own options (the benchmark's "before" row)."""
+  global _xla_defaults
+  _xla_defaults = True
+  try:
+    yield
+  finally:
+    _xla_defaults = False
+
+
 def compile_step(per_shard: Callable, mesh: Mesh, mode: str, num_args: int,
                  donate: Sequence[int] = (0,)) -> Callable:
   """Compiles `per_shard(shard_index, shard_count, *args)` as a data-parallel step.
@@ -67,4 +115,4 @@ def compile_step(per_shard: Callable, mesh: Mesh, mode: str, num_args: int,
                        check_vma=False)
   else:
     raise ValueError(f"parallel={mode!r}; allowed: jit, pmap")
-  return jax.jit(fn, donate_argnums=tuple(donate))
+  return jax.jit(fn, donate_argnums=tuple(donate), compiler_options=compiler_options())

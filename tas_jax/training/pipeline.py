@@ -27,7 +27,7 @@ from absl import logging
 from tas_jax import config as config_lib
 from tas_jax.data import augment
 from tas_jax.models import arch as arch_lib, resnet
-from tas_jax.training import distill, extract, loop, search, supervised, teacher
+from tas_jax.training import distill, extract, loop, parallel, search, supervised, teacher
 
 
 def _summary(stage_dir: str):
@@ -56,7 +56,8 @@ def measure_throughput(networks: dict, images, mean, std, repeats: int) -> dict:
   forwards = {}
   for name, (a, variables) in networks.items():
     model = resnet.build(a)
-    forwards[name] = (jax.jit(lambda v, x, m=model: m.apply(v, x, train=False)), variables)
+    forwards[name] = (jax.jit(lambda v, x, m=model: m.apply(v, x, train=False),
+                               compiler_options=parallel.compiler_options()), variables)
     jax.block_until_ready(forwards[name][0](variables, x))  # compile
     jax.block_until_ready(forwards[name][0](variables, x))  # warm up
   times = {name: [] for name in networks}

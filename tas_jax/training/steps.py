@@ -150,4 +150,4 @@ def make_eval_fn(apply_fn: Callable, mean, std, mesh, num_examples: int,
     ce, correct = jax.lax.map(one, (xs, ys, valid))
     return {"loss": ce.sum() / num_examples, "accuracy": correct.sum() / num_examples}
 
-  return jax.jit(evaluate)
+  return jax.jit(evaluate, compiler_options=parallel.compiler_options())
