@@ -200,6 +200,8 @@ def profile_summary(trace_dir: str, calls: int, top: int = 8) -> dict:
 
   Reads the trace's XSpace protobuf with TensorFlow's bindings (a dependency already). Times are
   thread time: ops that run in parallel on several threads add up to more than the wall time.
+  Convolutions that XLA:CPU hands to Eigen run asynchronously on its pool and leave no trace
+  events: with tas_jax's CPU options most of a step's untraced thread time is theirs.
   """
   import collections
   import glob
