@@ -19,8 +19,9 @@ values) it compiles and times, in this order and in one process:
   `jax.transfer_guard("disallow")`, so any implicit copy would raise; 0 is a checked figure;
 - the plain step once more compiled with XLA's default options instead of tas_jax's CPU ones
   (`parallel.compiler_options`), as the "before" figure of that change (skip: `--no-xla-defaults`);
-- with `--torch` (when PyTorch is installed; never a dependency), the same network's training step
-  in PyTorch as a reference row.
+- when PyTorch is installed (never a dependency; `--no-torch` skips it), the same network's
+  training step in PyTorch as a reference row, timed in turns with the plain step (repeat by
+  repeat), so that `jax_over_torch_ratio` compares the two under the same machine load.
 
 Warm-up calls are excluded; figures are medians over `--repeats` of `--steps` calls each.
 """
@@ -35,6 +36,7 @@ import statistics
 import subprocess
 import sys
 import time
+from typing import Callable, Optional
 
 import jax
 import numpy as np
@@ -65,15 +67,22 @@ def synthetic_cifar(n: int, seed: int = 0) -> datasets.ImageDataset:
                                "synthetic")
 
 
-def _median_time(call, repeats: int, steps_per_repeat: int) -> tuple[float, list[float]]:
-  times = []
+def _median_times(calls: dict, repeats: int, steps_per_repeat: int) -> dict:
+  """{name: (median seconds per call, per-repeat seconds)}; the callables take turns repeat by
+  repeat, so that the machine's noise falls on all of them alike."""
+  times = {name: [] for name in calls}
   for _ in range(repeats):
-    t = time.perf_counter()
-    for _ in range(steps_per_repeat):
-      out = call()
-    jax.block_until_ready(out)
-    times.append((time.perf_counter() - t) / steps_per_repeat)
-  return statistics.median(times), times
+    for name, call in calls.items():
+      t = time.perf_counter()
+      for _ in range(steps_per_repeat):
+        out = call()
+      jax.block_until_ready(out)
+      times[name].append((time.perf_counter() - t) / steps_per_repeat)
+  return {name: (statistics.median(v), v) for name, v in times.items()}
+
+
+def _median_time(call, repeats: int, steps_per_repeat: int) -> tuple[float, list[float]]:
+  return _median_times({"": call}, repeats, steps_per_repeat)[""]
 
 
 def _compile_stats(jitted, *args) -> tuple[float, dict]:
@@ -104,7 +113,10 @@ class _Stepper:
 
 
 def bench_jax(network: str, batch: int, num_devices: int, repeats: int, steps_per_repeat: int,
-              profile_dir: str = "", with_xla_defaults: bool = True) -> dict:
+              profile_dir: str = "", with_xla_defaults: bool = True,
+              reference: Optional[Callable] = None) -> dict:
+  """The figures of one run (see the module docstring). `reference`, a callable running one step
+  of another framework, is timed in turns with the plain step (`out['reference']`)."""
   a = cifar_network(network)
   mesh = parallel.make_mesh(num_devices)
   n_dev = mesh.shape[parallel.AXIS]
@@ -128,9 +140,15 @@ def bench_jax(network: str, batch: int, num_devices: int, repeats: int, steps_pe
   jax.block_until_ready(stepper())   # compiles the jitted step itself, warms up
   stepper()
   with jax.transfer_guard("disallow"):
-    t_plain, raw_plain = _median_time(stepper, repeats, steps_per_repeat)
+    timed = _median_times({"jax": stepper, **({"reference": reference} if reference else {})},
+                          repeats, steps_per_repeat)
+    t_plain, raw_plain = timed["jax"]
     stepper.args = stepper.args[:-1] + (perms[1],)   # the next epoch: a new permutation
     jax.block_until_ready(stepper())
+  if reference:
+    t_ref, raw_ref = timed["reference"]
+    out["reference"] = {"step_s": round(t_ref, 4), "repeats_s": [round(x, 4) for x in raw_ref],
+                        "images_per_s": round(batch / t_ref, 1)}
   out.update(plain_step_s=round(t_plain, 4), plain_repeats_s=[round(x, 4) for x in raw_plain],
              plain_images_per_s=round(batch / t_plain, 1),
              plain_compile_s=round(plain_compile, 2),
@@ -235,10 +253,13 @@ def profile_summary(trace_dir: str, calls: int, top: int = 8) -> dict:
           "top_ops": rows(totals)}
 
 
-def bench_torch(depth: int, batch: int, repeats: int, steps_per_repeat: int) -> dict:
-  """The same CIFAR ResNet's training step in PyTorch (reference only; imported lazily)."""
-  from tas_jax import torch_reference
-  return torch_reference.bench(depth, batch, repeats, steps_per_repeat)
+def torch_step(network: str, batch: int):
+  """The same CIFAR ResNet's training step in PyTorch, or (None, None) without PyTorch."""
+  try:
+    from tas_jax import torch_reference   # imports torch
+  except ImportError:
+    return None, None
+  return torch_reference.make_step(int(network[6:]), batch)
 
 
 def scaling(args, counts: list[int]) -> list[dict]:
@@ -316,20 +337,14 @@ def main(argv=None) -> int:
   except ValueError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
+  step, info = torch_step(args.network, args.batch) if args.torch else (None, None)
   r = bench_jax(args.network, args.batch, args.devices, args.repeats, args.steps, args.profile,
-                args.xla_defaults)
+                args.xla_defaults, reference=step)
   r.update(repeats=args.repeats, steps=args.steps, date=time.strftime("%Y-%m-%d"),
            jax=jax.__version__)
-  if args.torch:
-    try:
-      import torch  # noqa: F401
-    except ImportError:
-      r["torch"] = None
-    else:
-      r["torch"] = bench_torch(int(args.network[6:]), args.batch, args.repeats, args.steps)
-      r["jax_over_torch_ratio"] = round(r["plain_step_s"] / r["torch"]["step_s"], 3)
-    if r["torch"] is None:
-      del r["torch"]
+  if step is not None:
+    r["torch"] = {**info, **r.pop("reference")}
+    r["jax_over_torch_ratio"] = round(r["plain_step_s"] / r["torch"]["step_s"], 3)
   if args.scaling:
     r["scaling"] = scaling(args, [int(n) for n in args.scaling.split(",")])
   print(json.dumps(r) if args.json else table(r))

@@ -12,9 +12,6 @@ its batch on the device, a small part of its time.
 from __future__ import annotations
 
 import os
-import statistics
-import time
-
 import torch
 from torch import nn
 
@@ -60,8 +57,9 @@ class CifarResNet(nn.Module):
     return self.classifier(x.mean((2, 3)))
 
 
-def bench(depth: int, batch: int, repeats: int, steps_per_repeat: int) -> dict:
-  """Median seconds of one training step of the CIFAR ResNet-`depth` at `batch`, on the CPU."""
+def make_step(depth: int, batch: int):
+  """(step, info): `step()` runs one training step of the CIFAR ResNet-`depth` at `batch` on the
+  CPU, with all cores; `info` names the PyTorch version and thread count."""
   torch.manual_seed(0)
   a = arch_lib.cifar_resnet(depth, "bottleneck" if depth in arch_lib.CIFAR_DEPTHS_BOTTLENECK
                             else "basic")
@@ -80,13 +78,4 @@ def bench(depth: int, batch: int, repeats: int, steps_per_repeat: int) -> dict:
     return loss
 
   step(), step()  # warm-up
-  times = []
-  for _ in range(repeats):
-    t = time.perf_counter()
-    for _ in range(steps_per_repeat):
-      step()
-    times.append((time.perf_counter() - t) / steps_per_repeat)
-  median = statistics.median(times)
-  return {"torch_version": torch.__version__, "threads": torch.get_num_threads(),
-          "step_s": round(median, 4), "repeats_s": [round(t, 4) for t in times],
-          "images_per_s": round(batch / median, 1)}
+  return step, {"torch_version": torch.__version__, "threads": torch.get_num_threads()}

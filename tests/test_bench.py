@@ -10,10 +10,15 @@ from tas_jax import bench
 from tas_jax.training import parallel
 
 
+REFERENCE_CALLS = []
+
+
 @pytest.fixture(scope="module")
 def result(tmp_path_factory):
-  return bench.bench_jax("resnet8", batch=16, num_devices=-1, repeats=2, steps_per_repeat=1,
-                         profile_dir=str(tmp_path_factory.mktemp("trace")))
+  # a stand-in for another framework's step: records when it runs
+  reference = lambda: REFERENCE_CALLS.append(1) or 0
+  return bench.bench_jax("resnet8", batch=16, num_devices=-1, repeats=3, steps_per_repeat=2,
+                         profile_dir=str(tmp_path_factory.mktemp("trace")), reference=reference)
 
 
 def test_bench_reports_times_ratio_compiles_and_memory(result):
@@ -34,6 +39,13 @@ def test_bench_reports_times_ratio_compiles_and_memory(result):
   assert r["plain_step_xla_defaults_s"] > 0
   assert r["xla_defaults_over_tuned_ratio"] == pytest.approx(
       r["plain_step_xla_defaults_s"] / r["plain_step_s"], rel=0.01)
+
+
+def test_reference_step_is_timed_in_turns_with_the_plain_step(result):
+  ref = result["reference"]
+  assert len(REFERENCE_CALLS) == 3 * 2   # repeats x steps, no warm-up of its own
+  assert len(ref["repeats_s"]) == len(result["plain_repeats_s"]) == 3
+  assert ref["step_s"] == pytest.approx(sorted(ref["repeats_s"])[1], abs=1e-4)   # the median
 
 
 def test_profile_says_where_the_time_goes(result):
