@@ -138,7 +138,7 @@ def bench_jax(network: str, batch: int, num_devices: int, repeats: int, steps_pe
   stepper = plain_stepper = _Stepper(plain, state, data.train_images, data.train_labels, key,
                                      perms[0])
   jax.block_until_ready(stepper())   # compiles the jitted step itself, warms up
-  stepper()
+  jax.block_until_ready(stepper())   # the second warm-up call finishes before timing starts
   with jax.transfer_guard("disallow"):
     timed = _median_times({"jax": stepper, **({"reference": reference} if reference else {})},
                           repeats, steps_per_repeat)
@@ -163,7 +163,7 @@ def bench_jax(network: str, batch: int, num_devices: int, repeats: int, steps_pe
     stepper = _Stepper(default_step, default_state, data.train_images, data.train_labels, key,
                        perms[0])
     jax.block_until_ready(stepper())
-    stepper()
+    jax.block_until_ready(stepper())
     t_default, raw_default = _median_time(stepper, repeats, steps_per_repeat)
     out.update(plain_step_xla_defaults_s=round(t_default, 4),
                plain_xla_defaults_repeats_s=[round(x, 4) for x in raw_default],
@@ -185,7 +185,7 @@ def bench_jax(network: str, batch: int, num_devices: int, repeats: int, steps_pe
   search_compile, out["search_memory"] = _compile_stats(iteration, sstate, *args)
   stepper = _Stepper(iteration, sstate, *args)
   jax.block_until_ready(stepper())
-  stepper()
+  jax.block_until_ready(stepper())   # the second warm-up call finishes before timing starts
   with jax.transfer_guard("disallow"):
     t_search, raw_search = _median_time(stepper, repeats, steps_per_repeat)
     # the next epoch: new τ, reversed halves as new permutations
