@@ -130,15 +130,23 @@ def bench_jax(network: str, batch: int, num_devices: int, repeats: int, steps_pe
   # --- plain training step of the unpruned network ---
   model = resnet.build(a)
   tx, _ = supervised.sgd_with_warmup_cosine(c.teacher, 4)
-  state = steps.create_state(model, tx, resnet.dummy_input(a), jax.random.key(0), mesh)
-  plain = steps.make_train_step(model, tx, steps.BatchSpec(batch, 4, ds.mean, ds.std), mesh, "jit")
   perms = [supervised.epoch_permutation_fn(0, len(ds.train_labels), mesh)(e) for e in (0, 1)]
-  plain_compile, out["plain_memory"] = _compile_stats(plain, state, data.train_images,
-                                                      data.train_labels, key, perms[0])
-  stepper = plain_stepper = _Stepper(plain, state, data.train_images, data.train_labels, key,
-                                     perms[0])
-  jax.block_until_ready(stepper())   # compiles the jitted step itself, warms up
-  jax.block_until_ready(stepper())   # the second warm-up call finishes before timing starts
+
+  def plain_step_and_stepper(compile_stats: bool):
+    """The plain step as compiled under the current options, and a warmed-up stepper of it."""
+    state = steps.create_state(model, tx, resnet.dummy_input(a), jax.random.key(0), mesh)
+    step = steps.make_train_step(model, tx, steps.BatchSpec(batch, 4, ds.mean, ds.std), mesh, "jit")
+    args = (data.train_images, data.train_labels, key, perms[0])
+    if compile_stats:
+      seconds, out["plain_memory"] = _compile_stats(step, state, *args)
+      out["plain_compile_s"] = round(seconds, 2)
+    stepper = _Stepper(step, state, *args)
+    jax.block_until_ready(stepper())   # compiles the jitted step itself, warms up
+    jax.block_until_ready(stepper())   # the second warm-up call finishes before timing starts
+    return step, stepper
+
+  plain, plain_stepper = plain_step_and_stepper(compile_stats=True)
+  stepper = plain_stepper
   with jax.transfer_guard("disallow"):
     timed = _median_times({"jax": stepper, **({"reference": reference} if reference else {})},
                           repeats, steps_per_repeat)
@@ -151,24 +159,17 @@ def bench_jax(network: str, batch: int, num_devices: int, repeats: int, steps_pe
                         "images_per_s": round(batch / t_ref, 1)}
   out.update(plain_step_s=round(t_plain, 4), plain_repeats_s=[round(x, 4) for x in raw_plain],
              plain_images_per_s=round(batch / t_plain, 1),
-             plain_compile_s=round(plain_compile, 2),
              plain_compilations=plain._cache_size(),
              compiler_options=parallel.compiler_options())
   if with_xla_defaults and out["compiler_options"]:
     # the same step compiled with XLA's own options: what tas_jax's CPU options are worth
     with parallel.xla_defaults():
-      default_step = steps.make_train_step(model, tx, steps.BatchSpec(batch, 4, ds.mean, ds.std),
-                                           mesh, "jit")
-    default_state = steps.create_state(model, tx, resnet.dummy_input(a), jax.random.key(0), mesh)
-    stepper = _Stepper(default_step, default_state, data.train_images, data.train_labels, key,
-                       perms[0])
-    jax.block_until_ready(stepper())
-    jax.block_until_ready(stepper())
-    t_default, raw_default = _median_time(stepper, repeats, steps_per_repeat)
+      _, default_stepper = plain_step_and_stepper(compile_stats=False)
+    t_default, raw_default = _median_time(default_stepper, repeats, steps_per_repeat)
     out.update(plain_step_xla_defaults_s=round(t_default, 4),
                plain_xla_defaults_repeats_s=[round(x, 4) for x in raw_default],
                xla_defaults_over_tuned_ratio=round(t_default / t_plain, 3))
-    del stepper, default_state
+    del default_stepper
 
   # --- TAS search iteration ---
   space = space_lib.build(a)
