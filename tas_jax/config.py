@@ -17,6 +17,7 @@ STAGES = ("teacher", "search", "extract", "distill", "results", "all")
 STUDENTS = ("tas", "uniform", "random")   # or the path of an architecture JSON / a named network
 STUDENT_INITS = ("scratch", "teacher")
 SEARCH_VARIANTS = ("tas", "width", "depth")
+SEARCH_INITS = ("scratch", "teacher")
 TAU_SCHEDULES = ("cosine", "linear")
 PARALLEL_MODES = ("jit", "pmap")
 DTYPES = ("float32", "bfloat16")
@@ -55,7 +56,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.search.tolerance = 0.05        # t of the cost band (fraction of F_max)
   c.search.band = "released"       # released: [R - t·F_max, R]; symmetric: [(1-t)R, (1+t)R]
   c.search.cost_weight = 2.0       # λ
-  c.search.expected_flops = "exact"  # exact: E over independent choices; released: the chain form
+  c.search.expected_flops = "released"  # released: the official chain form (spec §4); exact: the
+                                       # expectation of F(A) over independent choices (a deviation)
   c.search.epochs = 600
   c.search.batch_size = 256        # per step; each iteration takes one batch of each half
   c.search.tau_schedule = "cosine"   # cosine (released) | linear (paper: tau_max = 10)
@@ -69,6 +71,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.search.arch_beta1 = 0.5
   c.search.arch_beta2 = 0.999
   c.search.arch_weight_decay = 1e-3
+  c.search.init = "scratch"        # scratch (released) | teacher: supernet weights from WORKDIR/teacher
   c.search.evaluate_every_epoch = True   # test accuracy of the argmax network (batch statistics)
   c.search.eval_batch_size = 500
 
@@ -240,8 +243,10 @@ def _validate_search(c: ml_collections.ConfigDict) -> None:
     _fail("search.tolerance", s.tolerance, "must be in [0, search.flop_ratio)")
   if s.band not in ("released", "symmetric"):
     _fail("search.band", s.band, "allowed: released, symmetric")
-  if s.expected_flops not in ("exact", "released"):
-    _fail("search.expected_flops", s.expected_flops, "allowed: exact, released")
+  if s.expected_flops not in ("released", "exact"):
+    _fail("search.expected_flops", s.expected_flops, "allowed: released, exact")
+  if s.init not in SEARCH_INITS:
+    _fail("search.init", s.init, f"allowed: {', '.join(SEARCH_INITS)}")
   if s.tau_schedule not in TAU_SCHEDULES:
     _fail("search.tau_schedule", s.tau_schedule, f"allowed: {', '.join(TAU_SCHEDULES)}")
   for field in ("tau_max", "tau_min", "lr", "arch_lr"):

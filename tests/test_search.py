@@ -25,16 +25,18 @@ def one_block_per_stage(a: arch.Architecture) -> arch.Architecture:
     one_block_per_stage(arch.imagenet_resnet(50, num_classes=5, input_size=32)),
 ], ids=lambda a: a.name)
 def test_peaked_supernet_is_the_plain_network(a):
-  """Every distribution peaked on the full width and depth: the supernet computes the plain
-  network's function with the same weights (train mode, batch statistics)."""
+  """Every distribution peaked on the full width and depth: in evaluation mode (running
+  statistics) the supernet computes the plain network's function with the same weights; the
+  search-only BN of a CIFAR stride-2 projection starts as the identity."""
   space = space_lib.build(a)
   plain = resnet.build(a)
   x = jax.random.normal(jax.random.key(1), (4, a.input_size, a.input_size, a.input_channels))
   v = jax.jit(plain.init)(jax.random.key(0), x)
-  # perturb BN parameters so that a wrong candidate or a missed affine would show
-  v = {"params": jax.tree.map(lambda t: t + 0.1 * jax.random.normal(jax.random.key(2), t.shape),
-                              v["params"]), "batch_stats": v["batch_stats"]}
-  want, _ = plain.apply(v, x, train=True, mutable=["batch_stats"])
+  # perturb BN parameters and statistics so that a wrong candidate or a missed affine would show
+  perturb = lambda tree, k, f: jax.tree.map(lambda t: f(t + 0.1 * jax.random.normal(k, t.shape)), tree)
+  v = {"params": perturb(v["params"], jax.random.key(2), lambda t: t),
+       "batch_stats": perturb(v["batch_stats"], jax.random.key(3), jnp.abs)}
+  want = plain.apply(v, x, train=False)
   params, stats = supernet.supernet_params_from_plain(v["params"], v["batch_stats"])
   full_w = np.array([s.num_valid - 1 for s in space.slots])
   full_d = np.array([len(c) - 1 for c in space.depths])
@@ -43,10 +45,25 @@ def test_peaked_supernet_is_the_plain_network(a):
   net = supernet.SuperNet(space)
   shapes = jax.eval_shape(lambda: net.init(jax.random.key(0), x, logits, jax.random.key(0), 1.0))
   assert jax.tree.structure(shapes["params"]) == jax.tree.structure(params)
-  got, _ = jax.jit(lambda p, s, k: net.apply({"params": p, "batch_stats": s}, x, logits, k, 1.0,
-                                             train=True, mutable=["batch_stats"]))(
-      params, stats, jax.random.key(5))
+  assert jax.tree.structure(shapes["batch_stats"]) == jax.tree.structure(stats)
+  got = jax.jit(lambda p, s, k: net.apply({"params": p, "batch_stats": s}, x, logits, k, 1.0,
+                                          train=False))(params, stats, jax.random.key(5))
   np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * float(jnp.abs(want).max()))
+
+
+def test_imagenet_supernet_has_no_zero_initialised_bn():
+  """The official search network ignores zero_init_residual; the plain ImageNet ResNet keeps it."""
+  a = one_block_per_stage(arch.imagenet_resnet(18, num_classes=5, input_size=32))
+  space = space_lib.build(a)
+  x = jnp.ones((2, 32, 32, 3))
+  logits = space.init_logits(jax.random.key(0))
+  params = jax.jit(lambda: supernet.SuperNet(space).init(jax.random.key(0), x, logits,
+                                                         jax.random.key(0), 1.0))()["params"]
+  scales = {jax.tree_util.keystr(p): v for p, v in jax.tree_util.tree_flatten_with_path(params)[0]
+            if jax.tree_util.keystr(p).endswith("['scale']")}
+  assert any("conv_b" in k for k in scales) and all(np.all(np.asarray(v) == 1) for v in scales.values())
+  plain = jax.jit(lambda: resnet.build(a).init(jax.random.key(0), x))()["params"]
+  assert np.all(np.asarray(plain["stage1.block1"]["conv_b"]["bn"]["scale"]) == 0)
 
 
 def test_supernet_static_shapes_and_one_compilation_for_any_tau_and_sample():

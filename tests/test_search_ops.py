@@ -149,13 +149,13 @@ def test_exact_flops_equal_the_counter_on_the_extracted_network(name):
 
 
 @pytest.mark.parametrize("name", NETS)
-def test_expected_flops_equal_exact_flops_when_one_hot(name):
+def test_exact_form_expected_flops_equal_exact_flops_when_one_hot(name):
   space = space_lib.build(arch.named(name))
   rng = np.random.default_rng(1)
   for _ in range(4):
     w, d = random_choice(space, rng)
     logits = one_hot_logits(space, w, d)
-    assert float(cost.expected_flops(space, logits)) == pytest.approx(
+    assert float(cost.expected_flops(space, logits, "exact")) == pytest.approx(
         float(cost.exact_flops(space, w, d)), rel=1e-5)
 
 
@@ -171,7 +171,7 @@ def test_expected_flops_is_the_mean_over_sampled_architectures():
   d = jax.random.categorical(kd, beta, shape=(n, len(space.depths)))
   sampled = jax.vmap(lambda wi, di: cost.exact_flops(space, wi, di))(w, d)
   mean, sem = float(sampled.mean()), float(sampled.std() / np.sqrt(n))
-  assert float(cost.expected_flops(space, logits)) == pytest.approx(mean, abs=4.5 * sem)
+  assert float(cost.expected_flops(space, logits, "exact")) == pytest.approx(mean, abs=4.5 * sem)
 
 
 def test_released_expected_flops_equal_exact_at_full_width_and_depth():
@@ -190,3 +190,40 @@ def test_released_expected_flops_equal_exact_at_full_width_and_depth():
 def test_cost_loss_band(band, exact, sign):
   loss = cost.cost_loss(jnp.float32(200.0), jnp.float32(exact * 1000), 1000.0, 0.5, 0.05, band)
   assert float(loss) == pytest.approx(sign * np.log(200.0), rel=1e-6)
+
+
+# ---------------------------------------------------------------- TAS(W) and TAS(D)
+@pytest.mark.parametrize("form", ["released", "exact"])
+@pytest.mark.parametrize("variant", ["width", "depth"])
+def test_a_variant_prices_and_extracts_its_unsearched_dimension_at_full_value(variant, form):
+  space = space_lib.build(arch.named("resnet20"))
+  rng = np.random.default_rng(7)
+  logits = {"alpha": jnp.asarray(rng.normal(size=(space.num_slots, 8)), jnp.float32),
+            "beta": jnp.asarray(rng.normal(size=(3, 3)), jnp.float32)}
+  full_w = np.array([s.num_valid - 1 for s in space.slots])
+  full_d = np.array([len(c) - 1 for c in space.depths])
+  w, d = (np.asarray(t) for t in space.argmax(logits, variant))
+  raw_w, raw_d = (np.asarray(t) for t in space.argmax(logits))
+  assert not np.array_equal(raw_d, full_d) and not np.array_equal(raw_w, full_w)
+  if variant == "width":
+    np.testing.assert_array_equal(d, full_d)
+    np.testing.assert_array_equal(w, raw_w)
+    pinned = {"alpha": logits["alpha"], "beta": one_hot_logits(space, full_w, full_d)["beta"]}
+  else:
+    np.testing.assert_array_equal(w, full_w)
+    np.testing.assert_array_equal(d, raw_d)
+    pinned = {"alpha": one_hot_logits(space, full_w, full_d)["alpha"], "beta": logits["beta"]}
+  expected = cost.expected_flops(space, logits, form, variant)
+  assert float(expected) == pytest.approx(float(cost.expected_flops(space, pinned, form)), rel=1e-5)
+  # the unsearched logits get no gradient from the cost
+  grads = jax.grad(lambda lg: cost.expected_flops(space, lg, form, variant))(logits)
+  unsearched, searched = ("beta", "alpha") if variant == "width" else ("alpha", "beta")
+  assert np.all(np.asarray(grads[unsearched]) == 0) and np.any(np.asarray(grads[searched]) != 0)
+  # the extracted network: full depth for TAS(W), full widths for TAS(D)
+  a = space.architecture(w, d)
+  if variant == "width":
+    assert a.depths == space.base.depths
+  else:
+    for stage, base_stage in zip(a.stages, space.base.stages):
+      assert list(stage) == list(base_stage[:len(stage)])
+    assert a.stem_width == space.base.stem_width

@@ -8,9 +8,14 @@ Every tensor stays at the unpruned width with zero tails. Each searched conv run
 width; its 8 candidates share the batch statistics of a channel but have their own BN affine
 parameters and running statistics. The two sampled candidates are combined by one channel-mixing
 matrix (`tas_jax.ops.cwi.mix_matrix`): BN affine, candidate mask, CWI to C* = max(C_a, C_b) and
-the weighted sum are all linear along channels. Depth: all blocks of a stage run; the stage output
-is Σ_j q_j · CWI(F_{d_j} → widest). The layer names are the plain ResNet's, so weights map across
-(`supernet_params_from_plain`).
+the weighted sum are all linear along channels. Every conv of the search has per-candidate BN, the
+projection shortcuts included (the official `search_forward` applies it even where the pruned CIFAR
+network has none), and no BN starts at zero (the official search network ignores
+`zero_init_residual`). Depth: all blocks of a stage run; the stage output is
+Σ_j q_j · CWI(F_{d_j} → widest), each F_d resized from its true channel count — after a zero-padded
+residual add, max(input, last conv) channels. `tests/test_supernet_reference.py` checks all of it
+against a plain re-implementation of the official forward. The layer names are the plain ResNet's,
+so weights map across (`supernet_params_from_plain`).
 
 Variants: "tas" (width + depth), "width" (full depth), "depth" (full widths, one BN, no CWI).
 `argmax=True` runs the most likely width and depth everywhere. Its BN running statistics are
@@ -45,14 +50,12 @@ class CandidateBatchNorm(nn.Module):
   Evaluation normalises with the running statistics of `idx[0]`.
   """
   width: int
-  zero_init: bool = False
   axis_name: Optional[str] = None
 
   @nn.compact
   def __call__(self, z, idx, train: bool):
     k = NUM_WIDTH_CANDIDATES
-    scale = self.param("scale", nn.initializers.zeros if self.zero_init else nn.initializers.ones,
-                       (k, self.width))
+    scale = self.param("scale", nn.initializers.ones, (k, self.width))
     bias = self.param("bias", nn.initializers.zeros, (k, self.width))
     ra_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((k, self.width)))
     ra_var = self.variable("batch_stats", "var", lambda: jnp.ones((k, self.width)))
@@ -79,8 +82,6 @@ class SearchConv(nn.Module):
   width: int
   kernel: int = 3
   stride: int = 1
-  use_bn: bool = True
-  zero_init_bn: bool = False
   mix: bool = True            # False: the "depth" variant (one candidate, the full width)
   axis_name: Optional[str] = None
 
@@ -91,11 +92,7 @@ class SearchConv(nn.Module):
     p = self.kernel // 2
     z = nn.Conv(self.width, (self.kernel,) * 2, (self.stride,) * 2, padding=((p, p), (p, p)),
                 use_bias=False, kernel_init=conv_init, name="conv")(x)
-    if self.use_bn:
-      z, scales, biases = CandidateBatchNorm(self.width, self.zero_init_bn, self.axis_name,
-                                             name="bn")(z, idx, train)
-    else:
-      scales, biases = jnp.ones((2, self.width)), jnp.zeros((2, self.width))
+    z, scales, biases = CandidateBatchNorm(self.width, self.axis_name, name="bn")(z, idx, train)
     if not self.mix:
       return z * scales[0] + biases[0]
     m = cwi.mix_matrix(widths, weights, scales, self.width)
@@ -105,23 +102,24 @@ class SearchConv(nn.Module):
     return z @ m.T + bias
 
 
-def _choices(space: SearchSpace, logits: dict, key, tau, sample: bool, variant: str):
-  """Per slot (idx (S,2), widths (S,2), weights (S,2)) and per stage depth weights q (stages, D)."""
-  alpha, beta = space.masked_logits(logits)
+def sample_choices(space: SearchSpace, logits: dict, key, tau, sample: bool, variant: str):
+  """The sampled (or argmax) architecture of one forward pass.
+
+  Returns per slot idx (S, 2), widths (S, 2), weights (S, 2) of its two candidates, and per stage
+  the depth weights q (stages, D). An unsearched dimension is at its full value (one candidate of
+  weight 1, depth one-hot at the deepest): `space.masked_logits` pins it.
+  """
+  alpha, beta = space.masked_logits(logits, variant)
   table = jnp.asarray(space.width_table())
   n_slots, n_stages = space.num_slots, len(space.depths)
-  if variant == "depth":
-    full = jnp.asarray([s.num_valid - 1 for s in space.slots])
-    idx, weights = jnp.stack([full, full], 1), jnp.tile(jnp.array([1.0, 0.0]), (n_slots, 1))
-  elif sample:
+  one = jnp.tile(jnp.array([1.0, 0.0]), (n_slots, 1))
+  if sample and variant != "depth":
     idx, weights = gumbel.sample_pairs(jax.random.fold_in(key, 0), alpha, tau)
   else:
     best = jnp.argmax(alpha, -1)
-    idx, weights = jnp.stack([best, best], 1), jnp.tile(jnp.array([1.0, 0.0]), (n_slots, 1))
+    idx, weights = jnp.stack([best, best], 1), one
   widths = table[jnp.arange(n_slots)[:, None], idx]
-  if variant == "width":
-    q = jax.nn.one_hot(jnp.asarray([len(d) - 1 for d in space.depths]), beta.shape[1])
-  elif sample:
+  if sample and variant != "width":
     keys = jax.random.split(jax.random.fold_in(key, 1), n_stages)
     q = jax.vmap(gumbel.soft_depth_weights, (0, 0, None))(keys, beta, tau)
   else:
@@ -143,52 +141,59 @@ class SuperNet(nn.Module):
     imagenet = base.dataset_kind == "imagenet"
     mix = self.variant != "depth"
     sample = train and not argmax
-    idx, widths, weights, q = _choices(space, logits, key, tau, sample, self.variant)
+    idx, widths, weights, q = sample_choices(space, logits, key, tau, sample, self.variant)
     choice = lambda slot: (idx[slot], widths[slot], weights[slot])
+    c_star = lambda slot: jnp.max(widths[slot]) if mix else space.slots[slot].full
+    # No zero-initialised last BN here, on ImageNet either: the official search network ignores
+    # zero_init_residual (the pruned ImageNet networks keep it).
     conv = lambda width, kernel, stride, **kw: SearchConv(width, kernel, stride, mix=mix,
                                                           axis_name=self.axis_name, **kw)
 
     stem = space.slots[0]
     h = nn.relu(conv(stem.full, stem.kernel, stem.stride, name="stem")(x, choice(0), train))
+    channels = c_star(0)  # true channel count of h; channels beyond it are zero
     if imagenet:
       h = nn.max_pool(h, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
     dtab = space.depth_table()
     for s in range(len(space.depths)):
-      outputs = []  # (F_d, its width C*) after every block of the stage
+      outputs = []  # (F_d, its true channel count) after every block of the stage
       for blk in (b for b in space.blocks if b.stage == s):
         name = f"stage{s + 1}.block{blk.index + 1}"
         y, last = h, len(blk.slots) - 1
         for i, slot in enumerate(blk.slots):
           sl = space.slots[slot]
-          y = conv(sl.full, sl.kernel, sl.stride, zero_init_bn=imagenet and i == last,
-                   name=f"{name}.conv_{'abc'[i]}")(y, choice(slot), train)
+          y = conv(sl.full, sl.kernel, sl.stride, name=f"{name}.conv_{'abc'[i]}")(
+              y, choice(slot), train)
           if i < last:
             y = nn.relu(y)
         out_slot = blk.slots[-1]
         if blk.shortcut == "identity":
-          residual = h
+          # zero-padded add: the block's output has max(input, last conv) channels
+          residual, channels = h, jnp.maximum(channels, c_star(out_slot))
         else:
+          # every projection shortcut has per-candidate BN during search, as the official
+          # search_forward (CIFAR's stride-2 projection included; its pruned network keeps none)
           hp = nn.avg_pool(h, (2, 2), (2, 2)) if blk.stride == 2 else h
-          with_bn = blk.shortcut == "conv_bn" or (blk.stride == 2 and imagenet)
-          residual = conv(space.slots[out_slot].full, 1, 1, use_bn=with_bn,
-                          name=f"{name}.shortcut")(hp, choice(out_slot), train)
+          residual = conv(space.slots[out_slot].full, 1, 1, name=f"{name}.shortcut")(hp, choice(out_slot), train)
+          channels = c_star(out_slot)
         h = nn.relu(y + residual)
-        outputs.append((h, jnp.max(widths[out_slot]) if mix else space.slots[out_slot].full))
-      if self.variant != "width":
-        h = _depth_mixture(outputs, dtab[s], q[s], soft=sample)
+        outputs.append((h, channels))
+      h, channels = _depth_mixture(outputs, dtab[s], q[s], soft=sample and self.variant != "width")
     features = jnp.mean(h, axis=(1, 2))
     return nn.Dense(base.num_classes, kernel_init=linear_init, bias_init=nn.initializers.zeros,
                     name="classifier")(features)
 
 
 def _depth_mixture(outputs, depths: np.ndarray, q, soft: bool):
-  """Σ_j q_j · CWI(F_{d_j} → widest); for the argmax q is one-hot and no CWI is applied."""
+  """(Σ_j q_j · CWI(F_{d_j} → widest), widest): every candidate depth's output is resized from its
+  true channel count. For a one-hot q (argmax, TAS(W)) it is the chosen F_d, no CWI applied."""
   feats = [outputs[int(d) - 1] for d in depths]
+  counts = jnp.stack([jnp.asarray(c) for _, c in feats])
   if not soft:
-    return sum(q[j] * f for j, (f, _) in enumerate(feats))
+    return sum(q[j] * f for j, (f, _) in enumerate(feats)), jnp.sum(q * counts).astype(jnp.int32)
   size = feats[0][0].shape[-1]
-  widest = jnp.max(jnp.stack([c for _, c in feats]))
-  return sum(q[j] * (f @ cwi.cwi_matrix(c, widest, size).T) for j, (f, c) in enumerate(feats))
+  widest = jnp.max(counts)
+  return sum(q[j] * (f @ cwi.cwi_matrix(c, widest, size).T) for j, (f, c) in enumerate(feats)), widest
 
 
 def supernet_params_from_plain(plain_params: dict, plain_stats: dict) -> tuple[dict, dict]:
@@ -220,6 +225,13 @@ def supernet_params_from_plain(plain_params: dict, plain_stats: dict) -> tuple[d
           out[f"{name}.{conv_name}"] = conv
       else:
         out[name] = sub
-    return convert(out)
+    return out
 
-  return to_super(plain_params), to_super(plain_stats)
+  params, stats = to_super(plain_params), to_super(plain_stats)
+  for name in [n for n in params if n.endswith(".shortcut") and "bn" not in params[n]]:
+    # a plain projection without BN (CIFAR stride 2): the search's BN starts as the identity in
+    # evaluation mode
+    width = params[name]["conv"]["kernel"].shape[-1]
+    params[name] = {**params[name], "bn": {"scale": jnp.ones(width), "bias": jnp.zeros(width)}}
+    stats[name] = {"bn": {"mean": jnp.zeros(width), "var": jnp.full(width, 1 - BN_EPS)}}
+  return convert(params), convert(stats)

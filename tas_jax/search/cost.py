@@ -5,14 +5,19 @@ inside `jit`. F(A) is the exact count of the network extraction builds (truncate
 inserted stride-1 projections included) and equals `tas_jax.ops.flops.count` of
 `space.architecture(argmax)` — a test checks this on random architectures.
 
-E[F] comes in two forms:
-  "exact" (default): the expectation of F(A) when every slot's width and every stage's depth are
-      drawn independently from softmax(α), softmax(β). It follows the real input of every block
-      (the last kept block of the previous stage) and prices the projections that width
-      mismatches insert, so it equals F(A) when the logits are one-hot.
-  "released": the released code's approximation — each conv's input width is the previous conv's
-      expected width in the unpruned chain, whatever the depths; only the unpruned network's
-      projections are priced.
+E[F] comes in two forms (`config.search.expected_flops`):
+  "released" (default, spec §4): the official code's chain form — each conv's expected input width
+      is the previous conv's expected width along the unpruned network (the previous stage's last
+      block, whatever the depths), each block's FLOPs are weighted by P(stage depth ≥ its
+      position), only the unpruned network's projections are priced, and the head is
+      E[c_last]·classes.
+  "exact" (an option, a deviation from the released code): the expectation of F(A) when every
+      slot's width and every stage's depth are drawn independently from softmax(α), softmax(β).
+      It follows the real input of every block (the last kept block of the previous stage) and
+      prices the projections that width mismatches insert, so it equals F(A) when the logits are
+      one-hot.
+Both read the distributions of the search variant: a dimension TAS(W) or TAS(D) does not search
+is at its full value (`SearchSpace.masked_logits`).
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import jax.numpy as jnp
 
 from tas_jax.search.space import SearchSpace
 
-EXPECTED_FORMS = ("exact", "released")
+EXPECTED_FORMS = ("released", "exact")
 BANDS = ("released", "symmetric")
 
 
@@ -55,11 +60,12 @@ def exact_flops(space: SearchSpace, width_idx, depth_idx) -> jax.Array:
   return total + current * classes + classes
 
 
-def expected_flops(space: SearchSpace, logits: dict, form: str = "exact") -> jax.Array:
+def expected_flops(space: SearchSpace, logits: dict, form: str = "released",
+                   variant: str = "tas") -> jax.Array:
   """E[F], differentiable in α and β (plain softmax: no Gumbel noise, no τ)."""
-  alpha, beta = space.masked_logits(logits)
-  pa = jax.nn.softmax(alpha, -1)                                  # (S, 8)
-  pb = jax.nn.softmax(beta, -1)                                   # (stages, D)
+  if form not in EXPECTED_FORMS:
+    raise ValueError(f"expected-FLOPs form {form!r}: allowed {', '.join(EXPECTED_FORMS)}")
+  pa, pb = space.probabilities(logits, variant)                   # (S, 8), (stages, D)
   table = jnp.asarray(space.width_table(), jnp.float32)
   e_width = jnp.sum(pa * table, -1)                               # E[c_out] per slot
   dtab = space.depth_table()
@@ -108,9 +114,8 @@ def expected_flops(space: SearchSpace, logits: dict, form: str = "exact") -> jax
   classes = space.base.num_classes
   if form == "exact":
     e_last = sum(p * e_width[m] for p, m in stage_output_mixture(len(space.depths) - 1))
-  else:
-    e_last = e_width[chain_prev]
-  return total + e_last * classes + classes
+    return total + e_last * classes + classes
+  return total + e_width[chain_prev] * classes  # the released head term has no bias
 
 
 def cost_loss(expected, exact, flops_max: float, ratio: float, tolerance: float = 0.05,

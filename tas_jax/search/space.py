@@ -101,14 +101,28 @@ class SearchSpace:
     return {"alpha": 0.01 * jax.random.normal(ka, (self.num_slots, NUM_WIDTH_CANDIDATES)),
             "beta": 0.01 * jax.random.normal(kb, (len(self.depths), self.max_depth_candidates))}
 
-  def masked_logits(self, logits: dict) -> tuple[jax.Array, jax.Array]:
-    """α and β with padded candidates at -inf."""
-    return (jnp.where(self.width_mask(), logits["alpha"], -jnp.inf),
-            jnp.where(self.depth_mask(), logits["beta"], -jnp.inf))
+  def masked_logits(self, logits: dict, variant: str = "tas") -> tuple[jax.Array, jax.Array]:
+    """α and β with padded candidates at -inf, and the dimension a variant does not search pinned
+    to its full value (one-hot): TAS(W) keeps every stage at full depth, TAS(D) every conv at full
+    width. Whatever reads the distributions (sampling, E[F], F(A), records, extraction) reads these."""
+    alpha = jnp.where(self.width_mask(), logits["alpha"], -jnp.inf)
+    beta = jnp.where(self.depth_mask(), logits["beta"], -jnp.inf)
+    if variant == "depth":
+      full = np.array([s.num_valid - 1 for s in self.slots])
+      alpha = jnp.where(np.arange(NUM_WIDTH_CANDIDATES)[None, :] == full[:, None], 0.0, -jnp.inf)
+    if variant == "width":
+      full = np.array([len(d) - 1 for d in self.depths])
+      beta = jnp.where(np.arange(self.max_depth_candidates)[None, :] == full[:, None], 0.0, -jnp.inf)
+    return alpha, beta
 
-  def argmax(self, logits: dict) -> tuple[jax.Array, jax.Array]:
+  def probabilities(self, logits: dict, variant: str = "tas") -> tuple[jax.Array, jax.Array]:
+    """softmax(α) per conv (S, 8) and softmax(β) per stage (stages, D), of the variant."""
+    alpha, beta = self.masked_logits(logits, variant)
+    return jax.nn.softmax(alpha, -1), jax.nn.softmax(beta, -1)
+
+  def argmax(self, logits: dict, variant: str = "tas") -> tuple[jax.Array, jax.Array]:
     """Indices of the most likely width per slot and depth per stage."""
-    alpha, beta = self.masked_logits(logits)
+    alpha, beta = self.masked_logits(logits, variant)
     return jnp.argmax(alpha, -1), jnp.argmax(beta, -1)
 
   def architecture(self, width_idx, depth_idx, name: str = "") -> Architecture:

@@ -63,19 +63,6 @@ def student_architecture(d: ml_collections.ConfigDict, workdir: str) -> tuple[ar
   return a, {"student": d.student, "target_flops_m": round(target / 1e6, 4)}
 
 
-def read_teacher(workdir: str, mesh) -> tuple[arch_lib.Architecture, dict, int]:
-  """The teacher's architecture and {'params', 'batch_stats'} (replicated), from its latest
-  checkpoint; optimiser state is not read."""
-  teacher_dir = os.path.join(workdir, "teacher")
-  arch = arch_lib.load(_require(os.path.join(teacher_dir, "arch.json"), "teacher"))
-  variables, step = supervised.read_variables(teacher_dir, arch, "teacher",
-                                              parallel.replicated(mesh))
-  if not os.path.exists(os.path.join(teacher_dir, "summary.json")):
-    logging.warning("[distill] the teacher in %s has not finished; using its checkpoint at step %d",
-                    teacher_dir, step)
-  return arch, variables, step
-
-
 def distill(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Runs (or resumes, or finds finished) one distill run; returns its summary."""
   config_lib.validate(config)
@@ -87,8 +74,8 @@ def distill(config: ml_collections.ConfigDict, workdir: str) -> dict:
   dtype = jnp.dtype(config.model.dtype)
   mesh = parallel.make_mesh(config.num_devices)
   needs_teacher = d.kd or d.init == "teacher"
-  teacher_arch, teacher_vars, teacher_step = (read_teacher(workdir, mesh) if needs_teacher
-                                              else (None, None, None))
+  teacher_arch, teacher_vars, teacher_step = (
+      supervised.read_teacher(workdir, mesh, "distill") if needs_teacher else (None, None, None))
   if teacher_arch is not None:
     supervised.check_fits(teacher_arch, ds, f"the teacher in {workdir}/teacher")
 

@@ -133,7 +133,7 @@ def extract(config: ml_collections.ConfigDict, workdir: str) -> dict:
   s = config.search
   out_dir = os.path.join(workdir, "extract")
   space, logits, history, step = read_search(workdir)
-  w_idx, d_idx = (np.asarray(v) for v in jax.device_get(space.argmax(logits)))
+  w_idx, d_idx = (np.asarray(v) for v in jax.device_get(space.argmax(logits, s.variant)))
   base = space.base
   final = space.architecture(w_idx, d_idx, name=f"{base.name or 'custom'}_tas{round(100 * s.flop_ratio)}")
   widths = [slot.candidates[int(i)] for slot, i in zip(space.slots, w_idx)]

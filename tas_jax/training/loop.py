@@ -104,14 +104,15 @@ def _fmt_metrics(values: dict) -> str:
 
 
 def fit(cfg: LoopConfig, stage_dir: str, state, train_step: Callable, step_args: tuple,
-        epoch_inputs: Callable[[int], tuple], end_of_epoch: Callable[[Any, int], dict],
+        epoch_inputs: Callable[[int], tuple], end_of_epoch: Callable[[Any, int, dict], dict],
         learning_rate: Callable[[int], float]) -> tuple[Any, list[dict], bool]:
   """Trains `state` to `cfg.num_epochs`; returns the state, the per-epoch history and whether
   the run is finished (False when `cfg.max_steps_per_run` stopped it early, with a checkpoint).
 
   `train_step(state, *step_args, *epoch_inputs(epoch))` -> (state, clu metrics collection);
   `epoch_inputs(epoch)` gives the device arrays that change per epoch (permutations, τ);
-  `end_of_epoch(state, epoch)` -> a JSON-able dict (evaluation, recorded architecture, …): its
+  `end_of_epoch(state, epoch, train)` -> a JSON-able dict (evaluation, recorded architecture, …;
+  `train` holds the epoch's averaged train metrics): its
   numbers are logged and written to TensorBoard, all of it goes into the history.
   """
   os.makedirs(stage_dir, exist_ok=True)
@@ -178,7 +179,7 @@ def fit(cfg: LoopConfig, stage_dir: str, state, train_step: Callable, step_args:
       if cfg.checkpoint_every_steps and step % cfg.checkpoint_every_steps == 0:
         _save(manager, step, state, {"history": history})
     entry = {"epoch": epoch + 1, "step": step, **{f"train_{k}": v for k, v in train.items()},
-             **end_of_epoch(state, epoch), "elapsed_s": round(time.time() - t_start, 1)}
+             **end_of_epoch(state, epoch, train), "elapsed_s": round(time.time() - t_start, 1)}
     history.append(entry)
     numbers = {k: v for k, v in entry.items() if isinstance(v, (int, float)) and
                k not in ("epoch", "step", "elapsed_s") and not k.startswith("train_")}

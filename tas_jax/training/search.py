@@ -112,8 +112,8 @@ def make_search_step(net: supernet_lib.SuperNet, space: space_lib.SearchSpace, t
       logits, upd = net.apply({"params": params, "batch_stats": batch_stats}, xb, arch, k_net_b, tau,
                               train=True, mutable=["batch_stats"])
       ce = steps.classification_loss(logits, yb)
-      expected = cost.expected_flops(space, arch, s.expected_flops)
-      exact = cost.exact_flops(space, *space.argmax(arch))
+      expected = cost.expected_flops(space, arch, s.expected_flops, s.variant)
+      exact = cost.exact_flops(space, *space.argmax(arch, s.variant))
       c = cost.cost_loss(expected, exact, flops_max, s.flop_ratio, s.tolerance, s.band)
       return ce + s.cost_weight * c, (ce, c, expected, exact, logits, upd["batch_stats"])
 
@@ -145,15 +145,39 @@ def create_state(net, space, tx, arch_tx, sample_input, key, mesh) -> SearchStat
   return jax.jit(init, out_shardings=parallel.replicated(mesh))()
 
 
-def record_architecture(space: space_lib.SearchSpace, arch_logits, flops_max: float) -> dict:
-  """The argmax architecture as a history entry: widths per conv, depths, F(A), E[F]."""
-  w_idx, d_idx = jax.device_get(space.argmax(arch_logits))
+def _from_teacher(state: SearchState, base, tx, workdir: str, mesh) -> SearchState:
+  """The supernet's weights from the teacher's checkpoint: every conv its trained kernel, every
+  width candidate its trained BN (a search-only BN starts as the identity)."""
+  teacher_arch, variables, step = supervised.read_teacher(workdir, mesh, "search")
+  if teacher_arch.to_dict() | {"name": ""} != base.to_dict() | {"name": ""}:
+    raise config_lib.ConfigError(
+        f"config.search.init='teacher': the teacher in {workdir}/teacher is "
+        f"{teacher_arch.name or 'a different network'}, the search runs on {base.name or 'custom'}")
+  params, stats = supernet_lib.supernet_params_from_plain(variables["params"],
+                                                          variables["batch_stats"])
+  params, stats = jax.device_put((params, stats), parallel.replicated(mesh))
+  logging.info("[search] supernet weights from the teacher's checkpoint at step %d", step)
+  opt_state = jax.jit(tx.init, out_shardings=parallel.replicated(mesh))(params)
+  return state.replace(params=params, batch_stats=stats, opt_state=opt_state)
+
+
+def record_architecture(space: space_lib.SearchSpace, arch_logits, flops_max: float,
+                        s: ml_collections.ConfigDict) -> dict:
+  """The argmax architecture as a history entry: widths per conv, depths, F(A), E[F], and how
+  decided the distributions are (mean over convs / stages of the most likely candidate's
+  probability: 1/8 … 1 for widths)."""
+  w_idx, d_idx = jax.device_get(space.argmax(arch_logits, s.variant))
   a = space.architecture(w_idx, d_idx)
   counts = flops.count(a)
-  expected = float(cost.expected_flops(space, arch_logits))
+  expected = float(cost.expected_flops(space, arch_logits, s.expected_flops, s.variant))
+  p_width, p_depth = jax.device_get(space.probabilities(arch_logits, s.variant))
   return {"flops_ratio": counts.flops / flops_max, "flops_m": round(counts.flops_m, 4),
           "params_m": round(counts.params_m, 4), "expected_flops_ratio": expected / flops_max,
-          "widths": [s.candidates[int(i)] for s, i in zip(space.slots, w_idx)],
+          "expected_flops_form": s.expected_flops,
+          "flops_gap": abs(expected - counts.flops) / flops_max,
+          "width_max_prob": float(np.mean(np.max(p_width, -1))),
+          "depth_max_prob": float(np.mean(np.max(p_depth, -1))),
+          "widths": [slot.candidates[int(i)] for slot, i in zip(space.slots, w_idx)],
           "depths": list(a.depths)}
 
 
@@ -183,6 +207,8 @@ def search(config: ml_collections.ConfigDict, workdir: str) -> dict:
   init_key, aug_key = jax.random.split(jax.random.key(config.seed))
   state = create_state(net, space, tx, arch_tx, jnp.zeros((2,) + ds.train_images.shape[1:]),
                        init_key, mesh)
+  if s.init == "teacher":
+    state = _from_teacher(state, base, tx, workdir, mesh)
   data = supervised.DeviceData(ds, mesh, s.eval_batch_size)
   halves = parallel.put_replicated((half_a.astype(np.int32), half_b.astype(np.int32)), mesh)
   spec = steps.BatchSpec(s.batch_size, steps_per_epoch, ds.mean, ds.std, config.data.crop_padding,
@@ -203,9 +229,11 @@ def search(config: ml_collections.ConfigDict, workdir: str) -> dict:
     perm_a, perm_b = shuffle(np.int32(epoch), *halves)
     return perm_a, perm_b, jax.device_put(np.float32(tau_at(epoch, s)), parallel.replicated(mesh))
 
-  def end_of_epoch(state, epoch):
+  def end_of_epoch(state, epoch, train):
     entry = {"tau": round(tau_at(epoch, s), 5),
-             **record_architecture(space, state.arch, flops_max)}
+             "supernet_train_accuracy": train["accuracy"],     # weight steps, half A
+             "supernet_val_accuracy": train["arch_accuracy"],  # architecture steps, half B
+             **record_architecture(space, state.arch, flops_max, s)}
     if s.evaluate_every_epoch:
       test = evaluate((state.params, state.batch_stats, state.arch), data.test_images,
                       data.test_labels)
@@ -224,7 +252,7 @@ def search(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                       epoch_inputs, end_of_epoch, lambda st: float(schedule(st)))
   if not finished:
     return {"stage": "search", "finished": False, "step": int(jax.device_get(state.step))}
-  w_idx, d_idx = jax.device_get(space.argmax(state.arch))
+  w_idx, d_idx = jax.device_get(space.argmax(state.arch, s.variant))
   final = space.architecture(w_idx, d_idx, name=f"{base.name}_tas{round(100 * s.flop_ratio)}")
   counts = flops.count(final)
   summary = {
@@ -233,6 +261,11 @@ def search(config: ml_collections.ConfigDict, workdir: str) -> dict:
       "flops_max_m": round(flops_max / 1e6, 4), "flops_m": round(counts.flops_m, 4),
       "flops_ratio": counts.flops / flops_max, "params_m": round(counts.params_m, 4),
       "architecture": final.to_dict(), "epochs": s.epochs,
+      "expected_flops_form": s.expected_flops,
+      # the last epoch's record: did the supernet learn, is the architecture decided
+      **{k: history[-1][k] for k in ("supernet_train_accuracy", "supernet_val_accuracy",
+                                     "width_max_prob", "depth_max_prob", "expected_flops_ratio",
+                                     "flops_gap")},
       "steps": s.epochs * steps_per_epoch,
       # compilations of each jitted function over the whole run (τ and permutations change per
       # epoch, as inputs): 1 each, or the search recompiled somewhere

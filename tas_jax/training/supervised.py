@@ -101,6 +101,22 @@ def read_variables(stage_dir: str, arch: arch_lib.Architecture, stage: str,
   return variables, step
 
 
+def read_teacher(workdir: str, mesh, reader: str) -> tuple[arch_lib.Architecture, dict, int]:
+  """The teacher's architecture and {'params', 'batch_stats'} (replicated), from its latest
+  checkpoint in WORKDIR/teacher; optimiser state is not read. `reader` names the stage asking."""
+  teacher_dir = os.path.join(workdir, "teacher")
+  arch_path = os.path.join(teacher_dir, "arch.json")
+  if not os.path.exists(arch_path):
+    raise loop.CheckpointNotFoundError(
+        f"{arch_path} is missing: run --config.stage=teacher with this --workdir first")
+  arch = arch_lib.load(arch_path)
+  variables, step = read_variables(teacher_dir, arch, "teacher", parallel.replicated(mesh))
+  if not os.path.exists(os.path.join(teacher_dir, "summary.json")):
+    logging.warning("[%s] the teacher in %s has not finished; using its checkpoint at step %d",
+                    reader, teacher_dir, step)
+  return arch, variables, step
+
+
 def train_network(config: ml_collections.ConfigDict, recipe: ml_collections.ConfigDict,
                   recipe_field: str, stage: str, stage_dir: str, ds: datasets.ImageDataset,
                   arch: arch_lib.Architecture, loss_fn: Optional[Callable] = None,
@@ -151,7 +167,7 @@ def train_network(config: ml_collections.ConfigDict, recipe: ml_collections.Conf
       cfg, stage_dir, state, train_step,
       (data.train_images, data.train_labels, aug_key, *loss_args),
       lambda epoch: (permutation(epoch),),
-      lambda s, epoch: {f"test_{k}": float(v) for k, v in
+      lambda s, epoch, train: {f"test_{k}": float(v) for k, v in
                         evaluate((s.params, s.batch_stats), data.test_images, data.test_labels).items()},
       lambda step: float(schedule(step)))
   if not finished:
