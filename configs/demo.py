@@ -18,11 +18,19 @@ def get_config():
     recipe.warmup_epochs = 1
     recipe.cosine_epochs = 14
     recipe.batch_size = 128
-  # Search: a short budget (10 epochs x 19 iterations instead of 600 x 98), so the architecture
-  # optimiser takes larger steps than the recipe's 1e-3 to move the logits in time.
-  c.search.epochs = 10
+  # Search: 30 epochs x 19 iterations instead of 600 x 98. At this budget a supernet trained from
+  # scratch does not learn (random widths with CWI every step: ~37% training accuracy after 10
+  # epochs, ~58% after 30) and the logits stay undecided, so the demo departs from the released
+  # recipe where the budget demands it (the spec's recipe stays the default of every other config):
+  c.search.epochs = 30
   c.search.batch_size = 128
-  c.search.arch_lr = 0.01
+  c.search.init = "teacher"       # supernet weights from the teacher the pipeline trained first
+  c.search.lr = 0.03              # fine-tuning those weights, not training from scratch
+  c.search.arch_lr = 0.1          # 570 architecture steps instead of 58,800: larger Adam steps
+  c.search.tau_min = 0.5          # τ 5 → 0.5: below ~0.5 the pair weights turn hard and the
+                                  # supernet's accuracy drops faster than the logits decide
+  c.search.expected_flops = "exact"  # the released chain form misprices truncated stages and
+                                     # inserted projections by 4-7% of F_max here, as much as the band
   c.pipeline.runs = "tas-kd"
   c.log_every_steps = 13
   return c

@@ -67,7 +67,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.search.momentum = 0.9
   c.search.nesterov = True
   c.search.weight_decay = 5e-4
-  c.search.arch_lr = 1e-3          # architecture: Adam, constant lr, coupled L2
+  c.search.arch_lr = 1e-3          # architecture: Adam, coupled L2
+  c.search.arch_lr_schedule = "constant"  # constant (released) | cosine: to 0 over the search
   c.search.arch_beta1 = 0.5
   c.search.arch_beta2 = 0.999
   c.search.arch_weight_decay = 1e-3
@@ -245,6 +246,8 @@ def _validate_search(c: ml_collections.ConfigDict) -> None:
     _fail("search.band", s.band, "allowed: released, symmetric")
   if s.expected_flops not in ("released", "exact"):
     _fail("search.expected_flops", s.expected_flops, "allowed: released, exact")
+  if s.arch_lr_schedule not in ("constant", "cosine"):
+    _fail("search.arch_lr_schedule", s.arch_lr_schedule, "allowed: constant, cosine")
   if s.init not in SEARCH_INITS:
     _fail("search.init", s.init, f"allowed: {', '.join(SEARCH_INITS)}")
   if s.tau_schedule not in TAU_SCHEDULES:

@@ -8,7 +8,7 @@ import pytest
 from tas_jax import config as config_lib
 from tas_jax.models import arch, resnet, supernet
 from tas_jax.search import space as space_lib
-from tas_jax.training import search
+from tas_jax.training import extract, search
 from test_train import run_on
 
 
@@ -118,6 +118,23 @@ def test_tau_schedules():
   assert [search.tau_at(e, s) for e in (0, 5, 10)] == pytest.approx([10.0, 5.05, 0.1])
 
 
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_architecture_learning_rate_schedules(schedule):
+  """Adam's step on a steady gradient is the learning rate: constant (released), or cosine to 0."""
+  s = config_lib.base_config().search
+  s.epochs, s.arch_lr, s.arch_weight_decay, s.arch_lr_schedule = 4, 0.5, 0.0, schedule
+  _, _, arch_tx = search.optimizers(s, steps_per_epoch=5)
+  params = {"alpha": jnp.zeros(3)}
+  state = arch_tx.init(params)
+  steps = []
+  for _ in range(20):
+    updates, state = arch_tx.update({"alpha": jnp.ones(3)}, state, params)
+    steps.append(float(-updates["alpha"][0]))
+  want = [0.5] * 20 if schedule == "constant" else [0.25 * (1 + np.cos(np.pi * t / 20))
+                                                     for t in range(20)]
+  np.testing.assert_allclose(steps, want, rtol=1e-4, atol=1e-6)
+
+
 def short_search_config():
   """ResNet-14 on 1,000 embedded images: 2 epochs of 5 iterations."""
   c = config_lib.base_config()
@@ -170,3 +187,27 @@ def test_search_resumes_after_an_interruption(short_search, tmp_path):
       reference["history"][-1]["argmax_test_accuracy"], abs=1e-6)
   assert resumed["history"][-1]["expected_flops_ratio"] == pytest.approx(
       reference["history"][-1]["expected_flops_ratio"], rel=1e-5)
+
+
+@pytest.mark.parametrize("variant", ["width", "depth"])
+def test_width_and_depth_searches_extract_what_their_variant_allows(variant, tmp_path):
+  """TAS(W) keeps every stage at full depth, TAS(D) every conv at full width: in the records, the
+  summary and the extracted arch.json."""
+  c = short_search_config()
+  c.search.variant = variant
+  c.search.epochs = 1
+  summary = search.search(c, str(tmp_path))
+  base = space_lib.build(arch.cifar_resnet(14, input_size=28, input_channels=1)).base
+  c.stage = "extract"
+  extract.extract(c, str(tmp_path))
+  extracted = arch.load(str(tmp_path / "extract" / "arch.json"))
+  for a in (arch.Architecture.from_dict(summary["architecture"]), extracted):
+    if variant == "width":
+      assert a.depths == base.depths
+    else:
+      assert a.stem_width == base.stem_width
+      assert all(list(stage) == list(full[:len(stage)]) for stage, full in zip(a.stages, base.stages))
+  record = summary["history"][-1]
+  assert record["depth_max_prob" if variant == "width" else "width_max_prob"] == 1.0
+  assert 0 < record["width_max_prob" if variant == "width" else "depth_max_prob"] < 1
+  assert summary["architecture"] == extracted.to_dict()

@@ -70,8 +70,10 @@ def optimizers(s: ml_collections.ConfigDict, steps_per_epoch: int):
 
   weights = optax.chain(optax.add_decayed_weights(s.weight_decay),
                         optax.sgd(schedule, momentum=s.momentum, nesterov=s.nesterov))
+  arch_lr = (s.arch_lr if s.arch_lr_schedule == "constant" else  # constant: the released recipe
+             optax.cosine_decay_schedule(s.arch_lr, s.epochs * steps_per_epoch))
   arch = optax.chain(optax.add_decayed_weights(s.arch_weight_decay),
-                     optax.adam(s.arch_lr, b1=s.arch_beta1, b2=s.arch_beta2))
+                     optax.adam(arch_lr, b1=s.arch_beta1, b2=s.arch_beta2))
   return weights, schedule, arch
 
 
