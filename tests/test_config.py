@@ -25,6 +25,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     ("search.tau_schedule", "exp", "config.search.tau_schedule='exp': allowed: cosine, linear"),
     ("search.band", "wide", "config.search.band='wide': allowed: released, symmetric"),
     ("search.arch_lr", -1.0, "config.search.arch_lr=-1.0: must be a number > 0"),
+    ("search.init", "imagenet", "config.search.init='imagenet': allowed: scratch, teacher"),
+    ("search.arch_lr_schedule", "step",
+     "config.search.arch_lr_schedule='step': allowed: constant, cosine"),
+    ("search.expected_flops", "chain",
+     "config.search.expected_flops='chain': allowed: released, exact"),
 ])
 def test_validate_names_field_and_allowed_values(field, value, message):
   c = config_lib.base_config()
