@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ml_collections
 
+from tas_jax import errors
 from tas_jax.data import datasets
 from tas_jax.models import arch as arch_lib
 
@@ -23,14 +24,14 @@ PARALLEL_MODES = ("jit", "pmap")
 DTYPES = ("float32", "bfloat16")
 
 
-class ConfigError(ValueError):
-  """A config value that cannot work; the message is one line: field, value, what is allowed."""
+ConfigError = errors.ConfigError
 
 
 def base_config() -> ml_collections.ConfigDict:
   """Defaults: CIFAR-10 ResNet-20 teacher with the spec's recipe (§6)."""
   c = ml_collections.ConfigDict()
   c.stage = "teacher"
+  c.method = "tas"                 # the pruning method of search/extract (tas_jax.methods registry)
   c.seed = 0
 
   c.data = ml_collections.ConfigDict()
@@ -97,6 +98,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.checkpoint_every_steps = 0     # 0 = at the end of every epoch only
   c.keep_checkpoints = 2
   c.max_steps_per_run = 0          # > 0: checkpoint and stop after this many steps (rerun resumes)
+  c.profile_steps = 0              # > 0: a profiler trace of that many steps into the stage's folder
   return c
 
 
@@ -200,6 +202,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
   _positive(c, "checkpoint_every_steps", integer=True, zero_ok=True)
   _positive(c, "keep_checkpoints", integer=True)
   _positive(c, "max_steps_per_run", integer=True, zero_ok=True)
+  _positive(c, "profile_steps", integer=True, zero_ok=True)
 
 
 def _validate_recipe(c: ml_collections.ConfigDict, section: str) -> None:

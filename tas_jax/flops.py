@@ -1,4 +1,4 @@
-"""`python -m tas_jax.flops NAME_OR_ARCH_JSON [--json] [--layers]`: FLOPs and parameters.
+"""`python -m tas_jax.flops NAME_OR_ARCH_JSON [--json] [--layers]`: FLOPs and parameters (absl flags).
 
 NAME is one of the named unpruned networks (resnet20/32/56/110/164 on CIFAR-10,
 imagenet_resnet18/50); anything ending in .json is read as an architecture description. FLOPs are
@@ -7,9 +7,10 @@ multiply-adds in the TAS convention (see `tas_jax.ops.flops`).
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
+
+from absl import app, flags
 
 from tas_jax.models import arch as arch_lib
 from tas_jax.ops import flops
@@ -28,25 +29,27 @@ def report(a: arch_lib.Architecture, counts: flops.Counts, with_layers: bool) ->
   return "\n".join(lines)
 
 
-def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m tas_jax.flops", description=__doc__.split("\n")[0])
-  parser.add_argument("arch", help=f"a named network ({', '.join(arch_lib.NAMED)}) or an "
-                                   "architecture .json file")
-  parser.add_argument("--json", action="store_true", help='print one line {"flops_m": …, "params_m": …}')
-  parser.add_argument("--layers", action="store_true", help="also list every layer")
-  args = parser.parse_args(argv)
+FLAGS = flags.FLAGS
+flags.DEFINE_bool("json", False, 'print one line {"flops_m": …, "params_m": …}')
+flags.DEFINE_bool("layers", False, "also list every layer")
+
+
+def main(argv) -> int:
+  if len(argv) != 2:
+    raise app.UsageError(f"one architecture: a named network ({', '.join(arch_lib.NAMED)}) or an "
+                         "architecture .json file")
   try:
-    a = arch_lib.resolve(args.arch)
+    a = arch_lib.resolve(argv[1])
   except arch_lib.ArchError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
   counts = flops.count(a)
-  if args.json:
+  if FLAGS.json:
     print(json.dumps({"flops_m": round(counts.flops_m, 4), "params_m": round(counts.params_m, 6)}))
   else:
-    print(report(a, counts, args.layers))
+    print(report(a, counts, FLAGS.layers))
   return 0
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  app.run(lambda argv: sys.exit(main(argv)))

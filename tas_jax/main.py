@@ -1,7 +1,8 @@
 """Command-line entry point: `python -m tas_jax.main --config=configs/NAME.py --workdir=DIR`.
 
-Any config field can be overridden (`--config.teacher.lr=0.05`). The work itself lives in
-`tas_jax.training`, so a notebook runs the same code with `run(get_config(), workdir)`.
+Any config field can be overridden (`--config.teacher.lr=0.05`). The stages live in
+`tas_jax.stages` (method-independent) and in the method's folder (`config.method`, found through the
+registry in `tas_jax.methods`), so a notebook runs the same code with `run(get_config(), workdir)`.
 """
 
 from __future__ import annotations
@@ -14,10 +15,9 @@ import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from tas_jax import config as config_lib
+from tas_jax import config as config_lib, errors, methods
 from tas_jax.data import datasets
 from tas_jax.models import arch as arch_lib
-from tas_jax.training import loop
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Folder for checkpoints, logs and results (created if needed).")
@@ -25,20 +25,22 @@ config_flags.DEFINE_config_file("config", None, "A config file, e.g. configs/dem
                                 lock_config=True)
 
 
-# stage -> (module, function(config, workdir) -> summary); imported when the stage runs
+# method-independent stage -> (module, function(config, workdir) -> summary); imported when it runs
 STAGE_FUNCTIONS = {
-    "teacher": ("tas_jax.training.teacher", "train_and_evaluate"),
-    "search": ("tas_jax.training.search", "search"),
-    "extract": ("tas_jax.training.extract", "extract"),
-    "distill": ("tas_jax.training.distill", "distill"),
-    "results": ("tas_jax.training.pipeline", "results"),
-    "all": ("tas_jax.training.pipeline", "run_all"),
+    "teacher": ("tas_jax.stages.teacher", "train_and_evaluate"),
+    "distill": ("tas_jax.stages.distill", "distill"),
+    "results": ("tas_jax.stages.results", "results"),
+    "all": ("tas_jax.stages.pipeline", "run_all"),
 }
+METHOD_STAGES = ("search", "extract")  # the method's own
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Runs the stage the config selects; returns its summary."""
   config_lib.validate(config)
+  method = methods.get(config.method)
+  if config.stage in METHOD_STAGES:
+    return getattr(method, config.stage)(config, workdir)
   if config.stage not in STAGE_FUNCTIONS:
     raise config_lib.ConfigError(f"config.stage={config.stage!r}: allowed: {config_lib.STAGES}")
   module, function = STAGE_FUNCTIONS[config.stage]
@@ -56,8 +58,8 @@ def main(argv):
                jax.process_count(), jax.local_device_count(), jax.devices()[0].device_kind)
   try:
     run(FLAGS.config, FLAGS.workdir)
-  except (config_lib.ConfigError, arch_lib.ArchError, datasets.DataNotFoundError,
-          loop.CheckpointNotFoundError) as e:
+  except (errors.ConfigError, arch_lib.ArchError, datasets.DataNotFoundError,
+          errors.CheckpointNotFoundError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
 

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from tas_jax.models import arch
+from tas_jax.models import arch, topology
 
 
 def pruned_cifar():
@@ -17,7 +17,7 @@ def pruned_cifar():
 def test_named_resnet20_structure():
   a = arch.named("resnet20")
   assert a.family == "cifar_basic" and a.depths == (3, 3, 3) and a.stem_width == 16
-  assert a.stages[2][0] == (64, 64) and a.output_width == 64
+  assert a.stages[2][0] == (64, 64) and topology.of(a).output_width == 64
 
 
 def test_resnet164_is_bottleneck_with_expansion_four():
@@ -25,9 +25,9 @@ def test_resnet164_is_bottleneck_with_expansion_four():
   assert a.family == "cifar_bottleneck" and a.depths == (18, 18, 18)
   assert a.stages[0][0] == (16, 16, 64)
   # first block: stride 1, 16 -> 64 channels: projection with BN (spec §1)
-  s, b, cin, widths, stride = next(a.blocks())
-  assert (cin, widths[-1], stride) == (16, 64, 1)
-  assert a.shortcut_kind(cin, widths[-1], stride) == "conv_bn"
+  first = topology.of(a).blocks[0]
+  assert (first.in_width, first.out_width, first.stride) == (16, 64, 1)
+  assert first.shortcut == "conv_bn" and first.projection.has_bn
 
 
 def test_imagenet_resnet50_stages():
@@ -37,11 +37,12 @@ def test_imagenet_resnet50_stages():
 
 def test_shortcut_kinds_of_a_pruned_network():
   a = pruned_cifar()
-  kinds = [a.shortcut_kind(cin, w[-1], st) for _, _, cin, w, st in a.blocks()]
+  kinds = [b.shortcut for b in topology.of(a).blocks]
   # 9->11 (stride 1, mismatch), 11->9, 9->25 (stride 2), 25->51 (stride 2), 51->51, 51->64
   assert kinds == ["conv_bn", "conv_bn", "pool_conv", "pool_conv", "identity", "conv_bn"]
   no_bn = arch.Architecture(**{**a.to_dict(), "projection_bn": False})
-  assert no_bn.shortcut_kind(9, 11, 1) == "conv"
+  assert topology.of(no_bn).blocks[0].shortcut == "conv"
+  assert topology.of(no_bn).blocks[0].projection.has_bn is False
 
 
 def test_json_round_trip(tmp_path):

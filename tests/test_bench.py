@@ -1,4 +1,4 @@
-"""`python -m tas_jax.bench` on a tiny network: its figures and the checks behind them."""
+"""`python -m benchmarks.bench` on a tiny network: its figures and the checks behind them."""
 
 import json
 
@@ -6,8 +6,8 @@ import jax
 import numpy as np
 import pytest
 
-from tas_jax import bench
-from tas_jax.training import parallel
+from benchmarks import bench
+from tas_jax import parallel
 
 
 REFERENCE_CALLS = []
@@ -70,11 +70,18 @@ def test_transfer_guard_catches_a_host_array_in_the_step():
 
 
 def test_cli_json_line_and_bad_network(capsys):
-  assert bench.main(["--network", "resnet8", "--batch", "16", "--repeats", "1", "--steps", "1",
-                     "--json", "--no-torch", "--no-xla-defaults"]) == 0
-  line = capsys.readouterr().out.strip().splitlines()[-1]
-  r = json.loads(line)
-  assert any("ratio" in k for k in r) and r["compilations_after_epoch_boundary"] == 0
-  assert "plain_step_xla_defaults_s" not in r
-  assert bench.main(["--network", "resnet21"]) == 2
-  assert "resnetN" in capsys.readouterr().err
+  """The absl flags as a user writes them, parsed and run in this process."""
+  flags = bench.FLAGS
+  flags(["bench", "--network=resnet8", "--batch=16", "--repeats=1", "--steps=1", "--json",
+         "--notorch", "--noxla_defaults"])
+  try:
+    assert bench.run(flags) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    r = json.loads(line)
+    assert any("ratio" in k for k in r) and r["compilations_after_epoch_boundary"] == 0
+    assert "plain_step_xla_defaults_s" not in r
+    flags(["bench", "--network=resnet21"])
+    assert bench.run(flags) == 2
+    assert "resnetN" in capsys.readouterr().err
+  finally:
+    flags.unparse_flags()

@@ -11,7 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tas_jax.data import augment, datasets
+from tas_jax import parallel
+from tas_jax.data import augment, datasets, sources
 
 
 def write_idx(path, array):
@@ -174,3 +175,38 @@ def test_augmentation_depends_on_position_not_on_batch_layout():
   whole = augment.random_crop_flip(augment.example_keys(key, jnp.arange(8)), images)
   second_half = augment.random_crop_flip(augment.example_keys(key, jnp.arange(4, 8)), images[4:])
   np.testing.assert_array_equal(whole[4:], second_half)
+
+
+def test_in_memory_source_batches_resume_and_cover_each_epoch():
+  """The batch boundary: global batches sharded along 'data', resumable at any step, every
+  example once per epoch, a fresh order per epoch, and an evaluation pass with a padding mask."""
+  n, batch = 96, 16
+  rng = np.random.default_rng(0)
+  # each image carries its index in its pixels, so a batch says which examples it holds
+  images = np.broadcast_to(np.arange(n, dtype=np.uint8)[:, None, None, None], (n, 8, 8, 1)).copy()
+  ds = datasets.ImageDataset("ids", images, rng.integers(0, 3, n).astype(np.int32), images[:20],
+                             np.zeros(20, np.int32), 3, (0.0,), (1.0,), "test")
+  mesh = parallel.make_mesh()
+  data = sources.DeviceDataset(ds, mesh, eval_batch=8)
+  no_augmentation = sources.Augmentation((0.0,), (1.0,), 0, False)
+  src = sources.InMemorySource(data, np.arange(n), batch, no_augmentation,
+                               epoch_key=lambda e: jax.random.fold_in(jax.random.key(3), e),
+                               step_key=lambda s: jax.random.fold_in(jax.random.key(4), s))
+  assert src.steps_per_epoch == n // batch
+  it = src.iterate(0)
+  seen = [next(it) for _ in range(2 * src.steps_per_epoch)]
+  b = seen[0]
+  assert b["image"].shape == (batch, 8, 8, 1) and b["image"].dtype == jnp.float32
+  assert b["label"].shape == (batch,) and b["image"].sharding.spec == parallel.batch_sharded(mesh).spec
+  ids = [np.rint(np.asarray(x["image"])[:, 0, 0, 0] * 255).astype(int) for x in seen]
+  first, second = np.concatenate(ids[:6]), np.concatenate(ids[6:])
+  assert sorted(first) == list(range(n)) and sorted(second) == list(range(n))
+  assert list(first) != list(second)                                  # reshuffled per epoch
+  np.testing.assert_array_equal(np.asarray(seen[0]["label"]), ds.train_labels[ids[0]])
+  resumed = src.iterate(7)                                            # mid-epoch 2
+  np.testing.assert_array_equal(np.asarray(next(resumed)["image"]), np.asarray(seen[7]["image"]))
+  evaluation = list(sources.InMemoryEvalSource(data).batches())
+  assert len(evaluation) == 3 and sum(float(e["mask"].sum()) for e in evaluation) == 20
+  with pytest.raises(ValueError, match="one epoch length"):
+    sources.Zipped(a=src, b=sources.InMemorySource(data, np.arange(n // 2), batch, no_augmentation,
+                                                    lambda e: jax.random.key(0), lambda s: jax.random.key(0)))

@@ -8,8 +8,11 @@ import pytest
 from tas_jax import config as config_lib
 from tas_jax.models import arch, resnet
 from tas_jax.ops import flops
-from tas_jax.search import baselines, space as space_lib
-from tas_jax.training import distill, loop
+from tas_jax.errors import CheckpointNotFoundError
+from tas_jax.methods.tas import space as space_lib
+from tas_jax.models import topology
+from tas_jax.stages import baselines, distill
+from tas_jax.training import loop
 from test_train import run_on
 
 
@@ -55,7 +58,7 @@ def test_inherit_first_channels_slices_the_teacher():
   np.testing.assert_array_equal(
       kernel, tv["params"]["stage2.block1"]["conv_a"]["conv"]["kernel"][:, :, :c_in, :c_out])
   np.testing.assert_array_equal(params["classifier"]["kernel"],
-                                tv["params"]["classifier"]["kernel"][:student.output_width])
+                                tv["params"]["classifier"]["kernel"][:topology.of(student).output_width])
   assert "stage1.block2" not in params                          # the dropped block stays dropped
   # every student array with a counterpart in the teacher is inherited; the others (projections
   # that width mismatches introduce) keep their initial values
@@ -78,10 +81,9 @@ def test_inherit_first_channels_slices_the_teacher():
 @pytest.mark.parametrize("name", ["resnet20", "resnet56", "resnet164"])
 def test_uniform_and_random_baselines_hit_the_flop_target(name):
   base = arch.named(name)
-  space = space_lib.build(base)
   f_max = flops.count(base).flops
   for ratio in (0.5, 0.7):
-    u = baselines.uniform(space, ratio * f_max)
+    u = baselines.uniform(base, ratio * f_max)
     assert abs(flops.count(u).flops / f_max - ratio) < 0.01
     assert u.depths == base.depths
     # one multiplier for every conv: widths in the same proportion as the original's (±1 rounding)
@@ -91,16 +93,16 @@ def test_uniform_and_random_baselines_hit_the_flop_target(name):
     for ub, bb in zip(u.stages, base.stages):
       for uw, bw in zip(ub, bb):
         assert all(abs(a - m * b) <= 0.5 + b / widest for a, b in zip(uw, bw))
-  r1 = baselines.random(space, 0.5 * f_max, 0.02, seed=1)
-  r2 = baselines.random(space, 0.5 * f_max, 0.02, seed=2)
+  r1 = baselines.random(base, 0.5 * f_max, 0.02, seed=1)
+  r2 = baselines.random(base, 0.5 * f_max, 0.02, seed=2)
   assert abs(flops.count(r1).flops / f_max - 0.5) <= 0.01 and r1 != r2
-  assert baselines.random(space, 0.5 * f_max, 0.02, seed=1) == r1   # seeded
+  assert baselines.random(base, 0.5 * f_max, 0.02, seed=1) == r1   # seeded
 
 
 def test_random_baseline_says_what_to_do_when_the_target_is_unreachable():
-  space = space_lib.build(arch.named("resnet20"))
+  base = arch.named("resnet20")
   with pytest.raises(arch.ArchError, match="flops_tolerance"):
-    baselines.random(space, 0.01 * flops.count(space.base).flops, 0.02, seed=0, max_draws=50)
+    baselines.random(base, 0.01 * flops.count(base).flops, 0.02, seed=0, max_draws=50)
 
 
 def test_read_checkpoint_restores_only_the_requested_subtrees(tmp_path):
@@ -116,7 +118,7 @@ def test_read_checkpoint_restores_only_the_requested_subtrees(tmp_path):
   got, meta, step = loop.read_checkpoint(str(tmp_path), abstract, "search")
   assert set(got) == {"arch"} and step == 7 and meta == {"history": [{"epoch": 1}]}
   np.testing.assert_array_equal(got["arch"]["alpha"], state["arch"]["alpha"])
-  with pytest.raises(loop.CheckpointNotFoundError, match="--config.stage=search"):
+  with pytest.raises(CheckpointNotFoundError, match="--config.stage=search"):
     loop.read_checkpoint(str(tmp_path / "nothing"), abstract, "search")
 
 

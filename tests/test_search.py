@@ -6,9 +6,8 @@ import numpy as np
 import pytest
 
 from tas_jax import config as config_lib
-from tas_jax.models import arch, resnet, supernet
-from tas_jax.search import space as space_lib
-from tas_jax.training import extract, search
+from tas_jax.methods.tas import extract, search, space as space_lib, supernet
+from tas_jax.models import arch, resnet
 from test_train import run_on
 
 
@@ -110,12 +109,12 @@ def test_search_iteration_same_numbers_on_1_and_8_devices_with_jit_and_pmap():
 def test_tau_schedules():
   s = config_lib.base_config().search
   s.epochs = 11
-  taus = [search.tau_at(e, s) for e in range(11)]
+  taus = [search.tau_at(s, e) for e in range(11)]
   assert taus[0] == pytest.approx(5.0) and taus[-1] == pytest.approx(0.1)
   assert taus[5] == pytest.approx(2.55)  # cosine midpoint
   assert all(a > b for a, b in zip(taus, taus[1:]))
   s.tau_schedule, s.tau_max = "linear", 10.0
-  assert [search.tau_at(e, s) for e in (0, 5, 10)] == pytest.approx([10.0, 5.05, 0.1])
+  assert [search.tau_at(s, e) for e in (0, 5, 10)] == pytest.approx([10.0, 5.05, 0.1])
 
 
 @pytest.mark.parametrize("schedule", ["constant", "cosine"])
@@ -158,7 +157,8 @@ def short_search(tmp_path_factory):
 def test_short_search_records_every_epoch_and_compiles_once(short_search):
   _, summary = short_search
   assert summary["finished"]
-  assert summary["compilations"] == {"iteration": 1, "evaluate": 1, "epoch_shuffle": 1}  # τ changed
+  assert summary["compilations"] == {"iteration": 1, "eval_step": 1, "gather_a": 1, "gather_b": 1,
+                                    "shuffle_a": 1, "shuffle_b": 1}  # τ and permutations changed
   hist = summary["history"]
   assert [h["epoch"] for h in hist] == [1, 2] and hist[0]["tau"] == 5.0 and hist[1]["tau"] == 0.1
   space = space_lib.build(arch.cifar_resnet(14, input_size=28, input_channels=1))

@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 
 from tas_jax.models import arch
-from tas_jax.ops import cwi, flops, gumbel
-from tas_jax.search import cost, space as space_lib
+from tas_jax.methods.tas import cost, cwi, gumbel, space as space_lib
+from tas_jax.models import candidates
+from tas_jax.ops import flops
+from reference import cwi_numpy
 
 
 # ---------------------------------------------------------------- CWI
@@ -27,7 +29,7 @@ def test_cwi_by_hand_downsampling():
 @pytest.mark.parametrize("c_in, c_out", [(3, 5), (4, 16), (16, 4), (7, 7), (11, 16), (64, 19)])
 def test_cwi_matches_the_definition(c_in, c_out):
   x = np.random.default_rng(c_in * 100 + c_out).normal(size=(2, c_in))
-  np.testing.assert_allclose(cwi.cwi(jnp.asarray(x, jnp.float32), c_out), cwi.cwi_numpy(x, c_out),
+  np.testing.assert_allclose(cwi.cwi(jnp.asarray(x, jnp.float32), c_out), cwi_numpy(x, c_out),
                              rtol=1e-5, atol=1e-6)
 
 
@@ -39,7 +41,7 @@ def test_cwi_matrix_with_traced_widths_inside_a_full_width_square():
     m = np.asarray(fn(c_in, c_out))
     x_in = np.where(np.arange(size) < c_in, x, 0.0)
     y = m @ x_in
-    np.testing.assert_allclose(y[:c_out], cwi.cwi_numpy(x[:c_in], c_out), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(y[:c_out], cwi_numpy(x[:c_in], c_out), rtol=1e-5, atol=1e-6)
     assert np.all(y[c_out:] == 0)
   assert fn._cache_size() == 1
 
@@ -49,7 +51,7 @@ def test_mix_matrix_weighted_sum_of_two_candidates():
   x = np.arange(1.0, 9.0)
   scale = jnp.stack([jnp.full(size, 2.0), jnp.ones(size)])
   m = cwi.mix_matrix(jnp.array([3, 5]), jnp.array([0.25, 0.75]), scale, size)
-  want = 0.25 * cwi.cwi_numpy(2 * x[:3], 5) + 0.75 * x[:5]
+  want = 0.25 * cwi_numpy(2 * x[:3], 5) + 0.75 * x[:5]
   y = np.asarray(m) @ x
   np.testing.assert_allclose(y[:5], want, rtol=1e-6)
   assert np.all(y[5:] == 0)
@@ -99,9 +101,9 @@ def test_padded_candidates_are_never_drawn():
 
 # ---------------------------------------------------------------- search space
 def test_width_candidates_from_the_spec():
-  assert space_lib.width_candidates(16) == (4, 6, 8, 9, 11, 12, 14, 16)
-  assert space_lib.width_candidates(64) == (19, 25, 32, 38, 44, 51, 57, 64)
-  assert space_lib.width_candidates(4) == (1, 2, 3, 4)  # deduplicated
+  assert candidates.width_candidates(16) == (4, 6, 8, 9, 11, 12, 14, 16)
+  assert candidates.width_candidates(64) == (19, 25, 32, 38, 44, 51, 57, 64)
+  assert candidates.width_candidates(4) == (1, 2, 3, 4)  # deduplicated
 
 
 @pytest.mark.parametrize("name, depths", [

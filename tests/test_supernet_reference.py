@@ -16,8 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tas_jax.models import arch, supernet
-from tas_jax.search import cost, space as space_lib
+from tas_jax.methods.tas import cost, space as space_lib, supernet
+from tas_jax.models import arch
 
 EPS = 1e-5
 

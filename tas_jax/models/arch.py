@@ -1,8 +1,8 @@
 """Architecture descriptions: the one input every ResNet in tas_jax is built from.
 
 The teacher, the network extracted from a search and a user's hand-written widths are all an
-`Architecture`; the model code (`tas_jax.models.resnet`) and the FLOP counter (`tas_jax.ops.flops`)
-read nothing else. An architecture is stored as JSON:
+`Architecture`; `tas_jax.models.topology` derives every layer from it, and the model, the FLOP
+counter and the search spaces read that. An architecture is stored as JSON:
 
     {
       "family": "cifar_basic",        # cifar_basic | cifar_bottleneck | imagenet_basic | imagenet_bottleneck
@@ -19,12 +19,10 @@ read nothing else. An architecture is stored as JSON:
       "name": "resnet20"              # optional, informational
     }
 
-Shortcuts are derived, never listed: the first block of every stage but the first has stride 2 and a
-projection shortcut (2x2 average pool, then a 1x1 conv to the block's output width; ImageNet adds BN).
-A stride-1 block whose input width differs from its output width (a pruned block, or the first
-bottleneck of a stage) gets a 1x1 projection, with BN when `projection_bn` is true. The spec
-(`shared/spec/TAS.md` §1) asks for BN there on the unpruned networks and in pruned CIFAR-basic and
-ImageNet networks, and for none in pruned CIFAR-bottleneck networks; extraction writes the flag.
+Shortcuts, strides and spatial sizes are derived, never listed (`tas_jax.models.topology`). A
+stride-1 projection has BN when `projection_bn` is true: the spec (`shared/spec/TAS.md` §1) asks
+for it on the unpruned networks and in pruned CIFAR-basic and ImageNet networks, and for none in
+pruned CIFAR-bottleneck networks; extraction writes the flag.
 """
 
 from __future__ import annotations
@@ -88,27 +86,6 @@ class Architecture:
   def depths(self) -> tuple[int, ...]:
     """Kept blocks per stage."""
     return tuple(len(stage) for stage in self.stages)
-
-  @property
-  def output_width(self) -> int:
-    """Width of the feature map the classifier reads."""
-    return self.stages[-1][-1][-1]
-
-  def blocks(self):
-    """Yields (stage index, block index, in_width, widths, stride) for every kept block in order."""
-    width = self.stem_width
-    for s, stage in enumerate(self.stages):
-      for b, widths in enumerate(stage):
-        yield s, b, width, widths, (2 if (s > 0 and b == 0) else 1)
-        width = widths[-1]
-
-  def shortcut_kind(self, in_width: int, out_width: int, stride: int) -> str:
-    """'identity', 'pool_conv' (stride 2), 'conv_bn' or 'conv' (stride-1 projection)."""
-    if stride == 2:
-      return "pool_conv"
-    if in_width != out_width:
-      return "conv_bn" if self.projection_bn else "conv"
-    return "identity"
 
   # --- (de)serialisation ---
   def to_dict(self) -> dict[str, Any]:

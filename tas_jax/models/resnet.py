@@ -1,10 +1,11 @@
 """ResNets built from an `Architecture` (spec §1): one module per network family.
 
-`CifarResNet` (3x3 stem, 3 stages, shortcut = pool + 1x1 conv without BN) and `ImageNetResNet`
-(7x7 stem + max-pool, 4 stages, shortcut with BN, zero-initialised last BN of each branch) share the
-block modules. Every width comes from the architecture, so the same code builds the unpruned teacher,
-the network extracted from a search and any user-written description. Layer names follow the FLOP
-counter's (`stage2.block1.conv_a`, ...), which lets a test compare them layer by layer.
+One module, `ResNet`, for both families: the stem, pool, strides and shortcuts come from
+`tas_jax.models.topology` (CIFAR: 3x3 stem, pooled projection without BN; ImageNet: 7x7 stem +
+max-pool, projections with BN, zero-initialised last BN of each block). Every width comes from the
+architecture, so the same code builds the unpruned teacher, the network extracted from a search and
+any user-written description. Layer names are the topology's (`stage2.block1.conv_a`, ...), which
+the FLOP counter shares, so a test compares them layer by layer.
 
 `bn_axis_name` is for explicit per-device code (the `pmap` mode): BatchNorm then averages its batch
 statistics over that mesh axis so that they cover the global batch, as they do under plain `jit`.
@@ -12,12 +13,13 @@ statistics over that mesh axis so that they cover the global batch, as they do u
 
 from __future__ import annotations
 
-from typing import ClassVar, Optional
+from typing import Optional
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from tas_jax.models import topology
 from tas_jax.models.arch import Architecture
 
 # kaiming-normal, fan_out, gain sqrt(2) (PyTorch's kaiming_normal_(mode='fan_out', nonlinearity='relu'))
@@ -65,86 +67,55 @@ class Shortcut(nn.Module):
 
 
 class Block(nn.Module):
-  """A post-activation residual block: ReLU(branch(x) + shortcut(x)).
-
-  Basic: conv_a (3x3, carries the stride), conv_b (3x3). Bottleneck: conv_a (1x1), conv_b (3x3,
-  carries the stride), conv_c (1x1). ReLU after every BN of the branch but the last.
-  """
-  widths: tuple[int, ...]
-  stride: int
-  shortcut: str              # Architecture.shortcut_kind(...)
-  shortcut_bn_on_pool: bool  # ImageNet: the stride-2 projection has BN
+  """A post-activation residual block: ReLU(main path(x) + shortcut(x)), as `layout` describes it
+  (kernels, strides, shortcut and its BN from `tas_jax.models.topology`). ReLU after every BN of
+  the main path but the last."""
+  layout: topology.Block
   zero_init_last_bn: bool
   bn_axis_name: Optional[str] = None
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x, train: bool):
-    kernels = (3, 3) if len(self.widths) == 2 else (1, 3, 1)
-    strides = (self.stride, 1) if len(self.widths) == 2 else (1, self.stride, 1)
-    y = x
-    last = len(self.widths) - 1
-    for i, (w, k, s) in enumerate(zip(self.widths, kernels, strides)):
-      y = ConvBN(w, k, s, zero_init_bn=self.zero_init_last_bn and i == last,
+    y, last = x, len(self.layout.convs) - 1
+    for i, c in enumerate(self.layout.convs):
+      y = ConvBN(c.out_width, c.kernel, c.stride, zero_init_bn=self.zero_init_last_bn and i == last,
                  bn_axis_name=self.bn_axis_name, dtype=self.dtype, name=f"conv_{'abc'[i]}")(y, train)
       if i < last:
         y = nn.relu(y)
-    if self.shortcut == "identity":
-      residual = x
-    else:
-      use_bn = self.shortcut == "conv_bn" or (self.shortcut == "pool_conv" and self.shortcut_bn_on_pool)
-      residual = Shortcut(self.widths[-1], pool=self.shortcut == "pool_conv", use_bn=use_bn,
-                          bn_axis_name=self.bn_axis_name, dtype=self.dtype, name="shortcut")(x, train)
+    p = self.layout.projection
+    residual = x if p is None else Shortcut(
+        p.out_width, pool=self.layout.shortcut == "pool_conv", use_bn=p.has_bn,
+        bn_axis_name=self.bn_axis_name, dtype=self.dtype, name="shortcut")(x, train)
     return nn.relu(y + residual)
 
 
-def _stages(arch: Architecture, x, train, bn_axis_name, dtype, imagenet: bool):
-  for s, b, cin, widths, stride in arch.blocks():
-    x = Block(widths, stride, arch.shortcut_kind(cin, widths[-1], stride),
-              shortcut_bn_on_pool=imagenet, zero_init_last_bn=imagenet,
-              bn_axis_name=bn_axis_name, dtype=dtype, name=f"stage{s + 1}.block{b + 1}")(x, train)
-  return x
-
-
-def _head(arch: Architecture, x):
-  x = jnp.mean(x, axis=(1, 2))
-  return nn.Dense(arch.num_classes, kernel_init=linear_init, bias_init=nn.initializers.zeros,
-                  dtype=jnp.float32, name="classifier")(x.astype(jnp.float32))
-
-
-class _ResNet(nn.Module):
-  """Stem, stages, head; the family's subclass says which stem and shortcut rules apply."""
+class ResNet(nn.Module):
+  """Stem, stages, head of any CIFAR or ImageNet ResNet, basic or bottleneck, at any widths and
+  kept depths: the topology of `arch` says which stem, pool and shortcuts."""
   arch: Architecture
   bn_axis_name: Optional[str] = None
   dtype: jnp.dtype = jnp.float32
-  imagenet: ClassVar[bool] = False
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    kernel, stride = (7, 2) if self.imagenet else (3, 1)
-    x = nn.relu(ConvBN(self.arch.stem_width, kernel, stride, bn_axis_name=self.bn_axis_name,
+    topo = topology.of(self.arch)
+    stem = topo.stem
+    x = nn.relu(ConvBN(stem.out_width, stem.kernel, stem.stride, bn_axis_name=self.bn_axis_name,
                        dtype=self.dtype, name="stem")(x.astype(self.dtype), train))
-    if self.imagenet:
+    if topo.stem_pool:
       x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
-    x = _stages(self.arch, x, train, self.bn_axis_name, self.dtype, imagenet=self.imagenet)
-    return _head(self.arch, x)
-
-
-class CifarResNet(_ResNet):
-  """CIFAR ResNet (basic or bottleneck blocks) of any widths and kept depths."""
-  imagenet: ClassVar[bool] = False
-
-
-class ImageNetResNet(_ResNet):
-  """ImageNet ResNet-18/50 (and any pruned version of them)."""
-  imagenet: ClassVar[bool] = True
+    for b in topo.blocks:
+      x = Block(b, topo.zero_init_last_bn, self.bn_axis_name, self.dtype, name=b.name)(x, train)
+    x = jnp.mean(x, axis=(1, 2))
+    return nn.Dense(self.arch.num_classes, kernel_init=linear_init, bias_init=nn.initializers.zeros,
+                    dtype=jnp.float32, name="classifier")(x.astype(jnp.float32))
 
 
 def build(arch: Architecture, bn_axis_name: Optional[str] = None,
           dtype: jnp.dtype = jnp.float32) -> nn.Module:
-  """The Flax module for `arch`'s family."""
-  cls = CifarResNet if arch.dataset_kind == "cifar" else ImageNetResNet
-  return cls(arch, bn_axis_name=bn_axis_name, dtype=dtype)
+  """The Flax module of `arch`."""
+  return ResNet(arch, bn_axis_name=bn_axis_name, dtype=dtype)
 
 
 def dummy_input(arch: Architecture, batch: int = 1) -> jax.ShapeDtypeStruct:

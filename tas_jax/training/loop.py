@@ -1,16 +1,16 @@
 """The epoch loop every training stage shares: resume, steps, progress, evaluation, checkpoints.
 
-A stage hands over a compiled step, an evaluation function and the data; this module owns what a
-user of a long run expects: automatic resume from the latest Orbax checkpoint in the stage's folder
-(mid-epoch too: the batch order is a function of the epoch, and the step knows where it is),
-console progress with images/s and ETA, TensorBoard scalars, evaluation every epoch, and a stop on
-a NaN loss.
+A stage hands over a compiled `(state, batch)` step, a batch source and an end-of-epoch function;
+this module owns what a user of a long run expects: automatic resume from the latest Orbax
+checkpoint in the stage's folder (mid-epoch too: the source restarts at the checkpoint's step),
+metrics on the console and in TensorBoard (clu's default writer: events from process 0 only),
+progress with steps/s and ETA (clu `ReportProgress`), an optional profiler trace (clu `Profile`),
+evaluation every epoch, and a stop on a NaN loss that names the step.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import time
@@ -19,7 +19,11 @@ from typing import Any, Callable, Optional
 import jax
 import orbax.checkpoint as ocp
 from absl import logging
-from clu import metric_writers
+from clu import metric_writers, periodic_actions
+
+from tas_jax import workdir
+from tas_jax.data import sources
+from tas_jax.errors import CheckpointNotFoundError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,11 +36,12 @@ class LoopConfig:
   checkpoint_every_steps: int    # 0: at epoch ends only
   keep_checkpoints: int
   max_steps_per_run: int = 0     # > 0: checkpoint and return after this many steps in this call
+  profile_steps: int = 0         # > 0: a profiler trace of this many steps (TensorBoard's profile tab)
 
 
 def checkpoint_manager(stage_dir: str, keep: int) -> ocp.CheckpointManager:
   return ocp.CheckpointManager(
-      os.path.abspath(os.path.join(stage_dir, "checkpoints")),
+      workdir.checkpoint_dir(stage_dir),
       options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
 
 
@@ -51,10 +56,6 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state) -> Optional[t
   return restored["state"], restored["meta"]
 
 
-class CheckpointNotFoundError(FileNotFoundError):
-  """A later stage needs an earlier stage's checkpoint that is not there."""
-
-
 def read_checkpoint(stage_dir: str, abstract_subtrees: dict, stage: str) -> tuple[dict, dict, int]:
   """(the requested subtrees of the state, the meta JSON, step) of the latest checkpoint in
   `stage_dir`, read in a fresh manager with Orbax partial restore: a later stage reads only what
@@ -63,7 +64,7 @@ def read_checkpoint(stage_dir: str, abstract_subtrees: dict, stage: str) -> tupl
   `abstract_subtrees` maps top-level state fields to trees of `jax.ShapeDtypeStruct` (with the
   sharding to restore onto).
   """
-  directory = os.path.abspath(os.path.join(stage_dir, "checkpoints"))
+  directory = workdir.checkpoint_dir(stage_dir)
   manager = ocp.CheckpointManager(directory) if os.path.isdir(directory) else None
   step = manager.latest_step() if manager is not None else None
   if step is None:
@@ -83,13 +84,6 @@ def _save(manager, step: int, state, meta: dict) -> None:
                                              meta=ocp.args.JsonSave(meta)), force=True)
 
 
-def _fmt_time(seconds: float) -> str:
-  seconds = int(max(seconds, 0))
-  h, rem = divmod(seconds, 3600)
-  m, s = divmod(rem, 60)
-  return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
-
-
 def _fmt_metrics(values: dict) -> str:
   """'loss 0.4321 accuracy 85.20% …': accuracies and ratios as percentages."""
   parts = []
@@ -103,23 +97,22 @@ def _fmt_metrics(values: dict) -> str:
   return " ".join(parts)
 
 
-def fit(cfg: LoopConfig, stage_dir: str, state, train_step: Callable, step_args: tuple,
-        epoch_inputs: Callable[[int], tuple], end_of_epoch: Callable[[Any, int, dict], dict],
+def fit(cfg: LoopConfig, stage_dir: str, state, train_step: Callable, source: sources.BatchSource,
+        step_args: tuple, epoch_args: Callable[[int], tuple],
+        end_of_epoch: Callable[[Any, int, dict], dict],
         learning_rate: Callable[[int], float]) -> tuple[Any, list[dict], bool]:
   """Trains `state` to `cfg.num_epochs`; returns the state, the per-epoch history and whether
   the run is finished (False when `cfg.max_steps_per_run` stopped it early, with a checkpoint).
 
-  `train_step(state, *step_args, *epoch_inputs(epoch))` -> (state, clu metrics collection);
-  `epoch_inputs(epoch)` gives the device arrays that change per epoch (permutations, τ);
-  `end_of_epoch(state, epoch, train)` -> a JSON-able dict (evaluation, recorded architecture, …;
-  `train` holds the epoch's averaged train metrics): its
-  numbers are logged and written to TensorBoard, all of it goes into the history.
+  `train_step(state, batch, *step_args, *epoch_args(epoch))` -> (state, clu metrics collection),
+  the batches from `source` (resumed at the step the checkpoint holds); `epoch_args(epoch)` gives
+  the device values that change per epoch (τ); `end_of_epoch(state, epoch, train)` -> a JSON-able
+  dict (evaluation, recorded architecture, …; `train` holds the epoch's averaged train metrics):
+  its numbers are logged and written to TensorBoard, all of it goes into the history.
   """
-  os.makedirs(stage_dir, exist_ok=True)
   manager = checkpoint_manager(stage_dir, cfg.keep_checkpoints)
-  # TensorBoard events from the first process only; the others write nowhere.
-  writer = (metric_writers.SummaryWriter(stage_dir) if jax.process_index() == 0
-            else metric_writers.MultiWriter([]))
+  # TensorBoard events from process 0; every process logs to its own console.
+  writer = metric_writers.create_default_writer(stage_dir, just_logging=not workdir.is_writer())
   history: list[dict] = []
   restored = restore_latest(manager, jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state))
@@ -135,19 +128,28 @@ def fit(cfg: LoopConfig, stage_dir: str, state, train_step: Callable, step_args:
   else:
     logging.info("[%s] starting from scratch: %d epochs x %d steps, global batch %d, %d device(s)",
                  cfg.stage, cfg.num_epochs, cfg.steps_per_epoch, cfg.global_batch, jax.device_count())
+  hooks = [periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer,
+                                           every_steps=cfg.log_every_steps, every_secs=None)]
+  if cfg.profile_steps and workdir.is_writer():
+    hooks.append(periodic_actions.Profile(logdir=stage_dir, num_profile_steps=cfg.profile_steps,
+                                          first_profile=start + 5, every_secs=None))
 
   step = start
   stop_at = min(total_steps, start + cfg.max_steps_per_run) if cfg.max_steps_per_run else total_steps
+  batches = source.iterate(start)
   t_start = time.time()
+  finished_early = False
   while step < stop_at:
     epoch = step // cfg.steps_per_epoch
-    inputs = tuple(epoch_inputs(epoch))
+    args = tuple(step_args) + tuple(epoch_args(epoch))
     accumulated = None
     t_log, step_log = time.time(), step
     while True:
-      state, m = train_step(state, *step_args, *inputs)
+      state, m = train_step(state, next(batches), *args)
       accumulated = m if accumulated is None else accumulated.merge(m)
       step += 1
+      for hook in hooks:
+        hook(step)
       in_epoch = step - epoch * cfg.steps_per_epoch
       epoch_end = in_epoch == cfg.steps_per_epoch
       if step % cfg.log_every_steps == 0 or epoch_end:
@@ -157,27 +159,24 @@ def fit(cfg: LoopConfig, stage_dir: str, state, train_step: Callable, step_args:
           raise FloatingPointError(f"[{cfg.stage}] {bad[0]} is {train[bad[0]]} at step {step}: "
                                    "lower the learning rate or check the data")
         now = time.time()
-        rate = (step - step_log) * cfg.global_batch / max(now - t_log, 1e-9)
-        eta = (total_steps - step) * (now - t_log) / max(step - step_log, 1)
-        logging.info("[%s] epoch %d/%d step %d/%d %s lr %.4g %.0f img/s ETA %s", cfg.stage,
-                     epoch + 1, cfg.num_epochs, in_epoch, cfg.steps_per_epoch, _fmt_metrics(train),
-                     learning_rate(step), rate, _fmt_time(eta))
         writer.write_scalars(step, {**{f"train/{k}": v for k, v in train.items()},
+                                    "train/epoch": epoch + in_epoch / cfg.steps_per_epoch,
                                     "train/learning_rate": learning_rate(step),
-                                    "train/images_per_second": rate})
+                                    "train/images_per_second":
+                                        (step - step_log) * cfg.global_batch / max(now - t_log, 1e-9)})
         t_log, step_log = now, step
       if epoch_end:
         break
       if step == stop_at:
-        _save(manager, step, state, {"history": history})
-        logging.info("[%s] stopping after %d steps in this run (max_steps_per_run); run the same "
-                     "command again to continue", cfg.stage, step - start)
-        manager.wait_until_finished()
-        manager.close()
-        writer.close()
-        return state, history, False
+        finished_early = True
+        break
       if cfg.checkpoint_every_steps and step % cfg.checkpoint_every_steps == 0:
         _save(manager, step, state, {"history": history})
+    if finished_early:
+      _save(manager, step, state, {"history": history})
+      logging.info("[%s] stopping after %d steps in this run (max_steps_per_run); run the same "
+                   "command again to continue", cfg.stage, step - start)
+      break
     entry = {"epoch": epoch + 1, "step": step, **{f"train_{k}": v for k, v in train.items()},
              **end_of_epoch(state, epoch, train), "elapsed_s": round(time.time() - t_start, 1)}
     history.append(entry)
@@ -191,11 +190,4 @@ def fit(cfg: LoopConfig, stage_dir: str, state, train_step: Callable, step_args:
   manager.wait_until_finished()
   manager.close()
   writer.close()
-  return state, history, step >= total_steps
-
-
-def write_summary(stage_dir: str, summary: dict) -> str:
-  path = os.path.join(stage_dir, "summary.json")
-  with open(path, "w") as f:
-    json.dump(summary, f, indent=2)
-  return path
+  return state, history, not finished_early and step >= total_steps

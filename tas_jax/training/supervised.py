@@ -2,7 +2,8 @@
 
 SGD with Nesterov momentum and coupled weight decay, linear warm-up per iteration then cosine to
 zero, data parallel over the mesh, the dataset resident on the device, evaluation every epoch,
-resumable through `tas_jax.training.loop`. The stage decides the network, the loss (cross-entropy
+resumable through `tas_jax.training.loop`. Batches come from an in-memory source
+(`tas_jax.data.sources`). The stage decides the network, the loss (cross-entropy
 or distillation) and the initial weights.
 """
 
@@ -20,11 +21,12 @@ import numpy as np
 import optax
 from absl import logging
 
-from tas_jax import config as config_lib
-from tas_jax.data import datasets
+from tas_jax import config as config_lib, parallel, workdir as layout
+from tas_jax.data import datasets, sources
+from tas_jax.errors import CheckpointNotFoundError
 from tas_jax.models import arch as arch_lib, resnet
 from tas_jax.ops import flops
-from tas_jax.training import loop, parallel, steps
+from tas_jax.training import loop, steps
 
 
 def sgd_with_warmup_cosine(t: ml_collections.ConfigDict, steps_per_epoch: int):
@@ -45,40 +47,14 @@ def load_data(config: ml_collections.ConfigDict) -> datasets.ImageDataset:
   return ds
 
 
-class DeviceData:
-  """A dataset resident on the device: uint8 images, labels, and a padded test set."""
-
-  def __init__(self, ds: datasets.ImageDataset, mesh, eval_batch: int):
-    n_dev = mesh.shape[parallel.AXIS]
-    self.eval_batch = -(-min(eval_batch, len(ds.test_labels)) // n_dev) * n_dev
-    n_test = len(ds.test_labels)
-    padded = -(-n_test // self.eval_batch) * self.eval_batch
-    pad = padded - n_test
-    self.num_train, self.num_test = len(ds.train_labels), n_test
-    self.train_images, self.train_labels = parallel.put_replicated(
-        (ds.train_images, ds.train_labels), mesh)
-    self.test_images, self.test_labels = parallel.put_replicated(
-        (np.pad(ds.test_images, ((0, pad), (0, 0), (0, 0), (0, 0))), np.pad(ds.test_labels, (0, pad))),
-        mesh)
-
-
-def epoch_permutation_fn(seed: int, num_examples: int, mesh):
-  """epoch -> a permutation of the training set, computed on the device, replicated."""
+def permutation_key(seed: int) -> Callable[[jax.Array], jax.Array]:
+  """epoch -> the key of that epoch's shuffle of the training set."""
   key = jax.random.fold_in(jax.random.key(seed), 1)
-  fn = jax.jit(lambda e: jax.random.permutation(jax.random.fold_in(key, e), num_examples),
-               out_shardings=parallel.replicated(mesh))
-  return lambda epoch: fn(np.int32(epoch))
+  return lambda epoch: jax.random.fold_in(key, epoch)
 
 
-def check_batch(field: str, batch: int, num_devices: int, num_examples: int) -> int:
-  """Steps per epoch (the last partial batch is dropped: static shapes)."""
-  if batch % num_devices:
-    raise config_lib.ConfigError(f"config.{field}={batch}: must be a multiple of the {num_devices} "
-                                 "devices in use (or set config.num_devices)")
-  if batch > num_examples:
-    raise config_lib.ConfigError(f"config.{field}={batch}: larger than the {num_examples} "
-                                 "training examples")
-  return num_examples // batch
+def augmentation(config: ml_collections.ConfigDict, ds: datasets.ImageDataset) -> sources.Augmentation:
+  return sources.Augmentation(ds.mean, ds.std, config.data.crop_padding, config.data.flip)
 
 
 def check_fits(a: arch_lib.Architecture, ds: datasets.ImageDataset, what: str) -> None:
@@ -104,14 +80,14 @@ def read_variables(stage_dir: str, arch: arch_lib.Architecture, stage: str,
 def read_teacher(workdir: str, mesh, reader: str) -> tuple[arch_lib.Architecture, dict, int]:
   """The teacher's architecture and {'params', 'batch_stats'} (replicated), from its latest
   checkpoint in WORKDIR/teacher; optimiser state is not read. `reader` names the stage asking."""
-  teacher_dir = os.path.join(workdir, "teacher")
-  arch_path = os.path.join(teacher_dir, "arch.json")
+  teacher_dir = layout.teacher_dir(workdir)
+  arch_path = os.path.join(teacher_dir, layout.ARCH)
   if not os.path.exists(arch_path):
-    raise loop.CheckpointNotFoundError(
+    raise CheckpointNotFoundError(
         f"{arch_path} is missing: run --config.stage=teacher with this --workdir first")
   arch = arch_lib.load(arch_path)
   variables, step = read_variables(teacher_dir, arch, "teacher", parallel.replicated(mesh))
-  if not os.path.exists(os.path.join(teacher_dir, "summary.json")):
+  if layout.read_summary(teacher_dir) is None:
     logging.warning("[%s] the teacher in %s has not finished; using its checkpoint at step %d",
                     reader, teacher_dir, step)
   return arch, variables, step
@@ -133,8 +109,8 @@ def train_network(config: ml_collections.ConfigDict, recipe: ml_collections.Conf
   t0 = time.time()
   mesh = parallel.make_mesh(config.num_devices)
   n_dev = mesh.shape[parallel.AXIS]
-  steps_per_epoch = check_batch(f"{recipe_field}.batch_size", recipe.batch_size, n_dev,
-                                len(ds.train_labels))
+  steps_per_epoch = sources.check_batch(f"{recipe_field}.batch_size", recipe.batch_size, n_dev,
+                                        len(ds.train_labels))
   counts = flops.count(arch)
   logging.info("[%s] %s on %s (%s): %d train / %d test images, %dx%dx%d; %.2f M FLOPs, "
                "%.3f M params; %d device(s), parallel=%s", stage, arch.name or "custom", ds.name,
@@ -148,28 +124,31 @@ def train_network(config: ml_collections.ConfigDict, recipe: ml_collections.Conf
   if init_variables is not None:
     params, batch_stats = init_variables(state.params, state.batch_stats)
     state = state.replace(params=params, batch_stats=batch_stats)
-  data = DeviceData(ds, mesh, recipe.eval_batch_size)
-  spec = steps.BatchSpec(recipe.batch_size, steps_per_epoch, ds.mean, ds.std,
-                         config.data.crop_padding, config.data.flip)
-  train_step = steps.make_train_step(model, tx, spec, mesh, config.parallel, loss_fn,
+  data = sources.DeviceDataset(ds, mesh, recipe.eval_batch_size)
+  train_source = sources.InMemorySource(
+      data, np.arange(data.num_train), recipe.batch_size, augmentation(config, ds),
+      epoch_key=permutation_key(config.seed), step_key=lambda step: jax.random.fold_in(aug_key, step))
+  test_source = sources.InMemoryEvalSource(data)
+  train_step = steps.make_train_step(model, mesh, config.parallel, loss_fn,
                                      num_loss_args=len(loss_args))
-  evaluate = steps.make_eval_fn(
-      lambda v, x: model.apply({"params": v[0], "batch_stats": v[1]}, x, train=False),
-      ds.mean, ds.std, mesh, data.num_test, data.eval_batch)
+  eval_step = steps.make_eval_step(
+      lambda v, x: model.apply({"params": v[0], "batch_stats": v[1]}, x, train=False))
 
-  permutation = epoch_permutation_fn(config.seed, data.num_train, mesh)
-  os.makedirs(stage_dir, exist_ok=True)
-  arch.save(os.path.join(stage_dir, "arch.json"))
+  if layout.is_writer():
+    os.makedirs(stage_dir, exist_ok=True)
+    arch.save(os.path.join(stage_dir, layout.ARCH))
   cfg = loop.LoopConfig(stage, recipe.warmup_epochs + recipe.cosine_epochs, steps_per_epoch,
                         recipe.batch_size, config.log_every_steps, config.checkpoint_every_steps,
-                        config.keep_checkpoints, config.max_steps_per_run)
-  state, history, finished = loop.fit(
-      cfg, stage_dir, state, train_step,
-      (data.train_images, data.train_labels, aug_key, *loss_args),
-      lambda epoch: (permutation(epoch),),
-      lambda s, epoch, train: {f"test_{k}": float(v) for k, v in
-                        evaluate((s.params, s.batch_stats), data.test_images, data.test_labels).items()},
-      lambda step: float(schedule(step)))
+                        config.keep_checkpoints, config.max_steps_per_run, config.profile_steps)
+
+  def end_of_epoch(state, epoch, train):
+    test = steps.evaluate(eval_step, (state.params, state.batch_stats), test_source.batches(),
+                          test_source.num_examples)
+    return {f"test_{k}": v for k, v in test.items()}
+
+  state, history, finished = loop.fit(cfg, stage_dir, state, train_step, train_source, loss_args,
+                                      lambda epoch: (), end_of_epoch,
+                                      lambda step: float(schedule(step)))
   if not finished:
     return {"stage": stage, "finished": False, "step": int(jax.device_get(state.step))}
   last = history[-1]
@@ -183,10 +162,11 @@ def train_network(config: ml_collections.ConfigDict, recipe: ml_collections.Conf
       "best_test_accuracy": max(h["test_accuracy"] for h in history),
       "train_accuracy": last["train_accuracy"], "train_loss": last["train_loss"],
       "devices": n_dev, "parallel": config.parallel, "wall_time_s": round(time.time() - t0, 1),
-      "compilations": {"train_step": train_step._cache_size(), "evaluate": evaluate._cache_size()},
+      "compilations": {"train_step": train_step._cache_size(), "eval_step": eval_step._cache_size(),
+                       **train_source.compilations()},
       "history": history,
   }
-  path = loop.write_summary(stage_dir, summary)
+  path = layout.write_summary(stage_dir, summary)
   logging.info("[%s] finished: test accuracy %.2f%% (best %.2f%%); summary in %s", stage,
                100 * summary["test_accuracy"], 100 * summary["best_test_accuracy"], path)
   return summary

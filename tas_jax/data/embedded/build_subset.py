@@ -1,11 +1,10 @@
 """Rebuilds fashion_mnist_subset.npz from the full Fashion-MNIST IDX files.
 
-    python -m tas_jax.data.embedded.build_subset [IDX_DIR]   # default: Debian's folder
+    python -m tas_jax.data.embedded.build_subset [--idx_dir=DIR]   # default: Debian's folder
 """
 
-import sys
-
 import numpy as np
+from absl import app, flags
 
 from tas_jax.data import datasets
 
@@ -24,5 +23,15 @@ def build(idx_dir: str, out_path: str, train_per_class: int = 500, test_per_clas
                       train_source_index=a.astype(np.uint16), test_source_index=b.astype(np.uint16))
 
 
+_IDX_DIR = flags.DEFINE_string("idx_dir", datasets.DEBIAN_FASHION_MNIST,
+                               "folder of the full Fashion-MNIST IDX files")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  build(_IDX_DIR.value, datasets.EMBEDDED_PATH)
+
+
 if __name__ == "__main__":
-  build(sys.argv[1] if len(sys.argv) > 1 else datasets.DEBIAN_FASHION_MNIST, datasets.EMBEDDED_PATH)
+  app.run(main)

@@ -24,9 +24,12 @@ import ml_collections
 import numpy as np
 from absl import logging
 
+from tas_jax import workdir as layout
+from tas_jax.errors import CheckpointNotFoundError
+from tas_jax.methods.tas import space as space_lib
 from tas_jax.models import arch as arch_lib
+from tas_jax.models.candidates import NUM_WIDTH_CANDIDATES
 from tas_jax.ops import flops
-from tas_jax.search import space as space_lib
 from tas_jax.training import loop
 
 matplotlib.use("Agg")  # files only; no display on TPU VMs and CI
@@ -35,16 +38,16 @@ import matplotlib.pyplot as plt
 
 def read_search(workdir: str) -> tuple[space_lib.SearchSpace, dict, list[dict], int]:
   """(search space, architecture logits, per-epoch history, step) of the latest search checkpoint."""
-  search_dir = os.path.join(workdir, "search")
-  base_path = os.path.join(search_dir, "base_arch.json")
+  search_dir = layout.search_dir(workdir)
+  base_path = os.path.join(search_dir, layout.BASE_ARCH)
   if not os.path.exists(base_path):
-    raise loop.CheckpointNotFoundError(
+    raise CheckpointNotFoundError(
         f"no search in {search_dir} ({base_path} is missing): run --config.stage=search with this "
         "--workdir first")
   space = space_lib.build(arch_lib.load(base_path))
-  sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   abstract = {"arch": {
-      "alpha": jax.ShapeDtypeStruct((space.num_slots, space_lib.NUM_WIDTH_CANDIDATES), jnp.float32,
+      "alpha": jax.ShapeDtypeStruct((space.num_slots, NUM_WIDTH_CANDIDATES), jnp.float32,
                                     sharding=sharding),
       "beta": jax.ShapeDtypeStruct((len(space.depths), space.max_depth_candidates), jnp.float32,
                                    sharding=sharding)}}
@@ -131,7 +134,7 @@ def _markdown(summary: dict, rows: list[dict]) -> str:
 def extract(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Writes WORKDIR/extract/ from the latest search checkpoint; returns the summary."""
   s = config.search
-  out_dir = os.path.join(workdir, "extract")
+  out_dir = layout.extract_dir(workdir)
   space, logits, history, step = read_search(workdir)
   w_idx, d_idx = (np.asarray(v) for v in jax.device_get(space.argmax(logits, s.variant)))
   base = space.base
@@ -152,16 +155,17 @@ def extract(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 "depths": list(final.depths)},
       "layers": rows,
   }
-  os.makedirs(out_dir, exist_ok=True)
-  final.save(os.path.join(out_dir, "arch.json"))
-  with open(os.path.join(out_dir, "report.md"), "w") as f:
-    f.write(_markdown(summary, rows))
-  plot_widths(rows, os.path.join(out_dir, "widths.png"),
-              f"{final.name}: {after.flops_m:.2f} M FLOPs ({100 * summary['flops_ratio']:.1f}% of "
-              f"{before.flops_m:.2f} M), blocks {list(final.depths)} of {list(base.depths)}")
-  if history:
-    plot_history(space, history, os.path.join(out_dir, "widths_over_epochs.png"))
-  loop.write_summary(out_dir, summary)
+  if layout.is_writer():
+    os.makedirs(out_dir, exist_ok=True)
+    final.save(os.path.join(out_dir, layout.ARCH))
+    with open(os.path.join(out_dir, "report.md"), "w") as f:
+      f.write(_markdown(summary, rows))
+    plot_widths(rows, os.path.join(out_dir, "widths.png"),
+                f"{final.name}: {after.flops_m:.2f} M FLOPs ({100 * summary['flops_ratio']:.1f}% of "
+                f"{before.flops_m:.2f} M), blocks {list(final.depths)} of {list(base.depths)}")
+    if history:
+      plot_history(space, history, os.path.join(out_dir, "widths_over_epochs.png"))
+  layout.write_summary(out_dir, summary)
   logging.info("[extract] %s: %.2f M FLOPs = %.1f%% of %.2f M (target %.0f%%), %.4f M params "
                "(%.4f M), blocks per stage %s of %s; wrote arch.json, report.md and plots to %s",
                final.name, after.flops_m, 100 * summary["flops_ratio"], before.flops_m,

@@ -1,7 +1,7 @@
-"""A PyTorch reference for `python -m tas_jax.bench`: the same CIFAR ResNet's training step.
+"""A PyTorch reference for `python -m benchmarks.bench`: the same CIFAR ResNet's training step.
 
 Used only when PyTorch is installed (`pip install torch`); nothing else in tas_jax imports it.
-The network mirrors `tas_jax.models.resnet.CifarResNet` at full width (3x3 stem, basic or
+The network mirrors `tas_jax.models.resnet.ResNet` (CIFAR family) at full width (3x3 stem, basic or
 bottleneck blocks, shortcut = 2x2 average pool + 1x1 conv without BN on stride-2 blocks, a 1x1
 conv + BN where widths change at stride 1), so the two steps do the same arithmetic: forward in
 train mode, cross-entropy, backward, SGD with Nesterov momentum and weight decay. The batch is a
@@ -15,7 +15,7 @@ import os
 import torch
 from torch import nn
 
-from tas_jax.models import arch as arch_lib
+from tas_jax.models import arch as arch_lib, topology
 
 
 class _Block(nn.Module):
@@ -48,9 +48,9 @@ class CifarResNet(nn.Module):
     self.stem = nn.Sequential(nn.Conv2d(a.input_channels, a.stem_width, 3, 1, 1, bias=False),
                               nn.BatchNorm2d(a.stem_width), nn.ReLU(inplace=True))
     self.blocks = nn.Sequential(*[
-        _Block(cin, widths, stride, a.shortcut_kind(cin, widths[-1], stride))
-        for _, _, cin, widths, stride in a.blocks()])
-    self.classifier = nn.Linear(a.output_width, a.num_classes)
+        _Block(b.in_width, [c.out_width for c in b.convs], b.stride, b.shortcut)
+        for b in topology.of(a).blocks])
+    self.classifier = nn.Linear(topology.of(a).output_width, a.num_classes)
 
   def forward(self, x):
     x = self.blocks(self.stem(x))

@@ -14,31 +14,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from tas_jax.models import topology
 from tas_jax.models.arch import Architecture
-from tas_jax.ops.flops import conv_out_size
-
-NUM_WIDTH_CANDIDATES = 8
-WIDTH_RATIOS_TENTHS = tuple(range(3, 11))  # r = 0.3, 0.4, …, 1.0
-
-
-def width_candidates(full: int) -> tuple[int, ...]:
-  """floor(C·r) for r ∈ {0.3, …, 1.0}, deduplicated and sorted (zeros dropped)."""
-  return tuple(sorted({full * t // 10 for t in WIDTH_RATIOS_TENTHS} - {0}))
-
-
-def depth_candidates(arch: Architecture) -> tuple[tuple[int, ...], ...]:
-  """Per stage, the numbers of kept blocks the search chooses between."""
-  blocks = arch.depths
-  if arch.dataset_kind == "imagenet":
-    m = min(blocks)
-    return tuple(tuple(sorted({d * j // m for j in range(1, m + 1)})) for d in blocks)
-  out = []
-  for n in blocks:
-    if n <= 3:
-      out.append(tuple(range(1, n + 1)))
-    else:
-      out.append(tuple(sorted(set(range(1, n + 1, 2)) | ({n} if n % 2 == 0 else set()))))
-  return tuple(out)
+from tas_jax.models.candidates import NUM_WIDTH_CANDIDATES, depth_candidates, width_candidates
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,44 +111,19 @@ class SearchSpace:
         [self.depths[s][int(j)] for s, j in enumerate(depth_idx)], name)
 
   def architecture_of_widths(self, widths, depths, name: str = "") -> Architecture:
-    """The network with `widths[i]` channels in slot i and `depths[s]` blocks in stage s (any
-    widths, not only the candidates: the uniform baseline scales them freely)."""
-    stages = [[] for _ in self.depths]
-    for b in self.blocks:
-      if b.index < depths[b.stage]:
-        stages[b.stage].append(tuple(widths[i] for i in b.slots))
-    base = self.base
-    projection_bn = not (base.dataset_kind == "cifar" and base.block_kind == "bottleneck")
-    return Architecture(family=base.family, num_classes=base.num_classes,
-                        input_size=base.input_size, input_channels=base.input_channels,
-                        stem_width=widths[0], stages=tuple(tuple(s) for s in stages),
-                        projection_bn=projection_bn, name=name)
+    """The network with `widths[i]` channels in slot i and `depths[s]` blocks in stage s."""
+    return topology.pruned(self.base, widths, depths, name)
 
 
 def build(base: Architecture) -> SearchSpace:
-  """The search space of an unpruned architecture."""
-  slots: list[Slot] = []
-
-  def add(name, kernel, stride, size, full):
-    cands = width_candidates(full)
-    slots.append(Slot(name, kernel, stride, conv_out_size(size, kernel, stride), full,
+  """The search space of an unpruned architecture: a slot per main conv of its topology."""
+  topo = topology.of(base)
+  index = {c.name: i for i, c in enumerate(topo.main_convs())}
+  slots = []
+  for c in topo.main_convs():
+    cands = width_candidates(c.out_width)
+    slots.append(Slot(c.name, c.kernel, c.stride, c.out_size, c.out_width,
                       cands + (cands[-1],) * (NUM_WIDTH_CANDIDATES - len(cands)), len(cands)))
-    return len(slots) - 1, slots[-1].out_size
-
-  if base.dataset_kind == "cifar":
-    _, size = add("stem", 3, 1, base.input_size, base.stem_width)
-  else:
-    _, size = add("stem", 7, 2, base.input_size, base.stem_width)
-    size = conv_out_size(size, 3, 2)
-  blocks = []
-  for s, b, cin, widths, stride in base.blocks():
-    in_size = size
-    kernels, strides = ((3, 3), (stride, 1)) if len(widths) == 2 else ((1, 3, 1), (1, stride, 1))
-    idx = []
-    for i, (w, k, st) in enumerate(zip(widths, kernels, strides)):
-      j, size = add(f"stage{s + 1}.block{b + 1}.conv_{'abc'[i]}", k, st, size, w)
-      idx.append(j)
-    blocks.append(BlockInfo(s, b, stride, in_size, tuple(idx),
-                            base.shortcut_kind(cin, widths[-1], stride)))
-  return SearchSpace(base, tuple(slots), tuple(blocks), depth_candidates(base))
-
+  blocks = tuple(BlockInfo(b.stage, b.index, b.stride, b.in_size,
+                           tuple(index[c.name] for c in b.convs), b.shortcut) for b in topo.blocks)
+  return SearchSpace(base, tuple(slots), blocks, depth_candidates(base))

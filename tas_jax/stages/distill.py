@@ -22,11 +22,12 @@ import ml_collections
 import optax
 from absl import logging
 
-from tas_jax import config as config_lib
+from tas_jax import config as config_lib, parallel, workdir as layout
+from tas_jax.errors import CheckpointNotFoundError
 from tas_jax.models import arch as arch_lib, resnet
 from tas_jax.ops import flops
-from tas_jax.search import baselines, space as space_lib
-from tas_jax.training import loop, parallel, steps, supervised
+from tas_jax.stages import baselines
+from tas_jax.training import steps, supervised
 
 
 def kd_loss(student_logits, teacher_logits, labels, alpha: float, temperature: float):
@@ -39,7 +40,7 @@ def kd_loss(student_logits, teacher_logits, labels, alpha: float, temperature: f
 
 def _require(path: str, stage: str) -> str:
   if not os.path.exists(path):
-    raise loop.CheckpointNotFoundError(
+    raise CheckpointNotFoundError(
         f"{path} is missing: run --config.stage={stage} with this --workdir first")
   return path
 
@@ -48,17 +49,16 @@ def student_architecture(d: ml_collections.ConfigDict, workdir: str) -> tuple[ar
   """The network to train, and how it was chosen (for the summary)."""
   if d.student not in config_lib.STUDENTS:
     return arch_lib.resolve(d.student), {"student": d.student}
-  searched = arch_lib.load(_require(os.path.join(workdir, "extract", "arch.json"), "extract"))
+  searched = arch_lib.load(_require(os.path.join(layout.extract_dir(workdir), layout.ARCH), "extract"))
   if d.student == "tas":
     return searched, {"student": "tas"}
-  base = arch_lib.load(_require(os.path.join(workdir, "search", "base_arch.json"), "search"))
-  space = space_lib.build(base)
+  base = arch_lib.load(_require(os.path.join(layout.search_dir(workdir), layout.BASE_ARCH), "search"))
   target = flops.count(searched).flops
   stem = (base.name or "custom")
   if d.student == "uniform":
-    a = baselines.uniform(space, target, name=f"{stem}_uniform")
+    a = baselines.uniform(base, target, name=f"{stem}_uniform")
   else:
-    a = baselines.random(space, target, d.flops_tolerance, d.baseline_seed,
+    a = baselines.random(base, target, d.flops_tolerance, d.baseline_seed,
                          name=f"{stem}_random{d.baseline_seed}")
   return a, {"student": d.student, "target_flops_m": round(target / 1e6, 4)}
 
@@ -99,12 +99,12 @@ def distill(config: ml_collections.ConfigDict, workdir: str) -> dict:
       return params, batch_stats
 
   reference = teacher_arch or arch_lib.load(_require(
-      os.path.join(workdir, "search", "base_arch.json"), "search"))
+      os.path.join(layout.search_dir(workdir), layout.BASE_ARCH), "search"))
   extra = {"run": run, **chosen, "kd": d.kd, "kd_alpha": d.kd_alpha,
            "kd_temperature": d.kd_temperature, "init": d.init, "teacher_step": teacher_step,
            "reference_flops_m": round(flops.count(reference).flops_m, 4),
            "flops_ratio": flops.count(student).flops / flops.count(reference).flops,
            "architecture_spec": student.to_dict()}
   return supervised.train_network(config, d, "distill", f"distill/{run}",
-                                  os.path.join(workdir, "distill", run), ds, student,
+                                  layout.distill_dir(workdir, run), ds, student,
                                   loss_fn, loss_args, init_variables, extra)

@@ -33,9 +33,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from tas_jax.methods.tas import cwi, gumbel
+from tas_jax.methods.tas.space import SearchSpace
+from tas_jax.models import topology
+from tas_jax.models.candidates import NUM_WIDTH_CANDIDATES
 from tas_jax.models.resnet import conv_init, linear_init
-from tas_jax.ops import cwi, gumbel
-from tas_jax.search.space import NUM_WIDTH_CANDIDATES, SearchSpace
 
 VARIANTS = ("tas", "width", "depth")
 BN_MOMENTUM = 0.9
@@ -138,7 +140,6 @@ class SuperNet(nn.Module):
     """train: BN with batch statistics; argmax: the most likely architecture instead of a sample
     (always so when not training)."""
     space, base = self.space, self.space.base
-    imagenet = base.dataset_kind == "imagenet"
     mix = self.variant != "depth"
     sample = train and not argmax
     idx, widths, weights, q = sample_choices(space, logits, key, tau, sample, self.variant)
@@ -152,7 +153,7 @@ class SuperNet(nn.Module):
     stem = space.slots[0]
     h = nn.relu(conv(stem.full, stem.kernel, stem.stride, name="stem")(x, choice(0), train))
     channels = c_star(0)  # true channel count of h; channels beyond it are zero
-    if imagenet:
+    if topology.of(base).stem_pool:
       h = nn.max_pool(h, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
     dtab = space.depth_table()
     for s in range(len(space.depths)):

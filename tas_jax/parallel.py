@@ -93,26 +93,22 @@ def xla_defaults() -> Iterator[None]:
     _xla_defaults = False
 
 
-def compile_step(per_shard: Callable, mesh: Mesh, mode: str, num_args: int,
-                 donate: Sequence[int] = (0,)) -> Callable:
-  """Compiles `per_shard(shard_index, shard_count, *args)` as a data-parallel step.
+def compile_step(step: Callable, mesh: Mesh, mode: str, num_args: int,
+                 batch_args: Sequence[int] = (1,), donate: Sequence[int] = (0,)) -> Callable:
+  """Compiles `step(*args)` as a data-parallel step.
 
-  Every argument and output is replicated; `per_shard` picks its own slice of the global batch
-  from `shard_index` (see `tas_jax.training.steps`). Under `jit` it runs once, as shard 0 of 1, on
-  the global batch; under `pmap` it runs on every device as shard i of n.
+  The arguments in `batch_args` are batch dicts of global arrays sharded along 'data'; every
+  other argument and every output is replicated. Under `jit` the step runs once on the global
+  batch; under `pmap` it runs on every device with that device's slice of the batch, and does its
+  own averaging over `AXIS` (`lax.pmean`).
   """
   if mode == "jit":
-    fn = lambda *args: per_shard(0, 1, *args)
+    fn = step
   elif mode == "pmap":
-    n = mesh.shape[AXIS]
-
-    def per_device(*args):
-      return per_shard(jax.lax.axis_index(AXIS), n, *args)
-
+    in_specs = tuple(P(AXIS) if i in batch_args else P() for i in range(num_args))
     # check_vma=False gives pmap's semantics: gradients of replicated inputs are per-device and
     # the step averages them itself with lax.pmean.
-    fn = jax.shard_map(per_device, mesh=mesh, in_specs=(P(),) * num_args, out_specs=P(),
-                       check_vma=False)
+    fn = jax.shard_map(step, mesh=mesh, in_specs=in_specs, out_specs=P(), check_vma=False)
   else:
     raise ValueError(f"parallel={mode!r}; allowed: jit, pmap")
   return jax.jit(fn, donate_argnums=tuple(donate), compiler_options=compiler_options())

@@ -7,11 +7,9 @@ TensorBoard events, `arch.json` and `summary.json`. The training itself is
 
 from __future__ import annotations
 
-import os
-
 import ml_collections
 
-from tas_jax import config as config_lib
+from tas_jax import config as config_lib, workdir as layout
 from tas_jax.training import supervised
 
 
@@ -21,4 +19,4 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   ds = supervised.load_data(config)
   arch = config_lib.architecture(config, ds.num_classes, ds.image_size, ds.channels)
   return supervised.train_network(config, config.teacher, "teacher", "teacher",
-                                  os.path.join(workdir, "teacher"), ds, arch)
+                                  layout.teacher_dir(workdir), ds, arch)

@@ -1,18 +1,13 @@
-"""Stages `all` and `results`: the whole method in one workdir, and the table that sums it up.
+"""Stage `results`: the table that sums up a workdir.
 
-`all` runs teacher → search → extract → every distill run of `config.pipeline.runs`; a stage whose
-`summary.json` says it finished is skipped, an interrupted one resumes from its checkpoint, so the
-same command continues a pipeline that was stopped anywhere.
-
-`results` (also the last step of `all`) reads the teacher and every finished distill run of the
-workdir, measures the inference throughput of each network, physically built at its own widths,
-on one batch of test images in one process (interleaved, median of repeats), and writes
-`WORKDIR/results.md` and `results.json`.
+Reads the teacher and every finished distill run of the workdir, measures the inference
+throughput of each network, physically built at its own widths, on one batch of test images in one
+process (interleaved, median of repeats), and writes `WORKDIR/results.md` and `results.json`
+(process 0).
 """
 
 from __future__ import annotations
 
-import copy
 import glob
 import json
 import os
@@ -24,25 +19,17 @@ import jax.numpy as jnp
 import ml_collections
 from absl import logging
 
-from tas_jax import config as config_lib
+from tas_jax import parallel, workdir as layout
 from tas_jax.data import augment
+from tas_jax.errors import CheckpointNotFoundError
 from tas_jax.models import arch as arch_lib, resnet
-from tas_jax.training import distill, extract, loop, parallel, search, supervised, teacher
-
-
-def _summary(stage_dir: str):
-  path = os.path.join(stage_dir, "summary.json")
-  if not os.path.exists(path):
-    return None
-  with open(path) as f:
-    summary = json.load(f)
-  return summary if summary.get("finished") else None
+from tas_jax.training import supervised
 
 
 def read_variables(stage_dir: str, arch: arch_lib.Architecture, stage: str) -> dict:
   """A trained network's weights on the first device, for the throughput measurement."""
   return supervised.read_variables(stage_dir, arch, stage,
-                                   jax.sharding.SingleDeviceSharding(jax.devices()[0]))[0]
+                                   jax.sharding.SingleDeviceSharding(jax.local_devices()[0]))[0]
 
 
 def measure_throughput(networks: dict, images, mean, std, repeats: int) -> dict:
@@ -80,14 +67,14 @@ def _label(summary: dict) -> str:
 
 def results(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Builds WORKDIR/results.{md,json} from the finished stages; prints and returns the table."""
-  teacher_summary = _summary(os.path.join(workdir, "teacher"))
+  teacher_summary = layout.read_summary(layout.teacher_dir(workdir))
   if teacher_summary is None:
-    raise loop.CheckpointNotFoundError(
+    raise CheckpointNotFoundError(
         f"no finished teacher in {workdir}/teacher: run --config.stage=teacher (or all) first")
-  teacher_arch = arch_lib.load(os.path.join(workdir, "teacher", "arch.json"))
+  teacher_arch = arch_lib.load(os.path.join(layout.teacher_dir(workdir), layout.ARCH))
   runs = []
-  for path in sorted(glob.glob(os.path.join(workdir, "distill", "*", "summary.json"))):
-    s = _summary(os.path.dirname(path))
+  for path in sorted(glob.glob(os.path.join(layout.distill_dir(workdir), "*", layout.SUMMARY))):
+    s = layout.read_summary(os.path.dirname(path))
     if s is not None:
       runs.append(s)
   order = [r.strip() for r in config.pipeline.runs.split(",")]
@@ -95,11 +82,12 @@ def results(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   ds = supervised.load_data(config)
   batch = ds.test_images[:config.pipeline.throughput_batch]
-  networks = {"teacher": (teacher_arch, read_variables(os.path.join(workdir, "teacher"),
+  networks = {"teacher": (teacher_arch, read_variables(layout.teacher_dir(workdir),
                                                        teacher_arch, "teacher"))}
   for s in runs:
-    a = arch_lib.load(os.path.join(workdir, "distill", s["run"], "arch.json"))
-    networks[s["run"]] = (a, read_variables(os.path.join(workdir, "distill", s["run"]), a, "distill"))
+    run_dir = layout.distill_dir(workdir, s["run"])
+    a = arch_lib.load(os.path.join(run_dir, layout.ARCH))
+    networks[s["run"]] = (a, read_variables(run_dir, a, "distill"))
   logging.info("[results] measuring inference throughput of %d networks on one batch of %d test "
                "images (%d repeats)", len(networks), len(batch), config.pipeline.throughput_repeats)
   speed = measure_throughput(networks, batch, ds.mean, ds.std, config.pipeline.throughput_repeats)
@@ -115,17 +103,19 @@ def results(config: ml_collections.ConfigDict, workdir: str) -> dict:
                  "params_m": s["params_m"], "flops_pruned": 1 - s["flops_m"] / t_flops,
                  "epochs": s["epochs"], **speed[s["run"]],
                  "speedup": speed[s["run"]]["images_per_s"] / speed["teacher"]["images_per_s"]})
-  device = jax.devices()[0]
+  device = jax.local_devices()[0]
   table = {"dataset": teacher_summary["dataset"], "device": f"{device.platform} ({device.device_kind})",
            "throughput_batch": len(batch), "throughput_repeats": config.pipeline.throughput_repeats,
            "rows": rows}
-  with open(os.path.join(workdir, "results.json"), "w") as f:
-    json.dump(table, f, indent=2)
   text = markdown(table)
-  with open(os.path.join(workdir, "results.md"), "w") as f:
-    f.write(text)
-  print(text, flush=True)
-  logging.info("[results] written to %s/results.md and results.json", workdir)
+  if layout.is_writer():
+    md_path, json_path = layout.results_paths(workdir)
+    with open(json_path, "w") as f:
+      json.dump(table, f, indent=2)
+    with open(md_path, "w") as f:
+      f.write(text)
+    print(text, flush=True)
+    logging.info("[results] written to %s and %s", md_path, json_path)
   return table
 
 
@@ -140,27 +130,3 @@ def markdown(table: dict) -> str:
                  f"{r['flops_m']:.2f} | {r['params_m']:.4f} | {100 * r['flops_pruned']:.1f}% | "
                  f"{r['epochs']} | {r['images_per_s']:.0f} | {r['speedup']:.2f}× |")
   return "\n".join(lines) + "\n"
-
-
-def run_all(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """teacher → search → extract → distill runs → results, skipping what is finished."""
-  runs = [r.strip() for r in config.pipeline.runs.split(",")]
-  plan = [("teacher", lambda: teacher.train_and_evaluate(config, workdir)),
-          ("search", lambda: search.search(config, workdir)),
-          ("extract", lambda: extract.extract(config, workdir))]
-  for run in runs:
-    c = copy.deepcopy(config)
-    for field, value in config_lib.parse_run(run).items():
-      c.distill[field] = value
-    plan.append((f"distill/{run}", lambda c=c: distill.distill(c, workdir)))
-  for i, (stage, fn) in enumerate(plan, 1):
-    if _summary(os.path.join(workdir, stage)) is not None:
-      logging.info("[all] %d/%d %s: finished before, skipped", i, len(plan), stage)
-      continue
-    logging.info("[all] %d/%d %s", i, len(plan), stage)
-    summary = fn()
-    if not summary.get("finished"):
-      logging.info("[all] %s stopped before the end (max_steps_per_run); run the same command "
-                   "again to continue", stage)
-      return {"stage": "all", "finished": False, "stopped_in": stage}
-  return {"stage": "all", "finished": True, **results(config, workdir)}

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 
 def cwi_matrix(c_in, c_out, size: int) -> jax.Array:
@@ -34,16 +33,6 @@ def cwi(x: jax.Array, c_out: int) -> jax.Array:
   size = max(c_in, c_out)
   p = cwi_matrix(c_in, c_out, size)[:c_out, :c_in]
   return x @ p.T.astype(x.dtype)
-
-
-def cwi_numpy(x: np.ndarray, c_out: int) -> np.ndarray:
-  """Reference CWI written as the definition's loop (tests)."""
-  c_in = x.shape[-1]
-  out = np.zeros(x.shape[:-1] + (c_out,), np.float64)
-  for j in range(c_out):
-    lo, hi = (j * c_in) // c_out, -(-((j + 1) * c_in) // c_out)
-    out[..., j] = x[..., lo:hi].mean(-1)
-  return out
 
 
 def mix_matrix(widths_ab, weights_ab, scale_ab, size: int) -> jax.Array:

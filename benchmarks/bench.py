@@ -1,20 +1,20 @@
-"""`python -m tas_jax.bench`: what one TAS search iteration costs, measured in one run.
+"""`python -m benchmarks.bench`: what one TAS search iteration costs, measured in one run.
 
-    python -m tas_jax.bench --network resnet20 --batch 256 --json
-    python -m tas_jax.bench --network resnet56 --scaling 1,2,4,8      # forced CPU devices
-    python -m tas_jax.bench --profile /tmp/trace                       # jax.profiler trace too
+    python -m benchmarks.bench --network=resnet20 --batch=256 --json
+    python -m benchmarks.bench --network=resnet56 --scaling=1,2,4,8    # forced CPU devices
+    python -m benchmarks.bench --profile=/tmp/trace                     # jax.profiler trace too
 
 On CIFAR-shaped uint8 data resident on the device (synthetic: timing does not depend on pixel
 values) it compiles and times, in this order and in one process:
 
-- the plain training step of the unpruned network (the teacher's step: gather, augment, forward,
-  backward, SGD), and one TAS search iteration (weight step on half A + architecture step on half
+- the plain training step of the unpruned network (the teacher's step: the in-memory source's
+  gather + augment call, then forward, backward, SGD), and one TAS search iteration (weight step on half A + architecture step on half
   B, compiled as one function); the key `search_over_two_plain_ratio` is the search iteration
   against two plain steps;
 - compile time (ahead-of-time lower + compile), images/s, the compiled program's memory
   (`memory_analysis`; the CPU runtime keeps no peak counter, accelerators report `peak_bytes_in_use`);
 - compilations across an epoch boundary: the calls after new permutations and a new τ must reuse
-  the compiled step (jit cache size stays 1);
+  the compiled steps and gathers (jit cache sizes stay 1);
 - host-device transfers inside the step loop: the timed loop runs under
   `jax.transfer_guard("disallow")`, so any implicit copy would raise; 0 is a checked figure;
 - the plain step once more compiled with XLA's default options instead of tas_jax's CPU ones
@@ -28,7 +28,6 @@ Warm-up calls are excluded; figures are medians over `--repeats` of `--steps` ca
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
@@ -41,11 +40,14 @@ from typing import Callable, Optional
 import jax
 import numpy as np
 
+from absl import app, flags
+
+from tas_jax import parallel
 from tas_jax.config import base_config
-from tas_jax.data import datasets
-from tas_jax.models import arch as arch_lib, resnet, supernet
-from tas_jax.search import space as space_lib
-from tas_jax.training import parallel, search, steps, supervised
+from tas_jax.data import datasets, sources
+from tas_jax.methods.tas import search, space as space_lib, supernet
+from tas_jax.models import arch as arch_lib, resnet
+from tas_jax.training import steps, supervised
 
 
 def cifar_network(name: str) -> arch_lib.Architecture:
@@ -102,13 +104,14 @@ def _compile_stats(jitted, *args) -> tuple[float, dict]:
 
 
 class _Stepper:
-  """Holds the evolving state so that timed calls look like the training loop's."""
+  """Holds the evolving state and the batch iterator so that timed calls look like the training
+  loop's: next batch from the source, then the step."""
 
-  def __init__(self, fn, state, *args):
-    self.fn, self.state, self.args = fn, state, args
+  def __init__(self, fn, state, batches, *args):
+    self.fn, self.state, self.batches, self.args = fn, state, batches, args
 
   def __call__(self):
-    self.state, metrics = self.fn(self.state, *self.args)
+    self.state, metrics = self.fn(self.state, next(self.batches), *self.args)
     return self.state.step
 
 
@@ -120,8 +123,9 @@ def bench_jax(network: str, batch: int, num_devices: int, repeats: int, steps_pe
   a = cifar_network(network)
   mesh = parallel.make_mesh(num_devices)
   n_dev = mesh.shape[parallel.AXIS]
-  ds = synthetic_cifar(8 * batch)   # halves of about 4 batches: two search iterations fit
-  data = supervised.DeviceData(ds, mesh, 256)
+  ds = synthetic_cifar(8 * batch)   # 8 steps per epoch, halves of 4: the timed calls cross epochs
+  data = sources.DeviceDataset(ds, mesh, 256)
+  augmentation = sources.Augmentation(ds.mean, ds.std)
   c = base_config()
   key = parallel.put_replicated(jax.random.key(1), mesh)
   out: dict = {"network": network, "batch": batch, "devices": n_dev,
@@ -129,18 +133,20 @@ def bench_jax(network: str, batch: int, num_devices: int, repeats: int, steps_pe
 
   # --- plain training step of the unpruned network ---
   model = resnet.build(a)
-  tx, _ = supervised.sgd_with_warmup_cosine(c.teacher, 4)
-  perms = [supervised.epoch_permutation_fn(0, len(ds.train_labels), mesh)(e) for e in (0, 1)]
+  tx, _ = supervised.sgd_with_warmup_cosine(c.teacher, 8)
+  source = sources.InMemorySource(data, np.arange(len(ds.train_labels)), batch, augmentation,
+                                  supervised.permutation_key(0),
+                                  lambda step: jax.random.fold_in(jax.random.key(1), step))
 
   def plain_step_and_stepper(compile_stats: bool):
     """The plain step as compiled under the current options, and a warmed-up stepper of it."""
     state = steps.create_state(model, tx, resnet.dummy_input(a), jax.random.key(0), mesh)
-    step = steps.make_train_step(model, tx, steps.BatchSpec(batch, 4, ds.mean, ds.std), mesh, "jit")
-    args = (data.train_images, data.train_labels, key, perms[0])
+    step = steps.make_train_step(model, mesh, "jit")
+    batches = source.iterate(0)
     if compile_stats:
-      seconds, out["plain_memory"] = _compile_stats(step, state, *args)
+      seconds, out["plain_memory"] = _compile_stats(step, state, next(batches))
       out["plain_compile_s"] = round(seconds, 2)
-    stepper = _Stepper(step, state, *args)
+    stepper = _Stepper(step, state, batches)
     jax.block_until_ready(stepper())   # compiles the jitted step itself, warms up
     jax.block_until_ready(stepper())   # the second warm-up call finishes before timing starts
     return step, stepper
@@ -151,15 +157,15 @@ def bench_jax(network: str, batch: int, num_devices: int, repeats: int, steps_pe
     timed = _median_times({"jax": stepper, **({"reference": reference} if reference else {})},
                           repeats, steps_per_repeat)
     t_plain, raw_plain = timed["jax"]
-    stepper.args = stepper.args[:-1] + (perms[1],)   # the next epoch: a new permutation
-    jax.block_until_ready(stepper())
+    for _ in range(source.steps_per_epoch):   # on into the next epoch: a new permutation
+      jax.block_until_ready(stepper())
   if reference:
     t_ref, raw_ref = timed["reference"]
     out["reference"] = {"step_s": round(t_ref, 4), "repeats_s": [round(x, 4) for x in raw_ref],
                         "images_per_s": round(batch / t_ref, 1)}
   out.update(plain_step_s=round(t_plain, 4), plain_repeats_s=[round(x, 4) for x in raw_plain],
              plain_images_per_s=round(batch / t_plain, 1),
-             plain_compilations=plain._cache_size(),
+             plain_compilations=max(plain._cache_size(), *source.compilations().values()),
              compiler_options=parallel.compiler_options())
   if with_xla_defaults and out["compiler_options"]:
     # the same step compiled with XLA's own options: what tas_jax's CPU options are worth
@@ -174,29 +180,36 @@ def bench_jax(network: str, batch: int, num_devices: int, repeats: int, steps_pe
   # --- TAS search iteration ---
   space = space_lib.build(a)
   net = supernet.SuperNet(space)
-  wtx, _, atx = search.optimizers(c.search, 2)
+  c.search.epochs = 2
+  wtx, _, atx = search.optimizers(c.search, 4)
   sstate = search.create_state(net, space, wtx, atx, np.zeros((2, 32, 32, 3), np.float32),
                                jax.random.key(0), mesh)
-  iteration = search.make_search_step(net, space, wtx, atx, steps.BatchSpec(batch, 2, ds.mean, ds.std),
-                                      c.search, mesh, "jit")
-  half_a, half_b = (parallel.put_replicated(h.astype(np.int32), mesh)
-                    for h in datasets.split_per_class(ds.train_labels, 0))
-  taus = [parallel.put_replicated(np.float32(search.tau_at(e, c.search)), mesh) for e in (0, 1)]
-  args = (data.train_images, data.train_labels, key, half_a, half_b, taus[0])
-  search_compile, out["search_memory"] = _compile_stats(iteration, sstate, *args)
-  stepper = _Stepper(iteration, sstate, *args)
+  iteration = search.make_search_step(net, space, c.search, mesh, "jit")
+  half_a, half_b = datasets.split_per_class(ds.train_labels, 0)
+  halves = sources.Zipped(**{
+      name: sources.InMemorySource(data, half, batch, augmentation,
+                                   lambda e, i=i: jax.random.fold_in(jax.random.key(2), 2 * e + i),
+                                   lambda step, i=i: search.step_keys(jax.random.key(1), step)[i],
+                                   steps_per_epoch=min(len(half_a), len(half_b)) // batch)
+      for i, (name, half) in enumerate((("a", half_a), ("b", half_b)))})
+  taus = [parallel.put_replicated(np.float32(search.tau_at(c.search, e)), mesh) for e in (0, 1)]
+  batches = halves.iterate(0)
+  search_compile, out["search_memory"] = _compile_stats(iteration, sstate, next(batches), key, taus[0])
+  stepper = _Stepper(iteration, sstate, batches, key, taus[0])
   jax.block_until_ready(stepper())
   jax.block_until_ready(stepper())   # the second warm-up call finishes before timing starts
   with jax.transfer_guard("disallow"):
     t_search, raw_search = _median_time(stepper, repeats, steps_per_repeat)
-    # the next epoch: new τ, reversed halves as new permutations
-    stepper.args = args[:3] + (half_a[::-1], half_b[::-1], taus[1])
-    jax.block_until_ready(stepper())
+    stepper.args = (key, taus[1])     # the next epoch's τ; the halves cross epochs on their own
+    for _ in range(halves.steps_per_epoch):
+      jax.block_until_ready(stepper())
+  search_compilations = max(iteration._cache_size(), *(
+      n for h in "ab" for n in halves.source(h).compilations().values()))
   out.update(search_iteration_s=round(t_search, 4),
              search_repeats_s=[round(x, 4) for x in raw_search],
              search_images_per_s=round(2 * batch / t_search, 1),   # a batch of A and one of B
              search_compile_s=round(search_compile, 2),
-             search_compilations=iteration._cache_size(),
+             search_compilations=search_compilations,
              search_over_two_plain_ratio=round(t_search / (2 * t_plain), 3),
              host_transfers_in_step_loop=0)   # checked: the loops above ran under transfer_guard
   out["compilations_after_epoch_boundary"] = (out["plain_compilations"] - 1
@@ -257,7 +270,7 @@ def profile_summary(trace_dir: str, calls: int, top: int = 8) -> dict:
 def torch_step(network: str, batch: int):
   """The same CIFAR ResNet's training step in PyTorch, or (None, None) without PyTorch."""
   try:
-    from tas_jax import torch_reference   # imports torch
+    from benchmarks import torch_reference   # imports torch
   except ImportError:
     return None, None
   return torch_reference.make_step(int(network[6:]), batch)
@@ -268,9 +281,9 @@ def scaling(args, counts: list[int]) -> list[dict]:
   rows = []
   for n in counts:
     env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={n}"}
-    cmd = [sys.executable, "-m", "tas_jax.bench", "--network", args.network, "--batch",
-           str(args.batch), "--repeats", str(args.repeats), "--steps", str(args.steps), "--json",
-           "--no-torch", "--no-xla-defaults"]
+    cmd = [sys.executable, "-m", "benchmarks.bench", f"--network={args.network}",
+           f"--batch={args.batch}", f"--repeats={args.repeats}", f"--steps={args.steps}", "--json",
+           "--notorch", "--noxla_defaults"]
     out = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if out.returncode != 0:
       raise RuntimeError(f"{' '.join(cmd)} with {n} devices failed:\n{out.stderr[-2000:]}")
@@ -318,21 +331,23 @@ def table(r: dict) -> str:
   return "\n".join(lines)
 
 
-def main(argv=None) -> int:
-  p = argparse.ArgumentParser(prog="python -m tas_jax.bench", description=__doc__.split("\n")[0])
-  p.add_argument("--network", default="resnet20", help="a named CIFAR network (resnet20, resnet56, …)")
-  p.add_argument("--batch", type=int, default=256)
-  p.add_argument("--devices", type=int, default=-1, help="-1: all visible devices")
-  p.add_argument("--steps", type=int, default=3, help="timed calls per repeat")
-  p.add_argument("--repeats", type=int, default=5)
-  p.add_argument("--json", action="store_true", help="print one JSON line instead of a table")
-  p.add_argument("--no-torch", dest="torch", action="store_false",
-                 help="skip the PyTorch reference row (default: included when torch is installed)")
-  p.add_argument("--no-xla-defaults", dest="xla_defaults", action="store_false",
-                 help="skip timing the plain step compiled with XLA's default options")
-  p.add_argument("--scaling", default="", help="comma-separated forced CPU device counts, e.g. 1,2,4,8")
-  p.add_argument("--profile", default="", help="write a jax.profiler trace of 3 search iterations here")
-  args = p.parse_args(argv)
+FLAGS = flags.FLAGS
+flags.DEFINE_string("network", "resnet20", "a named CIFAR network (resnet20, resnet56, …)")
+flags.DEFINE_integer("batch", 256, "global batch")
+flags.DEFINE_integer("devices", -1, "-1: all visible devices")
+flags.DEFINE_integer("steps", 3, "timed calls per repeat")
+flags.DEFINE_integer("repeats", 5, "repeats; figures are medians over them")
+flags.DEFINE_bool("json", False, "print one JSON line instead of a table")
+flags.DEFINE_bool("torch", True, "time the PyTorch reference row when torch is installed "
+                  "(--notorch skips it)")
+flags.DEFINE_bool("xla_defaults", True, "also time the plain step compiled with XLA's default "
+                  "options (--noxla_defaults skips it)")
+flags.DEFINE_string("scaling", "", "comma-separated forced CPU device counts, e.g. 1,2,4,8")
+flags.DEFINE_string("profile", "", "write a jax.profiler trace of 3 calls of each step here")
+
+
+def run(args) -> int:
+  """The benchmark for parsed flags (`FLAGS` or any object with the same attributes)."""
   try:
     cifar_network(args.network)
   except ValueError as e:
@@ -352,5 +367,11 @@ def main(argv=None) -> int:
   return 0
 
 
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  sys.exit(run(FLAGS))
+
+
 if __name__ == "__main__":
-  sys.exit(main())
+  app.run(main)

@@ -25,7 +25,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from tas_jax.search.space import SearchSpace
+from tas_jax.methods.tas.space import SearchSpace
+from tas_jax.ops.flops import conv_flops
 
 EXPECTED_FORMS = ("released", "exact")
 BANDS = ("released", "symmetric")
@@ -33,7 +34,7 @@ BANDS = ("released", "symmetric")
 
 def _stem_term(space: SearchSpace, width):
   s = space.slots[0]
-  return s.kernel * s.kernel * space.base.input_channels * width * s.out_size ** 2
+  return conv_flops(s.kernel, space.base.input_channels, width, s.out_size)
 
 
 def exact_flops(space: SearchSpace, width_idx, depth_idx) -> jax.Array:
@@ -47,12 +48,12 @@ def exact_flops(space: SearchSpace, width_idx, depth_idx) -> jax.Array:
     f = 0.0
     for i in blk.slots:
       s = space.slots[i]
-      f = f + s.kernel * s.kernel * prev * widths[i] * s.out_size ** 2
+      f = f + conv_flops(s.kernel, prev, widths[i], s.out_size)
       prev = widths[i]
     if blk.stride == 2:
-      f = f + cin * prev * (blk.in_size // 2) ** 2
+      f = f + conv_flops(1, cin, prev, blk.in_size // 2)
     else:
-      f = f + jnp.where(cin != prev, cin * prev * blk.in_size ** 2, 0.0)
+      f = f + jnp.where(cin != prev, conv_flops(1, cin, prev, blk.in_size), 0.0)
     kept = blk.index < depths[blk.stage]
     total = total + jnp.where(kept, f, 0.0)
     current = jnp.where(kept, prev, current)
@@ -100,15 +101,15 @@ def expected_flops(space: SearchSpace, logits: dict, form: str = "released",
     f, prev = 0.0, e_in
     for i in blk.slots:
       s = space.slots[i]
-      f = f + s.kernel * s.kernel * prev * e_width[i] * s.out_size ** 2
+      f = f + conv_flops(s.kernel, prev, e_width[i], s.out_size)
       prev = e_width[i]
     out_slot = blk.slots[-1]
     if blk.stride == 2:
-      f = f + e_in * e_width[out_slot] * (blk.in_size // 2) ** 2
+      f = f + conv_flops(1, e_in, e_width[out_slot], blk.in_size // 2)
     elif form == "exact":
       f = f + sum(p * mismatch_product(m, out_slot) for p, m in mixture) * blk.in_size ** 2
     elif blk.shortcut != "identity":
-      f = f + e_in * e_width[out_slot] * blk.in_size ** 2
+      f = f + conv_flops(1, e_in, e_width[out_slot], blk.in_size)
     total = total + keep[(blk.stage, blk.index + 1)] * f
     chain_prev = out_slot
   classes = space.base.num_classes

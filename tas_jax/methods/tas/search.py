@@ -3,7 +3,8 @@
 The training set is split per class into halves A and B (seeded). Every iteration is one weight
 step on a batch of A (cross-entropy, SGD Nesterov, cosine per epoch) followed by one architecture
 step on a batch of B (cross-entropy + λ·cost, Adam, constant lr), compiled together as one
-function: τ and the epoch's permutations are inputs, so the whole search compiles once.
+function of (state, {"a": batch, "b": batch}, key, τ): τ is an input, so the whole search
+compiles once. The batches come from one in-memory source per half (`tas_jax.data.sources`).
 
 After every epoch the argmax architecture (width per conv, depth per stage), its exact FLOPs F(A)
 against F_max, E[F], τ and the losses are logged and kept in the history; `WORKDIR/search/` holds
@@ -11,7 +12,6 @@ Orbax checkpoints (weights and architecture logits apart), TensorBoard events an
 with the final architecture.
 """
 
-import math
 import os
 import time
 from typing import Any
@@ -25,22 +25,23 @@ import optax
 from absl import logging
 from clu import metrics
 
-from tas_jax import config as config_lib
-from tas_jax.data import datasets
-from tas_jax.models import supernet as supernet_lib
+from tas_jax import config as config_lib, parallel, workdir as layout
+from tas_jax.data import datasets, sources
+from tas_jax.methods.tas import cost, space as space_lib, supernet as supernet_lib
 from tas_jax.ops import flops
-from tas_jax.search import cost, space as space_lib
-from tas_jax.training import loop, parallel, steps, supervised
+from tas_jax.training import loop, steps, supervised
 
 
-@flax.struct.dataclass
-class SearchState:
-  step: jax.Array
-  params: Any            # supernet weights (SGD)
-  batch_stats: Any
-  opt_state: Any
-  arch: Any              # {"alpha": (S, 8), "beta": (stages, D)} (Adam)
-  arch_opt_state: Any
+class SearchState(steps.TrainState):
+  """The supernet's weights (SGD, Flax TrainState) and the architecture logits with their own
+  optimiser (Adam): {"alpha": (S, 8), "beta": (stages, D)}."""
+  arch: Any = None
+  arch_opt_state: Any = None
+  arch_tx: optax.GradientTransformation = flax.struct.field(pytree_node=False, default=None)
+
+  def apply_arch_gradients(self, grads) -> "SearchState":
+    updates, arch_opt_state = self.arch_tx.update(grads, self.arch_opt_state, self.arch)
+    return self.replace(arch=optax.apply_updates(self.arch, updates), arch_opt_state=arch_opt_state)
 
 
 @flax.struct.dataclass
@@ -54,19 +55,28 @@ class SearchMetrics(metrics.Collection):
   flops_ratio: metrics.LastValue.from_output("flops_ratio")    # F(A) / F_max of the argmax
 
 
-def tau_at(epoch: int, s: ml_collections.ConfigDict) -> float:
-  """τ of an epoch: cosine (released) or linear (paper) from tau_max to tau_min."""
-  progress = epoch / max(s.epochs - 1, 1)
+def tau_schedule(s: ml_collections.ConfigDict) -> optax.Schedule:
+  """epoch -> τ: cosine (released) or linear (paper) from tau_max to tau_min over the epochs."""
+  epochs = max(s.epochs - 1, 1)
   if s.tau_schedule == "cosine":
-    return s.tau_min + 0.5 * (s.tau_max - s.tau_min) * (1 + math.cos(math.pi * progress))
-  return s.tau_max - (s.tau_max - s.tau_min) * progress
+    return optax.cosine_decay_schedule(s.tau_max, epochs, alpha=s.tau_min / s.tau_max)
+  return optax.linear_schedule(s.tau_max, s.tau_min, epochs)
+
+
+def tau_at(s: ml_collections.ConfigDict, epoch: int) -> float:
+  """τ of an epoch: the optax schedule evaluated once per epoch on the host's CPU in float64, then
+  handed to the step as a float32 input (float32 arithmetic would round τ differently by an ulp,
+  which a search's argmax decisions can amplify)."""
+  with jax.enable_x64(True), jax.default_device(jax.local_devices(backend="cpu")[0]):
+    return float(tau_schedule(s)(epoch))
 
 
 def optimizers(s: ml_collections.ConfigDict, steps_per_epoch: int):
   """(weight optimiser, its schedule, architecture optimiser)."""
-  def schedule(count):  # cosine to 0, stepped per epoch, no warm-up
-    epoch = count // steps_per_epoch
-    return 0.5 * s.lr * (1 + jnp.cos(jnp.pi * epoch / s.epochs))
+  per_epoch = optax.cosine_decay_schedule(s.lr, s.epochs)  # cosine to 0, stepped per epoch
+
+  def schedule(count):
+    return per_epoch(count // steps_per_epoch)
 
   weights = optax.chain(optax.add_decayed_weights(s.weight_decay),
                         optax.sgd(schedule, momentum=s.momentum, nesterov=s.nesterov))
@@ -77,22 +87,23 @@ def optimizers(s: ml_collections.ConfigDict, steps_per_epoch: int):
   return weights, schedule, arch
 
 
-def make_search_step(net: supernet_lib.SuperNet, space: space_lib.SearchSpace, tx, arch_tx,
-                     spec: steps.BatchSpec, s: ml_collections.ConfigDict, mesh, mode: str):
-  """Compiles `iteration(state, images, labels, key, perm_a, perm_b, tau) -> (state, metrics)`."""
+def step_keys(key, step):
+  """(augmentation of half A, of half B, the supernet's sampling on A, on B) of one iteration."""
+  return jax.random.split(jax.random.fold_in(key, step), 4)
+
+
+def make_search_step(net: supernet_lib.SuperNet, space: space_lib.SearchSpace,
+                     s: ml_collections.ConfigDict, mesh, mode: str):
+  """Compiles `iteration(state, batch, key, tau) -> (state, metrics)`; the batch holds one batch
+  of each half, `{"a": …, "b": …}`."""
   axis = parallel.AXIS if mode == "pmap" else None
   net = net.clone(axis_name=axis)
-  batch_sharding = parallel.batch_sharded(mesh) if mode == "jit" else None
   flops_max = float(flops.count(space.base).flops)
 
-  def per_shard(shard_index, shard_count, state: SearchState, images, labels, key, perm_a, perm_b,
-                tau):
-    k = jax.random.fold_in(key, state.step)
-    k_aug_a, k_aug_b, k_net_a, k_net_b = jax.random.split(k, 4)
-    xa, ya = steps.augmented_batch(spec, state.step, perm_a, images, labels, k_aug_a, shard_index,
-                                   shard_count, batch_sharding)
-    xb, yb = steps.augmented_batch(spec, state.step, perm_b, images, labels, k_aug_b, shard_index,
-                                   shard_count, batch_sharding)
+  def iteration(state: SearchState, batch, key, tau):
+    _, _, k_net_a, k_net_b = step_keys(key, state.step)
+    xa, ya = batch["a"]["image"], batch["a"]["label"]
+    xb, yb = batch["b"]["image"], batch["b"]["label"]
 
     def mean(tree):
       return jax.lax.pmean(tree, axis) if axis is not None else tree
@@ -106,13 +117,12 @@ def make_search_step(net: supernet_lib.SuperNet, space: space_lib.SearchSpace, t
     (w_loss, (logits_a, batch_stats)), grads = jax.value_and_grad(weight_objective, has_aux=True)(
         state.params)
     grads, w_loss = mean((grads, w_loss))
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
+    state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
 
     # --- architecture step on half B, with the new weights held constant ---
     def arch_objective(arch):
-      logits, upd = net.apply({"params": params, "batch_stats": batch_stats}, xb, arch, k_net_b, tau,
-                              train=True, mutable=["batch_stats"])
+      logits, upd = net.apply({"params": state.params, "batch_stats": state.batch_stats}, xb, arch,
+                              k_net_b, tau, train=True, mutable=["batch_stats"])
       ce = steps.classification_loss(logits, yb)
       expected = cost.expected_flops(space, arch, s.expected_flops, s.variant)
       exact = cost.exact_flops(space, *space.argmax(arch, s.variant))
@@ -122,17 +132,15 @@ def make_search_step(net: supernet_lib.SuperNet, space: space_lib.SearchSpace, t
     (_, (a_ce, c, expected, exact, logits_b, batch_stats)), a_grads = jax.value_and_grad(
         arch_objective, has_aux=True)(state.arch)
     a_grads, a_ce = mean((a_grads, a_ce))
-    a_updates, arch_opt_state = arch_tx.update(a_grads, state.arch_opt_state, state.arch)
-    arch = optax.apply_updates(state.arch, a_updates)
+    state = state.apply_arch_gradients(a_grads).replace(batch_stats=batch_stats)
 
     acc_a, acc_b = mean((jnp.mean(jnp.argmax(logits_a, -1) == ya),
                          jnp.mean(jnp.argmax(logits_b, -1) == yb)))
-    new_state = SearchState(state.step + 1, params, batch_stats, opt_state, arch, arch_opt_state)
-    return new_state, SearchMetrics.single_from_model_output(
+    return state, SearchMetrics.single_from_model_output(
         loss=w_loss, accuracy=acc_a, arch_loss=a_ce, arch_accuracy=acc_b, cost=c,
         expected_flops_ratio=expected / flops_max, flops_ratio=exact / flops_max)
 
-  return parallel.compile_step(per_shard, mesh, mode, num_args=7)
+  return parallel.compile_step(iteration, mesh, mode, num_args=4)
 
 
 def create_state(net, space, tx, arch_tx, sample_input, key, mesh) -> SearchState:
@@ -141,8 +149,9 @@ def create_state(net, space, tx, arch_tx, sample_input, key, mesh) -> SearchStat
   def init():
     arch = space.init_logits(k_arch)
     variables = net.init(k_init, sample_input, arch, k_init, 1.0, train=True)
-    return SearchState(jnp.zeros((), jnp.int32), variables["params"], variables["batch_stats"],
-                       tx.init(variables["params"]), arch, arch_tx.init(arch))
+    return SearchState.create(apply_fn=net.apply, params=variables["params"], tx=tx,
+                              batch_stats=variables["batch_stats"], arch=arch,
+                              arch_opt_state=arch_tx.init(arch), arch_tx=arch_tx)
 
   return jax.jit(init, out_shardings=parallel.replicated(mesh))()
 
@@ -187,7 +196,7 @@ def search(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Runs (or resumes, or finds finished) the search stage; returns its summary."""
   config_lib.validate(config)
   s = config.search
-  stage_dir = os.path.join(workdir, "search")
+  stage_dir = layout.search_dir(workdir)
   t0 = time.time()
   ds = supervised.load_data(config)
   base = config_lib.architecture(config, ds.num_classes, ds.image_size, ds.channels)
@@ -196,7 +205,7 @@ def search(config: ml_collections.ConfigDict, workdir: str) -> dict:
   mesh = parallel.make_mesh(config.num_devices)
   n_dev = mesh.shape[parallel.AXIS]
   half_a, half_b = datasets.split_per_class(ds.train_labels, config.seed)
-  steps_per_epoch = supervised.check_batch("search.batch_size", s.batch_size, n_dev,
+  steps_per_epoch = sources.check_batch("search.batch_size", s.batch_size, n_dev,
                                         min(len(half_a), len(half_b)))
   logging.info("[search] TAS(%s) on %s of %s: target %.0f%% of %.2f M FLOPs, %d searched convs, "
                "depth choices %s; halves of %d/%d images, %d iterations per epoch, %d device(s)",
@@ -211,47 +220,49 @@ def search(config: ml_collections.ConfigDict, workdir: str) -> dict:
                        init_key, mesh)
   if s.init == "teacher":
     state = _from_teacher(state, base, tx, workdir, mesh)
-  data = supervised.DeviceData(ds, mesh, s.eval_batch_size)
-  halves = parallel.put_replicated((half_a.astype(np.int32), half_b.astype(np.int32)), mesh)
-  spec = steps.BatchSpec(s.batch_size, steps_per_epoch, ds.mean, ds.std, config.data.crop_padding,
-                         config.data.flip)
-  iteration = make_search_step(net, space, tx, arch_tx, spec, s, mesh, config.parallel)
-  evaluate = steps.make_eval_fn(
-      # the argmax network with batch statistics (see tas_jax.models.supernet)
-      lambda v, x: net.apply({"params": v[0], "batch_stats": v[1]}, x, v[2], jax.random.key(0), 1.0,
-                             train=True, argmax=True),
-      ds.mean, ds.std, mesh, data.num_test, data.eval_batch)
-
+  data = sources.DeviceDataset(ds, mesh, s.eval_batch_size)
+  # one batch of each half per iteration; each half reshuffled per epoch with its own key
   perm_key = jax.random.fold_in(jax.random.key(config.seed), 2)
-  shuffle = jax.jit(lambda e, a, b: (a[jax.random.permutation(jax.random.fold_in(perm_key, 2 * e), len(a))],
-                                     b[jax.random.permutation(jax.random.fold_in(perm_key, 2 * e + 1), len(b))]),
-                    out_shardings=parallel.replicated(mesh))
-
-  def epoch_inputs(epoch):
-    perm_a, perm_b = shuffle(np.int32(epoch), *halves)
-    return perm_a, perm_b, jax.device_put(np.float32(tau_at(epoch, s)), parallel.replicated(mesh))
-
+  augmentation = supervised.augmentation(config, ds)
+  halves = sources.Zipped(
+      a=sources.InMemorySource(data, half_a, s.batch_size, augmentation,
+                               epoch_key=lambda e: jax.random.fold_in(perm_key, 2 * e),
+                               step_key=lambda step: step_keys(aug_key, step)[0],
+                               steps_per_epoch=steps_per_epoch),
+      b=sources.InMemorySource(data, half_b, s.batch_size, augmentation,
+                               epoch_key=lambda e: jax.random.fold_in(perm_key, 2 * e + 1),
+                               step_key=lambda step: step_keys(aug_key, step)[1],
+                               steps_per_epoch=steps_per_epoch))
+  test_source = sources.InMemoryEvalSource(data)
+  iteration = make_search_step(net, space, s, mesh, config.parallel)
+  eval_step = steps.make_eval_step(
+      # the argmax network with batch statistics (see tas_jax.methods.tas.supernet)
+      lambda v, x: net.apply({"params": v[0], "batch_stats": v[1]}, x, v[2], jax.random.key(0), 1.0,
+                             train=True, argmax=True))
   def end_of_epoch(state, epoch, train):
-    entry = {"tau": round(tau_at(epoch, s), 5),
+    entry = {"tau": round(tau_at(s, epoch), 5),
              "supernet_train_accuracy": train["accuracy"],     # weight steps, half A
              "supernet_val_accuracy": train["arch_accuracy"],  # architecture steps, half B
              **record_architecture(space, state.arch, flops_max, s)}
     if s.evaluate_every_epoch:
-      test = evaluate((state.params, state.batch_stats, state.arch), data.test_images,
-                      data.test_labels)
-      entry["argmax_test_accuracy"] = float(test["accuracy"])
+      test = steps.evaluate(eval_step, (state.params, state.batch_stats, state.arch),
+                            test_source.batches(), test_source.num_examples)
+      entry["argmax_test_accuracy"] = test["accuracy"]
     logging.info("[search] epoch %d: argmax widths %s depths %s", epoch + 1, entry["widths"],
                  entry["depths"])
     return entry
 
-  os.makedirs(stage_dir, exist_ok=True)
-  base.save(os.path.join(stage_dir, "base_arch.json"))  # extraction rebuilds the space from it
+  if layout.is_writer():
+    os.makedirs(stage_dir, exist_ok=True)
+    # extraction rebuilds the space from it
+    base.save(os.path.join(stage_dir, layout.BASE_ARCH))
   cfg = loop.LoopConfig("search", s.epochs, steps_per_epoch, s.batch_size, config.log_every_steps,
                         config.checkpoint_every_steps, config.keep_checkpoints,
-                        config.max_steps_per_run)
-  state, history, finished = loop.fit(cfg, stage_dir, state, iteration,
-                                      (data.train_images, data.train_labels, aug_key),
-                                      epoch_inputs, end_of_epoch, lambda st: float(schedule(st)))
+                        config.max_steps_per_run, config.profile_steps)
+  state, history, finished = loop.fit(
+      cfg, stage_dir, state, iteration, halves, (aug_key,),
+      lambda epoch: (jax.device_put(np.float32(tau_at(s, epoch)), parallel.replicated(mesh)),),
+      end_of_epoch, lambda st: float(schedule(st)))
   if not finished:
     return {"stage": "search", "finished": False, "step": int(jax.device_get(state.step))}
   w_idx, d_idx = jax.device_get(space.argmax(state.arch, s.variant))
@@ -271,12 +282,13 @@ def search(config: ml_collections.ConfigDict, workdir: str) -> dict:
       "steps": s.epochs * steps_per_epoch,
       # compilations of each jitted function over the whole run (τ and permutations change per
       # epoch, as inputs): 1 each, or the search recompiled somewhere
-      "compilations": {"iteration": iteration._cache_size(), "evaluate": evaluate._cache_size(),
-                       "epoch_shuffle": shuffle._cache_size()},
+      "compilations": {"iteration": iteration._cache_size(), "eval_step": eval_step._cache_size(),
+                       **{f"{k}_{half}": v for half in ("a", "b")
+                          for k, v in halves.source(half).compilations().items()}},
       "devices": n_dev, "parallel": config.parallel, "wall_time_s": round(time.time() - t0, 1),
       "history": history,
   }
-  path = loop.write_summary(stage_dir, summary)
+  path = layout.write_summary(stage_dir, summary)
   logging.info("[search] finished: F(A) = %.2f M FLOPs = %.1f%% of %.2f M (target %.0f%%), "
                "depths %s; summary in %s", counts.flops_m, 100 * summary["flops_ratio"],
                flops_max / 1e6, 100 * s.flop_ratio, list(final.depths), path)

@@ -1,0 +1,20 @@
+"""TAS, Transformable Architecture Search (Dong & Yang, NeurIPS 2019; spec `shared/spec/TAS.md`).
+
+space.py     the search space: width candidates per conv, depth candidates per stage
+gumbel.py    two-of-K Gumbel sampling of a width, soft depth weights
+cwi.py       channel-wise interpolation and the fused per-conv aggregation
+supernet.py  the width/depth mixture network, a pure function of weights, logits, key and τ
+cost.py      E[F], F(A) and the FLOPs cost loss
+search.py    the search stage: alternating weight and architecture steps
+extract.py   the extract stage: the argmax architecture, its report and plots
+"""
+
+from tas_jax.methods import Method
+from tas_jax.methods.tas import extract, search
+
+METHOD = Method(
+    name="tas",
+    description="Transformable Architecture Search: differentiable width and depth search "
+                "with a FLOPs cost, argmax extraction",
+    search=search.search,
+    extract=extract.extract)

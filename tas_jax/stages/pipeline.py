@@ -1,0 +1,42 @@
+"""Stage `all`: the whole method in one workdir.
+
+teacher → the method's search → its extraction → every distill run of `config.pipeline.runs` →
+results. A stage whose `summary.json` says it finished is skipped, an interrupted one resumes
+from its checkpoint, so the same command continues a pipeline that was stopped anywhere. The
+method (`config.method`) comes from the registry in `tas_jax.methods`.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import ml_collections
+from absl import logging
+
+from tas_jax import config as config_lib, methods, workdir as layout
+from tas_jax.stages import distill, results, teacher
+
+
+def run_all(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """teacher → search → extract → distill runs → results, skipping what is finished."""
+  runs = [r.strip() for r in config.pipeline.runs.split(",")]
+  method = methods.get(config.method)
+  plan = [("teacher", lambda: teacher.train_and_evaluate(config, workdir)),
+          ("search", lambda: method.search(config, workdir)),
+          ("extract", lambda: method.extract(config, workdir))]
+  for run in runs:
+    c = copy.deepcopy(config)
+    for field, value in config_lib.parse_run(run).items():
+      c.distill[field] = value
+    plan.append((f"distill/{run}", lambda c=c: distill.distill(c, workdir)))
+  for i, (stage, fn) in enumerate(plan, 1):
+    if layout.read_summary(layout.stage_dir(workdir, stage)) is not None:
+      logging.info("[all] %d/%d %s: finished before, skipped", i, len(plan), stage)
+      continue
+    logging.info("[all] %d/%d %s", i, len(plan), stage)
+    summary = fn()
+    if not summary.get("finished"):
+      logging.info("[all] %s stopped before the end (max_steps_per_run); run the same command "
+                   "again to continue", stage)
+      return {"stage": "all", "finished": False, "stopped_in": stage}
+  return {"stage": "all", "finished": True, **results.results(config, workdir)}

@@ -1,0 +1,81 @@
+"""The layout of a workdir, named in one place: every stage reads and writes its files through here.
+
+    WORKDIR/
+      teacher/                  the unpruned network: checkpoints/, arch.json, summary.json, events
+      search/                   the method's search: checkpoints/, base_arch.json, summary.json
+      extract/                  arch.json (the pruned network), kept_channels.json (methods that
+                                keep weights), report.md, summary.json, widths*.png
+      distill/RUN/              one pruned network trained (RUN = tas-kd, uniform-kd, ...)
+      results.md, results.json  the table of every finished run
+
+Writing is process 0's job in a multi-process run (`is_writer`); every process reads.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+
+CHECKPOINTS = "checkpoints"
+SUMMARY = "summary.json"
+ARCH = "arch.json"
+BASE_ARCH = "base_arch.json"
+KEPT_CHANNELS = "kept_channels.json"
+
+
+def teacher_dir(workdir: str) -> str:
+  return os.path.join(workdir, "teacher")
+
+
+def search_dir(workdir: str) -> str:
+  return os.path.join(workdir, "search")
+
+
+def extract_dir(workdir: str) -> str:
+  return os.path.join(workdir, "extract")
+
+
+def distill_dir(workdir: str, run: str = "") -> str:
+  return os.path.join(workdir, "distill", run) if run else os.path.join(workdir, "distill")
+
+
+def results_paths(workdir: str) -> tuple[str, str]:
+  """(results.md, results.json)."""
+  return os.path.join(workdir, "results.md"), os.path.join(workdir, "results.json")
+
+
+def stage_dir(workdir: str, stage: str) -> str:
+  """The folder of a stage name as the pipeline lists them: 'teacher', 'search', 'extract',
+  'distill/RUN'."""
+  return os.path.join(workdir, *stage.split("/"))
+
+
+def checkpoint_dir(directory: str) -> str:
+  return os.path.abspath(os.path.join(directory, CHECKPOINTS))
+
+
+def is_writer() -> bool:
+  """Whether this process writes files (summaries, reports, plots, arch.json, results)."""
+  return jax.process_index() == 0
+
+
+def read_summary(directory: str):
+  """A stage's summary.json, or None when it is missing or says the stage has not finished."""
+  path = os.path.join(directory, SUMMARY)
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    summary = json.load(f)
+  return summary if summary.get("finished") else None
+
+
+def write_summary(directory: str, summary: dict) -> str:
+  """Writes summary.json (process 0 only); returns its path."""
+  path = os.path.join(directory, SUMMARY)
+  if is_writer():
+    os.makedirs(directory, exist_ok=True)
+    with open(path, "w") as f:
+      json.dump(summary, f, indent=2)
+  return path
