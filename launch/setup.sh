@@ -8,4 +8,7 @@ PYTHON=${PYTHON:-python3}
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
 .venv/bin/python -m pip install -q -r requirements.txt
 .venv/bin/python -m pip install -q --no-deps -e .
-.venv/bin/python -c "import jax, flax, optax, orbax.checkpoint, clu, tensorflow_datasets; print('tas_jax environment ready: jax', jax.__version__, 'on', jax.devices()[0].platform)"
+# test data only: 20 real ImageNet photographs ship in this wheel (tas_jax.data.imagenet_samples);
+# foolbox itself is never imported, so none of its dependencies are installed
+.venv/bin/python -m pip install -q --no-deps foolbox==3.3.4
+.venv/bin/python -c "import jax, flax, optax, orbax.checkpoint, clu, tensorflow_datasets, grain, PIL; print('tas_jax environment ready: jax', jax.__version__, 'on', jax.devices()[0].platform)"

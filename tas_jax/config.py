@@ -35,12 +35,14 @@ def base_config() -> ml_collections.ConfigDict:
   c.seed = 0
 
   c.data = ml_collections.ConfigDict()
-  c.data.name = "cifar10"          # one of tas_jax.data.datasets.NAMES
+  c.data.name = "cifar10"          # in memory: tas_jax.data.datasets.NAMES; streamed: imagenet
   c.data.dir = ""                  # where archives / IDX files / TFDS data live ("" = defaults only)
   c.data.train_examples = -1       # -1 = all; N = only the first N training images (quick runs)
   c.data.image_size = -1           # -1 = native; larger zero-pads (Fashion-MNIST 28 -> 32)
   c.data.crop_padding = 4          # random crop with this much zero padding (0 = no crop)
   c.data.flip = True               # random horizontal flip
+  c.data.workers = 0               # streamed data: grain worker processes decoding (0: in process)
+  c.data.prefetch = 2              # streamed data: global batches put on the devices ahead
 
   c.model = ml_collections.ConfigDict()
   c.model.family = "cifar"         # cifar | imagenet
@@ -64,7 +66,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.search.tau_schedule = "cosine"   # cosine (released) | linear (paper: tau_max = 10)
   c.search.tau_max = 5.0
   c.search.tau_min = 0.1
-  c.search.lr = 0.1                # weights: SGD Nesterov, cosine per epoch, no warm-up
+  c.search.lr = 0.1                # weights: SGD Nesterov, cosine per epoch
+  c.search.warmup_epochs = 0       # the first epochs of search.epochs: linear warm-up per iteration
   c.search.momentum = 0.9
   c.search.nesterov = True
   c.search.weight_decay = 5e-4
@@ -144,6 +147,30 @@ def cifar_recipe(dataset: str, depth: int) -> ml_collections.ConfigDict:
   return c
 
 
+def imagenet_recipe(depth: int) -> ml_collections.ConfigDict:
+  """The spec's ImageNet recipe (§5, §6) for ResNet-18/50: 120 epochs (5 of linear warm-up) of
+  SGD Nesterov, lr 0.1 cosine, weight decay 1e-4, batch 256, for the teacher, the search's weights
+  and the pruned network; bf16 convolutions and activations (float32 weights, BN statistics, loss)."""
+  c = base_config()
+  c.data.name = "imagenet"
+  c.data.dir = ""                  # a train/ + val/ JPEG folder, or TFDS imagenet2012 (ArrayRecord)
+  c.data.image_size = 224
+  c.data.workers = 16              # decoding processes per host
+  c.model.family = "imagenet"
+  c.model.depth = depth
+  c.model.dtype = "bfloat16"
+  for recipe in (c.teacher, c.distill):
+    recipe.warmup_epochs, recipe.cosine_epochs = 5, 115
+    recipe.weight_decay = 1e-4
+    recipe.eval_batch_size = 250
+  c.search.epochs, c.search.warmup_epochs = 120, 5
+  c.search.weight_decay = 1e-4
+  c.search.eval_batch_size = 250
+  c.log_every_steps = 100
+  c.checkpoint_every_steps = 1000  # an ImageNet epoch is 5,004 steps at batch 256
+  return c
+
+
 def _fail(field: str, value, allowed: str):
   raise ConfigError(f"config.{field}={value!r}: {allowed}")
 
@@ -162,8 +189,10 @@ def validate(c: ml_collections.ConfigDict) -> None:
   """Raises ConfigError on the first field that cannot work."""
   if c.stage not in STAGES:
     _fail("stage", c.stage, f"allowed: {', '.join(STAGES)}")
-  if c.data.name not in datasets.NAMES:
-    _fail("data.name", c.data.name, f"allowed: {', '.join(datasets.NAMES)}")
+  if c.data.name not in datasets.NAMES + datasets.STREAMED:
+    _fail("data.name", c.data.name, f"allowed: {', '.join(datasets.NAMES + datasets.STREAMED)}")
+  _positive(c, "data.workers", integer=True, zero_ok=True)
+  _positive(c, "data.prefetch", integer=True)
   if not (c.data.image_size == -1 or (isinstance(c.data.image_size, int) and c.data.image_size > 0)):
     _fail("data.image_size", c.data.image_size, "must be -1 (native size) or a positive integer")
   _positive(c, "data.crop_padding", integer=True, zero_ok=True)
@@ -263,6 +292,9 @@ def _validate_search(c: ml_collections.ConfigDict) -> None:
     _positive(c, f"search.{field}", zero_ok=True)
   for field in ("epochs", "batch_size", "eval_batch_size"):
     _positive(c, f"search.{field}", integer=True)
+  _positive(c, "search.warmup_epochs", integer=True, zero_ok=True)
+  if s.warmup_epochs >= s.epochs:
+    _fail("search.warmup_epochs", s.warmup_epochs, f"must be below search.epochs={s.epochs}")
   for field in ("momentum", "arch_beta1", "arch_beta2"):
     if not (isinstance(s[field], (int, float)) and 0 <= s[field] < 1):
       _fail(f"search.{field}", s[field], "must be in [0, 1)")

@@ -38,7 +38,8 @@ _STATS = {
     "mnist": ((0.1307,), (0.3081,)),
 }
 _NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "fashion_mnist": 10, "embedded": 10, "mnist": 10}
-NAMES = tuple(_NUM_CLASSES)
+NAMES = tuple(_NUM_CLASSES)          # held in memory (`load`)
+STREAMED = ("imagenet",)            # streamed from files (`tas_jax.data.imagenet`)
 
 
 class DataNotFoundError(FileNotFoundError):

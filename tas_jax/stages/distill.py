@@ -22,7 +22,7 @@ import ml_collections
 import optax
 from absl import logging
 
-from tas_jax import config as config_lib, parallel, workdir as layout
+from tas_jax import config as config_lib, workdir as layout
 from tas_jax.errors import CheckpointNotFoundError
 from tas_jax.models import arch as arch_lib, resnet
 from tas_jax.ops import flops
@@ -68,11 +68,10 @@ def distill(config: ml_collections.ConfigDict, workdir: str) -> dict:
   config_lib.validate(config)
   d = config.distill
   run = config_lib.run_name(d)
-  ds = supervised.load_data(config)
+  mesh, ds = supervised.load_inputs(config, d.eval_batch_size)
   student, chosen = student_architecture(d, workdir)
   supervised.check_fits(student, ds, f"config.distill.student={d.student!r}")
   dtype = jnp.dtype(config.model.dtype)
-  mesh = parallel.make_mesh(config.num_devices)
   needs_teacher = d.kd or d.init == "teacher"
   teacher_arch, teacher_vars, teacher_step = (
       supervised.read_teacher(workdir, mesh, "distill") if needs_teacher else (None, None, None))
@@ -106,5 +105,5 @@ def distill(config: ml_collections.ConfigDict, workdir: str) -> dict:
            "flops_ratio": flops.count(student).flops / flops.count(reference).flops,
            "architecture_spec": student.to_dict()}
   return supervised.train_network(config, d, "distill", f"distill/{run}",
-                                  layout.distill_dir(workdir, run), ds, student,
+                                  layout.distill_dir(workdir, run), mesh, ds, student,
                                   loss_fn, loss_args, init_variables, extra)

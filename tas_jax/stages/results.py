@@ -80,8 +80,8 @@ def results(config: ml_collections.ConfigDict, workdir: str) -> dict:
   order = [r.strip() for r in config.pipeline.runs.split(",")]
   runs.sort(key=lambda s: (order.index(s["run"]) if s["run"] in order else len(order), s["run"]))
 
-  ds = supervised.load_data(config)
-  batch = ds.test_images[:config.pipeline.throughput_batch]
+  _, ds = supervised.load_inputs(config, config.teacher.eval_batch_size)
+  batch = ds.sample_images(config.pipeline.throughput_batch)
   networks = {"teacher": (teacher_arch, read_variables(layout.teacher_dir(workdir),
                                                        teacher_arch, "teacher"))}
   for s in runs:

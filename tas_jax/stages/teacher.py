@@ -16,7 +16,7 @@ from tas_jax.training import supervised
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Runs (or resumes, or finds finished) the teacher stage; returns its summary."""
   config_lib.validate(config)
-  ds = supervised.load_data(config)
+  mesh, ds = supervised.load_inputs(config, config.teacher.eval_batch_size)
   arch = config_lib.architecture(config, ds.num_classes, ds.image_size, ds.channels)
   return supervised.train_network(config, config.teacher, "teacher", "teacher",
-                                  layout.teacher_dir(workdir), ds, arch)
+                                  layout.teacher_dir(workdir), mesh, ds, arch)

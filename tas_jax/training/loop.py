@@ -119,12 +119,14 @@ def fit(cfg: LoopConfig, stage_dir: str, state, train_step: Callable, source: so
   if restored is not None:
     state, meta = restored
     history = meta.get("history", [])
+    data_state = meta.get("data") or {}
   start = int(jax.device_get(state.step))  # the one host read of the step counter
   total_steps = cfg.num_epochs * cfg.steps_per_epoch
   if restored is not None:
-    logging.info("[%s] resumed from checkpoint at step %d (epoch %d, step %d of it) in %s",
-                 cfg.stage, start, start // cfg.steps_per_epoch + 1, start % cfg.steps_per_epoch,
-                 manager.directory)
+    logging.info("[%s] resumed from checkpoint at step %d (epoch %d, step %d of it) in %s; the "
+                 "data continues at that step%s", cfg.stage, start, start // cfg.steps_per_epoch + 1,
+                 start % cfg.steps_per_epoch, manager.directory,
+                 f" (saved input state: {data_state})" if data_state else "")
   else:
     logging.info("[%s] starting from scratch: %d epochs x %d steps, global batch %d, %d device(s)",
                  cfg.stage, cfg.num_epochs, cfg.steps_per_epoch, cfg.global_batch, jax.device_count())
@@ -171,9 +173,9 @@ def fit(cfg: LoopConfig, stage_dir: str, state, train_step: Callable, source: so
         finished_early = True
         break
       if cfg.checkpoint_every_steps and step % cfg.checkpoint_every_steps == 0:
-        _save(manager, step, state, {"history": history})
+        _save(manager, step, state, {"history": history, "data": source.state()})
     if finished_early:
-      _save(manager, step, state, {"history": history})
+      _save(manager, step, state, {"history": history, "data": source.state()})
       logging.info("[%s] stopping after %d steps in this run (max_steps_per_run); run the same "
                    "command again to continue", cfg.stage, step - start)
       break
@@ -186,7 +188,8 @@ def fit(cfg: LoopConfig, stage_dir: str, state, train_step: Callable, source: so
                  _fmt_metrics(numbers))
     writer.write_scalars(step, {f"epoch/{k}": v for k, v in numbers.items()})
     writer.flush()
-    _save(manager, step, state, {"history": history})
+    _save(manager, step, state, {"history": history, "data": source.state()})
+  batches.close()
   manager.wait_until_finished()
   manager.close()
   writer.close()

@@ -78,24 +78,30 @@ def make_train_step(model: nn.Module, mesh, mode: str, loss_fn: Optional[Callabl
 
 
 def make_eval_step(apply_fn: Callable) -> Callable:
-  """Compiles `eval_step(variables, batch) -> {'loss_sum', 'correct'}` over the batch's real
+  """Compiles `eval_step(variables, batch) -> {'loss_sum', 'correct', 'correct_top5'}` over the
+  batch's real
   examples (`batch['mask']`). `apply_fn(variables, images)` gives the logits in evaluation mode."""
 
   def eval_step(variables, batch):
     logits = apply_fn(variables, batch["image"])
-    ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
-    return {"loss_sum": jnp.sum(ce * batch["mask"]),
-            "correct": jnp.sum((jnp.argmax(logits, -1) == batch["label"]) * batch["mask"])}
+    labels, mask = batch["label"], batch["mask"]
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    _, top5 = jax.lax.top_k(logits, min(5, logits.shape[-1]))
+    return {"loss_sum": jnp.sum(ce * mask),
+            "correct": jnp.sum((jnp.argmax(logits, -1) == labels) * mask),
+            "correct_top5": jnp.sum(jnp.any(top5 == labels[:, None], -1) * mask)}
 
   return jax.jit(eval_step, compiler_options=parallel.compiler_options())
 
 
 def evaluate(eval_step: Callable, variables, batches: Iterable[dict], num_examples: int) -> dict:
-  """{'loss', 'accuracy'} over one pass of `batches`; the sums stay on the device until the end."""
+  """{'loss', 'accuracy', 'top5_accuracy'} over one pass of `batches`; the sums stay on the
+  device until the end."""
   total = None
   for batch in batches:
     sums = eval_step(variables, batch)
     total = sums if total is None else jax.tree.map(jnp.add, total, sums)
   total = jax.device_get(total)
   return {"loss": float(total["loss_sum"]) / num_examples,
-          "accuracy": float(total["correct"]) / num_examples}
+          "accuracy": float(total["correct"]) / num_examples,
+          "top5_accuracy": float(total["correct_top5"]) / num_examples}

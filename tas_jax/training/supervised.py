@@ -9,7 +9,6 @@ or distillation) and the initial weights.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import time
 from typing import Any, Callable, Optional
@@ -22,11 +21,11 @@ import optax
 from absl import logging
 
 from tas_jax import config as config_lib, parallel, workdir as layout
-from tas_jax.data import datasets, sources
+from tas_jax.data import sources
 from tas_jax.errors import CheckpointNotFoundError
 from tas_jax.models import arch as arch_lib, resnet
 from tas_jax.ops import flops
-from tas_jax.training import loop, steps
+from tas_jax.training import inputs as inputs_lib, loop, steps
 
 
 def sgd_with_warmup_cosine(t: ml_collections.ConfigDict, steps_per_epoch: int):
@@ -39,12 +38,10 @@ def sgd_with_warmup_cosine(t: ml_collections.ConfigDict, steps_per_epoch: int):
   return tx, schedule
 
 
-def load_data(config: ml_collections.ConfigDict) -> datasets.ImageDataset:
-  ds = datasets.load(config.data.name, config.data.dir or None, config.data.image_size)
-  n = config.data.train_examples
-  if n != -1:
-    ds = dataclasses.replace(ds, train_images=ds.train_images[:n], train_labels=ds.train_labels[:n])
-  return ds
+def load_inputs(config: ml_collections.ConfigDict, eval_batch: int) -> tuple[Any, inputs_lib.Inputs]:
+  """(the device mesh, the config's data on it)."""
+  mesh = parallel.make_mesh(config.num_devices)
+  return mesh, inputs_lib.load(config, mesh, eval_batch)
 
 
 def permutation_key(seed: int) -> Callable[[jax.Array], jax.Array]:
@@ -53,11 +50,7 @@ def permutation_key(seed: int) -> Callable[[jax.Array], jax.Array]:
   return lambda epoch: jax.random.fold_in(key, epoch)
 
 
-def augmentation(config: ml_collections.ConfigDict, ds: datasets.ImageDataset) -> sources.Augmentation:
-  return sources.Augmentation(ds.mean, ds.std, config.data.crop_padding, config.data.flip)
-
-
-def check_fits(a: arch_lib.Architecture, ds: datasets.ImageDataset, what: str) -> None:
+def check_fits(a: arch_lib.Architecture, ds: inputs_lib.Inputs, what: str) -> None:
   if (a.num_classes, a.input_size, a.input_channels) != (ds.num_classes, ds.image_size, ds.channels):
     raise config_lib.ConfigError(
         f"{what} ({a.name or 'custom'}) expects {a.num_classes} classes and {a.input_size}x"
@@ -94,7 +87,7 @@ def read_teacher(workdir: str, mesh, reader: str) -> tuple[arch_lib.Architecture
 
 
 def train_network(config: ml_collections.ConfigDict, recipe: ml_collections.ConfigDict,
-                  recipe_field: str, stage: str, stage_dir: str, ds: datasets.ImageDataset,
+                  recipe_field: str, stage: str, stage_dir: str, mesh, ds: inputs_lib.Inputs,
                   arch: arch_lib.Architecture, loss_fn: Optional[Callable] = None,
                   loss_args: tuple = (), init_variables: Optional[Callable[[Any, Any], tuple]] = None,
                   summary_extra: Optional[dict] = None) -> dict:
@@ -107,14 +100,13 @@ def train_network(config: ml_collections.ConfigDict, recipe: ml_collections.Conf
   TensorBoard events and `summary.json` (returned) in `stage_dir`.
   """
   t0 = time.time()
-  mesh = parallel.make_mesh(config.num_devices)
   n_dev = mesh.shape[parallel.AXIS]
   steps_per_epoch = sources.check_batch(f"{recipe_field}.batch_size", recipe.batch_size, n_dev,
-                                        len(ds.train_labels))
+                                        ds.num_train)
   counts = flops.count(arch)
   logging.info("[%s] %s on %s (%s): %d train / %d test images, %dx%dx%d; %.2f M FLOPs, "
                "%.3f M params; %d device(s), parallel=%s", stage, arch.name or "custom", ds.name,
-               ds.source, len(ds.train_labels), len(ds.test_labels), ds.image_size, ds.image_size,
+               ds.source, ds.num_train, ds.num_test, ds.image_size, ds.image_size,
                ds.channels, counts.flops_m, counts.params_m, n_dev, config.parallel)
 
   model = resnet.build(arch, dtype=jnp.dtype(config.model.dtype))
@@ -124,11 +116,10 @@ def train_network(config: ml_collections.ConfigDict, recipe: ml_collections.Conf
   if init_variables is not None:
     params, batch_stats = init_variables(state.params, state.batch_stats)
     state = state.replace(params=params, batch_stats=batch_stats)
-  data = sources.DeviceDataset(ds, mesh, recipe.eval_batch_size)
-  train_source = sources.InMemorySource(
-      data, np.arange(data.num_train), recipe.batch_size, augmentation(config, ds),
+  train_source = ds.train_source(
+      np.arange(ds.num_train), recipe.batch_size, seed=config.seed,
       epoch_key=permutation_key(config.seed), step_key=lambda step: jax.random.fold_in(aug_key, step))
-  test_source = sources.InMemoryEvalSource(data)
+  test_source = ds.eval_source()
   train_step = steps.make_train_step(model, mesh, config.parallel, loss_fn,
                                      num_loss_args=len(loss_args))
   eval_step = steps.make_eval_step(
@@ -158,12 +149,14 @@ def train_network(config: ml_collections.ConfigDict, recipe: ml_collections.Conf
       "flops_m": round(counts.flops_m, 4), "params_m": round(counts.params_m, 6),
       "epochs": cfg.num_epochs, "steps": cfg.num_epochs * steps_per_epoch,
       "batch_size": recipe.batch_size,
-      "test_accuracy": last["test_accuracy"], "test_loss": last["test_loss"],
+      "test_accuracy": last["test_accuracy"], "test_top5_accuracy": last["test_top5_accuracy"],
+      "test_loss": last["test_loss"],
       "best_test_accuracy": max(h["test_accuracy"] for h in history),
       "train_accuracy": last["train_accuracy"], "train_loss": last["train_loss"],
       "devices": n_dev, "parallel": config.parallel, "wall_time_s": round(time.time() - t0, 1),
       "compilations": {"train_step": train_step._cache_size(), "eval_step": eval_step._cache_size(),
-                       **train_source.compilations()},
+                       **(train_source.compilations() if hasattr(train_source, "compilations")
+                          else {})},
       "history": history,
   }
   path = layout.write_summary(stage_dir, summary)

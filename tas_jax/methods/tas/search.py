@@ -73,10 +73,15 @@ def tau_at(s: ml_collections.ConfigDict, epoch: int) -> float:
 
 def optimizers(s: ml_collections.ConfigDict, steps_per_epoch: int):
   """(weight optimiser, its schedule, architecture optimiser)."""
-  per_epoch = optax.cosine_decay_schedule(s.lr, s.epochs)  # cosine to 0, stepped per epoch
+  # cosine to 0 stepped per epoch, after `warmup_epochs` of linear warm-up per iteration
+  per_epoch = optax.cosine_decay_schedule(s.lr, s.epochs - s.warmup_epochs)
 
-  def schedule(count):
+  def cosine(count):
     return per_epoch(count // steps_per_epoch)
+
+  schedule = cosine if s.warmup_epochs == 0 else optax.join_schedules(
+      [optax.linear_schedule(0.0, s.lr, s.warmup_epochs * steps_per_epoch), cosine],
+      [s.warmup_epochs * steps_per_epoch])
 
   weights = optax.chain(optax.add_decayed_weights(s.weight_decay),
                         optax.sgd(schedule, momentum=s.momentum, nesterov=s.nesterov))
@@ -198,11 +203,10 @@ def search(config: ml_collections.ConfigDict, workdir: str) -> dict:
   s = config.search
   stage_dir = layout.search_dir(workdir)
   t0 = time.time()
-  ds = supervised.load_data(config)
+  mesh, ds = supervised.load_inputs(config, s.eval_batch_size)
   base = config_lib.architecture(config, ds.num_classes, ds.image_size, ds.channels)
   space = space_lib.build(base)
   flops_max = float(flops.count(base).flops)
-  mesh = parallel.make_mesh(config.num_devices)
   n_dev = mesh.shape[parallel.AXIS]
   half_a, half_b = datasets.split_per_class(ds.train_labels, config.seed)
   steps_per_epoch = sources.check_batch("search.batch_size", s.batch_size, n_dev,
@@ -213,27 +217,25 @@ def search(config: ml_collections.ConfigDict, workdir: str) -> dict:
                space.num_slots, [list(d) for d in space.depths], len(half_a), len(half_b),
                steps_per_epoch, n_dev)
 
-  net = supernet_lib.SuperNet(space, s.variant)
+  net = supernet_lib.SuperNet(space, s.variant, dtype=jnp.dtype(config.model.dtype))
   tx, schedule, arch_tx = optimizers(s, steps_per_epoch)
   init_key, aug_key = jax.random.split(jax.random.key(config.seed))
-  state = create_state(net, space, tx, arch_tx, jnp.zeros((2,) + ds.train_images.shape[1:]),
-                       init_key, mesh)
+  state = create_state(net, space, tx, arch_tx,
+                       jnp.zeros((2, ds.image_size, ds.image_size, ds.channels)), init_key, mesh)
   if s.init == "teacher":
     state = _from_teacher(state, base, tx, workdir, mesh)
-  data = sources.DeviceDataset(ds, mesh, s.eval_batch_size)
   # one batch of each half per iteration; each half reshuffled per epoch with its own key
   perm_key = jax.random.fold_in(jax.random.key(config.seed), 2)
-  augmentation = supervised.augmentation(config, ds)
   halves = sources.Zipped(
-      a=sources.InMemorySource(data, half_a, s.batch_size, augmentation,
-                               epoch_key=lambda e: jax.random.fold_in(perm_key, 2 * e),
-                               step_key=lambda step: step_keys(aug_key, step)[0],
-                               steps_per_epoch=steps_per_epoch),
-      b=sources.InMemorySource(data, half_b, s.batch_size, augmentation,
-                               epoch_key=lambda e: jax.random.fold_in(perm_key, 2 * e + 1),
-                               step_key=lambda step: step_keys(aug_key, step)[1],
-                               steps_per_epoch=steps_per_epoch))
-  test_source = sources.InMemoryEvalSource(data)
+      a=ds.train_source(half_a, s.batch_size, seed=2 * config.seed + 1,
+                        epoch_key=lambda e: jax.random.fold_in(perm_key, 2 * e),
+                        step_key=lambda step: step_keys(aug_key, step)[0],
+                        steps_per_epoch=steps_per_epoch),
+      b=ds.train_source(half_b, s.batch_size, seed=2 * config.seed + 2,
+                        epoch_key=lambda e: jax.random.fold_in(perm_key, 2 * e + 1),
+                        step_key=lambda step: step_keys(aug_key, step)[1],
+                        steps_per_epoch=steps_per_epoch))
+  test_source = ds.eval_source()
   iteration = make_search_step(net, space, s, mesh, config.parallel)
   eval_step = steps.make_eval_step(
       # the argmax network with batch statistics (see tas_jax.methods.tas.supernet)
@@ -248,6 +250,7 @@ def search(config: ml_collections.ConfigDict, workdir: str) -> dict:
       test = steps.evaluate(eval_step, (state.params, state.batch_stats, state.arch),
                             test_source.batches(), test_source.num_examples)
       entry["argmax_test_accuracy"] = test["accuracy"]
+      entry["argmax_test_top5_accuracy"] = test["top5_accuracy"]
     logging.info("[search] epoch %d: argmax widths %s depths %s", epoch + 1, entry["widths"],
                  entry["depths"])
     return entry
@@ -284,7 +287,7 @@ def search(config: ml_collections.ConfigDict, workdir: str) -> dict:
       # epoch, as inputs): 1 each, or the search recompiled somewhere
       "compilations": {"iteration": iteration._cache_size(), "eval_step": eval_step._cache_size(),
                        **{f"{k}_{half}": v for half in ("a", "b")
-                          for k, v in halves.source(half).compilations().items()}},
+                          for k, v in getattr(halves.source(half), "compilations", dict)().items()}},
       "devices": n_dev, "parallel": config.parallel, "wall_time_s": round(time.time() - t0, 1),
       "history": history,
   }

@@ -86,6 +86,7 @@ class SearchConv(nn.Module):
   stride: int = 1
   mix: bool = True            # False: the "depth" variant (one candidate, the full width)
   axis_name: Optional[str] = None
+  dtype: jnp.dtype = jnp.float32   # of the conv and the mixing; weights and BN statistics float32
 
   @nn.compact
   def __call__(self, x, choice, train: bool):
@@ -93,15 +94,16 @@ class SearchConv(nn.Module):
     idx, widths, weights = choice
     p = self.kernel // 2
     z = nn.Conv(self.width, (self.kernel,) * 2, (self.stride,) * 2, padding=((p, p), (p, p)),
-                use_bias=False, kernel_init=conv_init, name="conv")(x)
+                use_bias=False, kernel_init=conv_init, dtype=self.dtype, name="conv")(x)
     z, scales, biases = CandidateBatchNorm(self.width, self.axis_name, name="bn")(z, idx, train)
+    z = z.astype(self.dtype)
     if not self.mix:
-      return z * scales[0] + biases[0]
+      return z * scales[0].astype(self.dtype) + biases[0].astype(self.dtype)
     m = cwi.mix_matrix(widths, weights, scales, self.width)
     c_star = jnp.maximum(widths[0], widths[1])
     bias = sum(weights[i] * cwi.cwi_matrix(widths[i], c_star, self.width) @ biases[i]
                for i in range(2))
-    return z @ m.T + bias
+    return z @ m.T.astype(self.dtype) + bias.astype(self.dtype)
 
 
 def sample_choices(space: SearchSpace, logits: dict, key, tau, sample: bool, variant: str):
@@ -134,6 +136,7 @@ class SuperNet(nn.Module):
   space: SearchSpace
   variant: str = "tas"
   axis_name: Optional[str] = None
+  dtype: jnp.dtype = jnp.float32   # bfloat16: convs and activations in bf16 (mixed precision)
 
   @nn.compact
   def __call__(self, x, logits: dict, key, tau, train: bool = True, argmax: bool = False):
@@ -147,11 +150,11 @@ class SuperNet(nn.Module):
     c_star = lambda slot: jnp.max(widths[slot]) if mix else space.slots[slot].full
     # No zero-initialised last BN here, on ImageNet either: the official search network ignores
     # zero_init_residual (the pruned ImageNet networks keep it).
-    conv = lambda width, kernel, stride, **kw: SearchConv(width, kernel, stride, mix=mix,
+    conv = lambda width, kernel, stride, **kw: SearchConv(width, kernel, stride, mix=mix, dtype=self.dtype,
                                                           axis_name=self.axis_name, **kw)
 
     stem = space.slots[0]
-    h = nn.relu(conv(stem.full, stem.kernel, stem.stride, name="stem")(x, choice(0), train))
+    h = nn.relu(conv(stem.full, stem.kernel, stem.stride, name="stem")(x.astype(self.dtype), choice(0), train))
     channels = c_star(0)  # true channel count of h; channels beyond it are zero
     if topology.of(base).stem_pool:
       h = nn.max_pool(h, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
@@ -181,21 +184,25 @@ class SuperNet(nn.Module):
         h = nn.relu(y + residual)
         outputs.append((h, channels))
       h, channels = _depth_mixture(outputs, dtab[s], q[s], soft=sample and self.variant != "width")
-    features = jnp.mean(h, axis=(1, 2))
+    features = jnp.mean(h, axis=(1, 2)).astype(jnp.float32)  # the head and the loss in float32
     return nn.Dense(base.num_classes, kernel_init=linear_init, bias_init=nn.initializers.zeros,
                     name="classifier")(features)
 
 
 def _depth_mixture(outputs, depths: np.ndarray, q, soft: bool):
   """(Σ_j q_j · CWI(F_{d_j} → widest), widest): every candidate depth's output is resized from its
-  true channel count. For a one-hot q (argmax, TAS(W)) it is the chosen F_d, no CWI applied."""
+  true channel count. For a one-hot q (argmax, TAS(W)) it is the chosen F_d, no CWI applied.
+  The mixture keeps the activations' dtype."""
   feats = [outputs[int(d) - 1] for d in depths]
   counts = jnp.stack([jnp.asarray(c) for _, c in feats])
+  dtype = feats[0][0].dtype
   if not soft:
-    return sum(q[j] * f for j, (f, _) in enumerate(feats)), jnp.sum(q * counts).astype(jnp.int32)
+    mixed = sum(q[j] * f for j, (f, _) in enumerate(feats))
+    return mixed.astype(dtype), jnp.sum(q * counts).astype(jnp.int32)
   size = feats[0][0].shape[-1]
   widest = jnp.max(counts)
-  return sum(q[j] * (f @ cwi.cwi_matrix(c, widest, size).T) for j, (f, c) in enumerate(feats)), widest
+  mixed = sum(q[j] * (f @ cwi.cwi_matrix(c, widest, size).T) for j, (f, c) in enumerate(feats))
+  return mixed.astype(dtype), widest
 
 
 def supernet_params_from_plain(plain_params: dict, plain_stats: dict) -> tuple[dict, dict]:

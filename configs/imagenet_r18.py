@@ -1,0 +1,14 @@
+"""ImageNet ResNet-18, the spec's recipe (TAS.md §5–§6): teacher, TAS search, pruned network with KD.
+
+    python -m tas_jax.main --config=configs/imagenet_r18.py --workdir=runs/imagenet_r18 \
+        --config.data.dir=/data/imagenet --config.stage=all
+
+`config.data.dir` holds train/<class>/*.JPEG and val/<class>/*.JPEG, or TFDS imagenet2012 prepared
+as ArrayRecord. bf16 by default (`--config.model.dtype=float32` for full precision).
+"""
+
+from tas_jax.config import imagenet_recipe
+
+
+def get_config():
+  return imagenet_recipe(18)

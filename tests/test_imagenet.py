@@ -1,0 +1,159 @@
+"""The streaming ImageNet input on real files: ImageNet photographs shipped in the foolbox wheel laid
+out as train/<class>/*.JPEG, and TFDS `mock_data` for imagenet2012 through `tfds.data_source`."""
+
+import io
+
+import jax
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+from PIL import Image
+
+from tas_jax import parallel
+from tas_jax.data import datasets, imagenet, imagenet_samples
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+  return imagenet_samples.build(str(tmp_path_factory.mktemp("imagenet_samples")))
+
+
+def test_folder_layout_classes_and_labels(folder):
+  train = imagenet.open_split(folder, "train")
+  val = imagenet.open_split(folder, "validation", classes=train.classes)
+  assert isinstance(train, imagenet.ImageFolder) and len(train) == 40 and len(val) == 20
+  assert train.classes == sorted(train.classes) and len(train.classes) == 19   # label 609 twice
+  assert train.classes[int(train.labels[0])] == train.files[0].split("/")[-2]
+  np.testing.assert_array_equal(np.bincount(train.labels), 2 * np.bincount(val.labels))
+  r = train[0]
+  assert isinstance(r["jpeg"], bytes) and r["jpeg"][:2] == b"\xff\xd8"    # a JPEG
+
+
+def test_missing_dataset_is_one_line_saying_where_and_how(tmp_path):
+  with pytest.raises(datasets.DataNotFoundError) as e:
+    imagenet.open_split(str(tmp_path), "train")
+  msg = str(e.value)
+  assert "\n" not in msg and str(tmp_path) in msg and "tfds build imagenet2012" in msg
+
+
+def test_train_and_eval_views_shapes_and_ranges(folder):
+  train = imagenet.open_split(folder, "train")
+  rng = np.random.default_rng(0)
+  for i in range(4):
+    v = imagenet.train_view(train[i], rng)
+    assert v["image"].shape == (224, 224, 3) and v["image"].dtype == np.uint8
+    assert v["image"].std() > 5                           # a photograph, not a blank
+    assert v["label"] == train.labels[i]
+  e = imagenet.eval_view(train[0])
+  assert e["image"].shape == (224, 224, 3)
+  # evaluation is deterministic: resize the shorter side to 256, centre crop 224
+  img = Image.open(io.BytesIO(train[0]["jpeg"])).convert("RGB")
+  w, h = img.size
+  s = 256 / min(w, h)
+  resized = img.resize((round(w * s), round(h * s)), Image.BILINEAR)
+  left, top = (resized.size[0] - 224) // 2, (resized.size[1] - 224) // 2
+  np.testing.assert_array_equal(e["image"], np.asarray(resized.crop((left, top, left + 224, top + 224))))
+
+
+def test_random_resized_crop_box_and_lighting_by_hand():
+  rng = np.random.default_rng(1)
+  for _ in range(200):
+    left, top, w, h = imagenet.random_resized_crop_box(rng, 500, 375)
+    assert 0 <= left and left + w <= 500 and 0 <= top and top + h <= 375
+    assert 0.08 * 500 * 375 * 0.9 <= w * h <= 500 * 375 and 3 / 4 - 0.05 <= w / h <= 4 / 3 + 0.05
+  # an image too thin for any draw: the centre crop at the nearest allowed ratio
+  assert imagenet.random_resized_crop_box(np.random.default_rng(0), 400, 10, scale=(0.99, 1.0)) == (
+      (400 - 13) // 2, 0, 13, 10)
+  x = np.full((2, 2, 3), 0.5, np.float32)
+  alpha = np.random.default_rng(7).normal(0.0, 0.1, 3).astype(np.float32)
+  want = x + imagenet.EIGVEC @ (alpha * imagenet.EIGVAL)
+  np.testing.assert_allclose(imagenet.lighting(np.random.default_rng(7), x), want, rtol=1e-6)
+
+
+def _id_records(folder, n):
+  """n records of one real photo whose label is the record's index: batches name their examples."""
+  jpeg = imagenet.open_split(folder, "train")[0]["jpeg"]
+  return [{"jpeg": jpeg, "label": i} for i in range(n)]
+
+
+def _labels(dataset, steps):
+  return [np.asarray(dataset[k]["label"]).tolist() for k in range(steps)]
+
+
+def test_process_shards_are_disjoint_and_complete(folder):
+  """Two processes of a 24-image epoch, 3 images each per step: 4 steps cover every image once."""
+  records = _id_records(folder, 24)
+  shards = []
+  for p in range(2):
+    ds, steps = imagenet.train_dataset(records, np.arange(24), 3, seed=5,
+                                       options=imagenet.StreamOptions(image_size=32, shard_index=p,
+                                                                      shard_count=2))
+    assert steps == 4
+    shards.append(sum(_labels(ds, steps), []))
+  assert not set(shards[0]) & set(shards[1])
+  assert sorted(shards[0] + shards[1]) == list(range(24))
+
+
+def test_order_is_seeded_reshuffled_per_epoch_and_resumes_mid_epoch(folder):
+  records = _id_records(folder, 12)
+  opts = imagenet.StreamOptions(image_size=32, shard_index=0, shard_count=1)
+  a, steps = imagenet.train_dataset(records, np.arange(12), 4, seed=3, options=opts)
+  b, _ = imagenet.train_dataset(records, np.arange(12), 4, seed=3, options=opts)
+  c, _ = imagenet.train_dataset(records, np.arange(12), 4, seed=4, options=opts)
+  assert _labels(a, 6) == _labels(b, 6) != _labels(c, 6)
+  epoch1, epoch2 = sum(_labels(a, 6)[:3], []), sum(_labels(a, 6)[3:], [])
+  assert sorted(epoch1) == sorted(epoch2) == list(range(12)) and epoch1 != epoch2
+  np.testing.assert_array_equal(np.asarray(a[1]["image"]), np.asarray(b[1]["image"]))  # same crops
+
+
+def test_streaming_source_global_batches_and_resume(folder):
+  """Through the source the stages use: normalised global batches sharded along 'data', the
+  batch of step k identical whether the run started at 0 or resumed at k, and an evaluation pass
+  whose mask covers every validation image once."""
+  train = imagenet.open_split(folder, "train")
+  mesh = parallel.make_mesh()
+  batch = 8 if jax.device_count() <= 8 else jax.device_count()
+  src = imagenet.StreamingSource(train, np.arange(len(train)), batch, mesh, seed=0,
+                                 options=imagenet.StreamOptions(image_size=64, prefetch=2))
+  assert src.steps_per_epoch == 40 // batch
+  it = src.iterate(0)
+  first = [next(it) for _ in range(3)]
+  it.close()
+  x = first[0]["image"]
+  assert x.shape == (batch, 64, 64, 3) and x.dtype == np.float32
+  assert x.sharding.spec == parallel.batch_sharded(mesh).spec
+  assert -2.2 < float(x.min()) < 0 < float(x.max()) < 2.7          # (x/255 − mean) / std
+  assert src.state()["step"] == 3 and "iterator" in src.state()
+  resumed = src.iterate(2)
+  np.testing.assert_array_equal(np.asarray(next(resumed)["image"]), np.asarray(first[2]["image"]))
+  resumed.close()
+  val = imagenet.open_split(folder, "validation", classes=train.classes)
+  ev = list(imagenet.StreamingEvalSource(val, 8, mesh, imagenet.StreamOptions(image_size=64)).batches())
+  assert len(ev) == 3 and sum(float(b["mask"].sum()) for b in ev) == 20
+  labels = np.concatenate([np.asarray(b["label"])[np.asarray(b["mask"]) > 0] for b in ev])
+  np.testing.assert_array_equal(labels, val.labels)
+
+
+def test_worker_processes_give_the_same_batches(folder):
+  train = imagenet.open_split(folder, "train")
+  mesh = parallel.make_mesh()
+  batches = []
+  for workers in (0, 2):
+    src = imagenet.StreamingSource(train, np.arange(len(train)), 8, mesh, seed=1,
+                                   options=imagenet.StreamOptions(image_size=48, workers=workers))
+    it = src.iterate(0)
+    batches.append([np.asarray(next(it)["image"]) for _ in range(2)])
+    it.close()
+  for a, b in zip(*batches):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_tfds_imagenet2012_through_data_source():
+  with tfds.testing.mock_data(num_examples=6, policy=tfds.testing.MockPolicy.USE_CODE):
+    src = imagenet.TfdsImageNet(None, "train")
+    assert len(src) == 6 and len(src.classes) == 1000
+    r = src[0]
+    assert isinstance(r["jpeg"], bytes) and 0 <= r["label"] < 1000
+    assert src.labels.shape == (6,) and src.labels[0] == r["label"]
+    v = imagenet.train_view(r, np.random.default_rng(0), size=32)
+    assert v["image"].shape == (32, 32, 3)
