@@ -31,7 +31,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import statistics
 import subprocess
 import sys
 import time
@@ -42,6 +41,7 @@ import numpy as np
 
 from absl import app, flags
 
+from benchmarks.timing import compile_stats, median_time, median_times, Stepper
 from tas_jax import parallel
 from tas_jax.config import base_config
 from tas_jax.data import datasets, sources
@@ -67,52 +67,6 @@ def synthetic_cifar(n: int, seed: int = 0) -> datasets.ImageDataset:
   y = rng.integers(0, 10, n).astype(np.int32)
   return datasets.ImageDataset("synthetic", x, y, x[:256], y[:256], 10, (0.5,) * 3, (0.25,) * 3,
                                "synthetic")
-
-
-def _median_times(calls: dict, repeats: int, steps_per_repeat: int) -> dict:
-  """{name: (median seconds per call, per-repeat seconds)}; the callables take turns repeat by
-  repeat, so that the machine's noise falls on all of them alike."""
-  times = {name: [] for name in calls}
-  for _ in range(repeats):
-    for name, call in calls.items():
-      t = time.perf_counter()
-      for _ in range(steps_per_repeat):
-        out = call()
-      jax.block_until_ready(out)
-      times[name].append((time.perf_counter() - t) / steps_per_repeat)
-  return {name: (statistics.median(v), v) for name, v in times.items()}
-
-
-def _median_time(call, repeats: int, steps_per_repeat: int) -> tuple[float, list[float]]:
-  return _median_times({"": call}, repeats, steps_per_repeat)[""]
-
-
-def _compile_stats(jitted, *args) -> tuple[float, dict]:
-  """(seconds to lower and compile, memory figures) of `jitted` on `args`, ahead of time."""
-  t = time.perf_counter()
-  compiled = jitted.lower(*args).compile()
-  seconds = time.perf_counter() - t
-  out = {}
-  stats = jax.devices()[0].memory_stats() or {}
-  if "peak_bytes_in_use" in stats:
-    out["peak_bytes_in_use"] = int(stats["peak_bytes_in_use"])
-  analysis = compiled.memory_analysis()
-  if analysis is not None:
-    out["compiled_temp_bytes"] = int(analysis.temp_size_in_bytes)
-    out["compiled_argument_bytes"] = int(analysis.argument_size_in_bytes)
-  return seconds, out
-
-
-class _Stepper:
-  """Holds the evolving state and the batch iterator so that timed calls look like the training
-  loop's: next batch from the source, then the step."""
-
-  def __init__(self, fn, state, batches, *args):
-    self.fn, self.state, self.batches, self.args = fn, state, batches, args
-
-  def __call__(self):
-    self.state, metrics = self.fn(self.state, next(self.batches), *self.args)
-    return self.state.step
 
 
 def bench_jax(network: str, batch: int, num_devices: int, repeats: int, steps_per_repeat: int,
@@ -144,9 +98,9 @@ def bench_jax(network: str, batch: int, num_devices: int, repeats: int, steps_pe
     step = steps.make_train_step(model, mesh, "jit")
     batches = source.iterate(0)
     if compile_stats:
-      seconds, out["plain_memory"] = _compile_stats(step, state, next(batches))
+      seconds, out["plain_memory"] = compile_stats(step, state, next(batches))
       out["plain_compile_s"] = round(seconds, 2)
-    stepper = _Stepper(step, state, batches)
+    stepper = Stepper(step, state, batches)
     jax.block_until_ready(stepper())   # compiles the jitted step itself, warms up
     jax.block_until_ready(stepper())   # the second warm-up call finishes before timing starts
     return step, stepper
@@ -154,7 +108,7 @@ def bench_jax(network: str, batch: int, num_devices: int, repeats: int, steps_pe
   plain, plain_stepper = plain_step_and_stepper(compile_stats=True)
   stepper = plain_stepper
   with jax.transfer_guard("disallow"):
-    timed = _median_times({"jax": stepper, **({"reference": reference} if reference else {})},
+    timed = median_times({"jax": stepper, **({"reference": reference} if reference else {})},
                           repeats, steps_per_repeat)
     t_plain, raw_plain = timed["jax"]
     for _ in range(source.steps_per_epoch):   # on into the next epoch: a new permutation
@@ -171,7 +125,7 @@ def bench_jax(network: str, batch: int, num_devices: int, repeats: int, steps_pe
     # the same step compiled with XLA's own options: what tas_jax's CPU options are worth
     with parallel.xla_defaults():
       _, default_stepper = plain_step_and_stepper(compile_stats=False)
-    t_default, raw_default = _median_time(default_stepper, repeats, steps_per_repeat)
+    t_default, raw_default = median_time(default_stepper, repeats, steps_per_repeat)
     out.update(plain_step_xla_defaults_s=round(t_default, 4),
                plain_xla_defaults_repeats_s=[round(x, 4) for x in raw_default],
                xla_defaults_over_tuned_ratio=round(t_default / t_plain, 3))
@@ -194,12 +148,12 @@ def bench_jax(network: str, batch: int, num_devices: int, repeats: int, steps_pe
       for i, (name, half) in enumerate((("a", half_a), ("b", half_b)))})
   taus = [parallel.put_replicated(np.float32(search.tau_at(c.search, e)), mesh) for e in (0, 1)]
   batches = halves.iterate(0)
-  search_compile, out["search_memory"] = _compile_stats(iteration, sstate, next(batches), key, taus[0])
-  stepper = _Stepper(iteration, sstate, batches, key, taus[0])
+  search_compile, out["search_memory"] = compile_stats(iteration, sstate, next(batches), key, taus[0])
+  stepper = Stepper(iteration, sstate, batches, key, taus[0])
   jax.block_until_ready(stepper())
   jax.block_until_ready(stepper())   # the second warm-up call finishes before timing starts
   with jax.transfer_guard("disallow"):
-    t_search, raw_search = _median_time(stepper, repeats, steps_per_repeat)
+    t_search, raw_search = median_time(stepper, repeats, steps_per_repeat)
     stepper.args = (key, taus[1])     # the next epoch's τ; the halves cross epochs on their own
     for _ in range(halves.steps_per_epoch):
       jax.block_until_ready(stepper())

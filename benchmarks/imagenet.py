@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from benchmarks.bench import _compile_stats, _median_time, _Stepper
+from benchmarks.timing import compile_stats, median_time, Stepper
 from tas_jax import parallel
 from tas_jax.config import base_config
 from tas_jax.data import imagenet
@@ -81,10 +81,10 @@ def step_figures(depth: int, dtype: str, batch: int, repeats: int, steps_per_rep
   tx, _ = supervised.sgd_with_warmup_cosine(c.teacher, 100)
   state = steps.create_state(model, tx, resnet.dummy_input(a), jax.random.key(0), mesh)
   step = steps.make_train_step(model, mesh, "jit")
-  seconds, memory = _compile_stats(step, state, data)
-  stepper = _Stepper(step, state, _forever(data))
+  seconds, memory = compile_stats(step, state, data)
+  stepper = Stepper(step, state, _forever(data))
   jax.block_until_ready(stepper())
-  t, raw = _median_time(stepper, repeats, steps_per_repeat)
+  t, raw = median_time(stepper, repeats, steps_per_repeat)
   out["teacher_step"] = {"compile_s": round(seconds, 1), "memory": memory, "step_s": round(t, 3),
                          "images_per_s": round(batch / t, 2), "repeats_s": [round(x, 3) for x in raw]}
   del stepper, state
@@ -99,10 +99,10 @@ def step_figures(depth: int, dtype: str, batch: int, repeats: int, steps_per_rep
   key = parallel.put_replicated(jax.random.key(1), mesh)
   tau = parallel.put_replicated(np.float32(search.tau_at(c.search, 0)), mesh)
   pair = {"a": data, "b": data}
-  seconds, memory = _compile_stats(iteration, sstate, pair, key, tau)
-  stepper = _Stepper(iteration, sstate, _forever(pair), key, tau)
+  seconds, memory = compile_stats(iteration, sstate, pair, key, tau)
+  stepper = Stepper(iteration, sstate, _forever(pair), key, tau)
   jax.block_until_ready(stepper())
-  t, raw = _median_time(stepper, repeats, steps_per_repeat)
+  t, raw = median_time(stepper, repeats, steps_per_repeat)
   out["search_iteration"] = {"compile_s": round(seconds, 1), "memory": memory, "step_s": round(t, 3),
                              "images_per_s": round(2 * batch / t, 2),
                              "repeats_s": [round(x, 3) for x in raw]}

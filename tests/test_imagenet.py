@@ -157,3 +157,43 @@ def test_tfds_imagenet2012_through_data_source():
     assert src.labels.shape == (6,) and src.labels[0] == r["label"]
     v = imagenet.train_view(r, np.random.default_rng(0), size=32)
     assert v["image"].shape == (32, 32, 3)
+
+
+def test_bfloat16_computes_in_bf16_and_keeps_weights_statistics_and_logits_in_float32():
+  """config.model.dtype=bfloat16 (the ImageNet configs' default): every convolution of the plain
+  network and of the supernet takes bf16 operands; weights, BN statistics and logits are float32."""
+  from tas_jax.methods.tas import space as space_lib, supernet
+  from tas_jax.models import arch, resnet
+  a = arch.imagenet_resnet(18, num_classes=10, input_size=32)
+  a = arch.Architecture(**{**a.to_dict(), "stages": [s[:1] for s in a.stages]})
+  x = np.zeros((2, 32, 32, 3), np.float32)
+
+  def conv_dtypes(jaxpr):
+    out = set()
+    for eqn in jaxpr.eqns:
+      if eqn.primitive.name == "conv_general_dilated":
+        out |= {str(v.aval.dtype) for v in eqn.invars}
+      for p in eqn.params.values():
+        if hasattr(p, "jaxpr"):
+          out |= conv_dtypes(p.jaxpr)
+    return out
+
+  model = resnet.build(a, dtype=jax.numpy.bfloat16)
+  v = model.init(jax.random.key(0), x)
+  assert {str(t.dtype) for t in jax.tree.leaves(v)} == {"float32"}
+  logits, updates = model.apply(v, x, train=True, mutable=["batch_stats"])
+  assert logits.dtype == np.float32
+  assert {str(t.dtype) for t in jax.tree.leaves(updates)} == {"float32"}
+  jaxpr = jax.make_jaxpr(lambda v: model.apply(v, x, train=True, mutable=["batch_stats"]))(v)
+  assert conv_dtypes(jaxpr.jaxpr) == {"bfloat16"}
+
+  space = space_lib.build(a)
+  net = supernet.SuperNet(space, dtype=jax.numpy.bfloat16)
+  logits_arch = space.init_logits(jax.random.key(1))
+  sv = net.init(jax.random.key(0), x, logits_arch, jax.random.key(2), 1.0)
+  assert {str(t.dtype) for t in jax.tree.leaves(sv)} == {"float32"}
+  run = lambda v: net.apply(v, x, logits_arch, jax.random.key(3), 1.0, train=True,
+                            mutable=["batch_stats"])
+  out, _ = run(sv)
+  assert out.dtype == np.float32
+  assert conv_dtypes(jax.make_jaxpr(run)(sv).jaxpr) == {"bfloat16"}

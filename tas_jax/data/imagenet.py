@@ -224,9 +224,11 @@ class StreamOptions:
 
 
 def _shard(options: StreamOptions) -> tuple[int, int]:
+  """(this process's shard, shard count): grain's ShardByJaxProcess unless a test names one."""
   if options.shard_index >= 0:
     return options.shard_index, options.shard_count
-  return jax.process_index(), jax.process_count()
+  by_process = grain.sharding.ShardByJaxProcess(drop_remainder=True)
+  return by_process.shard_index, by_process.shard_count
 
 
 def train_dataset(records, indices: np.ndarray, process_batch: int, seed: int,

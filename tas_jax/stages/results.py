@@ -94,12 +94,14 @@ def results(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   t_flops, t_params = teacher_summary["flops_m"], teacher_summary["params_m"]
   rows = [{"network": "teacher (unpruned)", "run": "teacher", "architecture": teacher_arch.name,
-           "test_accuracy": teacher_summary["test_accuracy"], "flops_m": t_flops,
+           "test_accuracy": teacher_summary["test_accuracy"],
+           "test_top5_accuracy": teacher_summary.get("test_top5_accuracy"), "flops_m": t_flops,
            "params_m": t_params, "flops_pruned": 0.0, "epochs": teacher_summary["epochs"],
            **speed["teacher"], "speedup": 1.0}]
   for s in runs:
     rows.append({"network": _label(s), "run": s["run"], "architecture": s["architecture"],
-                 "test_accuracy": s["test_accuracy"], "flops_m": s["flops_m"],
+                 "test_accuracy": s["test_accuracy"],
+                 "test_top5_accuracy": s.get("test_top5_accuracy"), "flops_m": s["flops_m"],
                  "params_m": s["params_m"], "flops_pruned": 1 - s["flops_m"] / t_flops,
                  "epochs": s["epochs"], **speed[s["run"]],
                  "speedup": speed[s["run"]]["images_per_s"] / speed["teacher"]["images_per_s"]})
@@ -123,10 +125,12 @@ def markdown(table: dict) -> str:
   lines = [f"Results on {table['dataset']}; inference throughput: batch {table['throughput_batch']}, "
            f"median of {table['throughput_repeats']} interleaved calls, one {table['device']} device.",
            "",
-           "| network | run | test acc. | FLOPs (M) | params (M) | FLOPs pruned | epochs | images/s | speed-up |",
-           "|---|---|---|---|---|---|---|---|---|"]
+           "| network | run | test acc. | top-5 | FLOPs (M) | params (M) | FLOPs pruned | epochs | images/s | speed-up |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
   for r in table["rows"]:
+    top5 = r.get("test_top5_accuracy")
     lines.append(f"| {r['network']} | {r['run']} | {100 * r['test_accuracy']:.2f}% | "
+                 f"{'–' if top5 is None else f'{100 * top5:.2f}%'} | "
                  f"{r['flops_m']:.2f} | {r['params_m']:.4f} | {100 * r['flops_pruned']:.1f}% | "
                  f"{r['epochs']} | {r['images_per_s']:.0f} | {r['speedup']:.2f}× |")
   return "\n".join(lines) + "\n"
