@@ -92,12 +92,12 @@ def bench_jax(network: str, batch: int, num_devices: int, repeats: int, steps_pe
                                   supervised.permutation_key(0),
                                   lambda step: jax.random.fold_in(jax.random.key(1), step))
 
-  def plain_step_and_stepper(compile_stats: bool):
+  def plain_step_and_stepper(with_compile_stats: bool):
     """The plain step as compiled under the current options, and a warmed-up stepper of it."""
     state = steps.create_state(model, tx, resnet.dummy_input(a), jax.random.key(0), mesh)
     step = steps.make_train_step(model, mesh, "jit")
     batches = source.iterate(0)
-    if compile_stats:
+    if with_compile_stats:
       seconds, out["plain_memory"] = compile_stats(step, state, next(batches))
       out["plain_compile_s"] = round(seconds, 2)
     stepper = Stepper(step, state, batches)
@@ -105,7 +105,7 @@ def bench_jax(network: str, batch: int, num_devices: int, repeats: int, steps_pe
     jax.block_until_ready(stepper())   # the second warm-up call finishes before timing starts
     return step, stepper
 
-  plain, plain_stepper = plain_step_and_stepper(compile_stats=True)
+  plain, plain_stepper = plain_step_and_stepper(with_compile_stats=True)
   stepper = plain_stepper
   with jax.transfer_guard("disallow"):
     timed = median_times({"jax": stepper, **({"reference": reference} if reference else {})},
@@ -124,7 +124,7 @@ def bench_jax(network: str, batch: int, num_devices: int, repeats: int, steps_pe
   if with_xla_defaults and out["compiler_options"]:
     # the same step compiled with XLA's own options: what tas_jax's CPU options are worth
     with parallel.xla_defaults():
-      _, default_stepper = plain_step_and_stepper(compile_stats=False)
+      _, default_stepper = plain_step_and_stepper(with_compile_stats=False)
     t_default, raw_default = median_time(default_stepper, repeats, steps_per_repeat)
     out.update(plain_step_xla_defaults_s=round(t_default, 4),
                plain_xla_defaults_repeats_s=[round(x, 4) for x in raw_default],

@@ -15,7 +15,7 @@ import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from tas_jax import config as config_lib, errors, methods
+from tas_jax import config as config_lib, errors, methods, multihost
 from tas_jax.data import datasets
 from tas_jax.models import arch as arch_lib
 
@@ -23,6 +23,12 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Folder for checkpoints, logs and results (created if needed).")
 config_flags.DEFINE_config_file("config", None, "A config file, e.g. configs/demo.py.",
                                 lock_config=True)
+flags.DEFINE_string("coordinator_address", None, "Several processes: HOST:PORT of process 0 "
+                    "(or JAX_COORDINATOR_ADDRESS); with --num_processes and --process_id.")
+flags.DEFINE_integer("num_processes", None, "Several processes: how many (or JAX_NUM_PROCESSES).")
+flags.DEFINE_integer("process_id", None, "Several processes: this one's index (or JAX_PROCESS_ID).")
+flags.DEFINE_bool("distributed", False, "Several processes, detected by JAX (TPU pods): "
+                  "jax.distributed.initialize() without arguments.")
 
 
 # method-independent stage -> (module, function(config, workdir) -> summary); imported when it runs
@@ -54,6 +60,12 @@ def main(argv):
     raise app.UsageError("both --config=configs/NAME.py and --workdir=DIR are needed")
   # Orbax narrates every save at INFO; keep the console for progress and results.
   logging.get_absl_handler().addFilter(lambda record: "orbax" not in record.pathname)
+  try:  # before any other JAX call
+    multihost.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
+                         FLAGS.distributed)
+  except errors.ConfigError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
   logging.info("JAX %s, process %d/%d, %d local device(s): %s", jax.__version__, jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.devices()[0].device_kind)
   try:

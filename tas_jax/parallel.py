@@ -25,14 +25,22 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from tas_jax.errors import ConfigError
+
 AXIS = "data"
 
 
 def make_mesh(num_devices: int = -1) -> Mesh:
+  """A ('data',) mesh over all devices of all processes (ordered by process), or the first
+  `num_devices` of a single process's."""
   devices = jax.devices()
+  if num_devices != -1 and jax.process_count() > 1 and num_devices != len(devices):
+    raise ConfigError(f"config.num_devices={num_devices}: in a {jax.process_count()}-process run "
+                      f"the mesh spans all {len(devices)} devices (a subset would leave processes "
+                      "without devices); use -1")
   if num_devices != -1:
     if num_devices > len(devices):
-      raise ValueError(f"config.num_devices={num_devices}: only {len(devices)} devices are visible "
+      raise ConfigError(f"config.num_devices={num_devices}: only {len(devices)} devices are visible "
                        "(on CPU, set XLA_FLAGS=--xla_force_host_platform_device_count=N)")
     devices = devices[:num_devices]
   return Mesh(np.asarray(devices), (AXIS,))

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# One GPU machine (any number of GPUs: the mesh spans them all, one process).
+#
+#   bash launch/gpu.sh [--dry-run] setup [CUDA]    # .venv + the CUDA build of jax (CUDA: 12 or 13, default 13)
+#   bash launch/gpu.sh [--dry-run] run -- --config=configs/imagenet_r50.py --workdir=runs/r50 \
+#        --config.data.dir=/data/imagenet --config.data.workers=16 --config.stage=all
+#
+# --dry-run prints the commands instead of running them.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DRY=0
+if [ "${1:-}" = "--dry-run" ]; then DRY=1; shift; fi
+show() {  # the command as one readable shell line (single quotes where needed)
+  local out="" a
+  for a in "$@"; do
+    if [[ "$a" =~ [^A-Za-z0-9_./:=@,+%-] ]]; then out+="'${a//\'/\'\\\'\'}' "; else out+="$a "; fi
+  done
+  echo "${out% }"
+}
+run() { if [ $DRY = 1 ]; then show "$@"; else "$@"; fi; }
+usage() { sed -n '2,8p' "$0" >&2; exit 2; }
+[ $# -ge 1 ] || usage
+CMD=$1; shift
+case "$CMD" in
+  setup)
+    run bash launch/setup.sh
+    run .venv/bin/pip install -q "jax[cuda${1:-13}]==0.10.2" ;;
+  run)
+    [ "${1:-}" = "--" ] && shift
+    [ $# -ge 1 ] || usage
+    run .venv/bin/python -m tas_jax.main "$@" ;;
+  *) usage ;;
+esac

@@ -1,0 +1,114 @@
+"""Two processes × 4 forced CPU devices on 127.0.0.1 against one process × 8 (MULTIHOST.md's
+pattern: a free port, two children with a timeout, killed by PID if they hang)."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from tas_jax.models import arch as arch_lib
+from tas_jax.training import supervised
+from test_train import run_on
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+
+def free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def two_processes(argv_of, timeout=900) -> list[subprocess.CompletedProcess]:
+  """Runs argv_of(port, i) for i = 0, 1 with 4 forced CPU devices each; kills both on timeout."""
+  port = free_port()
+  env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}   # proxies hang the init
+  env.update(XLA_FLAGS="--xla_force_host_platform_device_count=4", TF_CPP_MIN_LOG_LEVEL="2",
+             PYTHONPATH=os.pathsep.join([HERE, ROOT, os.environ.get("PYTHONPATH", "")]))
+  procs = [subprocess.Popen(argv_of(port, i), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env, cwd=ROOT) for i in range(2)]
+  outs = []
+  try:
+    for p in procs:
+      out, err = p.communicate(timeout=timeout)
+      outs.append(subprocess.CompletedProcess(p.args, p.returncode, out, err))
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+  for o in outs:
+    assert o.returncode == 0, o.stderr[-3000:]
+  return outs
+
+
+def check(what, workdir=""):
+  outs = two_processes(lambda port, i: [sys.executable, os.path.join(HERE, "multiprocess_check.py"),
+                                        str(port), str(i), what] + ([workdir] if workdir else []))
+  return [json.loads(o.stdout.strip().splitlines()[-1]) for o in outs]
+
+
+def test_teacher_step_on_two_processes_equals_one_process():
+  results = check("step")
+  ref = run_on(8, "jit")
+  for r in results:
+    assert (r["processes"], r["devices"]) == (2, 8)
+    np.testing.assert_allclose(r["losses"], ref["losses"], atol=1e-5, rtol=0)
+    np.testing.assert_allclose(r["params_head"], ref["params_head"], atol=1e-5)
+    assert abs(r["params_norm"] - ref["params_norm"]) < 1e-5 * ref["params_norm"]
+
+
+def test_search_iteration_on_two_processes_equals_one_process():
+  results = check("search")
+  ref = run_on(8, "jit", "search")
+  for r in results:
+    assert (r["processes"], r["devices"]) == (2, 8)
+    for got, want in zip(r["metrics"], ref["metrics"]):
+      for k in want:
+        assert got[k] == pytest.approx(want[k], abs=1e-5), k
+    np.testing.assert_allclose(r["alpha"], ref["alpha"], atol=1e-5)
+    np.testing.assert_allclose(r["beta"], ref["beta"], atol=1e-5)
+    np.testing.assert_allclose(r["params_head"], ref["params_head"], atol=1e-5)
+
+
+def test_checkpoint_of_two_processes_restores_in_one(tmp_path):
+  """Both processes write the teacher's Orbax checkpoints into one directory; this single process
+  (1 or 8 devices) reads the same weights; process 0 alone wrote the files."""
+  workdir = str(tmp_path)
+  results = check("teacher", workdir)
+  assert results[0]["finished"] and results[1]["finished"]
+  assert results[0]["norm"] == pytest.approx(results[1]["norm"], rel=1e-7)
+  a = arch_lib.load(os.path.join(workdir, "teacher", "arch.json"))
+  variables, step = supervised.read_variables(os.path.join(workdir, "teacher"), a, "teacher",
+                                              jax.sharding.SingleDeviceSharding(jax.local_devices()[0]))
+  flat = np.concatenate([np.ravel(x) for x in jax.tree.leaves(variables)])
+  assert step == results[0]["step"] == 8
+  assert float(np.linalg.norm(flat)) == pytest.approx(results[0]["norm"], rel=1e-6)
+  np.testing.assert_allclose(flat[:500], results[0]["head"], atol=1e-6)
+  events = [f for f in os.listdir(os.path.join(workdir, "teacher")) if "tfevents" in f]
+  assert len(events) == 1                                   # TensorBoard from process 0 only
+
+
+def test_two_process_search_through_the_cli_logs_once_and_writes_once(tmp_path):
+  """`python -m tas_jax.main` with --coordinator_address on localhost: a few search steps; one
+  progress stream (process 1 logs nothing but warnings) and one set of output files."""
+  workdir = str(tmp_path)
+  args = ["--config=configs/demo.py", f"--workdir={workdir}", "--config.stage=search",
+          "--config.search.init=scratch", "--config.search.epochs=2",
+          "--config.search.batch_size=64", "--config.data.train_examples=512",
+          "--config.model.depth=8", "--config.log_every_steps=2"]
+  outs = two_processes(lambda port, i: [sys.executable, "-m", "tas_jax.main", *args,
+                                        f"--coordinator_address=127.0.0.1:{port}",
+                                        "--num_processes=2", f"--process_id={i}"])
+  lead, other = outs[0].stderr, outs[1].stderr
+  assert "[search] epoch 2/2 done" in lead and "train/loss=" in lead and "ETA" in lead
+  assert "process 0/2" in lead and "8 local device" not in lead
+  assert "[search]" not in other and "train/loss=" not in other
+  summary = json.load(open(os.path.join(workdir, "search", "summary.json")))
+  assert summary["finished"] and summary["devices"] == 8 and len(summary["history"]) == 2
+  assert len([f for f in os.listdir(os.path.join(workdir, "search")) if "tfevents" in f]) == 1
