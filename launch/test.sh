@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Runs the test suite on 1 CPU device and on 8 forced CPU devices (the data-parallel code must give
 # the same numbers on both). The two passes run side by side: most of their time is XLA compiling,
-# which uses one core each. Uses .venv if launch/setup.sh made one. Extra arguments go to pytest.
+# which uses one core each. Tests marked `one_pass` (they start child processes that choose their own
+# device counts: several processes, hard kills) run in the 1-device pass only. Uses .venv if
+# launch/setup.sh made one. Extra arguments go to pytest.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=python
@@ -10,7 +12,7 @@ export TF_CPP_MIN_LOG_LEVEL=2
 logs=$(mktemp -d)
 XLA_FLAGS= "$PY" -m pytest -q -p no:cacheprovider --durations=5 tests "$@" > "$logs/1.log" 2>&1 &
 one=$!
-XLA_FLAGS=--xla_force_host_platform_device_count=8 "$PY" -m pytest -q -p no:cacheprovider \
+TAS_JAX_SECOND_PASS=1 XLA_FLAGS=--xla_force_host_platform_device_count=8 "$PY" -m pytest -q -p no:cacheprovider \
     --durations=5 tests "$@" > "$logs/8.log" 2>&1 &
 eight=$!
 wait $one; rc_one=$?

@@ -71,7 +71,7 @@ def main(argv):
   try:
     run(FLAGS.config, FLAGS.workdir)
   except (errors.ConfigError, arch_lib.ArchError, datasets.DataNotFoundError,
-          errors.CheckpointNotFoundError) as e:
+          errors.CheckpointNotFoundError, FloatingPointError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
 

@@ -46,14 +46,35 @@ def checkpoint_manager(stage_dir: str, keep: int) -> ocp.CheckpointManager:
 
 
 def restore_latest(manager: ocp.CheckpointManager, abstract_state) -> Optional[tuple[Any, dict]]:
-  """(state, meta) of the latest finished checkpoint, or None. An interrupted save is never
-  'latest': Orbax finalises a step only once all of it is on disk."""
-  step = manager.latest_step()
-  if step is None:
-    return None
-  restored = manager.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
-  return restored["state"], restored["meta"]
+  """(state, meta) of the latest readable checkpoint, or None when there is none.
+
+  An interrupted save is never 'latest': Orbax finalises a step only once all of it is on disk. A
+  finalised checkpoint that cannot be read (a damaged file) is skipped with a warning for the one
+  before it (and removed, since the run writes that step again); when none can be read the run
+  stops with one line saying what to do — never silently from scratch.
+  """
+  steps = sorted(manager.all_steps(), reverse=True)
+  failures = []
+  for step in steps:
+    try:
+      restored = manager.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
+    except Exception as e:  # noqa: BLE001 — any unreadable checkpoint: fall back, say so
+      reason = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+      failures.append(f"step {step}: {reason}")
+      logging.warning("checkpoint at step %d in %s cannot be read (%s); trying the one before it",
+                      step, manager.directory, reason)
+      continue
+    for bad in (b for b in steps if b > step):   # the run will write these steps again
+      manager.delete(bad)
+      logging.warning("removed the unreadable checkpoint at step %d; continuing from step %d",
+                      bad, step)
+    return restored["state"], restored["meta"]
+  if failures:
+    raise CheckpointNotFoundError(
+        f"no readable checkpoint in {manager.directory} ({'; '.join(failures)}): delete that folder "
+        "to start this stage over")
+  return None
 
 
 def read_checkpoint(stage_dir: str, abstract_subtrees: dict, stage: str) -> tuple[dict, dict, int]:
@@ -158,8 +179,10 @@ def fit(cfg: LoopConfig, stage_dir: str, state, train_step: Callable, source: so
         train = {k: float(v) for k, v in accumulated.compute().items()}  # host sync, per log only
         bad = [k for k, v in train.items() if not math.isfinite(v)]
         if bad:
-          raise FloatingPointError(f"[{cfg.stage}] {bad[0]} is {train[bad[0]]} at step {step}: "
-                                   "lower the learning rate or check the data")
+          raise FloatingPointError(
+              f"[{cfg.stage}] {bad[0]} is {train[bad[0]]} in steps {step_log + 1}-{step} (checked "
+              f"every {cfg.log_every_steps} steps; the last checkpoint is before them): lower the "
+              "learning rate or check the data")
         now = time.time()
         writer.write_scalars(step, {**{f"train/{k}": v for k, v in train.items()},
                                     "train/epoch": epoch + in_epoch / cfg.steps_per_epoch,
