@@ -174,8 +174,12 @@ class Zipped(BatchSource):
 
   def iterate(self, start_step: int) -> Iterator[dict]:
     iterators = {name: s.iterate(start_step) for name, s in self._sources.items()}
-    while True:
-      yield {name: next(it) for name, it in iterators.items()}
+    try:
+      while True:
+        yield {name: next(it) for name, it in iterators.items()}
+    finally:  # closing this closes every source's iterator (streaming ones stop their workers)
+      for it in iterators.values():
+        it.close()
 
 
 class InMemoryEvalSource(EvalSource):

@@ -15,6 +15,7 @@ from typing import Callable
 import ml_collections
 import numpy as np
 
+from tas_jax import parallel
 from tas_jax.data import datasets, imagenet, sources
 
 STREAMING = ("imagenet",)
@@ -85,6 +86,8 @@ def _in_memory(config, mesh, eval_batch) -> Inputs:
 
 def _streaming(config, mesh, eval_batch) -> Inputs:
   d = config.data
+  n_dev = mesh.shape[parallel.AXIS]
+  eval_batch = -(-eval_batch // n_dev) * n_dev   # whole batches on every device, padding masked
   train_records = imagenet.open_split(d.dir, "train")
   val_records = imagenet.open_split(d.dir, "validation", classes=train_records.classes)
   size = 224 if d.image_size == -1 else d.image_size
