@@ -56,12 +56,14 @@ def build(out_dir: str) -> str:
   return out_dir
 
 
-_OUT = flags.DEFINE_string("out", None, "the folder to write", required=True)
+_OUT = flags.DEFINE_string("out", None, "the folder to write")
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if not _OUT.value:
+    raise app.UsageError("--out=DIR is needed")
   print(build(_OUT.value))
 
 
