@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Runs the test suite on 1 CPU device and on 8 forced CPU devices (the data-parallel code must give
 # the same numbers on both). The two passes run side by side: most of their time is XLA compiling,
-# which uses one core each. Tests marked `one_pass` (they start child processes that choose their own
-# device counts: several processes, hard kills) run in the 1-device pass only. Uses .venv if
-# launch/setup.sh made one. Extra arguments go to pytest.
+# which uses one core each. Tests marked `one_pass(N)` (they start child processes that choose their
+# own device counts: several processes, hard kills, the notebook) run only in the pass with N
+# devices (tests/conftest.py). Uses .venv if launch/setup.sh made one. Extra arguments go to pytest.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=python

@@ -12,16 +12,22 @@ jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
 def pytest_configure(config):
-  config.addinivalue_line("markers", "one_pass: tests whose children choose their own devices; "
-                          "launch/test.sh runs them in the 1-device pass only")
+  config.addinivalue_line("markers", "one_pass(devices): tests whose children choose their own "
+                          "devices; launch/test.sh runs them only in the pass with that many "
+                          "devices (1 or 8)")
 
 
 def pytest_collection_modifyitems(config, items):
-  """The 8-device pass (TAS_JAX_SECOND_PASS=1, set by launch/test.sh) leaves out the `one_pass`
-  tests: they start their own processes with their own device counts, so the second pass would
-  repeat them exactly."""
+  """launch/test.sh's two passes run side by side; a `one_pass(N)` test (it starts its own
+  processes with their own device counts, so the other pass would repeat it exactly) runs only in
+  the pass with N devices — the 8-device pass is TAS_JAX_SECOND_PASS=1. The heavy ones are shared
+  between the passes so that neither runs much longer than the other."""
   import os
-  if os.environ.get("TAS_JAX_SECOND_PASS") == "1":
-    kept = [i for i in items if i.get_closest_marker("one_pass") is None]
-    config.hook.pytest_deselected(items=[i for i in items if i not in kept])
+  this_pass = 8 if os.environ.get("TAS_JAX_SECOND_PASS") == "1" else 1
+  kept, dropped = [], []
+  for item in items:
+    marker = item.get_closest_marker("one_pass")
+    (dropped if marker is not None and marker.args[0] != this_pass else kept).append(item)
+  if dropped:
+    config.hook.pytest_deselected(items=dropped)
     items[:] = kept

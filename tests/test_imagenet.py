@@ -134,6 +134,7 @@ def test_streaming_source_global_batches_and_resume(folder):
   np.testing.assert_array_equal(labels, val.labels)
 
 
+@pytest.mark.one_pass(1)   # forks worker processes: once is enough, and not next to 8 forced devices
 def test_worker_processes_give_the_same_batches(folder):
   train = imagenet.open_split(folder, "train")
   mesh = parallel.make_mesh()

@@ -16,7 +16,7 @@ from tas_jax.training import supervised
 from test_train import run_on
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-pytestmark = pytest.mark.one_pass   # the children set their own devices: one pass runs them
+pytestmark = pytest.mark.one_pass(1)   # the children set their own devices: one pass runs them
 ROOT = os.path.dirname(HERE)
 
 

@@ -1,5 +1,6 @@
 """The teacher stage: data-parallel equivalence, a short run that learns, resume."""
 
+import functools
 import json
 import os
 import subprocess
@@ -19,8 +20,10 @@ import parallel_check
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
+@functools.cache
 def run_on(num_devices, mode, what="step"):
-  """parallel_check's result for `num_devices`, in a child process when this one has fewer."""
+  """parallel_check's result for `num_devices`, in a child process when this one has fewer
+  (cached: several tests compare against the same reference run)."""
   if jax.device_count() >= num_devices:
     return parallel_check.CHECKS[what](num_devices, mode)
   root = os.path.dirname(HERE)
