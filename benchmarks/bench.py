@@ -129,6 +129,7 @@ def bench_jax(network: str, batch: int, num_devices: int, repeats: int, steps_pe
     out.update(plain_step_xla_defaults_s=round(t_default, 4),
                plain_xla_defaults_repeats_s=[round(x, 4) for x in raw_default],
                xla_defaults_over_tuned_ratio=round(t_default / t_plain, 3))
+    default_stepper.close()
     del default_stepper
 
   # --- TAS search iteration ---
@@ -177,6 +178,8 @@ def bench_jax(network: str, batch: int, num_devices: int, repeats: int, steps_pe
           jax.block_until_ready(fn())
       out[f"{name}_profile"] = profile_summary(trace_dir, calls=3)
     out["profile_dir"] = profile_dir
+  plain_stepper.close()
+  stepper.close()
   return out
 
 

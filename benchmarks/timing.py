@@ -49,6 +49,12 @@ class Stepper:
   def __init__(self, fn, state, batches, *args):
     self.fn, self.state, self.batches, self.args = fn, state, batches, args
 
+  def close(self):
+    """Closes the batch iterator (a suspended one would free its device arrays whenever the
+    garbage collector gets to it)."""
+    if hasattr(self.batches, "close"):
+      self.batches.close()
+
   def __call__(self):
     self.state, metrics = self.fn(self.state, next(self.batches), *self.args)
     return self.state.step

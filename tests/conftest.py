@@ -6,9 +6,11 @@ import jax
 
 # Several tests compile the same step twice (a run, then its resumed twin in a fresh call): a
 # persistent compilation cache, fresh for every session, lets the second compile be a lookup.
-jax.config.update("jax_compilation_cache_dir", tempfile.mkdtemp(prefix="tas_jax_xla_cache_"))
-jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
-jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+import os  # noqa: E402
+if os.environ.get("TAS_JAX_NO_CACHE") != "1":
+  jax.config.update("jax_compilation_cache_dir", tempfile.mkdtemp(prefix="tas_jax_xla_cache_"))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
 def pytest_configure(config):

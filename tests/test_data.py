@@ -205,6 +205,12 @@ def test_in_memory_source_batches_resume_and_cover_each_epoch():
   np.testing.assert_array_equal(np.asarray(seen[0]["label"]), ds.train_labels[ids[0]])
   resumed = src.iterate(7)                                            # mid-epoch 2
   np.testing.assert_array_equal(np.asarray(next(resumed)["image"]), np.asarray(seen[7]["image"]))
+  # close the suspended iterators here, as the loop does, rather than leave their device arrays
+  # to a garbage collection in the middle of a later test (on 8 forced CPU devices that aborted
+  # the process inside an unrelated eager op)
+  it.close()
+  resumed.close()
+  del seen, b, it, resumed
   evaluation = list(sources.InMemoryEvalSource(data).batches())
   assert len(evaluation) == 3 and sum(float(e["mask"].sum()) for e in evaluation) == 20
   with pytest.raises(ValueError, match="one epoch length"):
