@@ -7,18 +7,12 @@
 #
 # --dry-run prints the commands instead of running them.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+HERE=$(cd "$(dirname "$0")" && pwd)
+source "$HERE/lib.sh"
+cd "$HERE/.."
 DRY=0
 if [ "${1:-}" = "--dry-run" ]; then DRY=1; shift; fi
-show() {  # the command as one readable shell line (single quotes where needed)
-  local out="" a
-  for a in "$@"; do
-    if [[ "$a" =~ [^A-Za-z0-9_./:=@,+%-] ]]; then out+="'${a//\'/\'\\\'\'}' "; else out+="$a "; fi
-  done
-  echo "${out% }"
-}
-run() { if [ $DRY = 1 ]; then show "$@"; else "$@"; fi; }
-usage() { sed -n '2,8p' "$0" >&2; exit 2; }
+usage() { sed -n '2,8p' "$HERE/gpu.sh" >&2; exit 2; }
 [ $# -ge 1 ] || usage
 CMD=$1; shift
 case "$CMD" in

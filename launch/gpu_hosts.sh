@@ -13,13 +13,7 @@
 set -euo pipefail
 DRY=0
 if [ "${1:-}" = "--dry-run" ]; then DRY=1; shift; fi
-show() {  # the command as one readable shell line (single quotes where needed)
-  local out="" a
-  for a in "$@"; do
-    if [[ "$a" =~ [^A-Za-z0-9_./:=@,+%-] ]]; then out+="'${a//\'/\'\\\'\'}' "; else out+="$a "; fi
-  done
-  echo "${out% }"
-}
+source "$(dirname "$0")/lib.sh"
 usage() { sed -n '2,12p' "$0" >&2; exit 2; }
 [ $# -ge 3 ] || usage
 HOSTS_FILE=$1 PORT=$2; shift 2

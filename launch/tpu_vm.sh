@@ -16,14 +16,7 @@
 set -euo pipefail
 DRY=0
 if [ "${1:-}" = "--dry-run" ]; then DRY=1; shift; fi
-show() {  # the command as one readable shell line (single quotes where needed)
-  local out="" a
-  for a in "$@"; do
-    if [[ "$a" =~ [^A-Za-z0-9_./:=@,+%-] ]]; then out+="'${a//\'/\'\\\'\'}' "; else out+="$a "; fi
-  done
-  echo "${out% }"
-}
-run() { if [ $DRY = 1 ]; then show "$@"; else "$@"; fi; }
+source "$(dirname "$0")/lib.sh"
 usage() { sed -n '2,15p' "$0" >&2; exit 2; }
 [ $# -ge 3 ] || usage
 CMD=$1 NAME=$2 ZONE=$3; shift 3

@@ -1,0 +1,11 @@
+# Shared by the launch scripts (sourced, not run): --dry-run printing.
+# show CMD...  prints the command as one readable shell line (single quotes where needed)
+# run CMD...   runs it, or shows it when DRY=1
+show() {
+  local out="" a
+  for a in "$@"; do
+    if [[ "$a" =~ [^A-Za-z0-9_./:=@,+%-] ]]; then out+="'${a//\'/\'\\\'\'}' "; else out+="$a "; fi
+  done
+  echo "${out% }"
+}
+run() { if [ "${DRY:-0}" = 1 ]; then show "$@"; else "$@"; fi; }
