@@ -12,8 +12,13 @@ export TF_CPP_MIN_LOG_LEVEL=2
 logs=$(mktemp -d)
 XLA_FLAGS= "$PY" -m pytest -q -p no:cacheprovider --durations=5 tests "$@" > "$logs/1.log" 2>&1 &
 one=$!
-TAS_JAX_SECOND_PASS=1 XLA_FLAGS=--xla_force_host_platform_device_count=8 "$PY" -m pytest -q -p no:cacheprovider \
-    --durations=5 tests "$@" > "$logs/8.log" 2>&1 &
+# The 8-device pass runs test_train.py in a process of its own: after the rest of the suite in one
+# process, its first teacher run has aborted inside an eager op on 8 forced CPU devices (not
+# understood yet; see the session note of 2026-12-01); alone it passes.
+( TAS_JAX_SECOND_PASS=1 XLA_FLAGS=--xla_force_host_platform_device_count=8 "$PY" -m pytest -q \
+    -p no:cacheprovider --durations=5 tests --ignore=tests/test_train.py "$@" && \
+  TAS_JAX_SECOND_PASS=1 XLA_FLAGS=--xla_force_host_platform_device_count=8 "$PY" -m pytest -q \
+    -p no:cacheprovider tests/test_train.py "$@" ) > "$logs/8.log" 2>&1 &
 eight=$!
 wait $one; rc_one=$?
 wait $eight; rc_eight=$?
