@@ -18,7 +18,8 @@ one=$!
 ( TAS_JAX_SECOND_PASS=1 XLA_FLAGS=--xla_force_host_platform_device_count=8 "$PY" -m pytest -q \
     -p no:cacheprovider --durations=5 tests --ignore=tests/test_train.py "$@" && \
   TAS_JAX_SECOND_PASS=1 XLA_FLAGS=--xla_force_host_platform_device_count=8 "$PY" -m pytest -q \
-    -p no:cacheprovider tests/test_train.py "$@" ) > "$logs/8.log" 2>&1 &
+    -p no:cacheprovider tests/test_train.py "$@"; rc=$?; [ $rc -eq 0 ] || [ $rc -eq 5 ] ) \
+    > "$logs/8.log" 2>&1 &   # 5: pytest arguments that select nothing in test_train.py
 eight=$!
 wait $one; rc_one=$?
 wait $eight; rc_eight=$?
