@@ -30,6 +30,7 @@ from tas_jax.ops.flops import conv_flops
 
 EXPECTED_FORMS = ("released", "exact")
 BANDS = ("released", "symmetric")
+IN_BAND = ("free", "expected")
 
 
 def _stem_term(space: SearchSpace, width):
@@ -120,11 +121,15 @@ def expected_flops(space: SearchSpace, logits: dict, form: str = "released",
 
 
 def cost_loss(expected, exact, flops_max: float, ratio: float, tolerance: float = 0.05,
-              band: str = "released") -> jax.Array:
+              band: str = "released", in_band: str = "free") -> jax.Array:
   """±log E[F] outside the target band, 0 inside; the band's position decides the sign only.
 
   released: push down if F(A) > R, up if F(A) < R − t·F_max (R = ratio·F_max).
   symmetric (the paper's text): push down above (1+t)·R, up below (1−t)·R.
+  in_band: what happens while F(A) is inside the band. "free" (released): no cost. "expected" (a
+  deviation): E[F] is held to the same band, so the distributions keep moving until the soft
+  network agrees with the argmax one — without it, cross-entropy alone drives a depth the budget
+  cannot afford back to a tie, and the argmax flips across the band from epoch to epoch.
   """
   target = ratio * flops_max
   if band == "released":
@@ -132,4 +137,9 @@ def cost_loss(expected, exact, flops_max: float, ratio: float, tolerance: float 
   else:
     high, low = (1 + tolerance) * target, (1 - tolerance) * target
   log_e = jnp.log(expected)
-  return jnp.where(exact > high, log_e, jnp.where(exact < low, -log_e, 0.0))
+
+  def signed(value, inside):
+    return jnp.where(value > high, log_e, jnp.where(value < low, -log_e, inside))
+
+  inside = signed(expected, 0.0) if in_band == "expected" else 0.0
+  return signed(exact, inside)

@@ -131,7 +131,8 @@ def make_search_step(net: supernet_lib.SuperNet, space: space_lib.SearchSpace,
       ce = steps.classification_loss(logits, yb)
       expected = cost.expected_flops(space, arch, s.expected_flops, s.variant)
       exact = cost.exact_flops(space, *space.argmax(arch, s.variant))
-      c = cost.cost_loss(expected, exact, flops_max, s.flop_ratio, s.tolerance, s.band)
+      c = cost.cost_loss(expected, exact, flops_max, s.flop_ratio, s.tolerance, s.band,
+                         s.in_band)
       return ce + s.cost_weight * c, (ce, c, expected, exact, logits, upd["batch_stats"])
 
     (_, (a_ce, c, expected, exact, logits_b, batch_stats)), a_grads = jax.value_and_grad(
