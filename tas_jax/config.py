@@ -15,8 +15,9 @@ from tas_jax.data import datasets
 from tas_jax.models import arch as arch_lib
 
 STAGES = ("teacher", "search", "extract", "distill", "results", "all")
-STUDENTS = ("tas", "uniform", "random")   # or the path of an architecture JSON / a named network
-STUDENT_INITS = ("scratch", "teacher")
+STUDENTS = ("tas", "pas", "uniform", "random")  # or the path of an architecture JSON / a named network
+STUDENT_INITS = ("scratch", "teacher", "searched")
+WEIGHT_KEEPING_METHODS = ("pas",)  # their extraction writes the kept channels' weights
 SEARCH_VARIANTS = ("tas", "width", "depth")
 SEARCH_INITS = ("scratch", "teacher")
 TAU_SCHEDULES = ("cosine", "linear")
@@ -82,6 +83,18 @@ def base_config() -> ml_collections.ConfigDict:
   c.search.evaluate_every_epoch = True   # test accuracy of the argmax network (batch statistics)
   c.search.eval_batch_size = 500
 
+  c.pas = ml_collections.ConfigDict()   # method=pas (spec PAS.md); its target: search.flop_ratio
+  c.pas.epochs = 9                 # joint SGD on weights and mask scalars, from the teacher
+  c.pas.batch_size = 256
+  c.pas.lr = 0.02                  # constant
+  c.pas.momentum = 0.9
+  c.pas.nesterov = False
+  c.pas.weight_decay = 1e-4        # coupled L2, on the mask scalars too (as released)
+  c.pas.cost_weight = 5.0          # α of α·(MACs − target)² (ResNet-50: 5; RepVGG: 0.1)
+  c.pas.macs_unit = 1e9            # MACs are counted in this unit in the penalty (spec: G);
+                                   # 0 = in units of the unpruned network's MACs
+  c.pas.eval_batch_size = 500
+
   c.distill = sgd_recipe()         # training of the pruned network (spec §6: the teacher's recipe)
   c.distill.student = "tas"        # tas: WORKDIR/extract/arch.json; uniform | random: baselines at
                                    # its FLOPs; or an architecture JSON path / named network
@@ -122,15 +135,28 @@ def sgd_recipe() -> ml_collections.ConfigDict:
 
 
 def parse_run(name: str) -> dict:
-  """'uniform-kd' / 'tas-ce-init' -> distill fields {student, kd, init}; ConfigError otherwise."""
+  """'uniform-kd' / 'tas-ce-init' -> distill fields {student, kd, init}; ConfigError otherwise.
+
+  A run of a method that keeps weights ('pas-kd') fine-tunes the extracted weights: init 'searched'.
+  """
   parts = name.strip().split("-")
   ok = (len(parts) in (2, 3) and parts[0] in STUDENTS and parts[1] in ("kd", "ce")
-        and (len(parts) == 2 or parts[2] == "init"))
+        and (len(parts) == 2 or (parts[2] == "init" and parts[0] not in WEIGHT_KEEPING_METHODS)))
   if not ok:
     _fail("pipeline.runs", name, "each run is STUDENT-kd or STUDENT-ce, optionally -init "
-          f"(STUDENT: {', '.join(STUDENTS)}), e.g. 'tas-kd,uniform-kd,tas-kd-init'")
-  return {"student": parts[0], "kd": parts[1] == "kd",
-          "init": "teacher" if len(parts) == 3 else "scratch"}
+          f"(STUDENT: {', '.join(STUDENTS)}; pas runs fine-tune the extracted weights, no -init), "
+          "e.g. 'tas-kd,pas-kd,uniform-kd,tas-kd-init'")
+  init = ("searched" if parts[0] in WEIGHT_KEEPING_METHODS else
+          "teacher" if len(parts) == 3 else "scratch")
+  return {"student": parts[0], "kd": parts[1] == "kd", "init": init}
+
+
+def run_methods(runs: str, method: str) -> list[str]:
+  """The pruning methods a pipeline needs: `method` (the baselines match its FLOPs) and every
+  method whose pruned network is one of the runs."""
+  students = [parse_run(r)["student"] for r in runs.split(",")]
+  needed = [method] if any(s in ("uniform", "random", method) for s in students) else []
+  return needed + [s for s in dict.fromkeys(students) if s in ("tas", "pas") and s not in needed]
 
 
 def run_name(d: ml_collections.ConfigDict) -> str:
@@ -224,6 +250,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
   for section in ("teacher", "distill"):
     _validate_recipe(c, section)
   _validate_search(c)
+  _validate_pas(c)
   _validate_distill(c)
   if c.parallel not in PARALLEL_MODES:
     _fail("parallel", c.parallel, f"allowed: {', '.join(PARALLEL_MODES)}")
@@ -246,6 +273,17 @@ def _validate_recipe(c: ml_collections.ConfigDict, section: str) -> None:
     _fail(f"{section}.momentum", momentum, "must be in [0, 1)")
 
 
+def _validate_pas(c: ml_collections.ConfigDict) -> None:
+  for field in ("epochs", "batch_size", "eval_batch_size"):
+    _positive(c, f"pas.{field}", integer=True)
+  for field in ("lr", "cost_weight"):
+    _positive(c, f"pas.{field}")
+  for field in ("weight_decay", "macs_unit"):
+    _positive(c, f"pas.{field}", zero_ok=True)
+  if not (isinstance(c.pas.momentum, (int, float)) and 0 <= c.pas.momentum < 1):
+    _fail("pas.momentum", c.pas.momentum, "must be in [0, 1)")
+
+
 def _validate_distill(c: ml_collections.ConfigDict) -> None:
   d = c.distill
   if d.student not in STUDENTS:
@@ -256,6 +294,9 @@ def _validate_distill(c: ml_collections.ConfigDict) -> None:
                         f"and not an architecture: {e}") from None
   if d.init not in STUDENT_INITS:
     _fail("distill.init", d.init, f"allowed: {', '.join(STUDENT_INITS)}")
+  if d.init == "searched" and d.student not in WEIGHT_KEEPING_METHODS:
+    _fail("distill.init", d.init, "'searched' fine-tunes the weights a method extracted: only "
+          f"for distill.student in {', '.join(WEIGHT_KEEPING_METHODS)}")
   if not (isinstance(d.kd_alpha, (int, float)) and 0 <= d.kd_alpha <= 1):
     _fail("distill.kd_alpha", d.kd_alpha, "must be in [0, 1]")
   _positive(c, "distill.kd_temperature")

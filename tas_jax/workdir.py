@@ -2,9 +2,10 @@
 
     WORKDIR/
       teacher/                  the unpruned network: checkpoints/, arch.json, summary.json, events
-      search/                   the method's search: checkpoints/, base_arch.json, summary.json
-      extract/                  arch.json (the pruned network), kept_channels.json (methods that
-                                keep weights), report.md, summary.json, widths*.png
+      search/                   TAS's search: checkpoints/, base_arch.json, summary.json
+      extract/                  arch.json (the pruned network), report.md, summary.json, widths*.png
+      search-pas/, extract-pas/ the same for another method (PaS); its extraction also writes
+                                kept_channels.json and weights/ (the kept channels' variables)
       distill/RUN/              one pruned network trained (RUN = tas-kd, uniform-kd, ...)
       results.md, results.json  the table of every finished run
 
@@ -29,12 +30,29 @@ def teacher_dir(workdir: str) -> str:
   return os.path.join(workdir, "teacher")
 
 
-def search_dir(workdir: str) -> str:
-  return os.path.join(workdir, "search")
+WEIGHTS = "weights"
 
 
-def extract_dir(workdir: str) -> str:
-  return os.path.join(workdir, "extract")
+def search_stage(method: str = "tas") -> str:
+  """The search stage's folder name: 'search' for TAS (the first method), 'search-METHOD' else."""
+  return "search" if method == "tas" else f"search-{method}"
+
+
+def extract_stage(method: str = "tas") -> str:
+  return "extract" if method == "tas" else f"extract-{method}"
+
+
+def stage_flags(stage: str, method: str = "tas") -> str:
+  """What follows --config.stage= in an error's advice: 'search', or 'search --config.method=pas'."""
+  return stage if method == "tas" else f"{stage} --config.method={method}"
+
+
+def search_dir(workdir: str, method: str = "tas") -> str:
+  return os.path.join(workdir, search_stage(method))
+
+
+def extract_dir(workdir: str, method: str = "tas") -> str:
+  return os.path.join(workdir, extract_stage(method))
 
 
 def distill_dir(workdir: str, run: str = "") -> str:

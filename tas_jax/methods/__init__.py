@@ -24,6 +24,7 @@ from tas_jax.errors import ConfigError
 # name -> the module whose METHOD attribute is the method; imported when asked for
 _MODULES = {
     "tas": "tas_jax.methods.tas",
+    "pas": "tas_jax.methods.pas",
 }
 
 

@@ -16,13 +16,17 @@ counter and the search spaces read that. An architecture is stored as JSON:
         [[64, 64], [64, 64], [64, 64]]
       ],
       "projection_bn": true,          # optional: BN after a stride-1 projection shortcut
+      "projections": ["stage1.block1"],  # optional: blocks that keep a stride-1 projection even
+                                         # where their input and output widths agree
       "name": "resnet20"              # optional, informational
     }
 
 Shortcuts, strides and spatial sizes are derived, never listed (`tas_jax.models.topology`). A
 stride-1 projection has BN when `projection_bn` is true: the spec (`shared/spec/TAS.md` §1) asks
 for it on the unpruned networks and in pruned CIFAR-basic and ImageNet networks, and for none in
-pruned CIFAR-bottleneck networks; extraction writes the flag.
+pruned CIFAR-bottleneck networks; extraction writes the flag. `projections` is for a pruned network
+that inherits the weights of its original (PaS): a block that had a projection keeps it, even when
+pruning happened to leave its input and output equally wide.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ FAMILIES = ("cifar_basic", "cifar_bottleneck", "imagenet_basic", "imagenet_bottl
 _NUM_STAGES = {"cifar": 3, "imagenet": 4}
 _CONVS_PER_BLOCK = {"basic": 2, "bottleneck": 3}
 _KEYS = ("family", "num_classes", "input_size", "input_channels", "stem_width", "stages",
-         "projection_bn", "name")
+         "projection_bn", "name", "projections")
 
 
 class ArchError(ValueError):
@@ -57,6 +61,7 @@ class Architecture:
   stages: tuple[tuple[tuple[int, ...], ...], ...]
   projection_bn: bool = True
   name: str = ""
+  projections: tuple[str, ...] = ()   # blocks ("stage1.block1") with a projection whatever the widths
 
   def __post_init__(self):
     try:
@@ -69,6 +74,9 @@ class Architecture:
         if not all(_is_int(w) for w in widths):
           raise ArchError(f"stages[{s}][{b}]: widths must be integers, got {list(widths)}")
     object.__setattr__(self, "stages", stages)
+    if isinstance(self.projections, str) or not all(isinstance(p, str) for p in self.projections):
+      raise ArchError(f"projections: a list of block names like 'stage1.block1', got {self.projections!r}")
+    object.__setattr__(self, "projections", tuple(self.projections))
     validate(self)
 
   # --- derived facts, used by the model and the FLOP counter alike ---
@@ -91,6 +99,9 @@ class Architecture:
   def to_dict(self) -> dict[str, Any]:
     d = dataclasses.asdict(self)
     d["stages"] = [[list(block) for block in stage] for stage in self.stages]
+    d["projections"] = list(self.projections)
+    if not self.projections:  # the usual case: left out of the JSON
+      del d["projections"]
     return d
 
   def to_json(self) -> str:
@@ -168,6 +179,11 @@ def validate(a: Architecture) -> None:
       for w in widths:
         if w < 1:
           raise ArchError(f"stages[{s}][{b}]: widths must be positive integers, got {list(widths)}")
+  blocks = {f"stage{s + 1}.block{b + 1}" for s, stage in enumerate(a.stages) for b in range(len(stage))}
+  for name in a.projections:
+    if name not in blocks:
+      raise ArchError(f"projections: {name!r} is not a kept block (blocks are named like "
+                      "'stage1.block1')")
 
 
 # --------------------------------------------------------------------------------------------

@@ -7,6 +7,11 @@ architecture, so the same code builds the unpruned teacher, the network extracte
 any user-written description. Layer names are the topology's (`stage2.block1.conv_a`, ...), which
 the FLOP counter shares, so a test compares them layer by layer.
 
+`gates` (a call argument) multiplies named activations by a per-channel vector, right after their
+ReLU: "stem", "stageS.blockB.conv_a" (and "conv_b" in a bottleneck) inside a block, and
+"stageS.blockB" for a block's output. A pruning method that masks channels (PaS) passes 0/1
+vectors there; without gates the network is the plain one.
+
 `bn_axis_name` is for explicit per-device code (the `pmap` mode): BatchNorm then averages its batch
 statistics over that mesh axis so that they cover the global batch, as they do under plain `jit`.
 """
@@ -76,18 +81,35 @@ class Block(nn.Module):
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x, train: bool):
+  def __call__(self, x, train: bool, gates: Optional[dict] = None):
     y, last = x, len(self.layout.convs) - 1
     for i, c in enumerate(self.layout.convs):
       y = ConvBN(c.out_width, c.kernel, c.stride, zero_init_bn=self.zero_init_last_bn and i == last,
                  bn_axis_name=self.bn_axis_name, dtype=self.dtype, name=f"conv_{'abc'[i]}")(y, train)
       if i < last:
-        y = nn.relu(y)
+        y = gate(nn.relu(y), gates, c.name)
     p = self.layout.projection
     residual = x if p is None else Shortcut(
         p.out_width, pool=self.layout.shortcut == "pool_conv", use_bn=p.has_bn,
         bn_axis_name=self.bn_axis_name, dtype=self.dtype, name="shortcut")(x, train)
-    return nn.relu(y + residual)
+    return gate(nn.relu(y + residual), gates, self.layout.name)
+
+
+def gate(x, gates: Optional[dict], site: str):
+  """x times the channel vector `gates[site]`, where there is one."""
+  if gates is None or site not in gates:
+    return x
+  return x * gates[site].astype(x.dtype)
+
+
+def variable_scope(conv_name: str) -> tuple[str, ...]:
+  """Where a topology conv's variables live in this model's trees: "stem" -> ("stem",),
+  "stage1.block2.conv_a" -> ("stage1.block2", "conv_a"), "stage2.block1.shortcut" ->
+  ("stage2.block1", "shortcut", "proj"); each holds {"conv": {"kernel"}, "bn": {...}}."""
+  if conv_name == "stem":
+    return ("stem",)
+  block, part = conv_name.rsplit(".", 1)
+  return (block, part, "proj") if part == "shortcut" else (block, part)
 
 
 class ResNet(nn.Module):
@@ -98,15 +120,17 @@ class ResNet(nn.Module):
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x, train: bool = False):
+  def __call__(self, x, train: bool = False, gates: Optional[dict] = None):
     topo = topology.of(self.arch)
     stem = topo.stem
     x = nn.relu(ConvBN(stem.out_width, stem.kernel, stem.stride, bn_axis_name=self.bn_axis_name,
                        dtype=self.dtype, name="stem")(x.astype(self.dtype), train))
+    x = gate(x, gates, "stem")
     if topo.stem_pool:
       x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
     for b in topo.blocks:
-      x = Block(b, topo.zero_init_last_bn, self.bn_axis_name, self.dtype, name=b.name)(x, train)
+      x = Block(b, topo.zero_init_last_bn, self.bn_axis_name, self.dtype, name=b.name)(x, train,
+                                                                                      gates)
     x = jnp.mean(x, axis=(1, 2))
     return nn.Dense(self.arch.num_classes, kernel_init=linear_init, bias_init=nn.initializers.zeros,
                     dtype=jnp.float32, name="classifier")(x.astype(jnp.float32))

@@ -12,7 +12,8 @@ Rules (spec §1):
 - The first block of every stage but the first has stride 2 and a projection shortcut: a 2x2
   average pool, then a 1x1 conv to the block's output width (BN on ImageNet only).
 - A stride-1 block whose input width differs from its output width (a pruned block, or the first
-  bottleneck of a stage) gets a 1x1 projection, with BN when the architecture's `projection_bn`.
+  bottleneck of a stage), or one the architecture lists in `projections`, gets a 1x1 projection,
+  with BN when the architecture's `projection_bn`.
 - ImageNet networks zero-initialise the last BN of each block's main path.
 """
 
@@ -100,11 +101,12 @@ def block_layout(block_kind: str, stride: int) -> tuple[tuple[int, ...], tuple[i
   return (1, 3, 1), (1, stride, 1)  # the stride sits on the 3x3 of a bottleneck
 
 
-def shortcut_kind(arch: Architecture, in_width: int, out_width: int, stride: int) -> str:
+def shortcut_kind(arch: Architecture, in_width: int, out_width: int, stride: int,
+                  block_name: str = "") -> str:
   """'identity', 'pool_conv' (stride 2), 'conv_bn' or 'conv' (stride-1 projection)."""
   if stride == 2:
     return "pool_conv"
-  if in_width != out_width:
+  if in_width != out_width or block_name in arch.projections:
     return "conv_bn" if arch.projection_bn else "conv"
   return "identity"
 
@@ -128,7 +130,7 @@ def of(arch: Architecture) -> Topology:
         out = conv_out_size(size, k, st)
         convs.append(Conv(f"{name}.conv_{'abc'[i]}", k, st, cin, w, size, out, True))
         cin, size = w, out
-      kind = shortcut_kind(arch, width, widths[-1], block_stride)
+      kind = shortcut_kind(arch, width, widths[-1], block_stride, name)
       projection = None
       if kind != "identity":
         pooled = in_size // 2 if kind == "pool_conv" else in_size
@@ -140,11 +142,13 @@ def of(arch: Architecture) -> Topology:
 
 
 def pruned(base: Architecture, widths: Sequence[int], depths: Sequence[int],
-           name: str = "") -> Architecture:
+           name: str = "", inherits: bool = False) -> Architecture:
   """The network of `base` with `widths[i]` channels in its i-th main conv (`main_convs` order)
   and the first `depths[s]` blocks of stage s: what a search extracts and a baseline builds.
 
   Pruned CIFAR bottleneck networks keep no BN on a stride-1 projection (spec §1); the others do.
+  `inherits`: the pruned network takes over the base's weights (PaS), so every shortcut stays what
+  it was — the base's projections, with the base's BN flag — whatever the pruned widths.
   """
   topo = of(base)
   convs = topo.main_convs()
@@ -156,7 +160,12 @@ def pruned(base: Architecture, widths: Sequence[int], depths: Sequence[int],
     if b.index < depths[b.stage]:
       stages[b.stage].append(tuple(int(widths[index[c.name]]) for c in b.convs))
   projection_bn = not (base.dataset_kind == "cifar" and base.block_kind == "bottleneck")
+  projections = ()
+  if inherits:
+    projection_bn = base.projection_bn
+    projections = tuple(b.name for b in topo.blocks
+                        if b.stride == 1 and b.projection is not None and b.index < depths[b.stage])
   return Architecture(family=base.family, num_classes=base.num_classes,
                       input_size=base.input_size, input_channels=base.input_channels,
                       stem_width=int(widths[0]), stages=tuple(tuple(s) for s in stages),
-                      projection_bn=projection_bn, name=name)
+                      projection_bn=projection_bn, name=name, projections=projections)

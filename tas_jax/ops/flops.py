@@ -10,6 +10,7 @@ the parameter count against the initialised Flax model and the FLOPs against XLA
 from __future__ import annotations
 
 import dataclasses
+from typing import Any, Callable
 
 from tas_jax.models import topology
 from tas_jax.models.arch import Architecture
@@ -46,6 +47,15 @@ class Counts:
 def conv_flops(kernel, in_width, out_width, out_size):
   """Multiply-adds of one conv; the widths may be traced values (the search's cost)."""
   return kernel * kernel * in_width * out_width * out_size ** 2
+
+
+def flops_at_widths(arch: Architecture, widths: Callable[[topology.Conv], tuple[Any, Any]],
+                    head_width) -> Any:
+  """FLOPs of `arch`'s topology with every conv's (in, out) width given by `widths(conv)` and the
+  classifier reading `head_width` channels: the widths may be traced values (PaS's cost counts
+  the masked network with it). With the topology's own widths it is `count(arch).flops`."""
+  total = sum(conv_flops(c.kernel, *widths(c), c.out_size) for c in topology.of(arch).convs())
+  return total + head_width * arch.num_classes + arch.num_classes
 
 
 def layers(arch: Architecture) -> tuple[Layer, ...]:

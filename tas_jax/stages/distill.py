@@ -1,8 +1,9 @@
 """Stage `distill`: train the pruned network, with knowledge distillation from the teacher (spec §6).
 
-The student is `WORKDIR/extract/arch.json` (`distill.student=tas`), a baseline at the same FLOPs
-(`uniform`: one width multiplier; `random`: a random draw from the search space) or any
-architecture JSON / named network. It is built by the same ResNet code as the teacher, physically
+The student is `WORKDIR/extract/arch.json` (`distill.student=tas`), PaS's extracted network
+(`pas`: `WORKDIR/extract-pas/`, fine-tuned from its extracted weights, `distill.init=searched`),
+a baseline at the FLOPs of `config.method`'s extraction (`uniform`: one width multiplier; `random`:
+a random draw from the search space) or any architecture JSON / named network. It is built by the same ResNet code as the teacher, physically
 smaller, and trained with the teacher's recipe (`config.distill`) and, with `distill.kd`, the loss
 
     (1 - a)·CE(z, y) + a·T²·KL(softmax(ẑ/T) ‖ softmax(z/T)),   a = 0.9, T = 4,
@@ -20,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
+import orbax.checkpoint as ocp
 from absl import logging
 
 from tas_jax import config as config_lib, workdir as layout
@@ -45,14 +47,30 @@ def _require(path: str, stage: str) -> str:
   return path
 
 
-def student_architecture(d: ml_collections.ConfigDict, workdir: str) -> tuple[arch_lib.Architecture, dict]:
-  """The network to train, and how it was chosen (for the summary)."""
+def _extracted(workdir: str, method: str) -> arch_lib.Architecture:
+  return arch_lib.load(_require(os.path.join(layout.extract_dir(workdir, method), layout.ARCH),
+                                layout.stage_flags("extract", method)))
+
+
+def read_searched_weights(workdir: str, method: str, abstract: dict) -> dict:
+  """{"params", "batch_stats"} that `method`'s extraction wrote for its pruned network."""
+  path = os.path.abspath(os.path.join(layout.extract_dir(workdir, method), layout.WEIGHTS))
+  _require(path, layout.stage_flags("extract", method))
+  with ocp.StandardCheckpointer() as checkpointer:
+    return checkpointer.restore(path, abstract)
+
+
+def student_architecture(d: ml_collections.ConfigDict, workdir: str,
+                         method: str = "tas") -> tuple[arch_lib.Architecture, dict]:
+  """The network to train, and how it was chosen (for the summary); baselines match the FLOPs of
+  `method`'s extraction."""
   if d.student not in config_lib.STUDENTS:
     return arch_lib.resolve(d.student), {"student": d.student}
-  searched = arch_lib.load(_require(os.path.join(layout.extract_dir(workdir), layout.ARCH), "extract"))
-  if d.student == "tas":
-    return searched, {"student": "tas"}
-  base = arch_lib.load(_require(os.path.join(layout.search_dir(workdir), layout.BASE_ARCH), "search"))
+  if d.student in ("tas", "pas"):
+    return _extracted(workdir, d.student), {"student": d.student}
+  searched = _extracted(workdir, method)
+  base = arch_lib.load(_require(os.path.join(layout.search_dir(workdir, method), layout.BASE_ARCH),
+                                layout.stage_flags("search", method)))
   target = flops.count(searched).flops
   stem = (base.name or "custom")
   if d.student == "uniform":
@@ -69,7 +87,7 @@ def distill(config: ml_collections.ConfigDict, workdir: str) -> dict:
   d = config.distill
   run = config_lib.run_name(d)
   mesh, ds = supervised.load_inputs(config, d.eval_batch_size)
-  student, chosen = student_architecture(d, workdir)
+  student, chosen = student_architecture(d, workdir, config.method)
   supervised.check_fits(student, ds, f"config.distill.student={d.student!r}")
   dtype = jnp.dtype(config.model.dtype)
   needs_teacher = d.kd or d.init == "teacher"
@@ -89,7 +107,15 @@ def distill(config: ml_collections.ConfigDict, workdir: str) -> dict:
     loss_args = (teacher_vars,)
 
   init_variables = None
-  if d.init == "teacher":
+  if d.init == "searched":
+    def init_variables(params, batch_stats):
+      abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+                              {"params": params, "batch_stats": batch_stats})
+      weights = read_searched_weights(workdir, d.student, abstract)
+      logging.info("[distill] fine-tuning the weights %s's extraction kept (%d arrays)", d.student,
+                   len(jax.tree.leaves(weights)))
+      return weights["params"], weights["batch_stats"]
+  elif d.init == "teacher":
     def init_variables(params, batch_stats):
       params, n_params = resnet.inherit_first_channels(params, teacher_vars["params"])
       batch_stats, _ = resnet.inherit_first_channels(batch_stats, teacher_vars["batch_stats"])
@@ -97,8 +123,10 @@ def distill(config: ml_collections.ConfigDict, workdir: str) -> dict:
                    "channels", n_params, len(jax.tree.leaves(params)))
       return params, batch_stats
 
+  method = d.student if d.student in ("tas", "pas") else config.method
   reference = teacher_arch or arch_lib.load(_require(
-      os.path.join(layout.search_dir(workdir), layout.BASE_ARCH), "search"))
+      os.path.join(layout.search_dir(workdir, method), layout.BASE_ARCH),
+      layout.stage_flags("search", method)))
   extra = {"run": run, **chosen, "kd": d.kd, "kd_alpha": d.kd_alpha,
            "kd_temperature": d.kd_temperature, "init": d.init, "teacher_step": teacher_step,
            "reference_flops_m": round(flops.count(reference).flops_m, 4),

@@ -1,7 +1,8 @@
 """Stage `all`: the whole method in one workdir.
 
-teacher → the method's search → its extraction → every distill run of `config.pipeline.runs` →
-results. A stage whose `summary.json` says it finished is skipped, an interrupted one resumes
+teacher → the search and extraction of every method the runs need (`config.method`, whose FLOPs
+the baselines match, and e.g. PaS for a `pas-kd` run) → every distill run of
+`config.pipeline.runs` → results. A stage whose `summary.json` says it finished is skipped, an interrupted one resumes
 from its checkpoint, so the same command continues a pipeline that was stopped anywhere. The
 method (`config.method`) comes from the registry in `tas_jax.methods`.
 """
@@ -20,10 +21,11 @@ from tas_jax.stages import distill, results, teacher
 def run_all(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """teacher → search → extract → distill runs → results, skipping what is finished."""
   runs = [r.strip() for r in config.pipeline.runs.split(",")]
-  method = methods.get(config.method)
-  plan = [("teacher", lambda: teacher.train_and_evaluate(config, workdir)),
-          ("search", lambda: method.search(config, workdir)),
-          ("extract", lambda: method.extract(config, workdir))]
+  plan = [("teacher", lambda: teacher.train_and_evaluate(config, workdir))]
+  for name in config_lib.run_methods(config.pipeline.runs, config.method):
+    method = methods.get(name)
+    plan += [(layout.search_stage(name), lambda m=method: m.search(config, workdir)),
+             (layout.extract_stage(name), lambda m=method: m.extract(config, workdir))]
   for run in runs:
     c = copy.deepcopy(config)
     for field, value in config_lib.parse_run(run).items():

@@ -59,7 +59,8 @@ def measure_throughput(networks: dict, images, mean, std, repeats: int) -> dict:
 
 
 def _label(summary: dict) -> str:
-  student = {"tas": "TAS", "uniform": "uniform width", "random": "random"}.get(
+  student = {"tas": "TAS", "pas": "PaS (fine-tuned)", "uniform": "uniform width",
+             "random": "random"}.get(
       summary.get("student"), summary.get("architecture") or summary.get("student"))
   return (f"{student} + {'KD' if summary['kd'] else 'CE'}"
           f"{' w/ Init' if summary.get('init') == 'teacher' else ''}")

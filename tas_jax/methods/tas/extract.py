@@ -18,22 +18,17 @@ import os
 
 import jax
 import jax.numpy as jnp
-import matplotlib
-import matplotlib.ticker
 import ml_collections
 import numpy as np
 from absl import logging
 
-from tas_jax import workdir as layout
+from tas_jax import plots, workdir as layout
 from tas_jax.errors import CheckpointNotFoundError
 from tas_jax.methods.tas import space as space_lib
 from tas_jax.models import arch as arch_lib
 from tas_jax.models.candidates import NUM_WIDTH_CANDIDATES
 from tas_jax.ops import flops
 from tas_jax.training import loop
-
-matplotlib.use("Agg")  # files only; no display on TPU VMs and CI
-import matplotlib.pyplot as plt
 
 
 def read_search(workdir: str) -> tuple[space_lib.SearchSpace, dict, list[dict], int]:
@@ -67,40 +62,13 @@ def slot_table(space: space_lib.SearchSpace, widths, depths) -> list[dict]:
   return rows
 
 
-def plot_widths(rows: list[dict], path: str, title: str) -> None:
-  x = np.arange(len(rows))
-  fig, ax = plt.subplots(figsize=(max(6, 0.28 * len(rows) + 2), 3.6))
-  ax.bar(x, [r["original"] for r in rows], color="#d0d0d0", label="original")
-  ax.bar(x, [r["width"] for r in rows], color="#2a6fb0", width=0.6, label="pruned")
-  for i, r in enumerate(rows):
-    if r["removed"]:
-      ax.text(i, r["original"] * 0.5, "×", ha="center", va="center", color="#b02a2a")
-  ax.set_xticks(x, [r["layer"].replace(".block", ".b").replace(".conv_", ".") for r in rows],
-                rotation=90, fontsize=7)
-  ax.set_ylabel("channels")
-  ax.set_title(title, fontsize=9)
-  ax.legend(fontsize=8, loc="upper left")
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-
-
 def plot_history(space: space_lib.SearchSpace, history: list[dict], path: str) -> None:
   """Heat map: rows = layers, columns = epochs, colour = argmax width / original (0 = dropped)."""
   full = np.array([s.full for s in space.slots], np.float32)
   ratios = np.stack([[r["width"] for r in slot_table(space, h["widths"], h["depths"])] / full
                      for h in history], axis=1)
-  fig, ax = plt.subplots(figsize=(max(5, 0.25 * len(history) + 3), max(3, 0.2 * len(full) + 1)))
-  image = ax.imshow(ratios, aspect="auto", cmap="viridis", vmin=0, vmax=1, interpolation="nearest",
-                    extent=(0.5, len(history) + 0.5, len(full) - 0.5, -0.5))
-  ax.set_yticks(range(len(full)), [s.name for s in space.slots], fontsize=6)
-  ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
-  ax.set_xlabel("search epoch")
-  ax.set_title("argmax width / original width after each epoch (0 = block dropped)", fontsize=9)
-  fig.colorbar(image, ax=ax, fraction=0.04)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  plots.plot_width_history([s.name for s in space.slots], ratios, path,
+                           "argmax width / original width after each epoch (0 = block dropped)")
 
 
 def _markdown(summary: dict, rows: list[dict]) -> str:
@@ -160,7 +128,7 @@ def extract(config: ml_collections.ConfigDict, workdir: str) -> dict:
     final.save(os.path.join(out_dir, layout.ARCH))
     with open(os.path.join(out_dir, "report.md"), "w") as f:
       f.write(_markdown(summary, rows))
-    plot_widths(rows, os.path.join(out_dir, "widths.png"),
+    plots.plot_widths(rows, os.path.join(out_dir, "widths.png"),
                 f"{final.name}: {after.flops_m:.2f} M FLOPs ({100 * summary['flops_ratio']:.1f}% of "
                 f"{before.flops_m:.2f} M), blocks {list(final.depths)} of {list(base.depths)}")
     if history:

@@ -1,0 +1,184 @@
+"""Stage `search` of PaS (spec `shared/spec/PAS.md`): masks and weights learned together, one step.
+
+Starts from the teacher in WORKDIR/teacher (PaS prunes a trained network). Every step is one SGD
+step (constant lr, momentum, coupled weight decay on the mask scalars too) on one batch of the
+whole training set, on
+
+    CE + α·((MACs(kept) − R·MACs_full) / unit)²,    R = config.search.flop_ratio (shared with TAS),
+
+where MACs(kept) counts the masked network by the same topology as the FLOP counter
+(`tas_jax.methods.pas.masks`). After every epoch the kept channels of every group, the MACs ratio
+and the masked network's test accuracy go into the history; WORKDIR/search-pas/ holds Orbax
+checkpoints (resumable mid-epoch), TensorBoard events and summary.json.
+"""
+
+import os
+import time
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+from clu import metrics
+
+from tas_jax import config as config_lib, parallel, workdir as layout
+from tas_jax.data import sources
+from tas_jax.methods.pas import masks as masks_lib
+from tas_jax.ops import flops
+from tas_jax.training import loop, steps, supervised
+
+METHOD = "pas"
+
+
+@flax.struct.dataclass
+class PasMetrics(metrics.Collection):
+  loss: metrics.Average.from_output("loss")          # CE + α·penalty
+  ce: metrics.Average.from_output("ce")
+  accuracy: metrics.Average.from_output("accuracy")
+  penalty: metrics.Average.from_output("penalty")    # ((MACs − target) / unit)²
+  flops_ratio: metrics.LastValue.from_output("flops_ratio")   # MACs(kept) / MACs_full
+
+
+def cost_unit(p: ml_collections.ConfigDict, flops_max: float) -> float:
+  return p.macs_unit if p.macs_unit > 0 else flops_max
+
+
+def make_search_step(model: masks_lib.MaskedResNet, p: ml_collections.ConfigDict, ratio: float,
+                     mesh, mode: str):
+  """Compiles `step(state, batch) -> (state, PasMetrics)`: one joint SGD step."""
+  axis = parallel.AXIS if mode == "pmap" else None
+  model = model.clone(bn_axis_name=axis)
+  lay = masks_lib.layout(model.arch)
+  flops_max = float(flops.count(model.arch).flops)
+  target, unit = ratio * flops_max, cost_unit(p, flops_max)
+
+  def step(state: steps.TrainState, batch):
+    x, y = batch["image"], batch["label"]
+
+    def objective(params):
+      logits, upd = model.apply({"params": params, "batch_stats": state.batch_stats}, x,
+                                train=True, mutable=["batch_stats"])
+      ce = steps.classification_loss(logits, y)
+      macs = lay.flops(masks_lib.kept_counts(lay, params["masks"]))
+      penalty = ((macs - target) / unit) ** 2
+      return ce + p.cost_weight * penalty, (ce, penalty, macs, logits, upd["batch_stats"])
+
+    (loss, (ce, penalty, macs, logits, batch_stats)), grads = jax.value_and_grad(
+        objective, has_aux=True)(state.params)
+    accuracy = jnp.mean(jnp.argmax(logits, -1) == y)
+    if axis is not None:
+      grads, loss, ce, accuracy = jax.lax.pmean((grads, loss, ce, accuracy), axis)
+    state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+    return state, PasMetrics.single_from_model_output(
+        loss=loss, ce=ce, accuracy=accuracy, penalty=penalty, flops_ratio=macs / flops_max)
+
+  return parallel.compile_step(step, mesh, mode, num_args=2)
+
+
+def optimizer(p: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  """SGD on weights and mask scalars alike, constant lr, coupled L2 on both (as released)."""
+  return optax.chain(optax.add_decayed_weights(p.weight_decay),
+                     optax.sgd(p.lr, momentum=p.momentum, nesterov=p.nesterov))
+
+
+def kept_channels(scores: dict) -> dict:
+  """{group: sorted kept channel indices} of concrete mask scalars."""
+  out = {}
+  for name, v in scores.items():
+    v = np.asarray(v)
+    keep = v > masks_lib.THRESHOLD
+    keep[int(np.argmax(v))] = True
+    out[name] = np.flatnonzero(keep).tolist()
+  return out
+
+
+def record(lay: masks_lib.MaskLayout, scores: dict, flops_max: float) -> dict:
+  """The masks after an epoch: kept channels per group, the masked network's FLOPs."""
+  kept = {k: len(v) for k, v in kept_channels(jax.device_get(scores)).items()}
+  return {"flops_ratio": lay.flops(kept) / flops_max, "flops_m": round(lay.flops(kept) / 1e6, 4),
+          "kept": kept, "kept_fraction": sum(kept.values()) / lay.num_channels}
+
+
+def search(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Runs (or resumes, or finds finished) the PaS search; returns its summary."""
+  config_lib.validate(config)
+  p, ratio = config.pas, config.search.flop_ratio
+  stage = layout.search_stage(METHOD)
+  stage_dir = layout.search_dir(workdir, METHOD)
+  t0 = time.time()
+  mesh, ds = supervised.load_inputs(config, p.eval_batch_size)
+  base = config_lib.architecture(config, ds.num_classes, ds.image_size, ds.channels)
+  lay = masks_lib.layout(base)
+  flops_max = float(flops.count(base).flops)
+  n_dev = mesh.shape[parallel.AXIS]
+  steps_per_epoch = sources.check_batch("pas.batch_size", p.batch_size, n_dev, ds.num_train)
+  logging.info("[%s] PaS on %s of %s: target %.0f%% of %.2f M FLOPs, %d mask groups (%d channels), "
+               "alpha %g, %d steps per epoch, %d device(s)", stage, base.name or "custom", ds.name,
+               100 * ratio, flops_max / 1e6, len(lay.groups), lay.num_channels, p.cost_weight,
+               steps_per_epoch, n_dev)
+
+  teacher_arch, teacher_vars, teacher_step = supervised.read_teacher(workdir, mesh, stage)
+  if teacher_arch.to_dict() | {"name": ""} != base.to_dict() | {"name": ""}:
+    raise config_lib.ConfigError(
+        f"method=pas prunes the teacher in {workdir}/teacher ({teacher_arch.name or 'custom'}), "
+        f"but the config describes {base.name or 'a different network'}")
+  model = masks_lib.MaskedResNet(base, dtype=jnp.dtype(config.model.dtype))
+  tx = optimizer(p)
+  init_key, aug_key = jax.random.split(jax.random.key(config.seed))
+  state = steps.create_state(model, tx, jnp.zeros((1, ds.image_size, ds.image_size, ds.channels)),
+                             init_key, mesh)
+  # the teacher's weights, every mask scalar at 1: the search starts from the trained network
+  params = {**state.params, "network": teacher_vars["params"]}
+  state = state.replace(params=params, batch_stats={"network": teacher_vars["batch_stats"]},
+                        opt_state=jax.jit(tx.init, out_shardings=parallel.replicated(mesh))(params))
+  logging.info("[%s] weights from the teacher's checkpoint at step %d", stage, teacher_step)
+
+  train_source = ds.train_source(
+      np.arange(ds.num_train), p.batch_size, seed=config.seed,
+      epoch_key=supervised.permutation_key(config.seed),
+      step_key=lambda step: jax.random.fold_in(aug_key, step))
+  test_source = ds.eval_source()
+  step = make_search_step(model, p, ratio, mesh, config.parallel)
+  eval_step = steps.make_eval_step(
+      lambda v, x: model.apply({"params": v[0], "batch_stats": v[1]}, x, train=False))
+
+  def end_of_epoch(state, epoch, train):
+    entry = record(lay, state.params["masks"], flops_max)
+    test = steps.evaluate(eval_step, (state.params, state.batch_stats), test_source.batches(),
+                          test_source.num_examples)
+    entry.update(masked_test_accuracy=test["accuracy"], masked_test_top5_accuracy=test["top5_accuracy"])
+    logging.info("[%s] epoch %d: kept channels %s", stage, epoch + 1, list(entry["kept"].values()))
+    return entry
+
+  if layout.is_writer():
+    os.makedirs(stage_dir, exist_ok=True)
+    base.save(os.path.join(stage_dir, layout.BASE_ARCH))
+  cfg = loop.LoopConfig(stage, p.epochs, steps_per_epoch, p.batch_size, config.log_every_steps,
+                        config.checkpoint_every_steps, config.keep_checkpoints,
+                        config.max_steps_per_run, config.profile_steps)
+  state, history, finished = loop.fit(cfg, stage_dir, state, step, train_source, (),
+                                      lambda epoch: (), end_of_epoch, lambda s: p.lr)
+  if not finished:
+    return {"stage": stage, "finished": False, "step": int(jax.device_get(state.step))}
+  last = history[-1]
+  summary = {
+      "stage": stage, "finished": True, "method": METHOD, "dataset": ds.name,
+      "base_architecture": base.name, "flop_ratio_target": ratio,
+      "flops_max_m": round(flops_max / 1e6, 4), "flops_m": last["flops_m"],
+      "flops_ratio": last["flops_ratio"], "kept": last["kept"],
+      "masked_test_accuracy": last["masked_test_accuracy"], "epochs": p.epochs,
+      "steps": p.epochs * steps_per_epoch, "cost_weight": p.cost_weight,
+      "macs_unit": cost_unit(p, flops_max), "teacher_step": teacher_step,
+      "compilations": {"step": step._cache_size(), "eval_step": eval_step._cache_size()},
+      "devices": n_dev, "parallel": config.parallel, "wall_time_s": round(time.time() - t0, 1),
+      "history": history,
+  }
+  path = layout.write_summary(stage_dir, summary)
+  logging.info("[%s] finished: the masked network has %.2f M FLOPs = %.1f%% of %.2f M (target "
+               "%.0f%%), test accuracy %.2f%%; summary in %s", stage, last["flops_m"],
+               100 * last["flops_ratio"], flops_max / 1e6, 100 * ratio,
+               100 * last["masked_test_accuracy"], path)
+  return summary
