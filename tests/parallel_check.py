@@ -124,7 +124,41 @@ def one_distill_step(num_devices: int, mode: str, num_steps: int = 2) -> dict:
           "devices": mesh.shape[parallel.AXIS]}
 
 
-CHECKS = {"step": one_step, "search": one_search_iteration, "distill": one_distill_step}
+def one_pas_step(num_devices: int, mode: str, num_steps: int = 2) -> dict:
+  """PaS steps (joint SGD on weights and mask scalars, CE + α·MACs gap²) of a masked ResNet-8
+  whose scalars start at random values away from the threshold (about half the channels off)."""
+  from tas_jax.methods.pas import masks, search as pas_search
+  mesh = parallel.make_mesh(num_devices)
+  ds, data = _data(mesh)
+  a = arch.cifar_resnet(8, num_classes=10, input_size=28, input_channels=1)
+  model = masks.MaskedResNet(a)
+  p = base_config().pas
+  p.lr, p.macs_unit, p.cost_weight = 0.05, 0.0, 10.0
+  tx = pas_search.optimizer(p)
+  state = steps.create_state(model, tx, resnet.dummy_input(a), jax.random.key(0), mesh)
+  rng = np.random.default_rng(3)
+  scores = {k: np.where(rng.random(v.shape) < 0.5, 0.2, 0.8).astype(np.float32)
+            for k, v in jax.device_get(state.params["masks"]).items()}
+  params = {**state.params, "masks": parallel.put_replicated(scores, mesh)}
+  state = state.replace(params=params, opt_state=jax.jit(
+      tx.init, out_shardings=parallel.replicated(mesh))(params))
+  step = pas_search.make_search_step(model, p, 0.3, mesh, mode)
+  batches = _source(ds, data).iterate(0)
+  losses, ratios = [], []
+  for _ in range(num_steps):
+    state, m = step(state, next(batches))
+    out = m.compute()
+    losses.append(float(out["loss"]))
+    ratios.append(float(out["flops_ratio"]))
+  flat = _flat(state)
+  masks_after = np.concatenate([np.ravel(v) for v in jax.tree.leaves(jax.device_get(state.params["masks"]))])
+  return {"losses": losses, "flops_ratios": ratios, "masks": masks_after.tolist(),
+          "params_head": flat[:2000].tolist(), "params_norm": float(np.linalg.norm(flat)),
+          "devices": mesh.shape[parallel.AXIS], "compilations": step._cache_size()}
+
+
+CHECKS = {"step": one_step, "search": one_search_iteration, "distill": one_distill_step,
+          "pas": one_pas_step}
 
 if __name__ == "__main__":
   fn = CHECKS[sys.argv[3] if len(sys.argv) > 3 else "step"]

@@ -1,0 +1,233 @@
+"""PaS: the straight-through threshold, the mask groups and their MACs against the FLOP counter,
+extraction to a smaller network that computes the masked network's function, the same numbers on
+1 and 8 devices, and the stages on a tiny budget (search, resume, extract, fine-tune)."""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from tas_jax import config as config_lib, workdir as layout
+from tas_jax.methods import pas
+from tas_jax.methods.pas import extract, masks, search
+from tas_jax.models import arch, resnet, topology
+from tas_jax.ops import flops
+from tas_jax.stages import distill, teacher
+from test_train import run_on
+
+FAMILIES = [
+    arch.cifar_resnet(20, input_size=16),
+    arch.cifar_resnet(11, "bottleneck", input_size=16),
+    arch.imagenet_resnet(18, num_classes=7, input_size=32),
+    arch.imagenet_resnet(50, num_classes=7, input_size=32),
+]
+
+
+# ------------------------------------------------------------------- threshold and STE
+def test_threshold_forward_is_exactly_zero_or_one_and_backward_the_identity():
+  v = jnp.array([0.2, 0.5, 0.5000001, 1.3, -0.4, 0.9])
+  m = masks.hard_mask(v)
+  np.testing.assert_array_equal(np.asarray(m), [0, 0, 1, 1, 0, 1])   # 1[v > 0.5], not ≥
+  w = jnp.array([3.0, -1.0, 2.0, 0.5, 7.0, -2.0])
+  np.testing.assert_array_equal(np.asarray(jax.grad(lambda v: jnp.sum(w * masks.hard_mask(v)))(v)),
+                                np.asarray(w))                     # d/dv = upstream gradient
+  # every group keeps at least its best channel
+  np.testing.assert_array_equal(np.asarray(masks.hard_mask(jnp.array([0.1, 0.4, -1.0]))), [0, 1, 0])
+
+
+def test_kept_count_is_an_integer_with_gradient_one_per_scalar():
+  lay = masks.layout(arch.cifar_resnet(8))
+  scores = {g.name: jnp.linspace(0.0, 1.0, g.size) for g in lay.groups}
+  counts = masks.kept_counts(lay, scores)
+  for g in lay.groups:
+    assert float(counts[g.name]) == np.sum(np.linspace(0.0, 1.0, g.size) > 0.5)
+  grads = jax.grad(lambda s: sum(masks.kept_counts(lay, s).values()))(scores)
+  for g in jax.tree.leaves(grads):
+    np.testing.assert_array_equal(np.asarray(g), 1.0)
+
+
+# ------------------------------------------------------------------- groups and MACs
+def test_mask_groups_of_resnet20_follow_the_residual_chains():
+  lay = masks.layout(arch.named("resnet20"))
+  chains = {g.name: g.sites for g in lay.groups if ".conv_" not in g.name}
+  # stage 1 has no projection: the stem and its three blocks are one chain; stages 2 and 3 start at
+  # their first block's projection
+  assert chains == {"stem": ("stem", "stage1.block1", "stage1.block2", "stage1.block3"),
+                    "stage2.block1": ("stage2.block1", "stage2.block2", "stage2.block3"),
+                    "stage3.block1": ("stage3.block1", "stage3.block2", "stage3.block3")}
+  assert lay.num_channels == 16 + 32 + 64 + 3 * (16 + 32 + 64)
+  assert lay.conv_groups["stage2.block1.shortcut"] == ("stem", "stage2.block1")
+  assert lay.conv_groups["stage2.block2.conv_b"] == ("stage2.block2.conv_a", "stage2.block1")
+  assert lay.head_group == "stage3.block1"
+
+
+@pytest.mark.parametrize("name, mflops", [("resnet20", 40.81), ("resnet32", 69.12),
+                                          ("resnet56", 125.75), ("resnet110", 253.15),
+                                          ("resnet164", 247.65), ("imagenet_resnet50", 4089.19)])
+def test_unmasked_macs_are_the_spec_table(name, mflops):
+  lay = masks.layout(arch.named(name))
+  assert lay.flops({g.name: g.size for g in lay.groups}) / 1e6 == pytest.approx(mflops, abs=0.005)
+
+
+@pytest.mark.parametrize("a", FAMILIES, ids=lambda a: a.family)
+def test_masked_macs_equal_the_counter_on_the_extracted_network(a):
+  lay = masks.layout(a)
+  rng = np.random.default_rng(11)
+  for _ in range(5):
+    kept = {g.name: sorted(rng.choice(g.size, size=rng.integers(1, g.size + 1), replace=False).tolist())
+            for g in lay.groups}
+    counts = {k: len(v) for k, v in kept.items()}
+    pruned = extract.pruned_architecture(a, kept)
+    assert lay.flops(counts) == flops.count(pruned).flops
+    # the shortcuts stay the original's, whatever the widths
+    assert [b.shortcut for b in topology.of(pruned).blocks] == [b.shortcut for b in topology.of(a).blocks]
+
+
+def test_macs_gradient_is_the_cost_of_one_more_channel_by_the_counter():
+  """MACs are linear in each group's count (no conv reads and writes one group), so the
+  straight-through gradient w.r.t. any scalar of a group is exactly the counter's difference
+  between keeping one more channel of that group and not."""
+  a = arch.cifar_resnet(11, "bottleneck", input_size=16)
+  lay = masks.layout(a)
+  rng = np.random.default_rng(2)
+  scores = {g.name: jnp.asarray(rng.uniform(0, 1, g.size), jnp.float32) for g in lay.groups}
+  grads = jax.grad(lambda s: lay.flops(masks.kept_counts(lay, s)))(scores)
+  kept = search.kept_channels(scores)
+  counts = {k: len(v) for k, v in kept.items()}
+  for g in lay.groups:
+    if counts[g.name] == g.size:
+      continue
+    more = dict(counts, **{g.name: counts[g.name] + 1})
+    by_counter = (flops.count(_with_counts(a, more)).flops - flops.count(_with_counts(a, counts)).flops)
+    np.testing.assert_allclose(np.asarray(grads[g.name]), by_counter, rtol=1e-6)
+
+
+def _with_counts(a, counts):
+  return extract.pruned_architecture(a, {k: list(range(n)) for k, n in counts.items()})
+
+
+# ------------------------------------------------------------------- extraction
+def _random_masked_variables(a, seed):
+  model = masks.MaskedResNet(a)
+  x = jax.random.normal(jax.random.key(seed), (4, a.input_size, a.input_size, a.input_channels))
+  v = model.init(jax.random.key(0), x)
+  rng = np.random.default_rng(seed)
+  noisy = lambda t, lo, hi: jnp.asarray(rng.uniform(lo, hi, size=t.shape), jnp.float32)
+  params = {"masks": {k: noisy(s, 0.0, 1.0) for k, s in v["params"]["masks"].items()},
+            "network": jax.tree.map(lambda t: t + 0.1 * noisy(t, -1, 1), v["params"]["network"])}
+  stats = jax.tree.map(lambda t: noisy(t, 0.5, 1.5), v["batch_stats"])  # non-trivial BN statistics
+  return model, x, {"params": params, "batch_stats": stats}
+
+
+@pytest.mark.parametrize("a", FAMILIES, ids=lambda a: a.family)
+def test_extracted_network_computes_the_masked_networks_function(a):
+  model, x, variables = _random_masked_variables(a, seed=3)
+  want = model.apply(variables, x, train=False)
+  pruned, weights, kept = extract.extract_network(a, jax.device_get(variables))
+  got = resnet.build(pruned).apply(weights, x, train=False)
+  np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5)
+  assert flops.count(pruned).flops < flops.count(a).flops
+  # the kept channels are the scalars above the threshold, not the first k
+  v = np.asarray(variables["params"]["masks"]["stem"])
+  assert kept["stem"] == np.flatnonzero(v > 0.5).tolist() != list(range(len(kept["stem"])))
+
+
+# ------------------------------------------------------------------- data parallel
+def test_pas_step_same_numbers_on_1_and_8_devices_with_jit_and_pmap():
+  ref = run_on(1, "jit", "pas")
+  assert ref["compilations"] == 1
+  assert 0.2 < ref["flops_ratios"][0] < 0.8   # about half the channels off
+  for devices, mode in [(8, "jit"), (8, "pmap")]:
+    got = run_on(devices, mode, "pas")
+    assert got["devices"] == devices
+    np.testing.assert_allclose(got["losses"], ref["losses"], atol=1e-5)
+    assert got["flops_ratios"] == ref["flops_ratios"]
+    np.testing.assert_allclose(got["masks"], ref["masks"], atol=1e-6)
+    np.testing.assert_allclose(got["params_head"], ref["params_head"], atol=1e-5)
+  # the scalars moved off their starting values (0.2 or 0.8)
+  m = np.asarray(ref["masks"])
+  assert np.max(np.minimum(np.abs(m - 0.2), np.abs(m - 0.8))) > 1e-3
+
+
+# ------------------------------------------------------------------- the stages, tiny
+def tiny_config():
+  c = config_lib.base_config()
+  c.data.name = "embedded"
+  c.data.train_examples = 256
+  c.model.depth = 8
+  c.teacher.warmup_epochs, c.teacher.cosine_epochs, c.teacher.batch_size = 0, 2, 64
+  c.method = "pas"
+  c.search.flop_ratio = 0.5
+  c.pas.epochs, c.pas.batch_size = 4, 32
+  c.pas.lr, c.pas.cost_weight, c.pas.macs_unit = 0.05, 20.0, 0.0
+  c.distill.warmup_epochs, c.distill.cosine_epochs, c.distill.batch_size = 0, 1, 64
+  c.distill.student, c.distill.init = "pas", "searched"
+  c.log_every_steps = 100
+  return c
+
+
+@pytest.fixture(scope="module")
+def pas_run(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("pas"))
+  c = tiny_config()
+  teacher.train_and_evaluate(c, workdir)
+  return workdir, pas.METHOD.search(c, workdir)
+
+
+def test_search_moves_the_macs_to_the_target_and_records_every_epoch(pas_run):
+  workdir, summary = pas_run
+  assert summary["finished"] and summary["epochs"] == 4 and len(summary["history"]) == 4
+  assert summary["compilations"] == {"step": 1, "eval_step": 1}
+  ratios = [h["flops_ratio"] for h in summary["history"]]
+  assert ratios[0] < 0.95 and abs(ratios[-1] - 0.5) < 0.1, ratios   # from 100%, 32 steps
+  last = summary["history"][-1]
+  assert set(last["kept"]) == {g.name for g in masks.layout(arch.cifar_resnet(8, input_size=28, input_channels=1)).groups}
+  assert 0 <= last["masked_test_accuracy"] <= 1
+  assert os.path.isfile(os.path.join(workdir, "search-pas", "summary.json"))
+
+
+def test_search_resumes_where_it_stopped(pas_run, tmp_path):
+  workdir, summary = pas_run
+  c = tiny_config()
+  c.max_steps_per_run = 5
+  os.symlink(os.path.join(workdir, "teacher"), tmp_path / "teacher")
+  first = pas.METHOD.search(c, str(tmp_path))
+  assert first == {"stage": "search-pas", "finished": False, "step": 5}
+  c.max_steps_per_run = 0
+  resumed = pas.METHOD.search(c, str(tmp_path))
+  assert [h["kept"] for h in resumed["history"]] == [h["kept"] for h in summary["history"]]
+  assert resumed["history"][-1]["flops_ratio"] == summary["history"][-1]["flops_ratio"]
+
+
+def test_extract_and_fine_tune_from_the_kept_weights(pas_run):
+  workdir, summary = pas_run
+  c = tiny_config()
+  out = pas.METHOD.extract(c, workdir)
+  assert out["flops_ratio"] == pytest.approx(summary["flops_ratio"], abs=1e-12)  # same count
+  ex = layout.extract_dir(workdir, "pas")
+  for f in ("arch.json", "kept_channels.json", "report.md", "widths.png", "widths_over_epochs.png"):
+    assert os.path.isfile(os.path.join(ex, f)), f
+  with open(os.path.join(ex, "kept_channels.json")) as f:
+    kept = json.load(f)
+  pruned = arch.load(os.path.join(ex, "arch.json"))
+  assert len(kept["stem"]) == pruned.stem_width
+  # the fine-tuning starts from the extracted weights
+  tuned = distill.distill(c, workdir)
+  assert tuned["finished"] and tuned["init"] == "searched" and tuned["student"] == "pas"
+  assert tuned["run"] == "pas-kd" and tuned["flops_m"] == pytest.approx(out["after"]["flops_m"])
+
+
+def test_config_errors_for_pas_runs():
+  assert config_lib.parse_run("pas-kd") == {"student": "pas", "kd": True, "init": "searched"}
+  with pytest.raises(config_lib.ConfigError, match="pas runs fine-tune the extracted weights"):
+    config_lib.parse_run("pas-kd-init")
+  c = config_lib.base_config()
+  c.distill.init = "searched"
+  with pytest.raises(config_lib.ConfigError, match="only for distill.student in pas"):
+    config_lib.validate(c)
+  assert config_lib.run_methods("tas-kd,pas-kd,uniform-kd", "tas") == ["tas", "pas"]
+  assert config_lib.run_methods("pas-kd", "tas") == ["pas"]
+  assert config_lib.run_methods("uniform-kd,pas-ce", "pas") == ["pas"]
