@@ -19,7 +19,9 @@ OVERRIDES = {  # ResNet-8 on 256 embedded images: a few steps per stage
     "teacher.warmup_epochs": 0, "teacher.cosine_epochs": 1, "teacher.batch_size": 64,
     "search.epochs": 2, "search.batch_size": 64,
     "distill.warmup_epochs": 0, "distill.cosine_epochs": 1, "distill.batch_size": 64,
-    "pipeline.runs": "tas-kd,uniform-ce-init", "pipeline.throughput_batch": 32,
+    "pas.epochs": 2, "pas.batch_size": 64, "pas.lr": 0.05, "pas.cost_weight": 20.0,
+    "pas.macs_unit": 0.0,
+    "pipeline.runs": "tas-kd,uniform-ce-init,pas-kd", "pipeline.throughput_batch": 32,
     "pipeline.throughput_repeats": 2, "log_every_steps": 100,
 }
 
@@ -54,17 +56,18 @@ def test_all_stages_run_and_the_results_table_compares_the_networks(pipeline_run
   for path in ["teacher/summary.json", "search/summary.json", "extract/arch.json",
                "extract/report.md", "extract/widths.png", "extract/widths_over_epochs.png",
                "distill/tas-kd/summary.json", "distill/uniform-ce-init/summary.json",
-               "results.md", "results.json"]:
+               "search-pas/summary.json", "extract-pas/arch.json", "extract-pas/kept_channels.json",
+               "distill/pas-kd/summary.json", "results.md", "results.json"]:
     assert os.path.isfile(os.path.join(workdir, path)), path
   rows = {r["run"]: r for r in out["rows"]}
-  assert list(rows) == ["teacher", "tas-kd", "uniform-ce-init"]
+  assert list(rows) == ["teacher", "tas-kd", "uniform-ce-init", "pas-kd"]
   teacher = rows["teacher"]
   assert teacher["flops_pruned"] == 0 and teacher["flops_m"] == pytest.approx(
       flops.count(arch.cifar_resnet(8, input_size=28, input_channels=1)).flops_m, abs=1e-4)
   tas = json.load(open(os.path.join(workdir, "extract", "summary.json")))
-  for run in ("tas-kd", "uniform-ce-init"):
+  for run in ("tas-kd", "uniform-ce-init", "pas-kd"):
     r = rows[run]
-    assert 0.3 < r["flops_pruned"] < 0.7      # the search's target is 50%
+    assert 0.3 < r["flops_pruned"] < 0.7, run   # both searches' target is 50%
     assert r["params_m"] < teacher["params_m"]
     assert r["images_per_s"] > 0 and r["speedup"] > 0
     assert 0 <= r["test_accuracy"] <= 1
@@ -73,6 +76,9 @@ def test_all_stages_run_and_the_results_table_compares_the_networks(pipeline_run
   with open(os.path.join(workdir, "results.md")) as f:
     text = f.read()
   assert "| teacher (unpruned) | teacher |" in text and "| uniform width + CE w/ Init |" in text
+  assert "| PaS (fine-tuned) + KD | pas-kd |" in text
+  pas = json.load(open(os.path.join(workdir, "extract-pas", "summary.json")))
+  assert rows["pas-kd"]["flops_m"] == pytest.approx(pas["after"]["flops_m"], abs=1e-4)
   s = json.load(open(os.path.join(workdir, "distill", "tas-kd", "summary.json")))
   assert s["kd"] and s["init"] == "scratch" and s["compilations"] == {"train_step": 1, "eval_step": 1, "gather": 1, "shuffle": 1}
 
@@ -107,8 +113,10 @@ def test_extract_runs_as_its_own_process_from_the_search_checkpoint(pipeline_run
 def test_rerun_skips_finished_stages(pipeline_run):
   workdir, _ = pipeline_run
   stamps = {p: os.path.getmtime(os.path.join(workdir, p, "summary.json"))
-            for p in ("teacher", "search", "extract", "distill/tas-kd", "distill/uniform-ce-init")}
+            for p in ("teacher", "search", "extract", "distill/tas-kd", "distill/uniform-ce-init",
+                      "search-pas", "extract-pas", "distill/pas-kd")}
   again = pipeline.run_all(tiny_config(), workdir)
-  assert again["finished"] and [r["run"] for r in again["rows"]] == ["teacher", "tas-kd", "uniform-ce-init"]
+  assert again["finished"] and [r["run"] for r in again["rows"]] == [
+      "teacher", "tas-kd", "uniform-ce-init", "pas-kd"]
   for p, t in stamps.items():
     assert os.path.getmtime(os.path.join(workdir, p, "summary.json")) == t, p
