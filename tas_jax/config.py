@@ -160,10 +160,13 @@ def run_methods(runs: str, method: str) -> list[str]:
 
 
 def run_name(d: ml_collections.ConfigDict) -> str:
-  """The folder of a distill run under WORKDIR/distill/, e.g. 'tas-kd' or 'uniform-ce-init'."""
+  """The folder of a distill run under WORKDIR/distill/, e.g. 'tas-kd', 'uniform-ce-init', 'pas-kd'
+  (PaS fine-tuned from its extracted weights) or 'pas-kd-scratch' (its architecture from scratch)."""
   student = d.student if d.student in STUDENTS else (
       d.student.rsplit("/", 1)[-1].removesuffix(".json"))
-  return f"{student}-{'kd' if d.kd else 'ce'}{'-init' if d.init == 'teacher' else ''}"
+  suffix = {"teacher": "-init", "searched": "",
+            "scratch": "-scratch" if d.student in WEIGHT_KEEPING_METHODS else ""}[d.init]
+  return f"{student}-{'kd' if d.kd else 'ce'}{suffix}"
 
 
 def cifar_recipe(dataset: str, depth: int) -> ml_collections.ConfigDict:

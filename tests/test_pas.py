@@ -228,6 +228,10 @@ def test_config_errors_for_pas_runs():
   c.distill.init = "searched"
   with pytest.raises(config_lib.ConfigError, match="only for distill.student in pas"):
     config_lib.validate(c)
+  c.distill.student = "pas"
+  assert config_lib.run_name(c.distill) == "pas-kd"
+  c.distill.init = "scratch"
+  assert config_lib.run_name(c.distill) == "pas-kd-scratch"   # not the fine-tuned run's folder
   assert config_lib.run_methods("tas-kd,pas-kd,uniform-kd", "tas") == ["tas", "pas"]
   assert config_lib.run_methods("pas-kd", "tas") == ["pas"]
   assert config_lib.run_methods("uniform-kd,pas-ce", "pas") == ["pas"]

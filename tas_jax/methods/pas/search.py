@@ -97,7 +97,8 @@ def kept_channels(scores: dict) -> dict:
 
 def record(lay: masks_lib.MaskLayout, scores: dict, flops_max: float) -> dict:
   """The masks after an epoch: kept channels per group, the masked network's FLOPs."""
-  kept = {k: len(v) for k, v in kept_channels(jax.device_get(scores)).items()}
+  indices = kept_channels(jax.device_get(scores))
+  kept = {g.name: len(indices[g.name]) for g in lay.groups}   # in forward order
   return {"flops_ratio": lay.flops(kept) / flops_max, "flops_m": round(lay.flops(kept) / 1e6, 4),
           "kept": kept, "kept_fraction": sum(kept.values()) / lay.num_channels}
 
