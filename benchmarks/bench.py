@@ -11,6 +11,9 @@ values) it compiles and times, in this order and in one process:
   gather + augment call, then forward, backward, SGD), and one TAS search iteration (weight step on half A + architecture step on half
   B, compiled as one function); the key `search_over_two_plain_ratio` is the search iteration
   against two plain steps;
+- one PaS search step (the masked network, CE + α·MACs gap², one SGD step on weights and mask
+  scalars) timed in turns with the plain step (repeat by repeat): `pas_over_plain_ratio` is the
+  PaS step against the plain step under the same machine load;
 - compile time (ahead-of-time lower + compile), images/s, the compiled program's memory
   (`memory_analysis`; the CPU runtime keeps no peak counter, accelerators report `peak_bytes_in_use`);
 - compilations across an epoch boundary: the calls after new permutations and a new τ must reuse
@@ -45,6 +48,7 @@ from benchmarks.timing import compile_stats, median_time, median_times, Stepper
 from tas_jax import parallel
 from tas_jax.config import base_config
 from tas_jax.data import datasets, sources
+from tas_jax.methods.pas import masks, search as pas_search
 from tas_jax.methods.tas import search, space as space_lib, supernet
 from tas_jax.models import arch as arch_lib, resnet
 from tas_jax.training import steps, supervised
@@ -170,6 +174,26 @@ def bench_jax(network: str, batch: int, num_devices: int, repeats: int, steps_pe
   out["compilations_after_epoch_boundary"] = (out["plain_compilations"] - 1
                                               + out["search_compilations"] - 1)
 
+  # --- PaS search step, timed in turns with the plain step ---
+  pas_model = masks.MaskedResNet(a)
+  pas_tx = pas_search.optimizer(c.pas)
+  pstate = steps.create_state(pas_model, pas_tx, resnet.dummy_input(a), jax.random.key(0), mesh)
+  pas_step = pas_search.make_search_step(pas_model, c.pas, 0.5, mesh, "jit")
+  pas_batches = source.iterate(0)
+  pas_compile, out["pas_memory"] = compile_stats(pas_step, pstate, next(pas_batches))
+  pas_stepper = Stepper(pas_step, pstate, pas_batches)
+  jax.block_until_ready(pas_stepper())
+  jax.block_until_ready(pas_stepper())
+  with jax.transfer_guard("disallow"):
+    timed = median_times({"plain": plain_stepper, "pas": pas_stepper}, repeats, steps_per_repeat)
+  (t_plain_turns, _), (t_pas, raw_pas) = timed["plain"], timed["pas"]
+  out.update(pas_step_s=round(t_pas, 4), pas_repeats_s=[round(x, 4) for x in raw_pas],
+             pas_images_per_s=round(batch / t_pas, 1), pas_compile_s=round(pas_compile, 2),
+             pas_compilations=pas_step._cache_size(),
+             plain_step_in_turns_with_pas_s=round(t_plain_turns, 4),
+             pas_over_plain_ratio=round(t_pas / t_plain_turns, 3))
+  pas_stepper.close()
+
   if profile_dir:   # 3 calls of each step, traced; summarised by XLA op
     for name, fn in (("plain", plain_stepper), ("search", stepper)):
       trace_dir = os.path.join(profile_dir, name)
@@ -259,12 +283,15 @@ def table(r: dict) -> str:
            f"{r['plain_compile_s']:>11.2f}",
            f"{'search iteration (weight + arch step)':40}{r['search_iteration_s']:>10.4f}"
            f"{r['search_images_per_s']:>11.1f}{r['search_compile_s']:>11.2f}",
+           f"{'PaS search step (masks + weights)':40}{r['pas_step_s']:>10.4f}"
+           f"{r['pas_images_per_s']:>11.1f}{r['pas_compile_s']:>11.2f}",
            f"search iteration / two plain steps: {r['search_over_two_plain_ratio']:.3f}",
+           f"PaS step / plain step (timed in turns): {r['pas_over_plain_ratio']:.3f}",
            f"XLA options: {r['compiler_options'] or 'XLA defaults'}",
            f"compilations after an epoch boundary: {r['compilations_after_epoch_boundary']}; "
            f"host transfers inside the step loop: {r['host_transfers_in_step_loop']} "
            "(transfer_guard)"]
-  for name in ("plain_memory", "search_memory"):
+  for name in ("plain_memory", "search_memory", "pas_memory"):
     lines.append(f"{name}: " + ", ".join(f"{k} {v / 2**20:.1f} MiB" for k, v in r[name].items()))
   if "plain_step_xla_defaults_s" in r:
     lines.append(f"{'plain step, XLA default options':40}{r['plain_step_xla_defaults_s']:>10.4f}"

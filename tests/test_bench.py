@@ -31,7 +31,9 @@ def test_bench_reports_times_ratio_compiles_and_memory(result):
   assert r["plain_compile_s"] > 0 and r["search_compile_s"] > 0
   assert r["plain_memory"]["compiled_argument_bytes"] > 0
   # a new permutation and a new τ (the next epoch) reuse the compiled steps
-  assert r["plain_compilations"] == 1 and r["search_compilations"] == 1
+  assert r["plain_compilations"] == 1 and r["search_compilations"] == 1 and r["pas_compilations"] == 1
+  assert r["pas_step_s"] > 0 and r["pas_over_plain_ratio"] == pytest.approx(
+      r["pas_step_s"] / r["plain_step_in_turns_with_pas_s"], rel=0.01)
   assert r["compilations_after_epoch_boundary"] == 0
   assert r["host_transfers_in_step_loop"] == 0
   # the same plain step compiled with XLA's default options, the "before" of the CPU options
