@@ -175,7 +175,7 @@ def bench_jax(network: str, batch: int, num_devices: int, repeats: int, steps_pe
                                               + out["search_compilations"] - 1)
 
   # --- PaS search step, timed in turns with the plain step ---
-  pas_model = masks.MaskedResNet(a)
+  pas_model = masks.MaskedNetwork(a)
   pas_tx = pas_search.optimizer(c.pas)
   pstate = steps.create_state(pas_model, pas_tx, resnet.dummy_input(a), jax.random.key(0), mesh)
   pas_step = pas_search.make_search_step(pas_model, c.pas, 0.5, mesh, "jit")

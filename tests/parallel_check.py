@@ -131,7 +131,7 @@ def one_pas_step(num_devices: int, mode: str, num_steps: int = 2) -> dict:
   mesh = parallel.make_mesh(num_devices)
   ds, data = _data(mesh)
   a = arch.cifar_resnet(8, num_classes=10, input_size=28, input_channels=1)
-  model = masks.MaskedResNet(a)
+  model = masks.MaskedNetwork(a)
   p = base_config().pas
   p.lr, p.macs_unit, p.cost_weight = 0.05, 0.0, 10.0
   tx = pas_search.optimizer(p)

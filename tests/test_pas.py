@@ -111,7 +111,7 @@ def _with_counts(a, counts):
 
 # ------------------------------------------------------------------- extraction
 def _random_masked_variables(a, seed):
-  model = masks.MaskedResNet(a)
+  model = masks.MaskedNetwork(a)
   x = jax.random.normal(jax.random.key(seed), (4, a.input_size, a.input_size, a.input_channels))
   v = model.init(jax.random.key(0), x)
   rng = np.random.default_rng(seed)

@@ -12,8 +12,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable
 
-from tas_jax.models import topology
-from tas_jax.models.arch import Architecture
+from tas_jax.models import repvgg, topology
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,29 +48,42 @@ def conv_flops(kernel, in_width, out_width, out_size):
   return kernel * kernel * in_width * out_width * out_size ** 2
 
 
-def flops_at_widths(arch: Architecture, widths: Callable[[topology.Conv], tuple[Any, Any]],
-                    head_width) -> Any:
-  """FLOPs of `arch`'s topology with every conv's (in, out) width given by `widths(conv)` and the
+def flops_at_widths(arch, widths: Callable[[topology.Conv], tuple[Any, Any]], head_width) -> Any:
+  """FLOPs of `arch`'s layers with every conv's (in, out) width given by `widths(conv)` and the
   classifier reading `head_width` channels: the widths may be traced values (PaS's cost counts
-  the masked network with it). With the topology's own widths it is `count(arch).flops`."""
-  total = sum(conv_flops(c.kernel, *widths(c), c.out_size) for c in topology.of(arch).convs())
+  the masked network with it). With the layers' own widths it is `count(arch).flops`."""
+  total = sum(conv_flops(c.kernel, *widths(c), c.out_size) for c in convs_of(arch))
   return total + head_width * arch.num_classes + arch.num_classes
 
 
-def layers(arch: Architecture) -> tuple[Layer, ...]:
+def convs_of(arch) -> tuple[topology.Conv, ...]:
+  """Every conv in forward order: a ResNet's topology, or a RepVGG's blocks in deploy form (one
+  3x3 conv with bias each: the form its FLOPs are quoted in)."""
+  if isinstance(arch, repvgg.RepVGGArch):
+    return repvgg.blocks(arch)
+  return topology.of(arch).convs()
+
+
+def output_width(arch) -> int:
+  return arch.output_width if isinstance(arch, repvgg.RepVGGArch) else topology.of(arch).output_width
+
+
+def layers(arch) -> tuple[Layer, ...]:
   """Every conv and the classifier, in forward order, with its FLOPs and parameters."""
   out = []
-  for c in topology.of(arch).convs():
-    params = c.kernel * c.kernel * c.in_width * c.out_width + (2 * c.out_width if c.has_bn else 0)
+  bias = isinstance(arch, repvgg.RepVGGArch)
+  for c in convs_of(arch):
+    params = (c.kernel * c.kernel * c.in_width * c.out_width + (2 * c.out_width if c.has_bn else 0)
+              + (c.out_width if bias else 0))
     out.append(Layer(c.name, c.kernel, c.in_width, c.out_width, c.out_size, c.has_bn,
                      conv_flops(c.kernel, c.in_width, c.out_width, c.out_size), params))
-  width, classes = topology.of(arch).output_width, arch.num_classes
+  width, classes = output_width(arch), arch.num_classes
   out.append(Layer("classifier", 1, width, classes, 1, False, width * classes + classes,
                    width * classes + classes))
   return tuple(out)
 
 
-def count(arch: Architecture) -> Counts:
+def count(arch) -> Counts:
   """FLOPs (multiply-adds) and parameters of `arch`."""
   ls = layers(arch)
   return Counts(sum(l.flops for l in ls), sum(l.params for l in ls), ls)

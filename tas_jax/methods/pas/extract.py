@@ -43,7 +43,7 @@ def read_search(workdir: str) -> tuple[arch_lib.Architecture, dict, list[dict], 
         f"no PaS search in {search_dir} ({base_path} is missing): run --config.method=pas "
         "--config.stage=search with this --workdir first")
   base = arch_lib.load(base_path)
-  model = masks_lib.MaskedResNet(base)
+  model = masks_lib.MaskedNetwork(base)
   sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), resnet.dummy_input(base)))
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),

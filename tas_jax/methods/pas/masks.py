@@ -13,6 +13,9 @@ one per tensor that can be cut physically:
   agrees; sharing the mask makes them agree by construction, and the pruned network is again a
   plain ResNet (released PaS masks each block output on its own and cannot cut such chains).
 
+RepVGG (`tas_jax.models.repvgg`): one group per block, after its ReLU; no chains (no add joins
+two blocks' outputs).
+
 Every group keeps at least its highest-scoring channel, so no layer is ever empty. The MACs of the
 masked network are counted by `tas_jax.ops.flops.flops_at_widths` on the original topology with
 the kept counts as widths: the extracted network has exactly those layers, so its FLOPs by the
@@ -28,7 +31,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from tas_jax.models import resnet, topology
+from tas_jax.models import repvgg, resnet, topology
 from tas_jax.models.arch import Architecture
 from tas_jax.ops import flops
 
@@ -74,8 +77,10 @@ class MaskLayout:
 
 
 @functools.cache
-def layout(arch: Architecture) -> MaskLayout:
-  """The mask groups of `arch`, read off its topology."""
+def layout(arch) -> MaskLayout:
+  """The mask groups of `arch` (a ResNet `Architecture` or a `RepVGGArch`), read off its layers."""
+  if isinstance(arch, repvgg.RepVGGArch):
+    return _repvgg_layout(arch)
   topo = topology.of(arch)
   sites = {"stem": ["stem"]}
   sizes = {"stem": topo.stem.out_width}
@@ -97,6 +102,16 @@ def layout(arch: Architecture) -> MaskLayout:
   return MaskLayout(arch, groups, conv_groups, chain)
 
 
+def _repvgg_layout(arch: repvgg.RepVGGArch) -> MaskLayout:
+  """RepVGG: one mask per block, after its ReLU (no residual add joins two blocks' outputs); the
+  last block's mask is searched too, and the classifier is trimmed with it."""
+  convs = repvgg.blocks(arch)
+  groups = tuple(Group(c.name, c.out_width, (c.name,)) for c in convs)
+  conv_groups = {c.name: (prev.name if prev else None, c.name)
+                 for prev, c in zip((None,) + convs[:-1], convs)}
+  return MaskLayout(arch, groups, conv_groups, convs[-1].name)
+
+
 def kept_counts(layout_: MaskLayout, scores: dict) -> dict:
   """{group: kept channels} (traced; straight-through gradient 1 per scalar)."""
   return {g.name: jnp.sum(hard_mask(scores[g.name])) for g in layout_.groups}
@@ -112,10 +127,11 @@ class MaskScores(nn.Module):
             for g in self.groups}
 
 
-class MaskedResNet(nn.Module):
-  """The network of `arch` with PaS masks: params {"masks": {group: (C,)}, "network": the plain
-  ResNet's params}, so a teacher's checkpoint drops into "network" unchanged."""
-  arch: Architecture
+class MaskedNetwork(nn.Module):
+  """The network of `arch` (ResNet, or RepVGG in training form) with PaS masks: params
+  {"masks": {group: (C,)}, "network": the plain network's params}, so a teacher's checkpoint
+  drops into "network" unchanged."""
+  arch: Architecture | repvgg.RepVGGArch
   bn_axis_name: str | None = None
   dtype: jnp.dtype = jnp.float32
 
@@ -124,4 +140,9 @@ class MaskedResNet(nn.Module):
     lay = layout(self.arch)
     scores = MaskScores(lay.groups, name="masks")()
     gates = lay.site_gates({k: hard_mask(v) for k, v in scores.items()})
-    return resnet.ResNet(self.arch, self.bn_axis_name, self.dtype, name="network")(x, train, gates)
+    if isinstance(self.arch, repvgg.RepVGGArch):
+      network = repvgg.RepVGG(self.arch, bn_axis_name=self.bn_axis_name, dtype=self.dtype,
+                              name="network")
+    else:
+      network = resnet.ResNet(self.arch, self.bn_axis_name, self.dtype, name="network")
+    return network(x, train, gates)

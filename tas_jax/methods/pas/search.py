@@ -46,7 +46,7 @@ def cost_unit(p: ml_collections.ConfigDict, flops_max: float) -> float:
   return p.macs_unit if p.macs_unit > 0 else flops_max
 
 
-def make_search_step(model: masks_lib.MaskedResNet, p: ml_collections.ConfigDict, ratio: float,
+def make_search_step(model: masks_lib.MaskedNetwork, p: ml_collections.ConfigDict, ratio: float,
                      mesh, mode: str):
   """Compiles `step(state, batch) -> (state, PasMetrics)`: one joint SGD step."""
   axis = parallel.AXIS if mode == "pmap" else None
@@ -126,7 +126,7 @@ def search(config: ml_collections.ConfigDict, workdir: str) -> dict:
     raise config_lib.ConfigError(
         f"method=pas prunes the teacher in {workdir}/teacher ({teacher_arch.name or 'custom'}), "
         f"but the config describes {base.name or 'a different network'}")
-  model = masks_lib.MaskedResNet(base, dtype=jnp.dtype(config.model.dtype))
+  model = masks_lib.MaskedNetwork(base, dtype=jnp.dtype(config.model.dtype))
   tx = optimizer(p)
   init_key, aug_key = jax.random.split(jax.random.key(config.seed))
   state = steps.create_state(model, tx, jnp.zeros((1, ds.image_size, ds.image_size, ds.channels)),

@@ -1,0 +1,94 @@
+"""RepVGG for PaS: the published sizes, reparameterisation (training form = deploy form), masks per
+block, and the squeezed network = the masked one; a PaS step on it."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from tas_jax import parallel
+from tas_jax.config import base_config
+from tas_jax.methods.pas import masks, search
+from tas_jax.models import repvgg
+from tas_jax.ops import flops
+from tas_jax.training import steps
+
+TINY = repvgg.RepVGGArch(num_classes=7, input_size=32, input_channels=3,
+                         stages=((8,), (8, 8), (16, 16, 16), (24,)), name="tiny")
+
+
+@pytest.mark.parametrize("variant, gflops, mparams", [("a0", 1.36, 8.31), ("b1", 11.82, 51.83)])
+def test_named_networks_have_the_published_size(variant, gflops, mparams):
+  """RepVGG paper, Table 2 (deploy form): A0 1.4 G FLOPs, 8.30 M params; B1 11.8 G, 51.82 M."""
+  counts = flops.count(repvgg.named_repvgg(variant))
+  assert counts.flops / 1e9 == pytest.approx(gflops, abs=0.005)
+  assert counts.params / 1e6 == pytest.approx(mparams, abs=0.005)
+
+
+def _random_training_variables(arch, seed):
+  x = jax.random.normal(jax.random.key(seed), (4, arch.input_size, arch.input_size, 3))
+  variables = repvgg.RepVGG(arch).init(jax.random.key(0), x)
+  rng = np.random.default_rng(seed)
+  noisy = lambda t, lo, hi: jnp.asarray(rng.uniform(lo, hi, size=t.shape), jnp.float32)
+  params = jax.tree.map(lambda t: t + 0.2 * noisy(t, -1, 1), variables["params"])
+  stats = jax.tree.map(lambda t: noisy(t, 0.5, 1.5), variables["batch_stats"])
+  return x, {"params": params, "batch_stats": stats}
+
+
+def test_identity_branch_only_where_width_and_resolution_agree():
+  x, v = _random_training_variables(TINY, 0)
+  with_identity = [name for name, p in v["params"].items() if "identity" in p]
+  assert with_identity == ["stage2.block2", "stage3.block2", "stage3.block3"]
+
+
+def test_reparameterised_network_computes_the_training_form_function():
+  x, v = _random_training_variables(TINY, 1)
+  want = repvgg.RepVGG(TINY).apply(v, x, train=False)
+  deploy = repvgg.reparameterize(TINY, jax.device_get(v))
+  got = repvgg.RepVGG(TINY, deploy=True).apply(deploy, x)
+  np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5)
+  assert np.max(np.abs(np.asarray(want))) > 0.1   # not a trivially small output
+  # one 3x3 conv with bias per block, nothing else
+  assert set(deploy["params"]["stage3.block2"]) == {"kernel", "bias"}
+  assert deploy["params"]["stage3.block2"]["kernel"].shape == (3, 3, 16, 16)
+
+
+def test_squeezed_network_computes_the_masked_function_and_its_flops_are_the_masked_macs():
+  x, v = _random_training_variables(TINY, 2)
+  lay = masks.layout(TINY)
+  assert [g.name for g in lay.groups] == [c.name for c in repvgg.blocks(TINY)]
+  rng = np.random.default_rng(4)
+  scores = {g.name: jnp.asarray(rng.uniform(0, 1, g.size), jnp.float32) for g in lay.groups}
+  masked = masks.MaskedNetwork(TINY)
+  want = masked.apply({"params": {"masks": scores, "network": v["params"]},
+                       "batch_stats": {"network": v["batch_stats"]}}, x, train=False)
+  kept = search.kept_channels(scores)
+  pruned, weights = repvgg.squeeze(TINY, repvgg.reparameterize(TINY, jax.device_get(v)), kept,
+                                   name="tiny_pas")
+  got = repvgg.RepVGG(pruned, deploy=True).apply(weights, x)
+  np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5)
+  # the last block's mask trims the classifier's inputs
+  assert weights["params"]["classifier"]["kernel"].shape == (len(kept["stage4.block1"]), 7)
+  assert flops.count(pruned).flops == lay.flops({k: len(i) for k, i in kept.items()})
+  assert flops.count(pruned).flops < flops.count(TINY).flops
+
+
+def test_pas_steps_on_repvgg_switch_channels_off():
+  mesh = parallel.make_mesh(1)
+  model = masks.MaskedNetwork(TINY)
+  p = base_config().pas
+  p.lr, p.macs_unit, p.cost_weight = 0.02, 0.0, 50.0
+  tx = search.optimizer(p)
+  state = steps.create_state(model, tx, jnp.zeros((1, 32, 32, 3)), jax.random.key(0), mesh)
+  step = search.make_search_step(model, p, 0.4, mesh, "jit")
+  rng = np.random.default_rng(0)
+  batch = {"image": jnp.asarray(rng.normal(size=(16, 32, 32, 3)), jnp.float32),
+           "label": jnp.asarray(rng.integers(0, 7, 16), jnp.int32)}
+  ratios = []
+  for _ in range(12):
+    state, m = step(state, batch)
+    ratios.append(float(m.compute()["flops_ratio"]))
+  # from the full network, the penalty switches channels off (on random data whole blocks' scalars
+  # move together: the cost's gradient is the same for every channel of a block)
+  assert ratios[0] == pytest.approx(1.0) and min(ratios) < 0.8, ratios
+  assert step._cache_size() == 1
