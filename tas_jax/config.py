@@ -12,7 +12,7 @@ import ml_collections
 
 from tas_jax import errors
 from tas_jax.data import datasets
-from tas_jax.models import arch as arch_lib
+from tas_jax.models import arch as arch_lib, networks, repvgg
 
 STAGES = ("teacher", "search", "extract", "distill", "results", "all")
 STUDENTS = ("tas", "pas", "uniform", "random")  # or the path of an architecture JSON / a named network
@@ -46,9 +46,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.prefetch = 2              # streamed data: global batches put on the devices ahead
 
   c.model = ml_collections.ConfigDict()
-  c.model.family = "cifar"         # cifar | imagenet
+  c.model.family = "cifar"         # cifar | imagenet | repvgg (PaS only)
   c.model.depth = 20
   c.model.block = "basic"          # basic | bottleneck (CIFAR); ImageNet depth decides
+  c.model.repvgg = "a0"            # family=repvgg: a0 | b1 (widths and blocks of the paper)
   c.model.arch = ""                # a named architecture or an architecture JSON; overrides the above
   c.model.dtype = "float32"        # float32 | bfloat16 (activations; weights stay float32)
 
@@ -94,6 +95,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.pas.macs_unit = 1e9            # MACs are counted in this unit in the penalty (spec: G);
                                    # 0 = in units of the unpruned network's MACs
   c.pas.eval_batch_size = 500
+  c.pas.finetune_lr = 0.0          # > 0: the peak lr of fine-tuning the extracted weights (pas-kd,
+                                   # pas-ce) instead of distill.lr; a deployed RepVGG has no BN
+                                   # and needs a small one (e.g. 0.001)
 
   c.distill = sgd_recipe()         # training of the pruned network (spec §6: the teacher's recipe)
   c.distill.student = "tas"        # tas: WORKDIR/extract/arch.json; uniform | random: baselines at
@@ -234,7 +238,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
     _fail("model.dtype", c.model.dtype, f"allowed: {', '.join(DTYPES)}")
   if c.model.arch:
     try:
-      arch_lib.resolve(c.model.arch)
+      networks.resolve(c.model.arch)
     except arch_lib.ArchError as e:
       raise ConfigError(f"config.model.arch: {e}") from None
   elif c.model.family == "cifar":
@@ -244,16 +248,34 @@ def validate(c: ml_collections.ConfigDict) -> None:
       arch_lib.cifar_resnet(c.model.depth, c.model.block)
     except arch_lib.ArchError as e:
       raise ConfigError(f"config.model.{e}") from None
+  elif c.model.family == "repvgg":
+    if c.model.repvgg not in repvgg.VARIANTS:
+      _fail("model.repvgg", c.model.repvgg, f"allowed: {', '.join(repvgg.VARIANTS)}")
   elif c.model.family == "imagenet":
     if c.model.depth not in arch_lib.IMAGENET_DEPTHS:
       _fail("model.depth", c.model.depth,
             f"ImageNet ResNets allow {', '.join(map(str, arch_lib.IMAGENET_DEPTHS))}")
   else:
-    _fail("model.family", c.model.family, "allowed: cifar, imagenet")
+    _fail("model.family", c.model.family, "allowed: cifar, imagenet, repvgg")
   for section in ("teacher", "distill"):
     _validate_recipe(c, section)
   _validate_search(c)
   _validate_pas(c)
+  is_repvgg = (isinstance(networks.resolve(c.model.arch), repvgg.RepVGGArch) if c.model.arch
+               else c.model.family == "repvgg")
+  if is_repvgg:
+    # TAS's space and the uniform / random baselines are ResNet-shaped (blocks of 2-3 convs)
+    if c.method == "tas" and c.stage in ("search", "extract"):
+      _fail("method", c.method, "TAS searches ResNets; a RepVGG (model.family=repvgg) is pruned "
+            "with --config.method=pas")
+    if c.stage in ("all", "distill"):
+      runs = ([parse_run(r)["student"] for r in c.pipeline.runs.split(",")] if c.stage == "all"
+              else [c.distill.student])
+      bad = [s for s in runs if s in ("tas", "uniform", "random")]
+      if bad:
+        _fail("pipeline.runs" if c.stage == "all" else "distill.student",
+              c.pipeline.runs if c.stage == "all" else c.distill.student,
+              f"{bad[0]} needs a ResNet; a RepVGG's runs are pas-kd / pas-ce")
   _validate_distill(c)
   if c.parallel not in PARALLEL_MODES:
     _fail("parallel", c.parallel, f"allowed: {', '.join(PARALLEL_MODES)}")
@@ -281,7 +303,7 @@ def _validate_pas(c: ml_collections.ConfigDict) -> None:
     _positive(c, f"pas.{field}", integer=True)
   for field in ("lr", "cost_weight"):
     _positive(c, f"pas.{field}")
-  for field in ("weight_decay", "macs_unit"):
+  for field in ("weight_decay", "macs_unit", "finetune_lr"):
     _positive(c, f"pas.{field}", zero_ok=True)
   if not (isinstance(c.pas.momentum, (int, float)) and 0 <= c.pas.momentum < 1):
     _fail("pas.momentum", c.pas.momentum, "must be in [0, 1)")
@@ -291,7 +313,7 @@ def _validate_distill(c: ml_collections.ConfigDict) -> None:
   d = c.distill
   if d.student not in STUDENTS:
     try:
-      arch_lib.resolve(d.student)
+      networks.resolve(d.student)
     except arch_lib.ArchError as e:
       raise ConfigError(f"config.distill.student={d.student!r}: not one of {', '.join(STUDENTS)}, "
                         f"and not an architecture: {e}") from None
@@ -352,7 +374,7 @@ def architecture(c: ml_collections.ConfigDict, num_classes: int, image_size: int
                  channels: int) -> arch_lib.Architecture:
   """The network the config describes, fitted to a dataset's classes, image size and channels."""
   if c.model.arch:
-    a = arch_lib.resolve(c.model.arch)
+    a = networks.resolve(c.model.arch)
     if (a.num_classes, a.input_size, a.input_channels) != (num_classes, image_size, channels):
       raise ConfigError(
           f"config.model.arch={c.model.arch!r} expects {a.num_classes} classes and "
@@ -362,6 +384,8 @@ def architecture(c: ml_collections.ConfigDict, num_classes: int, image_size: int
   try:
     if c.model.family == "cifar":
       return arch_lib.cifar_resnet(c.model.depth, c.model.block, num_classes, image_size, channels)
+    if c.model.family == "repvgg":
+      return repvgg.named_repvgg(c.model.repvgg, num_classes, image_size, channels)
     return arch_lib.imagenet_resnet(c.model.depth, num_classes, image_size, channels)
   except arch_lib.ArchError as e:
     raise ConfigError(f"model for {c.data.name}: {e}") from None

@@ -12,7 +12,7 @@ import sys
 
 from absl import app, flags
 
-from tas_jax.models import arch as arch_lib
+from tas_jax.models import arch as arch_lib, networks
 from tas_jax.ops import flops
 
 
@@ -39,7 +39,7 @@ def main(argv) -> int:
     raise app.UsageError(f"one architecture: a named network ({', '.join(arch_lib.NAMED)}) or an "
                          "architecture .json file")
   try:
-    a = arch_lib.resolve(argv[1])
+    a = networks.resolve(argv[1])
   except arch_lib.ArchError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

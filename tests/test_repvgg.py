@@ -92,3 +92,37 @@ def test_pas_steps_on_repvgg_switch_channels_off():
   # move together: the cost's gradient is the same for every channel of a block)
   assert ratios[0] == pytest.approx(1.0) and min(ratios) < 0.8, ratios
   assert step._cache_size() == 1
+
+
+def test_repvgg_pipeline_teacher_pas_search_extract_fine_tune_results(tmp_path):
+  """A RepVGG written as JSON (`model.arch`), through `all` with a pas-kd run: the teacher in
+  training form, the search on it, the extracted network in deploy form, fine-tuned from its
+  weights, and the results table."""
+  from tas_jax import config as config_lib
+  from tas_jax.stages import pipeline
+  tiny = repvgg.RepVGGArch(num_classes=10, input_size=32, input_channels=1,
+                           stages=((8,), (8, 8), (16, 16), (16,)), name="tiny")
+  tiny.save(str(tmp_path / "tiny.json"))
+  c = config_lib.base_config()
+  c.stage, c.method, c.data.name = "all", "pas", "embedded"
+  c.data.train_examples, c.data.image_size, c.model.arch = 256, 32, str(tmp_path / "tiny.json")
+  c.teacher.warmup_epochs, c.teacher.cosine_epochs, c.teacher.batch_size = 1, 1, 64
+  c.pas.epochs, c.pas.batch_size, c.pas.macs_unit, c.pas.cost_weight = 2, 64, 0.0, 50.0
+  c.pas.lr = 0.05
+  c.distill.warmup_epochs, c.distill.cosine_epochs, c.distill.batch_size = 0, 1, 64
+  c.pas.finetune_lr = 0.001   # the deployed RepVGG has no BN
+  c.pipeline.runs, c.pipeline.throughput_batch, c.pipeline.throughput_repeats = "pas-kd", 16, 2
+  c.log_every_steps = 100
+  with pytest.raises(config_lib.ConfigError, match="needs a ResNet"):
+    bad = config_lib.base_config()
+    bad.model.arch, bad.stage = str(tmp_path / "tiny.json"), "all"
+    config_lib.validate(bad)
+  out = pipeline.run_all(c, str(tmp_path / "w"))
+  assert out["finished"] and [r["run"] for r in out["rows"]] == ["teacher", "pas-kd"]
+  from tas_jax.models import networks
+  pruned = networks.load(str(tmp_path / "w" / "extract-pas" / "arch.json"))
+  assert isinstance(pruned, repvgg.RepVGGArch) and pruned.deploy
+  import json   # the table's FLOPs are the counter's on the deploy network: the search's figure
+  s = json.load(open(tmp_path / "w" / "search-pas" / "summary.json"))
+  assert out["rows"][1]["flops_m"] == pytest.approx(s["flops_m"], abs=1e-4)
+  assert s["flops_ratio"] < 1.0   # the masks moved

@@ -38,6 +38,7 @@ class RepVGGArch:
   stages: tuple[tuple[int, ...], ...]
   name: str = ""
   family: str = "repvgg"
+  deploy: bool = False   # built in deploy form (a pruned/squeezed network) rather than training form
 
   def __post_init__(self):
     object.__setattr__(self, "stages", tuple(tuple(int(w) for w in s) for s in self.stages))
@@ -57,19 +58,38 @@ class RepVGGArch:
       json.dump(self.to_dict(), f, indent=2)
 
   @property
+  def depths(self) -> tuple[int, ...]:
+    return tuple(len(s) for s in self.stages)
+
+  @property
   def output_width(self) -> int:
     return self.stages[-1][-1]
 
+  @classmethod
+  def from_dict(cls, d: dict, source: str = "architecture") -> "RepVGGArch":
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - fields)
+    if unknown:
+      raise ArchError(f"{source}: unknown field(s) {unknown} for a RepVGG; allowed: {sorted(fields)}")
+    try:
+      return cls(**d)
+    except (TypeError, ValueError) as e:
+      raise ArchError(f"{source}: {e}") from None
 
-def named_repvgg(variant: str, num_classes: int = 1000, input_size: int = 224) -> RepVGGArch:
+
+VARIANTS = {"a0": (0.75, 2.5, (2, 4, 14, 1)), "b1": (2.0, 4.0, (4, 6, 16, 1))}
+
+
+def named_repvgg(variant: str, num_classes: int = 1000, input_size: int = 224,
+                 input_channels: int = 3) -> RepVGGArch:
   """RepVGG-A0 (a = 0.75, b = 2.5; blocks 1, 2, 4, 14, 1) or -B1 (a = 2, b = 4; 1, 4, 6, 16, 1)."""
-  table = {"a0": (0.75, 2.5, (2, 4, 14, 1)), "b1": (2.0, 4.0, (4, 6, 16, 1))}
+  table = VARIANTS
   if variant not in table:
     raise ArchError(f"RepVGG variant {variant!r}: allowed {', '.join(table)}")
-  a, b, blocks = table[variant]
+  a, b, counts = table[variant]
   widths = [min(64, int(64 * a))] + [int(64 * a), int(128 * a), int(256 * a), int(512 * b)]
-  stages = [(widths[0],)] + [(w,) * n for w, n in zip(widths[1:], blocks)]
-  return RepVGGArch(num_classes, input_size, 3, tuple(stages), name=f"repvgg_{variant}")
+  stages = [(widths[0],)] + [(w,) * n for w, n in zip(widths[1:], counts)]
+  return RepVGGArch(num_classes, input_size, input_channels, tuple(stages), name=f"repvgg_{variant}")
 
 
 def blocks(arch: RepVGGArch) -> tuple[topology.Conv, ...]:
@@ -109,17 +129,19 @@ class RepVGGBlock(nn.Module):
 
 
 class RepVGG(nn.Module):
-  """The blocks of `arch` in training form, or in deploy form (one 3x3 conv with bias each)."""
+  """The blocks of `arch` in training form, or in deploy form (one 3x3 conv with bias each; the
+  default of an architecture with `deploy`)."""
   arch: RepVGGArch
-  deploy: bool = False
+  deploy: Optional[bool] = None
   bn_axis_name: Optional[str] = None
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x, train: bool = False, gates: Optional[dict] = None):
     x = x.astype(self.dtype)
+    deploy = self.arch.deploy if self.deploy is None else self.deploy
     for c in blocks(self.arch):
-      if self.deploy:
+      if deploy:
         x = nn.relu(nn.Conv(c.out_width, (3, 3), (c.stride, c.stride), padding=((1, 1), (1, 1)),
                             kernel_init=conv_init, dtype=self.dtype, name=c.name)(x))
       else:
@@ -174,4 +196,5 @@ def squeeze(arch: RepVGGArch, deploy_variables: dict, kept: dict, name: str = ""
                        "bias": np.asarray(params["classifier"]["bias"])}
   stages = [[len(kept[f"stage{s + 1}.block{b + 1}"]) for b in range(len(st))]
             for s, st in enumerate(arch.stages)]
-  return dataclasses.replace(arch, stages=tuple(map(tuple, stages)), name=name), {"params": out}
+  return (dataclasses.replace(arch, stages=tuple(map(tuple, stages)), name=name, deploy=True),
+          {"params": out})

@@ -15,6 +15,7 @@ has its own folder `WORKDIR/distill/STUDENT-{kd|ce}[-init]/`.
 
 from __future__ import annotations
 
+import copy
 import os
 
 import jax
@@ -26,7 +27,7 @@ from absl import logging
 
 from tas_jax import config as config_lib, workdir as layout
 from tas_jax.errors import CheckpointNotFoundError
-from tas_jax.models import arch as arch_lib, resnet
+from tas_jax.models import arch as arch_lib, networks, resnet
 from tas_jax.ops import flops
 from tas_jax.stages import baselines
 from tas_jax.training import steps, supervised
@@ -48,7 +49,7 @@ def _require(path: str, stage: str) -> str:
 
 
 def _extracted(workdir: str, method: str) -> arch_lib.Architecture:
-  return arch_lib.load(_require(os.path.join(layout.extract_dir(workdir, method), layout.ARCH),
+  return networks.load(_require(os.path.join(layout.extract_dir(workdir, method), layout.ARCH),
                                 layout.stage_flags("extract", method)))
 
 
@@ -65,11 +66,11 @@ def student_architecture(d: ml_collections.ConfigDict, workdir: str,
   """The network to train, and how it was chosen (for the summary); baselines match the FLOPs of
   `method`'s extraction."""
   if d.student not in config_lib.STUDENTS:
-    return arch_lib.resolve(d.student), {"student": d.student}
+    return networks.resolve(d.student), {"student": d.student}
   if d.student in ("tas", "pas"):
     return _extracted(workdir, d.student), {"student": d.student}
   searched = _extracted(workdir, method)
-  base = arch_lib.load(_require(os.path.join(layout.search_dir(workdir, method), layout.BASE_ARCH),
+  base = networks.load(_require(os.path.join(layout.search_dir(workdir, method), layout.BASE_ARCH),
                                 layout.stage_flags("search", method)))
   target = flops.count(searched).flops
   stem = (base.name or "custom")
@@ -85,6 +86,9 @@ def distill(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Runs (or resumes, or finds finished) one distill run; returns its summary."""
   config_lib.validate(config)
   d = config.distill
+  if d.init == "searched" and config.pas.finetune_lr > 0:   # fine-tuning PaS's kept weights
+    d = copy.deepcopy(d)
+    d.lr = config.pas.finetune_lr
   run = config_lib.run_name(d)
   mesh, ds = supervised.load_inputs(config, d.eval_batch_size)
   student, chosen = student_architecture(d, workdir, config.method)
@@ -98,7 +102,7 @@ def distill(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   loss_fn, loss_args = None, ()
   if d.kd:
-    teacher_model = resnet.build(teacher_arch, dtype=dtype)
+    teacher_model = networks.build(teacher_arch, dtype=dtype)
 
     def loss_fn(logits, labels, x, teacher_variables):
       teacher_logits = jax.lax.stop_gradient(teacher_model.apply(teacher_variables, x, train=False))
@@ -124,7 +128,7 @@ def distill(config: ml_collections.ConfigDict, workdir: str) -> dict:
       return params, batch_stats
 
   method = d.student if d.student in ("tas", "pas") else config.method
-  reference = teacher_arch or arch_lib.load(_require(
+  reference = teacher_arch or networks.load(_require(
       os.path.join(layout.search_dir(workdir, method), layout.BASE_ARCH),
       layout.stage_flags("search", method)))
   extra = {"run": run, **chosen, "kd": d.kd, "kd_alpha": d.kd_alpha,

@@ -22,7 +22,7 @@ from absl import logging
 from tas_jax import parallel, workdir as layout
 from tas_jax.data import augment
 from tas_jax.errors import CheckpointNotFoundError
-from tas_jax.models import arch as arch_lib, resnet
+from tas_jax.models import arch as arch_lib, networks
 from tas_jax.training import supervised
 
 
@@ -32,7 +32,7 @@ def read_variables(stage_dir: str, arch: arch_lib.Architecture, stage: str) -> d
                                    jax.sharding.SingleDeviceSharding(jax.local_devices()[0]))[0]
 
 
-def measure_throughput(networks: dict, images, mean, std, repeats: int) -> dict:
+def measure_throughput(to_measure: dict, images, mean, std, repeats: int) -> dict:
   """Inference images/s of each {name: (arch, variables)} on the same uint8 batch, one device.
 
   Each network is compiled and warmed up first; then every repeat times one call of every network
@@ -41,13 +41,13 @@ def measure_throughput(networks: dict, images, mean, std, repeats: int) -> dict:
   """
   x = jax.device_put(augment.normalize(jnp.asarray(images), mean, std))
   forwards = {}
-  for name, (a, variables) in networks.items():
-    model = resnet.build(a)
+  for name, (a, variables) in to_measure.items():
+    model = networks.build(a)
     forwards[name] = (jax.jit(lambda v, x, m=model: m.apply(v, x, train=False),
                                compiler_options=parallel.compiler_options()), variables)
     jax.block_until_ready(forwards[name][0](variables, x))  # compile
     jax.block_until_ready(forwards[name][0](variables, x))  # warm up
-  times = {name: [] for name in networks}
+  times = {name: [] for name in to_measure}
   for _ in range(repeats):
     for name, (fn, variables) in forwards.items():
       t = time.perf_counter()
@@ -72,7 +72,7 @@ def results(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if teacher_summary is None:
     raise CheckpointNotFoundError(
         f"no finished teacher in {workdir}/teacher: run --config.stage=teacher (or all) first")
-  teacher_arch = arch_lib.load(os.path.join(layout.teacher_dir(workdir), layout.ARCH))
+  teacher_arch = networks.load(os.path.join(layout.teacher_dir(workdir), layout.ARCH))
   runs = []
   for path in sorted(glob.glob(os.path.join(layout.distill_dir(workdir), "*", layout.SUMMARY))):
     s = layout.read_summary(os.path.dirname(path))
@@ -83,15 +83,15 @@ def results(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   _, ds = supervised.load_inputs(config, config.teacher.eval_batch_size)
   batch = ds.sample_images(config.pipeline.throughput_batch)
-  networks = {"teacher": (teacher_arch, read_variables(layout.teacher_dir(workdir),
+  to_measure = {"teacher": (teacher_arch, read_variables(layout.teacher_dir(workdir),
                                                        teacher_arch, "teacher"))}
   for s in runs:
     run_dir = layout.distill_dir(workdir, s["run"])
-    a = arch_lib.load(os.path.join(run_dir, layout.ARCH))
-    networks[s["run"]] = (a, read_variables(run_dir, a, "distill"))
+    a = networks.load(os.path.join(run_dir, layout.ARCH))
+    to_measure[s["run"]] = (a, read_variables(run_dir, a, "distill"))
   logging.info("[results] measuring inference throughput of %d networks on one batch of %d test "
-               "images (%d repeats)", len(networks), len(batch), config.pipeline.throughput_repeats)
-  speed = measure_throughput(networks, batch, ds.mean, ds.std, config.pipeline.throughput_repeats)
+               "images (%d repeats)", len(to_measure), len(batch), config.pipeline.throughput_repeats)
+  speed = measure_throughput(to_measure, batch, ds.mean, ds.std, config.pipeline.throughput_repeats)
 
   t_flops, t_params = teacher_summary["flops_m"], teacher_summary["params_m"]
   rows = [{"network": "teacher (unpruned)", "run": "teacher", "architecture": teacher_arch.name,

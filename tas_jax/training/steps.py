@@ -65,7 +65,8 @@ def make_train_step(model: nn.Module, mesh, mode: str, loss_fn: Optional[Callabl
     def objective(params):
       logits, updates = model.apply({"params": params, "batch_stats": state.batch_stats}, x,
                                     train=True, mutable=["batch_stats"])
-      return loss_fn(logits, y, x, *loss_args), (logits, updates["batch_stats"])
+      # a network without BN (a deployed RepVGG) has no statistics to update
+      return loss_fn(logits, y, x, *loss_args), (logits, updates.get("batch_stats", {}))
 
     (loss, (logits, batch_stats)), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
     accuracy = jnp.mean(jnp.argmax(logits, -1) == y)

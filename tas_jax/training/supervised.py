@@ -23,7 +23,7 @@ from absl import logging
 from tas_jax import config as config_lib, parallel, workdir as layout
 from tas_jax.data import sources
 from tas_jax.errors import CheckpointNotFoundError
-from tas_jax.models import arch as arch_lib, resnet
+from tas_jax.models import arch as arch_lib, networks
 from tas_jax.ops import flops
 from tas_jax.training import inputs as inputs_lib, loop, steps
 
@@ -62,10 +62,10 @@ def read_variables(stage_dir: str, arch: arch_lib.Architecture, stage: str,
                    sharding) -> tuple[dict, int]:
   """({'params', 'batch_stats'}, step) of a trained network's latest checkpoint, placed with
   `sharding`; the optimiser state is not read (Orbax partial restore)."""
-  model = resnet.build(arch)
-  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), resnet.dummy_input(arch), train=False))
+  model = networks.build(arch)
+  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), networks.dummy_input(arch), train=False))
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
-                          {"params": shapes["params"], "batch_stats": shapes["batch_stats"]})
+                          {"params": shapes["params"], "batch_stats": shapes.get("batch_stats", {})})
   variables, _, step = loop.read_checkpoint(stage_dir, abstract, stage)
   return variables, step
 
@@ -78,7 +78,7 @@ def read_teacher(workdir: str, mesh, reader: str) -> tuple[arch_lib.Architecture
   if not os.path.exists(arch_path):
     raise CheckpointNotFoundError(
         f"{arch_path} is missing: run --config.stage=teacher with this --workdir first")
-  arch = arch_lib.load(arch_path)
+  arch = networks.load(arch_path)
   variables, step = read_variables(teacher_dir, arch, "teacher", parallel.replicated(mesh))
   if layout.read_summary(teacher_dir) is None:
     logging.warning("[%s] the teacher in %s has not finished; using its checkpoint at step %d",
@@ -109,10 +109,10 @@ def train_network(config: ml_collections.ConfigDict, recipe: ml_collections.Conf
                ds.source, ds.num_train, ds.num_test, ds.image_size, ds.image_size,
                ds.channels, counts.flops_m, counts.params_m, n_dev, config.parallel)
 
-  model = resnet.build(arch, dtype=jnp.dtype(config.model.dtype))
+  model = networks.build(arch, dtype=jnp.dtype(config.model.dtype))
   tx, schedule = sgd_with_warmup_cosine(recipe, steps_per_epoch)
   init_key, aug_key = jax.random.split(jax.random.key(config.seed))
-  state = steps.create_state(model, tx, resnet.dummy_input(arch), init_key, mesh)
+  state = steps.create_state(model, tx, networks.dummy_input(arch), init_key, mesh)
   if init_variables is not None:
     params, batch_stats = init_variables(state.params, state.batch_stats)
     state = state.replace(params=params, batch_stats=batch_stats)

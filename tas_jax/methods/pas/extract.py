@@ -29,7 +29,7 @@ from tas_jax import plots, workdir as layout
 from tas_jax.errors import CheckpointNotFoundError
 from tas_jax.methods.pas import masks as masks_lib
 from tas_jax.methods.pas.search import METHOD, kept_channels
-from tas_jax.models import arch as arch_lib, resnet, topology
+from tas_jax.models import arch as arch_lib, networks, repvgg, resnet, topology
 from tas_jax.ops import flops
 from tas_jax.training import loop
 
@@ -42,10 +42,10 @@ def read_search(workdir: str) -> tuple[arch_lib.Architecture, dict, list[dict], 
     raise CheckpointNotFoundError(
         f"no PaS search in {search_dir} ({base_path} is missing): run --config.method=pas "
         "--config.stage=search with this --workdir first")
-  base = arch_lib.load(base_path)
+  base = networks.load(base_path)
   model = masks_lib.MaskedNetwork(base)
   sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), resnet.dummy_input(base)))
+  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), networks.dummy_input(base)))
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
                           {"params": shapes["params"], "batch_stats": shapes["batch_stats"]})
   restored, meta, step = loop.read_checkpoint(search_dir, abstract,
@@ -97,18 +97,27 @@ def gather_variables(base: arch_lib.Architecture, kept: dict, params: dict,
   return new_params, new_stats
 
 
-def extract_network(base: arch_lib.Architecture, variables: dict, name: str = ""):
+def extract_network(base, variables: dict, name: str = ""):
   """(pruned architecture, {"params", "batch_stats"} of it, kept indices per group) of a masked
-  network's variables ({"params": {"masks", "network"}, "batch_stats": {"network"}})."""
+  network's variables ({"params": {"masks", "network"}, "batch_stats": {"network"}}).
+
+  A RepVGG is reparameterised first (one 3x3 conv with bias per block), then squeezed: the pruned
+  network is its deploy form, which has no BN statistics."""
   kept = kept_channels(variables["params"]["masks"])
-  pruned = pruned_architecture(base, kept, name)
-  params, stats = gather_variables(base, kept, variables["params"]["network"],
-                                   variables["batch_stats"]["network"])
-  expected = jax.eval_shape(lambda: resnet.build(pruned).init(
-      jax.random.key(0), resnet.dummy_input(pruned)))
-  got = {"params": params, "batch_stats": stats}
+  network = {"params": variables["params"]["network"],
+             "batch_stats": variables["batch_stats"]["network"]}
+  if isinstance(base, repvgg.RepVGGArch):
+    pruned, got = repvgg.squeeze(base, repvgg.reparameterize(base, network), kept, name)
+    got["batch_stats"] = {}
+  else:
+    pruned = pruned_architecture(base, kept, name)
+    params, stats = gather_variables(base, kept, network["params"], network["batch_stats"])
+    got = {"params": params, "batch_stats": stats}
+  expected = jax.eval_shape(lambda: networks.build(pruned).init(
+      jax.random.key(0), networks.dummy_input(pruned)))
   mismatch = jax.tree.map(lambda e, g: e.shape != g.shape,
-                          {"params": expected["params"], "batch_stats": expected["batch_stats"]}, got)
+                          {"params": expected["params"],
+                           "batch_stats": expected.get("batch_stats", {})}, got)
   if any(jax.tree.leaves(mismatch)):
     raise AssertionError(f"gathered variables do not fit {pruned.name}: {mismatch}")
   return pruned, got, kept
@@ -120,10 +129,17 @@ def save_weights(path: str, variables: dict) -> None:
     checkpointer.save(os.path.abspath(path), jax.tree.map(jnp.asarray, variables), force=True)
 
 
-def _rows(base: arch_lib.Architecture, counts: dict) -> list[dict]:
+def _main_convs(base) -> tuple[topology.Conv, ...]:
+  """The convs a mask prunes: a ResNet's stem and main paths, a RepVGG's blocks."""
+  if isinstance(base, repvgg.RepVGGArch):
+    return repvgg.blocks(base)
+  return topology.of(base).main_convs()
+
+
+def _rows(base, counts: dict) -> list[dict]:
   lay = masks_lib.layout(base)
   return [{"layer": c.name, "original": c.out_width, "width": counts[lay.conv_groups[c.name][1]],
-           "removed": False} for c in topology.of(base).main_convs()]
+           "removed": False} for c in _main_convs(base)]
 
 
 def _markdown(summary: dict, rows: list[dict]) -> str:
@@ -167,7 +183,7 @@ def extract(config: ml_collections.ConfigDict, workdir: str) -> dict:
   save_weights(os.path.join(out_dir, layout.WEIGHTS), weights)   # every process: Orbax is collective
   if layout.is_writer():
     pruned.save(os.path.join(out_dir, layout.ARCH))
-    per_conv = {c.name: kept[lay.conv_groups[c.name][1]] for c in topology.of(base).convs()}
+    per_conv = {c.name: kept[lay.conv_groups[c.name][1]] for c in flops.convs_of(base)}
     per_conv["classifier.inputs"] = kept[lay.head_group]
     with open(os.path.join(out_dir, layout.KEPT_CHANNELS), "w") as f:
       json.dump(per_conv, f)

@@ -1,0 +1,53 @@
+"""Any network tas_jax trains, behind one build / load: a ResNet (`tas_jax.models.arch`) or a
+RepVGG (`tas_jax.models.repvgg`, PaS's family). The stages call these and never ask which."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Optional, Union
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from tas_jax.models import arch as arch_lib, repvgg, resnet
+
+Network = Union[arch_lib.Architecture, repvgg.RepVGGArch]
+REPVGG_NAMED = ("repvgg_a0", "repvgg_b1")
+
+
+def build(a: Network, bn_axis_name: Optional[str] = None, dtype=jnp.float32) -> nn.Module:
+  if isinstance(a, repvgg.RepVGGArch):
+    return repvgg.RepVGG(a, bn_axis_name=bn_axis_name, dtype=dtype)
+  return resnet.build(a, bn_axis_name=bn_axis_name, dtype=dtype)
+
+
+def dummy_input(a: Network, batch: int = 1):
+  return jnp.zeros((batch, a.input_size, a.input_size, a.input_channels), jnp.float32)
+
+
+def from_dict(d, source: str = "architecture") -> Network:
+  if isinstance(d, dict) and d.get("family") == "repvgg":
+    return repvgg.RepVGGArch.from_dict(d, source)
+  return arch_lib.Architecture.from_dict(d, source)
+
+
+def load(path: str) -> Network:
+  """Reads an architecture JSON file of either family; errors are one line naming the problem."""
+  if not os.path.isfile(path):
+    raise arch_lib.ArchError(f"{path}: no such architecture file")
+  try:
+    with open(path) as f:
+      d = json.load(f)
+  except json.JSONDecodeError as e:
+    raise arch_lib.ArchError(f"{path}: not valid JSON ({e})") from None
+  return from_dict(d, source=path)
+
+
+def resolve(name_or_path: str) -> Network:
+  """A named network (ResNets of `tas_jax.models.arch`, repvgg_a0 / repvgg_b1) or a JSON file."""
+  if name_or_path in REPVGG_NAMED:
+    return repvgg.named_repvgg(name_or_path.split("_")[1])
+  if name_or_path.endswith(".json") or os.path.sep in name_or_path:
+    return load(name_or_path)
+  return arch_lib.resolve(name_or_path)
