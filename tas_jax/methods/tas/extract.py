@@ -129,8 +129,8 @@ def extract(config: ml_collections.ConfigDict, workdir: str) -> dict:
     with open(os.path.join(out_dir, "report.md"), "w") as f:
       f.write(_markdown(summary, rows))
     plots.plot_widths(rows, os.path.join(out_dir, "widths.png"),
-                f"{final.name}: {after.flops_m:.2f} M FLOPs ({100 * summary['flops_ratio']:.1f}% of "
-                f"{before.flops_m:.2f} M), blocks {list(final.depths)} of {list(base.depths)}")
+                      f"{final.name}: {after.flops_m:.2f} M FLOPs ({100 * summary['flops_ratio']:.1f}% "
+                      f"of {before.flops_m:.2f} M), blocks {list(final.depths)} of {list(base.depths)}")
     if history:
       plot_history(space, history, os.path.join(out_dir, "widths_over_epochs.png"))
   layout.write_summary(out_dir, summary)
