@@ -15,8 +15,9 @@ if os.environ.get("TAS_JAX_NO_CACHE") != "1":
 
 def pytest_configure(config):
   config.addinivalue_line("markers", "one_pass(devices): tests whose children choose their own "
-                          "devices; launch/test.sh runs them only in the pass with that many "
-                          "devices (1 or 8)")
+                          "devices, or that compare 1 and 8 devices themselves, or heavy stage "
+                          "tests another test also runs in both passes; launch/test.sh runs them "
+                          "only in the pass with that many devices (1 or 8)")
 
 
 def pytest_collection_modifyitems(config, items):

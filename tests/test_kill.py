@@ -21,7 +21,7 @@ from tas_jax.models import arch as arch_lib
 from tas_jax.training import supervised
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-pytestmark = pytest.mark.one_pass(8)   # children set their own devices: one of the two passes runs them
+pytestmark = pytest.mark.one_pass(1)   # children set their own devices: one of the two passes runs them
 
 
 def cli(workdir, *args, kill_after_step=None, timeout=900):

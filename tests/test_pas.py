@@ -18,11 +18,17 @@ from tas_jax.ops import flops
 from tas_jax.stages import distill, teacher
 from test_train import run_on
 
+def one_block_per_stage(a: arch.Architecture) -> arch.Architecture:
+  """The family's code paths (stem, projections, chains) at a fraction of the compile time."""
+  return arch.Architecture(**{**a.to_dict(), "stages": [s[:1] for s in a.stages],
+                              "name": a.name + "_short"})
+
+
 FAMILIES = [
-    arch.cifar_resnet(20, input_size=16),
+    arch.cifar_resnet(14, input_size=16),           # stage-1 chain: the stem and two blocks
     arch.cifar_resnet(11, "bottleneck", input_size=16),
-    arch.imagenet_resnet(18, num_classes=7, input_size=32),
-    arch.imagenet_resnet(50, num_classes=7, input_size=32),
+    one_block_per_stage(arch.imagenet_resnet(18, num_classes=7, input_size=32)),
+    one_block_per_stage(arch.imagenet_resnet(50, num_classes=7, input_size=32)),
 ]
 
 
@@ -136,6 +142,7 @@ def test_extracted_network_computes_the_masked_networks_function(a):
 
 
 # ------------------------------------------------------------------- data parallel
+@pytest.mark.one_pass(8)   # the same comparison in both passes; in the 8-device one it runs in-process
 def test_pas_step_same_numbers_on_1_and_8_devices_with_jit_and_pmap():
   ref = run_on(1, "jit", "pas")
   assert ref["compilations"] == 1
@@ -169,6 +176,10 @@ def tiny_config():
   return c
 
 
+# The stages once, in the 8-device pass (data parallel there; the pipeline test runs PaS in both)
+stage_test = pytest.mark.one_pass(8)
+
+
 @pytest.fixture(scope="module")
 def pas_run(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("pas"))
@@ -177,6 +188,7 @@ def pas_run(tmp_path_factory):
   return workdir, pas.METHOD.search(c, workdir)
 
 
+@stage_test
 def test_search_moves_the_macs_to_the_target_and_records_every_epoch(pas_run):
   workdir, summary = pas_run
   assert summary["finished"] and summary["epochs"] == 4 and len(summary["history"]) == 4
@@ -189,6 +201,7 @@ def test_search_moves_the_macs_to_the_target_and_records_every_epoch(pas_run):
   assert os.path.isfile(os.path.join(workdir, "search-pas", "summary.json"))
 
 
+@stage_test
 def test_search_resumes_where_it_stopped(pas_run, tmp_path):
   workdir, summary = pas_run
   c = tiny_config()
@@ -202,6 +215,7 @@ def test_search_resumes_where_it_stopped(pas_run, tmp_path):
   assert resumed["history"][-1]["flops_ratio"] == summary["history"][-1]["flops_ratio"]
 
 
+@stage_test
 def test_extract_and_fine_tune_from_the_kept_weights(pas_run):
   workdir, summary = pas_run
   c = tiny_config()

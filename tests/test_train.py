@@ -35,6 +35,7 @@ def run_on(num_devices, mode, what="step"):
   return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.one_pass(8)   # the same comparison in both passes; in the 8-device one it runs in-process
 def test_same_numbers_on_1_and_8_devices_with_jit_and_pmap():
   """Two steps (so the second sees updated weights and BN statistics) of the same global batch."""
   ref = run_on(1, "jit")
