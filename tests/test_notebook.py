@@ -9,7 +9,7 @@ import pytest
 from nbclient import NotebookClient
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-pytestmark = pytest.mark.one_pass(8)   # the kernel is its own process: one pass runs it
+pytestmark = pytest.mark.one_pass(1)   # the kernel is its own process: one pass runs it
 
 TINY = {"data.train_examples": 512, "teacher.warmup_epochs": 0, "teacher.cosine_epochs": 1,
         "teacher.batch_size": 64, "search.epochs": 2, "search.batch_size": 64,

@@ -13,13 +13,16 @@ from tas_jax.models import arch
 from tas_jax.ops import flops
 from tas_jax.stages import pipeline
 
+# Once, in the 8-device pass (data parallel); the notebook test runs the pipeline on 1 device.
+pytestmark = pytest.mark.one_pass(8)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OVERRIDES = {  # ResNet-8 on 256 embedded images: a few steps per stage
     "data.train_examples": 256, "model.depth": 8,
     "teacher.warmup_epochs": 0, "teacher.cosine_epochs": 1, "teacher.batch_size": 64,
     "search.epochs": 2, "search.batch_size": 64,
     "distill.warmup_epochs": 0, "distill.cosine_epochs": 1, "distill.batch_size": 64,
-    "pas.epochs": 2, "pas.batch_size": 64, "pas.lr": 0.05, "pas.cost_weight": 20.0,
+    "pas.epochs": 1, "pas.batch_size": 32, "pas.lr": 0.05, "pas.cost_weight": 20.0,
     "pas.macs_unit": 0.0,
     "pipeline.runs": "tas-kd,uniform-ce-init,pas-kd", "pipeline.throughput_batch": 32,
     "pipeline.throughput_repeats": 2, "log_every_steps": 100,

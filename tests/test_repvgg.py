@@ -106,9 +106,9 @@ def test_repvgg_pipeline_teacher_pas_search_extract_fine_tune_results(tmp_path):
   tiny.save(str(tmp_path / "tiny.json"))
   c = config_lib.base_config()
   c.stage, c.method, c.data.name = "all", "pas", "embedded"
-  c.data.train_examples, c.data.image_size, c.model.arch = 256, 32, str(tmp_path / "tiny.json")
+  c.data.train_examples, c.data.image_size, c.model.arch = 128, 32, str(tmp_path / "tiny.json")
   c.teacher.warmup_epochs, c.teacher.cosine_epochs, c.teacher.batch_size = 1, 1, 64
-  c.pas.epochs, c.pas.batch_size, c.pas.macs_unit, c.pas.cost_weight = 2, 64, 0.0, 50.0
+  c.pas.epochs, c.pas.batch_size, c.pas.macs_unit, c.pas.cost_weight = 1, 32, 0.0, 50.0
   c.pas.lr = 0.05
   c.distill.warmup_epochs, c.distill.cosine_epochs, c.distill.batch_size = 0, 1, 64
   c.pas.finetune_lr = 0.001   # the deployed RepVGG has no BN
