@@ -85,14 +85,10 @@ def optimizer(p: ml_collections.ConfigDict) -> optax.GradientTransformation:
 
 
 def kept_channels(scores: dict) -> dict:
-  """{group: sorted kept channel indices} of concrete mask scalars."""
-  out = {}
-  for name, v in scores.items():
-    v = np.asarray(v)
-    keep = v > masks_lib.THRESHOLD
-    keep[int(np.argmax(v))] = True
-    out[name] = np.flatnonzero(keep).tolist()
-  return out
+  """{group: sorted kept channel indices} of concrete mask scalars: the channels the forward
+  mask (`masks.hard_mask`) keeps."""
+  return {name: np.flatnonzero(np.asarray(masks_lib.hard_mask(jnp.asarray(v)))).tolist()
+          for name, v in scores.items()}
 
 
 def record(lay: masks_lib.MaskLayout, scores: dict, flops_max: float) -> dict:
