@@ -77,6 +77,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.search.weight_decay = 5e-4
   c.search.arch_lr = 1e-3          # architecture: Adam, coupled L2
   c.search.arch_lr_schedule = "constant"  # constant (released) | cosine: to 0 over the search
+  c.search.arch_cooldown_epochs = 0  # with "constant": cosine to 0 over these last epochs (a
+                                     # deviation: the argmax settles at the end of a short search)
   c.search.arch_beta1 = 0.5
   c.search.arch_beta2 = 0.999
   c.search.arch_weight_decay = 1e-3
@@ -350,6 +352,12 @@ def _validate_search(c: ml_collections.ConfigDict) -> None:
     _fail("search.expected_flops", s.expected_flops, "allowed: released, exact")
   if s.arch_lr_schedule not in ("constant", "cosine"):
     _fail("search.arch_lr_schedule", s.arch_lr_schedule, "allowed: constant, cosine")
+  if not isinstance(s.arch_cooldown_epochs, int) or not 0 <= s.arch_cooldown_epochs < s.epochs:
+    _fail("search.arch_cooldown_epochs", s.arch_cooldown_epochs,
+          f"must be an integer in [0, search.epochs={s.epochs})")
+  if s.arch_cooldown_epochs and s.arch_lr_schedule != "constant":
+    _fail("search.arch_cooldown_epochs", s.arch_cooldown_epochs,
+          "applies to search.arch_lr_schedule=constant only (cosine already decays to 0)")
   if s.init not in SEARCH_INITS:
     _fail("search.init", s.init, f"allowed: {', '.join(SEARCH_INITS)}")
   if s.tau_schedule not in TAU_SCHEDULES:

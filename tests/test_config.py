@@ -29,6 +29,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     ("search.init", "imagenet", "config.search.init='imagenet': allowed: scratch, teacher"),
     ("search.arch_lr_schedule", "step",
      "config.search.arch_lr_schedule='step': allowed: constant, cosine"),
+    ("search.arch_cooldown_epochs", 600,
+     "config.search.arch_cooldown_epochs=600: must be an integer in [0, search.epochs=600)"),
     ("search.expected_flops", "chain",
      "config.search.expected_flops='chain': allowed: released, exact"),
 ])

@@ -118,11 +118,14 @@ def test_tau_schedules():
   assert [search.tau_at(s, e) for e in (0, 5, 10)] == pytest.approx([10.0, 5.05, 0.1])
 
 
-@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+@pytest.mark.parametrize("schedule", ["constant", "cosine", "cooldown"])
 def test_architecture_learning_rate_schedules(schedule):
-  """Adam's step on a steady gradient is the learning rate: constant (released), or cosine to 0."""
+  """Adam's step on a steady gradient is the learning rate: constant (released), cosine to 0, or
+  constant then cosine to 0 over the last epochs (arch_cooldown_epochs)."""
   s = config_lib.base_config().search
-  s.epochs, s.arch_lr, s.arch_weight_decay, s.arch_lr_schedule = 4, 0.5, 0.0, schedule
+  s.epochs, s.arch_lr, s.arch_weight_decay = 4, 0.5, 0.0
+  s.arch_lr_schedule = "cosine" if schedule == "cosine" else "constant"
+  s.arch_cooldown_epochs = 2 if schedule == "cooldown" else 0
   _, _, arch_tx = search.optimizers(s, steps_per_epoch=5)
   params = {"alpha": jnp.zeros(3)}
   state = arch_tx.init(params)
@@ -130,8 +133,10 @@ def test_architecture_learning_rate_schedules(schedule):
   for _ in range(20):
     updates, state = arch_tx.update({"alpha": jnp.ones(3)}, state, params)
     steps.append(float(-updates["alpha"][0]))
-  want = [0.5] * 20 if schedule == "constant" else [0.25 * (1 + np.cos(np.pi * t / 20))
-                                                     for t in range(20)]
+  want = {"constant": [0.5] * 20,
+          "cosine": [0.25 * (1 + np.cos(np.pi * t / 20)) for t in range(20)],
+          # 2 epochs x 5 steps held, then the last 2 epochs (10 steps) from 0.5 towards 0
+          "cooldown": [0.5] * 10 + [0.25 * (1 + np.cos(np.pi * t / 10)) for t in range(10)]}[schedule]
   np.testing.assert_allclose(steps, want, rtol=1e-4, atol=1e-6)
 
 

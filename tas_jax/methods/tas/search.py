@@ -85,8 +85,17 @@ def optimizers(s: ml_collections.ConfigDict, steps_per_epoch: int):
 
   weights = optax.chain(optax.add_decayed_weights(s.weight_decay),
                         optax.sgd(schedule, momentum=s.momentum, nesterov=s.nesterov))
-  arch_lr = (s.arch_lr if s.arch_lr_schedule == "constant" else  # constant: the released recipe
-             optax.cosine_decay_schedule(s.arch_lr, s.epochs * steps_per_epoch))
+  if s.arch_lr_schedule == "cosine":
+    arch_lr = optax.cosine_decay_schedule(s.arch_lr, s.epochs * steps_per_epoch)
+  elif s.arch_cooldown_epochs:
+    # constant, then cosine to 0 over the last epochs: the argmax stops flipping across the band
+    # once the cost has brought it there (a deviation; the released lr stays constant)
+    hold = (s.epochs - s.arch_cooldown_epochs) * steps_per_epoch
+    arch_lr = optax.join_schedules(
+        [optax.constant_schedule(s.arch_lr),
+         optax.cosine_decay_schedule(s.arch_lr, s.arch_cooldown_epochs * steps_per_epoch)], [hold])
+  else:
+    arch_lr = s.arch_lr  # the released recipe
   arch = optax.chain(optax.add_decayed_weights(s.arch_weight_decay),
                      optax.adam(arch_lr, b1=s.arch_beta1, b2=s.arch_beta2))
   return weights, schedule, arch
