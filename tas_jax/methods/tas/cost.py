@@ -30,7 +30,7 @@ from tas_jax.ops.flops import conv_flops
 
 EXPECTED_FORMS = ("released", "exact")
 BANDS = ("released", "symmetric")
-IN_BAND = ("free", "expected")
+IN_BAND = ("free", "expected", "capped")
 
 
 def _stem_term(space: SearchSpace, width):
@@ -130,6 +130,9 @@ def cost_loss(expected, exact, flops_max: float, ratio: float, tolerance: float 
   deviation): E[F] is held to the same band, so the distributions keep moving until the soft
   network agrees with the argmax one — without it, cross-entropy alone drives a depth the budget
   cannot afford back to a tie, and the argmax flips across the band from epoch to epoch.
+  "capped" (a deviation): only the upper half of "expected" — E[F] above the band is pushed down,
+  E[F] below it is left alone (pushing a soft E[F] up also pushes F(A), which sits above E[F] when
+  the distributions are soft, out through the top of the band).
   """
   target = ratio * flops_max
   if band == "released":
@@ -141,5 +144,10 @@ def cost_loss(expected, exact, flops_max: float, ratio: float, tolerance: float 
   def signed(value, inside):
     return jnp.where(value > high, log_e, jnp.where(value < low, -log_e, inside))
 
-  inside = signed(expected, 0.0) if in_band == "expected" else 0.0
+  if in_band == "expected":
+    inside = signed(expected, 0.0)
+  elif in_band == "capped":
+    inside = jnp.where(expected > high, log_e, 0.0)
+  else:
+    inside = 0.0
   return signed(exact, inside)
