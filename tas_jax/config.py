@@ -61,8 +61,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.search.tolerance = 0.05        # t of the cost band (fraction of F_max)
   c.search.band = "released"       # released: [R - t·F_max, R]; symmetric: [(1-t)R, (1+t)R]
   c.search.in_band = "free"         # free (released): no cost while F(A) is in the band;
-                                   # expected: E[F] is held to the band too; capped: E[F]
-                                   # above the band is pushed down (deviations)
+                                   # expected: E[F] is held to the band too; capped / centred:
+                                   # E[F] above the band / its centre is pushed down (deviations)
   c.search.cost_weight = 2.0       # λ
   c.search.expected_flops = "released"  # released: the official chain form (spec §4); exact: the
                                        # expectation of F(A) over independent choices (a deviation)
@@ -347,8 +347,8 @@ def _validate_search(c: ml_collections.ConfigDict) -> None:
     _fail("search.tolerance", s.tolerance, "must be in [0, search.flop_ratio)")
   if s.band not in ("released", "symmetric"):
     _fail("search.band", s.band, "allowed: released, symmetric")
-  if s.in_band not in ("free", "expected", "capped"):
-    _fail("search.in_band", s.in_band, "allowed: free, expected, capped")
+  if s.in_band not in ("free", "expected", "capped", "centred"):
+    _fail("search.in_band", s.in_band, "allowed: free, expected, capped, centred")
   if s.expected_flops not in ("released", "exact"):
     _fail("search.expected_flops", s.expected_flops, "allowed: released, exact")
   if s.arch_lr_schedule not in ("constant", "cosine"):

@@ -24,7 +24,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     ("search.variant", "tas2", "config.search.variant='tas2': allowed: tas, width, depth"),
     ("search.tau_schedule", "exp", "config.search.tau_schedule='exp': allowed: cosine, linear"),
     ("search.band", "wide", "config.search.band='wide': allowed: released, symmetric"),
-    ("search.in_band", "soft", "config.search.in_band='soft': allowed: free, expected, capped"),
+    ("search.in_band", "soft", "config.search.in_band='soft': allowed: free, expected, capped, centred"),
     ("search.arch_lr", -1.0, "config.search.arch_lr=-1.0: must be a number > 0"),
     ("search.init", "imagenet", "config.search.init='imagenet': allowed: scratch, teacher"),
     ("search.arch_lr_schedule", "step",

@@ -30,7 +30,7 @@ from tas_jax.ops.flops import conv_flops
 
 EXPECTED_FORMS = ("released", "exact")
 BANDS = ("released", "symmetric")
-IN_BAND = ("free", "expected", "capped")
+IN_BAND = ("free", "expected", "capped", "centred")
 
 
 def _stem_term(space: SearchSpace, width):
@@ -133,6 +133,9 @@ def cost_loss(expected, exact, flops_max: float, ratio: float, tolerance: float 
   "capped" (a deviation): only the upper half of "expected" — E[F] above the band is pushed down,
   E[F] below it is left alone (pushing a soft E[F] up also pushes F(A), which sits above E[F] when
   the distributions are soft, out through the top of the band).
+  "centred" (a deviation): as "capped", with the cap at the band's centre: the cost switches where
+  E[F] crosses the cap, so E[F] settles there, and an argmax that stays near E[F] stays in the band
+  instead of flipping across its top edge.
   """
   target = ratio * flops_max
   if band == "released":
@@ -146,8 +149,9 @@ def cost_loss(expected, exact, flops_max: float, ratio: float, tolerance: float 
 
   if in_band == "expected":
     inside = signed(expected, 0.0)
-  elif in_band == "capped":
-    inside = jnp.where(expected > high, log_e, 0.0)
+  elif in_band in ("capped", "centred"):
+    cap = high if in_band == "capped" else (high + low) / 2
+    inside = jnp.where(expected > cap, log_e, 0.0)
   else:
     inside = 0.0
   return signed(exact, inside)
