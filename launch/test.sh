@@ -4,28 +4,47 @@
 # which uses one core each. Tests marked `one_pass(N)` (they start child processes that choose their
 # own device counts: several processes, hard kills, the notebook) run only in the pass with N
 # devices (tests/conftest.py). Uses .venv if launch/setup.sh made one. Extra arguments go to pytest.
+#
+# The 8-device pass runs each test file in a process of its own. In one long process, 8 forced CPU
+# devices have aborted twice (SIGABRT inside an eager op at the start of a training run: CI on
+# 2026-12-02 in tests/test_pas.py, a session on 2026-12-01 in tests/test_train.py), never in the
+# 1-device pass and never in a shorter process; the cause is not known yet. `--capture=sys` leaves
+# file descriptor 2 alone, so a native library's last message before such an abort reaches the log.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=python
 [ -x .venv/bin/python ] && PY=.venv/bin/python
 export TF_CPP_MIN_LOG_LEVEL=2
+# Arguments naming tests (tests/..., a file or a node id) choose what runs; the rest are options.
+targets=(); options=()
+for arg in "$@"; do
+  case "$arg" in tests/*|./tests/*) targets+=("$arg") ;; *) options+=("$arg") ;; esac
+done
+[ ${#targets[@]} -gt 0 ] || targets=(tests/test_*.py)
 logs=$(mktemp -d)
-XLA_FLAGS= "$PY" -m pytest -q -p no:cacheprovider --durations=5 tests "$@" > "$logs/1.log" 2>&1 &
+XLA_FLAGS= "$PY" -m pytest -q -p no:cacheprovider --capture=sys --durations=5 "${targets[@]}" \
+    "${options[@]}" > "$logs/1.log" 2>&1 &
 one=$!
-# The 8-device pass runs test_train.py in a process of its own: after the rest of the suite in one
-# process, its first teacher run has aborted inside an eager op on 8 forced CPU devices (not
-# understood yet; see the session note of 2026-12-01); alone it passes.
-( TAS_JAX_SECOND_PASS=1 XLA_FLAGS=--xla_force_host_platform_device_count=8 "$PY" -m pytest -q \
-    -p no:cacheprovider --durations=5 tests --ignore=tests/test_train.py "$@" && \
-  TAS_JAX_SECOND_PASS=1 XLA_FLAGS=--xla_force_host_platform_device_count=8 "$PY" -m pytest -q \
-    -p no:cacheprovider tests/test_train.py "$@"; rc=$?; [ $rc -eq 0 ] || [ $rc -eq 5 ] ) \
-    > "$logs/8.log" 2>&1 &   # 5: pytest arguments that select nothing in test_train.py
+(
+  failed=()
+  for file in "${targets[@]}"; do
+    echo "-- $file"
+    TAS_JAX_SECOND_PASS=1 XLA_FLAGS=--xla_force_host_platform_device_count=8 "$PY" -m pytest -q \
+        -p no:cacheprovider --capture=sys --durations=2 "$file" "${options[@]}"
+    rc=$?   # 5: nothing selected in this file (its tests run in the 1-device pass only)
+    [ $rc -eq 0 ] || [ $rc -eq 5 ] || failed+=("$file (exit $rc)")
+  done
+  if [ ${#failed[@]} -gt 0 ]; then
+    echo "FAILED on 8 devices: ${failed[*]}"
+    exit 1
+  fi
+) > "$logs/8.log" 2>&1 &
 eight=$!
 wait $one; rc_one=$?
 wait $eight; rc_eight=$?
 echo "== tests on 1 device (exit $rc_one) =="
 cat "$logs/1.log"
-echo "== tests on 8 forced CPU devices (exit $rc_eight) =="
+echo "== tests on 8 forced CPU devices, a process per file (exit $rc_eight) =="
 cat "$logs/8.log"
 rm -rf "$logs"
 [ $rc_one -eq 0 ] && [ $rc_eight -eq 0 ]
