@@ -47,4 +47,5 @@ cat "$logs/1.log"
 echo "== tests on 8 forced CPU devices, a process per file (exit $rc_eight) =="
 cat "$logs/8.log"
 rm -rf "$logs"
-[ $rc_one -eq 0 ] && [ $rc_eight -eq 0 ]
+# 5 on 1 device: the chosen tests all run in the 8-device pass only (one_pass(8))
+{ [ $rc_one -eq 0 ] || [ $rc_one -eq 5 ]; } && [ $rc_eight -eq 0 ]
