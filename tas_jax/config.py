@@ -8,6 +8,8 @@ what is allowed.
 
 from __future__ import annotations
 
+import re
+
 import ml_collections
 
 from tas_jax import errors
@@ -124,6 +126,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.keep_checkpoints = 2
   c.max_steps_per_run = 0          # > 0: checkpoint and stop after this many steps (rerun resumes)
   c.profile_steps = 0              # > 0: a profiler trace of that many steps into the stage's folder
+  c.overwrite = ""                 # stages to run again although their folder holds a result made
+                                   # with other settings (comma-separated: teacher, search, extract,
+                                   # search-pas, distill/tas-kd, distill = every run); deletes them
+                                   # and the stages that read them. A matching result is kept.
   return c
 
 
@@ -289,6 +295,10 @@ def validate(c: ml_collections.ConfigDict) -> None:
   _positive(c, "keep_checkpoints", integer=True)
   _positive(c, "max_steps_per_run", integer=True, zero_ok=True)
   _positive(c, "profile_steps", integer=True, zero_ok=True)
+  for stage in filter(None, (s.strip() for s in str(c.overwrite).split(","))):
+    if not re.fullmatch(r"teacher|distill(/[\w.-]+)?|(search|extract)(-\w+)?", stage):
+      _fail("overwrite", c.overwrite, "comma-separated stage folders: teacher, search, extract, "
+            "search-pas, extract-pas, distill/RUN (e.g. distill/tas-kd), distill (every run)")
 
 
 def _validate_recipe(c: ml_collections.ConfigDict, section: str) -> None:

@@ -18,6 +18,7 @@ from ml_collections import config_flags
 from tas_jax import config as config_lib, errors, methods, multihost
 from tas_jax.data import datasets
 from tas_jax.models import arch as arch_lib
+from tas_jax.stages import records
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Folder for checkpoints, logs and results (created if needed).")
@@ -45,6 +46,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Runs the stage the config selects; returns its summary."""
   config_lib.validate(config)
   method = methods.get(config.method)
+  if config.stage not in ("all", "results"):   # `all` checks each of its stages itself
+    records.check(config, workdir, records.stage_of(config))
   if config.stage in METHOD_STAGES:
     return getattr(method, config.stage)(config, workdir)
   if config.stage not in STAGE_FUNCTIONS:

@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from tas_jax import config as config_lib
+from configs import demo
+from tas_jax.stages import records
 from tas_jax.models import arch
 from tas_jax.ops import flops
 from tas_jax.stages import pipeline
@@ -30,9 +31,7 @@ OVERRIDES = {  # ResNet-8 on 256 embedded images: a few steps per stage
 
 
 def tiny_config():
-  c = config_lib.base_config()
-  c.stage = "all"
-  c.data.name = "embedded"
+  c = demo.get_config()   # the same settings as cli(): the stage records must match
   for field, value in OVERRIDES.items():
     section, _, name = field.rpartition(".")
     (c[section] if section else c)[name] = value
@@ -123,3 +122,11 @@ def test_rerun_skips_finished_stages(pipeline_run):
       "teacher", "tas-kd", "uniform-ce-init", "pas-kd"]
   for p, t in stamps.items():
     assert os.path.getmtime(os.path.join(workdir, p, "summary.json")) == t, p
+  # a setting that changes a result stops the rerun; one that does not is accepted
+  changed = tiny_config()
+  changed.search.flop_ratio = 0.3
+  with pytest.raises(records.StageMismatchError, match=r"search\.flop_ratio=0\.5 \(now 0\.3\)"):
+    pipeline.run_all(changed, workdir)
+  neutral = tiny_config()
+  neutral.max_steps_per_run, neutral.log_every_steps = 5, 7
+  assert pipeline.run_all(neutral, workdir)["finished"]

@@ -15,28 +15,30 @@ import ml_collections
 from absl import logging
 
 from tas_jax import config as config_lib, methods, workdir as layout
-from tas_jax.stages import distill, results, teacher
+from tas_jax.stages import distill, records, results, teacher
 
 
 def run_all(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """teacher → search → extract → distill runs → results, skipping what is finished."""
   runs = [r.strip() for r in config.pipeline.runs.split(",")]
-  plan = [("teacher", lambda: teacher.train_and_evaluate(config, workdir))]
+  # (stage folder, the config it runs with, its function)
+  plan = [("teacher", config, teacher.train_and_evaluate)]
   for name in config_lib.run_methods(config.pipeline.runs, config.method):
     method = methods.get(name)
-    plan += [(layout.search_stage(name), lambda m=method: m.search(config, workdir)),
-             (layout.extract_stage(name), lambda m=method: m.extract(config, workdir))]
+    plan += [(layout.search_stage(name), config, method.search),
+             (layout.extract_stage(name), config, method.extract)]
   for run in runs:
     c = copy.deepcopy(config)
     for field, value in config_lib.parse_run(run).items():
       c.distill[field] = value
-    plan.append((f"distill/{run}", lambda c=c: distill.distill(c, workdir)))
-  for i, (stage, fn) in enumerate(plan, 1):
+    plan.append((f"distill/{run}", c, distill.distill))
+  for i, (stage, stage_config, fn) in enumerate(plan, 1):
+    records.check(stage_config, workdir, stage)   # a result made with other settings stops here
     if layout.read_summary(layout.stage_dir(workdir, stage)) is not None:
       logging.info("[all] %d/%d %s: finished before, skipped", i, len(plan), stage)
       continue
     logging.info("[all] %d/%d %s", i, len(plan), stage)
-    summary = fn()
+    summary = fn(stage_config, workdir)
     if not summary.get("finished"):
       logging.info("[all] %s stopped before the end (max_steps_per_run); run the same command "
                    "again to continue", stage)

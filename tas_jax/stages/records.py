@@ -1,0 +1,229 @@
+"""What each stage's result depends on, recorded in its folder, so that a rerun with other settings
+stops instead of silently reusing the old result.
+
+Every stage writes `STAGE_DIR/config.json` when it starts: the config fields that define its result
+(its own section, the data, the model, the seed) together with those of the stages it reads (a
+distill run with KD reads the teacher; an extraction reads its search), the names of those stages,
+and the whole config for the record. A rerun in the same workdir compares the defining fields of the
+stage and of every stage it reads with the current config. A difference stops the run with one line
+naming the fields and what to do; `--config.overwrite=STAGE` instead deletes that stage and every
+stage that read it, and runs it again. Fields that do not change a result (logging, evaluation
+batch sizes, checkpoint frequency, `max_steps_per_run`, device counts) are not compared, so a resumed
+run with another `max_steps_per_run` carries on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import ml_collections
+from absl import logging
+
+from tas_jax import config as config_lib, workdir as layout
+from tas_jax.errors import ConfigError
+
+RECORD = "config.json"
+
+# sections of a stage's own result; fields listed in NEUTRAL are left out of every comparison
+COMMON = ("seed", "data", "model")
+NEUTRAL = {"data.workers", "data.prefetch", "data.bad_images", "teacher.eval_batch_size",
+           "distill.eval_batch_size", "search.eval_batch_size", "search.evaluate_every_epoch",
+           "pas.eval_batch_size"}
+
+
+class StageMismatchError(ConfigError):
+  """A stage folder holds a result made with other settings than the current config."""
+
+
+def _flat(tree, prefix: str = "") -> dict:
+  out = {}
+  for key, value in tree.items():
+    name = f"{prefix}{key}"
+    if isinstance(value, dict):
+      out.update(_flat(value, name + "."))
+    elif name not in NEUTRAL:
+      out[name] = value
+  return out
+
+
+def _select(config: ml_collections.ConfigDict, fields) -> dict:
+  full = config.to_dict()
+  out = {}
+  for field in fields:
+    value = full
+    for part in field.split("."):
+      value = value[part]
+    out.update(_flat({field: value}) if isinstance(value, dict) else {field: value})
+  return out
+
+
+def stage_of(config: ml_collections.ConfigDict) -> str:
+  """The folder name (as the pipeline lists stages) of the stage `config.stage` runs."""
+  if config.stage == "search":
+    return layout.search_stage(config.method)
+  if config.stage == "extract":
+    return layout.extract_stage(config.method)
+  if config.stage == "distill":
+    return f"distill/{config_lib.run_name(config.distill)}"
+  return config.stage
+
+
+def _method_of(stage: str, prefix: str) -> str:
+  return "tas" if stage == prefix else stage[len(prefix) + 1:]
+
+
+def own_fields(config: ml_collections.ConfigDict, stage: str) -> tuple[dict, list[str]]:
+  """(the fields that define `stage`'s own result, the stages it reads)."""
+  if stage == "teacher":
+    return _select(config, COMMON + ("teacher",)), []
+  if stage.startswith("search"):
+    method = _method_of(stage, "search")
+    if method == "tas":
+      return (_select(config, COMMON + ("search",)),
+              ["teacher"] if config.search.init == "teacher" else [])
+    # another method: its own section, and the FLOPs target it shares with TAS
+    fields = _select(config, COMMON + (method, "search.flop_ratio"))
+    fields.pop(f"{method}.finetune_lr", None)   # read by its fine-tuning, not by its search
+    return fields, ["teacher"]
+  if stage.startswith("extract"):
+    method = _method_of(stage, "extract")
+    return {}, [layout.search_stage(method)]
+  if stage.startswith("distill/"):
+    d = config.distill
+    fields = _select(config, COMMON + ("distill",))
+    if not d.kd:
+      fields.pop("distill.kd_alpha"), fields.pop("distill.kd_temperature")
+    if d.student != "random":
+      fields.pop("distill.baseline_seed"), fields.pop("distill.flops_tolerance")
+    reads = []
+    if d.student in config_lib.STUDENTS:
+      method = d.student if d.student not in ("uniform", "random") else config.method
+      reads.append(layout.extract_stage(method))
+      if d.init == "searched":
+        fields.update(_select(config, (f"{method}.finetune_lr",)))
+    if d.kd or d.init == "teacher":
+      reads.append("teacher")
+    return fields, reads
+  raise ValueError(f"no record for stage {stage!r}")
+
+
+def defining_fields(config: ml_collections.ConfigDict, stage: str) -> tuple[dict, list[str]]:
+  """(the fields of `stage` and of every stage it reads, transitively; those stages, deps first)."""
+  fields, reads = own_fields(config, stage)
+  order: list[str] = []
+  for dep in reads:
+    dep_fields, dep_order = defining_fields(config, dep)
+    fields = {**dep_fields, **fields}
+    order += [s for s in dep_order + [dep] if s not in order]
+  return fields, order
+
+
+def _has_result(directory: str) -> bool:
+  checkpoints = os.path.join(directory, layout.CHECKPOINTS)
+  return (os.path.exists(os.path.join(directory, layout.SUMMARY))
+          or (os.path.isdir(checkpoints) and any(n.isdigit() for n in os.listdir(checkpoints))))
+
+
+def read_record(directory: str):
+  path = os.path.join(directory, RECORD)
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
+def _show(value) -> str:
+  return repr(value) if isinstance(value, str) else str(value)
+
+
+def _differences(recorded: dict, current: dict) -> list[str]:
+  """'field=old (now new)' for every field both know with another value (a field one of them
+  lacks, e.g. added by a newer tas_jax, is not a difference)."""
+  return [f"{k}={_show(recorded[k])} (now {_show(current[k])})"
+          for k in sorted(recorded.keys() & current.keys()) if recorded[k] != current[k]]
+
+
+def _readers(workdir: str, stage: str) -> list[str]:
+  """The stage folders of the workdir whose record says they read `stage` (directly or not)."""
+  out = []
+  candidates = [p for p in os.listdir(workdir) if p != "distill"] if os.path.isdir(workdir) else []
+  distill = layout.distill_dir(workdir)
+  if os.path.isdir(distill):
+    candidates += [f"distill/{r}" for r in sorted(os.listdir(distill))]
+  for name in candidates:
+    record = read_record(layout.stage_dir(workdir, name))
+    if record is not None and stage in record.get("reads", []):
+      out.append(name)
+  return out
+
+
+def _overwrites(config: ml_collections.ConfigDict, stage: str) -> bool:
+  wanted = [s.strip() for s in config.overwrite.split(",") if s.strip()]
+  return stage in wanted or (stage.startswith("distill/") and "distill" in wanted)
+
+
+def _delete(workdir: str, stage: str) -> list[str]:
+  """Deletes a stage folder, every folder that read it, and the results table; returns the
+  stages deleted."""
+  gone = [stage] + _readers(workdir, stage)
+  if layout.is_writer():
+    for name in gone:
+      shutil.rmtree(layout.stage_dir(workdir, name), ignore_errors=True)
+    for path in layout.results_paths(workdir):
+      if os.path.exists(path):
+        os.remove(path)
+  _sync(f"overwrite {stage}")
+  return gone
+
+
+def _sync(name: str) -> None:
+  import jax
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices(name)
+
+
+def check(config: ml_collections.ConfigDict, workdir: str, stage: str) -> None:
+  """Before `stage` runs (or is skipped as finished): compares its folder's record and those of the
+  stages it reads with the config; raises StageMismatchError (one line) on a difference, or, for a
+  stage named in `config.overwrite`, deletes it and its readers. Records the stage when it has no
+  result yet."""
+  _, reads = defining_fields(config, stage)
+  for name in reads + [stage]:
+    directory = layout.stage_dir(workdir, name)
+    if not _has_result(directory):
+      continue
+    current, _ = defining_fields(config, name)
+    record = read_record(directory)
+    if record is None:
+      logging.warning("%s has no record of the settings it ran with (made by an older tas_jax); "
+                      "assuming they are this config's", directory)
+      continue
+    changed = _differences(record.get("fields", {}), current)
+    if not changed:
+      continue
+    if _overwrites(config, name):
+      gone = _delete(workdir, name)
+      logging.warning("config.overwrite: deleted %s (made with %s) to run it again", ", ".join(
+          layout.stage_dir(workdir, g) for g in gone), ", ".join(changed))
+      continue
+    readers = [r for r in _readers(workdir, name) if _has_result(layout.stage_dir(workdir, r))]
+    also = f" and the {len(readers)} stage(s) that read it" if readers else ""
+    raise StageMismatchError(
+        f"{directory} holds a result made with other settings: {', '.join(changed)}. Use a new "
+        f"--workdir, or add --config.overwrite={name} to delete it{also} and run it again")
+  write(config, workdir, stage)
+
+
+def write(config: ml_collections.ConfigDict, workdir: str, stage: str) -> None:
+  """Records what `stage` is run with, unless its folder already holds a result with a record."""
+  directory = layout.stage_dir(workdir, stage)
+  if (_has_result(directory) and read_record(directory) is not None) or not layout.is_writer():
+    return
+  fields, reads = defining_fields(config, stage)
+  os.makedirs(directory, exist_ok=True)
+  with open(os.path.join(directory, RECORD), "w") as f:
+    json.dump({"stage": stage, "fields": fields, "reads": reads, "config": config.to_dict()}, f,
+              indent=1)
