@@ -5,13 +5,13 @@
 #   bash launch/gpu.sh [--dry-run] run -- --config=configs/imagenet_r50.py --workdir=runs/r50 \
 #        --config.data.dir=/data/imagenet --config.data.workers=16 --config.stage=all
 #
-# --dry-run prints the commands instead of running them.
+# --dry-run (anywhere) prints the commands instead of running them.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 source "$HERE/lib.sh"
+parse_dry_run "$@"
+set -- "${ARGS[@]}"
 cd "$HERE/.."
-DRY=0
-if [ "${1:-}" = "--dry-run" ]; then DRY=1; shift; fi
 usage() { sed -n '2,8p' "$HERE/gpu.sh" >&2; exit 2; }
 [ $# -ge 1 ] || usage
 CMD=$1; shift

@@ -9,16 +9,18 @@
 # HOSTS_FILE lists one host per line (the first is the coordinator). Each host gets
 # --coordinator_address=FIRST:PORT --num_processes=N --process_id=I; host 0 runs in the foreground
 # (its log is the run's one progress stream), the others in the background with their logs in
-# gpu_hosts.I.log. --dry-run prints the commands instead of running them.
+# gpu_hosts.I.log. --dry-run (anywhere) prints the commands instead of running them.
 set -euo pipefail
-DRY=0
-if [ "${1:-}" = "--dry-run" ]; then DRY=1; shift; fi
 source "$(dirname "$0")/lib.sh"
+parse_dry_run "$@"
+set -- "${ARGS[@]}"
 usage() { sed -n '2,12p' "$0" >&2; exit 2; }
 [ $# -ge 3 ] || usage
 HOSTS_FILE=$1 PORT=$2; shift 2
 [ "${1:-}" = "--" ] && shift
-mapfile -t HOSTS < <(grep -v '^\s*$' "$HOSTS_FILE")
+[ -r "$HOSTS_FILE" ] || { echo "error: cannot read the hosts file $HOSTS_FILE" >&2; exit 2; }
+# one host per line; '#' starts a comment, blank lines are skipped
+mapfile -t HOSTS < <(sed -e 's/#.*//' -e 's/^[[:space:]]*//' -e 's/[[:space:]]*$//' "$HOSTS_FILE" | grep -v '^$' || true)
 N=${#HOSTS[@]}
 [ "$N" -ge 1 ] || { echo "error: no hosts in $HOSTS_FILE" >&2; exit 2; }
 REPO=$(cd "$(dirname "$0")/.." && pwd)

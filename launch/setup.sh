@@ -1,14 +1,53 @@
 #!/usr/bin/env bash
-# Creates .venv (if missing) and installs tas_jax with its pinned dependencies into it.
-#   bash launch/setup.sh            # then: source .venv/bin/activate
+# Creates .venv (if missing, or made with a Python older than 3.11) and installs tas_jax with its
+# pinned dependencies into it.
+#   bash launch/setup.sh [--dry-run]        # then: source .venv/bin/activate
+#
+# jax 0.10.2 and numpy 2.4 need Python >= 3.11. The venv is made with $PYTHON if set, else with the
+# first of python3.13, python3.12, python3.11, python3 that is new enough. Without one (TPU VM
+# images ship Python 3.10), uv makes it with a Python 3.11 of its own; uv is installed with
+# `python3 -m pip install --user uv` when it is not on PATH. --dry-run prints the commands.
 set -euo pipefail
-cd "$(dirname "$0")/.."
-PYTHON=${PYTHON:-python3}
-[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
-.venv/bin/python -m pip install -q --upgrade pip >/dev/null
-.venv/bin/python -m pip install -q -r requirements.txt
-.venv/bin/python -m pip install -q --no-deps -e .
+HERE=$(cd "$(dirname "$0")" && pwd)
+source "$HERE/lib.sh"
+parse_dry_run "$@"
+cd "$HERE/.."
+VENV=${TAS_JAX_VENV:-.venv}
+new_enough() { "$1" -c 'import sys; sys.exit(sys.version_info < (3, 11))' >/dev/null 2>&1; }
+MAKE_VENV=1
+if [ -x "$VENV/bin/python" ]; then
+  if new_enough "$VENV/bin/python"; then
+    MAKE_VENV=0
+  else
+    echo "$VENV has $("$VENV/bin/python" --version 2>&1); tas_jax needs Python >= 3.11: making it again"
+    run rm -rf "$VENV"
+  fi
+fi
+if [ "$MAKE_VENV" = 1 ]; then
+  PY=""
+  if [ -n "${PYTHON:-}" ]; then
+    new_enough "$PYTHON" || { echo "error: PYTHON=$PYTHON is not Python >= 3.11 ($("$PYTHON" --version 2>&1 || echo 'not found'))" >&2; exit 2; }
+    PY=$PYTHON
+  else
+    for candidate in python3.13 python3.12 python3.11 python3; do
+      if command -v "$candidate" >/dev/null && new_enough "$candidate"; then PY=$candidate; break; fi
+    done
+  fi
+  if [ -n "$PY" ]; then
+    run "$PY" -m venv "$VENV"
+  else
+    if ! command -v uv >/dev/null; then
+      echo "no Python >= 3.11 on PATH (python3: $(python3 --version 2>&1 || echo 'none')): installing uv to get one"
+      run python3 -m pip install -q --user uv
+      export PATH="$HOME/.local/bin:$PATH"
+    fi
+    run uv venv -q --seed --python 3.11 "$VENV"
+  fi
+fi
+run "$VENV/bin/python" -m pip install -q --upgrade pip
+run "$VENV/bin/python" -m pip install -q -r requirements.txt
+run "$VENV/bin/python" -m pip install -q --no-deps -e .
 # test data only: 20 real ImageNet photographs ship in this wheel (tas_jax.data.imagenet_samples);
 # foolbox itself is never imported, so none of its dependencies are installed
-.venv/bin/python -m pip install -q --no-deps foolbox==3.3.4
-.venv/bin/python -c "import jax, flax, optax, orbax.checkpoint, clu, tensorflow_datasets, grain, PIL; print('tas_jax environment ready: jax', jax.__version__, 'on', jax.devices()[0].platform)"
+run "$VENV/bin/python" -m pip install -q --no-deps foolbox==3.3.4
+run "$VENV/bin/python" -c "import jax, flax, optax, orbax.checkpoint, clu, tensorflow_datasets, grain, PIL; print('tas_jax environment ready: jax', jax.__version__, 'on', jax.devices()[0].platform)"
