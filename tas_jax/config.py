@@ -46,6 +46,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.flip = True               # random horizontal flip
   c.data.workers = 0               # streamed data: grain worker processes decoding (0: in process)
   c.data.prefetch = 2              # streamed data: global batches put on the devices ahead
+  c.data.bad_images = "skip"       # streamed data: an image that cannot be decoded is skipped with
+                                   # a warning naming it (counted in the summary) | fail: stop
 
   c.model = ml_collections.ConfigDict()
   c.model.family = "cifar"         # cifar | imagenet | repvgg (PaS only)
@@ -237,6 +239,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
     _fail("data.name", c.data.name, f"allowed: {', '.join(datasets.NAMES + datasets.STREAMED)}")
   _positive(c, "data.workers", integer=True, zero_ok=True)
   _positive(c, "data.prefetch", integer=True)
+  if c.data.bad_images not in ("skip", "fail"):
+    _fail("data.bad_images", c.data.bad_images, "allowed: skip, fail")
   if not (c.data.image_size == -1 or (isinstance(c.data.image_size, int) and c.data.image_size > 0)):
     _fail("data.image_size", c.data.image_size, "must be -1 (native size) or a positive integer")
   _positive(c, "data.crop_padding", integer=True, zero_ok=True)

@@ -14,6 +14,8 @@ How to ask for it (flags of `python -m tas_jax.main`, or the environment):
 from __future__ import annotations
 
 import os
+import sys
+import threading
 from typing import Optional
 
 import jax
@@ -23,9 +25,10 @@ from tas_jax.errors import ConfigError
 
 
 def initialize(coordinator_address: Optional[str] = None, num_processes: Optional[int] = None,
-               process_id: Optional[int] = None, auto: bool = False) -> bool:
+               process_id: Optional[int] = None, auto: bool = False, timeout_s: int = 300) -> bool:
   """Starts jax.distributed when asked (arguments first, then the environment); returns whether
-  it did. Must run before anything touches a device."""
+  it did. Must run before anything touches a device. Waits `timeout_s` for every process to join,
+  saying what it waits for; then gives up with a ConfigError naming the address."""
   address = coordinator_address or os.environ.get("JAX_COORDINATOR_ADDRESS") or None
   if num_processes is None and os.environ.get("JAX_NUM_PROCESSES"):
     num_processes = int(os.environ["JAX_NUM_PROCESSES"])
@@ -42,9 +45,27 @@ def initialize(coordinator_address: Optional[str] = None, num_processes: Optiona
                         "(or JAX_NUM_PROCESSES and JAX_PROCESS_ID)")
     if not 0 <= process_id < num_processes:
       raise ConfigError(f"--process_id={process_id}: must be in [0, {num_processes})")
-    jax.distributed.initialize(address, num_processes=num_processes, process_id=process_id)
+    logging.info("process %d of %d: waiting up to %ds for all %d processes to join at %s",
+                 process_id, num_processes, timeout_s, num_processes, address)
+    # XLA aborts the process when the deadline passes; a watchdog a little before it says why
+    watchdog = threading.Timer(timeout_s, _give_up, (
+        f"process {process_id}: not all {num_processes} processes joined at {address} within "
+        f"{timeout_s}s: start the same command with each --process_id in 0..{num_processes - 1} "
+        "(process 0 on the coordinator's host); --coordinator_timeout sets the wait",))
+    watchdog.daemon = True
+    watchdog.start()
+    try:
+      jax.distributed.initialize(address, num_processes=num_processes, process_id=process_id,
+                                 initialization_timeout=timeout_s + 30)
+    finally:
+      watchdog.cancel()
   else:
-    jax.distributed.initialize()
+    jax.distributed.initialize(initialization_timeout=timeout_s)
   if jax.process_index() > 0:   # one progress stream: the others only warn
     logging.set_verbosity(logging.WARNING)
   return True
+
+
+def _give_up(message: str) -> None:
+  print(f"error: {message}", file=sys.stderr, flush=True)
+  os._exit(2)

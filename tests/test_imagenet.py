@@ -2,6 +2,7 @@
 out as train/<class>/*.JPEG, and TFDS `mock_data` for imagenet2012 through `tfds.data_source`."""
 
 import io
+import os
 
 import jax
 import numpy as np
@@ -10,7 +11,7 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from tas_jax import parallel
-from tas_jax.data import datasets, imagenet, imagenet_samples
+from tas_jax.data import check, datasets, imagenet, imagenet_samples
 
 
 @pytest.fixture(scope="module")
@@ -198,3 +199,58 @@ def test_bfloat16_computes_in_bf16_and_keeps_weights_statistics_and_logits_in_fl
   out, _ = run(sv)
   assert out.dtype == np.float32
   assert conv_dtypes(jax.make_jaxpr(run)(sv).jaxpr) == {"bfloat16"}
+
+
+@pytest.fixture
+def bad_folder(folder, tmp_path):
+  """The sample folder with a truncated JPEG and a text file named .jpg in its first class."""
+  import shutil
+  root = tmp_path / "bad"
+  shutil.copytree(folder, root)
+  cls = sorted(os.listdir(root / "train"))[0]
+  good = sorted(os.listdir(root / "train" / cls))[0]
+  (root / "train" / cls / "a_truncated.JPEG").write_bytes((root / "train" / cls / good).read_bytes()[:3000])
+  (root / "train" / cls / "b_notes.jpg").write_text("not an image")
+  return str(root), cls
+
+
+def test_unreadable_images_are_skipped_named_or_refused(bad_folder):
+  root, cls = bad_folder
+  train = imagenet.open_split(root, "train")
+  first = train.files.index(os.path.join(root, "train", cls, "a_truncated.JPEG"))
+  record, skipped = imagenet.read_decodable(train, first)
+  assert skipped.split(";") == [train.files[first], train.files[first + 1]]   # both bad, in a row
+  assert record["jpeg"] == train[first + 2]["jpeg"] and record["decoded"].size[0] > 0
+  with pytest.raises(datasets.BadDataError) as e:
+    imagenet.read_decodable(train, first, "fail")
+  assert "\n" not in str(e.value) and str(e.value).startswith(
+      f"{train.files[first]} cannot be decoded (image file is truncated")
+  bad = check.unreadable(train, threads=2, progress=False)
+  assert [name for name, _ in bad] == [train.files[first], train.files[first + 1]]
+  assert bad[1][1] == "not an image file Pillow can read"
+
+
+def test_the_stream_skips_unreadable_images_and_counts_them(bad_folder):
+  root, _ = bad_folder
+  train = imagenet.open_split(root, "train")
+  mesh = parallel.make_mesh(1)
+  src = imagenet.StreamingSource(train, np.arange(len(train)), 42, mesh, seed=0,
+                                 options=imagenet.StreamOptions(image_size=32))
+  batches = src.iterate(0)
+  batch = next(batches)
+  batches.close()
+  assert batch["image"].shape == (42, 32, 32, 3)    # the shape is kept: the next image stands in
+  assert len(src.skipped.files) == 2
+
+
+def test_one_class_and_empty_class_folders_are_refused(tmp_path, folder):
+  import shutil
+  one = tmp_path / "one" / "train"
+  cls = sorted(os.listdir(os.path.join(folder, "train")))[0]
+  shutil.copytree(os.path.join(folder, "train", cls), one / cls)
+  with pytest.raises(datasets.BadDataError, match="has 1 class folder .*at least two"):
+    imagenet.open_split(str(tmp_path / "one"), "train")
+  shutil.copytree(os.path.join(folder, "train"), tmp_path / "empty" / "train")
+  (tmp_path / "empty" / "train" / "n99999999").mkdir()
+  with pytest.raises(datasets.BadDataError, match="n99999999 holds no images"):
+    imagenet.open_split(str(tmp_path / "empty"), "train")

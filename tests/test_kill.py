@@ -131,3 +131,58 @@ def test_nan_loss_stops_the_run_naming_the_steps(tmp_path):
   assert rc == 2 and "Traceback" not in err and len(errors) == 1, err[-2000:]
   assert "is nan in steps" in errors[0] or "is inf in steps" in errors[0]
   assert "lower the learning rate" in errors[0]
+
+
+def test_sigint_and_sigterm_save_a_checkpoint_and_leave_no_process(tmp_path):
+  """Ctrl-C, then a TPU VM's preemption (SIGTERM), then kill -9, each mid-epoch, on an ImageNet
+  folder streamed by two grain worker processes that holds a truncated JPEG and a text file: one
+  line each, a checkpoint at the signalled step that the rerun continues from, no worker left."""
+  folder = imagenet_samples.build(str(tmp_path / "samples"))
+  cls = sorted(os.listdir(os.path.join(folder, "train")))[0]
+  good = sorted(os.listdir(os.path.join(folder, "train", cls)))[0]
+  with open(os.path.join(folder, "train", cls, good), "rb") as f:
+    (tmp_path / "samples" / "train" / cls / "truncated.JPEG").write_bytes(f.read()[:3000])
+  (tmp_path / "samples" / "train" / cls / "notes.jpg").write_text("not an image")
+  workdir = str(tmp_path / "run")
+  args = ["--config=configs/imagenet_r18.py", f"--workdir={workdir}", f"--config.data.dir={folder}",
+          "--config.data.image_size=32", "--config.data.workers=2", "--config.teacher.batch_size=8",
+          "--config.teacher.eval_batch_size=10", "--config.teacher.warmup_epochs=0",
+          "--config.teacher.cosine_epochs=50", "--config.log_every_steps=1"]
+  env = {**os.environ, "XLA_FLAGS": ""}
+
+  def start_and_signal(sig, after_step):
+    p = subprocess.Popen([sys.executable, "-m", "tas_jax.main", *args], stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT)
+    lines = []
+    for line in p.stdout:
+      lines.append(line.rstrip("\n"))
+      if f"] step {after_step}/" in line:
+        children = subprocess.run(["pgrep", "-P", str(p.pid)], capture_output=True,
+                                  text=True).stdout.split()
+        p.send_signal(sig)
+        break
+    lines += p.stdout.read().splitlines()
+    p.wait(timeout=120)
+    time.sleep(1)
+    ps = subprocess.run(["ps", "-o", "pid=,stat=", "-p", ",".join(children)], capture_output=True,
+                        text=True).stdout.splitlines()
+    left = [l.split()[0] for l in ps if not l.split()[1].startswith("Z")]   # not exited zombies
+    return p.returncode, lines, children, left
+
+  rc, lines, children, left = start_and_signal(signal.SIGINT, 3)
+  assert len(children) >= 2 and left == []          # the grain workers are gone too
+  assert rc == 130 and lines[-1].startswith("error: [teacher] SIGINT: stopped at step ")
+  assert not any("Traceback" in line for line in lines)
+  skipped = [l for l in lines if "skipped an image that cannot be decoded" in l]
+  assert sorted(l.rsplit("/", 1)[1] for l in skipped) == ["notes.jpg", "truncated.JPEG"]
+  step = int(lines[-1].split("stopped at step ")[1].split("/")[0])
+  saved = sorted(int(d) for d in os.listdir(os.path.join(workdir, "teacher", "checkpoints")) if d.isdigit())
+  assert saved[-1] == step
+
+  rc, lines, children, left = start_and_signal(signal.SIGTERM, step + 2)
+  assert any(f"resumed from checkpoint at step {step} " in l for l in lines)
+  assert rc == 128 + signal.SIGTERM and lines[-1].startswith("error: [teacher] SIGTERM: stopped at step ")
+  assert left == []
+
+  rc, lines, children, left = start_and_signal(signal.SIGKILL, step + 4)
+  assert rc == -signal.SIGKILL and len(children) >= 2 and left == []   # workers die with it

@@ -46,6 +46,11 @@ class DataNotFoundError(FileNotFoundError):
   """The dataset is not on this machine; the message says where we looked and what to do."""
 
 
+class BadDataError(ValueError):
+  """The data is there but cannot be used as it is (an unreadable image with
+  `data.bad_images=fail`, a single class, an empty class folder); the message names the file."""
+
+
 @dataclasses.dataclass(frozen=True)
 class ImageDataset:
   name: str

@@ -28,18 +28,21 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import io
 import os
+import signal
+import sys
 from typing import Iterator, Optional, Sequence
 
 import grain
 import jax
-from absl import flags
+from absl import flags, logging
 import numpy as np
 
 from tas_jax import parallel
 from tas_jax.data import augment
-from tas_jax.data.datasets import DataNotFoundError
+from tas_jax.data.datasets import BadDataError, DataNotFoundError
 from tas_jax.data.sources import BatchSource, EvalSource
 
 MEAN = (0.485, 0.456, 0.406)
@@ -52,6 +55,19 @@ EIGVEC = np.array([[-0.5675, 0.7192, 0.4009],
 JPEG_SUFFIXES = (".jpeg", ".jpg", ".png")
 
 
+def die_with_parent(parent_pid: int, worker_index: int = 0, worker_count: int = 0) -> None:
+  """In a grain worker: the kernel kills it when the training process dies, even by `kill -9`
+  (Linux PR_SET_PDEATHSIG; elsewhere a no-op). Without it a killed run leaves its decoding
+  workers, a few hundred MB each, running."""
+  if sys.platform != "linux":
+    return
+  import ctypes
+  pr_set_pdeathsig = 1
+  ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+  if os.getppid() != parent_pid:   # the parent died before the line above
+    os._exit(1)
+
+
 # ------------------------------------------------------------------------------------------
 # Where the records come from
 # ------------------------------------------------------------------------------------------
@@ -61,16 +77,29 @@ class ImageFolder:
 
   def __init__(self, root: str, split: str, classes: Optional[Sequence[str]] = None):
     folder = os.path.join(root, split)
-    self.classes = list(classes) if classes is not None else sorted(
-        d for d in os.listdir(folder) if os.path.isdir(os.path.join(folder, d)))
+    found = sorted(d for d in os.listdir(folder) if os.path.isdir(os.path.join(folder, d)))
+    self.classes = list(classes) if classes is not None else found
+    if classes is None and len(found) < 2:
+      raise BadDataError(f"{folder} has {len(found)} class folder ({', '.join(found)}): a "
+                         "classifier needs at least two (train/<class>/*.JPEG, one folder per class)")
     index = {c: i for i, c in enumerate(self.classes)}
     self.files, labels = [], []
-    for c in sorted(d for d in os.listdir(folder) if os.path.isdir(os.path.join(folder, d))):
-      for name in sorted(os.listdir(os.path.join(folder, c))):
-        if name.lower().endswith(JPEG_SUFFIXES):
-          self.files.append(os.path.join(folder, c, name))
-          labels.append(index[c])
+    for c in found:
+      names = sorted(n for n in os.listdir(os.path.join(folder, c))
+                     if n.lower().endswith(JPEG_SUFFIXES))
+      if not names:
+        raise BadDataError(f"{os.path.join(folder, c)} holds no images ({', '.join(JPEG_SUFFIXES)}): "
+                           "every class folder is an output class; remove it or add its images")
+      if c not in index:
+        raise BadDataError(f"{os.path.join(folder, c)}: class {c!r} is not among the training "
+                           "classes")
+      for name in names:
+        self.files.append(os.path.join(folder, c, name))
+        labels.append(index[c])
     self.labels = np.asarray(labels, np.int32)
+
+  def name(self, i: int) -> str:
+    return self.files[i]
 
   def __len__(self) -> int:
     return len(self.files)
@@ -85,6 +114,7 @@ class TfdsImageNet:
 
   def __init__(self, data_dir: Optional[str], split: str):
     import tensorflow_datasets as tfds
+    self._split = split
     self._source = tfds.data_source("imagenet2012", split=split, data_dir=data_dir,
                                     decoders={"image": tfds.decode.SkipDecoding()})
     self.classes = list(self._source.dataset_info.features["label"].names)
@@ -96,6 +126,9 @@ class TfdsImageNet:
   def __getitem__(self, i: int) -> dict:
     r = self._source[i]
     return {"jpeg": r["image"], "label": int(r["label"])}
+
+  def name(self, i: int) -> str:
+    return f"imagenet2012 {self._split} record {i}"
 
   @property
   def labels(self) -> np.ndarray:
@@ -132,10 +165,48 @@ def open_split(data_dir: str, split: str, classes: Optional[Sequence[str]] = Non
 # Decoding and augmentation (numpy + Pillow, in the worker processes)
 # ------------------------------------------------------------------------------------------
 
+BAD_IMAGES = ("skip", "fail")
+
+
 def decode(jpeg: bytes):
-  """JPEG (or PNG) bytes -> an RGB PIL image."""
+  """JPEG (or PNG) bytes -> an RGB PIL image (fully loaded: a truncated file fails here)."""
   from PIL import Image
   return Image.open(io.BytesIO(jpeg)).convert("RGB")
+
+
+def _image(record: dict):
+  return record["decoded"] if "decoded" in record else decode(record["jpeg"])
+
+
+def why_unreadable(e: Exception) -> str:
+  """One short reason for a failed read or decode."""
+  from PIL import UnidentifiedImageError
+  if isinstance(e, UnidentifiedImageError):
+    return "not an image file Pillow can read"
+  return str(e).splitlines()[0] if str(e) else type(e).__name__
+
+
+def read_decodable(records, i: int, bad_images: str = "skip") -> tuple[dict, str]:
+  """(record i with its image decoded, '' or the names of the records skipped for it).
+
+  A record that cannot be read or decoded (a truncated or non-image file) stops the run with one
+  line naming it (`bad_images='fail'`), or is replaced by the next readable record (`'skip'`): the
+  batch keeps its shape and the order stays a function of (seed, step)."""
+  skipped = []
+  for k in range(len(records)):
+    j = (i + k) % len(records)
+    try:
+      record = records[j]
+      return {**record, "decoded": decode(record["jpeg"])}, ";".join(skipped)
+    except Exception as e:  # noqa: BLE001 — PIL raises OSError, SyntaxError, ValueError, …
+      name = records.name(j) if hasattr(records, "name") else f"record {j}"
+      reason = why_unreadable(e)
+      if bad_images == "fail":
+        raise BadDataError(f"{name} cannot be decoded ({reason}): remove it, or skip such files "
+                           "with --config.data.bad_images=skip (python -m tas_jax.data.check "
+                           "lists them all)") from None
+      skipped.append(name)
+  raise BadDataError(f"no record of {len(records)} can be decoded (first: {skipped[0]})")
 
 
 def random_resized_crop_box(rng: np.random.Generator, width: int, height: int,
@@ -186,7 +257,7 @@ def lighting(rng: np.random.Generator, x: np.ndarray, alphastd: float = 0.1) -> 
 def train_view(record: dict, rng: np.random.Generator, size: int = 224) -> dict:
   """The training view of one record: uint8 HWC `size`×`size` and its label."""
   from PIL import Image
-  img = decode(record["jpeg"])
+  img = _image(record)
   left, top, w, h = random_resized_crop_box(rng, *img.size)
   img = img.resize((size, size), Image.BILINEAR, box=(left, top, left + w, top + h))
   x = np.asarray(img, np.float32) / 255.0
@@ -200,7 +271,7 @@ def train_view(record: dict, rng: np.random.Generator, size: int = 224) -> dict:
 def eval_view(record: dict, size: int = 224, resize: int = 256) -> dict:
   """Resize the shorter side to `resize`, centre crop `size`: uint8 HWC and the label."""
   from PIL import Image
-  img = decode(record["jpeg"])
+  img = _image(record)
   w, h = img.size
   s = resize / min(w, h)
   img = img.resize((max(size, round(w * s)), max(size, round(h * s))), Image.BILINEAR)
@@ -221,6 +292,7 @@ class StreamOptions:
   prefetch: int = 2                   # global batches put on the devices ahead of the step
   shard_index: int = -1               # -1: this JAX process's (tests pass their own)
   shard_count: int = -1
+  bad_images: str = "skip"            # an unreadable image: skip (warn, next record) | fail
 
 
 def _shard(options: StreamOptions) -> tuple[int, int]:
@@ -245,10 +317,39 @@ def train_dataset(records, indices: np.ndarray, process_batch: int, seed: int,
   ds = (grain.MapDataset.source(np.asarray(indices, np.int64)).shuffle(seed=seed)
         .repeat(None))
   ds = ds[shard::count]                                        # this process's examples
-  ds = ds.map(lambda i: records[int(i)])
-  ds = ds.random_map(lambda r, rng: train_view(r, rng, options.image_size), seed=seed + 1)
+  ds = ds.random_map(functools.partial(_train_item, records=records, size=options.image_size,
+                                       bad_images=options.bad_images), seed=seed + 1)
   ds = ds.batch(process_batch, drop_remainder=True)
   return ds, per_epoch // process_batch
+
+
+def _quiet_resource_tracker() -> None:
+  """The batches grain's workers had in flight when the iterator closes stay in shared memory
+  until Python's resource tracker (a process of its own, started with this environment) frees
+  them at exit, warning about each "leak"; that warning says nothing a user can act on."""
+  rule = "ignore:resource_tracker:UserWarning"
+  current = os.environ.get("PYTHONWARNINGS", "")
+  if rule not in current:
+    os.environ["PYTHONWARNINGS"] = f"{current},{rule}" if current else rule
+
+
+def _train_item(i, rng, records, size: int, bad_images: str) -> dict:
+  record, skipped = read_decodable(records, int(i), bad_images)
+  return {**train_view(record, rng, size), "skipped": skipped}
+
+
+class _SkipReport:
+  """Warns once per skipped file, in the training process, and counts them."""
+
+  def __init__(self):
+    self.files: set = set()
+
+  def add(self, names) -> None:
+    for joined in names:
+      for name in filter(None, str(joined).split(";")):
+        if name not in self.files:
+          self.files.add(name)
+          logging.warning("skipped an image that cannot be decoded: %s", name)
 
 
 class StreamingSource(BatchSource):
@@ -263,6 +364,7 @@ class StreamingSource(BatchSource):
     self._dataset, self.steps_per_epoch = train_dataset(records, indices, global_batch // count,
                                                         seed, options)
     self._options = options
+    self.skipped = _SkipReport()
     self._sharding = parallel.batch_sharded(mesh)
     self._normalise = jax.jit(
         lambda b: {"image": augment.normalize(b["image"], mean, std), "label": b["label"]},
@@ -279,14 +381,17 @@ class StreamingSource(BatchSource):
     if self._options.workers > 0:
       if not flags.FLAGS.is_parsed():  # grain reads absl flags; a notebook or test never parsed them
         flags.FLAGS.mark_as_parsed()
-      it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=self._options.workers))
+      _quiet_resource_tracker()
+      it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=self._options.workers),
+                          worker_init_fn=functools.partial(die_with_parent, os.getpid()))
     host = iter(it)
     queue: collections.deque = collections.deque()
     step = start_step
     try:
       while True:
         while len(queue) < max(1, self._options.prefetch):
-          local = next(host)
+          local = dict(next(host))
+          self.skipped.add(local.pop("skipped"))
           batch = {k: jax.make_array_from_process_local_data(self._sharding, v)
                    for k, v in local.items()}
           queue.append(self._normalise(batch))
@@ -308,6 +413,7 @@ class StreamingEvalSource(EvalSource):
       raise ValueError(f"eval batch {global_batch} does not split over {count} processes")
     self.num_examples = len(records)
     self._records, self._options = records, options
+    self.skipped = _SkipReport()
     self._local = global_batch // count
     self._shard, self._count = shard, count
     self._sharding = parallel.batch_sharded(mesh)
@@ -324,7 +430,12 @@ class StreamingEvalSource(EvalSource):
       rows = []
       for j in range(local):
         i = b * local * count + self._shard * local + j
-        rows.append((eval_view(self._records[i], size) if i < n else blank, float(i < n)))
+        if i < n:   # an unreadable validation image is left out of the accuracy (mask 0)
+          record, skipped = read_decodable(self._records, i, self._options.bad_images)
+          self.skipped.add([skipped])
+          rows.append((eval_view(record, size), float(not skipped)))
+        else:
+          rows.append((blank, 0.0))
       batch = {"image": np.stack([r["image"] for r, _ in rows]),
                "label": np.stack([r["label"] for r, _ in rows]),
                "mask": np.asarray([m for _, m in rows], np.float32)}

@@ -14,7 +14,7 @@ import copy
 import ml_collections
 from absl import logging
 
-from tas_jax import config as config_lib, methods, workdir as layout
+from tas_jax import config as config_lib, console, methods, workdir as layout
 from tas_jax.stages import distill, records, results, teacher
 
 
@@ -38,7 +38,8 @@ def run_all(config: ml_collections.ConfigDict, workdir: str) -> dict:
       logging.info("[all] %d/%d %s: finished before, skipped", i, len(plan), stage)
       continue
     logging.info("[all] %d/%d %s", i, len(plan), stage)
-    summary = fn(stage_config, workdir)
+    with console.stage_log(layout.stage_dir(workdir, stage), layout.is_writer()):
+      summary = fn(stage_config, workdir)
     if not summary.get("finished"):
       logging.info("[all] %s stopped before the end (max_steps_per_run); run the same command "
                    "again to continue", stage)

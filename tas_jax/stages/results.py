@@ -112,13 +112,17 @@ def results(config: ml_collections.ConfigDict, workdir: str) -> dict:
            "rows": rows}
   text = markdown(table)
   if layout.is_writer():
+    print(text, flush=True)   # first: a workdir that cannot be written still shows the table
     md_path, json_path = layout.results_paths(workdir)
-    with open(json_path, "w") as f:
-      json.dump(table, f, indent=2)
-    with open(md_path, "w") as f:
-      f.write(text)
-    print(text, flush=True)
-    logging.info("[results] written to %s and %s", md_path, json_path)
+    try:
+      with open(json_path, "w") as f:
+        json.dump(table, f, indent=2)
+      with open(md_path, "w") as f:
+        f.write(text)
+      logging.info("[results] written to %s and %s", md_path, json_path)
+    except OSError as e:
+      logging.warning("[results] could not write %s (%s): the table above is not saved", e.filename,
+                      e.strerror)
   return table
 
 

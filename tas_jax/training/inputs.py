@@ -91,7 +91,8 @@ def _streaming(config, mesh, eval_batch) -> Inputs:
   train_records = imagenet.open_split(d.dir, "train")
   val_records = imagenet.open_split(d.dir, "validation", classes=train_records.classes)
   size = 224 if d.image_size == -1 else d.image_size
-  options = imagenet.StreamOptions(image_size=size, workers=d.workers, prefetch=d.prefetch)
+  options = imagenet.StreamOptions(image_size=size, workers=d.workers, prefetch=d.prefetch,
+                                   bad_images=d.bad_images)
   labels = train_records.labels
   n = d.train_examples
   if n != -1:
@@ -104,7 +105,7 @@ def _streaming(config, mesh, eval_batch) -> Inputs:
     return src
 
   def sample(n_images):
-    return np.stack([imagenet.eval_view(val_records[i], size)["image"]
+    return np.stack([imagenet.eval_view(imagenet.read_decodable(val_records, i)[0], size)["image"]
                      for i in range(min(n_images, len(val_records)))])
 
   kind = "JPEG folder" if isinstance(train_records, imagenet.ImageFolder) else "TFDS imagenet2012"

@@ -3,16 +3,20 @@
 A stage hands over a compiled `(state, batch)` step, a batch source and an end-of-epoch function;
 this module owns what a user of a long run expects: automatic resume from the latest Orbax
 checkpoint in the stage's folder (mid-epoch too: the source restarts at the checkpoint's step),
-metrics on the console and in TensorBoard (clu's default writer: events from process 0 only),
-progress with steps/s and ETA (clu `ReportProgress`), an optional profiler trace (clu `Profile`),
-evaluation every epoch, and a stop on a NaN loss that names the step.
+metrics in TensorBoard (clu's SummaryWriter: events from process 0 only) and one console line per
+interval with images/s and ETA measured over the steps this run ran (`tas_jax.console`), the
+compile time of the first step, an optional profiler trace (clu `Profile`), evaluation every epoch,
+a stop on a NaN loss that names the step, and on SIGINT/SIGTERM a checkpoint at the current step.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
+import signal
+import threading
 import time
 from typing import Any, Callable, Optional
 
@@ -21,7 +25,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from clu import metric_writers, periodic_actions
 
-from tas_jax import workdir
+from tas_jax import console, workdir
 from tas_jax.data import sources
 from tas_jax.errors import CheckpointNotFoundError
 
@@ -37,6 +41,7 @@ class LoopConfig:
   keep_checkpoints: int
   max_steps_per_run: int = 0     # > 0: checkpoint and return after this many steps in this call
   profile_steps: int = 0         # > 0: a profiler trace of this many steps (TensorBoard's profile tab)
+  log_every_secs: float = 60.0   # a progress line at least this often, whatever log_every_steps says
 
 
 def checkpoint_manager(stage_dir: str, keep: int) -> ocp.CheckpointManager:
@@ -105,17 +110,45 @@ def _save(manager, step: int, state, meta: dict) -> None:
                                              meta=ocp.args.JsonSave(meta)), force=True)
 
 
-def _fmt_metrics(values: dict) -> str:
-  """'loss 0.4321 accuracy 85.20% …': accuracies and ratios as percentages."""
-  parts = []
-  for k, v in values.items():
-    if "accuracy" in k or k.endswith("ratio"):
-      parts.append(f"{k} {100 * v:.2f}%")
-    elif isinstance(v, float):
-      parts.append(f"{k} {v:.4g}")
-    else:
-      parts.append(f"{k} {v}")
-  return " ".join(parts)
+class Interrupted(Exception):
+  """SIGINT (Ctrl-C) or SIGTERM (a TPU VM's preemption) stopped a run; the message says where
+  its checkpoint is. `exit_status` is the shell's convention, 128 + the signal's number."""
+
+  def __init__(self, message: str, signal_name: str = "SIGINT"):
+    super().__init__(message)
+    self.exit_status = 128 + signal.Signals[signal_name].value
+
+
+@contextlib.contextmanager
+def _stop_requests():
+  """While training: SIGINT/SIGTERM set a flag the loop reads after each step (it then saves a
+  checkpoint at that step and stops); a second signal stops at once. Only the main thread can
+  install handlers: elsewhere (a notebook's worker thread) signals keep their defaults."""
+  requested: list[str] = []
+  if threading.current_thread() is not threading.main_thread():
+    yield requested
+    return
+
+  def handler(signum, frame):
+    name = signal.Signals(signum).name
+    if requested:
+      raise Interrupted(f"{name} again: stopped without saving", name)
+    requested.append(name)
+    logging.warning("%s: saving a checkpoint after this step (again to stop at once)", name)
+
+  previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+  try:
+    yield requested
+  finally:
+    for sig, old in previous.items():
+      signal.signal(sig, old)
+
+
+def _summary_writer(stage_dir: str):
+  """TensorBoard events from process 0 (the console gets loop's own lines, not clu's)."""
+  if not workdir.is_writer():
+    return metric_writers.MultiWriter([])
+  return metric_writers.AsyncMultiWriter([metric_writers.SummaryWriter(stage_dir)])
 
 
 def fit(cfg: LoopConfig, stage_dir: str, state, train_step: Callable, source: sources.BatchSource,
@@ -130,10 +163,27 @@ def fit(cfg: LoopConfig, stage_dir: str, state, train_step: Callable, source: so
   the device values that change per epoch (τ); `end_of_epoch(state, epoch, train)` -> a JSON-able
   dict (evaluation, recorded architecture, …; `train` holds the epoch's averaged train metrics):
   its numbers are logged and written to TensorBoard, all of it goes into the history.
+
+  SIGINT or SIGTERM saves a checkpoint at the current step and raises `Interrupted`; on any exit
+  the input pipeline (and its worker processes), the checkpoint manager and the writer are closed.
   """
   manager = checkpoint_manager(stage_dir, cfg.keep_checkpoints)
-  # TensorBoard events from process 0; every process logs to its own console.
-  writer = metric_writers.create_default_writer(stage_dir, just_logging=not workdir.is_writer())
+  writer = _summary_writer(stage_dir)
+  opened = []   # the batch iterator, once _fit made it
+  try:
+    with _stop_requests() as stop_requested:
+      return _fit(cfg, stage_dir, state, train_step, source, step_args, epoch_args, end_of_epoch,
+                  learning_rate, manager, writer, stop_requested, opened)
+  finally:
+    for batches in opened:
+      batches.close()
+    manager.wait_until_finished()
+    manager.close()
+    writer.close()
+
+
+def _fit(cfg, stage_dir, state, train_step, source, step_args, epoch_args, end_of_epoch,
+         learning_rate, manager, writer, stop_requested, opened):
   history: list[dict] = []
   restored = restore_latest(manager, jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state))
@@ -145,37 +195,46 @@ def fit(cfg: LoopConfig, stage_dir: str, state, train_step: Callable, source: so
   total_steps = cfg.num_epochs * cfg.steps_per_epoch
   if restored is not None:
     logging.info("[%s] resumed from checkpoint at step %d (epoch %d, step %d of it) in %s; the "
-                 "data continues at that step%s", cfg.stage, start, start // cfg.steps_per_epoch + 1,
-                 start % cfg.steps_per_epoch, manager.directory,
-                 f" (saved input state: {data_state})" if data_state else "")
+                 "data continues at that step", cfg.stage, start, start // cfg.steps_per_epoch + 1,
+                 start % cfg.steps_per_epoch, manager.directory)
+    if data_state:
+      console.detail("[%s] saved input state: %s", cfg.stage, data_state)
   else:
     logging.info("[%s] starting from scratch: %d epochs x %d steps, global batch %d, %d device(s)",
                  cfg.stage, cfg.num_epochs, cfg.steps_per_epoch, cfg.global_batch, jax.device_count())
-  hooks = [periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer,
-                                           every_steps=cfg.log_every_steps, every_secs=None)]
-  if cfg.profile_steps and workdir.is_writer():
-    hooks.append(periodic_actions.Profile(logdir=stage_dir, num_profile_steps=cfg.profile_steps,
-                                          first_profile=start + 5, every_secs=None))
+  progress = console.Progress(cfg.stage, total_steps, cfg.global_batch)
+  profiler = (periodic_actions.Profile(logdir=stage_dir, num_profile_steps=cfg.profile_steps,
+                                       first_profile=start + 5, every_secs=None)
+              if cfg.profile_steps and workdir.is_writer() else None)
 
   step = start
   stop_at = min(total_steps, start + cfg.max_steps_per_run) if cfg.max_steps_per_run else total_steps
   batches = source.iterate(start)
+  opened.append(batches)
   t_start = time.time()
-  finished_early = False
+  stopped_early = False
+  if step < stop_at:
+    logging.info("[%s] compiling the train step (the first step waits for it)…", cfg.stage)
   while step < stop_at:
     epoch = step // cfg.steps_per_epoch
     args = tuple(step_args) + tuple(epoch_args(epoch))
     accumulated = None
     t_log, step_log = time.time(), step
     while True:
+      t_step = time.time()
       state, m = train_step(state, next(batches), *args)
       accumulated = m if accumulated is None else accumulated.merge(m)
       step += 1
-      for hook in hooks:
-        hook(step)
+      if step == start + 1:
+        jax.block_until_ready(state.step)
+        progress.compiled(step, time.time() - t_step)
+      if profiler is not None:
+        profiler(step)
       in_epoch = step - epoch * cfg.steps_per_epoch
       epoch_end = in_epoch == cfg.steps_per_epoch
-      if step % cfg.log_every_steps == 0 or epoch_end:
+      now = time.time()
+      if (step % cfg.log_every_steps == 0 or epoch_end or stop_requested
+          or now - t_log >= cfg.log_every_secs):
         train = {k: float(v) for k, v in accumulated.compute().items()}  # host sync, per log only
         bad = [k for k, v in train.items() if not math.isfinite(v)]
         if bad:
@@ -183,22 +242,27 @@ def fit(cfg: LoopConfig, stage_dir: str, state, train_step: Callable, source: so
               f"[{cfg.stage}] {bad[0]} is {train[bad[0]]} in steps {step_log + 1}-{step} (checked "
               f"every {cfg.log_every_steps} steps; the last checkpoint is before them): lower the "
               "learning rate or check the data")
-        now = time.time()
+        images_per_s = progress.report(step, train)
         writer.write_scalars(step, {**{f"train/{k}": v for k, v in train.items()},
                                     "train/epoch": epoch + in_epoch / cfg.steps_per_epoch,
                                     "train/learning_rate": learning_rate(step),
-                                    "train/images_per_second":
-                                        (step - step_log) * cfg.global_batch / max(now - t_log, 1e-9)})
-        t_log, step_log = now, step
+                                    **({"train/images_per_second": images_per_s}
+                                       if images_per_s else {})})
+        t_log, step_log = time.time(), step
       if epoch_end:
         break
-      if step == stop_at:
-        finished_early = True
+      if step == stop_at or stop_requested:
+        stopped_early = True
         break
       if cfg.checkpoint_every_steps and step % cfg.checkpoint_every_steps == 0:
         _save(manager, step, state, {"history": history, "data": source.state()})
-    if finished_early:
+    if stopped_early:
       _save(manager, step, state, {"history": history, "data": source.state()})
+      if stop_requested:
+        manager.wait_until_finished()
+        raise Interrupted(f"[{cfg.stage}] {stop_requested[0]}: stopped at step {step}/{total_steps} "
+                          f"with a checkpoint in {manager.directory}; run the same command again "
+                          "to continue", stop_requested[0])
       logging.info("[%s] stopping after %d steps in this run (max_steps_per_run); run the same "
                    "command again to continue", cfg.stage, step - start)
       break
@@ -208,12 +272,13 @@ def fit(cfg: LoopConfig, stage_dir: str, state, train_step: Callable, source: so
     numbers = {k: v for k, v in entry.items() if isinstance(v, (int, float)) and
                k not in ("epoch", "step", "elapsed_s") and not k.startswith("train_")}
     logging.info("[%s] epoch %d/%d done: %s", cfg.stage, epoch + 1, cfg.num_epochs,
-                 _fmt_metrics(numbers))
+                 console.format_metrics(numbers))
     writer.write_scalars(step, {f"epoch/{k}": v for k, v in numbers.items()})
     writer.flush()
     _save(manager, step, state, {"history": history, "data": source.state()})
-  batches.close()
-  manager.wait_until_finished()
-  manager.close()
-  writer.close()
-  return state, history, not finished_early and step >= total_steps
+    if stop_requested and step < total_steps:   # it came during the evaluation: the epoch is saved
+      manager.wait_until_finished()
+      raise Interrupted(f"[{cfg.stage}] {stop_requested[0]}: stopped at step {step}/{total_steps} "
+                        f"with a checkpoint in {manager.directory}; run the same command again "
+                        "to continue", stop_requested[0])
+  return state, history, not stopped_early and step >= total_steps

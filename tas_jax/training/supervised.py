@@ -30,9 +30,12 @@ from tas_jax.training import inputs as inputs_lib, loop, steps
 
 def sgd_with_warmup_cosine(t: ml_collections.ConfigDict, steps_per_epoch: int):
   """(optimizer, schedule) for a recipe section (`teacher`, `distill`): warm-up, cosine, SGD."""
-  schedule = optax.warmup_cosine_decay_schedule(
-      init_value=0.0, peak_value=t.lr, warmup_steps=t.warmup_epochs * steps_per_epoch,
-      decay_steps=(t.warmup_epochs + t.cosine_epochs) * steps_per_epoch, end_value=0.0)
+  if t.warmup_epochs:
+    schedule = optax.warmup_cosine_decay_schedule(
+        init_value=0.0, peak_value=t.lr, warmup_steps=t.warmup_epochs * steps_per_epoch,
+        decay_steps=(t.warmup_epochs + t.cosine_epochs) * steps_per_epoch, end_value=0.0)
+  else:   # the same values; optax warns about a warm-up of zero steps
+    schedule = optax.cosine_decay_schedule(t.lr, t.cosine_epochs * steps_per_epoch)
   tx = optax.chain(optax.add_decayed_weights(t.weight_decay),
                    optax.sgd(schedule, momentum=t.momentum, nesterov=t.nesterov))
   return tx, schedule
@@ -159,6 +162,13 @@ def train_network(config: ml_collections.ConfigDict, recipe: ml_collections.Conf
                           else {})},
       "history": history,
   }
+  skipped = getattr(train_source, "skipped", None)
+  if skipped is not None:   # streamed data: images that could not be decoded (data.bad_images)
+    summary["skipped_images"] = len(skipped.files)
+    if skipped.files:
+      logging.warning("[%s] %d training image(s) could not be decoded and were skipped (names in "
+                      "the warnings above and in %s)", stage, len(skipped.files),
+                      os.path.join(stage_dir, "log.txt"))
   path = layout.write_summary(stage_dir, summary)
   logging.info("[%s] finished: test accuracy %.2f%% (best %.2f%%); summary in %s", stage,
                100 * summary["test_accuracy"], 100 * summary["best_test_accuracy"], path)

@@ -24,7 +24,7 @@ import optax
 from absl import logging
 from clu import metrics
 
-from tas_jax import config as config_lib, parallel, workdir as layout
+from tas_jax import config as config_lib, console, parallel, workdir as layout
 from tas_jax.data import sources
 from tas_jax.methods.pas import masks as masks_lib
 from tas_jax.ops import flops
@@ -147,7 +147,7 @@ def search(config: ml_collections.ConfigDict, workdir: str) -> dict:
     test = steps.evaluate(eval_step, (state.params, state.batch_stats), test_source.batches(),
                           test_source.num_examples)
     entry.update(masked_test_accuracy=test["accuracy"], masked_test_top5_accuracy=test["top5_accuracy"])
-    logging.info("[%s] epoch %d: kept channels %s", stage, epoch + 1, list(entry["kept"].values()))
+    console.detail("[%s] epoch %d: kept channels %s", stage, epoch + 1, list(entry["kept"].values()))
     return entry
 
   if layout.is_writer():

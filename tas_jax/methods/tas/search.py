@@ -25,7 +25,7 @@ import optax
 from absl import logging
 from clu import metrics
 
-from tas_jax import config as config_lib, parallel, workdir as layout
+from tas_jax import config as config_lib, console, parallel, workdir as layout
 from tas_jax.data import datasets, sources
 from tas_jax.methods.tas import cost, space as space_lib, supernet as supernet_lib
 from tas_jax.ops import flops
@@ -261,8 +261,8 @@ def search(config: ml_collections.ConfigDict, workdir: str) -> dict:
                             test_source.batches(), test_source.num_examples)
       entry["argmax_test_accuracy"] = test["accuracy"]
       entry["argmax_test_top5_accuracy"] = test["top5_accuracy"]
-    logging.info("[search] epoch %d: argmax widths %s depths %s", epoch + 1, entry["widths"],
-                 entry["depths"])
+    console.detail("[search] epoch %d: argmax widths %s depths %s", epoch + 1, entry["widths"],
+                   entry["depths"])
     return entry
 
   if layout.is_writer():
