@@ -33,9 +33,9 @@ ConfigError = errors.ConfigError
 def base_config() -> ml_collections.ConfigDict:
   """Defaults: CIFAR-10 ResNet-20 teacher with the spec's recipe (§6)."""
   c = ml_collections.ConfigDict()
-  c.stage = "teacher"
+  c.stage = "teacher"              # teacher | search | extract | distill | results | all
   c.method = "tas"                 # the pruning method of search/extract (tas_jax.methods registry)
-  c.seed = 0
+  c.seed = 0                       # weights, data order, augmentation and Gumbel draws
 
   c.data = ml_collections.ConfigDict()
   c.data.name = "cifar10"          # in memory: tas_jax.data.datasets.NAMES; streamed: imagenet
@@ -51,7 +51,7 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.model = ml_collections.ConfigDict()
   c.model.family = "cifar"         # cifar | imagenet | repvgg (PaS only)
-  c.model.depth = 20
+  c.model.depth = 20               # CIFAR: 6n+2 (basic) or 9n+2 (bottleneck); ImageNet: 18 | 50
   c.model.block = "basic"          # basic | bottleneck (CIFAR); ImageNet depth decides
   c.model.repvgg = "a0"            # family=repvgg: a0 | b1 (widths and blocks of the paper)
   c.model.arch = ""                # a named architecture or an architecture JSON; overrides the above
@@ -70,38 +70,38 @@ def base_config() -> ml_collections.ConfigDict:
   c.search.cost_weight = 2.0       # λ
   c.search.expected_flops = "released"  # released: the official chain form (spec §4); exact: the
                                        # expectation of F(A) over independent choices (a deviation)
-  c.search.epochs = 600
+  c.search.epochs = 600            # search epochs (each iteration: a weight and an arch step)
   c.search.batch_size = 256        # per step; each iteration takes one batch of each half
   c.search.tau_schedule = "cosine"   # cosine (released) | linear (paper: tau_max = 10)
-  c.search.tau_max = 5.0
-  c.search.tau_min = 0.1
+  c.search.tau_max = 5.0           # Gumbel-softmax temperature at the first epoch
+  c.search.tau_min = 0.1           # ... and at the last
   c.search.lr = 0.1                # weights: SGD Nesterov, cosine per epoch
   c.search.warmup_epochs = 0       # the first epochs of search.epochs: linear warm-up per iteration
-  c.search.momentum = 0.9
-  c.search.nesterov = True
-  c.search.weight_decay = 5e-4
+  c.search.momentum = 0.9          # of the weights' SGD
+  c.search.nesterov = True         # of the weights' SGD
+  c.search.weight_decay = 5e-4     # of the weights (coupled L2)
   c.search.arch_lr = 1e-3          # architecture: Adam, coupled L2
   c.search.arch_lr_schedule = "constant"  # constant (released) | cosine: to 0 over the search
   c.search.arch_cooldown_epochs = 0  # with "constant": cosine to 0 over these last epochs (a
                                      # deviation: the argmax settles at the end of a short search)
-  c.search.arch_beta1 = 0.5
-  c.search.arch_beta2 = 0.999
-  c.search.arch_weight_decay = 1e-3
+  c.search.arch_beta1 = 0.5        # Adam of the architecture logits
+  c.search.arch_beta2 = 0.999      # Adam of the architecture logits
+  c.search.arch_weight_decay = 1e-3  # coupled L2 on the architecture logits (released)
   c.search.init = "scratch"        # scratch (released) | teacher: supernet weights from WORKDIR/teacher
   c.search.evaluate_every_epoch = True   # test accuracy of the argmax network (batch statistics)
-  c.search.eval_batch_size = 500
+  c.search.eval_batch_size = 500   # evaluation only: does not change a result
 
   c.pas = ml_collections.ConfigDict()   # method=pas (spec PAS.md); its target: search.flop_ratio
   c.pas.epochs = 9                 # joint SGD on weights and mask scalars, from the teacher
-  c.pas.batch_size = 256
+  c.pas.batch_size = 256           # global batch of the search
   c.pas.lr = 0.02                  # constant
-  c.pas.momentum = 0.9
-  c.pas.nesterov = False
+  c.pas.momentum = 0.9             # SGD of weights and mask scalars
+  c.pas.nesterov = False           # SGD of weights and mask scalars
   c.pas.weight_decay = 1e-4        # coupled L2, on the mask scalars too (as released)
   c.pas.cost_weight = 5.0          # α of α·(MACs − target)² (ResNet-50: 5; RepVGG: 0.1)
   c.pas.macs_unit = 1e9            # MACs are counted in this unit in the penalty (spec: G);
                                    # 0 = in units of the unpruned network's MACs
-  c.pas.eval_batch_size = 500
+  c.pas.eval_batch_size = 500      # evaluation only: does not change a result
   c.pas.finetune_lr = 0.0          # > 0: the peak lr of fine-tuning the extracted weights (pas-kd,
                                    # pas-ce) instead of distill.lr; a deployed RepVGG has no BN
                                    # and needs a small one (e.g. 0.001)
@@ -111,7 +111,7 @@ def base_config() -> ml_collections.ConfigDict:
                                    # its FLOPs; or an architecture JSON path / named network
   c.distill.kd = True              # knowledge distillation from WORKDIR/teacher
   c.distill.kd_alpha = 0.9         # (1-a)·CE + a·T²·KL(teacher ‖ student)
-  c.distill.kd_temperature = 4.0
+  c.distill.kd_temperature = 4.0   # T of the KD loss
   c.distill.init = "scratch"       # scratch (released code) | teacher (w/ Init: first-k channels)
   c.distill.baseline_seed = 0      # the random baseline's architecture draw
   c.distill.flops_tolerance = 0.02  # baselines: |F - F(TAS)| <= this fraction of F(TAS)
@@ -119,13 +119,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.pipeline = ml_collections.ConfigDict()
   c.pipeline.runs = "tas-kd"       # stage=all: the distill runs, comma-separated STUDENT-{kd|ce}[-init]
   c.pipeline.throughput_batch = 256   # results: inference images/s of every network on one batch
-  c.pipeline.throughput_repeats = 10
+  c.pipeline.throughput_repeats = 10  # results: the median of this many timed calls
 
   c.parallel = "jit"               # jit: global view, NamedSharding; pmap: per-device code
   c.num_devices = -1               # -1 = all local devices
-  c.log_every_steps = 20
+  c.log_every_steps = 20           # a progress line every N steps (and at least once a minute)
   c.checkpoint_every_steps = 0     # 0 = at the end of every epoch only
-  c.keep_checkpoints = 2
+  c.keep_checkpoints = 2           # the newest N checkpoints of a stage are kept
   c.max_steps_per_run = 0          # > 0: checkpoint and stop after this many steps (rerun resumes)
   c.profile_steps = 0              # > 0: a profiler trace of that many steps into the stage's folder
   c.overwrite = ""                 # stages to run again although their folder holds a result made
@@ -141,10 +141,10 @@ def sgd_recipe() -> ml_collections.ConfigDict:
   t.warmup_epochs = 5              # linear warm-up, per iteration
   t.cosine_epochs = 300            # then cosine to 0, per iteration
   t.batch_size = 256               # global batch, split over devices
-  t.eval_batch_size = 500
-  t.lr = 0.1
-  t.momentum = 0.9
-  t.nesterov = True
+  t.eval_batch_size = 500          # evaluation only: does not change a result
+  t.lr = 0.1                       # the peak learning rate
+  t.momentum = 0.9                 # SGD momentum
+  t.nesterov = True                # Nesterov momentum
   t.weight_decay = 5e-4            # coupled L2 on every weight, as PyTorch's SGD
   return t
 
@@ -411,4 +411,77 @@ def architecture(c: ml_collections.ConfigDict, num_classes: int, image_size: int
       return repvgg.named_repvgg(c.model.repvgg, num_classes, image_size, channels)
     return arch_lib.imagenet_resnet(c.model.depth, num_classes, image_size, channels)
   except arch_lib.ArchError as e:
-    raise ConfigError(f"model for {c.data.name}: {e}") from None
+    hint = ""
+    if "multiple of" in str(e):   # e.g. RepVGG (5 stride-2 stages) on 28x28 Fashion-MNIST
+      multiple = int(str(e).split("multiple of ")[1].split()[0])
+      hint = (f"; pad the images with --config.data.image_size="
+              f"{-(-image_size // multiple) * multiple}")
+    raise ConfigError(f"model for {c.data.name}: {e}{hint}") from None
+
+
+# ------------------------------------------------------------------------------------------
+# `python -m tas_jax.config [--config=configs/NAME.py] [--config.FIELD=VALUE ...]`: every field,
+# its value and its meaning (the comment beside it above), for the command line
+# ------------------------------------------------------------------------------------------
+
+def field_help() -> dict[str, str]:
+  """field -> its meaning, read from the comments of `base_config` and `sgd_recipe` (one source:
+  the comment a reader of this file sees). Recipe fields are keyed 'recipe.NAME'."""
+  import inspect
+  meaning: dict[str, str] = {}
+  last = None
+  source = inspect.getsource(base_config) + inspect.getsource(sgd_recipe)
+  for line in source.splitlines():
+    assignment = re.match(r"\s+([ct])\.([\w.]+) = [^#]*(?:#\s?(.*))?$", line)
+    if assignment:
+      prefix, name, comment = assignment.groups()
+      last = name if prefix == "c" else f"recipe.{name}"
+      if comment:
+        meaning[last] = comment.strip()
+      else:
+        last = None
+      continue
+    continuation = re.match(r"\s+#\s?(.*)$", line)
+    if continuation and last:
+      meaning[last] += " " + continuation.group(1).strip()
+    else:
+      last = None
+  return meaning
+
+
+def describe(c: ml_collections.ConfigDict) -> list[tuple[str, object, str]]:
+  """(field, value, meaning) of every field of `c`, in its order."""
+  meaning = field_help()
+  out = []
+
+  def walk(node, prefix):
+    for key, value in node.items():
+      name = f"{prefix}{key}"
+      if isinstance(value, ml_collections.ConfigDict):
+        walk(value, name + ".")
+        continue
+      section = name.split(".")[0]
+      text = meaning.get(name) or (meaning.get(f"recipe.{key}", "")
+                                   if section in ("teacher", "distill") else "")
+      out.append((name, value, text))
+
+  walk(c, "")
+  return out
+
+
+if __name__ == "__main__":
+  from absl import app, flags
+  from ml_collections import config_flags
+
+  config_flags.DEFINE_config_file("config", None, "A config file (default: the base config).")
+
+  def _main(argv):
+    if len(argv) > 1:
+      raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    c = flags.FLAGS.config if flags.FLAGS.config is not None else base_config()
+    rows = describe(c)
+    width = max(len(f"{name} = {value!r}") for name, value, _ in rows)
+    for name, value, text in rows:
+      print(f"{f'{name} = {value!r}':<{width}}  {text}".rstrip())
+
+  app.run(_main)

@@ -4,6 +4,10 @@ import tempfile
 
 import jax
 
+from tas_jax import console
+
+console.quiet_environment()   # no TensorFlow banners in the test log
+
 # Several tests compile the same step twice (a run, then its resumed twin in a fresh call): a
 # persistent compilation cache, fresh for every session, lets the second compile be a lookup.
 import os  # noqa: E402

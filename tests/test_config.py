@@ -68,3 +68,52 @@ def test_command_line_stops_with_one_line(tmp_path, override, needle):
   assert len(errors) == 1 and needle in errors[0], out.stderr[-2000:]
   assert "Traceback" not in out.stderr
   assert not os.path.exists(tmp_path / "teacher")  # stopped before any work
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--config=configs/demo.py", "--config.search.flop_ratioo=0.3"],
+     "error: --config.search.flop_ratioo: no such config field 'flop_ratioo'; Did you mean "
+     "\"flop_ratio\" instead of \"flop_ratioo\"? (all fields: python -m tas_jax.config --config=FILE)"),
+    (["--config=configs/demoo.py"], "error: --config=configs/demoo.py: no such file (the shipped "
+     f"configs are in {ROOT}/configs; list their fields with python -m tas_jax.config --config=FILE)"),
+    (["--config=configs/demo.py", "--config.search.flop_ratio=half"],
+     "error: flag --config.search.flop_ratio=half: could not convert string to float: 'half'"),
+    (["--config=configs/demo.py", "--config.overwrite=teachers"],
+     "error: config.overwrite='teachers': comma-separated stage folders: teacher, search, extract, "
+     "search-pas, extract-pas, distill/RUN (e.g. distill/tas-kd), distill (every run)"),
+])
+def test_command_line_mistakes_are_one_line_on_stderr(tmp_path, args, message):
+  out = subprocess.run([sys.executable, "-m", "tas_jax.main", f"--workdir={tmp_path / 'w'}", *args],
+                       capture_output=True, text=True, cwd=ROOT, timeout=120)
+  assert out.returncode == 2
+  assert [l for l in out.stderr.splitlines() if "JAX 0.10.2" not in l] == [message]
+  assert not os.path.exists(tmp_path / "w" / "teacher")
+
+
+def test_outside_the_repository_and_an_unwritable_workdir(tmp_path):
+  """From another folder, configs/demo.py is the repository's (said once); a workdir that cannot
+  be made stops with one line."""
+  blocker = tmp_path / "a_file"
+  blocker.write_text("")
+  env = {**os.environ, "PYTHONPATH": ROOT}
+  out = subprocess.run([sys.executable, "-m", "tas_jax.main", "--config=configs/demo.py",
+                        f"--workdir={blocker}/w"], capture_output=True, text=True, cwd=tmp_path,
+                       env=env, timeout=120)
+  assert out.returncode == 2
+  lines = [l for l in out.stderr.splitlines() if "JAX 0.10.2" not in l]
+  assert lines == [f"--config=configs/demo.py: not in {tmp_path}; using {ROOT}/configs/demo.py",
+                   f"error: --workdir={blocker}/w cannot be written (Not a directory): choose a "
+                   "folder you can write to"]
+
+
+def test_every_field_has_a_meaning_and_the_listing_shows_overrides():
+  rows = config_lib.describe(config_lib.base_config())
+  assert [name for name, _, text in rows if not text] == []
+  out = subprocess.run([sys.executable, "-m", "tas_jax.config", "--config=configs/demo.py",
+                        "--config.search.flop_ratio=0.3"], capture_output=True, text=True,
+                       cwd=ROOT, timeout=120)
+  assert out.returncode == 0, out.stderr
+  line = next(l for l in out.stdout.splitlines() if l.startswith("search.flop_ratio = "))
+  assert line.split() [:3] == ["search.flop_ratio", "=", "0.3"] and "target F(A) / F_max" in line
+  teacher_lr = next(l for l in out.stdout.splitlines() if l.startswith("teacher.lr = "))
+  assert "the peak learning rate" in teacher_lr

@@ -107,9 +107,9 @@ def test_two_process_search_through_the_cli_logs_once_and_writes_once(tmp_path):
                                         f"--coordinator_address=127.0.0.1:{port}",
                                         "--num_processes=2", f"--process_id={i}"])
   lead, other = outs[0].stderr, outs[1].stderr
-  assert "[search] epoch 2/2 done" in lead and "train/loss=" in lead and "ETA" in lead
+  assert "[search] epoch 2/2 done" in lead and "| loss " in lead and "ETA" in lead
   assert "process 0/2" in lead and "8 local device" not in lead
-  assert "[search]" not in other and "train/loss=" not in other
+  assert "[search]" not in other and "| loss " not in other
   summary = json.load(open(os.path.join(workdir, "search", "summary.json")))
   assert summary["finished"] and summary["devices"] == 8 and len(summary["history"]) == 2
   assert len([f for f in os.listdir(os.path.join(workdir, "search")) if "tfevents" in f]) == 1

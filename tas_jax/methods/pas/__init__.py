@@ -1,4 +1,4 @@
-"""PaS, Pruning-as-Search (Li et al., IJCAI 2022; spec `shared/spec/PAS.md`).
+"""PaS, Pruning-as-Search (Li et al., IJCAI 2022).
 
 masks.py    per-channel masks (threshold + straight-through), their groups, the masked network's MACs
 search.py   the search stage: joint SGD on weights and mask scalars, CE + α·(MACs − target)²

@@ -198,6 +198,13 @@ def extract(config: ml_collections.ConfigDict, workdir: str) -> dict:
       plots.plot_width_history([r["layer"] for r in rows], ratios,
                                os.path.join(out_dir, "widths_over_epochs.png"),
                                "kept channels / original width after each epoch")
+  tolerance = config.search.tolerance
+  summary["in_band"] = bool(abs(summary["flops_ratio"] - ratio) <= tolerance + 1e-9)
+  if not summary["in_band"]:
+    logging.warning("[%s] %s has %.1f%% of the FLOPs, more than search.tolerance=%g from the "
+                    "target %.0f%%: the masks had not reached it (more pas.epochs or a larger "
+                    "pas.cost_weight)", summary["stage"], pruned.name,
+                    100 * summary["flops_ratio"], tolerance, 100 * ratio)
   layout.write_summary(out_dir, summary)
   logging.info("[%s] %s: %.2f M FLOPs = %.1f%% of %.2f M (target %.0f%%), %.4f M params (%.4f M); "
                "wrote arch.json, weights/, kept_channels.json, report.md and plots to %s",

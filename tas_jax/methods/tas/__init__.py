@@ -1,4 +1,4 @@
-"""TAS, Transformable Architecture Search (Dong & Yang, NeurIPS 2019; spec `shared/spec/TAS.md`).
+"""TAS, Transformable Architecture Search (Dong & Yang, NeurIPS 2019).
 
 space.py     the search space: width candidates per conv, depth candidates per stage
 gumbel.py    two-of-K Gumbel sampling of a width, soft depth weights

@@ -133,6 +133,11 @@ def extract(config: ml_collections.ConfigDict, workdir: str) -> dict:
                       f"of {before.flops_m:.2f} M), blocks {list(final.depths)} of {list(base.depths)}")
     if history:
       plot_history(space, history, os.path.join(out_dir, "widths_over_epochs.png"))
+  summary["in_band"] = bool(low - 1e-9 <= summary["flops_ratio"] <= high + 1e-9)
+  if not summary["in_band"]:
+    logging.warning("[extract] %s has %.1f%% of the FLOPs, outside the search's band %s: the "
+                    "search had not settled (more search.epochs, or see README's search.in_band)",
+                    final.name, 100 * summary["flops_ratio"], summary["band"])
   layout.write_summary(out_dir, summary)
   logging.info("[extract] %s: %.2f M FLOPs = %.1f%% of %.2f M (target %.0f%%), %.4f M params "
                "(%.4f M), blocks per stage %s of %s; wrote arch.json, report.md and plots to %s",
