@@ -22,6 +22,9 @@ OVERRIDES = {  # ResNet-8 on 256 embedded images: a few steps per stage
     "data.train_examples": 256, "model.depth": 8,
     "teacher.warmup_epochs": 0, "teacher.cosine_epochs": 1, "teacher.batch_size": 64,
     "search.epochs": 2, "search.batch_size": 64,
+    # the released search recipe (configs/demo.py departs from it for its longer budget)
+    "search.init": "scratch", "search.lr": 0.1, "search.arch_lr": 0.001, "search.tau_min": 0.1,
+    "search.expected_flops": "released",
     "distill.warmup_epochs": 0, "distill.cosine_epochs": 1, "distill.batch_size": 64,
     "pas.epochs": 1, "pas.batch_size": 32, "pas.lr": 0.05, "pas.cost_weight": 20.0,
     "pas.macs_unit": 0.0,
