@@ -117,6 +117,11 @@ class Progress:
     logging.info("[%s] compiled and ran the %s in %.1fs", self.stage, what, seconds)
     self._t, self._step = time.time(), step
 
+  def restart(self, step: int) -> None:
+    """The next interval starts now (after an evaluation); before the first step, a no-op."""
+    if self._step is not None:
+      self._t, self._step = time.time(), step
+
   def report(self, step: int, metrics: dict) -> float:
     """Logs the line for `step`; returns images/s over the interval (0 before any interval)."""
     now = time.time()

@@ -95,7 +95,7 @@ def _config_path(argv: list[str]) -> list[str]:
   """`--config=configs/x.py` run from outside the repository: the repository's file, said once."""
   out = []
   for arg in argv:
-    if arg.startswith("--config=") and not arg.startswith("--config.") and "=" in arg:
+    if arg.startswith("--config="):
       path = arg.split("=", 1)[1]
       file = path.split(":", 1)[0]
       if not os.path.exists(file):

@@ -144,6 +144,14 @@ def _stop_requests():
       signal.signal(sig, old)
 
 
+def _interrupted(stage: str, signal_name: str, step: int, total_steps: int, manager) -> Interrupted:
+  """Once the checkpoint at `step` is on disk: the exception that ends the run with one line."""
+  manager.wait_until_finished()
+  return Interrupted(f"[{stage}] {signal_name}: stopped at step {step}/{total_steps} with a "
+                     f"checkpoint in {manager.directory}; run the same command again to continue",
+                     signal_name)
+
+
 def _summary_writer(stage_dir: str):
   """TensorBoard events from process 0 (the console gets loop's own lines, not clu's)."""
   if not workdir.is_writer():
@@ -213,13 +221,15 @@ def _fit(cfg, stage_dir, state, train_step, source, step_args, epoch_args, end_o
   opened.append(batches)
   t_start = time.time()
   stopped_early = False
+  step_name = "search step" if cfg.stage.startswith("search") else "train step"
   if step < stop_at:
-    logging.info("[%s] compiling the train step (the first step waits for it)…", cfg.stage)
+    logging.info("[%s] compiling the %s (the first step waits for it)…", cfg.stage, step_name)
   while step < stop_at:
     epoch = step // cfg.steps_per_epoch
     args = tuple(step_args) + tuple(epoch_args(epoch))
     accumulated = None
     t_log, step_log = time.time(), step
+    progress.restart(step)   # the rate leaves out the evaluation between epochs
     while True:
       t_step = time.time()
       state, m = train_step(state, next(batches), *args)
@@ -227,7 +237,7 @@ def _fit(cfg, stage_dir, state, train_step, source, step_args, epoch_args, end_o
       step += 1
       if step == start + 1:
         jax.block_until_ready(state.step)
-        progress.compiled(step, time.time() - t_step)
+        progress.compiled(step, time.time() - t_step, step_name)
       if profiler is not None:
         profiler(step)
       in_epoch = step - epoch * cfg.steps_per_epoch
@@ -242,7 +252,10 @@ def _fit(cfg, stage_dir, state, train_step, source, step_args, epoch_args, end_o
               f"[{cfg.stage}] {bad[0]} is {train[bad[0]]} in steps {step_log + 1}-{step} (checked "
               f"every {cfg.log_every_steps} steps; the last checkpoint is before them): lower the "
               "learning rate or check the data")
-        images_per_s = progress.report(step, train)
+        # an epoch's end right after a line: its metrics, no second line
+        near_last_line = (epoch_end and step_log > epoch * cfg.steps_per_epoch
+                          and step - step_log < max(1, cfg.log_every_steps // 2))
+        images_per_s = 0.0 if near_last_line else progress.report(step, train)
         writer.write_scalars(step, {**{f"train/{k}": v for k, v in train.items()},
                                     "train/epoch": epoch + in_epoch / cfg.steps_per_epoch,
                                     "train/learning_rate": learning_rate(step),
@@ -259,10 +272,7 @@ def _fit(cfg, stage_dir, state, train_step, source, step_args, epoch_args, end_o
     if stopped_early:
       _save(manager, step, state, {"history": history, "data": source.state()})
       if stop_requested:
-        manager.wait_until_finished()
-        raise Interrupted(f"[{cfg.stage}] {stop_requested[0]}: stopped at step {step}/{total_steps} "
-                          f"with a checkpoint in {manager.directory}; run the same command again "
-                          "to continue", stop_requested[0])
+        raise _interrupted(cfg.stage, stop_requested[0], step, total_steps, manager)
       logging.info("[%s] stopping after %d steps in this run (max_steps_per_run); run the same "
                    "command again to continue", cfg.stage, step - start)
       break
@@ -277,8 +287,5 @@ def _fit(cfg, stage_dir, state, train_step, source, step_args, epoch_args, end_o
     writer.flush()
     _save(manager, step, state, {"history": history, "data": source.state()})
     if stop_requested and step < total_steps:   # it came during the evaluation: the epoch is saved
-      manager.wait_until_finished()
-      raise Interrupted(f"[{cfg.stage}] {stop_requested[0]}: stopped at step {step}/{total_steps} "
-                        f"with a checkpoint in {manager.directory}; run the same command again "
-                        "to continue", stop_requested[0])
+      raise _interrupted(cfg.stage, stop_requested[0], step, total_steps, manager)
   return state, history, not stopped_early and step >= total_steps
