@@ -111,8 +111,9 @@ def _config_path(argv: list[str]) -> list[str]:
 
 
 def _die(message: str, status: int = 2):
+  multihost.report_failure(message)   # the other processes of the run stop too
   print(f"error: {message}", file=sys.stderr)
-  sys.exit(status)
+  multihost.exit(status)
 
 
 def parse_flags(argv: list[str]) -> list[str]:
@@ -155,6 +156,8 @@ def main(argv):
   logging.info("JAX %s, process %d/%d, %d local device(s): %s", jax.__version__, jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.devices()[0].device_kind)
   try:
+    multihost.check_same_settings({**_flat(FLAGS.config.to_dict()), "--workdir": FLAGS.workdir})
+    multihost.watch_peers()
     run(FLAGS.config, FLAGS.workdir)
   except USER_ERRORS as e:
     _die(str(e))
@@ -165,6 +168,21 @@ def main(argv):
          "stage again)", 130)
   except PermissionError as e:
     _die(f"cannot write {e.filename}: {e.strerror}")
+  except multihost.BarrierError as e:
+    _die(str(e))
+  except BaseException as e:   # a bug: its traceback follows; the other processes stop now
+    multihost.report_failure(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+    raise
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+  out = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      out.update(_flat(value, f"{prefix}{key}."))
+    else:
+      out[f"{prefix}{key}"] = value
+  return out
 
 
 def _sigterm_as_interrupt(signum, frame):

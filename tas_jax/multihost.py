@@ -63,9 +63,135 @@ def initialize(coordinator_address: Optional[str] = None, num_processes: Optiona
     jax.distributed.initialize(initialization_timeout=timeout_s)
   if jax.process_index() > 0:   # one progress stream: the others only warn
     logging.set_verbosity(logging.WARNING)
+  global _started
+  _started = True
   return True
+
+
+def exit(status: int) -> None:
+  """Ends the process with `status`. In a run of several processes, without JAX's shutdown
+  barrier at exit: the others are stopping (or gone), and the barrier would abort this one."""
+  if _started:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
+  sys.exit(status)
 
 
 def _give_up(message: str) -> None:
   print(f"error: {message}", file=sys.stderr, flush=True)
   os._exit(2)
+
+
+# ------------------------------------------------------------------ when one process stops
+# Every process of a run reaches the same collectives and barriers in the same order, or the ones
+# that arrive wait for the others. A process that stops with an error leaves the others waiting in
+# a collective (gloo has no deadline) until the coordination service gives up minutes later; so a
+# failing process says so in the coordination service's key-value store, and a thread in every
+# process stops it at once, naming where it was. Settings that differ between processes (a
+# different command on one host) would make them take different paths: `check_same_settings`
+# refuses them before any work.
+FAILED_KEY = "tas_jax/failed"
+_started = False      # jax.distributed runs: several processes
+_where = "starting"   # what this process does now: the message names it when another one fails
+_stopping = False     # this process is stopping with its own error: the watcher stays quiet
+_lock = threading.Lock()
+
+
+def at(where: str) -> None:
+  """Records what this process does now (a step, a checkpoint, a barrier, an evaluation)."""
+  global _where
+  _where = where
+
+
+def _client():
+  from jax._src import distributed
+  return distributed.global_state.client
+
+
+def report_failure(message: str) -> None:
+  """Tells the other processes that this one stops with `message` (a no-op in a single process)."""
+  global _stopping
+  with _lock:
+    _stopping = True
+  if not _started:   # also: no JAX call before initialize()
+    return
+  try:
+    _client().key_value_set(FAILED_KEY, f"{jax.process_index()}\t{message}")
+  except Exception:   # another process reported first: it names the cause
+    pass
+
+
+def watch_peers(poll_s: float = 1.0) -> None:
+  """Starts the thread that stops this process when another one reported a failure (after
+  `check_same_settings`, whose mismatch every process reports itself)."""
+  if not _started:
+    return
+  me = jax.process_index()
+
+  def watch():
+    import time
+    while True:
+      time.sleep(poll_s)
+      try:
+        value = _client().key_value_try_get(FAILED_KEY)
+      except Exception:   # not there yet (NOT_FOUND), or the service is shutting down
+        continue
+      who, message = value.split("\t", 1)
+      with _lock:
+        if _stopping or int(who) == me:
+          return
+        _give_up(f"process {me}: process {who} stopped ({message}) while this process was at "
+                 f"{_where}; stopping too")
+      return
+
+  threading.Thread(target=watch, name="tas_jax-peers", daemon=True).start()
+
+
+class BarrierError(RuntimeError):
+  """A barrier that not every process reached in time (one line)."""
+
+
+def barrier(name: str, timeout_s: int = 600) -> None:
+  """All processes meet here (a no-op in a single process); a process that waits longer than
+  `timeout_s` stops with a one-line error naming the barrier."""
+  if jax.process_count() <= 1:
+    return
+  at(f"barrier {name!r}")
+  try:
+    _client().wait_at_barrier(name, timeout_s * 1000)
+  except Exception as e:   # DEADLINE_EXCEEDED, or the service saw another process fail
+    raise BarrierError(f"process {jax.process_index()} waited at barrier {name!r} and not every "
+                       f"process arrived within {timeout_s}s ({str(e).splitlines()[0][:200]}): "
+                       "the processes took different paths; run the same command on every host"
+                       ) from None
+
+
+def check_same_settings(settings: dict, timeout_s: int = 600) -> None:
+  """Stops every process with the same one line if their settings differ from process 0's."""
+  if jax.process_count() <= 1:
+    return
+  import json
+  client, me = _client(), jax.process_index()
+  client.key_value_set(f"tas_jax/settings/{me}", json.dumps(settings, sort_keys=True, default=str))
+  barrier("settings", timeout_s)
+  lead = json.loads(client.blocking_key_value_get("tas_jax/settings/0", timeout_s * 1000))
+  for other in range(1, jax.process_count()):
+    theirs = json.loads(client.blocking_key_value_get(f"tas_jax/settings/{other}", timeout_s * 1000))
+    differ = sorted(k for k in set(lead) | set(theirs) if lead.get(k) != theirs.get(k))
+    if differ:
+      shown = ", ".join(f"{k}={theirs.get(k)!r} (process 0: {lead.get(k)!r})" for k in differ[:4])
+      raise ConfigError(f"process {other} runs other settings than process 0: {shown}"
+                        f"{' …' if len(differ) > 4 else ''}: every process must run the same "
+                        "command")
+
+
+def any_process(flag: bool) -> bool:
+  """Whether `flag` is set in any process (every process gets the same answer; a collective, so
+  every process must call it at the same point)."""
+  if jax.process_count() <= 1:
+    return flag
+  import numpy as np
+  from jax.experimental import multihost_utils
+  at("agreeing on a stop request")
+  return bool(np.any(multihost_utils.process_allgather(np.array([flag], np.int32))))

@@ -29,6 +29,40 @@ from tas_jax.errors import ConfigError
 
 AXIS = "data"
 
+# XLA:CPU with several devices in one process (--xla_force_host_platform_device_count=N in
+# XLA_FLAGS, or JAX_NUM_CPU_DEVICES) runs the devices' programs on one pool of threads, by default
+# as many as the machine has cores. A device whose convolution or dot ran on a pool thread goes on
+# there, and blocks that thread in the step's all-reduce until all N devices arrive; once the pool's
+# threads are all blocked so, the devices still waiting for a thread never arrive, and after 60 s
+# XLA aborts the process ("Termination timeout for `all reduce …` … only 3 of them arrived on time",
+# SIGABRT). tests/repro/cpu_collective_abort.py shows it without tas_jax: on the 2-core machine
+# with 8 devices and load beside it, pools of 2, 9 and 12 threads abort within a minute, 16 and 32
+# run 2,000 steps. The pool's size is read from PJRT_NPROC when the backend starts:
+# `size_cpu_thread_pool` (run when tas_jax is imported) sets it to CPU_THREADS_PER_DEVICE threads
+# per device unless the user set it.
+CPU_THREADS_PER_DEVICE = 4
+
+
+def requested_cpu_devices() -> int:
+  """The CPU device count this process asks for (1 unless forced)."""
+  count = os.environ.get("JAX_NUM_CPU_DEVICES", "")
+  for flag in os.environ.get("XLA_FLAGS", "").split():
+    if flag.startswith("--xla_force_host_platform_device_count="):
+      count = count or flag.split("=", 1)[1]
+  try:
+    return max(1, int(count))
+  except ValueError:
+    return 1
+
+
+def size_cpu_thread_pool() -> None:
+  """Gives XLA:CPU's thread pool enough threads for the devices of this process (see above)."""
+  if "PJRT_NPROC" in os.environ or "NPROC" in os.environ:
+    return
+  devices = requested_cpu_devices()
+  if devices > 1:
+    os.environ["PJRT_NPROC"] = str(max(os.cpu_count() or 1, CPU_THREADS_PER_DEVICE * devices))
+
 
 def make_mesh(num_devices: int = -1) -> Mesh:
   """A ('data',) mesh over all devices of all processes (ordered by process), or the first

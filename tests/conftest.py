@@ -1,40 +1,90 @@
-"""Test-wide settings."""
+"""Test-wide settings: the tiers of the suite and one compilation cache.
 
+Tiers (markers; an unmarked test is a unit test):
+  unit      pure functions, shapes, counters, parsers, configs, numerics against hand values: what a
+            developer runs while working (`bash launch/test.sh --fast`)
+  stage     trains a stage or reads one of the shared tiny pipelines (tests/pipelines.py): data
+            parallel, so it runs in the 8-device pass
+  devices   compares 1 and 8 devices inside this process: the 8-device pass
+  children  starts processes that choose their own devices (hard kills, several processes, the
+            notebook, the CLI): the 1-device pass
+launch/test.sh runs two passes side by side and sets TAS_JAX_PASS=1 or 8 in each; a pass runs only
+its tiers, so every test runs once. Without TAS_JAX_PASS (plain `pytest tests/...`) everything
+selected runs.
+
+The compilation cache: launch/test.sh exports JAX_COMPILATION_CACHE_DIR, which this process and
+every child read (the children's compilations of the same programs become lookups); without it a
+session makes its own folder and removes it at the end. Reads and writes take a file lock
+(`jax_compilation_cache_max_size` > 0 turns jax's locking on): two processes share the folder.
+"""
+
+import os
+import shutil
 import tempfile
 
 import jax
+import pytest
 
 from tas_jax import console
 
 console.quiet_environment()   # no TensorFlow banners in the test log
 
-# Several tests compile the same step twice (a run, then its resumed twin in a fresh call): a
-# persistent compilation cache, fresh for every session, lets the second compile be a lookup.
-import os  # noqa: E402
+TIERS = {"stage": 8, "devices": 8, "children": 1}   # marker -> the pass that runs it; unit: 1
+CACHE_SETTINGS = {   # exported: child processes inherit them
+    "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0.5",
+    "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
+    "JAX_COMPILATION_CACHE_MAX_SIZE": str(8 << 30),
+}
+_OWN_CACHE = None
 if os.environ.get("TAS_JAX_NO_CACHE") != "1":
-  jax.config.update("jax_compilation_cache_dir", tempfile.mkdtemp(prefix="tas_jax_xla_cache_"))
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
-  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+  if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+    _OWN_CACHE = tempfile.mkdtemp(prefix="tas_jax_xla_cache_")
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _OWN_CACHE
+  for name, value in CACHE_SETTINGS.items():
+    os.environ.setdefault(name, value)
+  jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
+  jax.config.update("jax_persistent_cache_min_compile_time_secs",
+                    float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]))
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes",
+                    int(os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"]))
+  jax.config.update("jax_compilation_cache_max_size", int(os.environ["JAX_COMPILATION_CACHE_MAX_SIZE"]))
 
 
 def pytest_configure(config):
-  config.addinivalue_line("markers", "one_pass(devices): tests whose children choose their own "
-                          "devices, or that compare 1 and 8 devices themselves, or heavy stage "
-                          "tests another test also runs in both passes; launch/test.sh runs them "
-                          "only in the pass with that many devices (1 or 8)")
+  config.addinivalue_line("markers", "stage: trains a stage or reads a shared tiny pipeline; runs in "
+                          "the 8-device pass of launch/test.sh")
+  config.addinivalue_line("markers", "devices: compares 1 and 8 devices in this process; runs in the "
+                          "8-device pass")
+  config.addinivalue_line("markers", "children: starts processes with their own devices; runs in "
+                          "the 1-device pass")
+
+
+def pytest_unconfigure(config):
+  if _OWN_CACHE:
+    shutil.rmtree(_OWN_CACHE, ignore_errors=True)
+
+
+def tier(item) -> str:
+  found = [name for name in TIERS if item.get_closest_marker(name) is not None]
+  assert len(found) <= 1, f"{item.nodeid} has two tiers: {found}"
+  return found[0] if found else "unit"
 
 
 def pytest_collection_modifyitems(config, items):
-  """launch/test.sh's two passes run side by side; a `one_pass(N)` test (it starts its own
-  processes with their own device counts, so the other pass would repeat it exactly) runs only in
-  the pass with N devices — the 8-device pass is TAS_JAX_SECOND_PASS=1. The heavy ones are shared
-  between the passes so that neither runs much longer than the other."""
-  import os
-  this_pass = 8 if os.environ.get("TAS_JAX_SECOND_PASS") == "1" else 1
+  """In a pass of launch/test.sh (TAS_JAX_PASS=1 or 8), keeps the tests of that pass's tiers."""
+  this_pass = os.environ.get("TAS_JAX_PASS")
+  if not this_pass:
+    return
   kept, dropped = [], []
   for item in items:
-    marker = item.get_closest_marker("one_pass")
-    (dropped if marker is not None and marker.args[0] != this_pass else kept).append(item)
+    (kept if TIERS.get(tier(item), 1) == int(this_pass) else dropped).append(item)
   if dropped:
     config.hook.pytest_deselected(items=dropped)
     items[:] = kept
+
+
+@pytest.fixture(scope="session")
+def cifar_pipeline(tmp_path_factory):
+  """The shared tiny CIFAR-ResNet pipeline (TAS and PaS): tests/pipelines.py."""
+  import pipelines
+  return pipelines.cifar(str(tmp_path_factory.mktemp("cifar_pipeline")))

@@ -54,6 +54,7 @@ def test_every_shipped_config_is_valid(config_file):
   config_lib.validate(module.get_config())
 
 
+@pytest.mark.children   # python -m tas_jax.… in a child process
 @pytest.mark.parametrize("override, needle", [
     ("--config.model.depth=21", "config.model.depth=21"),
     ("--config.data.name=svhn", "config.data.name='svhn'"),
@@ -70,6 +71,7 @@ def test_command_line_stops_with_one_line(tmp_path, override, needle):
   assert not os.path.exists(tmp_path / "teacher")  # stopped before any work
 
 
+@pytest.mark.children   # python -m tas_jax.… in a child process
 @pytest.mark.parametrize("args, message", [
     (["--config=configs/demo.py", "--config.search.flop_ratioo=0.3"],
      "error: --config.search.flop_ratioo: no such config field 'flop_ratioo'; Did you mean "
@@ -90,6 +92,7 @@ def test_command_line_mistakes_are_one_line_on_stderr(tmp_path, args, message):
   assert not os.path.exists(tmp_path / "w" / "teacher")
 
 
+@pytest.mark.children   # python -m tas_jax.… in a child process
 def test_outside_the_repository_and_an_unwritable_workdir(tmp_path):
   """From another folder, configs/demo.py is the repository's (said once); a workdir that cannot
   be made stops with one line."""
@@ -106,6 +109,7 @@ def test_outside_the_repository_and_an_unwritable_workdir(tmp_path):
                    "folder you can write to"]
 
 
+@pytest.mark.children   # python -m tas_jax.… in a child process
 def test_every_field_has_a_meaning_and_the_listing_shows_overrides():
   rows = config_lib.describe(config_lib.base_config())
   assert [name for name, _, text in rows if not text] == []

@@ -140,7 +140,7 @@ def test_run_names_and_distill_validation():
       config_lib.validate(c)
 
 
-@pytest.mark.one_pass(8)   # the same comparison in both passes; in the 8-device one it runs in-process
+@pytest.mark.devices
 def test_distill_step_same_numbers_on_1_and_8_devices_with_jit_and_pmap():
   """Two KD steps; the teacher's variables are an input of the compiled step."""
   ref = run_on(1, "jit", "distill")

@@ -107,6 +107,7 @@ def test_order_is_seeded_reshuffled_per_epoch_and_resumes_mid_epoch(folder):
   np.testing.assert_array_equal(np.asarray(a[1]["image"]), np.asarray(b[1]["image"]))  # same crops
 
 
+@pytest.mark.devices   # global batches sharded over the mesh's devices
 def test_streaming_source_global_batches_and_resume(folder):
   """Through the source the stages use: normalised global batches sharded along 'data', the
   batch of step k identical whether the run started at 0 or resumed at k, and an evaluation pass
@@ -135,7 +136,7 @@ def test_streaming_source_global_batches_and_resume(folder):
   np.testing.assert_array_equal(labels, val.labels)
 
 
-@pytest.mark.one_pass(1)   # forks worker processes: once is enough, and not next to 8 forced devices
+@pytest.mark.children   # forks grain worker processes
 def test_worker_processes_give_the_same_batches(folder):
   train = imagenet.open_split(folder, "train")
   mesh = parallel.make_mesh()

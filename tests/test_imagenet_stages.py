@@ -10,6 +10,8 @@ from configs import imagenet_r18
 from tas_jax.data import imagenet_samples
 from tas_jax.main import run
 
+pytestmark = pytest.mark.stage   # the shared tiny ImageNet pipeline
+
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):

@@ -21,7 +21,7 @@ from tas_jax.models import arch as arch_lib
 from tas_jax.training import supervised
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-pytestmark = pytest.mark.one_pass(1)   # children set their own devices: one of the two passes runs them
+pytestmark = pytest.mark.children
 
 
 def cli(workdir, *args, kill_after_step=None, timeout=900):
@@ -89,14 +89,19 @@ def test_sigkill_at_a_random_step_then_the_same_command_gives_the_same_result(st
   a = json.load(open(os.path.join(whole, folder, "summary.json")))
   b = json.load(open(os.path.join(killed, folder, "summary.json")))
   assert a["finished"] and b["finished"]
+  last_a, last_b = a["history"][-1], b["history"][-1]
   if stage == "search":
     assert a["architecture"] == b["architecture"]
-    assert a["history"][-1]["expected_flops_ratio"] == pytest.approx(
-        b["history"][-1]["expected_flops_ratio"], abs=1e-6)
+    assert last_a["expected_flops_ratio"] == pytest.approx(last_b["expected_flops_ratio"], abs=1e-6)
+    assert last_a["flops_ratio"] == last_b["flops_ratio"]
+    # the same weights: the same test accuracy of the argmax network
+    assert last_a["argmax_test_accuracy"] == pytest.approx(last_b["argmax_test_accuracy"], abs=1e-6)
   else:
     (wa, sa), (wb, sb) = weights(os.path.join(whole, folder)), weights(os.path.join(killed, folder))
-    assert sa == sb == total
+    assert sa == sb == total == a["steps"] == b["steps"]
     np.testing.assert_allclose(wa, wb, atol=1e-6)
+    assert a["test_accuracy"] == pytest.approx(b["test_accuracy"], abs=1e-6)
+    assert a["test_loss"] == pytest.approx(b["test_loss"], rel=1e-4)
 
 
 def test_a_damaged_latest_checkpoint_falls_back_to_the_one_before(tmp_path):

@@ -16,7 +16,7 @@ from tas_jax.training import supervised
 from test_train import run_on
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-pytestmark = pytest.mark.one_pass(1)   # the children set their own devices: one pass runs them
+pytestmark = pytest.mark.children
 ROOT = os.path.dirname(HERE)
 
 
@@ -26,14 +26,15 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
-def two_processes(argv_of, timeout=900) -> list[subprocess.CompletedProcess]:
-  """Runs argv_of(port, i) for i = 0, 1 with 4 forced CPU devices each; kills both on timeout."""
+def two_processes(argv_of, timeout=900, check=True, env_of=lambda i: {}) -> list[subprocess.CompletedProcess]:
+  """Runs argv_of(port, i) for i = 0, 1 with 4 forced CPU devices each (and env_of(i) added to
+  the environment); kills both on timeout."""
   port = free_port()
   env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}   # proxies hang the init
   env.update(XLA_FLAGS="--xla_force_host_platform_device_count=4", TF_CPP_MIN_LOG_LEVEL="2",
              PYTHONPATH=os.pathsep.join([HERE, ROOT, os.environ.get("PYTHONPATH", "")]))
   procs = [subprocess.Popen(argv_of(port, i), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=env, cwd=ROOT) for i in range(2)]
+                            text=True, env={**env, **env_of(i)}, cwd=ROOT) for i in range(2)]
   outs = []
   try:
     for p in procs:
@@ -44,7 +45,7 @@ def two_processes(argv_of, timeout=900) -> list[subprocess.CompletedProcess]:
       if p.poll() is None:
         p.kill()
   for o in outs:
-    assert o.returncode == 0, o.stderr[-3000:]
+    assert o.returncode == 0 or not check, o.stderr[-3000:]
   return outs
 
 
@@ -113,3 +114,45 @@ def test_two_process_search_through_the_cli_logs_once_and_writes_once(tmp_path):
   summary = json.load(open(os.path.join(workdir, "search", "summary.json")))
   assert summary["finished"] and summary["devices"] == 8 and len(summary["history"]) == 2
   assert len([f for f in os.listdir(os.path.join(workdir, "search")) if "tfevents" in f]) == 1
+
+
+SEARCH = ["--config=configs/demo.py", "--config.stage=search", "--config.search.init=scratch",
+          "--config.search.epochs=2", "--config.search.batch_size=64",
+          "--config.data.train_examples=512", "--config.model.depth=8"]
+
+
+def cli_pair(workdir, extra_of=lambda i: [], env_of=lambda i: {}):
+  return two_processes(lambda port, i: [sys.executable, "-m", "tas_jax.main", *SEARCH,
+                                        f"--workdir={workdir}", *extra_of(i),
+                                        f"--coordinator_address=127.0.0.1:{port}",
+                                        "--num_processes=2", f"--process_id={i}"],
+                       check=False, env_of=env_of)
+
+
+def test_different_commands_on_two_processes_stop_both_with_one_line(tmp_path):
+  """Different settings would send the processes down different paths (one waiting in a
+  collective the other never reaches): both stop before any work, naming the field."""
+  outs = cli_pair(tmp_path, extra_of=lambda i: ["--config.search.epochs=1"] if i == 1 else [])
+  for o in outs:
+    errors = [l for l in o.stderr.splitlines() if l.startswith("error:")]
+    assert o.returncode == 2 and "Traceback" not in o.stderr, o.stderr[-2000:]
+    assert errors == ["error: process 1 runs other settings than process 0: search.epochs=1 "
+                      "(process 0: 2): every process must run the same command"], o.stderr[-2000:]
+  assert not os.path.exists(tmp_path / "search" / "checkpoints")
+
+
+def test_a_process_that_stops_stops_the_other_at_once(tmp_path):
+  """Process 1 cannot load its data (injected by tests/faults/sitecustomize.py): it stops with its
+  one line, and process 0, which went on and waits for it, stops too, naming where it was and
+  why, instead of waiting in a collective until the coordination service gives up."""
+  outs = cli_pair(tmp_path, env_of=lambda i: {
+      "TAS_JAX_TEST_FAULT": "no_data" if i == 1 else "",
+      "PYTHONPATH": os.pathsep.join([os.path.join(HERE, "faults"), HERE, ROOT])})
+  lead, failed = outs
+  assert failed.returncode == 2 and failed.stderr.splitlines()[-1] == (
+      "error: test fault: this process's data folder is empty"), failed.stderr[-2000:]
+  assert lead.returncode == 2 and "Traceback" not in lead.stderr, lead.stderr[-2000:]
+  last = lead.stderr.splitlines()[-1]
+  assert last.startswith("error: process 0: process 1 stopped (test fault: this process's data "
+                         "folder is empty) while this process was at "), last
+  assert last.endswith("; stopping too")

@@ -1,26 +1,30 @@
-"""The Colab notebook, executed end to end headless (nbclient) with the demo shrunk by overrides:
-it must run, show the results table and the two width plots inline."""
+"""The Colab notebook executed headless (nbclient): on the shared pipeline's teacher, search and
+extraction it trains the TAS + KD network in its kernel and shows the results table and the two
+width plots inline; the install cell's clone/install/one-line errors."""
 
 import json
 import os
+import shutil
 
 import nbformat
 import pytest
 from nbclient import NotebookClient
 
+import pipelines
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-pytestmark = pytest.mark.one_pass(1)   # the kernel is its own process: one pass runs it
-
-TINY = {"data.train_examples": 512, "teacher.warmup_epochs": 0, "teacher.cosine_epochs": 1,
-        "teacher.batch_size": 64, "search.epochs": 2, "search.batch_size": 64,
-        "distill.warmup_epochs": 0, "distill.cosine_epochs": 1, "distill.batch_size": 64,
-        "pipeline.throughput_batch": 32, "pipeline.throughput_repeats": 2, "log_every_steps": 100}
 
 
-def test_notebook_runs_and_shows_the_table_and_the_plots(tmp_path, monkeypatch):
+@pytest.mark.stage   # reads the shared pipeline (the kernel itself runs on 1 device)
+def test_notebook_runs_and_shows_the_table_and_the_plots(cifar_pipeline, tmp_path, monkeypatch):
+  shared, _ = cifar_pipeline
+  workdir = tmp_path / "run"
+  for stage in ("teacher", "search", "extract"):   # the kernel trains the distillation itself
+    shutil.copytree(os.path.join(shared, stage), workdir / stage, symlinks=True)
   nb = nbformat.read(os.path.join(ROOT, "notebooks", "tas_jax_demo.ipynb"), as_version=4)
-  monkeypatch.setenv("TAS_JAX_NOTEBOOK_OVERRIDES", json.dumps(TINY))
-  monkeypatch.setenv("TAS_JAX_NOTEBOOK_WORKDIR", str(tmp_path / "run"))
+  monkeypatch.setenv("TAS_JAX_NOTEBOOK_OVERRIDES",
+                     json.dumps({**pipelines.OVERRIDES, "pipeline.runs": "tas-kd"}))
+  monkeypatch.setenv("TAS_JAX_NOTEBOOK_WORKDIR", str(workdir))
   monkeypatch.setenv("XLA_FLAGS", "")
   NotebookClient(nb, timeout=1200, kernel_name="python3",
                  resources={"metadata": {"path": ROOT}}).execute()
@@ -28,11 +32,12 @@ def test_notebook_runs_and_shows_the_table_and_the_plots(tmp_path, monkeypatch):
   assert not [o for o in outputs if o.output_type == "error"]
   texts = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
   assert "finished: True" in texts
+  assert "[distill/tas-kd] epoch 1/1 done" in texts        # trained in the kernel, progress shown
   markdown = [o["data"]["text/markdown"] for o in outputs if "text/markdown" in o.get("data", {})]
   assert any("| teacher (unpruned) | teacher |" in m and "| TAS + KD | tas-kd |" in m for m in markdown)
   images = [o for o in outputs if "image/png" in o.get("data", {})]
   assert len(images) == 2
-  assert os.path.isfile(tmp_path / "run" / "extract" / "arch.json")
+  assert os.path.isfile(workdir / "distill" / "tas-kd" / "summary.json")
 
 
 def install_cell():
@@ -69,6 +74,7 @@ def test_install_cell_clones_installs_and_stops_with_one_line(tmp_path, monkeypa
   assert error("x")._render_traceback_() == ["InstallError: x"]
 
 
+@pytest.mark.children   # a kernel process
 def test_install_cell_stops_run_all_on_colab_without_a_repository_url(tmp_path):
   """As on Colab (google.colab imported, no checkout, REPO_URL unset): the cell fails with the one
   line, and the next cell never runs."""

@@ -1,6 +1,6 @@
 """PaS: the straight-through threshold, the mask groups and their MACs against the FLOP counter,
 extraction to a smaller network that computes the masked network's function, the same numbers on
-1 and 8 devices, and the stages on a tiny budget (search, resume, extract, fine-tune)."""
+1 and 8 devices, and the stages of the shared pipeline (search, resume, extract, fine-tune)."""
 
 import json
 import os
@@ -15,8 +15,9 @@ from tas_jax.methods import pas
 from tas_jax.methods.pas import extract, masks, search
 from tas_jax.models import arch, resnet, topology
 from tas_jax.ops import flops
-from tas_jax.stages import distill, teacher
 from test_train import run_on
+import pipelines
+
 
 def one_block_per_stage(a: arch.Architecture) -> arch.Architecture:
   """The family's code paths (stem, projections, chains) at a fraction of the compile time."""
@@ -142,7 +143,7 @@ def test_extracted_network_computes_the_masked_networks_function(a):
 
 
 # ------------------------------------------------------------------- data parallel
-@pytest.mark.one_pass(8)   # the same comparison in both passes; in the 8-device one it runs in-process
+@pytest.mark.devices
 def test_pas_step_same_numbers_on_1_and_8_devices_with_jit_and_pmap():
   ref = run_on(1, "jit", "pas")
   assert ref["compilations"] == 1
@@ -160,52 +161,31 @@ def test_pas_step_same_numbers_on_1_and_8_devices_with_jit_and_pmap():
 
 
 # ------------------------------------------------------------------- the stages, tiny
-def tiny_config():
-  c = config_lib.base_config()
-  c.data.name = "embedded"
-  c.data.train_examples = 256
-  c.model.depth = 8
-  c.teacher.warmup_epochs, c.teacher.cosine_epochs, c.teacher.batch_size = 0, 2, 64
-  c.method = "pas"
-  c.search.flop_ratio = 0.5
-  c.pas.epochs, c.pas.batch_size = 4, 32
-  c.pas.lr, c.pas.cost_weight, c.pas.macs_unit = 0.05, 20.0, 0.0
-  c.distill.warmup_epochs, c.distill.cosine_epochs, c.distill.batch_size = 0, 1, 64
-  c.distill.student, c.distill.init = "pas", "searched"
-  c.log_every_steps = 100
-  return c
+def _read(workdir, *path):
+  with open(os.path.join(workdir, *path)) as f:
+    return json.load(f)
 
 
-# The stages once, in the 8-device pass (data parallel there; the pipeline test runs PaS in both)
-stage_test = pytest.mark.one_pass(8)
-
-
-@pytest.fixture(scope="module")
-def pas_run(tmp_path_factory):
-  workdir = str(tmp_path_factory.mktemp("pas"))
-  c = tiny_config()
-  teacher.train_and_evaluate(c, workdir)
-  return workdir, pas.METHOD.search(c, workdir)
-
-
-@stage_test
-def test_search_moves_the_macs_to_the_target_and_records_every_epoch(pas_run):
-  workdir, summary = pas_run
-  assert summary["finished"] and summary["epochs"] == 4 and len(summary["history"]) == 4
+@pytest.mark.stage
+def test_search_moves_the_macs_to_the_target_and_records_every_epoch(cifar_pipeline):
+  """The shared pipeline's PaS search: 2 epochs of 31 steps from its teacher, target 50%."""
+  workdir, _ = cifar_pipeline
+  summary = _read(workdir, "search-pas", "summary.json")
+  assert summary["finished"] and summary["epochs"] == 2 and len(summary["history"]) == 2
   assert summary["compilations"] == {"step": 1, "eval_step": 1}
   ratios = [h["flops_ratio"] for h in summary["history"]]
-  assert ratios[0] < 0.95 and abs(ratios[-1] - 0.5) < 0.1, ratios   # from 100%, 32 steps
+  assert ratios[0] < 0.95 and abs(ratios[-1] - 0.5) < 0.1, ratios   # from 100%
   last = summary["history"][-1]
   assert set(last["kept"]) == {g.name for g in masks.layout(arch.cifar_resnet(8, input_size=28, input_channels=1)).groups}
   assert 0 <= last["masked_test_accuracy"] <= 1
-  assert os.path.isfile(os.path.join(workdir, "search-pas", "summary.json"))
 
 
-@stage_test
-def test_search_resumes_where_it_stopped(pas_run, tmp_path):
-  workdir, summary = pas_run
-  c = tiny_config()
-  c.max_steps_per_run = 5
+@pytest.mark.stage
+def test_search_resumes_where_it_stopped(cifar_pipeline, tmp_path):
+  """Stopped after 5 steps and continued in a new call: the shared pipeline's PaS search."""
+  workdir, _ = cifar_pipeline
+  summary = _read(workdir, "search-pas", "summary.json")
+  c = pipelines.config(max_steps_per_run=5)
   os.symlink(os.path.join(workdir, "teacher"), tmp_path / "teacher")
   first = pas.METHOD.search(c, str(tmp_path))
   assert first == {"stage": "search-pas", "finished": False, "step": 5}
@@ -215,21 +195,20 @@ def test_search_resumes_where_it_stopped(pas_run, tmp_path):
   assert resumed["history"][-1]["flops_ratio"] == summary["history"][-1]["flops_ratio"]
 
 
-@stage_test
-def test_extract_and_fine_tune_from_the_kept_weights(pas_run):
-  workdir, summary = pas_run
-  c = tiny_config()
-  out = pas.METHOD.extract(c, workdir)
+@pytest.mark.stage
+def test_extract_and_fine_tune_from_the_kept_weights(cifar_pipeline):
+  workdir, _ = cifar_pipeline
+  summary = _read(workdir, "search-pas", "summary.json")
+  out = _read(workdir, "extract-pas", "summary.json")
   assert out["flops_ratio"] == pytest.approx(summary["flops_ratio"], abs=1e-12)  # same count
   ex = layout.extract_dir(workdir, "pas")
   for f in ("arch.json", "kept_channels.json", "report.md", "widths.png", "widths_over_epochs.png"):
     assert os.path.isfile(os.path.join(ex, f)), f
-  with open(os.path.join(ex, "kept_channels.json")) as f:
-    kept = json.load(f)
+  kept = _read(ex, "kept_channels.json")
   pruned = arch.load(os.path.join(ex, "arch.json"))
   assert len(kept["stem"]) == pruned.stem_width
-  # the fine-tuning starts from the extracted weights
-  tuned = distill.distill(c, workdir)
+  # the fine-tuning started from the extracted weights
+  tuned = _read(workdir, "distill", "pas-kd", "summary.json")
   assert tuned["finished"] and tuned["init"] == "searched" and tuned["student"] == "pas"
   assert tuned["run"] == "pas-kd" and tuned["flops_m"] == pytest.approx(out["after"]["flops_m"])
 

@@ -8,51 +8,18 @@ import sys
 
 import pytest
 
-from configs import demo
 from tas_jax.stages import records
 from tas_jax.models import arch
 from tas_jax.ops import flops
 from tas_jax.stages import pipeline
+import pipelines
 
-# Once, in the 8-device pass (data parallel); the notebook test runs the pipeline on 1 device.
-pytestmark = pytest.mark.one_pass(8)
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-OVERRIDES = {  # ResNet-8 on 256 embedded images: a few steps per stage
-    "data.train_examples": 256, "model.depth": 8,
-    "teacher.warmup_epochs": 0, "teacher.cosine_epochs": 1, "teacher.batch_size": 64,
-    "search.epochs": 2, "search.batch_size": 64,
-    # the released search recipe (configs/demo.py departs from it for its longer budget)
-    "search.init": "scratch", "search.lr": 0.1, "search.arch_lr": 0.001, "search.tau_min": 0.1,
-    "search.expected_flops": "released",
-    "distill.warmup_epochs": 0, "distill.cosine_epochs": 1, "distill.batch_size": 64,
-    "pas.epochs": 1, "pas.batch_size": 32, "pas.lr": 0.05, "pas.cost_weight": 20.0,
-    "pas.macs_unit": 0.0,
-    "pipeline.runs": "tas-kd,uniform-ce-init,pas-kd", "pipeline.throughput_batch": 32,
-    "pipeline.throughput_repeats": 2, "log_every_steps": 100,
-}
+pytestmark = pytest.mark.stage   # reads the shared CIFAR pipeline (tests/pipelines.py)
 
 
-def tiny_config():
-  c = demo.get_config()   # the same settings as cli(): the stage records must match
-  for field, value in OVERRIDES.items():
-    section, _, name = field.rpartition(".")
-    (c[section] if section else c)[name] = value
-  return c
-
-
-def cli(workdir, *extra):
-  args = [f"--config.{k}={v}" for k, v in OVERRIDES.items()]
-  env = {**os.environ, "PYTHONPATH": ROOT, "XLA_FLAGS": ""}
-  return subprocess.run([sys.executable, "-m", "tas_jax.main", "--config=configs/demo.py",
-                         f"--workdir={workdir}", *args, *extra],
-                        capture_output=True, text=True, cwd=ROOT, env=env)
-
-
-@pytest.fixture(scope="module")
-def pipeline_run(tmp_path_factory):
-  workdir = str(tmp_path_factory.mktemp("all"))
-  return workdir, pipeline.run_all(tiny_config(), workdir)
+@pytest.fixture
+def pipeline_run(cifar_pipeline):
+  return cifar_pipeline
 
 
 def test_all_stages_run_and_the_results_table_compares_the_networks(pipeline_run):
@@ -65,7 +32,7 @@ def test_all_stages_run_and_the_results_table_compares_the_networks(pipeline_run
                "distill/pas-kd/summary.json", "results.md", "results.json"]:
     assert os.path.isfile(os.path.join(workdir, path)), path
   rows = {r["run"]: r for r in out["rows"]}
-  assert list(rows) == ["teacher", "tas-kd", "uniform-ce-init", "pas-kd"]
+  assert list(rows) == pipelines.RUNS
   teacher = rows["teacher"]
   assert teacher["flops_pruned"] == 0 and teacher["flops_m"] == pytest.approx(
       flops.count(arch.cifar_resnet(8, input_size=28, input_channels=1)).flops_m, abs=1e-4)
@@ -95,7 +62,8 @@ def test_extracted_architecture_is_the_search_result_and_the_flop_counter_agrees
   assert extracted.to_dict()["stages"] == search["architecture"]["stages"]
   out = subprocess.run([sys.executable, "-m", "tas_jax.flops",
                         os.path.join(workdir, "extract", "arch.json"), "--json"],
-                       capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT})
+                       capture_output=True, text=True, cwd=pipelines.ROOT,
+                       env={**os.environ, "PYTHONPATH": pipelines.ROOT})
   assert json.loads(out.stdout)["flops_m"] == search["flops_m"]
   report = json.load(open(os.path.join(workdir, "extract", "summary.json")))
   assert report["flops_ratio"] == pytest.approx(search["flops_ratio"])
@@ -106,12 +74,12 @@ def test_extract_runs_as_its_own_process_from_the_search_checkpoint(pipeline_run
   workdir, _ = pipeline_run
   # a workdir holding only the search: extraction needs nothing else
   os.symlink(os.path.join(workdir, "search"), tmp_path / "search")
-  out = cli(tmp_path, "--config.stage=extract")
+  out = pipelines.cli(tmp_path, "--config.stage=extract")
   assert out.returncode == 0, out.stderr[-2000:]
   with open(tmp_path / "extract" / "arch.json") as a, open(os.path.join(workdir, "extract", "arch.json")) as b:
     assert json.load(a) == json.load(b)
   # distilling without a teacher says which stage to run
-  out = cli(tmp_path, "--config.stage=distill")
+  out = pipelines.cli(tmp_path, "--config.stage=distill")
   assert out.returncode == 2 and "--config.stage=teacher" in out.stderr
 
 
@@ -120,16 +88,16 @@ def test_rerun_skips_finished_stages(pipeline_run):
   stamps = {p: os.path.getmtime(os.path.join(workdir, p, "summary.json"))
             for p in ("teacher", "search", "extract", "distill/tas-kd", "distill/uniform-ce-init",
                       "search-pas", "extract-pas", "distill/pas-kd")}
-  again = pipeline.run_all(tiny_config(), workdir)
+  again = pipeline.run_all(pipelines.config(), workdir)
   assert again["finished"] and [r["run"] for r in again["rows"]] == [
       "teacher", "tas-kd", "uniform-ce-init", "pas-kd"]
   for p, t in stamps.items():
     assert os.path.getmtime(os.path.join(workdir, p, "summary.json")) == t, p
   # a setting that changes a result stops the rerun; one that does not is accepted
-  changed = tiny_config()
+  changed = pipelines.config()
   changed.search.flop_ratio = 0.3
   with pytest.raises(records.StageMismatchError, match=r"search\.flop_ratio=0\.5 \(now 0\.3\)"):
     pipeline.run_all(changed, workdir)
-  neutral = tiny_config()
+  neutral = pipelines.config()
   neutral.max_steps_per_run, neutral.log_every_steps = 5, 7
   assert pipeline.run_all(neutral, workdir)["finished"]

@@ -94,7 +94,7 @@ def test_pas_steps_on_repvgg_switch_channels_off():
   assert step._cache_size() == 1
 
 
-@pytest.mark.one_pass(8)   # once, data parallel: the stages' 1-device path is the ResNets'
+@pytest.mark.stage   # its own tiny pipeline: RepVGG
 def test_repvgg_pipeline_teacher_pas_search_extract_fine_tune_results(tmp_path):
   """A RepVGG written as JSON (`model.arch`), through `all` with a pas-kd run: the teacher in
   training form, the search on it, the extracted network in deploy form, fine-tuned from its

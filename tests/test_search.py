@@ -1,4 +1,8 @@
-"""The supernet and the search stage."""
+"""The supernet and the search stage (the shared pipeline's search; resuming after a kill is
+tests/test_kill.py)."""
+
+import json
+import os
 
 import jax
 import jax.numpy as jnp
@@ -87,7 +91,7 @@ def test_only_the_sampled_candidates_running_statistics_move():
   np.testing.assert_allclose(upd["batch_stats"]["mean"][1], 0.1 * z.mean((0, 1, 2)), rtol=1e-5)
 
 
-@pytest.mark.one_pass(8)   # the same comparison in both passes; in the 8-device one it runs in-process
+@pytest.mark.devices
 def test_search_iteration_same_numbers_on_1_and_8_devices_with_jit_and_pmap():
   ref = run_on(1, "jit", "search")
   assert ref["compilations"] == 1
@@ -141,7 +145,7 @@ def test_architecture_learning_rate_schedules(schedule):
 
 
 def short_search_config():
-  """ResNet-14 on 1,000 embedded images: 2 epochs of 5 iterations."""
+  """ResNet-14 (two depth choices per stage) on 1,000 embedded images: epochs of 5 iterations."""
   c = config_lib.base_config()
   c.stage = "search"
   c.data.name = "embedded"
@@ -154,20 +158,18 @@ def short_search_config():
   return c
 
 
-@pytest.fixture(scope="module")
-def short_search(tmp_path_factory):
-  workdir = str(tmp_path_factory.mktemp("search"))
-  return workdir, search.search(short_search_config(), workdir)
-
-
-def test_short_search_records_every_epoch_and_compiles_once(short_search):
-  _, summary = short_search
+@pytest.mark.stage
+def test_short_search_records_every_epoch_and_compiles_once(cifar_pipeline):
+  """The shared pipeline's search: ResNet-8, 2 epochs, τ from 5 to 0.1."""
+  workdir, _ = cifar_pipeline
+  with open(os.path.join(workdir, "search", "summary.json")) as f:
+    summary = json.load(f)
   assert summary["finished"]
   assert summary["compilations"] == {"iteration": 1, "eval_step": 1, "gather_a": 1, "gather_b": 1,
                                     "shuffle_a": 1, "shuffle_b": 1}  # τ and permutations changed
   hist = summary["history"]
   assert [h["epoch"] for h in hist] == [1, 2] and hist[0]["tau"] == 5.0 and hist[1]["tau"] == 0.1
-  space = space_lib.build(arch.cifar_resnet(14, input_size=28, input_channels=1))
+  space = space_lib.build(arch.cifar_resnet(8, input_size=28, input_channels=1))
   for h in hist:
     assert len(h["widths"]) == space.num_slots and len(h["depths"]) == 3
     for w, slot in zip(h["widths"], space.slots):
@@ -179,22 +181,7 @@ def test_short_search_records_every_epoch_and_compiles_once(short_search):
   assert summary["flops_ratio"] == pytest.approx(hist[-1]["flops_ratio"])
 
 
-def test_search_resumes_after_an_interruption(short_search, tmp_path):
-  _, reference = short_search
-  c = short_search_config()
-  c.max_steps_per_run = 7  # mid second epoch (5 iterations per epoch)
-  assert search.search(c, str(tmp_path))["finished"] is False
-  c.max_steps_per_run = 0
-  resumed = search.search(c, str(tmp_path))
-  assert resumed["architecture"] == reference["architecture"]
-  assert resumed["history"][-1]["flops_ratio"] == pytest.approx(reference["history"][-1]["flops_ratio"])
-  # the same weights: the same test accuracy of the argmax network
-  assert resumed["history"][-1]["argmax_test_accuracy"] == pytest.approx(
-      reference["history"][-1]["argmax_test_accuracy"], abs=1e-6)
-  assert resumed["history"][-1]["expected_flops_ratio"] == pytest.approx(
-      reference["history"][-1]["expected_flops_ratio"], rel=1e-5)
-
-
+@pytest.mark.stage
 @pytest.mark.parametrize("variant", ["width", "depth"])
 def test_width_and_depth_searches_extract_what_their_variant_allows(variant, tmp_path):
   """TAS(W) keeps every stage at full depth, TAS(D) every conv at full width: in the records, the

@@ -1,4 +1,5 @@
-"""The teacher stage: data-parallel equivalence, a short run that learns, resume."""
+"""The teacher stage: data-parallel equivalence, the CPU compiler options, a short run that learns
+(the shared pipeline's teacher; resuming after a kill is tests/test_kill.py)."""
 
 import functools
 import json
@@ -35,7 +36,7 @@ def run_on(num_devices, mode, what="step"):
   return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.one_pass(8)   # the same comparison in both passes; in the 8-device one it runs in-process
+@pytest.mark.devices
 def test_same_numbers_on_1_and_8_devices_with_jit_and_pmap():
   """Two steps (so the second sees updated weights and BN statistics) of the same global batch."""
   ref = run_on(1, "jit")
@@ -90,33 +91,34 @@ def demo_like_config(**teacher_overrides):
   return c
 
 
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory):
-  workdir = str(tmp_path_factory.mktemp("teacher"))
-  return workdir, teacher.train_and_evaluate(demo_like_config(), workdir)
-
-
-def test_short_teacher_run_learns(finished_run):
-  workdir, summary = finished_run
+@pytest.mark.stage
+def test_short_teacher_run_learns(cifar_pipeline):
+  """The shared pipeline's teacher: ResNet-8, 3 epochs on 2,000 images."""
+  workdir, _ = cifar_pipeline
+  summary = json.load(open(os.path.join(workdir, "teacher", "summary.json")))
   hist = summary["history"]
   assert len(hist) == 3 and summary["finished"]
   assert summary["test_accuracy"] > 0.6               # chance is 0.1
   assert hist[-1]["train_loss"] < 0.6 * hist[0]["train_loss"] + 0.5
-  on_disk = json.load(open(os.path.join(workdir, "teacher", "summary.json")))
-  assert on_disk["test_accuracy"] == summary["test_accuracy"]
   assert os.path.isfile(os.path.join(workdir, "teacher", "arch.json"))
   assert any(f.startswith("events.out.tfevents") for f in os.listdir(os.path.join(workdir, "teacher")))
 
 
-def test_interrupted_run_resumes_to_the_same_result(finished_run, tmp_path):
-  """Stopped mid-epoch (step 50 of 117) and resumed in a new call: the same final numbers."""
-  _, reference = finished_run
-  c = demo_like_config()
-  c.max_steps_per_run = 50
-  partial = teacher.train_and_evaluate(c, str(tmp_path))
-  assert partial == {"stage": "teacher", "finished": False, "step": 50}
-  c.max_steps_per_run = 0
-  resumed = teacher.train_and_evaluate(c, str(tmp_path))
-  assert resumed["finished"] and resumed["steps"] == reference["steps"]
-  assert resumed["test_accuracy"] == pytest.approx(reference["test_accuracy"], abs=1e-6)
-  assert resumed["test_loss"] == pytest.approx(reference["test_loss"], rel=1e-4)
+def test_forced_cpu_devices_get_a_thread_pool_that_cannot_deadlock(monkeypatch):
+  """XLA:CPU's pool sized for the devices (tests/repro/cpu_collective_abort.py: with one thread
+  per core, 8 devices abort in an all-reduce's rendezvous); the user's own setting wins."""
+  for name in ("PJRT_NPROC", "NPROC", "JAX_NUM_CPU_DEVICES"):
+    monkeypatch.delenv(name, raising=False)
+  monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_foo=1 --xla_force_host_platform_device_count=8")
+  assert parallel.requested_cpu_devices() == 8
+  parallel.size_cpu_thread_pool()
+  assert os.environ["PJRT_NPROC"] == str(max(os.cpu_count(), 32))
+  monkeypatch.setenv("PJRT_NPROC", "3")
+  parallel.size_cpu_thread_pool()
+  assert os.environ["PJRT_NPROC"] == "3"
+  monkeypatch.delenv("PJRT_NPROC")
+  monkeypatch.setenv("XLA_FLAGS", "")
+  parallel.size_cpu_thread_pool()                   # one device: XLA's own default
+  assert "PJRT_NPROC" not in os.environ and parallel.requested_cpu_devices() == 1
+  monkeypatch.setenv("JAX_NUM_CPU_DEVICES", "4")
+  assert parallel.requested_cpu_devices() == 4

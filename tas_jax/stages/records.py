@@ -179,10 +179,8 @@ def _delete(workdir: str, stage: str) -> list[str]:
 
 
 def _sync(name: str) -> None:
-  import jax
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils
-    multihost_utils.sync_global_devices(name)
+  from tas_jax import multihost
+  multihost.barrier(name)
 
 
 def check(config: ml_collections.ConfigDict, workdir: str, stage: str) -> None:

@@ -25,7 +25,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from clu import metric_writers, periodic_actions
 
-from tas_jax import console, workdir
+from tas_jax import console, multihost, workdir
 from tas_jax.data import sources
 from tas_jax.errors import CheckpointNotFoundError
 
@@ -152,6 +152,10 @@ def _interrupted(stage: str, signal_name: str, step: int, total_steps: int, mana
                      signal_name)
 
 
+def _signal_name(requested: list[str]) -> str:
+  return requested[0] if requested else "SIGTERM"   # another process of the run was signalled
+
+
 def _summary_writer(stage_dir: str):
   """TensorBoard events from process 0 (the console gets loop's own lines, not clu's)."""
   if not workdir.is_writer():
@@ -232,6 +236,7 @@ def _fit(cfg, stage_dir, state, train_step, source, step_args, epoch_args, end_o
     progress.restart(step)   # the rate leaves out the evaluation between epochs
     while True:
       t_step = time.time()
+      multihost.at(f"[{cfg.stage}] step {step + 1}")
       state, m = train_step(state, next(batches), *args)
       accumulated = m if accumulated is None else accumulated.merge(m)
       step += 1
@@ -242,9 +247,14 @@ def _fit(cfg, stage_dir, state, train_step, source, step_args, epoch_args, end_o
         profiler(step)
       in_epoch = step - epoch * cfg.steps_per_epoch
       epoch_end = in_epoch == cfg.steps_per_epoch
-      now = time.time()
-      if (step % cfg.log_every_steps == 0 or epoch_end or stop_requested
-          or now - t_log >= cfg.log_every_secs):
+      log_point = step % cfg.log_every_steps == 0 or epoch_end
+      if jax.process_count() == 1:
+        stop = bool(stop_requested)
+        log_now = log_point or stop or time.time() - t_log >= cfg.log_every_secs
+      else:   # every process decides alike: by the step count, a signal agreed at log points
+        stop = log_point and multihost.any_process(bool(stop_requested))
+        log_now = log_point
+      if log_now:
         train = {k: float(v) for k, v in accumulated.compute().items()}  # host sync, per log only
         bad = [k for k, v in train.items() if not math.isfinite(v)]
         if bad:
@@ -264,18 +274,20 @@ def _fit(cfg, stage_dir, state, train_step, source, step_args, epoch_args, end_o
         t_log, step_log = time.time(), step
       if epoch_end:
         break
-      if step == stop_at or stop_requested:
+      if step == stop_at or stop:
         stopped_early = True
         break
       if cfg.checkpoint_every_steps and step % cfg.checkpoint_every_steps == 0:
         _save(manager, step, state, {"history": history, "data": source.state()})
     if stopped_early:
+      multihost.at(f"[{cfg.stage}] saving the checkpoint at step {step}")
       _save(manager, step, state, {"history": history, "data": source.state()})
-      if stop_requested:
-        raise _interrupted(cfg.stage, stop_requested[0], step, total_steps, manager)
+      if stop:
+        raise _interrupted(cfg.stage, _signal_name(stop_requested), step, total_steps, manager)
       logging.info("[%s] stopping after %d steps in this run (max_steps_per_run); run the same "
                    "command again to continue", cfg.stage, step - start)
       break
+    multihost.at(f"[{cfg.stage}] the evaluation after epoch {epoch + 1}")
     entry = {"epoch": epoch + 1, "step": step, **{f"train_{k}": v for k, v in train.items()},
              **end_of_epoch(state, epoch, train), "elapsed_s": round(time.time() - t_start, 1)}
     history.append(entry)
@@ -285,7 +297,9 @@ def _fit(cfg, stage_dir, state, train_step, source, step_args, epoch_args, end_o
                  console.format_metrics(numbers))
     writer.write_scalars(step, {f"epoch/{k}": v for k, v in numbers.items()})
     writer.flush()
+    multihost.at(f"[{cfg.stage}] saving the checkpoint at step {step}")
     _save(manager, step, state, {"history": history, "data": source.state()})
-    if stop_requested and step < total_steps:   # it came during the evaluation: the epoch is saved
-      raise _interrupted(cfg.stage, stop_requested[0], step, total_steps, manager)
+    # a signal during the evaluation: the epoch is saved
+    if multihost.any_process(bool(stop_requested)) and step < total_steps:
+      raise _interrupted(cfg.stage, _signal_name(stop_requested), step, total_steps, manager)
   return state, history, not stopped_early and step >= total_steps
