@@ -68,6 +68,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     module, function = STAGE_FUNCTIONS[config.stage]
     return getattr(importlib.import_module(module), function)(config, workdir)
   stage = records.stage_of(config)
+  multihost.at(f"[{stage}] setting up (data, model, checkpoint)")
   records.check(config, workdir, stage)
   with console.stage_log(layout.stage_dir(workdir, stage), layout.is_writer()):
     if config.stage in METHOD_STAGES:

@@ -195,3 +195,14 @@ def any_process(flag: bool) -> bool:
   from jax.experimental import multihost_utils
   at("agreeing on a stop request")
   return bool(np.any(multihost_utils.process_allgather(np.array([flag], np.int32))))
+
+
+def as_process_0(flag: bool) -> bool:
+  """Process 0's `flag` in every process: for decisions read from files that process 0 writes
+  (is a stage finished?), which another process could read a moment before the write lands."""
+  if jax.process_count() <= 1:
+    return flag
+  import numpy as np
+  from jax.experimental import multihost_utils
+  at("agreeing with process 0")
+  return bool(multihost_utils.broadcast_one_to_all(np.array(flag, np.int32)))

@@ -12,9 +12,10 @@ launch/test.sh runs two passes side by side and sets TAS_JAX_PASS=1 or 8 in each
 its tiers, so every test runs once. Without TAS_JAX_PASS (plain `pytest tests/...`) everything
 selected runs.
 
-The compilation cache: launch/test.sh exports JAX_COMPILATION_CACHE_DIR, which this process and
-every child read (the children's compilations of the same programs become lookups); without it a
-session makes its own folder and removes it at the end. Reads and writes take a file lock
+The compilation cache: launch/test.sh exports JAX_COMPILATION_CACHE_DIR for both passes, which
+this process and every child read (the children's compilations of the same programs become
+lookups); without it a session uses a folder of its own, removed at the end with every other
+temporary file of the session. Reads and writes take a file lock
 (`jax_compilation_cache_max_size` > 0 turns jax's locking on): two processes share the folder.
 """
 
@@ -35,11 +36,13 @@ CACHE_SETTINGS = {   # exported: child processes inherit them
     "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
     "JAX_COMPILATION_CACHE_MAX_SIZE": str(8 << 30),
 }
-_OWN_CACHE = None
+# Every temporary file of the session (pytest's tmp_path, tfds' mock folders, the children's)
+# goes under one folder, removed at the end: nothing is left in /tmp.
+SESSION_TMP = tempfile.mkdtemp(prefix="tas_jax_tests_")
+tempfile.tempdir = SESSION_TMP
+os.environ["TMPDIR"] = SESSION_TMP
 if os.environ.get("TAS_JAX_NO_CACHE") != "1":
-  if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
-    _OWN_CACHE = tempfile.mkdtemp(prefix="tas_jax_xla_cache_")
-    os.environ["JAX_COMPILATION_CACHE_DIR"] = _OWN_CACHE
+  os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(SESSION_TMP, "xla_cache"))
   for name, value in CACHE_SETTINGS.items():
     os.environ.setdefault(name, value)
   jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
@@ -60,8 +63,7 @@ def pytest_configure(config):
 
 
 def pytest_unconfigure(config):
-  if _OWN_CACHE:
-    shutil.rmtree(_OWN_CACHE, ignore_errors=True)
+  shutil.rmtree(SESSION_TMP, ignore_errors=True)
 
 
 def tier(item) -> str:

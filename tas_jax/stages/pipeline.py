@@ -14,7 +14,7 @@ import copy
 import ml_collections
 from absl import logging
 
-from tas_jax import config as config_lib, console, methods, workdir as layout
+from tas_jax import config as config_lib, console, methods, multihost, workdir as layout
 from tas_jax.stages import distill, records, results, teacher
 
 
@@ -34,7 +34,8 @@ def run_all(config: ml_collections.ConfigDict, workdir: str) -> dict:
     plan.append((f"distill/{run}", c, distill.distill))
   for i, (stage, stage_config, fn) in enumerate(plan, 1):
     records.check(stage_config, workdir, stage)   # a result made with other settings stops here
-    if layout.read_summary(layout.stage_dir(workdir, stage)) is not None:
+    finished = layout.read_summary(layout.stage_dir(workdir, stage)) is not None
+    if multihost.as_process_0(finished):   # every process skips or runs it alike
       logging.info("[all] %d/%d %s: finished before, skipped", i, len(plan), stage)
       continue
     logging.info("[all] %d/%d %s", i, len(plan), stage)
