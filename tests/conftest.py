@@ -5,7 +5,8 @@ Tiers (markers; an unmarked test is a unit test):
             developer runs while working (`bash launch/test.sh --fast`)
   stage     trains a stage or reads one of the shared tiny pipelines (tests/pipelines.py): data
             parallel, so it runs in the 8-device pass
-  devices   compares 1 and 8 devices inside this process: the 8-device pass
+  devices   compares 1 and 8 devices inside this process (or two processes x 4 devices against
+            this process's 1 x 8), and the data-parallel benchmark harness: the 8-device pass
   children  starts processes that choose their own devices (hard kills, several processes, the
             notebook, the CLI): the 1-device pass
 launch/test.sh runs two passes side by side and sets TAS_JAX_PASS=1 or 8 in each; a pass runs only

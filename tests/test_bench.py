@@ -10,6 +10,7 @@ from benchmarks import bench
 from tas_jax import parallel
 
 
+pytestmark = pytest.mark.devices   # the data-parallel harness: its profile differs on 8 devices
 REFERENCE_CALLS = []
 
 

@@ -1,5 +1,5 @@
 """The ImageNet configs end to end on real JPEGs: ImageNet ResNet-18 (bf16, the configs' default)
-through teacher, search (stopped and resumed), extract and distill, at 64×64 to keep it quick.
+through teacher, search (stopped and resumed), extract and distill, at 32×32 to keep it quick.
 The same commands at 224 are in the README."""
 
 import os
@@ -21,7 +21,7 @@ def workdir(tmp_path_factory):
 def tiny(folder, stage):
   c = imagenet_r18.get_config()
   c.stage = stage
-  c.data.dir, c.data.image_size, c.data.workers = folder, 64, 0
+  c.data.dir, c.data.image_size, c.data.workers = folder, 32, 0
   for recipe in (c.teacher, c.distill):
     recipe.warmup_epochs, recipe.cosine_epochs, recipe.batch_size, recipe.eval_batch_size = 0, 1, 8, 10
   c.search.epochs, c.search.warmup_epochs, c.search.batch_size, c.search.eval_batch_size = 2, 1, 8, 10

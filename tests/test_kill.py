@@ -7,6 +7,7 @@ import glob
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -158,10 +159,11 @@ def test_sigint_and_sigterm_save_a_checkpoint_and_leave_no_process(tmp_path):
   def start_and_signal(sig, after_step):
     p = subprocess.Popen([sys.executable, "-m", "tas_jax.main", *args], stdout=subprocess.PIPE,
                          stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT)
-    lines = []
+    lines, children = [], []
     for line in p.stdout:
       lines.append(line.rstrip("\n"))
-      if f"] step {after_step}/" in line:
+      reported = re.search(r"\] step (\d+)/", line)
+      if reported and int(reported.group(1)) >= after_step:   # lines come every step, or later
         children = subprocess.run(["pgrep", "-P", str(p.pid)], capture_output=True,
                                   text=True).stdout.split()
         p.send_signal(sig)
@@ -188,6 +190,7 @@ def test_sigint_and_sigterm_save_a_checkpoint_and_leave_no_process(tmp_path):
   assert any(f"resumed from checkpoint at step {step} " in l for l in lines)
   assert rc == 128 + signal.SIGTERM and lines[-1].startswith("error: [teacher] SIGTERM: stopped at step ")
   assert left == []
+  step = int(lines[-1].split("stopped at step ")[1].split("/")[0])
 
-  rc, lines, children, left = start_and_signal(signal.SIGKILL, step + 4)
+  rc, lines, children, left = start_and_signal(signal.SIGKILL, step + 2)
   assert rc == -signal.SIGKILL and len(children) >= 2 and left == []   # workers die with it

@@ -16,7 +16,6 @@ from tas_jax.training import supervised
 from test_train import run_on
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-pytestmark = pytest.mark.children
 ROOT = os.path.dirname(HERE)
 
 
@@ -55,6 +54,7 @@ def check(what, workdir=""):
   return [json.loads(o.stdout.strip().splitlines()[-1]) for o in outs]
 
 
+@pytest.mark.devices   # against the 1 x 8 run of this process (the 8-device pass)
 def test_teacher_step_on_two_processes_equals_one_process():
   results = check("step")
   ref = run_on(8, "jit")
@@ -65,6 +65,7 @@ def test_teacher_step_on_two_processes_equals_one_process():
     assert abs(r["params_norm"] - ref["params_norm"]) < 1e-5 * ref["params_norm"]
 
 
+@pytest.mark.devices
 def test_search_iteration_on_two_processes_equals_one_process():
   results = check("search")
   ref = run_on(8, "jit", "search")
@@ -78,6 +79,7 @@ def test_search_iteration_on_two_processes_equals_one_process():
     np.testing.assert_allclose(r["params_head"], ref["params_head"], atol=1e-5)
 
 
+@pytest.mark.devices
 def test_checkpoint_of_two_processes_restores_in_one(tmp_path):
   """Both processes write the teacher's Orbax checkpoints into one directory; this single process
   (1 or 8 devices) reads the same weights; process 0 alone wrote the files."""
@@ -96,6 +98,7 @@ def test_checkpoint_of_two_processes_restores_in_one(tmp_path):
   assert len(events) == 1                                   # TensorBoard from process 0 only
 
 
+@pytest.mark.children
 def test_two_process_search_through_the_cli_logs_once_and_writes_once(tmp_path):
   """`python -m tas_jax.main` with --coordinator_address on localhost: a few search steps; one
   progress stream (process 1 logs nothing but warnings) and one set of output files."""
@@ -129,6 +132,7 @@ def cli_pair(workdir, extra_of=lambda i: [], env_of=lambda i: {}):
                        check=False, env_of=env_of)
 
 
+@pytest.mark.children
 def test_different_commands_on_two_processes_stop_both_with_one_line(tmp_path):
   """Different settings would send the processes down different paths (one waiting in a
   collective the other never reaches): both stop before any work, naming the field."""
@@ -141,6 +145,7 @@ def test_different_commands_on_two_processes_stop_both_with_one_line(tmp_path):
   assert not os.path.exists(tmp_path / "search" / "checkpoints")
 
 
+@pytest.mark.children
 def test_a_process_that_stops_stops_the_other_at_once(tmp_path):
   """Process 1 cannot load its data (injected by tests/faults/sitecustomize.py): it stops with its
   one line, and process 0, which went on and waits for it, stops too, naming where it was and

@@ -32,12 +32,12 @@ def test_notebook_runs_and_shows_the_table_and_the_plots(cifar_pipeline, tmp_pat
   assert not [o for o in outputs if o.output_type == "error"]
   texts = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
   assert "finished: True" in texts
-  assert "[distill/tas-kd] epoch 1/1 done" in texts        # trained in the kernel, progress shown
   markdown = [o["data"]["text/markdown"] for o in outputs if "text/markdown" in o.get("data", {})]
   assert any("| teacher (unpruned) | teacher |" in m and "| TAS + KD | tas-kd |" in m for m in markdown)
   images = [o for o in outputs if "image/png" in o.get("data", {})]
   assert len(images) == 2
-  assert os.path.isfile(workdir / "distill" / "tas-kd" / "summary.json")
+  with open(workdir / "distill" / "tas-kd" / "summary.json") as f:   # trained in the kernel
+    assert json.load(f)["finished"]
 
 
 def install_cell():

@@ -23,7 +23,6 @@ from typing import Any, Callable, Optional
 import jax
 import orbax.checkpoint as ocp
 from absl import logging
-from clu import metric_writers, periodic_actions
 
 from tas_jax import console, multihost, workdir
 from tas_jax.data import sources
@@ -156,11 +155,18 @@ def _signal_name(requested: list[str]) -> str:
   return requested[0] if requested else "SIGTERM"   # another process of the run was signalled
 
 
+def _metric_writers():
+  """clu's writers, imported when a run starts: they bring TensorFlow, 5 of the CLI's 8 s of
+  start-up, which a command that stops at a config error should not wait for."""
+  from clu import metric_writers
+  return metric_writers
+
+
 def _summary_writer(stage_dir: str):
   """TensorBoard events from process 0 (the console gets loop's own lines, not clu's)."""
   if not workdir.is_writer():
-    return metric_writers.MultiWriter([])
-  return metric_writers.AsyncMultiWriter([metric_writers.SummaryWriter(stage_dir)])
+    return _metric_writers().MultiWriter([])
+  return _metric_writers().AsyncMultiWriter([_metric_writers().SummaryWriter(stage_dir)])
 
 
 def fit(cfg: LoopConfig, stage_dir: str, state, train_step: Callable, source: sources.BatchSource,
@@ -215,6 +221,7 @@ def _fit(cfg, stage_dir, state, train_step, source, step_args, epoch_args, end_o
     logging.info("[%s] starting from scratch: %d epochs x %d steps, global batch %d, %d device(s)",
                  cfg.stage, cfg.num_epochs, cfg.steps_per_epoch, cfg.global_batch, jax.device_count())
   progress = console.Progress(cfg.stage, total_steps, cfg.global_batch)
+  from clu import periodic_actions
   profiler = (periodic_actions.Profile(logdir=stage_dir, num_profile_steps=cfg.profile_steps,
                                        first_profile=start + 5, every_secs=None)
               if cfg.profile_steps and workdir.is_writer() else None)
