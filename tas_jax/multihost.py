@@ -72,14 +72,30 @@ def exit(status: int) -> None:
   """Ends the process with `status`. In a run of several processes, without JAX's shutdown
   barrier at exit: the others are stopping (or gone), and the barrier would abort this one."""
   if _started:
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(status)
+    _leave(status)
   sys.exit(status)
+
+
+def _leave(status: int) -> None:
+  """Exits a process of a multi-process run after the others that are exiting too: process 0
+  hosts the coordination service, and a process whose service vanishes aborts (SIGABRT) instead
+  of printing its last line."""
+  sys.stdout.flush()
+  sys.stderr.flush()
+  try:
+    _client().wait_at_barrier("tas_jax/exit", 5000)
+    if jax.process_index() == 0:
+      import time
+      time.sleep(1.0)   # the others' os._exit lands first
+  except Exception:   # a process that is not exiting (stuck elsewhere): leave anyway
+    pass
+  os._exit(status)
 
 
 def _give_up(message: str) -> None:
   print(f"error: {message}", file=sys.stderr, flush=True)
+  if _started:
+    _leave(2)
   os._exit(2)
 
 
