@@ -76,7 +76,7 @@ def exit(status: int) -> None:
   sys.exit(status)
 
 
-def _leave(status: int) -> None:
+def _leave(status: int, message: str = "") -> None:
   """Exits a process of a multi-process run after the others that are exiting too: process 0
   hosts the coordination service, and a process whose service vanishes aborts (SIGABRT) instead
   of printing its last line."""
@@ -89,13 +89,15 @@ def _leave(status: int) -> None:
       time.sleep(1.0)   # the others' os._exit lands first
   except Exception:   # a process that is not exiting (stuck elsewhere): leave anyway
     pass
+  if message:   # after the wait: the last line, whatever the main thread logged meanwhile
+    print(f"error: {message}", file=sys.stderr, flush=True)
   os._exit(status)
 
 
 def _give_up(message: str) -> None:
-  print(f"error: {message}", file=sys.stderr, flush=True)
   if _started:
-    _leave(2)
+    _leave(2, message)
+  print(f"error: {message}", file=sys.stderr, flush=True)
   os._exit(2)
 
 

@@ -157,7 +157,9 @@ def test_a_process_that_stops_stops_the_other_at_once(tmp_path):
   assert failed.returncode == 2 and failed.stderr.splitlines()[-1] == (
       "error: test fault: this process's data folder is empty"), failed.stderr[-2000:]
   assert lead.returncode == 2 and "Traceback" not in lead.stderr, lead.stderr[-2000:]
+  errors = [l for l in lead.stderr.splitlines() if l.startswith("error:")]
   last = lead.stderr.splitlines()[-1]
+  assert errors == [last], lead.stderr[-2000:]      # one error line, the last one
   assert last.startswith("error: process 0: process 1 stopped (test fault: this process's data "
                          "folder is empty) while this process was at "), last
   assert last.endswith("; stopping too")
