@@ -157,7 +157,7 @@ def main(argv):
   logging.info("JAX %s, process %d/%d, %d local device(s): %s", jax.__version__, jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.devices()[0].device_kind)
   try:
-    multihost.check_same_settings({**_flat(FLAGS.config.to_dict()), "--workdir": FLAGS.workdir})
+    multihost.check_same_settings({**records.flat_fields(FLAGS.config.to_dict()), "--workdir": FLAGS.workdir})
     multihost.watch_peers()
     run(FLAGS.config, FLAGS.workdir)
   except USER_ERRORS as e:
@@ -175,15 +175,6 @@ def main(argv):
     multihost.report_failure(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
     raise
 
-
-def _flat(tree: dict, prefix: str = "") -> dict:
-  out = {}
-  for key, value in tree.items():
-    if isinstance(value, dict):
-      out.update(_flat(value, f"{prefix}{key}."))
-    else:
-      out[f"{prefix}{key}"] = value
-  return out
 
 
 def _sigterm_as_interrupt(signum, frame):

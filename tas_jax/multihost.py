@@ -13,13 +13,17 @@ How to ask for it (flags of `python -m tas_jax.main`, or the environment):
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import threading
+import time
 from typing import Optional
 
 import jax
+import numpy as np
 from absl import logging
+from jax.experimental import multihost_utils
 
 from tas_jax.errors import ConfigError
 
@@ -85,7 +89,6 @@ def _leave(status: int, message: str = "") -> None:
   try:
     _client().wait_at_barrier("tas_jax/exit", 5000)
     if jax.process_index() == 0:
-      import time
       time.sleep(1.0)   # the others' os._exit lands first
   except Exception:   # a process that is not exiting (stuck elsewhere): leave anyway
     pass
@@ -148,7 +151,6 @@ def watch_peers(poll_s: float = 1.0) -> None:
   me = jax.process_index()
 
   def watch():
-    import time
     while True:
       time.sleep(poll_s)
       try:
@@ -189,7 +191,6 @@ def check_same_settings(settings: dict, timeout_s: int = 600) -> None:
   """Stops every process with the same one line if their settings differ from process 0's."""
   if jax.process_count() <= 1:
     return
-  import json
   client, me = _client(), jax.process_index()
   client.key_value_set(f"tas_jax/settings/{me}", json.dumps(settings, sort_keys=True, default=str))
   barrier("settings", timeout_s)
@@ -209,8 +210,6 @@ def any_process(flag: bool) -> bool:
   every process must call it at the same point)."""
   if jax.process_count() <= 1:
     return flag
-  import numpy as np
-  from jax.experimental import multihost_utils
   at("agreeing on a stop request")
   return bool(np.any(multihost_utils.process_allgather(np.array([flag], np.int32))))
 
@@ -220,7 +219,5 @@ def as_process_0(flag: bool) -> bool:
   (is a stage finished?), which another process could read a moment before the write lands."""
   if jax.process_count() <= 1:
     return flag
-  import numpy as np
-  from jax.experimental import multihost_utils
   at("agreeing with process 0")
   return bool(multihost_utils.broadcast_one_to_all(np.array(flag, np.int32)))

@@ -37,13 +37,14 @@ class StageMismatchError(ConfigError):
   """A stage folder holds a result made with other settings than the current config."""
 
 
-def _flat(tree, prefix: str = "") -> dict:
+def flat_fields(tree: dict, skip=frozenset(), prefix: str = "") -> dict:
+  """A nested config dict as {"section.field": value}, without the names in `skip`."""
   out = {}
   for key, value in tree.items():
     name = f"{prefix}{key}"
     if isinstance(value, dict):
-      out.update(_flat(value, name + "."))
-    elif name not in NEUTRAL:
+      out.update(flat_fields(value, skip, name + "."))
+    elif name not in skip:
       out[name] = value
   return out
 
@@ -55,7 +56,7 @@ def _select(config: ml_collections.ConfigDict, fields) -> dict:
     value = full
     for part in field.split("."):
       value = value[part]
-    out.update(_flat({field: value}) if isinstance(value, dict) else {field: value})
+    out.update(flat_fields({field: value}, NEUTRAL) if isinstance(value, dict) else {field: value})
   return out
 
 
