@@ -11,7 +11,8 @@ statistics over 'data'. `jax.pmap` itself is now implemented on `jit` + `shard_m
 modes and checkpoints do not care which mode wrote them.
 
 Every network program (train steps, evaluation, inference) is compiled with `compiler_options()`,
-which on CPU changes how XLA fuses element-wise ops (see there).
+which on CPU changes how XLA fuses element-wise ops (see there); programs that run once (weight
+initialisation) are compiled with `jit_once`, which on CPU skips LLVM's optimisation.
 """
 
 from __future__ import annotations
@@ -133,6 +134,20 @@ def xla_defaults() -> Iterator[None]:
     yield
   finally:
     _xla_defaults = False
+
+
+# Weight initialisation is one program that runs once, mostly threefry: hundreds of unrolled 32-bit
+# integer ops per parameter, which LLVM's optimisation takes seconds to chew. Without it the
+# ResNet initialisers compile 3-7x faster on CPU (a pruned CIFAR ResNet: 11 s -> 1.6 s) and give
+# the same bits; the saved seconds come back on every run, the slower machine code runs once.
+ONCE_CPU_OPTIONS = {"xla_backend_optimization_level": 0}
+
+
+def jit_once(fn: Callable, **jit_kwargs) -> Callable:
+  """`jax.jit` for a program that runs once (initialisation): on CPU compiled without LLVM's
+  optimisation (`ONCE_CPU_OPTIONS`); elsewhere a plain `jax.jit`."""
+  options = dict(ONCE_CPU_OPTIONS) if jax.default_backend() == "cpu" else {}
+  return jax.jit(fn, compiler_options=options, **jit_kwargs)
 
 
 def compile_step(step: Callable, mesh: Mesh, mode: str, num_args: int,

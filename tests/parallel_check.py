@@ -104,7 +104,7 @@ def one_distill_step(num_devices: int, mode: str, num_steps: int = 2) -> dict:
                                       "stages": [[[8, 16]], [[16, 24]], [[40, 48]]]})
   teacher_model, model = resnet.build(teacher_arch), resnet.build(student_arch)
   teacher_vars = parallel.put_replicated(
-      jax.jit(teacher_model.init)(jax.random.key(5), resnet.dummy_input(teacher_arch)), mesh)
+      parallel.jit_once(teacher_model.init)(jax.random.key(5), resnet.dummy_input(teacher_arch)), mesh)
   t = base_config().distill
   t.warmup_epochs, t.cosine_epochs = 0, 1
   tx, _ = supervised.sgd_with_warmup_cosine(t, steps_per_epoch=4)

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tas_jax import config as config_lib
+from tas_jax import config as config_lib, parallel
 from tas_jax.models import arch, resnet
 from tas_jax.ops import flops
 from tas_jax.errors import CheckpointNotFoundError
@@ -43,7 +43,7 @@ def test_kd_gradient_pulls_the_student_towards_the_teacher():
 
 
 def _init(a):
-  return jax.jit(resnet.build(a).init)(jax.random.key(0), resnet.dummy_input(a))
+  return parallel.jit_once(resnet.build(a).init)(jax.random.key(0), resnet.dummy_input(a))
 
 
 def test_inherit_first_channels_slices_the_teacher():
@@ -73,9 +73,9 @@ def test_inherit_first_channels_slices_the_teacher():
   same, n_all = resnet.inherit_first_channels(_init(teacher)["params"] | {}, tv["params"])
   assert n_all == len(jax.tree.leaves(tv["params"]))
   x = jax.random.normal(jax.random.key(3), (2, 16, 16, 3))
-  model = resnet.build(teacher)
-  np.testing.assert_allclose(model.apply({"params": same, "batch_stats": tv["batch_stats"]}, x),
-                             model.apply(tv, x), atol=1e-6)
+  forward = jax.jit(lambda v: resnet.build(teacher).apply(v, x))
+  np.testing.assert_allclose(forward({"params": same, "batch_stats": tv["batch_stats"]}),
+                             forward(tv), atol=1e-6)
 
 
 @pytest.mark.parametrize("name", ["resnet20", "resnet56", "resnet164"])

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tas_jax import config as config_lib, workdir as layout
+from tas_jax import config as config_lib, parallel, workdir as layout
 from tas_jax.methods import pas
 from tas_jax.methods.pas import extract, masks, search
 from tas_jax.models import arch, resnet, topology
@@ -120,11 +120,11 @@ def _with_counts(a, counts):
 def _random_masked_variables(a, seed):
   model = masks.MaskedNetwork(a)
   x = jax.random.normal(jax.random.key(seed), (4, a.input_size, a.input_size, a.input_channels))
-  v = model.init(jax.random.key(0), x)
+  v = parallel.jit_once(model.init)(jax.random.key(0), x)
   rng = np.random.default_rng(seed)
-  noisy = lambda t, lo, hi: jnp.asarray(rng.uniform(lo, hi, size=t.shape), jnp.float32)
+  noisy = lambda t, lo, hi: rng.uniform(lo, hi, size=t.shape).astype(np.float32)
   params = {"masks": {k: noisy(s, 0.0, 1.0) for k, s in v["params"]["masks"].items()},
-            "network": jax.tree.map(lambda t: t + 0.1 * noisy(t, -1, 1), v["params"]["network"])}
+            "network": jax.tree.map(lambda t: np.asarray(t) + 0.1 * noisy(t, -1, 1), v["params"]["network"])}
   stats = jax.tree.map(lambda t: noisy(t, 0.5, 1.5), v["batch_stats"])  # non-trivial BN statistics
   return model, x, {"params": params, "batch_stats": stats}
 
@@ -132,9 +132,9 @@ def _random_masked_variables(a, seed):
 @pytest.mark.parametrize("a", FAMILIES, ids=lambda a: a.family)
 def test_extracted_network_computes_the_masked_networks_function(a):
   model, x, variables = _random_masked_variables(a, seed=3)
-  want = model.apply(variables, x, train=False)
+  want = jax.jit(lambda v: model.apply(v, x, train=False))(variables)
   pruned, weights, kept = extract.extract_network(a, jax.device_get(variables))
-  got = resnet.build(pruned).apply(weights, x, train=False)
+  got = jax.jit(lambda w: resnet.build(pruned).apply(w, x, train=False))(weights)
   np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5)
   assert flops.count(pruned).flops < flops.count(a).flops
   # the kept channels are the scalars above the threshold, not the first k

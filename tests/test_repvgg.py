@@ -27,10 +27,10 @@ def test_named_networks_have_the_published_size(variant, gflops, mparams):
 
 def _random_training_variables(arch, seed):
   x = jax.random.normal(jax.random.key(seed), (4, arch.input_size, arch.input_size, 3))
-  variables = repvgg.RepVGG(arch).init(jax.random.key(0), x)
+  variables = parallel.jit_once(repvgg.RepVGG(arch).init)(jax.random.key(0), x)
   rng = np.random.default_rng(seed)
   noisy = lambda t, lo, hi: jnp.asarray(rng.uniform(lo, hi, size=t.shape), jnp.float32)
-  params = jax.tree.map(lambda t: t + 0.2 * noisy(t, -1, 1), variables["params"])
+  params = jax.tree.map(lambda t: jnp.asarray(np.asarray(t) + 0.2 * noisy(t, -1, 1)), variables["params"])
   stats = jax.tree.map(lambda t: noisy(t, 0.5, 1.5), variables["batch_stats"])
   return x, {"params": params, "batch_stats": stats}
 

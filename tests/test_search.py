@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tas_jax import config as config_lib
+from tas_jax import config as config_lib, parallel
 from tas_jax.methods.tas import extract, search, space as space_lib, supernet
 from tas_jax.models import arch, resnet
 from test_train import run_on
@@ -34,11 +34,13 @@ def test_peaked_supernet_is_the_plain_network(a):
   space = space_lib.build(a)
   plain = resnet.build(a)
   x = jax.random.normal(jax.random.key(1), (4, a.input_size, a.input_size, a.input_channels))
-  v = jax.jit(plain.init)(jax.random.key(0), x)
+  v = parallel.jit_once(plain.init)(jax.random.key(0), x)
   # perturb BN parameters and statistics so that a wrong candidate or a missed affine would show
-  perturb = lambda tree, k, f: jax.tree.map(lambda t: f(t + 0.1 * jax.random.normal(k, t.shape)), tree)
-  v = {"params": perturb(v["params"], jax.random.key(2), lambda t: t),
-       "batch_stats": perturb(v["batch_stats"], jax.random.key(3), jnp.abs)}
+  # (numpy noise: jax.random per leaf shape would compile a program per shape)
+  rng = np.random.default_rng(2)
+  perturb = lambda tree, f: jax.tree.map(
+      lambda t: jnp.asarray(f(np.asarray(t) + 0.1 * rng.standard_normal(t.shape, np.float32))), tree)
+  v = {"params": perturb(v["params"], lambda t: t), "batch_stats": perturb(v["batch_stats"], np.abs)}
   want = plain.apply(v, x, train=False)
   params, stats = supernet.supernet_params_from_plain(v["params"], v["batch_stats"])
   full_w = np.array([s.num_valid - 1 for s in space.slots])
@@ -60,12 +62,12 @@ def test_imagenet_supernet_has_no_zero_initialised_bn():
   space = space_lib.build(a)
   x = jnp.ones((2, 32, 32, 3))
   logits = space.init_logits(jax.random.key(0))
-  params = jax.jit(lambda: supernet.SuperNet(space).init(jax.random.key(0), x, logits,
+  params = parallel.jit_once(lambda: supernet.SuperNet(space).init(jax.random.key(0), x, logits,
                                                          jax.random.key(0), 1.0))()["params"]
   scales = {jax.tree_util.keystr(p): v for p, v in jax.tree_util.tree_flatten_with_path(params)[0]
             if jax.tree_util.keystr(p).endswith("['scale']")}
   assert any("conv_b" in k for k in scales) and all(np.all(np.asarray(v) == 1) for v in scales.values())
-  plain = jax.jit(lambda: resnet.build(a).init(jax.random.key(0), x))()["params"]
+  plain = parallel.jit_once(lambda: resnet.build(a).init(jax.random.key(0), x))()["params"]
   assert np.all(np.asarray(plain["stage1.block1"]["conv_b"]["bn"]["scale"]) == 0)
 
 
@@ -74,7 +76,7 @@ def test_supernet_static_shapes_and_one_compilation_for_any_tau_and_sample():
   net = supernet.SuperNet(space)
   x = jnp.ones((2, 16, 16, 3))
   logits = space.init_logits(jax.random.key(0))
-  v = jax.jit(lambda: net.init(jax.random.key(0), x, logits, jax.random.key(0), 1.0))()
+  v = parallel.jit_once(lambda: net.init(jax.random.key(0), x, logits, jax.random.key(0), 1.0))()
   fwd = jax.jit(lambda v, lg, k, t: net.apply(v, x, lg, k, t, train=True, mutable=["batch_stats"])[0])
   outs = [fwd(v, logits, jax.random.key(i), jnp.float32(t)) for i, t in enumerate([5.0, 2.0, 0.1])]
   assert all(o.shape == (2, 10) for o in outs) and fwd._cache_size() == 1

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tas_jax import parallel
 from tas_jax.methods.tas import cost, space as space_lib, supernet
 from tas_jax.models import arch
 
@@ -138,12 +139,12 @@ def test_supernet_equals_the_official_search_forward(a):
   net = supernet.SuperNet(space)
   x = jax.random.normal(jax.random.key(1), (6, a.input_size, a.input_size, 3))
   logits0 = space.init_logits(jax.random.key(2))
-  v = jax.jit(lambda: net.init(jax.random.key(0), x, logits0, jax.random.key(0), 1.0))()
+  v = parallel.jit_once(lambda: net.init(jax.random.key(0), x, logits0, jax.random.key(0), 1.0))()
   # every candidate's BN different, so that a wrong candidate, scale or bias would show
-  leaves, tree = jax.tree.flatten(v["params"])
-  keys = jax.random.split(jax.random.key(3), len(leaves))
-  params = jax.tree.unflatten(tree, [t + 0.3 * jax.random.normal(k, t.shape)
-                                     for t, k in zip(leaves, keys)])
+  # (numpy noise: jax.random per leaf shape would compile a program per shape)
+  noise = np.random.default_rng(3)
+  params = jax.tree.map(
+      lambda t: jnp.asarray(np.asarray(t) + 0.3 * noise.standard_normal(t.shape, np.float32)), v["params"])
   forward = jax.jit(lambda lg, k, t: net.apply({"params": params, "batch_stats": v["batch_stats"]},
                                                x, lg, k, t, train=True, mutable=["batch_stats"])[0])
   choices = jax.jit(lambda lg, k, t: supernet.sample_choices(space, lg, k, t, True, "tas"))

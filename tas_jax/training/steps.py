@@ -39,7 +39,7 @@ def create_state(model: nn.Module, tx: optax.GradientTransformation, sample_inpu
     return TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx,
                              batch_stats=variables.get("batch_stats", {}))
 
-  return jax.jit(init, out_shardings=parallel.replicated(mesh))()
+  return parallel.jit_once(init, out_shardings=parallel.replicated(mesh))()
 
 
 def classification_loss(logits, labels):

@@ -130,7 +130,7 @@ def search(config: ml_collections.ConfigDict, workdir: str) -> dict:
   # the teacher's weights, every mask scalar at 1: the search starts from the trained network
   params = {**state.params, "network": teacher_vars["params"]}
   state = state.replace(params=params, batch_stats={"network": teacher_vars["batch_stats"]},
-                        opt_state=jax.jit(tx.init, out_shardings=parallel.replicated(mesh))(params))
+                        opt_state=parallel.jit_once(tx.init, out_shardings=parallel.replicated(mesh))(params))
   logging.info("[%s] weights from the teacher's checkpoint at step %d", stage, teacher_step)
 
   train_source = ds.train_source(

@@ -168,7 +168,7 @@ def create_state(net, space, tx, arch_tx, sample_input, key, mesh) -> SearchStat
                               batch_stats=variables["batch_stats"], arch=arch,
                               arch_opt_state=arch_tx.init(arch), arch_tx=arch_tx)
 
-  return jax.jit(init, out_shardings=parallel.replicated(mesh))()
+  return parallel.jit_once(init, out_shardings=parallel.replicated(mesh))()
 
 
 def _from_teacher(state: SearchState, base, tx, workdir: str, mesh) -> SearchState:
@@ -183,7 +183,7 @@ def _from_teacher(state: SearchState, base, tx, workdir: str, mesh) -> SearchSta
                                                           variables["batch_stats"])
   params, stats = jax.device_put((params, stats), parallel.replicated(mesh))
   logging.info("[search] supernet weights from the teacher's checkpoint at step %d", step)
-  opt_state = jax.jit(tx.init, out_shardings=parallel.replicated(mesh))(params)
+  opt_state = parallel.jit_once(tx.init, out_shardings=parallel.replicated(mesh))(params)
   return state.replace(params=params, batch_stats=stats, opt_state=opt_state)
 
 
