@@ -6,6 +6,8 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
+import time
 
 import jax
 import numpy as np
@@ -27,36 +29,55 @@ def free_port() -> int:
 
 def two_processes(argv_of, timeout=900, check=True, env_of=lambda i: {}) -> list[subprocess.CompletedProcess]:
   """Runs argv_of(port, i) for i = 0, 1 with 4 forced CPU devices each (and env_of(i) added to
-  the environment); kills both on timeout."""
+  the environment); kills both on timeout. Their output goes to files: with pipes read one
+  process after the other, a process that fills its pipe (64 KiB of log) blocks on the write
+  while the other waits for it at a barrier, and both sit idle."""
   port = free_port()
   env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}   # proxies hang the init
   env.update(XLA_FLAGS="--xla_force_host_platform_device_count=4", TF_CPP_MIN_LOG_LEVEL="2",
              PYTHONPATH=os.pathsep.join([HERE, ROOT, os.environ.get("PYTHONPATH", "")]))
-  procs = [subprocess.Popen(argv_of(port, i), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env={**env, **env_of(i)}, cwd=ROOT) for i in range(2)]
-  outs = []
-  try:
-    for p in procs:
-      out, err = p.communicate(timeout=timeout)
-      outs.append(subprocess.CompletedProcess(p.args, p.returncode, out, err))
-  finally:
-    for p in procs:
-      if p.poll() is None:
-        p.kill()
+  with tempfile.TemporaryDirectory() as logs:
+    files = [(open(os.path.join(logs, f"{i}.out"), "w+"), open(os.path.join(logs, f"{i}.err"), "w+"))
+             for i in range(2)]
+    procs = [subprocess.Popen(argv_of(port, i), stdout=out, stderr=err, text=True,
+                              env={**env, **env_of(i)}, cwd=ROOT) for i, (out, err) in enumerate(files)]
+    deadline, timed_out = time.time() + timeout, False
+    try:
+      for p in procs:
+        p.wait(timeout=max(1.0, deadline - time.time()))
+    except subprocess.TimeoutExpired:
+      timed_out = True
+    finally:
+      for p in procs:
+        if p.poll() is None:
+          p.kill()
+          p.wait()
+    outs = []
+    for p, (out, err) in zip(procs, files):
+      out.seek(0), err.seek(0)
+      outs.append(subprocess.CompletedProcess(p.args, p.returncode, out.read(), err.read()))
+      out.close(), err.close()
+  assert not timed_out, f"killed after {timeout} s: " + " | ".join(o.stderr[-1500:] for o in outs)
   for o in outs:
     assert o.returncode == 0 or not check, o.stderr[-3000:]
   return outs
 
 
-def check(what, workdir=""):
+@pytest.fixture(scope="module")
+def two_process_checks(tmp_path_factory):
+  """One pair of processes runs the three checks (the teacher's checkpoints into `workdir`):
+  {check: [result of process 0, of process 1]}."""
+  workdir = str(tmp_path_factory.mktemp("two_process_teacher"))
+  checks = "step,search,teacher"
   outs = two_processes(lambda port, i: [sys.executable, os.path.join(HERE, "multiprocess_check.py"),
-                                        str(port), str(i), what] + ([workdir] if workdir else []))
-  return [json.loads(o.stdout.strip().splitlines()[-1]) for o in outs]
+                                        str(port), str(i), checks, workdir])
+  results = [json.loads(o.stdout.strip().splitlines()[-1]) for o in outs]
+  return {what: [r[what] for r in results] for what in checks.split(",")} | {"workdir": workdir}
 
 
 @pytest.mark.devices   # against the 1 x 8 run of this process (the 8-device pass)
-def test_teacher_step_on_two_processes_equals_one_process():
-  results = check("step")
+def test_teacher_step_on_two_processes_equals_one_process(two_process_checks):
+  results = two_process_checks["step"]
   ref = run_on(8, "jit")
   for r in results:
     assert (r["processes"], r["devices"]) == (2, 8)
@@ -66,8 +87,8 @@ def test_teacher_step_on_two_processes_equals_one_process():
 
 
 @pytest.mark.devices
-def test_search_iteration_on_two_processes_equals_one_process():
-  results = check("search")
+def test_search_iteration_on_two_processes_equals_one_process(two_process_checks):
+  results = two_process_checks["search"]
   ref = run_on(8, "jit", "search")
   for r in results:
     assert (r["processes"], r["devices"]) == (2, 8)
@@ -80,11 +101,11 @@ def test_search_iteration_on_two_processes_equals_one_process():
 
 
 @pytest.mark.devices
-def test_checkpoint_of_two_processes_restores_in_one(tmp_path):
+def test_checkpoint_of_two_processes_restores_in_one(two_process_checks):
   """Both processes write the teacher's Orbax checkpoints into one directory; this single process
   (1 or 8 devices) reads the same weights; process 0 alone wrote the files."""
-  workdir = str(tmp_path)
-  results = check("teacher", workdir)
+  workdir = two_process_checks["workdir"]
+  results = two_process_checks["teacher"]
   assert results[0]["finished"] and results[1]["finished"]
   assert results[0]["norm"] == pytest.approx(results[1]["norm"], rel=1e-7)
   a = arch_lib.load(os.path.join(workdir, "teacher", "arch.json"))
