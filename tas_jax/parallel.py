@@ -139,9 +139,9 @@ def xla_defaults() -> Iterator[None]:
 # Weight initialisation is one program that runs once, mostly threefry: hundreds of unrolled 32-bit
 # integer ops per parameter, which LLVM's optimisation takes seconds to chew. Without it the
 # ResNet initialisers compile 3-7x faster on CPU (a pruned CIFAR ResNet-20: 12.1 s -> 2.2 s,
-# BENCHMARKS.md) and give
-# the same weights but for the last bit of a few (float rounding in the normal distribution's
-# math); the saved seconds come back on every run, the slower machine code runs once.
+# BENCHMARKS.md) and give the same weights but for the last bit of a few (float rounding in the
+# normal distribution's math); the saved seconds come back on every run, the slower machine code
+# runs once.
 ONCE_CPU_OPTIONS = {"xla_backend_optimization_level": 0}
 
 
