@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import math
 import os
 import signal
@@ -44,9 +45,22 @@ class LoopConfig:
 
 
 def checkpoint_manager(stage_dir: str, keep: int) -> ocp.CheckpointManager:
+  _save_replicated_arrays_from_one_device()
   return ocp.CheckpointManager(
       workdir.checkpoint_dir(stage_dir),
       options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
+
+
+@functools.cache   # once per process: the process count does not change
+def _save_replicated_arrays_from_one_device() -> None:
+  """In one process, every replica of a replicated array is local, so Orbax's replica-parallel
+  saving (its default off GPU) writes the same bytes as one replica would, but first slices the
+  array on every device: a slice program compiled per device and per shape, at each stage's first
+  save (144 programs, about 2.5 s, for ResNet-8 on 8 devices; hundreds on an 8-GPU or TPU host).
+  Several processes keep the default: there each process writes its part."""
+  if jax.process_count() == 1:
+    ocp.type_handlers.register_type_handler(
+        jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False), override=True)
 
 
 def restore_latest(manager: ocp.CheckpointManager, abstract_state) -> Optional[tuple[Any, dict]]:
