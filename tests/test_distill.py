@@ -1,5 +1,7 @@
 """Distillation loss, "w/ Init" inheritance, baselines at a FLOP target, partial checkpoint reads."""
 
+import logging
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -120,6 +122,29 @@ def test_read_checkpoint_restores_only_the_requested_subtrees(tmp_path):
   np.testing.assert_array_equal(got["arch"]["alpha"], state["arch"]["alpha"])
   with pytest.raises(CheckpointNotFoundError, match="--config.stage=search"):
     loop.read_checkpoint(str(tmp_path / "nothing"), abstract, "search")
+
+
+@pytest.mark.devices   # replicas need several devices
+def test_a_replicated_checkpoint_is_written_from_one_device(tmp_path, caplog):
+  """In one process every replica is local: the save compiles nothing (Orbax's replica-parallel
+  default sliced each array on every device first, a program per device and shape) and reads
+  back the same values."""
+  mesh = parallel.make_mesh(-1)
+  state = parallel.put_replicated({"w": np.arange(8 * 16, dtype=np.float32).reshape(8, 16),
+                                   "b": np.linspace(0, 1, 16, dtype=np.float32)}, mesh)
+  assert len(state["w"].sharding.device_set) == jax.device_count() > 1
+  manager = loop.checkpoint_manager(str(tmp_path), keep=1)
+  with jax.log_compiles(), caplog.at_level(logging.WARNING):
+    loop._save(manager, 1, state, {})
+    manager.wait_until_finished()
+  compiled = [r.getMessage() for r in caplog.records if "Finished XLA compilation" in r.getMessage()]
+  assert compiled == []
+  manager.close()
+  got, _, step = loop.read_checkpoint(str(tmp_path), jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state), "teacher")
+  assert step == 1
+  for k in state:
+    np.testing.assert_array_equal(got[k], state[k])
 
 
 def test_run_names_and_distill_validation():
