@@ -7,6 +7,12 @@ import pytest
 from tas_jax.models import arch, topology
 
 
+def one_block_per_stage(a: arch.Architecture) -> arch.Architecture:
+  """The family's code paths (stem, shortcuts, blocks, chains) at a fraction of the compile time."""
+  return arch.Architecture(**{**a.to_dict(), "stages": [s[:1] for s in a.stages],
+                              "name": a.name + "_short"})
+
+
 def pruned_cifar():
   """A pruned ResNet-20: odd widths, a truncated stage, width mismatches on stride-1 blocks."""
   return arch.Architecture(

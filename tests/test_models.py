@@ -6,7 +6,7 @@ import numpy as np
 
 from tas_jax import parallel
 from tas_jax.models import arch, resnet
-from test_arch import pruned_cifar
+from test_arch import one_block_per_stage, pruned_cifar
 
 
 def init(a, seed=0):
@@ -43,7 +43,7 @@ def test_pruned_network_builds_its_shortcuts():
 
 
 def test_imagenet_shortcuts_and_zero_init_last_bn():
-  a = arch.imagenet_resnet(50, num_classes=5, input_size=64)
+  a = one_block_per_stage(arch.imagenet_resnet(50, num_classes=5, input_size=64))
   _, v = init(a)
   p = v["params"]
   assert "bn" in p["stage2.block1"]["shortcut"]["proj"]          # stride 2: with BN
@@ -54,7 +54,7 @@ def test_imagenet_shortcuts_and_zero_init_last_bn():
 
 def test_initialisation_statistics():
   """kaiming-normal fan_out (std sqrt(2 / (k*k*Cout))), BN (1, 0), linear N(0, 0.01), bias 0."""
-  a = arch.named("resnet56")
+  a = arch.named("resnet32")   # five blocks per stage
   _, v = init(a)
   p = v["params"]
   k = np.asarray(p["stage3.block5"]["conv_b"]["conv"]["kernel"])

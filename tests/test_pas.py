@@ -15,14 +15,9 @@ from tas_jax.methods import pas
 from tas_jax.methods.pas import extract, masks, search
 from tas_jax.models import arch, resnet, topology
 from tas_jax.ops import flops
+from test_arch import one_block_per_stage
 from test_train import run_on
 import pipelines
-
-
-def one_block_per_stage(a: arch.Architecture) -> arch.Architecture:
-  """The family's code paths (stem, projections, chains) at a fraction of the compile time."""
-  return arch.Architecture(**{**a.to_dict(), "stages": [s[:1] for s in a.stages],
-                              "name": a.name + "_short"})
 
 
 FAMILIES = [
@@ -132,9 +127,9 @@ def _random_masked_variables(a, seed):
 @pytest.mark.parametrize("a", FAMILIES, ids=lambda a: a.family)
 def test_extracted_network_computes_the_masked_networks_function(a):
   model, x, variables = _random_masked_variables(a, seed=3)
-  want = jax.jit(lambda v: model.apply(v, x, train=False))(variables)
+  want = parallel.jit_once(lambda v: model.apply(v, x, train=False))(variables)
   pruned, weights, kept = extract.extract_network(a, jax.device_get(variables))
-  got = jax.jit(lambda w: resnet.build(pruned).apply(w, x, train=False))(weights)
+  got = parallel.jit_once(lambda w: resnet.build(pruned).apply(w, x, train=False))(weights)
   np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5)
   assert flops.count(pruned).flops < flops.count(a).flops
   # the kept channels are the scalars above the threshold, not the first k

@@ -12,13 +12,8 @@ import pytest
 from tas_jax import config as config_lib, parallel
 from tas_jax.methods.tas import extract, search, space as space_lib, supernet
 from tas_jax.models import arch, resnet
+from test_arch import one_block_per_stage
 from test_train import run_on
-
-
-def one_block_per_stage(a: arch.Architecture) -> arch.Architecture:
-  """The family's code paths (stem, shortcuts, blocks) at a fraction of the compile time."""
-  return arch.Architecture(**{**a.to_dict(), "stages": [s[:1] for s in a.stages],
-                              "name": a.name + "_short"})
 
 
 @pytest.mark.parametrize("a", [
@@ -41,7 +36,7 @@ def test_peaked_supernet_is_the_plain_network(a):
   perturb = lambda tree, f: jax.tree.map(
       lambda t: jnp.asarray(f(np.asarray(t) + 0.1 * rng.standard_normal(t.shape, np.float32))), tree)
   v = {"params": perturb(v["params"], lambda t: t), "batch_stats": perturb(v["batch_stats"], np.abs)}
-  want = plain.apply(v, x, train=False)
+  want = parallel.jit_once(lambda v: plain.apply(v, x, train=False))(v)
   params, stats = supernet.supernet_params_from_plain(v["params"], v["batch_stats"])
   full_w = np.array([s.num_valid - 1 for s in space.slots])
   full_d = np.array([len(c) - 1 for c in space.depths])
@@ -51,7 +46,7 @@ def test_peaked_supernet_is_the_plain_network(a):
   shapes = jax.eval_shape(lambda: net.init(jax.random.key(0), x, logits, jax.random.key(0), 1.0))
   assert jax.tree.structure(shapes["params"]) == jax.tree.structure(params)
   assert jax.tree.structure(shapes["batch_stats"]) == jax.tree.structure(stats)
-  got = jax.jit(lambda p, s, k: net.apply({"params": p, "batch_stats": s}, x, logits, k, 1.0,
+  got = parallel.jit_once(lambda p, s, k: net.apply({"params": p, "batch_stats": s}, x, logits, k, 1.0,
                                           train=False))(params, stats, jax.random.key(5))
   np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * float(jnp.abs(want).max()))
 
@@ -77,7 +72,8 @@ def test_supernet_static_shapes_and_one_compilation_for_any_tau_and_sample():
   x = jnp.ones((2, 16, 16, 3))
   logits = space.init_logits(jax.random.key(0))
   v = parallel.jit_once(lambda: net.init(jax.random.key(0), x, logits, jax.random.key(0), 1.0))()
-  fwd = jax.jit(lambda v, lg, k, t: net.apply(v, x, lg, k, t, train=True, mutable=["batch_stats"])[0])
+  fwd = parallel.jit_once(lambda v, lg, k, t: net.apply(v, x, lg, k, t, train=True,
+                                                        mutable=["batch_stats"])[0])
   outs = [fwd(v, logits, jax.random.key(i), jnp.float32(t)) for i, t in enumerate([5.0, 2.0, 0.1])]
   assert all(o.shape == (2, 10) for o in outs) and fwd._cache_size() == 1
   assert not np.allclose(outs[0], outs[1])  # different samples, different functions

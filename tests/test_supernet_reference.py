@@ -145,9 +145,9 @@ def test_supernet_equals_the_official_search_forward(a):
   noise = np.random.default_rng(3)
   params = jax.tree.map(
       lambda t: jnp.asarray(np.asarray(t) + 0.3 * noise.standard_normal(t.shape, np.float32)), v["params"])
-  forward = jax.jit(lambda lg, k, t: net.apply({"params": params, "batch_stats": v["batch_stats"]},
+  forward = parallel.jit_once(lambda lg, k, t: net.apply({"params": params, "batch_stats": v["batch_stats"]},
                                                x, lg, k, t, train=True, mutable=["batch_stats"])[0])
-  choices = jax.jit(lambda lg, k, t: supernet.sample_choices(space, lg, k, t, True, "tas"))
+  choices = parallel.jit_once(lambda lg, k, t: supernet.sample_choices(space, lg, k, t, True, "tas"))
   rng = np.random.default_rng(0)
   seen_unequal_depth_widths = False
   for trial in range(3):
