@@ -233,7 +233,8 @@ def _fit(cfg, stage_dir, state, train_step, source, step_args, epoch_args, end_o
       console.detail("[%s] saved input state: %s", cfg.stage, data_state)
   else:
     logging.info("[%s] starting from scratch: %d epochs x %d steps, global batch %d, %d device(s)",
-                 cfg.stage, cfg.num_epochs, cfg.steps_per_epoch, cfg.global_batch, jax.device_count())
+                 cfg.stage, cfg.num_epochs, cfg.steps_per_epoch, cfg.global_batch,
+                 len(state.step.sharding.device_set))   # the mesh's (config.num_devices), not all
   progress = console.Progress(cfg.stage, total_steps, cfg.global_batch)
   from clu import periodic_actions
   profiler = (periodic_actions.Profile(logdir=stage_dir, num_profile_steps=cfg.profile_steps,
