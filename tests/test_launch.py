@@ -78,7 +78,7 @@ def fake_python(path, version):
   path.chmod(0o755)
 
 
-def setup_dry_run(tmp_path, pythons, uv=False):
+def setup_dry_run(tmp_path, pythons, uv=False, env_extra=None):
   """launch/setup.sh --dry-run with only the given interpreters (and uv) on PATH."""
   bin_dir = tmp_path / "bin"
   bin_dir.mkdir(parents=True)
@@ -91,6 +91,8 @@ def setup_dry_run(tmp_path, pythons, uv=False):
     (bin_dir / "uv").chmod(0o755)
   env = {**os.environ, "PATH": str(bin_dir), "TAS_JAX_VENV": str(tmp_path / "venv"), "HOME": str(tmp_path)}
   env.pop("PYTHON", None)
+  env.pop("TAS_JAX_INSTALLER", None)
+  env.update(env_extra or {})
   out = subprocess.run(["/bin/bash", "launch/setup.sh", "--dry-run"], capture_output=True,
                        text=True, cwd=ROOT, env=env)
   assert out.returncode == 0, out.stderr
@@ -102,7 +104,17 @@ def test_setup_finds_a_python_new_enough_or_gets_one_with_uv(tmp_path):
   lines = setup_dry_run(tmp_path / "a", {"python3": "3.10.12", "python3.12": "3.12.3"})
   venv_a = tmp_path / "a" / "venv"
   assert lines[0] == f"python3.12 -m venv {venv_a}"
-  assert f"{venv_a}/bin/python -m pip install -q -r requirements.txt" in lines
+  # uv into the venv, then uv installs the pins (bytecode compiled once, with them)
+  assert lines[2:6] == [f"{venv_a}/bin/python -m pip install -q uv",
+                        f"{venv_a}/bin/uv pip install -q --python {venv_a}/bin/python "
+                        "--compile-bytecode -r requirements.txt",
+                        f"{venv_a}/bin/uv pip install -q --python {venv_a}/bin/python --no-deps -e .",
+                        f"{venv_a}/bin/uv pip install -q --python {venv_a}/bin/python --no-deps "
+                        "foolbox==3.3.4"]
+  lines = setup_dry_run(tmp_path / "p", {"python3.12": "3.12.3"}, env_extra={"TAS_JAX_INSTALLER": "pip"})
+  venv_p = tmp_path / "p" / "venv"
+  assert f"{venv_p}/bin/python -m pip install -q -r requirements.txt" in lines
+  assert not any("uv" in line for line in lines)
   # a TPU VM image: python3 is 3.10 and uv is there
   lines = setup_dry_run(tmp_path / "b", {"python3": "3.10.12"}, uv=True)
   assert lines[0] == f"uv venv -q --seed --python 3.11 {tmp_path / 'b' / 'venv'}"
