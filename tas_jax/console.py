@@ -21,7 +21,8 @@ LOG_FILE = "log.txt"
 _DETAIL = std_logging.getLogger("tas_jax.detail")   # the log file only
 _DETAIL.propagate = False
 _DETAIL.setLevel(std_logging.INFO)
-_QUIET_LOGGERS = ("jax._src.xla_bridge", "matplotlib", "orbax", "absl.logging_writer")
+_QUIET_LOGGERS = ("jax._src.xla_bridge", "matplotlib", "orbax", "absl.logging_writer",
+                  "onnxscript", "onnx_ir", "torch.onnx", "torch.export")
 
 
 def quiet_environment() -> None:

@@ -2,6 +2,7 @@
 
     WORKDIR/
       teacher/                  the unpruned network: checkpoints/, arch.json, summary.json, events
+                                (imported.json: converted from PyTorch weights by tas_jax.convert)
       search/                   TAS's search: checkpoints/, base_arch.json, summary.json
       extract/                  arch.json (the pruned network), report.md, summary.json, widths*.png
       search-pas/, extract-pas/ the same for another method (PaS); its extraction also writes
@@ -24,6 +25,7 @@ SUMMARY = "summary.json"
 ARCH = "arch.json"
 BASE_ARCH = "base_arch.json"
 KEPT_CHANNELS = "kept_channels.json"
+IMPORTED = "imported.json"       # teacher/: made by python -m tas_jax.convert, not trained
 
 
 def teacher_dir(workdir: str) -> str:
@@ -87,6 +89,15 @@ def read_summary(directory: str):
   with open(path) as f:
     summary = json.load(f)
   return summary if summary.get("finished") else None
+
+
+def read_imported(teacher_dir: str):
+  """imported.json of a teacher converted from PyTorch weights, or None for a trained one."""
+  path = os.path.join(teacher_dir, IMPORTED)
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
 
 
 def write_summary(directory: str, summary: dict) -> str:

@@ -18,6 +18,9 @@ counter and the search spaces read that. An architecture is stored as JSON:
       "projection_bn": true,          # optional: BN after a stride-1 projection shortcut
       "projections": ["stage1.block1"],  # optional: blocks that keep a stride-1 projection even
                                          # where their input and output widths agree
+      "downsample": "pool_conv",      # optional: the stride-2 shortcut, "pool_conv" (TAS: 2x2
+                                      # average pool, 1x1 conv) or "strided_conv" (torchvision:
+                                      # 1x1 conv with stride 2, BN)
       "name": "resnet20"              # optional, informational
     }
 
@@ -26,7 +29,10 @@ stride-1 projection has BN when `projection_bn` is true: the spec (`shared/spec/
 for it on the unpruned networks and in pruned CIFAR-basic and ImageNet networks, and for none in
 pruned CIFAR-bottleneck networks; extraction writes the flag. `projections` is for a pruned network
 that inherits the weights of its original (PaS): a block that had a projection keeps it, even when
-pruning happened to leave its input and output equally wide.
+pruning happened to leave its input and output equally wide. `downsample` says how a stride-2 block's
+shortcut shrinks the map: TAS's networks average-pool 2x2 and then apply a 1x1 conv (spec §1),
+torchvision's ResNets apply a 1x1 conv with stride 2 and BN (`resnet18_tv`, `resnet50_tv`, the form
+pretrained torchvision weights need). Both cost the same FLOPs.
 """
 
 from __future__ import annotations
@@ -40,7 +46,8 @@ FAMILIES = ("cifar_basic", "cifar_bottleneck", "imagenet_basic", "imagenet_bottl
 _NUM_STAGES = {"cifar": 3, "imagenet": 4}
 _CONVS_PER_BLOCK = {"basic": 2, "bottleneck": 3}
 _KEYS = ("family", "num_classes", "input_size", "input_channels", "stem_width", "stages",
-         "projection_bn", "name", "projections")
+         "projection_bn", "name", "projections", "downsample")
+DOWNSAMPLES = ("pool_conv", "strided_conv")
 
 
 class ArchError(ValueError):
@@ -62,6 +69,7 @@ class Architecture:
   projection_bn: bool = True
   name: str = ""
   projections: tuple[str, ...] = ()   # blocks ("stage1.block1") with a projection whatever the widths
+  downsample: str = "pool_conv"       # the stride-2 shortcut: pool_conv (TAS) | strided_conv (torchvision)
 
   def __post_init__(self):
     try:
@@ -102,6 +110,8 @@ class Architecture:
     d["projections"] = list(self.projections)
     if not self.projections:  # the usual case: left out of the JSON
       del d["projections"]
+    if self.downsample == "pool_conv":   # TAS's form, the default: left out too
+      del d["downsample"]
     return d
 
   def to_json(self) -> str:
@@ -160,6 +170,9 @@ def validate(a: Architecture) -> None:
       raise ArchError(f"{field}={v!r}: must be a positive integer")
   if not isinstance(a.projection_bn, bool):
     raise ArchError(f"projection_bn={a.projection_bn!r}: must be true or false")
+  if a.downsample not in DOWNSAMPLES:
+    raise ArchError(f"downsample={a.downsample!r}: allowed: {', '.join(DOWNSAMPLES)} (TAS's "
+                    "2x2 average pool + 1x1 conv, or torchvision's 1x1 conv with stride 2)")
   n_stages = _NUM_STAGES[a.dataset_kind]
   if len(a.stages) != n_stages:
     raise ArchError(f"stages: {a.family} networks have {n_stages} stages, got {len(a.stages)}")
@@ -217,8 +230,9 @@ def cifar_resnet(depth: int, block: str = "basic", num_classes: int = 10, input_
 
 
 def imagenet_resnet(depth: int, num_classes: int = 1000, input_size: int = 224,
-                    input_channels: int = 3) -> Architecture:
-  """The unpruned ImageNet ResNet-18/34/50/101."""
+                    input_channels: int = 3, downsample: str = "pool_conv") -> Architecture:
+  """The unpruned ImageNet ResNet-18/34/50/101; `downsample="strided_conv"` is torchvision's
+  ResNet (v1.5: the stride on the 3x3 conv of a bottleneck, as here)."""
   if depth not in IMAGENET_DEPTHS:
     raise ArchError(f"depth={depth!r}: ImageNet ResNets: {', '.join(map(str, IMAGENET_DEPTHS))}")
   block, blocks = IMAGENET_DEPTHS[depth]
@@ -229,7 +243,9 @@ def imagenet_resnet(depth: int, num_classes: int = 1000, input_size: int = 224,
     stages.append((widths,) * n)
   return Architecture(family=f"imagenet_{block}", num_classes=num_classes, input_size=input_size,
                       input_channels=input_channels, stem_width=64, stages=tuple(stages),
-                      name=f"imagenet_resnet{depth}")
+                      downsample=downsample,
+                      name=f"resnet{depth}_tv" if downsample == "strided_conv" else
+                      f"imagenet_resnet{depth}")
 
 
 NAMED = {
@@ -237,11 +253,15 @@ NAMED = {
     "resnet164": lambda: cifar_resnet(164, "bottleneck"),
     "imagenet_resnet18": lambda: imagenet_resnet(18),
     "imagenet_resnet50": lambda: imagenet_resnet(50),
+    # torchvision's topology: what its pretrained weights run on (python -m tas_jax.convert)
+    "resnet18_tv": lambda: imagenet_resnet(18, downsample="strided_conv"),
+    "resnet50_tv": lambda: imagenet_resnet(50, downsample="strided_conv"),
 }
 
 
 def named(name: str) -> Architecture:
-  """A named unpruned network: resnet20/32/56/110/164 (CIFAR-10), imagenet_resnet18/50."""
+  """A named unpruned network: resnet20/32/56/110/164 (CIFAR-10), imagenet_resnet18/50 (TAS's
+  ImageNet form), resnet18_tv/resnet50_tv (torchvision's)."""
   if name not in NAMED:
     raise ArchError(f"unknown architecture {name!r}; named ones: {', '.join(NAMED)}")
   return NAMED[name]()

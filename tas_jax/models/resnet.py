@@ -56,10 +56,12 @@ class ConvBN(nn.Module):
 
 
 class Shortcut(nn.Module):
-  """Projection shortcut: 2x2 average pool (stride 2 only), 1x1 conv, BN where asked."""
+  """Projection shortcut: 2x2 average pool (TAS's stride-2 form), 1x1 conv (with stride 2 in
+  torchvision's form), BN where asked."""
   width: int
   pool: bool
   use_bn: bool
+  stride: int = 1
   bn_axis_name: Optional[str] = None
   dtype: jnp.dtype = jnp.float32
 
@@ -67,7 +69,7 @@ class Shortcut(nn.Module):
   def __call__(self, x, train: bool):
     if self.pool:
       x = nn.avg_pool(x, (2, 2), (2, 2))
-    return ConvBN(self.width, 1, 1, self.use_bn, bn_axis_name=self.bn_axis_name,
+    return ConvBN(self.width, 1, self.stride, self.use_bn, bn_axis_name=self.bn_axis_name,
                   dtype=self.dtype, name="proj")(x, train)
 
 
@@ -90,7 +92,7 @@ class Block(nn.Module):
         y = gate(nn.relu(y), gates, c.name)
     p = self.layout.projection
     residual = x if p is None else Shortcut(
-        p.out_width, pool=self.layout.shortcut == "pool_conv", use_bn=p.has_bn,
+        p.out_width, pool=self.layout.shortcut == "pool_conv", use_bn=p.has_bn, stride=p.stride,
         bn_axis_name=self.bn_axis_name, dtype=self.dtype, name="shortcut")(x, train)
     return gate(nn.relu(y + residual), gates, self.layout.name)
 

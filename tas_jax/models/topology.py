@@ -10,7 +10,9 @@ Rules (spec §1):
 - Basic block: conv_a 3x3 (carries the stride), conv_b 3x3. Bottleneck: conv_a 1x1, conv_b 3x3
   (carries the stride), conv_c 1x1. Every conv is padded by kernel//2 and followed by BN.
 - The first block of every stage but the first has stride 2 and a projection shortcut: a 2x2
-  average pool, then a 1x1 conv to the block's output width (BN on ImageNet only).
+  average pool, then a 1x1 conv to the block's output width (BN on ImageNet only); or, for an
+  architecture with `downsample="strided_conv"` (torchvision's ResNets), a 1x1 conv with stride 2
+  and BN. Both see the same input pixels' worth of work: one 1x1 conv at the output resolution.
 - A stride-1 block whose input width differs from its output width (a pruned block, or the first
   bottleneck of a stage), or one the architecture lists in `projections`, gets a 1x1 projection,
   with BN when the architecture's `projection_bn`.
@@ -25,7 +27,7 @@ from typing import Optional, Sequence
 
 from tas_jax.models.arch import Architecture
 
-SHORTCUTS = ("identity", "pool_conv", "conv_bn", "conv")
+SHORTCUTS = ("identity", "pool_conv", "strided_conv", "conv_bn", "conv")
 
 
 def conv_out_size(size: int, kernel: int, stride: int) -> int:
@@ -103,9 +105,10 @@ def block_layout(block_kind: str, stride: int) -> tuple[tuple[int, ...], tuple[i
 
 def shortcut_kind(arch: Architecture, in_width: int, out_width: int, stride: int,
                   block_name: str = "") -> str:
-  """'identity', 'pool_conv' (stride 2), 'conv_bn' or 'conv' (stride-1 projection)."""
+  """'identity', 'pool_conv' or 'strided_conv' (stride 2, as `arch.downsample` says), 'conv_bn' or
+  'conv' (stride-1 projection)."""
   if stride == 2:
-    return "pool_conv"
+    return arch.downsample
   if in_width != out_width or block_name in arch.projections:
     return "conv_bn" if arch.projection_bn else "conv"
   return "identity"
@@ -132,7 +135,10 @@ def of(arch: Architecture) -> Topology:
         cin, size = w, out
       kind = shortcut_kind(arch, width, widths[-1], block_stride, name)
       projection = None
-      if kind != "identity":
+      if kind == "strided_conv":
+        projection = Conv(f"{name}.shortcut", 1, 2, width, widths[-1], in_size,
+                          conv_out_size(in_size, 1, 2), True)
+      elif kind != "identity":
         pooled = in_size // 2 if kind == "pool_conv" else in_size
         has_bn = kind == "conv_bn" or (kind == "pool_conv" and imagenet)
         projection = Conv(f"{name}.shortcut", 1, 1, width, widths[-1], pooled, pooled, has_bn)
@@ -168,4 +174,5 @@ def pruned(base: Architecture, widths: Sequence[int], depths: Sequence[int],
   return Architecture(family=base.family, num_classes=base.num_classes,
                       input_size=base.input_size, input_channels=base.input_channels,
                       stem_width=int(widths[0]), stages=tuple(tuple(s) for s in stages),
-                      projection_bn=projection_bn, name=name, projections=projections)
+                      projection_bn=projection_bn, name=name, projections=projections,
+                      downsample=base.downsample)

@@ -118,6 +118,17 @@ def read_checkpoint(stage_dir: str, abstract_subtrees: dict, stage: str) -> tupl
   return dict(restored["state"]), restored["meta"], step
 
 
+def save_variables(stage_dir: str, variables: dict, meta: dict, step: int = 0) -> str:
+  """Writes {"params", "batch_stats"} as a stage's checkpoint at `step`, in the layout
+  `read_checkpoint` reads (weights made outside a training loop: an imported teacher); returns the
+  checkpoint folder."""
+  manager = checkpoint_manager(stage_dir, keep=1)
+  _save(manager, step, variables, meta)
+  manager.wait_until_finished()
+  manager.close()
+  return workdir.checkpoint_dir(stage_dir)
+
+
 def _save(manager, step: int, state, meta: dict) -> None:
   manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                              meta=ocp.args.JsonSave(meta)), force=True)

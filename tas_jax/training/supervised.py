@@ -83,7 +83,7 @@ def read_teacher(workdir: str, mesh, reader: str) -> tuple[arch_lib.Architecture
         f"{arch_path} is missing: run --config.stage=teacher with this --workdir first")
   arch = networks.load(arch_path)
   variables, step = read_variables(teacher_dir, arch, "teacher", parallel.replicated(mesh))
-  if layout.read_summary(teacher_dir) is None:
+  if layout.read_summary(teacher_dir) is None and layout.read_imported(teacher_dir) is None:
     logging.warning("[%s] the teacher in %s has not finished; using its checkpoint at step %d",
                     reader, teacher_dir, step)
   return arch, variables, step

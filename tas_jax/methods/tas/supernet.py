@@ -177,9 +177,10 @@ class SuperNet(nn.Module):
         else:
           # every projection shortcut has per-candidate BN during search, as the official
           # search_forward (CIFAR's stride-2 projection included; its pruned network keeps none)
-          hp = nn.avg_pool(h, (2, 2), (2, 2)) if blk.stride == 2 else h
-          residual = conv(space.slots[out_slot].full, 1, 1, name=f"{name}.shortcut")(
-              hp, choice(out_slot), train)
+          pooled = blk.shortcut == "pool_conv"   # TAS's form; torchvision's strides the conv
+          hp = nn.avg_pool(h, (2, 2), (2, 2)) if pooled else h
+          residual = conv(space.slots[out_slot].full, 1, 1 if pooled else blk.stride,
+                          name=f"{name}.shortcut")(hp, choice(out_slot), train)
           channels = c_star(out_slot)
         h = nn.relu(y + residual)
         outputs.append((h, channels))

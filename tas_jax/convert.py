@@ -1,0 +1,160 @@
+"""`python -m tas_jax.convert SOURCE --arch=NAME --weights=FILE.pth --workdir=W`: a pretrained
+PyTorch network as the teacher of a workdir.
+
+    python -m tas_jax.convert torchvision --arch=resnet50_tv --weights=resnet50-11ad3fa6.pth --workdir=W
+    python -m tas_jax.convert repvgg --arch=repvgg_a0 --weights=RepVGG-A0-train.pth --workdir=W
+
+SOURCE names the checkpoint's layout: `torchvision` (a torchvision ResNet's state dict, for the
+`resnet18_tv` / `resnet50_tv` topology or an architecture JSON with `"downsample": "strided_conv"`)
+or `repvgg` (the released RepVGG code's training-form state dict). The classifier's width is read
+from the file, so a network fine-tuned to other classes converts too.
+
+Writes W/teacher/ as the teacher stage would: arch.json, an Orbax checkpoint of the weights and
+BN statistics, `imported.json` (file, SHA-256, the conversion check) and the stage record. The
+next `--config.stage=teacher` (or the first step of `all`) evaluates it on the config's test set
+instead of training it, and every later stage reads it as a trained teacher: `all` goes on with
+the search. Before writing, the converted network and the checkpoint's own PyTorch network are run
+on the same random batch; their largest logit difference is printed and kept in imported.json.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import sys
+
+from absl import app, flags
+
+from tas_jax import console
+
+console.quiet_environment()
+
+import numpy as np  # noqa: E402
+
+from tas_jax import errors, workdir as layout  # noqa: E402
+from tas_jax.interop import MissingDependencyError, require, torch_layout  # noqa: E402
+from tas_jax.models import arch as arch_lib, networks, repvgg  # noqa: E402
+
+SOURCES = {"torchvision": "a torchvision ResNet state dict", "repvgg": "a released RepVGG "
+           "training-form state dict"}
+
+_ARCH = flags.DEFINE_string("arch", None, "resnet18_tv | resnet50_tv | repvgg_a0 | repvgg_b1 | an "
+                            "architecture JSON")
+_WEIGHTS = flags.DEFINE_string("weights", None, "the PyTorch checkpoint (.pth)")
+_WORKDIR = flags.DEFINE_string("workdir", None, "the workdir whose teacher/ it becomes")
+_INPUT_SIZE = flags.DEFINE_integer("input_size", 0, "the image side the network is trained and "
+                                   "evaluated at (0: the architecture's, 224 for the named ones)")
+
+
+def sha256(path: str) -> str:
+  digest = hashlib.sha256()
+  with open(path, "rb") as f:
+    for chunk in iter(lambda: f.read(1 << 20), b""):
+      digest.update(chunk)
+  return digest.hexdigest()
+
+
+def read_state_dict(path: str) -> dict:
+  """{key: float32 numpy array} of a PyTorch checkpoint file (tensors only, no code run)."""
+  torch = require("torch", "reading a PyTorch checkpoint")
+  if not os.path.isfile(path):
+    raise errors.ConfigError(f"--weights={path}: no such file")
+  try:
+    state = torch.load(path, map_location="cpu", weights_only=True)
+  except Exception as e:  # noqa: BLE001 — any unreadable file: one line
+    raise errors.ConfigError(f"--weights={path}: not a PyTorch checkpoint ({str(e).splitlines()[0][:160]})") from None
+  state = torch_layout.strip_wrappers(state)
+  return {k: v.float().numpy() for k, v in state.items() if hasattr(v, "numpy")}
+
+
+def architecture(source: str, name: str, state: dict, input_size: int):
+  """The tas_jax architecture the checkpoint fills: `name`, with the classifier's width from the
+  file and the input side asked for."""
+  a = networks.resolve(name)
+  is_repvgg = isinstance(a, repvgg.RepVGGArch)
+  if (source == "repvgg") != is_repvgg:
+    raise errors.ConfigError(f"--arch={name} is {'a RepVGG' if is_repvgg else 'a ResNet'}; "
+                             f"SOURCE {source} needs {'repvgg_a0 or repvgg_b1' if source == 'repvgg' else 'resnet18_tv or resnet50_tv'}")
+  if not is_repvgg and a.downsample != "strided_conv":
+    raise errors.ConfigError(f"--arch={name} downsamples with TAS's average pool; torchvision's "
+                             "ResNets need the strided form: resnet18_tv, resnet50_tv, or an "
+                             'architecture JSON with "downsample": "strided_conv"')
+  if is_repvgg and any("rbr_reparam" in k for k in state):
+    raise errors.ConfigError("--weights holds a RepVGG in deploy form (rbr_reparam); convert its "
+                             "training-form checkpoint (e.g. RepVGG-A0-train.pth)")
+  head = "linear.weight" if is_repvgg else "fc.weight"
+  if head not in state:
+    raise torch_layout.WeightsError(f"--weights has no {head}: not {SOURCES[source]}")
+  return dataclasses.replace(a, num_classes=int(state[head].shape[0]),
+                             input_size=input_size or a.input_size)
+
+
+def check_against_torch(a, state: dict, variables: dict, batch: int = 2) -> float:
+  """Largest |logit difference| between the converted network and the checkpoint loaded into
+  tas_jax's PyTorch form of `a` (same names as the source), on one random batch."""
+  import jax
+  torch = require("torch", "checking a conversion")
+  from tas_jax.interop import torch_net
+  reference = torch_net.module(a)
+  reference.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()}, strict=False)
+  x = np.random.default_rng(0).standard_normal((batch, a.input_size, a.input_size,
+                                                a.input_channels), np.float32)
+  ours = jax.jit(lambda v, x: networks.build(a).apply(v, x, train=False))(variables, x)
+  with torch.no_grad():
+    theirs = reference(torch.from_numpy(x.transpose(0, 3, 1, 2))).numpy()
+  return float(np.max(np.abs(np.asarray(ours) - theirs)))
+
+
+def convert(source: str, name: str, weights: str, workdir: str, input_size: int = 0) -> dict:
+  """Writes WORKDIR/teacher from a PyTorch checkpoint; returns what imported.json records."""
+  if source not in SOURCES:
+    raise errors.ConfigError(f"SOURCE={source!r}: allowed: {', '.join(SOURCES)}")
+  teacher_dir = layout.teacher_dir(workdir)
+  if os.path.isdir(teacher_dir) and os.listdir(teacher_dir):
+    raise errors.ConfigError(f"{teacher_dir} already holds a teacher: choose a new --workdir, or "
+                             "delete that folder to replace it")
+  state = read_state_dict(weights)
+  a = architecture(source, name, state, input_size)
+  variables = torch_layout.from_state_dict(a, state, source=f"--weights={weights}")
+  error = check_against_torch(a, state, variables)
+  record = {"source": source, "weights": os.path.abspath(weights), "sha256": sha256(weights),
+            "architecture": a.name, "num_classes": a.num_classes, "input_size": a.input_size,
+            "max_abs_logit_difference": error}
+  from tas_jax.stages import records
+  from tas_jax.training import loop
+  os.makedirs(teacher_dir, exist_ok=True)
+  a.save(os.path.join(teacher_dir, layout.ARCH))
+  loop.save_variables(teacher_dir, variables, {"imported": record})
+  with open(os.path.join(teacher_dir, layout.IMPORTED), "w") as f:
+    json.dump(record, f, indent=2)
+  with open(os.path.join(teacher_dir, records.RECORD), "w") as f:   # no training settings to compare
+    json.dump({"stage": "teacher", "fields": {}, "reads": [], "imported": record}, f, indent=1)
+  return record
+
+
+def main(argv) -> int:
+  if len(argv) != 2:
+    raise app.UsageError(f"one SOURCE: {', '.join(SOURCES)}")
+  for flag in (_ARCH, _WEIGHTS, _WORKDIR):
+    if not flag.value:
+      raise app.UsageError(f"--{flag.name} is needed")
+  console.setup()
+  try:
+    record = convert(argv[1], _ARCH.value, _WEIGHTS.value, _WORKDIR.value, _INPUT_SIZE.value)
+  except (errors.ConfigError, arch_lib.ArchError, MissingDependencyError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  teacher_dir = layout.teacher_dir(_WORKDIR.value)
+  print(f"{record['architecture']} ({record['num_classes']} classes, {record['input_size']}x"
+        f"{record['input_size']} inputs) from {_WEIGHTS.value} -> {teacher_dir}\n"
+        f"check against PyTorch on a random batch: largest |logit difference| "
+        f"{record['max_abs_logit_difference']:.2e}\n"
+        f"next: python -m tas_jax.main --config=CONFIG --workdir={_WORKDIR.value} "
+        f"--config.model.arch={os.path.join(teacher_dir, layout.ARCH)} --config.stage=all")
+  return 0
+
+
+if __name__ == "__main__":
+  app.run(lambda argv: sys.exit(main(argv)))

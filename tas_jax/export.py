@@ -1,0 +1,238 @@
+"""`python -m tas_jax.export --workdir=W --run=RUN --format=stablehlo|onnx|torch`: a trained network
+out of tas_jax, checked against it.
+
+RUN is `teacher` or a distill run of the results table (`tas-kd`, `pas-ce`, …). Writes
+W/export/RUN/:
+
+- `stablehlo`: `model.stablehlo`, a serialised `jax.export` of the inference function (weights
+  inside, any batch size, lowered for CPU, CUDA and TPU). Loading it needs only JAX:
+      from jax import export
+      model = export.deserialize(open("model.stablehlo", "rb").read())
+      logits = model.call(images)          # float32 NHWC, normalised as export.json says
+- `torch`: `model.pt`, a PyTorch state dict in torchvision's names (ResNets; an unpruned
+  `resnet18_tv`/`resnet50_tv` loads into torchvision's own model) or the released RepVGG code's,
+  with `arch.json`; `tas_jax.interop.torch_net.module(arch)` is the module it fits. Also
+  `model.pt2`, the module as a `torch.export` program that loads without tas_jax:
+  `torch.export.load("model.pt2").module()(images_nchw)`.
+- `onnx`: `model.onnx` (input `images`, NCHW, dynamic batch), made from the torch form by
+  PyTorch's own exporter (`torch.onnx.export(dynamo=True)`), and checked with onnxruntime.
+
+Every format is checked before the command returns: its logits against the tas_jax network's on
+`--check_images` real test images of the run's dataset, largest difference printed and recorded
+in export.json (with the input layout and normalisation). PyTorch formats take NCHW, StableHLO
+NHWC (JAX's layout), both float32 normalised by the dataset's mean and std.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+import warnings
+from typing import Callable
+
+from absl import app, flags
+
+from tas_jax import console
+
+console.quiet_environment()
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import ml_collections  # noqa: E402
+import numpy as np  # noqa: E402
+
+from tas_jax import errors, workdir as layout  # noqa: E402
+from tas_jax.interop import MissingDependencyError, require  # noqa: E402
+from tas_jax.models import arch as arch_lib, networks  # noqa: E402
+
+FORMATS = ("stablehlo", "onnx", "torch")
+TOLERANCE = 1e-4   # largest |logit difference| an export may have, relative to max(1, |logits|)
+PLATFORMS = ("cpu", "cuda", "tpu")
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "the workdir holding the run")
+_RUN = flags.DEFINE_string("run", None, "teacher, or a distill run (tas-kd, pas-ce, …)")
+_FORMAT = flags.DEFINE_enum("format", None, FORMATS, "what to write")
+_CHECK_IMAGES = flags.DEFINE_integer("check_images", 8, "test images the export is checked on")
+
+
+def run_dir(workdir: str, run: str) -> str:
+  return layout.teacher_dir(workdir) if run == "teacher" else layout.distill_dir(workdir, run)
+
+
+def read_run(workdir: str, run: str):
+  """(architecture, {"params", "batch_stats"} on the host, the config it was made with)."""
+  from tas_jax.stages import records
+  from tas_jax.training import supervised
+  directory = run_dir(workdir, run)
+  if not os.path.exists(os.path.join(directory, layout.ARCH)):
+    runs = sorted(os.listdir(layout.distill_dir(workdir))) if os.path.isdir(
+        layout.distill_dir(workdir)) else []
+    raise errors.CheckpointNotFoundError(
+        f"--run={run}: no trained network in {directory} (runs here: "
+        f"{', '.join(['teacher'] + runs)})")
+  a = networks.load(os.path.join(directory, layout.ARCH))
+  variables, _ = supervised.read_variables(
+      directory, a, "teacher" if run == "teacher" else "distill",
+      jax.sharding.SingleDeviceSharding(jax.local_devices()[0]))
+  record = records.read_record(directory) or {}
+  if "config" not in record:   # an imported teacher: the config of a stage that read it
+    record = next((records.read_record(layout.stage_dir(workdir, s)) for s in _readers(workdir)),
+                  None) or {}
+  if "config" not in record:
+    raise errors.CheckpointNotFoundError(f"{directory} has no record of its data (config.json): "
+                                         "run a stage on it first")
+  return a, jax.device_get(variables), ml_collections.ConfigDict(record["config"])
+
+
+def _readers(workdir: str) -> list[str]:
+  return [d for d in sorted(os.listdir(workdir))
+          if os.path.exists(os.path.join(workdir, d, "config.json")) and d != "teacher"]
+
+
+def check_images(config: ml_collections.ConfigDict, n: int) -> tuple[np.ndarray, dict]:
+  """n real test images of the run's dataset, normalised float32 NHWC, and how they were made."""
+  from tas_jax import parallel
+  from tas_jax.data import augment
+  from tas_jax.training import inputs
+  c = ml_collections.ConfigDict(config.to_dict())
+  c.num_devices = 1
+  ds = inputs.load(c, parallel.make_mesh(1), n)
+  images = np.asarray(augment.normalize(jnp.asarray(ds.sample_images(n)), ds.mean, ds.std))
+  return images, {"dataset": ds.name, "mean": list(ds.mean), "std": list(ds.std),
+                  "image_size": ds.image_size, "channels": ds.channels}
+
+
+def jax_function(a, variables) -> Callable:
+  """images (NHWC float32) -> logits: the tas_jax network in evaluation mode, float32."""
+  model = networks.build(a)
+  v = {"params": variables["params"], **({"batch_stats": variables["batch_stats"]}
+                                         if variables.get("batch_stats") else {})}
+  return lambda x: model.apply(v, x, train=False)
+
+
+def export_stablehlo(a, variables, out_dir: str) -> tuple[str, Callable]:
+  """Writes model.stablehlo; returns (path, images -> logits through the deserialised export)."""
+  batch = jax.export.symbolic_shape("batch")[0]
+  spec = jax.ShapeDtypeStruct((batch, a.input_size, a.input_size, a.input_channels), jnp.float32)
+  exported = jax.export.export(jax.jit(jax_function(a, variables)), platforms=PLATFORMS)(spec)
+  path = os.path.join(out_dir, "model.stablehlo")
+  with open(path, "wb") as f:
+    f.write(exported.serialize())
+  with open(path, "rb") as f:
+    loaded = jax.export.deserialize(bytearray(f.read()))
+  return path, lambda x: np.asarray(loaded.call(x))
+
+
+def torch_module(a, variables):
+  from tas_jax.interop import torch_net
+  return torch_net.load(a, variables)
+
+
+def export_torch(a, variables, out_dir: str) -> tuple[str, Callable]:
+  """Writes model.pt (state dict), arch.json and model.pt2 (torch.export); returns (path of
+  model.pt, images NHWC -> logits through the module rebuilt from arch.json + model.pt)."""
+  torch = require("torch", "--format=torch")
+  from tas_jax.interop import torch_net
+  module = torch_module(a, variables)
+  path = os.path.join(out_dir, "model.pt")
+  torch.save(module.state_dict(), path)
+  a.save(os.path.join(out_dir, layout.ARCH))
+  example = torch.zeros(2, a.input_channels, a.input_size, a.input_size)
+  with _quiet_torch():
+    program = torch.export.export(module, (example,),
+                                  dynamic_shapes=({0: torch.export.Dim("batch", min=1)},))
+    torch.export.save(program, os.path.join(out_dir, "model.pt2"))
+  rebuilt = torch_net.module(networks.load(os.path.join(out_dir, layout.ARCH)))
+  rebuilt.load_state_dict(torch.load(path, weights_only=True))
+  return path, _nchw(torch, rebuilt)
+
+
+@contextlib.contextmanager
+def _quiet_torch():
+  """PyTorch's exporters warn about their own internals (FutureWarning): nothing a user acts on."""
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore", FutureWarning)
+    yield
+
+
+def _nchw(torch, module) -> Callable:
+  def call(x):
+    with torch.no_grad():
+      return module(torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))).numpy()
+  return call
+
+
+def export_onnx(a, variables, out_dir: str) -> tuple[str, Callable]:
+  """Writes model.onnx from the torch form; returns (path, images NHWC -> logits in onnxruntime)."""
+  torch = require("torch", "--format=onnx (made from the PyTorch form)")
+  require("onnxscript", "--format=onnx (PyTorch's exporter)")
+  ort = require("onnxruntime", "checking --format=onnx")
+  module = torch_module(a, variables)
+  path = os.path.join(out_dir, "model.onnx")
+  example = torch.zeros(2, a.input_channels, a.input_size, a.input_size)
+  with _quiet_torch():
+    torch.onnx.export(module, (example,), path, input_names=["images"], output_names=["logits"],
+                      dynamic_shapes=({0: torch.export.Dim("batch", min=1)},), dynamo=True,
+                      external_data=False, verbose=False)
+  session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+  return path, lambda x: session.run(None, {"images": np.ascontiguousarray(
+      x.transpose(0, 3, 1, 2))})[0]
+
+
+EXPORTERS = {"stablehlo": export_stablehlo, "onnx": export_onnx, "torch": export_torch}
+
+
+def largest_difference(reference: np.ndarray, other: np.ndarray) -> float:
+  """max |a - b| / max(1, max |a|): absolute for small logits, relative for large ones."""
+  return float(np.max(np.abs(reference - other)) / max(1.0, float(np.max(np.abs(reference)))))
+
+
+def export(workdir: str, run: str, fmt: str, num_images: int = 8) -> dict:
+  """Writes W/export/RUN/ in format `fmt`, checks it on real test images; returns export.json."""
+  if fmt not in EXPORTERS:
+    raise errors.ConfigError(f"--format={fmt}: allowed: {', '.join(FORMATS)}")
+  a, variables, config = read_run(workdir, run)
+  images, data = check_images(config, num_images)
+  out_dir = os.path.join(workdir, "export", run)
+  os.makedirs(out_dir, exist_ok=True)
+  path, call = EXPORTERS[fmt](a, variables, out_dir)
+  reference = np.asarray(jax.jit(jax_function(a, variables))(images))
+  difference = largest_difference(reference, np.asarray(call(images)))
+  if difference > TOLERANCE:
+    raise AssertionError(f"{fmt} export of {run} differs from tas_jax by {difference:.2e} "
+                         f"(tolerance {TOLERANCE}): a bug, please report it")
+  info_path = os.path.join(out_dir, "export.json")
+  info = json.load(open(info_path)) if os.path.exists(info_path) else {}
+  info.update({"run": run, "architecture": a.name, **data,
+               "layout": {"stablehlo": "NHWC"} | {f: "NCHW" for f in ("onnx", "torch")},
+               fmt: {"path": path, "checked_images": len(images),
+                     "max_logit_difference": difference}})
+  with open(info_path, "w") as f:
+    json.dump(info, f, indent=2)
+  return info
+
+
+def main(argv) -> int:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  for flag in (_WORKDIR, _RUN, _FORMAT):
+    if not flag.value:
+      raise app.UsageError(f"--{flag.name} is needed")
+  console.setup()
+  try:
+    info = export(_WORKDIR.value, _RUN.value, _FORMAT.value, _CHECK_IMAGES.value)
+  except (errors.ConfigError, arch_lib.ArchError, MissingDependencyError,
+          errors.CheckpointNotFoundError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  entry = info[_FORMAT.value]
+  print(f"{_RUN.value} ({info['architecture']}) -> {entry['path']}\nchecked on "
+        f"{entry['checked_images']} test images of {info['dataset']}: largest logit difference "
+        f"{entry['max_logit_difference']:.2e} (relative to max(1, |logit|); tolerance {TOLERANCE})")
+  return 0
+
+
+if __name__ == "__main__":
+  app.run(lambda argv: sys.exit(main(argv)))
