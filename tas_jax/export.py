@@ -44,18 +44,12 @@ import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 
 from tas_jax import errors, workdir as layout  # noqa: E402
-from tas_jax.interop import MissingDependencyError, require  # noqa: E402
+from tas_jax.interop import require  # noqa: E402
 from tas_jax.models import arch as arch_lib, networks  # noqa: E402
 
 FORMATS = ("stablehlo", "onnx", "torch")
 TOLERANCE = 1e-4   # largest |logit difference| an export may have, relative to max(1, |logits|)
 PLATFORMS = ("cpu", "cuda", "tpu")
-
-_WORKDIR = flags.DEFINE_string("workdir", None, "the workdir holding the run")
-_RUN = flags.DEFINE_string("run", None, "teacher, or a distill run (tas-kd, pas-ce, …)")
-_FORMAT = flags.DEFINE_enum("format", None, FORMATS, "what to write")
-_CHECK_IMAGES = flags.DEFINE_integer("check_images", 8, "test images the export is checked on")
-
 
 def run_dir(workdir: str, run: str) -> str:
   return layout.teacher_dir(workdir) if run == "teacher" else layout.distill_dir(workdir, run)
@@ -160,7 +154,7 @@ def _quiet_torch():
 def _nchw(torch, module) -> Callable:
   def call(x):
     with torch.no_grad():
-      return module(torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))).numpy()
+      return module(torch.tensor(x.transpose(0, 3, 1, 2))).numpy()
   return call
 
 
@@ -214,25 +208,33 @@ def export(workdir: str, run: str, fmt: str, num_images: int = 8) -> dict:
   return info
 
 
-def main(argv) -> int:
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  for flag in (_WORKDIR, _RUN, _FORMAT):
-    if not flag.value:
-      raise app.UsageError(f"--{flag.name} is needed")
+def cli(workdir: str, run: str, fmt: str, num_images: int = 8) -> int:
+  """The command: exports and checks, prints the file and the check; a user's error is one line."""
   console.setup()
   try:
-    info = export(_WORKDIR.value, _RUN.value, _FORMAT.value, _CHECK_IMAGES.value)
-  except (errors.ConfigError, arch_lib.ArchError, MissingDependencyError,
-          errors.CheckpointNotFoundError) as e:
+    info = export(workdir, run, fmt, num_images)
+  except (errors.ConfigError, arch_lib.ArchError, errors.CheckpointNotFoundError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
-  entry = info[_FORMAT.value]
-  print(f"{_RUN.value} ({info['architecture']}) -> {entry['path']}\nchecked on "
+  entry = info[fmt]
+  print(f"{run} ({info['architecture']}) -> {entry['path']}\nchecked on "
         f"{entry['checked_images']} test images of {info['dataset']}: largest logit difference "
         f"{entry['max_logit_difference']:.2e} (relative to max(1, |logit|); tolerance {TOLERANCE})")
   return 0
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":   # flags only here: tas_jax.main defines its own --workdir
+  _WORKDIR = flags.DEFINE_string("workdir", None, "the workdir holding the run")
+  _RUN = flags.DEFINE_string("run", None, "teacher, or a distill run (tas-kd, pas-ce, …)")
+  _FORMAT = flags.DEFINE_enum("format", None, FORMATS, "what to write")
+  _CHECK_IMAGES = flags.DEFINE_integer("check_images", 8, "test images the export is checked on")
+
+  def main(argv):
+    if len(argv) > 1:
+      raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    for flag in (_WORKDIR, _RUN, _FORMAT):
+      if not flag.value:
+        raise app.UsageError(f"--{flag.name} is needed")
+    return cli(_WORKDIR.value, _RUN.value, _FORMAT.value, _CHECK_IMAGES.value)
+
   app.run(lambda argv: sys.exit(main(argv)))

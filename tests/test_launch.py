@@ -78,7 +78,7 @@ def fake_python(path, version):
   path.chmod(0o755)
 
 
-def setup_dry_run(tmp_path, pythons, uv=False, env_extra=None):
+def setup_dry_run(tmp_path, pythons, uv=False, env_extra=None, args=()):
   """launch/setup.sh --dry-run with only the given interpreters (and uv) on PATH."""
   bin_dir = tmp_path / "bin"
   bin_dir.mkdir(parents=True)
@@ -93,7 +93,7 @@ def setup_dry_run(tmp_path, pythons, uv=False, env_extra=None):
   env.pop("PYTHON", None)
   env.pop("TAS_JAX_INSTALLER", None)
   env.update(env_extra or {})
-  out = subprocess.run(["/bin/bash", "launch/setup.sh", "--dry-run"], capture_output=True,
+  out = subprocess.run(["/bin/bash", "launch/setup.sh", "--dry-run", *args], capture_output=True,
                        text=True, cwd=ROOT, env=env)
   assert out.returncode == 0, out.stderr
   return out.stdout.splitlines()
@@ -111,9 +111,13 @@ def test_setup_finds_a_python_new_enough_or_gets_one_with_uv(tmp_path):
                         f"{venv_a}/bin/uv pip install -q --python {venv_a}/bin/python --no-deps -e .",
                         f"{venv_a}/bin/uv pip install -q --python {venv_a}/bin/python --no-deps "
                         "foolbox==3.3.4"]
-  lines = setup_dry_run(tmp_path / "p", {"python3.12": "3.12.3"}, env_extra={"TAS_JAX_INSTALLER": "pip"})
+  assert not any("torch" in line for line in lines)       # the optional packages: --tests only
+  lines = setup_dry_run(tmp_path / "p", {"python3.12": "3.12.3"}, env_extra={"TAS_JAX_INSTALLER": "pip"},
+                        args=("--tests",))
   venv_p = tmp_path / "p" / "venv"
   assert f"{venv_p}/bin/python -m pip install -q -r requirements.txt" in lines
+  assert lines[-4:-2] == [f"{venv_p}/bin/python -m pip install -q -r requirements-interop.txt",
+                          f"{venv_p}/bin/python -m pip install -q --no-deps torchvision==0.28.0"]
   assert not any("uv" in line for line in lines)
   # a TPU VM image: python3 is 3.10 and uv is there
   lines = setup_dry_run(tmp_path / "b", {"python3": "3.10.12"}, uv=True)

@@ -23,7 +23,8 @@ import pipelines
 FAMILIES = [
     arch.cifar_resnet(14, input_size=16),           # stage-1 chain: the stem and two blocks
     arch.cifar_resnet(11, "bottleneck", input_size=16),
-    one_block_per_stage(arch.imagenet_resnet(18, num_classes=7, input_size=32)),
+    one_block_per_stage(arch.imagenet_resnet(18, num_classes=7, input_size=32,
+                                           downsample="strided_conv")),  # torchvision's form
     one_block_per_stage(arch.imagenet_resnet(50, num_classes=7, input_size=32)),
 ]
 

@@ -19,7 +19,8 @@ from test_train import run_on
 @pytest.mark.parametrize("a", [
     arch.cifar_resnet(14, input_size=16),
     arch.cifar_resnet(11, "bottleneck", input_size=16),
-    one_block_per_stage(arch.imagenet_resnet(18, num_classes=5, input_size=32)),
+    one_block_per_stage(arch.imagenet_resnet(18, num_classes=5, input_size=32,
+                                           downsample="strided_conv")),  # torchvision's form
     one_block_per_stage(arch.imagenet_resnet(50, num_classes=5, input_size=32)),
 ], ids=lambda a: a.name)
 def test_peaked_supernet_is_the_plain_network(a):

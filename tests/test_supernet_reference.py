@@ -103,8 +103,9 @@ def reference_forward(space, params, x, idx, widths, weights, q):
       if blk.shortcut == "identity":
         residual = h
       else:
-        residual = search_conv(h, params[f"{name}.shortcut"], 1, *pick(blk.slots[-1]),
-                               pool=blk.stride == 2)
+        strided = blk.shortcut == "strided_conv"    # torchvision's form: no pool, stride 2
+        residual = search_conv(h, params[f"{name}.shortcut"], blk.stride if strided else 1,
+                               *pick(blk.slots[-1]), pool=blk.shortcut == "pool_conv")
       h = relu(zero_padded_add(residual, y))
       feature_maps.append(h)
     candidates = [feature_maps[d - 1] for d in depth_choices]
@@ -116,9 +117,10 @@ def reference_forward(space, params, x, idx, widths, weights, q):
 
 
 # ------------------------------------------------------------------ networks
-def custom(family, stages, stem=8, size=16, classes=5):
+def custom(family, stages, stem=8, size=16, classes=5, downsample="pool_conv"):
   return arch.Architecture(family=family, num_classes=classes, input_size=size, input_channels=3,
-                           stem_width=stem, stages=stages, name=family + "_tiny")
+                           stem_width=stem, stages=stages, name=family + "_tiny",
+                           downsample=downsample)
 
 
 NETWORKS = [
@@ -126,8 +128,10 @@ NETWORKS = [
     custom("cifar_basic", [[[8, 8]] * 3, [[16, 16]] * 2, [[24, 24]] * 2]),
     # CIFAR bottleneck: the stride-1 projection of the first block (8 -> 16)
     custom("cifar_bottleneck", [[[4, 4, 16]] * 2, [[8, 8, 24]] * 2, [[8, 8, 32]] * 2]),
-    # ImageNet basic / bottleneck: 7x7 stride-2 stem, max-pool, four stages, projections with BN
-    custom("imagenet_basic", [[[8, 8]] * 2, [[12, 12]] * 2, [[16, 16]] * 2, [[20, 20]] * 2], size=64),
+    # ImageNet basic / bottleneck: 7x7 stride-2 stem, max-pool, four stages, projections with BN;
+    # the basic one in torchvision's form (stride-2 1x1 projections), the bottleneck in TAS's
+    custom("imagenet_basic", [[[8, 8]] * 2, [[12, 12]] * 2, [[16, 16]] * 2, [[20, 20]] * 2], size=64,
+           downsample="strided_conv"),
     custom("imagenet_bottleneck", [[[4, 4, 12]] * 2, [[6, 6, 16]] * 2, [[8, 8, 20]] * 2,
                                    [[8, 8, 24]] * 2], size=64),
 ]

@@ -1,0 +1,73 @@
+"""Trained networks out of tas_jax: the unpruned teacher, the TAS-pruned and the PaS-pruned networks
+of the shared pipeline (tests/pipelines.py), each exported to StableHLO, PyTorch and ONNX, with
+logits equal to tas_jax's on real test images (Fashion-MNIST) to 1e-4; any batch size."""
+
+import os
+
+import jax
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="launch/setup.sh installs torch for these tests")
+onnx = pytest.importorskip("onnx", reason="launch/setup.sh installs onnx for these tests")
+
+from tas_jax import export  # noqa: E402
+
+pytestmark = pytest.mark.stage   # reads the shared CIFAR pipeline
+
+RUNS = {"teacher": "unpruned", "tas-kd": "TAS-pruned", "pas-kd": "PaS-pruned"}
+
+
+@pytest.fixture(scope="module")
+def exported(cifar_pipeline):
+  """{(run, format): export.json entry} for every run and format, written once."""
+  workdir, _ = cifar_pipeline
+  out = {}
+  for run in RUNS:
+    for fmt in export.FORMATS:
+      out[run, fmt] = export.export(workdir, run, fmt, num_images=16)[fmt]
+  return workdir, out
+
+
+@pytest.mark.parametrize("run", RUNS)
+def test_every_format_gives_tas_jax_logits_on_real_images(exported, run):
+  workdir, entries = exported
+  a, _, _ = export.read_run(workdir, run)
+  if run != "teacher":
+    teacher, _, _ = export.read_run(workdir, "teacher")
+    assert a != teacher                                 # a smaller network than the teacher
+  for fmt in export.FORMATS:
+    entry = entries[run, fmt]
+    assert os.path.isfile(entry["path"]) and entry["checked_images"] == 16
+    assert entry["max_logit_difference"] < 1e-4, (run, fmt, entry)
+
+
+def test_the_files_load_and_run_at_any_batch_size(exported):
+  """What README shows: the StableHLO artefact with JAX alone, model.pt2 with torch alone, the
+  ONNX file with onnxruntime, at batch sizes other than the one exported with."""
+  workdir, entries = exported
+  a, variables, config = export.read_run(workdir, "pas-kd")
+  images, _ = export.check_images(config, 5)
+  reference = np.asarray(export.jax_function(a, variables)(images))
+  with open(entries["pas-kd", "stablehlo"]["path"], "rb") as f:
+    model = jax.export.deserialize(bytearray(f.read()))
+  for n in (1, 5):
+    assert export.largest_difference(reference[:n], np.asarray(model.call(images[:n]))) < 1e-4
+  nchw = torch.from_numpy(images.transpose(0, 3, 1, 2).copy())
+  program = torch.export.load(os.path.join(os.path.dirname(entries["pas-kd", "torch"]["path"]),
+                                           "model.pt2"))
+  with torch.no_grad():
+    assert export.largest_difference(reference, program.module()(nchw).numpy()) < 1e-4
+  graph = onnx.load(entries["pas-kd", "onnx"]["path"]).graph
+  batch_dim = graph.input[0].type.tensor_type.shape.dim[0]
+  assert graph.input[0].name == "images" and batch_dim.dim_param and not batch_dim.dim_value
+  import onnxruntime
+  session = onnxruntime.InferenceSession(entries["pas-kd", "onnx"]["path"])
+  assert export.largest_difference(reference[:3], session.run(None, {"images": nchw[:3].numpy()})[0]) < 1e-4
+
+
+def test_an_unknown_run_is_one_line_naming_the_runs(exported, capsys):
+  workdir, _ = exported
+  assert export.cli(workdir, "tas-kd-nope", "onnx") == 2
+  err = capsys.readouterr().err.strip()
+  assert err.count("\n") == 0 and "runs here: teacher, pas-kd, tas-kd, uniform-ce-init" in err
