@@ -91,13 +91,17 @@ def read_summary(directory: str):
   return summary if summary.get("finished") else None
 
 
-def read_imported(teacher_dir: str):
-  """imported.json of a teacher converted from PyTorch weights, or None for a trained one."""
-  path = os.path.join(teacher_dir, IMPORTED)
+def read_json(path: str):
+  """The JSON file at `path`, or None when there is none."""
   if not os.path.exists(path):
     return None
   with open(path) as f:
     return json.load(f)
+
+
+def read_imported(teacher_dir: str):
+  """imported.json of a teacher converted from PyTorch weights, or None for a trained one."""
+  return read_json(os.path.join(teacher_dir, IMPORTED))
 
 
 def write_summary(directory: str, summary: dict) -> str:

@@ -116,20 +116,16 @@ def entries(a, deploy: bool | None = None) -> list[Entry]:
   return resnet_entries(a)
 
 
+_AXES = {"conv": ((3, 2, 0, 1), (2, 3, 1, 0)),   # HWIO -> OIHW, OIHW -> HWIO
+         "linear": ((1, 0), (1, 0))}
+
+
 def _to_torch(value: np.ndarray, kind: str) -> np.ndarray:
-  if kind == "conv":
-    return np.ascontiguousarray(np.transpose(value, (3, 2, 0, 1)))
-  if kind == "linear":
-    return np.ascontiguousarray(value.T)
-  return np.asarray(value)
+  return np.ascontiguousarray(np.transpose(value, _AXES[kind][0])) if kind in _AXES else value
 
 
 def _from_torch(value: np.ndarray, kind: str) -> np.ndarray:
-  if kind == "conv":
-    return np.ascontiguousarray(np.transpose(value, (2, 3, 1, 0)))
-  if kind == "linear":
-    return np.ascontiguousarray(value.T)
-  return np.asarray(value)
+  return np.ascontiguousarray(np.transpose(value, _AXES[kind][1])) if kind in _AXES else value
 
 
 def _get(tree: Mapping, path: tuple[str, ...]):

@@ -128,11 +128,7 @@ def _has_result(directory: str) -> bool:
 
 
 def read_record(directory: str):
-  path = os.path.join(directory, RECORD)
-  if not os.path.exists(path):
-    return None
-  with open(path) as f:
-    return json.load(f)
+  return layout.read_json(os.path.join(directory, RECORD))
 
 
 def _show(value) -> str:
