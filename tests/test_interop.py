@@ -117,7 +117,8 @@ def test_every_variable_has_exactly_one_state_dict_key():
       arch.named("resnet50_tv")).main_convs()), (1, 2, 1, 1), inherits=True)
   for a, deploy in [(arch.named("resnet18_tv"), None), (arch.named("imagenet_resnet18"), None),
                     (arch.named("resnet56"), None), (pruned, None),
-                    (repvgg.named_repvgg("a0"), False), (repvgg.named_repvgg("a0"), True)]:
+                    (repvgg.named_repvgg("a0"), False), (repvgg.named_repvgg("a0"), True),
+                    (repvgg.named_repvgg("b1"), False)]:
     model = repvgg.RepVGG(a, deploy=deploy) if deploy is not None else networks.build(a)
     shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), networks.dummy_input(a)))
     leaves = sum(len(jax.tree.leaves(shapes.get(c, {}))) for c in ("params", "batch_stats"))
