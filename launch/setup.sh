@@ -60,24 +60,30 @@ run "$VENV/bin/python" -m pip install -q --upgrade pip
 # pip is configured for) or where TAS_JAX_INSTALLER=pip says so.
 PIP=("$VENV/bin/python" -m pip install -q)
 INSTALL=("${PIP[@]}"); COMPILE=()
+# --tests adds the optional packages, for the tests of tas_jax.convert / tas_jax.export: PyTorch,
+# ONNX, onnxruntime (requirements-interop.txt), in the same install (one resolution, one bytecode
+# pass). uv does not read pip's configuration, so the folders of local wheels pip is configured
+# with (`find-links`: e.g. a CPU build of torch, 190 MB, where PyPI's is CUDA's) are passed on.
+REQS=(-r requirements.txt); LINKS=()
+[ "$TESTS" = 1 ] && REQS+=(-r requirements-interop.txt)
 if [ "${TAS_JAX_INSTALLER:-uv}" = uv ] && run "${PIP[@]}" uv; then
   # bytecode as pip writes it (imports start 2x faster); uv compiles all of site-packages: once
   INSTALL=("$VENV/bin/uv" pip install -q --python "$VENV/bin/python"); COMPILE=(--compile-bytecode)
+  if [ "$TESTS" = 1 ]; then
+    for folder in $("$VENV/bin/python" -m pip config get global.find-links 2>/dev/null || true); do
+      LINKS+=(--find-links "$folder")
+    done
+  fi
 fi
-if ! run "${INSTALL[@]}" "${COMPILE[@]}" -r requirements.txt; then
-  echo "${INSTALL[0]} could not install requirements.txt: installing with pip"
+if ! run "${INSTALL[@]}" "${COMPILE[@]}" "${LINKS[@]}" "${REQS[@]}"; then
+  echo "${INSTALL[0]} could not install ${REQS[*]}: installing with pip"
   INSTALL=("${PIP[@]}")
-  run "${INSTALL[@]}" -r requirements.txt
+  run "${INSTALL[@]}" "${REQS[@]}"
 fi
 run "${INSTALL[@]}" --no-deps -e .
-# --tests: the optional packages, for the tests of tas_jax.convert / tas_jax.export: PyTorch, ONNX, onnxruntime. pip, not
-# uv: pip's configuration may name a local CPU build of torch (190 MB) that uv does not look for.
 # torchvision is only the tests' reference ResNet: --no-deps keeps it from replacing that torch
-# (tests/torchvision_models.py imports its models where its CUDA-built C extension cannot load).
-if [ "$TESTS" = 1 ]; then
-  run "${PIP[@]}" -r requirements-interop.txt
-  run "${PIP[@]}" --no-deps torchvision==0.28.0
-fi
+# (tests/torchvision_models.py imports its models where its CUDA-built C extension cannot load)
+[ "$TESTS" = 1 ] && run "${INSTALL[@]}" --no-deps torchvision==0.28.0
 # test data only: 20 real ImageNet photographs ship in this wheel (tas_jax.data.imagenet_samples);
 # foolbox itself is never imported, so none of its dependencies are installed
 run "${INSTALL[@]}" --no-deps foolbox==3.3.4
