@@ -72,17 +72,12 @@ def read_run(workdir: str, run: str):
       jax.sharding.SingleDeviceSharding(jax.local_devices()[0]))
   record = records.read_record(directory) or {}
   if "config" not in record:   # an imported teacher: the config of a stage that read it
-    record = next((records.read_record(layout.stage_dir(workdir, s)) for s in _readers(workdir)),
-                  None) or {}
+    record = next((records.read_record(layout.stage_dir(workdir, s))
+                   for s in records.readers(workdir, "teacher")), None) or {}
   if "config" not in record:
     raise errors.CheckpointNotFoundError(f"{directory} has no record of its data (config.json): "
                                          "run a stage on it first")
   return a, jax.device_get(variables), ml_collections.ConfigDict(record["config"])
-
-
-def _readers(workdir: str) -> list[str]:
-  return [d for d in sorted(os.listdir(workdir))
-          if os.path.exists(os.path.join(workdir, d, "config.json")) and d != "teacher"]
 
 
 def check_images(config: ml_collections.ConfigDict, n: int) -> tuple[np.ndarray, dict]:

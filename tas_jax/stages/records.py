@@ -142,7 +142,7 @@ def _differences(recorded: dict, current: dict) -> list[str]:
           for k in sorted(recorded.keys() & current.keys()) if recorded[k] != current[k]]
 
 
-def _readers(workdir: str, stage: str) -> list[str]:
+def readers(workdir: str, stage: str) -> list[str]:
   """The stage folders of the workdir whose record says they read `stage` (directly or not)."""
   out = []
   candidates = [p for p in os.listdir(workdir) if p != "distill"] if os.path.isdir(workdir) else []
@@ -164,7 +164,7 @@ def _overwrites(config: ml_collections.ConfigDict, stage: str) -> bool:
 def _delete(workdir: str, stage: str) -> list[str]:
   """Deletes a stage folder, every folder that read it, and the results table; returns the
   stages deleted."""
-  gone = [stage] + _readers(workdir, stage)
+  gone = [stage] + readers(workdir, stage)
   if layout.is_writer():
     for name in gone:
       shutil.rmtree(layout.stage_dir(workdir, name), ignore_errors=True)
@@ -204,8 +204,8 @@ def check(config: ml_collections.ConfigDict, workdir: str, stage: str) -> None:
       logging.warning("config.overwrite: deleted %s (made with %s) to run it again", ", ".join(
           layout.stage_dir(workdir, g) for g in gone), ", ".join(changed))
       continue
-    readers = [r for r in _readers(workdir, name) if _has_result(layout.stage_dir(workdir, r))]
-    also = f" and the {len(readers)} stage(s) that read it" if readers else ""
+    finished = [r for r in readers(workdir, name) if _has_result(layout.stage_dir(workdir, r))]
+    also = f" and the {len(finished)} stage(s) that read it" if finished else ""
     raise StageMismatchError(
         f"{directory} holds a result made with other settings: {', '.join(changed)}. Use a new "
         f"--workdir, or add --config.overwrite={name} to delete it{also} and run it again")
