@@ -143,7 +143,7 @@ def bench_jax(network: str, batch: int, num_devices: int, repeats: int, steps_pe
   wtx, _, atx = search.optimizers(c.search, 4)
   sstate = search.create_state(net, space, wtx, atx, np.zeros((2, 32, 32, 3), np.float32),
                                jax.random.key(0), mesh)
-  iteration = search.make_search_step(net, space, c.search, mesh, "jit")
+  iteration = search.make_search_step(net, space, c.search, c.target, mesh, "jit")
   half_a, half_b = datasets.split_per_class(ds.train_labels, 0)
   halves = sources.Zipped(**{
       name: sources.InMemorySource(data, half, batch, augmentation,

@@ -21,6 +21,6 @@ def get_config():
   c = imagenet_recipe(50)
   c.model.arch = "resnet50_tv"
   c.method = "pas"
-  c.search.flop_ratio = 0.5
+  c.target.flop_ratio = 0.5
   c.pipeline.runs = "pas-ce"
   return c

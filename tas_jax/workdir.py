@@ -5,8 +5,9 @@
                                 (imported.json: converted from PyTorch weights by tas_jax.convert)
       search/                   TAS's search: checkpoints/, base_arch.json, summary.json
       extract/                  arch.json (the pruned network), report.md, summary.json, widths*.png
-      search-pas/, extract-pas/ the same for another method (PaS); its extraction also writes
-                                kept_channels.json and weights/ (the kept channels' variables)
+      search-pas/, extract-pas/ the same for every other method (pas, l1, fpgm); a method that
+      search-l1/, ...           keeps weights also writes extract-NAME/kept_channels.json and
+                                weights/ (the kept channels' variables)
       distill/RUN/              one pruned network trained (RUN = tas-kd, uniform-kd, ...)
       results.md, results.json  the table of every finished run
 
@@ -35,25 +36,29 @@ def teacher_dir(workdir: str) -> str:
 WEIGHTS = "weights"
 
 
-def search_stage(method: str = "tas") -> str:
+UNSUFFIXED_METHOD = "tas"   # the first method: its folders are search/ and extract/, as they were
+                            # before there were others; every other method's search-NAME/ ...
+
+
+def search_stage(method: str = UNSUFFIXED_METHOD) -> str:
   """The search stage's folder name: 'search' for TAS (the first method), 'search-METHOD' else."""
-  return "search" if method == "tas" else f"search-{method}"
+  return "search" if method == UNSUFFIXED_METHOD else f"search-{method}"
 
 
-def extract_stage(method: str = "tas") -> str:
-  return "extract" if method == "tas" else f"extract-{method}"
+def extract_stage(method: str = UNSUFFIXED_METHOD) -> str:
+  return "extract" if method == UNSUFFIXED_METHOD else f"extract-{method}"
 
 
-def stage_flags(stage: str, method: str = "tas") -> str:
+def stage_flags(stage: str, method: str = UNSUFFIXED_METHOD) -> str:
   """What follows --config.stage= in an error's advice: 'search', or 'search --config.method=pas'."""
-  return stage if method == "tas" else f"{stage} --config.method={method}"
+  return stage if method == UNSUFFIXED_METHOD else f"{stage} --config.method={method}"
 
 
-def search_dir(workdir: str, method: str = "tas") -> str:
+def search_dir(workdir: str, method: str = UNSUFFIXED_METHOD) -> str:
   return os.path.join(workdir, search_stage(method))
 
 
-def extract_dir(workdir: str, method: str = "tas") -> str:
+def extract_dir(workdir: str, method: str = UNSUFFIXED_METHOD) -> str:
   return os.path.join(workdir, extract_stage(method))
 
 

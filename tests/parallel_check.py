@@ -78,7 +78,7 @@ def one_search_iteration(num_devices: int, mode: str, num_steps: int = 2) -> dic
                                    lambda step, i=i: search.step_keys(key, step)[i],
                                    steps_per_epoch=2)
       for i, (name, half) in enumerate((("a", half_a), ("b", half_b)))})
-  step = search.make_search_step(net, space, s, mesh, mode)
+  step = search.make_search_step(net, space, s, c.target, mesh, mode)
   tau = parallel.put_replicated(np.float32(3.0), mesh)
   batches = halves.iterate(0)
   out, after_first = [], None

@@ -20,11 +20,15 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     ("stage", "prune", "config.stage='prune': allowed: teacher, search"),
     ("model.family", "vgg", "config.model.family='vgg': allowed: cifar, imagenet"),
     ("teacher.batch_size", 0, "config.teacher.batch_size=0: must be an integer > 0"),
-    ("search.flop_ratio", 1.5, "config.search.flop_ratio=1.5: must be in (0, 1]"),
+    ("target.flop_ratio", 1.5, "config.target.flop_ratio=1.5: must be in (0, 1]"),
     ("search.variant", "tas2", "config.search.variant='tas2': allowed: tas, width, depth"),
     ("search.tau_schedule", "exp", "config.search.tau_schedule='exp': allowed: cosine, linear"),
     ("search.band", "wide", "config.search.band='wide': allowed: released, symmetric"),
-    ("search.in_band", "soft", "config.search.in_band='soft': allowed: free, expected, capped, centred"),
+    ("search.in_band", "expected", "config.search.in_band='expected': allowed: free, centred "
+     "(expected and capped were retired"),
+    ("target.tolerance", 0.5, "config.target.tolerance=0.5: must be in [0, target.flop_ratio)"),
+    ("l1.ranking", "layer", "config.l1.ranking='layer': allowed: global, uniform"),
+    ("method", "obd", "config.method='obd': allowed: tas, pas, l1, fpgm"),
     ("search.arch_lr", -1.0, "config.search.arch_lr=-1.0: must be a number > 0"),
     ("search.init", "imagenet", "config.search.init='imagenet': allowed: scratch, teacher"),
     ("search.arch_lr_schedule", "step",
@@ -73,13 +77,13 @@ def test_command_line_stops_with_one_line(tmp_path, override, needle):
 
 @pytest.mark.children   # python -m tas_jax.… in a child process
 @pytest.mark.parametrize("args, message", [
-    (["--config=configs/demo.py", "--config.search.flop_ratioo=0.3"],
-     "error: --config.search.flop_ratioo: no such config field 'flop_ratioo'; Did you mean "
+    (["--config=configs/demo.py", "--config.target.flop_ratioo=0.3"],
+     "error: --config.target.flop_ratioo: no such config field 'flop_ratioo'; Did you mean "
      "\"flop_ratio\" instead of \"flop_ratioo\"? (all fields: python -m tas_jax.config --config=FILE)"),
     (["--config=configs/demoo.py"], "error: --config=configs/demoo.py: no such file (the shipped "
      f"configs are in {ROOT}/configs; list their fields with python -m tas_jax.config --config=FILE)"),
-    (["--config=configs/demo.py", "--config.search.flop_ratio=half"],
-     "error: flag --config.search.flop_ratio=half: could not convert string to float: 'half'"),
+    (["--config=configs/demo.py", "--config.target.flop_ratio=half"],
+     "error: flag --config.target.flop_ratio=half: could not convert string to float: 'half'"),
     (["--config=configs/demo.py", "--config.overwrite=teachers"],
      "error: config.overwrite='teachers': comma-separated stage folders: teacher, search, extract, "
      "search-pas, extract-pas, distill/RUN (e.g. distill/tas-kd), distill (every run)"),
@@ -114,10 +118,28 @@ def test_every_field_has_a_meaning_and_the_listing_shows_overrides():
   rows = config_lib.describe(config_lib.base_config())
   assert [name for name, _, text in rows if not text] == []
   out = subprocess.run([sys.executable, "-m", "tas_jax.config", "--config=configs/demo.py",
-                        "--config.search.flop_ratio=0.3"], capture_output=True, text=True,
+                        "--config.target.flop_ratio=0.3"], capture_output=True, text=True,
                        cwd=ROOT, timeout=120)
   assert out.returncode == 0, out.stderr
-  line = next(l for l in out.stdout.splitlines() if l.startswith("search.flop_ratio = "))
-  assert line.split() [:3] == ["search.flop_ratio", "=", "0.3"] and "target F(A) / F_max" in line
+  line = next(l for l in out.stdout.splitlines() if l.startswith("target.flop_ratio = "))
+  assert line.split()[:3] == ["target.flop_ratio", "=", "0.3"] and "the unpruned network's" in line
+  old = next(l for l in out.stdout.splitlines() if l.startswith("search.flop_ratio = "))
+  assert "renamed: target.flop_ratio" in old
+  pas = next(l for l in out.stdout.splitlines() if l.startswith("pas.cost_weight = "))
+  assert "α of α·(MACs − target)²" in pas   # a method's section, from its own defaults()
   teacher_lr = next(l for l in out.stdout.splitlines() if l.startswith("teacher.lr = "))
   assert "the peak learning rate" in teacher_lr
+
+
+def test_a_renamed_field_still_works_with_a_one_line_notice(caplog):
+  c = config_lib.base_config()
+  c.search.flop_ratio, c.search.tolerance = 0.3, 0.02
+  with caplog.at_level("WARNING"):
+    config_lib.validate(c)
+  assert (c.target.flop_ratio, c.target.tolerance) == (0.3, 0.02)
+  assert c.search.flop_ratio is None and c.search.tolerance is None
+  notices = [r.getMessage() for r in caplog.records]
+  assert notices == ["config.search.flop_ratio is now config.target.flop_ratio: using "
+                     "target.flop_ratio=0.3 (the old name will go)",
+                     "config.search.tolerance is now config.target.tolerance: using "
+                     "target.tolerance=0.02 (the old name will go)"]

@@ -13,7 +13,7 @@ import pytest
 from tas_jax import config as config_lib, parallel, workdir as layout
 from tas_jax.methods import pas
 from tas_jax.methods.pas import extract, masks, search
-from tas_jax.models import arch, resnet, topology
+from tas_jax.models import arch, channels, resnet, topology
 from tas_jax.ops import flops
 from test_arch import one_block_per_stage
 from test_train import run_on
@@ -42,7 +42,7 @@ def test_threshold_forward_is_exactly_zero_or_one_and_backward_the_identity():
 
 
 def test_kept_count_is_an_integer_with_gradient_one_per_scalar():
-  lay = masks.layout(arch.cifar_resnet(8))
+  lay = channels.of(arch.cifar_resnet(8))
   scores = {g.name: jnp.linspace(0.0, 1.0, g.size) for g in lay.groups}
   counts = masks.kept_counts(lay, scores)
   for g in lay.groups:
@@ -54,7 +54,7 @@ def test_kept_count_is_an_integer_with_gradient_one_per_scalar():
 
 # ------------------------------------------------------------------- groups and MACs
 def test_mask_groups_of_resnet20_follow_the_residual_chains():
-  lay = masks.layout(arch.named("resnet20"))
+  lay = channels.of(arch.named("resnet20"))
   chains = {g.name: g.sites for g in lay.groups if ".conv_" not in g.name}
   # stage 1 has no projection: the stem and its three blocks are one chain; stages 2 and 3 start at
   # their first block's projection
@@ -71,20 +71,20 @@ def test_mask_groups_of_resnet20_follow_the_residual_chains():
                                           ("resnet56", 125.75), ("resnet110", 253.15),
                                           ("resnet164", 247.65), ("imagenet_resnet50", 4089.19)])
 def test_unmasked_macs_are_the_spec_table(name, mflops):
-  lay = masks.layout(arch.named(name))
-  assert lay.flops({g.name: g.size for g in lay.groups}) / 1e6 == pytest.approx(mflops, abs=0.005)
+  lay = channels.of(arch.named(name))
+  assert flops.with_kept(lay, {g.name: g.size for g in lay.groups}) / 1e6 == pytest.approx(mflops, abs=0.005)
 
 
 @pytest.mark.parametrize("a", FAMILIES, ids=lambda a: a.family)
 def test_masked_macs_equal_the_counter_on_the_extracted_network(a):
-  lay = masks.layout(a)
+  lay = channels.of(a)
   rng = np.random.default_rng(11)
   for _ in range(5):
     kept = {g.name: sorted(rng.choice(g.size, size=rng.integers(1, g.size + 1), replace=False).tolist())
             for g in lay.groups}
     counts = {k: len(v) for k, v in kept.items()}
-    pruned = extract.pruned_architecture(a, kept)
-    assert lay.flops(counts) == flops.count(pruned).flops
+    pruned = channels.pruned_architecture(a, kept)
+    assert flops.with_kept(lay, counts) == flops.count(pruned).flops
     # the shortcuts stay the original's, whatever the widths
     assert [b.shortcut for b in topology.of(pruned).blocks] == [b.shortcut for b in topology.of(a).blocks]
 
@@ -94,10 +94,10 @@ def test_macs_gradient_is_the_cost_of_one_more_channel_by_the_counter():
   straight-through gradient w.r.t. any scalar of a group is exactly the counter's difference
   between keeping one more channel of that group and not."""
   a = arch.cifar_resnet(11, "bottleneck", input_size=16)
-  lay = masks.layout(a)
+  lay = channels.of(a)
   rng = np.random.default_rng(2)
   scores = {g.name: jnp.asarray(rng.uniform(0, 1, g.size), jnp.float32) for g in lay.groups}
-  grads = jax.grad(lambda s: lay.flops(masks.kept_counts(lay, s)))(scores)
+  grads = jax.grad(lambda s: flops.with_kept(lay, masks.kept_counts(lay, s)))(scores)
   kept = search.kept_channels(scores)
   counts = {k: len(v) for k, v in kept.items()}
   for g in lay.groups:
@@ -109,7 +109,7 @@ def test_macs_gradient_is_the_cost_of_one_more_channel_by_the_counter():
 
 
 def _with_counts(a, counts):
-  return extract.pruned_architecture(a, {k: list(range(n)) for k, n in counts.items()})
+  return channels.pruned_architecture(a, {k: list(range(n)) for k, n in counts.items()})
 
 
 # ------------------------------------------------------------------- extraction
@@ -129,7 +129,9 @@ def _random_masked_variables(a, seed):
 def test_extracted_network_computes_the_masked_networks_function(a):
   model, x, variables = _random_masked_variables(a, seed=3)
   want = parallel.jit_once(lambda v: model.apply(v, x, train=False))(variables)
-  pruned, weights, kept = extract.extract_network(a, jax.device_get(variables))
+  variables = jax.device_get(variables)
+  kept = search.kept_channels(variables["params"]["masks"])
+  pruned, weights = channels.cut(a, extract.network_variables(variables), kept)
   got = parallel.jit_once(lambda w: resnet.build(pruned).apply(w, x, train=False))(weights)
   np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5)
   assert flops.count(pruned).flops < flops.count(a).flops
@@ -172,7 +174,7 @@ def test_search_moves_the_macs_to_the_target_and_records_every_epoch(cifar_pipel
   ratios = [h["flops_ratio"] for h in summary["history"]]
   assert ratios[0] < 0.95 and abs(ratios[-1] - 0.5) < 0.1, ratios   # from 100%
   last = summary["history"][-1]
-  assert set(last["kept"]) == {g.name for g in masks.layout(arch.cifar_resnet(8, input_size=28, input_channels=1)).groups}
+  assert set(last["kept"]) == {g.name for g in channels.of(arch.cifar_resnet(8, input_size=28, input_channels=1)).groups}
   assert 0 <= last["masked_test_accuracy"] <= 1
 
 
@@ -209,13 +211,16 @@ def test_extract_and_fine_tune_from_the_kept_weights(cifar_pipeline):
   assert tuned["run"] == "pas-kd" and tuned["flops_m"] == pytest.approx(out["after"]["flops_m"])
 
 
-def test_config_errors_for_pas_runs():
-  assert config_lib.parse_run("pas-kd") == {"student": "pas", "kd": True, "init": "searched"}
-  with pytest.raises(config_lib.ConfigError, match="pas runs fine-tune the extracted weights"):
+def test_config_errors_for_weight_keeping_runs():
+  for name in ("pas", "l1", "fpgm"):   # the methods that keep weights (the registry says so)
+    assert config_lib.parse_run(f"{name}-kd") == {"student": name, "kd": True, "init": "searched"}
+  assert config_lib.parse_run("tas-kd-init")["init"] == "teacher"
+  with pytest.raises(config_lib.ConfigError, match="pas, l1, fpgm runs fine-tune the extracted "
+                     "weights, no -init"):
     config_lib.parse_run("pas-kd-init")
   c = config_lib.base_config()
   c.distill.init = "searched"
-  with pytest.raises(config_lib.ConfigError, match="only for distill.student in pas"):
+  with pytest.raises(config_lib.ConfigError, match="only for distill.student in pas, l1, fpgm"):
     config_lib.validate(c)
   c.distill.student = "pas"
   assert config_lib.run_name(c.distill) == "pas-kd"

@@ -99,7 +99,7 @@ def test_rerun_skips_finished_stages(pipeline_run):
     assert os.path.getmtime(os.path.join(workdir, p, "summary.json")) == t, p
   # a setting that changes a result stops the rerun; one that does not is accepted
   changed = pipelines.config()
-  changed.search.flop_ratio = 0.3
+  changed.target.flop_ratio = 0.3
   with pytest.raises(records.StageMismatchError, match=r"search\.flop_ratio=0\.5 \(now 0\.3\)"):
     pipeline.run_all(changed, workdir)
   neutral = pipelines.config()

@@ -53,7 +53,7 @@ def test_what_each_stage_reads():
       "teacher", "search", "extract"]
   pas = records.defining_fields(distill_config(c, "pas-kd"), "distill/pas-kd")
   assert pas[1] == ["teacher", "search-pas", "extract-pas"]
-  assert pas[0]["pas.finetune_lr"] == 0.0 and pas[0]["search.flop_ratio"] == 0.5
+  assert pas[0]["pas.finetune_lr"] == 0.0 and pas[0]["target.flop_ratio"] == 0.5
   # the teacher's fields are only the teacher's (plus seed, data, model); neutral ones are left out
   teacher = records.defining_fields(c, "teacher")[0]
   assert "teacher.lr" in teacher and "data.name" in teacher and "seed" in teacher
@@ -67,13 +67,13 @@ def test_what_each_stage_reads():
 
 def test_a_changed_result_field_stops_with_one_line(workdir):
   c = demo_like()
-  c.search.flop_ratio = 0.3
+  c.target.flop_ratio = 0.3
   with pytest.raises(records.StageMismatchError) as e:
     records.check(c, str(workdir), "search")
   message = str(e.value)
   assert "\n" not in message
   assert message == (
-      f"{workdir}/search holds a result made with other settings: search.flop_ratio=0.5 (now 0.3). "
+      f"{workdir}/search holds a result made with other settings: target.flop_ratio=0.5 (now 0.3). "
       "Use a new --workdir, or add --config.overwrite=search to delete it and the 3 stage(s) that "
       "read it and run it again")
   # a downstream stage finds the difference in a stage it reads
@@ -101,14 +101,14 @@ def test_fields_that_do_not_change_a_result_are_accepted(workdir):
 
 def test_overwrite_deletes_the_stage_and_its_readers_and_keeps_the_rest(workdir):
   c = demo_like()
-  c.search.flop_ratio = 0.3
+  c.target.flop_ratio = 0.3
   c.overwrite = "search"
   config_lib.validate(c)
   records.check(c, str(workdir), "search")
   assert sorted(os.listdir(workdir)) == ["distill", "search", "teacher"]
   assert os.listdir(workdir / "distill") == []
   assert os.listdir(workdir / "search") == [records.RECORD]   # recorded again, with 0.3
-  assert records.read_record(str(workdir / "search"))["fields"]["search.flop_ratio"] == 0.3
+  assert records.read_record(str(workdir / "search"))["fields"]["target.flop_ratio"] == 0.3
   # the same command again (an interrupted rerun) keeps what now matches
   finish(workdir, c, "search")
   records.check(c, str(workdir), "search")

@@ -9,6 +9,7 @@ import pytest
 from tas_jax import parallel
 from tas_jax.config import base_config
 from tas_jax.methods.pas import masks, search
+from tas_jax.models import channels
 from tas_jax.models import repvgg
 from tas_jax.ops import flops
 from tas_jax.training import steps
@@ -55,7 +56,7 @@ def test_reparameterised_network_computes_the_training_form_function():
 
 def test_squeezed_network_computes_the_masked_function_and_its_flops_are_the_masked_macs():
   x, v = _random_training_variables(TINY, 2)
-  lay = masks.layout(TINY)
+  lay = channels.of(TINY)
   assert [g.name for g in lay.groups] == [c.name for c in repvgg.blocks(TINY)]
   rng = np.random.default_rng(4)
   scores = {g.name: jnp.asarray(rng.uniform(0, 1, g.size), jnp.float32) for g in lay.groups}
@@ -69,7 +70,7 @@ def test_squeezed_network_computes_the_masked_function_and_its_flops_are_the_mas
   np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5)
   # the last block's mask trims the classifier's inputs
   assert weights["params"]["classifier"]["kernel"].shape == (len(kept["stage4.block1"]), 7)
-  assert flops.count(pruned).flops == lay.flops({k: len(i) for k, i in kept.items()})
+  assert flops.count(pruned).flops == flops.with_kept(lay, {k: len(i) for k, i in kept.items()})
   assert flops.count(pruned).flops < flops.count(TINY).flops
 
 

@@ -152,7 +152,7 @@ def short_search_config():
   c.model.depth = 14
   c.search.epochs = 2
   c.search.batch_size = 96
-  c.search.flop_ratio = 0.5
+  c.target.flop_ratio = 0.5
   c.log_every_steps = 100
   return c
 

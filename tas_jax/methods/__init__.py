@@ -1,47 +1,87 @@
-"""Pruning methods: one folder each, behind one small contract, found by name in a registry.
+"""Pruning methods: one folder each, behind one contract, found by name in `REGISTRY`.
 
-A method provides two stages, each `fn(config, workdir) -> summary dict`:
+A method is a `Method`: its stages, its settings and what the method-independent code needs to
+know about it. The config (`tas_jax.config`), the pipeline, the distill and results stages and
+the stage records ask the registry and name no method.
 
+Stages, each `fn(config, workdir) -> summary dict`:
 - `search`: from the config's unpruned network (and WORKDIR/teacher where the method starts from
-  trained weights), writes its resumable run to WORKDIR/search/;
-- `extract`: from the latest search checkpoint, writes WORKDIR/extract/arch.json — the pruned
-  network as an `Architecture`, which every method-independent stage (training with KD,
-  baselines at its FLOPs, results) reads — and its report. A method that keeps the searched
-  weights names the surviving channels of every layer in extract/kept_channels.json.
+  trained weights), writes its resumable run to WORKDIR/search[-NAME]/;
+- `extract`: from the search's result, writes WORKDIR/extract[-NAME]/arch.json — the pruned
+  network as an architecture, which every method-independent stage (training with KD, baselines at
+  its FLOPs, results) reads — and its report. A method that keeps weights (`keeps_weights`) also
+  writes the kept channels' variables (`tas_jax.methods.extraction`), which its fine-tuning starts from.
 
-The entry point and the pipeline dispatch on `config.method` through `get`; nothing outside this
-folder imports a method's modules, and a method imports only method-independent code.
+Settings: the method's own config section (`section`, built by `defaults()`, checked by
+`validate(config)`), and the FLOPs target all methods share, `config.target`.
+
+Adding one: a folder beside `tas/` and `pas/` with a module-level `METHOD = Method(...)`, and a line
+in `REGISTRY` below — or, from outside the package (a notebook, a test), `register(method)` before
+`tas_jax.config.base_config()` is called. README's "Adding a method" walks through it.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib
-from typing import Callable
+from typing import Callable, Optional
+
+import ml_collections
 
 from tas_jax.errors import ConfigError
 
-# name -> the module whose METHOD attribute is the method; imported when asked for
-_MODULES = {
-    "tas": "tas_jax.methods.tas",
-    "pas": "tas_jax.methods.pas",
-}
+DEFAULT = "tas"          # config.method and distill.student of a fresh config
 
 
 @dataclasses.dataclass(frozen=True)
 class Method:
-  name: str
+  name: str                # config.method=NAME; a distill run NAME-kd trains its pruned network
+  label: str               # its rows in the results table, e.g. "PaS (fine-tuned)"
   description: str
-  search: Callable[..., dict]
-  extract: Callable[..., dict]
+  search: Callable[[ml_collections.ConfigDict, str], dict]
+  extract: Callable[[ml_collections.ConfigDict, str], dict]
+  section: str = ""        # config[section] holds its settings ("" = none of its own)
+  defaults: Callable[[], ml_collections.ConfigDict] = ml_collections.ConfigDict
+  validate: Callable[[ml_collections.ConfigDict], None] = lambda config: None
+  keeps_weights: bool = False   # its extraction writes the kept channels' weights; its runs
+                                # fine-tune them (distill.init=searched)
+  families: tuple[str, ...] = ("resnet",)   # the networks it prunes: resnet, repvgg
+  reads_teacher: Callable[[ml_collections.ConfigDict], bool] = lambda config: True
+                           # whether its search starts from WORKDIR/teacher
+  finetune_fields: tuple[str, ...] = ()   # fields of its section read by the fine-tuning of its
+                                          # extracted weights, not by its search
+  finetune: Optional[Callable[[ml_collections.ConfigDict], ml_collections.ConfigDict]] = None
+                           # the recipe fine-tuning its extracted weights (default: config.distill)
+  not_defining: tuple[str, ...] = ()      # fields of its section that do not change a result
+
+
+# after `Method`, which they use
+from tas_jax.methods import oneshot, pas, tas  # noqa: E402
+
+# name -> Method: what config.method, a distill run's STUDENT and the pipeline dispatch on
+REGISTRY: dict[str, Method] = {m.name: m for m in (tas.METHOD, pas.METHOD, oneshot.L1, oneshot.FPGM)}
+
+
+def register(method: Method) -> Method:
+  """Adds (or replaces) a method; returns it. Call before building a config that should hold its
+  section."""
+  REGISTRY[method.name] = method
+  return method
+
+
+def unregister(name: str) -> None:
+  REGISTRY.pop(name, None)
 
 
 def names() -> tuple[str, ...]:
-  return tuple(_MODULES)
+  return tuple(REGISTRY)
 
 
 def get(name: str) -> Method:
   """The method registered as `name`; a ConfigError naming the known ones otherwise."""
-  if name not in _MODULES:
-    raise ConfigError(f"config.method={name!r}: allowed: {', '.join(_MODULES)}")
-  return importlib.import_module(_MODULES[name]).METHOD
+  if name not in REGISTRY:
+    raise ConfigError(f"config.method={name!r}: allowed: {', '.join(REGISTRY)}")
+  return REGISTRY[name]
+
+
+def is_method(name: str) -> bool:
+  return name in REGISTRY

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable
 
-from tas_jax.models import repvgg, topology
+from tas_jax.models import channels, repvgg, topology
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,16 +52,17 @@ def flops_at_widths(arch, widths: Callable[[topology.Conv], tuple[Any, Any]], he
   """FLOPs of `arch`'s layers with every conv's (in, out) width given by `widths(conv)` and the
   classifier reading `head_width` channels: the widths may be traced values (PaS's cost counts
   the masked network with it). With the layers' own widths it is `count(arch).flops`."""
-  total = sum(conv_flops(c.kernel, *widths(c), c.out_size) for c in convs_of(arch))
+  total = sum(conv_flops(c.kernel, *widths(c), c.out_size) for c in channels.convs(arch))
   return total + head_width * arch.num_classes + arch.num_classes
 
 
-def convs_of(arch) -> tuple[topology.Conv, ...]:
-  """Every conv in forward order: a ResNet's topology, or a RepVGG's blocks in deploy form (one
-  3x3 conv with bias each: the form its FLOPs are quoted in)."""
-  if isinstance(arch, repvgg.RepVGGArch):
-    return repvgg.blocks(arch)
-  return topology.of(arch).convs()
+def with_kept(groups: channels.ChannelGroups, kept: dict) -> Any:
+  """FLOPs of a network with `kept[group]` channels in each of its channel groups (traced or
+  concrete counts): the network a weight-keeping method extracts, counted on the original."""
+  def width(group):
+    return groups.arch.input_channels if group is None else kept[group]
+  return flops_at_widths(groups.arch, lambda c: tuple(map(width, groups.conv_groups[c.name])),
+                         kept[groups.head_group])
 
 
 def output_width(arch) -> int:
@@ -72,7 +73,7 @@ def layers(arch) -> tuple[Layer, ...]:
   """Every conv and the classifier, in forward order, with its FLOPs and parameters."""
   out = []
   bias = isinstance(arch, repvgg.RepVGGArch)
-  for c in convs_of(arch):
+  for c in channels.convs(arch):
     params = (c.kernel * c.kernel * c.in_width * c.out_width + (2 * c.out_width if c.has_bn else 0)
               + (c.out_width if bias else 0))
     out.append(Layer(c.name, c.kernel, c.in_width, c.out_width, c.out_size, c.has_bn,

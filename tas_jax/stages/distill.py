@@ -1,10 +1,12 @@
 """Stage `distill`: train the pruned network, with knowledge distillation from the teacher (spec §6).
 
-The student is `WORKDIR/extract/arch.json` (`distill.student=tas`), PaS's extracted network
-(`pas`: `WORKDIR/extract-pas/`, fine-tuned from its extracted weights, `distill.init=searched`),
-a baseline at the FLOPs of `config.method`'s extraction (`uniform`: one width multiplier; `random`:
-a random draw from the search space) or any architecture JSON / named network. It is built by the same ResNet code as the teacher, physically
-smaller, and trained with the teacher's recipe (`config.distill`) and, with `distill.kd`, the loss
+The student is a method's extracted network (`distill.student=tas`: `WORKDIR/extract/arch.json`;
+`pas`, `l1`, `fpgm`: `WORKDIR/extract-NAME/`, fine-tuned from its extracted weights,
+`distill.init=searched`), a baseline at the FLOPs of `config.method`'s extraction (`uniform`: one
+width multiplier; `random`: a random draw from the search space) or any architecture JSON / named
+network. It is built by the same model code as the teacher, physically smaller, and trained with
+the teacher's recipe (`config.distill`, or the method's fine-tuning recipe) and, with
+`distill.kd`, the loss
 
     (1 - a)·CE(z, y) + a·T²·KL(softmax(ẑ/T) ‖ softmax(z/T)),   a = 0.9, T = 4,
 
@@ -15,20 +17,19 @@ has its own folder `WORKDIR/distill/STUDENT-{kd|ce}[-init]/`.
 
 from __future__ import annotations
 
-import copy
 import os
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
-import orbax.checkpoint as ocp
 from absl import logging
 
-from tas_jax import config as config_lib, workdir as layout
+from tas_jax import config as config_lib, methods, workdir as layout
 from tas_jax.errors import CheckpointNotFoundError
 from tas_jax.models import arch as arch_lib, networks, resnet
 from tas_jax.ops import flops
+from tas_jax.methods import extraction
 from tas_jax.stages import baselines
 from tas_jax.training import steps, supervised
 
@@ -53,21 +54,13 @@ def _extracted(workdir: str, method: str) -> arch_lib.Architecture:
                                 layout.stage_flags("extract", method)))
 
 
-def read_searched_weights(workdir: str, method: str, abstract: dict) -> dict:
-  """{"params", "batch_stats"} that `method`'s extraction wrote for its pruned network."""
-  path = os.path.abspath(os.path.join(layout.extract_dir(workdir, method), layout.WEIGHTS))
-  _require(path, layout.stage_flags("extract", method))
-  with ocp.StandardCheckpointer() as checkpointer:
-    return checkpointer.restore(path, abstract)
-
-
 def student_architecture(d: ml_collections.ConfigDict, workdir: str,
-                         method: str = "tas") -> tuple[arch_lib.Architecture, dict]:
+                         method: str = methods.DEFAULT) -> tuple[arch_lib.Architecture, dict]:
   """The network to train, and how it was chosen (for the summary); baselines match the FLOPs of
   `method`'s extraction."""
-  if d.student not in config_lib.STUDENTS:
+  if d.student not in config_lib.students():
     return networks.resolve(d.student), {"student": d.student}
-  if d.student in ("tas", "pas"):
+  if methods.is_method(d.student):
     return _extracted(workdir, d.student), {"student": d.student}
   searched = _extracted(workdir, method)
   base = networks.load(_require(os.path.join(layout.search_dir(workdir, method), layout.BASE_ARCH),
@@ -84,11 +77,9 @@ def student_architecture(d: ml_collections.ConfigDict, workdir: str,
 
 def distill(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Runs (or resumes, or finds finished) one distill run; returns its summary."""
-  config_lib.validate(config)
   d = config.distill
-  if d.init == "searched" and config.pas.finetune_lr > 0:   # fine-tuning PaS's kept weights
-    d = copy.deepcopy(d)
-    d.lr = config.pas.finetune_lr
+  if d.init == "searched" and methods.get(d.student).finetune is not None:
+    d = methods.get(d.student).finetune(config)   # the method's recipe for its kept weights
   run = config_lib.run_name(d)
   mesh, ds = supervised.load_inputs(config, d.eval_batch_size)
   student, chosen = student_architecture(d, workdir, config.method)
@@ -115,7 +106,7 @@ def distill(config: ml_collections.ConfigDict, workdir: str) -> dict:
     def init_variables(params, batch_stats):
       abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
                               {"params": params, "batch_stats": batch_stats})
-      weights = read_searched_weights(workdir, d.student, abstract)
+      weights = extraction.read_weights(workdir, d.student, abstract)
       logging.info("[distill] fine-tuning the weights %s's extraction kept (%d arrays)", d.student,
                    len(jax.tree.leaves(weights)))
       return weights["params"], weights["batch_stats"]
@@ -127,7 +118,7 @@ def distill(config: ml_collections.ConfigDict, workdir: str) -> dict:
                    "channels", n_params, len(jax.tree.leaves(params)))
       return params, batch_stats
 
-  method = d.student if d.student in ("tas", "pas") else config.method
+  method = d.student if methods.is_method(d.student) else config.method
   reference = teacher_arch or networks.load(_require(
       os.path.join(layout.search_dir(workdir, method), layout.BASE_ARCH),
       layout.stage_flags("search", method)))

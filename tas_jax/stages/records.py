@@ -21,16 +21,20 @@ import shutil
 import ml_collections
 from absl import logging
 
-from tas_jax import config as config_lib, workdir as layout
+from tas_jax import config as config_lib, methods, workdir as layout
 from tas_jax.errors import ConfigError
 
 RECORD = "config.json"
 
-# sections of a stage's own result; fields listed in NEUTRAL are left out of every comparison
+# sections of a stage's own result; fields listed in NEUTRAL (and each method's `not_defining`)
+# are left out of every comparison
 COMMON = ("seed", "data", "model")
 NEUTRAL = {"data.workers", "data.prefetch", "data.bad_images", "teacher.eval_batch_size",
-           "distill.eval_batch_size", "search.eval_batch_size", "search.evaluate_every_epoch",
-           "pas.eval_batch_size"}
+           "distill.eval_batch_size", *config_lib.RENAMED}
+
+
+def _neutral() -> set[str]:
+  return NEUTRAL | {f"{m.section}.{f}" for m in methods.REGISTRY.values() for f in m.not_defining}
 
 
 class StageMismatchError(ConfigError):
@@ -56,7 +60,7 @@ def _select(config: ml_collections.ConfigDict, fields) -> dict:
     value = full
     for part in field.split("."):
       value = value[part]
-    out.update(flat_fields({field: value}, NEUTRAL) if isinstance(value, dict) else {field: value})
+    out.update(flat_fields({field: value}, _neutral()) if isinstance(value, dict) else {field: value})
   return out
 
 
@@ -71,8 +75,10 @@ def stage_of(config: ml_collections.ConfigDict) -> str:
   return config.stage
 
 
-def _method_of(stage: str, prefix: str) -> str:
-  return "tas" if stage == prefix else stage[len(prefix) + 1:]
+def _method_of(stage: str, prefix: str) -> methods.Method:
+  """The method of a search or extract folder: 'search' is the default method's, 'search-pas' PaS's."""
+  suffix = stage[len(prefix) + 1:]
+  return methods.get(suffix or layout.UNSUFFIXED_METHOD)
 
 
 def own_fields(config: ml_collections.ConfigDict, stage: str) -> tuple[dict, list[str]]:
@@ -81,16 +87,12 @@ def own_fields(config: ml_collections.ConfigDict, stage: str) -> tuple[dict, lis
     return _select(config, COMMON + ("teacher",)), []
   if stage.startswith("search"):
     method = _method_of(stage, "search")
-    if method == "tas":
-      return (_select(config, COMMON + ("search",)),
-              ["teacher"] if config.search.init == "teacher" else [])
-    # another method: its own section, and the FLOPs target it shares with TAS
-    fields = _select(config, COMMON + (method, "search.flop_ratio"))
-    fields.pop(f"{method}.finetune_lr", None)   # read by its fine-tuning, not by its search
-    return fields, ["teacher"]
+    fields = _select(config, COMMON + ("target",) + ((method.section,) if method.section else ()))
+    for field in method.finetune_fields:   # read by its fine-tuning, not by its search
+      fields.pop(f"{method.section}.{field}", None)
+    return fields, ["teacher"] if method.reads_teacher(config) else []
   if stage.startswith("extract"):
-    method = _method_of(stage, "extract")
-    return {}, [layout.search_stage(method)]
+    return {}, [layout.search_stage(_method_of(stage, "extract").name)]
   if stage.startswith("distill/"):
     d = config.distill
     fields = _select(config, COMMON + ("distill",))
@@ -99,11 +101,11 @@ def own_fields(config: ml_collections.ConfigDict, stage: str) -> tuple[dict, lis
     if d.student != "random":
       fields.pop("distill.baseline_seed"), fields.pop("distill.flops_tolerance")
     reads = []
-    if d.student in config_lib.STUDENTS:
-      method = d.student if d.student not in ("uniform", "random") else config.method
-      reads.append(layout.extract_stage(method))
+    if d.student in config_lib.students():
+      method = methods.get(d.student if methods.is_method(d.student) else config.method)
+      reads.append(layout.extract_stage(method.name))
       if d.init == "searched":
-        fields.update(_select(config, (f"{method}.finetune_lr",)))
+        fields.update(_select(config, tuple(f"{method.section}.{f}" for f in method.finetune_fields)))
     if d.kd or d.init == "teacher":
       reads.append("teacher")
     return fields, reads
@@ -137,7 +139,9 @@ def _show(value) -> str:
 
 def _differences(recorded: dict, current: dict) -> list[str]:
   """'field=old (now new)' for every field both know with another value (a field one of them
-  lacks, e.g. added by a newer tas_jax, is not a difference)."""
+  lacks, e.g. added by a newer tas_jax, is not a difference). A record written before a field was
+  renamed (config.RENAMED) is read under the new name."""
+  recorded = {config_lib.RENAMED.get(k, k): v for k, v in recorded.items()}
   return [f"{k}={_show(recorded[k])} (now {_show(current[k])})"
           for k in sorted(recorded.keys() & current.keys()) if recorded[k] != current[k]]
 

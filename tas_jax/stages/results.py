@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import ml_collections
 from absl import logging
 
-from tas_jax import parallel, workdir as layout
+from tas_jax import methods, parallel, workdir as layout
 from tas_jax.data import augment
 from tas_jax.errors import CheckpointNotFoundError
 from tas_jax.models import arch as arch_lib, networks
@@ -58,10 +58,13 @@ def measure_throughput(to_measure: dict, images, mean, std, repeats: int) -> dic
                  "ms_per_batch": round(1e3 * statistics.median(ts), 3)} for name, ts in times.items()}
 
 
+BASELINE_LABELS = {"uniform": "uniform width", "random": "random"}
+
+
 def _label(summary: dict) -> str:
-  student = {"tas": "TAS", "pas": "PaS (fine-tuned)", "uniform": "uniform width",
-             "random": "random"}.get(
-      summary.get("student"), summary.get("architecture") or summary.get("student"))
+  name = summary.get("student")
+  student = (methods.get(name).label if methods.is_method(name) else
+             BASELINE_LABELS.get(name, summary.get("architecture") or name))
   return (f"{student} + {'KD' if summary['kd'] else 'CE'}"
           f"{' w/ Init' if summary.get('init') == 'teacher' else ''}")
 

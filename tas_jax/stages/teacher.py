@@ -24,9 +24,8 @@ from tas_jax.training import steps, supervised
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Runs (or resumes, or finds finished) the teacher stage; returns its summary."""
-  config_lib.validate(config)
   mesh, ds = supervised.load_inputs(config, config.teacher.eval_batch_size)
-  arch = config_lib.architecture(config, ds.num_classes, ds.image_size, ds.channels)
+  arch = supervised.architecture(config, ds.num_classes, ds.image_size, ds.channels)
   imported = layout.read_imported(layout.teacher_dir(workdir))
   if imported is not None:
     return evaluate_imported(config, workdir, mesh, ds, arch, imported)

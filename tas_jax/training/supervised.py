@@ -20,10 +20,10 @@ import numpy as np
 import optax
 from absl import logging
 
-from tas_jax import config as config_lib, parallel, workdir as layout
+from tas_jax import parallel, workdir as layout
 from tas_jax.data import sources
-from tas_jax.errors import CheckpointNotFoundError
-from tas_jax.models import arch as arch_lib, networks
+from tas_jax.errors import CheckpointNotFoundError, ConfigError
+from tas_jax.models import arch as arch_lib, networks, repvgg
 from tas_jax.ops import flops
 from tas_jax.training import inputs as inputs_lib, loop, steps
 
@@ -53,9 +53,35 @@ def permutation_key(seed: int) -> Callable[[jax.Array], jax.Array]:
   return lambda epoch: jax.random.fold_in(key, epoch)
 
 
+def architecture(c: ml_collections.ConfigDict, num_classes: int, image_size: int,
+                 channels: int) -> arch_lib.Architecture:
+  """The network the config describes, fitted to a dataset's classes, image size and channels."""
+  if c.model.arch:
+    a = networks.resolve(c.model.arch)
+    if (a.num_classes, a.input_size, a.input_channels) != (num_classes, image_size, channels):
+      raise ConfigError(
+          f"config.model.arch={c.model.arch!r} expects {a.num_classes} classes and "
+          f"{a.input_size}x{a.input_size}x{a.input_channels} inputs, but config.data.name="
+          f"{c.data.name!r} gives {num_classes} classes and {image_size}x{image_size}x{channels}")
+    return a
+  try:
+    if c.model.family == "cifar":
+      return arch_lib.cifar_resnet(c.model.depth, c.model.block, num_classes, image_size, channels)
+    if c.model.family == "repvgg":
+      return repvgg.named_repvgg(c.model.repvgg, num_classes, image_size, channels)
+    return arch_lib.imagenet_resnet(c.model.depth, num_classes, image_size, channels)
+  except arch_lib.ArchError as e:
+    hint = ""
+    if "multiple of" in str(e):   # e.g. RepVGG (5 stride-2 stages) on 28x28 Fashion-MNIST
+      multiple = int(str(e).split("multiple of ")[1].split()[0])
+      hint = (f"; pad the images with --config.data.image_size="
+              f"{-(-image_size // multiple) * multiple}")
+    raise ConfigError(f"model for {c.data.name}: {e}{hint}") from None
+
+
 def check_fits(a: arch_lib.Architecture, ds: inputs_lib.Inputs, what: str) -> None:
   if (a.num_classes, a.input_size, a.input_channels) != (ds.num_classes, ds.image_size, ds.channels):
-    raise config_lib.ConfigError(
+    raise ConfigError(
         f"{what} ({a.name or 'custom'}) expects {a.num_classes} classes and {a.input_size}x"
         f"{a.input_size}x{a.input_channels} inputs, but {ds.name} gives {ds.num_classes} classes "
         f"and {ds.image_size}x{ds.image_size}x{ds.channels}")

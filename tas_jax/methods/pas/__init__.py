@@ -1,16 +1,26 @@
 """PaS, Pruning-as-Search (Li et al., IJCAI 2022).
 
+settings.py its config section (config.pas): defaults, checks, the fine-tuning recipe
 masks.py    per-channel masks (threshold + straight-through), their groups, the masked network's MACs
 search.py   the search stage: joint SGD on weights and mask scalars, CE + α·(MACs − target)²
 extract.py  the extract stage: kept channel indices, the physically smaller network and its weights
 """
 
 from tas_jax.methods import Method
-from tas_jax.methods.pas import extract, search
+from tas_jax.methods.pas import extract, search, settings
 
 METHOD = Method(
-    name="pas",
+    name=search.METHOD,
+    label="PaS (fine-tuned)",
     description="Pruning-as-Search: per-channel binary masks (straight-through) with a MACs "
                 "penalty, trained jointly with the weights; the kept channels are cut out",
     search=search.search,
-    extract=extract.extract)
+    extract=extract.extract,
+    section="pas",
+    defaults=settings.defaults,
+    validate=settings.validate,
+    keeps_weights=True,
+    families=("resnet", "repvgg"),
+    finetune_fields=("finetune_lr",),
+    finetune=settings.finetune,
+    not_defining=("eval_batch_size",))

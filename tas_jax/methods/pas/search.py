@@ -4,10 +4,10 @@ Starts from the teacher in WORKDIR/teacher (PaS prunes a trained network). Every
 step (constant lr, momentum, coupled weight decay on the mask scalars too) on one batch of the
 whole training set, on
 
-    CE + α·((MACs(kept) − R·MACs_full) / unit)²,    R = config.search.flop_ratio (shared with TAS),
+    CE + α·((MACs(kept) − R·MACs_full) / unit)²,    R = config.target.flop_ratio (shared by all methods),
 
 where MACs(kept) counts the masked network by the same topology as the FLOP counter
-(`tas_jax.methods.pas.masks`). After every epoch the kept channels of every group, the MACs ratio
+(`tas_jax.models.channels`). After every epoch the kept channels of every group, the MACs ratio
 and the masked network's test accuracy go into the history; WORKDIR/search-pas/ holds Orbax
 checkpoints (resumable mid-epoch), TensorBoard events and summary.json.
 """
@@ -24,9 +24,11 @@ import optax
 from absl import logging
 from clu import metrics
 
-from tas_jax import config as config_lib, console, parallel, workdir as layout
+from tas_jax import console, parallel, workdir as layout
+from tas_jax.errors import ConfigError
 from tas_jax.data import sources
 from tas_jax.methods.pas import masks as masks_lib
+from tas_jax.models import channels
 from tas_jax.ops import flops
 from tas_jax.training import loop, steps, supervised
 
@@ -51,7 +53,7 @@ def make_search_step(model: masks_lib.MaskedNetwork, p: ml_collections.ConfigDic
   """Compiles `step(state, batch) -> (state, PasMetrics)`: one joint SGD step."""
   axis = parallel.AXIS if mode == "pmap" else None
   model = model.clone(bn_axis_name=axis)
-  lay = masks_lib.layout(model.arch)
+  lay = channels.of(model.arch)
   flops_max = float(flops.count(model.arch).flops)
   target, unit = ratio * flops_max, cost_unit(p, flops_max)
 
@@ -62,7 +64,7 @@ def make_search_step(model: masks_lib.MaskedNetwork, p: ml_collections.ConfigDic
       logits, upd = model.apply({"params": params, "batch_stats": state.batch_stats}, x,
                                 train=True, mutable=["batch_stats"])
       ce = steps.classification_loss(logits, y)
-      macs = lay.flops(masks_lib.kept_counts(lay, params["masks"]))
+      macs = flops.with_kept(lay, masks_lib.kept_counts(lay, params["masks"]))
       penalty = ((macs - target) / unit) ** 2
       return ce + p.cost_weight * penalty, (ce, penalty, macs, logits, upd["batch_stats"])
 
@@ -91,24 +93,23 @@ def kept_channels(scores: dict) -> dict:
           for name, v in scores.items()}
 
 
-def record(lay: masks_lib.MaskLayout, scores: dict, flops_max: float) -> dict:
+def record(lay: channels.ChannelGroups, scores: dict, flops_max: float) -> dict:
   """The masks after an epoch: kept channels per group, the masked network's FLOPs."""
   indices = kept_channels(jax.device_get(scores))
   kept = {g.name: len(indices[g.name]) for g in lay.groups}   # in forward order
-  return {"flops_ratio": lay.flops(kept) / flops_max, "flops_m": round(lay.flops(kept) / 1e6, 4),
+  return {"flops_ratio": flops.with_kept(lay, kept) / flops_max, "flops_m": round(flops.with_kept(lay, kept) / 1e6, 4),
           "kept": kept, "kept_fraction": sum(kept.values()) / lay.num_channels}
 
 
 def search(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Runs (or resumes, or finds finished) the PaS search; returns its summary."""
-  config_lib.validate(config)
-  p, ratio = config.pas, config.search.flop_ratio
+  p, ratio = config.pas, config.target.flop_ratio
   stage = layout.search_stage(METHOD)
   stage_dir = layout.search_dir(workdir, METHOD)
   t0 = time.time()
   mesh, ds = supervised.load_inputs(config, p.eval_batch_size)
-  base = config_lib.architecture(config, ds.num_classes, ds.image_size, ds.channels)
-  lay = masks_lib.layout(base)
+  base = supervised.architecture(config, ds.num_classes, ds.image_size, ds.channels)
+  lay = channels.of(base)
   flops_max = float(flops.count(base).flops)
   n_dev = mesh.shape[parallel.AXIS]
   steps_per_epoch = sources.check_batch("pas.batch_size", p.batch_size, n_dev, ds.num_train)
@@ -119,7 +120,7 @@ def search(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   teacher_arch, teacher_vars, teacher_step = supervised.read_teacher(workdir, mesh, stage)
   if teacher_arch.to_dict() | {"name": ""} != base.to_dict() | {"name": ""}:
-    raise config_lib.ConfigError(
+    raise ConfigError(
         f"method=pas prunes the teacher in {workdir}/teacher ({teacher_arch.name or 'custom'}), "
         f"but the config describes {base.name or 'a different network'}")
   model = masks_lib.MaskedNetwork(base, dtype=jnp.dtype(config.model.dtype))

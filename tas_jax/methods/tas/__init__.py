@@ -1,5 +1,6 @@
 """TAS, Transformable Architecture Search (Dong & Yang, NeurIPS 2019).
 
+settings.py  its config section (config.search): defaults and checks
 space.py     the search space: width candidates per conv, depth candidates per stage
 gumbel.py    two-of-K Gumbel sampling of a width, soft depth weights
 cwi.py       channel-wise interpolation and the fused per-conv aggregation
@@ -10,11 +11,17 @@ extract.py   the extract stage: the argmax architecture, its report and plots
 """
 
 from tas_jax.methods import Method
-from tas_jax.methods.tas import extract, search
+from tas_jax.methods.tas import extract, search, settings
 
 METHOD = Method(
     name="tas",
+    label="TAS",
     description="Transformable Architecture Search: differentiable width and depth search "
                 "with a FLOPs cost, argmax extraction",
     search=search.search,
-    extract=extract.extract)
+    extract=extract.extract,
+    section="search",
+    defaults=settings.defaults,
+    validate=settings.validate,
+    reads_teacher=lambda config: config.search.init == "teacher",
+    not_defining=("eval_batch_size", "evaluate_every_epoch"))

@@ -30,7 +30,7 @@ from tas_jax.ops.flops import conv_flops
 
 EXPECTED_FORMS = ("released", "exact")
 BANDS = ("released", "symmetric")
-IN_BAND = ("free", "expected", "capped", "centred")
+IN_BAND = ("free", "centred")
 
 
 def _stem_term(space: SearchSpace, width):
@@ -126,16 +126,12 @@ def cost_loss(expected, exact, flops_max: float, ratio: float, tolerance: float 
 
   released: push down if F(A) > R, up if F(A) < R − t·F_max (R = ratio·F_max).
   symmetric (the paper's text): push down above (1+t)·R, up below (1−t)·R.
-  in_band: what happens while F(A) is inside the band. "free" (released): no cost. "expected" (a
-  deviation): E[F] is held to the same band, so the distributions keep moving until the soft
-  network agrees with the argmax one — without it, cross-entropy alone drives a depth the budget
-  cannot afford back to a tie, and the argmax flips across the band from epoch to epoch.
-  "capped" (a deviation): only the upper half of "expected" — E[F] above the band is pushed down,
-  E[F] below it is left alone (pushing a soft E[F] up also pushes F(A), which sits above E[F] when
-  the distributions are soft, out through the top of the band).
-  "centred" (a deviation): as "capped", with the cap at the band's centre: the cost switches where
-  E[F] crosses the cap, so E[F] settles there, and an argmax that stays near E[F] stays in the band
-  instead of flipping across its top edge.
+  in_band: what happens while F(A) is inside the band. "free" (released): no cost. "centred" (a
+  deviation): E[F] above the band's centre is pushed down (+log E[F]), below it left alone: the
+  cost switches where E[F] crosses the centre, so E[F] settles there, and an argmax that stays near
+  E[F] stays in the band instead of sliding along its top edge and flipping across it. (Holding
+  E[F] to the whole band, or capping it at the band's top, did not settle: RESULTS.md, "Targets
+  0.3 and 0.7".)
   """
   target = ratio * flops_max
   if band == "released":
@@ -147,11 +143,7 @@ def cost_loss(expected, exact, flops_max: float, ratio: float, tolerance: float 
   def signed(value, inside):
     return jnp.where(value > high, log_e, jnp.where(value < low, -log_e, inside))
 
-  if in_band == "expected":
-    inside = signed(expected, 0.0)
-  elif in_band in ("capped", "centred"):
-    cap = high if in_band == "capped" else (high + low) / 2
-    inside = jnp.where(expected > cap, log_e, 0.0)
-  else:
-    inside = 0.0
+  if in_band not in IN_BAND:
+    raise ValueError(f"in_band={in_band!r}: allowed {', '.join(IN_BAND)}")
+  inside = jnp.where(expected > (high + low) / 2, log_e, 0.0) if in_band == "centred" else 0.0
   return signed(exact, inside)

@@ -101,21 +101,21 @@ def _markdown(summary: dict, rows: list[dict]) -> str:
 
 def extract(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Writes WORKDIR/extract/ from the latest search checkpoint; returns the summary."""
-  s = config.search
+  s, ratio, tolerance = config.search, config.target.flop_ratio, config.target.tolerance
   out_dir = layout.extract_dir(workdir)
   space, logits, history, step = read_search(workdir)
   w_idx, d_idx = (np.asarray(v) for v in jax.device_get(space.argmax(logits, s.variant)))
   base = space.base
-  final = space.architecture(w_idx, d_idx, name=f"{base.name or 'custom'}_tas{round(100 * s.flop_ratio)}")
+  final = space.architecture(w_idx, d_idx, name=f"{base.name or 'custom'}_tas{round(100 * ratio)}")
   widths = [slot.candidates[int(i)] for slot, i in zip(space.slots, w_idx)]
   rows = slot_table(space, widths, final.depths)
   before, after = flops.count(base), flops.count(final)
-  low, high = ((s.flop_ratio - s.tolerance, s.flop_ratio) if s.band == "released"
-               else ((1 - s.tolerance) * s.flop_ratio, (1 + s.tolerance) * s.flop_ratio))
+  low, high = ((ratio - tolerance, ratio) if s.band == "released"
+               else ((1 - tolerance) * ratio, (1 + tolerance) * ratio))
   summary = {
       "stage": "extract", "finished": True, "architecture": final.name,
       "search_step": step, "search_epochs_recorded": len(history),
-      "target": s.flop_ratio, "band": f"{100 * low:.0f}%–{100 * high:.0f}% of F_max",
+      "target": ratio, "band": f"{100 * low:.0f}%–{100 * high:.0f}% of F_max",
       "flops_ratio": after.flops / before.flops,
       "before": {"flops_m": round(before.flops_m, 4), "params_m": round(before.params_m, 6),
                  "depths": list(base.depths)},
@@ -136,12 +136,12 @@ def extract(config: ml_collections.ConfigDict, workdir: str) -> dict:
   summary["in_band"] = bool(low - 1e-9 <= summary["flops_ratio"] <= high + 1e-9)
   if not summary["in_band"]:
     logging.warning("[extract] %s has %.1f%% of the FLOPs, outside the search's band %s: the "
-                    "search had not settled (more search.epochs, or see README's search.in_band)",
+                    "search had not settled (more search.epochs, or the settled recipe: configs/demo_settled.py)",
                     final.name, 100 * summary["flops_ratio"], summary["band"])
   layout.write_summary(out_dir, summary)
   logging.info("[extract] %s: %.2f M FLOPs = %.1f%% of %.2f M (target %.0f%%), %.4f M params "
                "(%.4f M), blocks per stage %s of %s; wrote arch.json, report.md and plots to %s",
                final.name, after.flops_m, 100 * summary["flops_ratio"], before.flops_m,
-               100 * s.flop_ratio, after.params_m, before.params_m, list(final.depths),
+               100 * ratio, after.params_m, before.params_m, list(final.depths),
                list(base.depths), out_dir)
   return summary

@@ -25,7 +25,8 @@ import optax
 from absl import logging
 from clu import metrics
 
-from tas_jax import config as config_lib, console, parallel, workdir as layout
+from tas_jax import console, parallel, workdir as layout
+from tas_jax.errors import ConfigError
 from tas_jax.data import datasets, sources
 from tas_jax.methods.tas import cost, space as space_lib, supernet as supernet_lib
 from tas_jax.ops import flops
@@ -107,9 +108,10 @@ def step_keys(key, step):
 
 
 def make_search_step(net: supernet_lib.SuperNet, space: space_lib.SearchSpace,
-                     s: ml_collections.ConfigDict, mesh, mode: str):
+                     s: ml_collections.ConfigDict, target: ml_collections.ConfigDict, mesh,
+                     mode: str):
   """Compiles `iteration(state, batch, key, tau) -> (state, metrics)`; the batch holds one batch
-  of each half, `{"a": …, "b": …}`."""
+  of each half, `{"a": …, "b": …}`. `s`: config.search; `target`: config.target."""
   axis = parallel.AXIS if mode == "pmap" else None
   net = net.clone(axis_name=axis)
   flops_max = float(flops.count(space.base).flops)
@@ -140,7 +142,7 @@ def make_search_step(net: supernet_lib.SuperNet, space: space_lib.SearchSpace,
       ce = steps.classification_loss(logits, yb)
       expected = cost.expected_flops(space, arch, s.expected_flops, s.variant)
       exact = cost.exact_flops(space, *space.argmax(arch, s.variant))
-      c = cost.cost_loss(expected, exact, flops_max, s.flop_ratio, s.tolerance, s.band,
+      c = cost.cost_loss(expected, exact, flops_max, target.flop_ratio, target.tolerance, s.band,
                          s.in_band)
       return ce + s.cost_weight * c, (ce, c, expected, exact, logits, upd["batch_stats"])
 
@@ -176,7 +178,7 @@ def _from_teacher(state: SearchState, base, tx, workdir: str, mesh) -> SearchSta
   width candidate its trained BN (a search-only BN starts as the identity)."""
   teacher_arch, variables, step = supervised.read_teacher(workdir, mesh, "search")
   if teacher_arch.to_dict() | {"name": ""} != base.to_dict() | {"name": ""}:
-    raise config_lib.ConfigError(
+    raise ConfigError(
         f"config.search.init='teacher': the teacher in {workdir}/teacher is "
         f"{teacher_arch.name or 'a different network'}, the search runs on {base.name or 'custom'}")
   params, stats = supernet_lib.supernet_params_from_plain(variables["params"],
@@ -209,12 +211,11 @@ def record_architecture(space: space_lib.SearchSpace, arch_logits, flops_max: fl
 
 def search(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Runs (or resumes, or finds finished) the search stage; returns its summary."""
-  config_lib.validate(config)
-  s = config.search
+  s, ratio = config.search, config.target.flop_ratio
   stage_dir = layout.search_dir(workdir)
   t0 = time.time()
   mesh, ds = supervised.load_inputs(config, s.eval_batch_size)
-  base = config_lib.architecture(config, ds.num_classes, ds.image_size, ds.channels)
+  base = supervised.architecture(config, ds.num_classes, ds.image_size, ds.channels)
   space = space_lib.build(base)
   flops_max = float(flops.count(base).flops)
   n_dev = mesh.shape[parallel.AXIS]
@@ -223,7 +224,7 @@ def search(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                         min(len(half_a), len(half_b)))
   logging.info("[search] TAS(%s) on %s of %s: target %.0f%% of %.2f M FLOPs, %d searched convs, "
                "depth choices %s; halves of %d/%d images, %d iterations per epoch, %d device(s)",
-               s.variant, base.name or "custom", ds.name, 100 * s.flop_ratio, flops_max / 1e6,
+               s.variant, base.name or "custom", ds.name, 100 * ratio, flops_max / 1e6,
                space.num_slots, [list(d) for d in space.depths], len(half_a), len(half_b),
                steps_per_epoch, n_dev)
 
@@ -246,7 +247,7 @@ def search(config: ml_collections.ConfigDict, workdir: str) -> dict:
                         step_key=lambda step: step_keys(aug_key, step)[1],
                         steps_per_epoch=steps_per_epoch))
   test_source = ds.eval_source()
-  iteration = make_search_step(net, space, s, mesh, config.parallel)
+  iteration = make_search_step(net, space, s, config.target, mesh, config.parallel)
   eval_step = steps.make_eval_step(
       # the argmax network with batch statistics (see tas_jax.methods.tas.supernet)
       lambda v, x: net.apply({"params": v[0], "batch_stats": v[1]}, x, v[2], jax.random.key(0), 1.0,
@@ -279,11 +280,11 @@ def search(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if not finished:
     return {"stage": "search", "finished": False, "step": int(jax.device_get(state.step))}
   w_idx, d_idx = jax.device_get(space.argmax(state.arch, s.variant))
-  final = space.architecture(w_idx, d_idx, name=f"{base.name}_tas{round(100 * s.flop_ratio)}")
+  final = space.architecture(w_idx, d_idx, name=f"{base.name}_tas{round(100 * ratio)}")
   counts = flops.count(final)
   summary = {
       "stage": "search", "finished": True, "variant": s.variant, "dataset": ds.name,
-      "base_architecture": base.name, "flop_ratio_target": s.flop_ratio,
+      "base_architecture": base.name, "flop_ratio_target": ratio,
       "flops_max_m": round(flops_max / 1e6, 4), "flops_m": round(counts.flops_m, 4),
       "flops_ratio": counts.flops / flops_max, "params_m": round(counts.params_m, 4),
       "architecture": final.to_dict(), "epochs": s.epochs,
@@ -304,5 +305,5 @@ def search(config: ml_collections.ConfigDict, workdir: str) -> dict:
   path = layout.write_summary(stage_dir, summary)
   logging.info("[search] finished: F(A) = %.2f M FLOPs = %.1f%% of %.2f M (target %.0f%%), "
                "depths %s; summary in %s", counts.flops_m, 100 * summary["flops_ratio"],
-               flops_max / 1e6, 100 * s.flop_ratio, list(final.depths), path)
+               flops_max / 1e6, 100 * ratio, list(final.depths), path)
   return summary

@@ -1,0 +1,78 @@
+"""The kept channels of every group for a FLOPs target, from per-channel scores (low = removed first).
+
+Both rules remove channels until the FLOP counter, on the network at the kept widths
+(`tas_jax.ops.flops.with_kept`), is at or below the target: the smallest removal that reaches it. Every
+group keeps at least its best channel. Removing a channel never adds FLOPs, so the FLOPs fall
+monotonically with the amount removed and a bisection finds that point exactly.
+
+- `global_ranking`: one ranking of all channels of all groups; the lowest go first (L1-norm, its
+  scores relative to their group's mean).
+- `uniform_ratio`: one pruning ratio r for every group, each keeping its max(1, round((1-r)·size))
+  best channels (FPGM, and L1 with `l1.ranking=uniform`); r found by bisection.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tas_jax.models import channels
+from tas_jax.ops import flops
+
+
+def _kept(groups: channels.ChannelGroups, scores: dict, counts: dict) -> dict:
+  """The `counts[g]` best channels of every group, as sorted indices (ties: the lower index)."""
+  out = {}
+  for g in groups.groups:
+    order = np.argsort(-np.asarray(scores[g.name]), kind="stable")
+    out[g.name] = sorted(int(i) for i in order[:counts[g.name]])
+  return out
+
+
+def global_ranking(groups: channels.ChannelGroups, scores: dict, target_flops: float) -> dict:
+  """{group: kept indices}: the lowest-scoring channels of the whole network removed, fewest
+  first, until the FLOPs are at most `target_flops` (or every group is down to one channel)."""
+  candidates = []   # (score, group position, channel) of every channel that may go
+  for position, g in enumerate(groups.groups):
+    s = np.asarray(scores[g.name])
+    best = int(np.argmax(s))
+    candidates += [(float(s[j]), position, j) for j in range(g.size) if j != best]
+  candidates.sort()
+
+  def counts_after(k: int) -> dict:
+    counts = {g.name: g.size for g in groups.groups}
+    for _, position, _ in candidates[:k]:
+      counts[groups.groups[position].name] -= 1
+    return counts
+
+  lo, hi = 0, len(candidates)     # FLOPs(hi) <= target unless nothing reaches it
+  if flops.with_kept(groups, counts_after(hi)) > target_flops:
+    lo = hi
+  while lo < hi:
+    mid = (lo + hi) // 2
+    if flops.with_kept(groups, counts_after(mid)) <= target_flops:
+      hi = mid
+    else:
+      lo = mid + 1
+  removed = {}
+  for _, position, j in candidates[:hi]:
+    removed.setdefault(groups.groups[position].name, set()).add(j)
+  return {g.name: [j for j in range(g.size) if j not in removed.get(g.name, ())]
+          for g in groups.groups}
+
+
+def counts_at_ratio(groups: channels.ChannelGroups, ratio: float) -> dict:
+  return {g.name: max(1, int(round((1 - ratio) * g.size))) for g in groups.groups}
+
+
+def uniform_ratio(groups: channels.ChannelGroups, scores: dict,
+                  target_flops: float) -> tuple[dict, float]:
+  """({group: kept indices}, r): the smallest ratio r (to 1e-9) whose FLOPs are at most the target."""
+  lo, hi = 0.0, 1.0
+  if flops.with_kept(groups, counts_at_ratio(groups, 0.0)) <= target_flops:
+    hi = 0.0
+  for _ in range(60):
+    if hi - lo < 1e-9:
+      break
+    mid = 0.5 * (lo + hi)
+    lo, hi = (lo, mid) if flops.with_kept(groups, counts_at_ratio(groups, mid)) <= target_flops else (mid, hi)
+  return _kept(groups, scores, counts_at_ratio(groups, hi)), hi

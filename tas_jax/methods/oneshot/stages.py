@@ -1,0 +1,117 @@
+"""The stages of a one-shot criterion method (L1-norm, FPGM): no training of its own.
+
+- `search`: reads the teacher in WORKDIR/teacher (the trained network is what gets pruned), scores
+  every channel (`criteria`), chooses the kept channels for `config.target.flop_ratio` (`select`),
+  and writes WORKDIR/search-NAME/: base_arch.json, channels.json (scores and kept indices per
+  group) and summary.json.
+- `extract`: cuts those channels out of the teacher with their weights
+  (`tas_jax.methods.extraction`): WORKDIR/extract-NAME/, fine-tuned by the distill runs NAME-kd /
+  NAME-ce.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Callable
+
+import jax
+import ml_collections
+from absl import logging
+
+from tas_jax import workdir as layout
+from tas_jax.errors import CheckpointNotFoundError
+from tas_jax.methods.oneshot import criteria, select
+from tas_jax.models import channels, networks
+from tas_jax.ops import flops
+from tas_jax.methods import extraction
+from tas_jax.training import supervised
+
+CHANNELS = "channels.json"
+
+
+def _teacher(workdir: str, stage: str):
+  """(architecture, {"params", "batch_stats"} on the host, step) of WORKDIR/teacher."""
+  path = os.path.join(layout.teacher_dir(workdir), layout.ARCH)
+  if not os.path.exists(path):
+    raise CheckpointNotFoundError(
+        f"{path} is missing: a one-shot method prunes the trained teacher; run "
+        "--config.stage=teacher (or import one with python -m tas_jax.convert) with this --workdir")
+  base = networks.load(path)
+  variables, step = supervised.read_variables(
+      layout.teacher_dir(workdir), base, "teacher",
+      jax.sharding.SingleDeviceSharding(jax.local_devices()[0]))
+  if layout.read_summary(layout.teacher_dir(workdir)) is None and \
+     layout.read_imported(layout.teacher_dir(workdir)) is None:
+    logging.warning("[%s] the teacher has not finished; pruning its checkpoint at step %d", stage, step)
+  return base, jax.device_get(variables), step
+
+
+def score(criterion: str, base, variables: dict, l1_ranking: str = "global") -> dict:
+  """{group: (C,) scores}, comparable across groups where the ranking is global."""
+  kernels = channels.producer_kernels(base, variables)
+  if criterion == "fpgm":
+    return {g: criteria.fpgm(k) for g, k in kernels.items()}
+  if l1_ranking == "global":
+    return {g: criteria.relative(criteria.l1(k)) for g, k in kernels.items()}
+  return {g: criteria.l1(k) for g, k in kernels.items()}
+
+
+def choose(criterion: str, base, scores: dict, ratio: float,
+           l1_ranking: str = "global") -> tuple[dict, dict]:
+  """(kept indices per group, how: {"rule", "pruning_ratio"?}) for FLOPs <= ratio·F_max."""
+  groups = channels.of(base)
+  target = ratio * flops.count(base).flops
+  if criterion == "l1" and l1_ranking == "global":
+    return select.global_ranking(groups, scores, target), {"rule": "global ranking"}
+  kept, r = select.uniform_ratio(groups, scores, target)
+  return kept, {"rule": "one pruning ratio for every group", "pruning_ratio": round(r, 6)}
+
+
+def make_search(name: str, criterion: str) -> Callable[[ml_collections.ConfigDict, str], dict]:
+  def search(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Scores the teacher's channels and chooses the kept ones; writes WORKDIR/search-NAME/."""
+    stage, stage_dir = layout.search_stage(name), layout.search_dir(workdir, name)
+    t0 = time.time()
+    base, variables, step = _teacher(workdir, stage)
+    ranking = config.l1.ranking if criterion == "l1" else "uniform"
+    scores = score(criterion, base, variables, ranking)
+    kept, how = choose(criterion, base, scores, config.target.flop_ratio, ranking)
+    groups = channels.of(base)
+    counts = channels.counts(kept)
+    flops_max = flops.count(base).flops
+    ratio = flops.with_kept(groups, counts) / flops_max
+    summary = {"stage": stage, "finished": True, "method": name, "criterion": criterion, **how,
+               "base_architecture": base.name, "teacher_step": step,
+               "flop_ratio_target": config.target.flop_ratio, "flops_ratio": ratio,
+               "flops_m": round(flops.with_kept(groups, counts) / 1e6, 4),
+               "flops_max_m": round(flops_max / 1e6, 4), "kept": counts,
+               "wall_time_s": round(time.time() - t0, 2)}
+    if layout.is_writer():
+      os.makedirs(stage_dir, exist_ok=True)
+      base.save(os.path.join(stage_dir, layout.BASE_ARCH))
+      with open(os.path.join(stage_dir, CHANNELS), "w") as f:
+        json.dump({g: {"scores": [float(v) for v in scores[g]], "kept": kept[g]} for g in kept}, f)
+    layout.write_summary(stage_dir, summary)
+    logging.info("[%s] %s: %d of %d channels kept (%s), %.2f M FLOPs = %.1f%% of %.2f M (target "
+                 "%.0f%%)", stage, criterion, sum(counts.values()), groups.num_channels, how["rule"],
+                 summary["flops_m"], 100 * ratio, flops_max / 1e6, 100 * config.target.flop_ratio)
+    return summary
+  return search
+
+
+def make_extract(name: str, title: str) -> Callable[[ml_collections.ConfigDict, str], dict]:
+  def extract(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Cuts the chosen channels out of the teacher; writes WORKDIR/extract-NAME/."""
+    path = os.path.join(layout.search_dir(workdir, name), CHANNELS)
+    if not os.path.exists(path):
+      raise CheckpointNotFoundError(f"{path} is missing: run --config.stage="
+                                    f"{layout.stage_flags('search', name)} with this --workdir first")
+    with open(path) as f:
+      kept = {g: v["kept"] for g, v in json.load(f).items()}
+    base, variables, step = _teacher(workdir, layout.extract_stage(name))
+    return extraction.write(config, workdir, name, title,
+                           f"{title} on the teacher's checkpoint at step {step}", base, variables,
+                           kept, extra={"teacher_step": step})
+  return extract
