@@ -100,7 +100,7 @@ def test_rerun_skips_finished_stages(pipeline_run):
   # a setting that changes a result stops the rerun; one that does not is accepted
   changed = pipelines.config()
   changed.target.flop_ratio = 0.3
-  with pytest.raises(records.StageMismatchError, match=r"search\.flop_ratio=0\.5 \(now 0\.3\)"):
+  with pytest.raises(records.StageMismatchError, match=r"target\.flop_ratio=0\.5 \(now 0\.3\)"):
     pipeline.run_all(changed, workdir)
   neutral = pipelines.config()
   neutral.max_steps_per_run, neutral.log_every_steps = 5, 7

@@ -130,3 +130,11 @@ def test_overwrite_values_are_validated():
   c.overwrite = "teachers"
   with pytest.raises(config_lib.ConfigError, match="config.overwrite='teachers': comma-separated"):
     config_lib.validate(c)
+
+
+def test_a_record_written_before_a_rename_is_read_under_the_new_name():
+  """Workdirs from before config.target: their records say search.flop_ratio."""
+  assert records._differences({"search.flop_ratio": 0.5, "seed": 0},
+                              {"target.flop_ratio": 0.3, "seed": 0}) == [
+      "target.flop_ratio=0.5 (now 0.3)"]
+  assert records._differences({"search.tolerance": 0.05}, {"target.tolerance": 0.05}) == []

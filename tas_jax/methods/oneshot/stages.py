@@ -66,7 +66,7 @@ def choose(criterion: str, base, scores: dict, ratio: float,
   if criterion == "l1" and l1_ranking == "global":
     return select.global_ranking(groups, scores, target), {"rule": "global ranking"}
   kept, r = select.uniform_ratio(groups, scores, target)
-  return kept, {"rule": "one pruning ratio for every group", "pruning_ratio": round(r, 6)}
+  return kept, {"rule": "one pruning ratio for every group", "pruning_ratio": r}
 
 
 def make_search(name: str, criterion: str) -> Callable[[ml_collections.ConfigDict, str], dict]:
