@@ -50,6 +50,12 @@ def test_peaked_supernet_is_the_plain_network(a):
   got = parallel.jit_once(lambda p, s, k: net.apply({"params": p, "batch_stats": s}, x, logits, k, 1.0,
                                           train=False))(params, stats, jax.random.key(5))
   np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * float(jnp.abs(want).max()))
+  # the depth search's supernet: BN on a projection only where the plain network has one
+  params_d, stats_d = supernet.supernet_params_from_plain(v["params"], v["batch_stats"], "depth")
+  shapes_d = jax.eval_shape(lambda: supernet.SuperNet(space, "depth").init(
+      jax.random.key(0), x, logits, jax.random.key(0), 1.0))
+  assert jax.tree.structure(shapes_d["params"]) == jax.tree.structure(params_d)
+  assert jax.tree.structure(shapes_d["batch_stats"]) == jax.tree.structure(stats_d)
 
 
 def test_imagenet_supernet_has_no_zero_initialised_bn():

@@ -92,6 +92,26 @@ def test_pair_weights_sum_to_one_and_gradient_only_reaches_the_pair():
     np.testing.assert_allclose(float(grad.sum()), 0.0, atol=1e-6)
 
 
+def test_pair_weights_equal_an_independent_computation_from_the_same_gumbel_draw():
+  """w = softmax over the pair of (log_softmax(α) + g) / τ, g the Gumbel draw of the key's first
+  half (spec §3), computed here in numpy: a missing /τ or missing noise changes every value."""
+  alpha = np.array([0.3, -0.2, 0.1, 0.5, 0.0, -0.4, 0.2, 0.05], np.float32)
+  for seed, tau in [(0, 2.0), (1, 0.7), (2, 5.0), (3, 0.35)]:
+    key = jax.random.key(seed)
+    idx, w = jax.device_get(gumbel.sample_pair(key, jnp.asarray(alpha), tau))
+    g = np.asarray(jax.random.gumbel(jax.random.split(key)[0], alpha.shape), np.float64)
+    log_p = alpha - np.log(np.exp(alpha.astype(np.float64)).sum())
+    ell = (log_p + g) / tau
+    want = np.exp(ell[idx] - ell[idx].max()) / np.exp(ell[idx] - ell[idx].max()).sum()
+    np.testing.assert_allclose(w, want, rtol=1e-5)
+    # the depth mixture of a stage, the same way over all its candidates
+    q = np.asarray(gumbel.soft_depth_weights(key, jnp.asarray(alpha[:3]), tau), np.float64)
+    g3 = np.asarray(jax.random.gumbel(key, (3,)), np.float64)
+    ell3 = (alpha[:3] + g3) / tau
+    np.testing.assert_allclose(q, np.exp(ell3 - ell3.max()) / np.exp(ell3 - ell3.max()).sum(),
+                               rtol=1e-5)
+
+
 def test_padded_candidates_are_never_drawn():
   alpha = jnp.array([0.0, 0.0, 0.0, -jnp.inf, -jnp.inf, -jnp.inf, -jnp.inf, -jnp.inf])
   keys = jax.random.split(jax.random.key(1), 500)

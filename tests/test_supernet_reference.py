@@ -18,7 +18,7 @@ import pytest
 
 from tas_jax import parallel
 from tas_jax.methods.tas import cost, space as space_lib, supernet
-from tas_jax.models import arch
+from tas_jax.models import arch, topology
 
 EPS = 1e-5
 
@@ -71,19 +71,26 @@ def max_pool3s2(x):
   return np.max([xp[:, i:i + 2 * h:2, j:j + 2 * h:2] for i in range(3) for j in range(3)], 0)
 
 
-def search_conv(x, p, stride, cand_idx, cand_widths, cand_weights, pool=False):
-  """ConvBNReLU.search_forward without the ReLU: conv at full width on x, the two candidates."""
+def search_conv(x, p, stride, cand_idx, cand_widths, cand_weights, pool=False, bn=True):
+  """ConvBNReLU.search_forward without the ReLU: conv at full width on x, the two candidates
+  (bn=False: the depth search's BN-free projection, a plain conv)."""
   if pool:
     x = avg_pool2(x)
   kernel = np.asarray(p["conv"]["kernel"], np.float64)[:, :, :x.shape[-1], :]
   z = conv(x, kernel, stride)
+  if not bn:
+    return z
   scale, bias = (np.asarray(p["bn"][k], np.float64) for k in ("scale", "bias"))
   outs = [batch_norm(z[..., :c], scale[k, :c], bias[k, :c]) for k, c in zip(cand_idx, cand_widths)]
   c_star = max(cand_widths)
   return sum(w * channel_interpolate(o, c_star) for w, o in zip(cand_weights, outs))
 
 
-def reference_forward(space, params, x, idx, widths, weights, q):
+def reference_forward(space, params, x, idx, widths, weights, q, variant="tas"):
+  """variant "width": no depth mixture (every block runs, as SearchWidthCifarResNet); "depth":
+  the caller's choices are the full widths, and a projection has BN only where the plain network
+  has (SearchCifarResNet_depth: none on CIFAR's stride-2 projection)."""
+  plain_bn = {b.name: b.projection.has_bn for b in topology.of(space.base).blocks if b.projection}
   relu = lambda t: np.maximum(t, 0)
   imagenet = space.base.dataset_kind == "imagenet"
   pick = lambda slot: (list(idx[slot]), [int(w) for w in widths[slot]], list(weights[slot]))
@@ -105,9 +112,12 @@ def reference_forward(space, params, x, idx, widths, weights, q):
       else:
         strided = blk.shortcut == "strided_conv"    # torchvision's form: no pool, stride 2
         residual = search_conv(h, params[f"{name}.shortcut"], blk.stride if strided else 1,
-                               *pick(blk.slots[-1]), pool=blk.shortcut == "pool_conv")
+                               *pick(blk.slots[-1]), pool=blk.shortcut == "pool_conv",
+                               bn=variant != "depth" or plain_bn[name])
       h = relu(zero_padded_add(residual, y))
       feature_maps.append(h)
+    if variant == "width":
+      continue
     candidates = [feature_maps[d - 1] for d in depth_choices]
     max_c = max(f.shape[-1] for f in candidates)
     h = sum(qj * channel_interpolate(f, max_c) for qj, f in zip(q[s], candidates))
@@ -137,10 +147,15 @@ NETWORKS = [
 ]
 
 
-@pytest.mark.parametrize("a", NETWORKS, ids=lambda a: a.family)
-def test_supernet_equals_the_official_search_forward(a):
+CASES = [(a, "tas") for a in NETWORKS] + [(NETWORKS[0], "width"), (NETWORKS[0], "depth"),
+                                           (NETWORKS[1], "depth")]
+
+
+@pytest.mark.parametrize("a,variant", CASES, ids=lambda c: getattr(c, "family", c))
+def test_supernet_equals_the_official_search_forward(a, variant):
+  """TAS, and the released width-only and depth-only search networks (TAS(W), TAS(D))."""
   space = space_lib.build(a)
-  net = supernet.SuperNet(space)
+  net = supernet.SuperNet(space, variant)
   x = jax.random.normal(jax.random.key(1), (6, a.input_size, a.input_size, 3))
   logits0 = space.init_logits(jax.random.key(2))
   v = parallel.jit_once(lambda: net.init(jax.random.key(0), x, logits0, jax.random.key(0), 1.0))()
@@ -151,7 +166,7 @@ def test_supernet_equals_the_official_search_forward(a):
       lambda t: jnp.asarray(np.asarray(t) + 0.3 * noise.standard_normal(t.shape, np.float32)), v["params"])
   forward = parallel.jit_once(lambda lg, k, t: net.apply({"params": params, "batch_stats": v["batch_stats"]},
                                                x, lg, k, t, train=True, mutable=["batch_stats"])[0])
-  choices = parallel.jit_once(lambda lg, k, t: supernet.sample_choices(space, lg, k, t, True, "tas"))
+  choices = parallel.jit_once(lambda lg, k, t: supernet.sample_choices(space, lg, k, t, True, variant))
   rng = np.random.default_rng(0)
   seen_unequal_depth_widths = False
   for trial in range(3):
@@ -160,12 +175,17 @@ def test_supernet_equals_the_official_search_forward(a):
     key, tau = jax.random.key(10 + trial), jnp.float32(rng.uniform(0.5, 3.0))
     idx, widths, weights, q = (np.asarray(t, np.float64 if t.dtype == jnp.float32 else np.int64)
                                for t in choices(logits, key, tau))
-    assert np.all(idx[:, 0] != idx[:, 1]) and np.all((weights > 0) & (weights < 1))
-    seen_unequal_depth_widths |= len({tuple(widths[b.slots[-1]]) for b in space.blocks}) > 1
+    if variant == "depth":   # one candidate, the full width; a soft depth mixture
+      assert np.all(widths == [[s.full] * 2 for s in space.slots]) and np.all(weights[:, 0] == 1)
+      assert np.all(q.max(-1) < 1)   # soft: no stage one-hot
+    else:
+      assert np.all(idx[:, 0] != idx[:, 1]) and np.all((weights > 0) & (weights < 1))
+      seen_unequal_depth_widths |= len({tuple(widths[b.slots[-1]]) for b in space.blocks}) > 1
     got = np.asarray(forward(logits, key, tau), np.float64)
-    want = reference_forward(space, params, np.asarray(x, np.float64), idx, widths, weights, q)
+    want = reference_forward(space, params, np.asarray(x, np.float64), idx, widths, weights, q,
+                             variant)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
-  assert seen_unequal_depth_widths
+  assert seen_unequal_depth_widths or variant == "depth"
 
 
 def official_expected_flops(space, logits):

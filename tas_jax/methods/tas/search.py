@@ -173,7 +173,7 @@ def create_state(net, space, tx, arch_tx, sample_input, key, mesh) -> SearchStat
   return parallel.jit_once(init, out_shardings=parallel.replicated(mesh))()
 
 
-def _from_teacher(state: SearchState, base, tx, workdir: str, mesh) -> SearchState:
+def _from_teacher(state: SearchState, base, tx, workdir: str, mesh, variant: str) -> SearchState:
   """The supernet's weights from the teacher's checkpoint: every conv its trained kernel, every
   width candidate its trained BN (a search-only BN starts as the identity)."""
   teacher_arch, variables, step = supervised.read_teacher(workdir, mesh, "search")
@@ -182,7 +182,7 @@ def _from_teacher(state: SearchState, base, tx, workdir: str, mesh) -> SearchSta
         f"config.search.init='teacher': the teacher in {workdir}/teacher is "
         f"{teacher_arch.name or 'a different network'}, the search runs on {base.name or 'custom'}")
   params, stats = supernet_lib.supernet_params_from_plain(variables["params"],
-                                                          variables["batch_stats"])
+                                                          variables["batch_stats"], variant)
   params, stats = jax.device_put((params, stats), parallel.replicated(mesh))
   logging.info("[search] supernet weights from the teacher's checkpoint at step %d", step)
   opt_state = parallel.jit_once(tx.init, out_shardings=parallel.replicated(mesh))(params)
@@ -234,7 +234,7 @@ def search(config: ml_collections.ConfigDict, workdir: str) -> dict:
   state = create_state(net, space, tx, arch_tx,
                        jnp.zeros((2, ds.image_size, ds.image_size, ds.channels)), init_key, mesh)
   if s.init == "teacher":
-    state = _from_teacher(state, base, tx, workdir, mesh)
+    state = _from_teacher(state, base, tx, workdir, mesh, s.variant)
   # one batch of each half per iteration; each half reshuffled per epoch with its own key
   perm_key = jax.random.fold_in(jax.random.key(config.seed), 2)
   halves = sources.Zipped(

@@ -17,7 +17,8 @@ residual add, max(input, last conv) channels. `tests/test_supernet_reference.py`
 against a plain re-implementation of the official forward. The layer names are the plain ResNet's,
 so weights map across (`supernet_params_from_plain`).
 
-Variants: "tas" (width + depth), "width" (full depth), "depth" (full widths, one BN, no CWI).
+Variants: "tas" (width + depth), "width" (full depth), "depth" (full widths, one BN, no CWI,
+and BN on a projection only where the plain network has one, as the released depth search).
 `argmax=True` runs the most likely width and depth everywhere. Its BN running statistics are
 averages over many sampled upstream widths and do not fit one fixed network, so the search
 evaluates the argmax network with batch statistics (`train=True, argmax=True`, immutable
@@ -85,6 +86,8 @@ class SearchConv(nn.Module):
   kernel: int = 3
   stride: int = 1
   mix: bool = True            # False: the "depth" variant (one candidate, the full width)
+  bn: bool = True             # False: no BN (the depth variant's projections where the plain
+                              # network has none, as the released depth-search network)
   axis_name: Optional[str] = None
   dtype: jnp.dtype = jnp.float32   # of the conv and the mixing; weights and BN statistics float32
 
@@ -95,6 +98,8 @@ class SearchConv(nn.Module):
     p = self.kernel // 2
     z = nn.Conv(self.width, (self.kernel,) * 2, (self.stride,) * 2, padding=((p, p), (p, p)),
                 use_bias=False, kernel_init=conv_init, dtype=self.dtype, name="conv")(x)
+    if not self.bn:
+      return z
     z, scales, biases = CandidateBatchNorm(self.width, self.axis_name, name="bn")(z, idx, train)
     z = z.astype(self.dtype)
     if not self.mix:
@@ -153,6 +158,7 @@ class SuperNet(nn.Module):
     conv = lambda width, kernel, stride, **kw: SearchConv(width, kernel, stride, mix=mix, dtype=self.dtype,
                                                           axis_name=self.axis_name, **kw)
 
+    plain_bn = {b.name: b.projection.has_bn for b in topology.of(base).blocks if b.projection}
     stem = space.slots[0]
     h = nn.relu(conv(stem.full, stem.kernel, stem.stride, name="stem")(x.astype(self.dtype), choice(0), train))
     channels = c_star(0)  # true channel count of h; channels beyond it are zero
@@ -175,12 +181,15 @@ class SuperNet(nn.Module):
           # zero-padded add: the block's output has max(input, last conv) channels
           residual, channels = h, jnp.maximum(channels, c_star(out_slot))
         else:
-          # every projection shortcut has per-candidate BN during search, as the official
-          # search_forward (CIFAR's stride-2 projection included; its pruned network keeps none)
+          # every projection shortcut has per-candidate BN during the width search, as the
+          # official search_forward (CIFAR's stride-2 projection included; its pruned network
+          # keeps none); the depth search's has BN only where the plain network has (the
+          # released SearchCifarResNet_depth: none on CIFAR's stride-2 projection)
           pooled = blk.shortcut == "pool_conv"   # TAS's form; torchvision's strides the conv
           hp = nn.avg_pool(h, (2, 2), (2, 2)) if pooled else h
           residual = conv(space.slots[out_slot].full, 1, 1 if pooled else blk.stride,
-                          name=f"{name}.shortcut")(hp, choice(out_slot), train)
+                          bn=mix or plain_bn[name], name=f"{name}.shortcut")(
+                              hp, choice(out_slot), train)
           channels = c_star(out_slot)
         h = nn.relu(y + residual)
         outputs.append((h, channels))
@@ -206,8 +215,11 @@ def _depth_mixture(outputs, depths: np.ndarray, q, soft: bool):
   return mixed.astype(dtype), widest
 
 
-def supernet_params_from_plain(plain_params: dict, plain_stats: dict) -> tuple[dict, dict]:
-  """Supernet weights whose every candidate carries the plain network's BN (same conv kernels)."""
+def supernet_params_from_plain(plain_params: dict, plain_stats: dict,
+                               variant: str = "tas") -> tuple[dict, dict]:
+  """Supernet weights whose every candidate carries the plain network's BN (same conv kernels).
+  A projection the plain network has without BN gets an identity BN, except in the depth
+  variant, whose supernet has none there either."""
   k = NUM_WIDTH_CANDIDATES
 
   def convert(tree):
@@ -238,7 +250,8 @@ def supernet_params_from_plain(plain_params: dict, plain_stats: dict) -> tuple[d
     return out
 
   params, stats = to_super(plain_params), to_super(plain_stats)
-  for name in [n for n in params if n.endswith(".shortcut") and "bn" not in params[n]]:
+  bn_free = [n for n in params if n.endswith(".shortcut") and "bn" not in params[n]]
+  for name in bn_free if variant != "depth" else ():
     # a plain projection without BN (CIFAR stride 2): the search's BN starts as the identity in
     # evaluation mode
     width = params[name]["conv"]["kernel"].shape[-1]
