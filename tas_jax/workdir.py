@@ -27,6 +27,7 @@ ARCH = "arch.json"
 BASE_ARCH = "base_arch.json"
 KEPT_CHANNELS = "kept_channels.json"
 IMPORTED = "imported.json"       # teacher/: made by python -m tas_jax.convert, not trained
+RECORD = "config.json"           # the settings a stage ran with (tas_jax.stages.records)
 
 
 def teacher_dir(workdir: str) -> str:
@@ -117,3 +118,9 @@ def write_summary(directory: str, summary: dict) -> str:
     with open(path, "w") as f:
       json.dump(summary, f, indent=2)
   return path
+
+
+def read_record(directory: str):
+  """The settings record a stage wrote in `directory` (`tas_jax.stages.records`), or None."""
+  return read_json(os.path.join(directory, RECORD))
+

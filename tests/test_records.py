@@ -138,3 +138,19 @@ def test_a_record_written_before_a_rename_is_read_under_the_new_name():
                               {"target.flop_ratio": 0.3, "seed": 0}) == [
       "target.flop_ratio=0.5 (now 0.3)"]
   assert records._differences({"search.tolerance": 0.05}, {"target.tolerance": 0.05}) == []
+
+
+def test_extraction_takes_the_variant_from_the_search_record(tmp_path):
+  """The argmax pins what a variant does not search: the search's own record decides, and a
+  config asking for another variant is refused before anything is read."""
+  from tas_jax.errors import ConfigError
+  from tas_jax.methods.tas import extract
+  search_dir = tmp_path / "search"
+  search_dir.mkdir()
+  (search_dir / records.RECORD).write_text(json.dumps({"fields": {"search.variant": "width"}}))
+  c = config_lib.base_config()
+  with pytest.raises(ConfigError, match=r"search\.variant='tas', but the search in .* ran variant "
+                                        r"'width': extract with --config\.search\.variant=width"):
+    extract.extract(c, str(tmp_path))
+  c.search.variant = "width"
+  assert extract.searched_variant(c, str(tmp_path)) == "width"

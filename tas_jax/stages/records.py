@@ -24,7 +24,7 @@ from absl import logging
 from tas_jax import config as config_lib, methods, workdir as layout
 from tas_jax.errors import ConfigError
 
-RECORD = "config.json"
+RECORD = layout.RECORD
 
 # sections of a stage's own result; fields listed in NEUTRAL (and each method's `not_defining`)
 # are left out of every comparison
@@ -129,8 +129,7 @@ def _has_result(directory: str) -> bool:
           or (os.path.isdir(checkpoints) and any(n.isdigit() for n in os.listdir(checkpoints))))
 
 
-def read_record(directory: str):
-  return layout.read_json(os.path.join(directory, RECORD))
+read_record = layout.read_record
 
 
 def _show(value) -> str:

@@ -23,7 +23,7 @@ import numpy as np
 from absl import logging
 
 from tas_jax import plots, workdir as layout
-from tas_jax.errors import CheckpointNotFoundError
+from tas_jax.errors import CheckpointNotFoundError, ConfigError
 from tas_jax.methods.tas import space as space_lib
 from tas_jax.models import arch as arch_lib
 from tas_jax.models.candidates import NUM_WIDTH_CANDIDATES
@@ -99,12 +99,29 @@ def _markdown(summary: dict, rows: list[dict]) -> str:
   return "\n".join(lines) + "\n"
 
 
+def searched_variant(config: ml_collections.ConfigDict, workdir: str) -> str:
+  """The variant (tas / width / depth) the search in WORKDIR/search ran, from its own record:
+  the argmax of an unsearched dimension is pinned by the variant, so the current config's must
+  not decide it. A config asking for another one is refused."""
+  search_dir = layout.search_dir(workdir)
+  record = (layout.read_record(search_dir) or {}).get("fields", {})
+  variant = record.get("search.variant") or (layout.read_summary(search_dir) or {}).get("variant")
+  if variant is None:   # a search from before records: the config is all there is
+    return config.search.variant
+  if variant != config.search.variant:
+    raise ConfigError(f"config.search.variant={config.search.variant!r}, but the search in "
+                      f"{search_dir} ran variant {variant!r}: extract with "
+                      f"--config.search.variant={variant}, or search again in a new --workdir")
+  return variant
+
+
 def extract(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Writes WORKDIR/extract/ from the latest search checkpoint; returns the summary."""
   s, ratio, tolerance = config.search, config.target.flop_ratio, config.target.tolerance
   out_dir = layout.extract_dir(workdir)
+  variant = searched_variant(config, workdir)
   space, logits, history, step = read_search(workdir)
-  w_idx, d_idx = (np.asarray(v) for v in jax.device_get(space.argmax(logits, s.variant)))
+  w_idx, d_idx = (np.asarray(v) for v in jax.device_get(space.argmax(logits, variant)))
   base = space.base
   final = space.architecture(w_idx, d_idx, name=f"{base.name or 'custom'}_tas{round(100 * ratio)}")
   widths = [slot.candidates[int(i)] for slot, i in zip(space.slots, w_idx)]
@@ -114,7 +131,7 @@ def extract(config: ml_collections.ConfigDict, workdir: str) -> dict:
                else ((1 - tolerance) * ratio, (1 + tolerance) * ratio))
   summary = {
       "stage": "extract", "finished": True, "architecture": final.name,
-      "search_step": step, "search_epochs_recorded": len(history),
+      "variant": variant, "search_step": step, "search_epochs_recorded": len(history),
       "target": ratio, "band": f"{100 * low:.0f}%–{100 * high:.0f}% of F_max",
       "flops_ratio": after.flops / before.flops,
       "before": {"flops_m": round(before.flops_m, 4), "params_m": round(before.params_m, 6),
