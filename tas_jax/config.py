@@ -214,9 +214,7 @@ def apply_renamed(c: ml_collections.ConfigDict) -> None:
 
 def network_family(c: ml_collections.ConfigDict) -> str:
   """"resnet" or "repvgg": what the config's network is, for the methods' `families`."""
-  if c.model.arch:
-    return "repvgg" if isinstance(networks.resolve(c.model.arch), repvgg.RepVGGArch) else "resnet"
-  return "repvgg" if c.model.family == "repvgg" else "resnet"
+  return networks.family_of(c.model)
 
 
 def validate(c: ml_collections.ConfigDict) -> None:

@@ -66,9 +66,8 @@ def read_run(workdir: str, run: str):
     raise errors.CheckpointNotFoundError(
         f"--run={run}: no trained network in {directory} (runs here: "
         f"{', '.join(['teacher'] + runs)})")
-  a = networks.load(os.path.join(directory, layout.ARCH))
-  variables, _ = supervised.read_variables(
-      directory, a, "teacher" if run == "teacher" else "distill",
+  a, variables, _ = supervised.read_trained(
+      directory, "teacher" if run == "teacher" else "distill",
       jax.sharding.SingleDeviceSharding(jax.local_devices()[0]))
   record = records.read_record(directory) or {}
   if "config" not in record:   # an imported teacher: the config of a stage that read it

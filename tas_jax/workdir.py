@@ -35,6 +35,9 @@ def teacher_dir(workdir: str) -> str:
 
 
 WEIGHTS = "weights"
+TRAINING_FORM = "training_form"   # extract-METHOD/: a RepVGG's unpruned variables in training form
+KEPT_GROUPS = "kept_groups.json"  # extract-METHOD/: kept channel indices per channel group
+DEPLOY = "deploy"                 # distill/RUN/: the network a training-form fine-tuning cut
 
 
 UNSUFFIXED_METHOD = "tas"   # the first method: its folders are search/ and extract/, as they were

@@ -62,7 +62,8 @@ def one_search_iteration(num_devices: int, mode: str, num_steps: int = 2) -> dic
   mesh = parallel.make_mesh(num_devices)
   ds, data = _data(mesh)
   space = space_lib.build(arch.cifar_resnet(14, num_classes=10, input_size=28, input_channels=1))
-  s = base_config().search
+  c = base_config()
+  s = c.search
   s.epochs = 2
   net = supernet.SuperNet(space)
   tx, _, arch_tx = search.optimizers(s, steps_per_epoch=2)

@@ -26,7 +26,7 @@ OVERRIDES = {
     "search.expected_flops": "released",
     "distill.warmup_epochs": 0, "distill.cosine_epochs": 1, "distill.batch_size": 64,
     "pas.epochs": 2, "pas.batch_size": 64, "pas.lr": 0.05, "pas.cost_weight": 20.0,
-    "pas.macs_unit": 0.0,
+    "pas.macs_unit": 0.0, "pas.finetune_epochs": 1,
     "pipeline.runs": "tas-kd,uniform-ce-init,pas-kd", "pipeline.throughput_batch": 32,
     "pipeline.throughput_repeats": 2, "log_every_steps": 100,
 }

@@ -209,6 +209,36 @@ def test_extract_and_fine_tune_from_the_kept_weights(cifar_pipeline):
   tuned = _read(workdir, "distill", "pas-kd", "summary.json")
   assert tuned["finished"] and tuned["init"] == "searched" and tuned["student"] == "pas"
   assert tuned["run"] == "pas-kd" and tuned["flops_m"] == pytest.approx(out["after"]["flops_m"])
+  # with PaS's own recipe: pas.finetune_epochs (1 here) at pas.batch_size, not config.distill's
+  assert tuned["epochs"] == 1 and tuned["batch_size"] == 64
+
+
+def test_fine_tuning_recipe_is_the_released_one_per_family():
+  """The tail of the released 90-epoch step schedule (x0.1 at 30, 60, 80): ResNet-50 from epoch
+  52, RepVGG-B1 from 42; α per family; lr at the step boundaries by hand."""
+  from tas_jax.methods.pas import settings
+  from tas_jax.training import supervised
+  c = config_lib.base_config()
+  r = settings.finetune(c)
+  assert (r.epochs, r.decay_epochs, r.lr, r.batch_size, r.momentum, r.nesterov, r.weight_decay) == (
+      38, (8, 28), 0.0256, 512, 0.9, False, 1e-4)
+  assert supervised.describe(r) == ("38 epochs at batch 512, SGD momentum 0.9, weight decay "
+                                    "0.0001, lr 0.0256, x0.1 after epochs 8, 28")
+  _, schedule = supervised.sgd_with_step_decay(r, steps_per_epoch=10)
+  lrs = [float(schedule(step)) for step in (0, 79, 80, 279, 280, 379)]
+  np.testing.assert_allclose(lrs, [0.0256, 0.0256, 0.00256, 0.00256, 0.000256, 0.000256], rtol=1e-6)
+  assert settings.cost_weight(c.pas, arch.named("resnet20")) == 5.0
+  c.model.family = "repvgg"
+  r = settings.finetune(c)
+  assert (r.epochs, r.decay_epochs) == (48, (18, 38))
+  from tas_jax.models import repvgg
+  assert settings.cost_weight(c.pas, repvgg.named_repvgg("a0")) == 0.1
+  c.pas.cost_weight, c.pas.finetune_epochs, c.pas.finetune_decay_epochs = 2.0, 20, (5, 15)
+  assert settings.cost_weight(c.pas, repvgg.named_repvgg("a0")) == 2.0
+  assert settings.finetune(c).decay_epochs == (5, 15)
+  c.pas.finetune_decay_epochs = (15, 5)
+  with pytest.raises(config_lib.ConfigError, match=r"pas\.finetune_decay_epochs=\(15, 5\): increasing"):
+    config_lib.validate(c)
 
 
 def test_config_errors_for_weight_keeping_runs():

@@ -53,7 +53,10 @@ def test_what_each_stage_reads():
       "teacher", "search", "extract"]
   pas = records.defining_fields(distill_config(c, "pas-kd"), "distill/pas-kd")
   assert pas[1] == ["teacher", "search-pas", "extract-pas"]
-  assert pas[0]["pas.finetune_lr"] == 0.0 and pas[0]["target.flop_ratio"] == 0.5
+  assert pas[0]["pas.finetune_lr"] == 0.0256 and pas[0]["target.flop_ratio"] == 0.5
+  # the fine-tuning's own fields define the run, not the search
+  search_pas = records.defining_fields(c, "search-pas")[0]
+  assert "pas.lr" in search_pas and not any(k.startswith("pas.finetune") for k in search_pas)
   # the teacher's fields are only the teacher's (plus seed, data, model); neutral ones are left out
   teacher = records.defining_fields(c, "teacher")[0]
   assert "teacher.lr" in teacher and "data.name" in teacher and "seed" in teacher

@@ -97,9 +97,9 @@ def test_pas_steps_on_repvgg_switch_channels_off():
 
 @pytest.mark.stage   # its own tiny pipeline: RepVGG
 def test_repvgg_pipeline_teacher_pas_search_extract_fine_tune_results(tmp_path):
-  """A RepVGG written as JSON (`model.arch`), through `all` with a pas-kd run: the teacher in
-  training form, the search on it, the extracted network in deploy form, fine-tuned from its
-  weights, and the results table."""
+  """A RepVGG written as JSON (`model.arch`), through `all` with a pas-ce run: the teacher in
+  training form, the search on it, the extracted network in deploy form, the fine-tuning in
+  training form with the masks frozen and cut at the end (as released), and the results table."""
   from tas_jax import config as config_lib
   from tas_jax.stages import pipeline
   tiny = repvgg.RepVGGArch(num_classes=10, input_size=32, input_channels=1,
@@ -112,19 +112,27 @@ def test_repvgg_pipeline_teacher_pas_search_extract_fine_tune_results(tmp_path):
   c.pas.epochs, c.pas.batch_size, c.pas.macs_unit, c.pas.cost_weight = 1, 32, 0.0, 50.0
   c.pas.lr = 0.05
   c.distill.warmup_epochs, c.distill.cosine_epochs, c.distill.batch_size = 0, 1, 64
-  c.pas.finetune_lr = 0.001   # the deployed RepVGG has no BN
-  c.pipeline.runs, c.pipeline.throughput_batch, c.pipeline.throughput_repeats = "pas-kd", 16, 2
+  c.pas.finetune_epochs, c.pas.finetune_lr = 2, 0.05   # in training form, then cut
+  c.pipeline.runs, c.pipeline.throughput_batch, c.pipeline.throughput_repeats = "pas-ce", 16, 2
   c.log_every_steps = 100
   with pytest.raises(config_lib.ConfigError, match="needs a ResNet"):
     bad = config_lib.base_config()
     bad.model.arch, bad.stage = str(tmp_path / "tiny.json"), "all"
     config_lib.validate(bad)
   out = pipeline.run_all(c, str(tmp_path / "w"))
-  assert out["finished"] and [r["run"] for r in out["rows"]] == ["teacher", "pas-kd"]
+  import json
+  assert out["finished"] and [r["run"] for r in out["rows"]] == ["teacher", "pas-ce"]
+  # fine-tuned in training form (BN, three branches, masks frozen), then cut: the deploy form's
+  # accuracy is the training form's, both measured on the test set
+  run = json.load(open(tmp_path / "w" / "distill" / "pas-ce" / "summary.json"))
+  assert run["epochs"] == 2 and run["deployed_from"] == "training form, masks frozen"
+  assert run["test_accuracy"] == pytest.approx(run["training_form_test_accuracy"], abs=1e-9)
+  assert run["test_loss"] == pytest.approx(run["training_form_test_loss"], rel=1e-4)
+  assert out["rows"][1]["test_accuracy"] == run["test_accuracy"]
   from tas_jax.models import networks
   pruned = networks.load(str(tmp_path / "w" / "extract-pas" / "arch.json"))
   assert isinstance(pruned, repvgg.RepVGGArch) and pruned.deploy
-  import json   # the table's FLOPs are the counter's on the deploy network: the search's figure
+  # the table's FLOPs are the counter's on the deploy network: the search's figure
   s = json.load(open(tmp_path / "w" / "search-pas" / "summary.json"))
   assert out["rows"][1]["flops_m"] == pytest.approx(s["flops_m"], abs=1e-4)
   assert s["flops_ratio"] < 1.0   # the masks moved

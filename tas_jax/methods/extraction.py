@@ -8,7 +8,13 @@ From the unpruned network, its trained variables and the kept channel indices of
   `init=searched` fine-tunes (`read_weights`);
 - `kept_channels.json`: the kept output channels of every conv and the classifier's inputs;
 - `report.md`, `widths.png` and `summary.json`: FLOPs and parameters before and after, and
-  whether the FLOPs landed within `target.tolerance` of `target.flop_ratio`.
+  whether the FLOPs landed within `target.tolerance` of `target.flop_ratio`;
+- for a RepVGG, also `training_form/` (the unpruned network's variables in training form),
+  `base_arch.json` and `kept_groups.json`: its fine-tuning runs the training form with the masks
+  frozen (`channels.Gated`) and cuts it at the end, as released PaS does — the cut deploy form has
+  no BN left to train. A cut ResNet keeps every BN, and training it is training the frozen-mask
+  network (a removed channel is zero after its ReLU, so the kept weights see the same gradients):
+  it is fine-tuned as it is.
 """
 
 from __future__ import annotations
@@ -17,15 +23,14 @@ import json
 import os
 
 import jax
-import jax.numpy as jnp
 import ml_collections
-import orbax.checkpoint as ocp
 from absl import logging
 
 from tas_jax import plots, workdir as layout
 from tas_jax.errors import CheckpointNotFoundError
-from tas_jax.models import channels
+from tas_jax.models import channels, networks, repvgg
 from tas_jax.ops import flops
+from tas_jax.training import loop
 
 
 def rows(base, kept_counts: dict) -> list[dict]:
@@ -38,8 +43,7 @@ def rows(base, kept_counts: dict) -> list[dict]:
 
 def save_weights(path: str, variables: dict) -> None:
   """An Orbax checkpoint of the extracted network's variables (replaced if it exists)."""
-  with ocp.StandardCheckpointer() as checkpointer:
-    checkpointer.save(os.path.abspath(path), jax.tree.map(jnp.asarray, variables), force=True)
+  loop.save_tree(path, variables)
 
 
 def read_weights(workdir: str, method: str, abstract: dict) -> dict:
@@ -48,8 +52,30 @@ def read_weights(workdir: str, method: str, abstract: dict) -> dict:
   if not os.path.exists(path):
     raise CheckpointNotFoundError(f"{path} is missing: run --config.stage="
                                   f"{layout.stage_flags('extract', method)} with this --workdir first")
-  with ocp.StandardCheckpointer() as checkpointer:
-    return checkpointer.restore(path, abstract)
+  return loop.restore_tree(path, abstract)
+
+
+def trains_in_training_form(base) -> bool:
+  """Whether a pruned `base` is fine-tuned at full width with frozen masks (RepVGG) rather than
+  cut (ResNet); see the module's docstring."""
+  return isinstance(base, repvgg.RepVGGArch)
+
+
+def training_form(workdir: str, method: str):
+  """(the unpruned architecture, kept indices per group) of an extraction written for fine-tuning
+  in training form, or None."""
+  out_dir = layout.extract_dir(workdir, method)
+  if not os.path.isdir(os.path.join(out_dir, layout.TRAINING_FORM)):
+    return None
+  with open(os.path.join(out_dir, layout.KEPT_GROUPS)) as f:
+    kept = json.load(f)
+  return networks.load(os.path.join(out_dir, layout.BASE_ARCH)), kept
+
+
+def read_training_form(workdir: str, method: str, abstract: dict) -> dict:
+  """{"params", "batch_stats"} of the unpruned network in training form (`training_form`)."""
+  return loop.restore_tree(os.path.join(layout.extract_dir(workdir, method), layout.TRAINING_FORM),
+                           abstract)
 
 
 def _markdown(title: str, source: str, summary: dict, table: list[dict]) -> str:
@@ -94,7 +120,13 @@ def write(config: ml_collections.ConfigDict, workdir: str, method: str, title: s
   summary["in_band"] = bool(abs(summary["flops_ratio"] - ratio) <= tolerance + 1e-9)
   os.makedirs(out_dir, exist_ok=True)
   save_weights(os.path.join(out_dir, layout.WEIGHTS), weights)   # every process: Orbax is collective
+  if trains_in_training_form(base):
+    save_weights(os.path.join(out_dir, layout.TRAINING_FORM), jax.device_get(variables))
   if layout.is_writer():
+    if trains_in_training_form(base):
+      base.save(os.path.join(out_dir, layout.BASE_ARCH))
+      with open(os.path.join(out_dir, layout.KEPT_GROUPS), "w") as f:
+        json.dump({g: [int(i) for i in idx] for g, idx in kept.items()}, f)
     pruned.save(os.path.join(out_dir, layout.ARCH))
     with open(os.path.join(out_dir, layout.KEPT_CHANNELS), "w") as f:
       json.dump(groups.per_conv(kept), f)

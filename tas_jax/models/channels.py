@@ -20,6 +20,10 @@ evaluation mode the result computes what the original computes with the removed 
 after their ReLU (the "gate sites" of `tas_jax.models.resnet` and `repvgg`). A RepVGG is
 reparameterised to its deploy form (one 3x3 conv with bias per block) first, then squeezed.
 
+`Gated` is the other way to run a pruned network: the original in training form with the removed
+channels zeroed by fixed 0/1 gates — frozen masks. A RepVGG is fine-tuned so (its BN-carrying
+branches exist only there), then cut.
+
 The FLOPs of the network at kept counts come from the FLOP counter on the original topology
 (`tas_jax.ops.flops.with_kept`): the extracted network has exactly those layers, so the two agree.
 """
@@ -28,9 +32,11 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Union
+from typing import Any, Optional, Union
 
+import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from tas_jax.models import networks, repvgg, resnet, topology
@@ -202,3 +208,31 @@ def cut(arch: Network, variables: dict, kept: dict, name: str = "") -> tuple[Net
   if any(jax.tree.leaves(mismatch)):
     raise AssertionError(f"gathered variables do not fit {pruned.name}: {mismatch}")
   return pruned, got
+
+
+def as_static(kept: dict) -> tuple:
+  """`kept` as a hashable module attribute: ((group, (indices, ...)), ...)."""
+  return tuple((g, tuple(int(i) for i in idx)) for g, idx in kept.items())
+
+
+class Gated(nn.Module):
+  """`arch` in training form, every channel a pruning removed zeroed after its ReLU by a fixed
+  gate (the masks frozen, as PaS fine-tunes): it computes what `cut(arch, ..., kept)` computes,
+  and trains the kept weights as the cut network would while keeping every branch and BN. Its
+  variables are the plain network's under "network"."""
+  arch: Network
+  kept: tuple                       # as_static(kept)
+  bn_axis_name: Optional[str] = None
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    kept = dict(self.kept)
+    gates = {}
+    for g in of(self.arch).groups:
+      gate = np.zeros(g.size, np.float32)
+      gate[list(kept[g.name])] = 1.0
+      gates[g.name] = jnp.asarray(gate, self.dtype)
+    network = networks.build(self.arch, self.bn_axis_name, self.dtype, name="network")
+    return network(x, train, of(self.arch).per_site(gates))
+

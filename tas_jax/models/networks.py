@@ -16,10 +16,12 @@ Network = Union[arch_lib.Architecture, repvgg.RepVGGArch]
 REPVGG_NAMED = ("repvgg_a0", "repvgg_b1")
 
 
-def build(a: Network, bn_axis_name: Optional[str] = None, dtype=jnp.float32) -> nn.Module:
+def build(a: Network, bn_axis_name: Optional[str] = None, dtype=jnp.float32,
+          name: Optional[str] = None) -> nn.Module:
+  """The Flax module of `a` (`name`: its name as a submodule of another)."""
   if isinstance(a, repvgg.RepVGGArch):
-    return repvgg.RepVGG(a, bn_axis_name=bn_axis_name, dtype=dtype)
-  return resnet.build(a, bn_axis_name=bn_axis_name, dtype=dtype)
+    return repvgg.RepVGG(a, bn_axis_name=bn_axis_name, dtype=dtype, name=name)
+  return resnet.ResNet(a, bn_axis_name=bn_axis_name, dtype=dtype, name=name)
 
 
 def dummy_input(a: Network, batch: int = 1):
@@ -51,3 +53,11 @@ def resolve(name_or_path: str) -> Network:
   if name_or_path.endswith(".json") or os.path.sep in name_or_path:
     return load(name_or_path)
   return arch_lib.resolve(name_or_path)
+
+
+def family_of(model) -> str:
+  """"resnet" or "repvgg": the network a config's `model` section describes."""
+  if model.arch:
+    return "repvgg" if isinstance(resolve(model.arch), repvgg.RepVGGArch) else "resnet"
+  return "repvgg" if model.family == "repvgg" else "resnet"
+

@@ -2,7 +2,8 @@
 
 The student is a method's extracted network (`distill.student=tas`: `WORKDIR/extract/arch.json`;
 `pas`, `l1`, `fpgm`: `WORKDIR/extract-NAME/`, fine-tuned from its extracted weights,
-`distill.init=searched`), a baseline at the FLOPs of `config.method`'s extraction (`uniform`: one
+`distill.init=searched`, with the method's own recipe where it has one — PaS's as released — and,
+for a RepVGG, in training form with the masks frozen, cut into `deploy/` at the end), a baseline at the FLOPs of `config.method`'s extraction (`uniform`: one
 width multiplier; `random`: a random draw from the search space) or any architecture JSON / named
 network. It is built by the same model code as the teacher, physically smaller, and trained with
 the teacher's recipe (`config.distill`, or the method's fine-tuning recipe) and, with
@@ -27,7 +28,7 @@ from absl import logging
 
 from tas_jax import config as config_lib, methods, workdir as layout
 from tas_jax.errors import CheckpointNotFoundError
-from tas_jax.models import arch as arch_lib, networks, resnet
+from tas_jax.models import arch as arch_lib, channels, networks, resnet
 from tas_jax.ops import flops
 from tas_jax.methods import extraction
 from tas_jax.stages import baselines
@@ -81,6 +82,9 @@ def distill(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if d.init == "searched" and methods.get(d.student).finetune is not None:
     d = methods.get(d.student).finetune(config)   # the method's recipe for its kept weights
   run = config_lib.run_name(d)
+  logging.info("[distill] %s: %s%s; %s", run, d.get("description", "the distill recipe"),
+               f", KD from the teacher (a={d.kd_alpha:g}, T={d.kd_temperature:g})" if d.kd
+               else ", no KD", supervised.describe(d))
   mesh, ds = supervised.load_inputs(config, d.eval_batch_size)
   student, chosen = student_architecture(d, workdir, config.method)
   supervised.check_fits(student, ds, f"config.distill.student={d.student!r}")
@@ -101,8 +105,12 @@ def distill(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     loss_args = (teacher_vars,)
 
-  init_variables = None
-  if d.init == "searched":
+  init_variables, model, finish = None, None, None
+  form = extraction.training_form(workdir, d.student) if d.init == "searched" else None
+  if form is not None:
+    model, init_variables, finish = _training_form(workdir, layout.distill_dir(workdir, run),
+                                                   d.student, *form, student, dtype)
+  elif d.init == "searched":
     def init_variables(params, batch_stats):
       abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
                               {"params": params, "batch_stats": batch_stats})
@@ -129,4 +137,41 @@ def distill(config: ml_collections.ConfigDict, workdir: str) -> dict:
            "architecture_spec": student.to_dict()}
   return supervised.train_network(config, d, "distill", f"distill/{run}",
                                   layout.distill_dir(workdir, run), mesh, ds, student,
-                                  loss_fn, loss_args, init_variables, extra)
+                                  loss_fn, loss_args, init_variables, extra, model, finish)
+
+
+def _training_form(workdir: str, run_dir: str, method: str, base, kept: dict, pruned, dtype):
+  """(model, init_variables, finish) of a fine-tuning in training form: the unpruned network
+  with its removed channels gated off (frozen masks), from the extraction's training-form
+  weights; at the end it is cut into `pruned` (a RepVGG: reparameterised, then squeezed), which
+  goes to the run's deploy/ folder and is evaluated again — its accuracy is the run's."""
+  model = channels.Gated(base, channels.as_static(kept), dtype=dtype)
+
+  def init_variables(params, batch_stats):
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+                            {"params": params["network"], "batch_stats": batch_stats["network"]})
+    weights = extraction.read_training_form(workdir, method, abstract)
+    logging.info("[distill] fine-tuning %s's kept weights in training form (%s, masks frozen), "
+                 "cut at the end", method, base.name or "custom")
+    return {"network": weights["params"]}, {"network": weights["batch_stats"]}
+
+  def finish(state, evaluate):
+    trained = jax.device_get({"params": state.params["network"],
+                              "batch_stats": state.batch_stats["network"]})
+    cut_arch, cut_vars = channels.cut(base, trained, kept, name=pruned.name)
+    if cut_arch.to_dict() != pruned.to_dict():
+      raise AssertionError(f"the fine-tuned network cuts into {cut_arch}, not {pruned}")
+    deployed = evaluate(lambda v, x: networks.build(cut_arch).apply(v, x, train=False), cut_vars)
+    gated = evaluate(lambda v, x: model.apply({"params": v[0], "batch_stats": v[1]}, x, train=False),
+                     (state.params, state.batch_stats))
+    deploy_dir = os.path.join(run_dir, layout.DEPLOY)
+    extraction.save_weights(os.path.join(deploy_dir, layout.WEIGHTS), cut_vars)
+    if layout.is_writer():
+      cut_arch.save(os.path.join(deploy_dir, layout.ARCH))
+    logging.info("[distill] cut into %s (%s): test accuracy %.2f%%, the training form's %.2f%%",
+                 cut_arch.name, deploy_dir, 100 * deployed["accuracy"], 100 * gated["accuracy"])
+    return {"test_accuracy": deployed["accuracy"], "test_top5_accuracy": deployed["top5_accuracy"],
+            "test_loss": deployed["loss"], "training_form_test_accuracy": gated["accuracy"],
+            "training_form_test_loss": gated["loss"], "deployed_from": "training form, masks frozen"}
+
+  return model, init_variables, finish

@@ -141,8 +141,9 @@ def _differences(recorded: dict, current: dict) -> list[str]:
   lacks, e.g. added by a newer tas_jax, is not a difference). A record written before a field was
   renamed (config.RENAMED) is read under the new name."""
   recorded = {config_lib.RENAMED.get(k, k): v for k, v in recorded.items()}
+  as_json = lambda v: json.loads(json.dumps(v))   # a tuple field is a list in a record
   return [f"{k}={_show(recorded[k])} (now {_show(current[k])})"
-          for k in sorted(recorded.keys() & current.keys()) if recorded[k] != current[k]]
+          for k in sorted(recorded.keys() & current.keys()) if recorded[k] != as_json(current[k])]
 
 
 def readers(workdir: str, stage: str) -> list[str]:

@@ -89,9 +89,10 @@ def results(config: ml_collections.ConfigDict, workdir: str) -> dict:
   to_measure = {"teacher": (teacher_arch, read_variables(layout.teacher_dir(workdir),
                                                        teacher_arch, "teacher"))}
   for s in runs:
-    run_dir = layout.distill_dir(workdir, s["run"])
-    a = networks.load(os.path.join(run_dir, layout.ARCH))
-    to_measure[s["run"]] = (a, read_variables(run_dir, a, "distill"))
+    a, variables, _ = supervised.read_trained(
+        layout.distill_dir(workdir, s["run"]), "distill",
+        jax.sharding.SingleDeviceSharding(jax.local_devices()[0]))
+    to_measure[s["run"]] = (a, variables)
   logging.info("[results] measuring inference throughput of %d networks on one batch of %d test "
                "images (%d repeats)", len(to_measure), len(batch), config.pipeline.throughput_repeats)
   speed = measure_throughput(to_measure, batch, ds.mean, ds.std, config.pipeline.throughput_repeats)

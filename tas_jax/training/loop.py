@@ -95,6 +95,19 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state) -> Optional[t
   return None
 
 
+def save_tree(path: str, tree) -> None:
+  """A pytree of arrays as one Orbax checkpoint at `path` (replaced if it exists): the weights an
+  extraction or a finished fine-tuning hands on, outside any stage's checkpoint series."""
+  with ocp.StandardCheckpointer() as checkpointer:
+    checkpointer.save(os.path.abspath(path), jax.tree.map(jax.numpy.asarray, tree), force=True)
+
+
+def restore_tree(path: str, abstract):
+  """The pytree `save_tree` wrote at `path`, restored to `abstract`'s shapes and shardings."""
+  with ocp.StandardCheckpointer() as checkpointer:
+    return checkpointer.restore(os.path.abspath(path), abstract)
+
+
 def read_checkpoint(stage_dir: str, abstract_subtrees: dict, stage: str) -> tuple[dict, dict, int]:
   """(the requested subtrees of the state, the meta JSON, step) of the latest checkpoint in
   `stage_dir`, read in a fresh manager with Orbax partial restore: a later stage reads only what

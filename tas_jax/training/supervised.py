@@ -36,9 +36,39 @@ def sgd_with_warmup_cosine(t: ml_collections.ConfigDict, steps_per_epoch: int):
         decay_steps=(t.warmup_epochs + t.cosine_epochs) * steps_per_epoch, end_value=0.0)
   else:   # the same values; optax warns about a warm-up of zero steps
     schedule = optax.cosine_decay_schedule(t.lr, t.cosine_epochs * steps_per_epoch)
-  tx = optax.chain(optax.add_decayed_weights(t.weight_decay),
-                   optax.sgd(schedule, momentum=t.momentum, nesterov=t.nesterov))
-  return tx, schedule
+  return _sgd(t, schedule), schedule
+
+
+def _sgd(t: ml_collections.ConfigDict, schedule) -> optax.GradientTransformation:
+  return optax.chain(optax.add_decayed_weights(t.weight_decay),
+                     optax.sgd(schedule, momentum=t.momentum, nesterov=t.nesterov))
+
+
+def sgd_with_step_decay(t: ml_collections.ConfigDict, steps_per_epoch: int):
+  """(optimizer, schedule) of a step-decay recipe (`schedule="step"`, e.g. PaS's fine-tuning as
+  released): lr `t.lr`, multiplied by `t.decay_factor` after each epoch of `t.decay_epochs`."""
+  schedule = optax.piecewise_constant_schedule(
+      t.lr, {int(e) * steps_per_epoch: t.decay_factor for e in t.decay_epochs})
+  return _sgd(t, schedule), schedule
+
+
+def is_step_decay(t: ml_collections.ConfigDict) -> bool:
+  return t.get("schedule", "cosine") == "step"
+
+
+def recipe_epochs(t: ml_collections.ConfigDict) -> int:
+  return t.epochs if is_step_decay(t) else t.warmup_epochs + t.cosine_epochs
+
+
+def describe(t: ml_collections.ConfigDict) -> str:
+  """One line: the recipe's schedule and optimiser, for the log."""
+  if is_step_decay(t):
+    decays = ", ".join(str(e) for e in t.decay_epochs if e < t.epochs) or "none"
+    lr = f"lr {t.lr:g}, x{t.decay_factor:g} after epochs {decays}"
+  else:
+    lr = f"lr {t.lr:g}, {t.warmup_epochs} warm-up epochs then cosine to 0"
+  return (f"{recipe_epochs(t)} epochs at batch {t.batch_size}, SGD momentum {t.momentum:g}"
+          f"{' (Nesterov)' if t.nesterov else ''}, weight decay {t.weight_decay:g}, {lr}")
 
 
 def load_inputs(config: ml_collections.ConfigDict, eval_batch: int) -> tuple[Any, inputs_lib.Inputs]:
@@ -99,6 +129,24 @@ def read_variables(stage_dir: str, arch: arch_lib.Architecture, stage: str,
   return variables, step
 
 
+def read_trained(directory: str, stage: str, sharding) -> tuple[arch_lib.Architecture, dict, int]:
+  """(architecture, {'params', 'batch_stats'}, step) of the network a training stage produced:
+  its checkpoint, or, for a run trained in another form and cut at the end (a RepVGG fine-tuned
+  with frozen masks), the `deploy/` network it wrote."""
+  deploy = os.path.join(directory, layout.DEPLOY)
+  if os.path.isdir(deploy):
+    arch = networks.load(os.path.join(deploy, layout.ARCH))
+    shapes = jax.eval_shape(lambda: networks.build(arch).init(
+        jax.random.key(0), networks.dummy_input(arch), train=False))
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+                            {"params": shapes["params"], "batch_stats": shapes.get("batch_stats", {})})
+    summary = layout.read_summary(directory) or {}
+    return arch, loop.restore_tree(os.path.join(deploy, layout.WEIGHTS), abstract), summary.get("steps", 0)
+  arch = networks.load(os.path.join(directory, layout.ARCH))
+  variables, step = read_variables(directory, arch, stage, sharding)
+  return arch, variables, step
+
+
 def read_teacher(workdir: str, mesh, reader: str) -> tuple[arch_lib.Architecture, dict, int]:
   """The teacher's architecture and {'params', 'batch_stats'} (replicated), from its latest
   checkpoint in WORKDIR/teacher; optimiser state is not read. `reader` names the stage asking."""
@@ -119,14 +167,18 @@ def train_network(config: ml_collections.ConfigDict, recipe: ml_collections.Conf
                   recipe_field: str, stage: str, stage_dir: str, mesh, ds: inputs_lib.Inputs,
                   arch: arch_lib.Architecture, loss_fn: Optional[Callable] = None,
                   loss_args: tuple = (), init_variables: Optional[Callable[[Any, Any], tuple]] = None,
-                  summary_extra: Optional[dict] = None) -> dict:
+                  summary_extra: Optional[dict] = None, model: Any = None,
+                  finish: Optional[Callable[[Any, Callable], dict]] = None) -> dict:
   """Trains `arch` on `ds` with `recipe` (a section like `config.teacher`) into `stage_dir`.
 
   Resumes from the stage's latest checkpoint, or returns at once when it is finished.
   `loss_fn(logits, labels, x, *loss_args)` replaces cross-entropy (distillation; `loss_args` are
   device arrays such as the teacher's weights). `init_variables(params, batch_stats)` replaces the
-  random initial weights (inheriting a teacher's channels). Writes `arch.json`, checkpoints,
-  TensorBoard events and `summary.json` (returned) in `stage_dir`.
+  random initial weights (inheriting a teacher's channels). `model` replaces `arch`'s own module
+  (a training-form network with frozen masks whose result is `arch`); `finish(state,
+  evaluate)` turns the trained state into that result at the end and returns what it changes
+  in the summary, `evaluate(apply_fn, variables)` giving its test metrics. Writes `arch.json`,
+  checkpoints, TensorBoard events and `summary.json` (returned) in `stage_dir`.
   """
   t0 = time.time()
   n_dev = mesh.shape[parallel.AXIS]
@@ -138,8 +190,9 @@ def train_network(config: ml_collections.ConfigDict, recipe: ml_collections.Conf
                ds.source, ds.num_train, ds.num_test, ds.image_size, ds.image_size,
                ds.channels, counts.flops_m, counts.params_m, n_dev, config.parallel)
 
-  model = networks.build(arch, dtype=jnp.dtype(config.model.dtype))
-  tx, schedule = sgd_with_warmup_cosine(recipe, steps_per_epoch)
+  model = model or networks.build(arch, dtype=jnp.dtype(config.model.dtype))
+  tx, schedule = (sgd_with_step_decay if is_step_decay(recipe) else sgd_with_warmup_cosine)(
+      recipe, steps_per_epoch)
   init_key, aug_key = jax.random.split(jax.random.key(config.seed))
   state = steps.create_state(model, tx, networks.dummy_input(arch), init_key, mesh)
   if init_variables is not None:
@@ -157,7 +210,7 @@ def train_network(config: ml_collections.ConfigDict, recipe: ml_collections.Conf
   if layout.is_writer():
     os.makedirs(stage_dir, exist_ok=True)
     arch.save(os.path.join(stage_dir, layout.ARCH))
-  cfg = loop.LoopConfig(stage, recipe.warmup_epochs + recipe.cosine_epochs, steps_per_epoch,
+  cfg = loop.LoopConfig(stage, recipe_epochs(recipe), steps_per_epoch,
                         recipe.batch_size, config.log_every_steps, config.checkpoint_every_steps,
                         config.keep_checkpoints, config.max_steps_per_run, config.profile_steps)
 
@@ -172,6 +225,12 @@ def train_network(config: ml_collections.ConfigDict, recipe: ml_collections.Conf
   if not finished:
     return {"stage": stage, "finished": False, "step": int(jax.device_get(state.step))}
   last = history[-1]
+  finished_as = {}
+  if finish is not None:
+    def evaluate(apply_fn, variables):
+      return steps.evaluate(steps.make_eval_step(apply_fn), variables, test_source.batches(),
+                            test_source.num_examples)
+    finished_as = finish(state, evaluate)
   summary = {
       "stage": stage, "finished": True, **(summary_extra or {}), "dataset": ds.name,
       "data_source": ds.source, "architecture": arch.name,
@@ -187,6 +246,7 @@ def train_network(config: ml_collections.ConfigDict, recipe: ml_collections.Conf
                        **(train_source.compilations() if hasattr(train_source, "compilations")
                           else {})},
       "history": history,
+      **finished_as,
   }
   skipped = getattr(train_source, "skipped", None)
   if skipped is not None:   # streamed data: images that could not be decoded (data.bad_images)

@@ -1,6 +1,6 @@
 """PaS, Pruning-as-Search (Li et al., IJCAI 2022).
 
-settings.py its config section (config.pas): defaults, checks, the fine-tuning recipe
+settings.py its config section (config.pas): defaults, checks, the released fine-tuning recipe
 masks.py    per-channel masks (threshold + straight-through), their groups, the masked network's MACs
 search.py   the search stage: joint SGD on weights and mask scalars, CE + α·(MACs − target)²
 extract.py  the extract stage: kept channel indices, the physically smaller network and its weights
@@ -21,6 +21,7 @@ METHOD = Method(
     validate=settings.validate,
     keeps_weights=True,
     families=("resnet", "repvgg"),
-    finetune_fields=("finetune_lr",),
+    finetune_fields=("finetune_epochs", "finetune_lr", "finetune_decay_epochs",
+                     "finetune_decay_factor"),
     finetune=settings.finetune,
     not_defining=("eval_batch_size",))

@@ -27,7 +27,7 @@ from clu import metrics
 from tas_jax import console, parallel, workdir as layout
 from tas_jax.errors import ConfigError
 from tas_jax.data import sources
-from tas_jax.methods.pas import masks as masks_lib
+from tas_jax.methods.pas import masks as masks_lib, settings
 from tas_jax.models import channels
 from tas_jax.ops import flops
 from tas_jax.training import loop, steps, supervised
@@ -56,6 +56,7 @@ def make_search_step(model: masks_lib.MaskedNetwork, p: ml_collections.ConfigDic
   lay = channels.of(model.arch)
   flops_max = float(flops.count(model.arch).flops)
   target, unit = ratio * flops_max, cost_unit(p, flops_max)
+  alpha = settings.cost_weight(p, model.arch)
 
   def step(state: steps.TrainState, batch):
     x, y = batch["image"], batch["label"]
@@ -66,7 +67,7 @@ def make_search_step(model: masks_lib.MaskedNetwork, p: ml_collections.ConfigDic
       ce = steps.classification_loss(logits, y)
       macs = flops.with_kept(lay, masks_lib.kept_counts(lay, params["masks"]))
       penalty = ((macs - target) / unit) ** 2
-      return ce + p.cost_weight * penalty, (ce, penalty, macs, logits, upd["batch_stats"])
+      return ce + alpha * penalty, (ce, penalty, macs, logits, upd["batch_stats"])
 
     (loss, (ce, penalty, macs, logits, batch_stats)), grads = jax.value_and_grad(
         objective, has_aux=True)(state.params)
@@ -115,7 +116,7 @@ def search(config: ml_collections.ConfigDict, workdir: str) -> dict:
   steps_per_epoch = sources.check_batch("pas.batch_size", p.batch_size, n_dev, ds.num_train)
   logging.info("[%s] PaS on %s of %s: target %.0f%% of %.2f M FLOPs, %d mask groups (%d channels), "
                "alpha %g, %d steps per epoch, %d device(s)", stage, base.name or "custom", ds.name,
-               100 * ratio, flops_max / 1e6, len(lay.groups), lay.num_channels, p.cost_weight,
+               100 * ratio, flops_max / 1e6, len(lay.groups), lay.num_channels, settings.cost_weight(p, base),
                steps_per_epoch, n_dev)
 
   teacher_arch, teacher_vars, teacher_step = supervised.read_teacher(workdir, mesh, stage)
@@ -168,7 +169,7 @@ def search(config: ml_collections.ConfigDict, workdir: str) -> dict:
       "flops_max_m": round(flops_max / 1e6, 4), "flops_m": last["flops_m"],
       "flops_ratio": last["flops_ratio"], "kept": last["kept"],
       "masked_test_accuracy": last["masked_test_accuracy"], "epochs": p.epochs,
-      "steps": p.epochs * steps_per_epoch, "cost_weight": p.cost_weight,
+      "steps": p.epochs * steps_per_epoch, "cost_weight": settings.cost_weight(p, base),
       "macs_unit": cost_unit(p, flops_max), "teacher_step": teacher_step,
       "compilations": {"step": step._cache_size(), "eval_step": eval_step._cache_size()},
       "devices": n_dev, "parallel": config.parallel, "wall_time_s": round(time.time() - t0, 1),

@@ -1,46 +1,101 @@
 """PaS's config section, `config.pas` (spec PAS.md): its defaults, checks, and the recipe that
-fine-tunes its extracted weights. Its FLOPs target is the shared `config.target.flop_ratio`."""
+fine-tunes its extracted weights. Its FLOPs target is the shared `config.target.flop_ratio`.
+
+The defaults are the released scripts' (liyy201912/PaS, `scripts/resnet50.sh`): a search of 9
+epochs at lr 0.02 and global batch 512 (8 GPUs x 64), then, masks frozen and the searched weights
+kept, a fine-tuning that is the tail of the released 90-epoch step schedule (lr x0.1 at epochs 30,
+60 and 80): from epoch 52 for ResNet-50 (38 epochs: lr 0.0256, x0.1 after 8 and 28 epochs), from
+epoch 42 for RepVGG-B1 (48 epochs: x0.1 after 18 and 38), SGD momentum 0.9, weight decay 1e-4, no
+KD. α of the MACs penalty is 5 for ResNets and 0.1 for RepVGG (`prunesearch.py`).
+"""
 
 from __future__ import annotations
-
-import copy
 
 import ml_collections
 
 from tas_jax import validation
+from tas_jax.models import networks, repvgg
+
+# the released per-family values, where the section's field is left at None
+COST_WEIGHT = {"resnet": 5.0, "repvgg": 0.1}
+FINETUNE_EPOCHS = {"resnet": 38, "repvgg": 48}
+RELEASED_DECAYS_BEFORE_END = (30, 10)   # the released schedule decays at epochs 60 and 80 of 90
 
 
 def defaults() -> ml_collections.ConfigDict:
+  placeholder = ml_collections.config_dict.placeholder
   s = ml_collections.ConfigDict()
   s.epochs = 9                 # joint SGD on weights and mask scalars, from the teacher
-  s.batch_size = 256           # global batch of the search
-  s.lr = 0.02                  # constant
-  s.momentum = 0.9             # SGD of weights and mask scalars
-  s.nesterov = False           # SGD of weights and mask scalars
+  s.batch_size = 512           # global batch of the search and of the fine-tuning (released: 8 x 64)
+  s.lr = 0.02                  # the search's constant lr, paired with batch 512 as released (the
+                               # released code scales lr with the batch: at 256 use 0.01)
+  s.momentum = 0.9             # SGD of weights and mask scalars, and of the fine-tuning
+  s.nesterov = False           # SGD of weights and mask scalars, and of the fine-tuning
   s.weight_decay = 1e-4        # coupled L2, on the mask scalars too (as released)
-  s.cost_weight = 5.0          # α of α·(MACs − target)² (ResNet-50: 5; RepVGG: 0.1)
+  s.cost_weight = placeholder(float)   # α of α·(MACs − target)²; None: the family's released
+                                      # value (ResNet 5, RepVGG 0.1)
   s.macs_unit = 1e9            # MACs are counted in this unit in the penalty (spec: G);
                                # 0 = in units of the unpruned network's MACs
   s.eval_batch_size = 500      # evaluation only: does not change a result
-  s.finetune_lr = 0.0          # > 0: the peak lr of fine-tuning the extracted weights (pas-kd,
-                               # pas-ce) instead of distill.lr; a deployed RepVGG has no BN
-                               # and needs a small one (e.g. 0.001)
+  s.finetune_epochs = placeholder(int)   # fine-tuning of the kept weights, masks frozen; None:
+                                        # the family's released count (ResNet 38, RepVGG 48)
+  s.finetune_lr = 0.0256       # its lr at the start (released, at batch 512), step-decayed
+  s.finetune_decay_epochs = ()   # epochs after which its lr is multiplied by finetune_decay_factor;
+                                 # () = the released points, 30 and 10 epochs before the end
+                                 # (38 epochs: 8, 28)
+  s.finetune_decay_factor = 0.1  # the step decay's factor
   return s
+
+
+def cost_weight(p: ml_collections.ConfigDict, arch) -> float:
+  """α: `p.cost_weight` (the pas section), or the released value of `arch`'s family."""
+  if p.cost_weight is not None:
+    return p.cost_weight
+  return COST_WEIGHT["repvgg" if isinstance(arch, repvgg.RepVGGArch) else "resnet"]
+
+
+def finetune_epochs(c: ml_collections.ConfigDict) -> int:
+  return c.pas.finetune_epochs if c.pas.finetune_epochs is not None else FINETUNE_EPOCHS[networks.family_of(c.model)]
+
+
+def decay_epochs(c: ml_collections.ConfigDict) -> tuple[int, ...]:
+  if c.pas.finetune_decay_epochs:
+    return tuple(int(e) for e in c.pas.finetune_decay_epochs)
+  epochs = finetune_epochs(c)
+  return tuple(epochs - b for b in RELEASED_DECAYS_BEFORE_END if epochs - b > 0)
 
 
 def validate(c: ml_collections.ConfigDict) -> None:
   for field in ("epochs", "batch_size", "eval_batch_size"):
     validation.positive(c, f"pas.{field}", integer=True)
-  for field in ("lr", "cost_weight"):
+  for field in ("lr", "finetune_lr"):
     validation.positive(c, f"pas.{field}")
-  for field in ("weight_decay", "macs_unit", "finetune_lr"):
+  for field in ("weight_decay", "macs_unit"):
     validation.positive(c, f"pas.{field}", zero_ok=True)
+  if c.pas.cost_weight is not None:
+    validation.positive(c, "pas.cost_weight")
+  if c.pas.finetune_epochs is not None:
+    validation.positive(c, "pas.finetune_epochs", integer=True)
   validation.fraction(c, "pas.momentum")
+  validation.positive(c, "pas.finetune_decay_factor")
+  points = c.pas.finetune_decay_epochs
+  if not (isinstance(points, (tuple, list)) and all(isinstance(e, int) and e > 0 for e in points)
+          and list(points) == sorted(set(points))):
+    validation.fail("pas.finetune_decay_epochs", points,
+                    "increasing epochs > 0, e.g. '(8, 28)', or () for the released points")
 
 
 def finetune(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """config.distill, with pas.finetune_lr as its lr when set."""
-  d = copy.deepcopy(c.distill)
-  if c.pas.finetune_lr > 0:
-    d.lr = c.pas.finetune_lr
+  """The recipe of a PaS run (pas-ce, pas-kd): the released fine-tuning, with config.distill's KD
+  settings (KD itself is the run's choice: pas-ce is the released recipe)."""
+  d = ml_collections.ConfigDict(c.distill.to_dict())
+  d.schedule = "step"
+  d.epochs = finetune_epochs(c)
+  d.decay_epochs = decay_epochs(c)
+  d.decay_factor = c.pas.finetune_decay_factor
+  d.lr = c.pas.finetune_lr
+  d.batch_size = c.pas.batch_size
+  d.momentum, d.nesterov, d.weight_decay = c.pas.momentum, c.pas.nesterov, c.pas.weight_decay
+  d.warmup_epochs, d.cosine_epochs = 0, 0
+  d.description = "PaS fine-tuning as released (masks frozen, the searched weights kept)"
   return d
