@@ -136,3 +136,9 @@ def test_repvgg_pipeline_teacher_pas_search_extract_fine_tune_results(tmp_path):
   s = json.load(open(tmp_path / "w" / "search-pas" / "summary.json"))
   assert out["rows"][1]["flops_m"] == pytest.approx(s["flops_m"], abs=1e-4)
   assert s["flops_ratio"] < 1.0   # the masks moved
+  # the teacher is timed in deploy form like the pruned network: the speed-up is the pruning's
+  from tas_jax.stages import results
+  teacher = networks.load(str(tmp_path / "w" / "teacher" / "arch.json"))
+  timed, variables = results.teacher_to_measure(str(tmp_path / "w" / "teacher"), teacher)
+  assert timed.deploy and set(variables) == {"params"}
+  assert "timed in deploy form" in (tmp_path / "w" / "results.md").read_text()

@@ -8,6 +8,7 @@ process (interleaved, median of repeats), and writes `WORKDIR/results.md` and `r
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import json
 import os
@@ -22,14 +23,18 @@ from absl import logging
 from tas_jax import methods, parallel, workdir as layout
 from tas_jax.data import augment
 from tas_jax.errors import CheckpointNotFoundError
-from tas_jax.models import arch as arch_lib, networks
+from tas_jax.models import networks, repvgg
 from tas_jax.training import supervised
 
 
-def read_variables(stage_dir: str, arch: arch_lib.Architecture, stage: str) -> dict:
-  """A trained network's weights on the first device, for the throughput measurement."""
-  return supervised.read_variables(stage_dir, arch, stage,
-                                   jax.sharding.SingleDeviceSharding(jax.local_devices()[0]))[0]
+def teacher_to_measure(stage_dir: str, arch: networks.Network) -> tuple:
+  """(architecture, variables) the teacher is timed as: a RepVGG teacher in its deploy form, as
+  every pruned RepVGG is, so the speed-up is the pruning's alone and not the reparameterisation's."""
+  variables = supervised.read_variables(
+      stage_dir, arch, "teacher", jax.sharding.SingleDeviceSharding(jax.local_devices()[0]))[0]
+  if isinstance(arch, repvgg.RepVGGArch) and not arch.deploy:
+    return dataclasses.replace(arch, deploy=True), repvgg.reparameterize(arch, variables)
+  return arch, variables
 
 
 def measure_throughput(to_measure: dict, images, mean, std, repeats: int) -> dict:
@@ -86,8 +91,7 @@ def results(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   _, ds = supervised.load_inputs(config, config.teacher.eval_batch_size)
   batch = ds.sample_images(config.pipeline.throughput_batch)
-  to_measure = {"teacher": (teacher_arch, read_variables(layout.teacher_dir(workdir),
-                                                       teacher_arch, "teacher"))}
+  to_measure = {"teacher": teacher_to_measure(layout.teacher_dir(workdir), teacher_arch)}
   for s in runs:
     a, variables, _ = supervised.read_trained(
         layout.distill_dir(workdir, s["run"]), "distill",
@@ -113,7 +117,7 @@ def results(config: ml_collections.ConfigDict, workdir: str) -> dict:
   device = jax.local_devices()[0]
   table = {"dataset": teacher_summary["dataset"], "device": f"{device.platform} ({device.device_kind})",
            "throughput_batch": len(batch), "throughput_repeats": config.pipeline.throughput_repeats,
-           "rows": rows}
+           "deploy_form": isinstance(teacher_arch, repvgg.RepVGGArch), "rows": rows}
   text = markdown(table)
   if layout.is_writer():
     print(text, flush=True)   # first: a workdir that cannot be written still shows the table
@@ -132,7 +136,8 @@ def results(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 def markdown(table: dict) -> str:
   lines = [f"Results on {table['dataset']}; inference throughput: batch {table['throughput_batch']}, "
-           f"median of {table['throughput_repeats']} interleaved calls, one {table['device']} device.",
+           f"median of {table['throughput_repeats']} interleaved calls, one {table['device']} device"
+           f"{'; RepVGG networks timed in deploy form (branches fused)' if table.get('deploy_form') else ''}.",
            "",
            "| network | run | test acc. | top-5 | FLOPs (M) | params (M) | FLOPs pruned | epochs | images/s | speed-up |",
            "|---|---|---|---|---|---|---|---|---|---|"]
