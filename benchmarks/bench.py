@@ -73,6 +73,27 @@ def synthetic_cifar(n: int, seed: int = 0) -> datasets.ImageDataset:
                                "synthetic")
 
 
+def search_setup(a, c, mesh, ds, data, augmentation, batch: int):
+  """(jitted search iteration, its state, the two halves stepped together, τ of epochs 0 and 1)
+  of the supernet of `a` on a resident dataset, as the search stage builds them."""
+  space = space_lib.build(a)
+  net = supernet.SuperNet(space, scan_blocks=c.model.scan_blocks)
+  c.search.epochs = 2
+  wtx, _, atx = search.optimizers(c.search, 4)
+  sstate = search.create_state(net, space, wtx, atx, np.zeros((2, 32, 32, 3), np.float32),
+                               jax.random.key(0), mesh)
+  iteration = search.make_search_step(net, space, c.search, c.target, mesh, "jit")
+  half_a, half_b = datasets.split_per_class(ds.train_labels, 0)
+  halves = sources.Zipped(**{
+      name: sources.InMemorySource(data, half, batch, augmentation,
+                                   lambda e, i=i: jax.random.fold_in(jax.random.key(2), 2 * e + i),
+                                   lambda step, i=i: search.step_keys(jax.random.key(1), step)[i],
+                                   steps_per_epoch=min(len(half_a), len(half_b)) // batch)
+      for i, (name, half) in enumerate((("a", half_a), ("b", half_b)))})
+  taus = [parallel.put_replicated(np.float32(search.tau_at(c.search, e)), mesh) for e in (0, 1)]
+  return iteration, sstate, halves, taus
+
+
 def bench_jax(network: str, batch: int, num_devices: int, repeats: int, steps_per_repeat: int,
               profile_dir: str = "", with_xla_defaults: bool = True,
               reference: Optional[Callable] = None) -> dict:
@@ -137,21 +158,7 @@ def bench_jax(network: str, batch: int, num_devices: int, repeats: int, steps_pe
     del default_stepper
 
   # --- TAS search iteration ---
-  space = space_lib.build(a)
-  net = supernet.SuperNet(space)
-  c.search.epochs = 2
-  wtx, _, atx = search.optimizers(c.search, 4)
-  sstate = search.create_state(net, space, wtx, atx, np.zeros((2, 32, 32, 3), np.float32),
-                               jax.random.key(0), mesh)
-  iteration = search.make_search_step(net, space, c.search, c.target, mesh, "jit")
-  half_a, half_b = datasets.split_per_class(ds.train_labels, 0)
-  halves = sources.Zipped(**{
-      name: sources.InMemorySource(data, half, batch, augmentation,
-                                   lambda e, i=i: jax.random.fold_in(jax.random.key(2), 2 * e + i),
-                                   lambda step, i=i: search.step_keys(jax.random.key(1), step)[i],
-                                   steps_per_epoch=min(len(half_a), len(half_b)) // batch)
-      for i, (name, half) in enumerate((("a", half_a), ("b", half_b)))})
-  taus = [parallel.put_replicated(np.float32(search.tau_at(c.search, e)), mesh) for e in (0, 1)]
+  iteration, sstate, halves, taus = search_setup(a, c, mesh, ds, data, augmentation, batch)
   batches = halves.iterate(0)
   search_compile, out["search_memory"] = compile_stats(iteration, sstate, next(batches), key, taus[0])
   stepper = Stepper(iteration, sstate, batches, key, taus[0])

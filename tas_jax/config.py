@@ -63,6 +63,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.repvgg = "a0"            # family=repvgg: a0 | b1 (widths and blocks of the paper)
   c.model.arch = ""                # a named architecture or an architecture JSON; overrides the above
   c.model.dtype = "float32"        # float32 | bfloat16 (activations; weights stay float32)
+  c.model.scan_blocks = False      # True: the blocks of a stage that share shapes run as one
+                                   # lax.scan, recomputed in the backward pass: one compiled block
+                                   # per stage and far less memory, but slower steps on the CPU
+                                   # (BENCHMARKS.md); for deep networks and long compiles
 
   c.teacher = sgd_recipe()
 

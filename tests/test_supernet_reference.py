@@ -147,15 +147,19 @@ NETWORKS = [
 ]
 
 
-CASES = [(a, "tas") for a in NETWORKS] + [(NETWORKS[0], "width"), (NETWORKS[0], "depth"),
-                                           (NETWORKS[1], "depth")]
+CASES = ([(a, "tas", False) for a in NETWORKS]
+         + [(NETWORKS[0], "width", False), (NETWORKS[0], "depth", False), (NETWORKS[1], "depth", False)]
+         # model.scan_blocks: the stage's later blocks as one lax.scan (stage 1 of cifar_basic
+         # scans blocks 2-3; ImageNet: the second block of every stage on its own)
+         + [(NETWORKS[0], "tas", True), (NETWORKS[0], "depth", True), (NETWORKS[3], "tas", True)])
 
 
-@pytest.mark.parametrize("a,variant", CASES, ids=lambda c: getattr(c, "family", c))
-def test_supernet_equals_the_official_search_forward(a, variant):
+@pytest.mark.parametrize("a,variant,scan", CASES,
+                         ids=lambda c: getattr(c, "family", "scan" if c is True else c))
+def test_supernet_equals_the_official_search_forward(a, variant, scan):
   """TAS, and the released width-only and depth-only search networks (TAS(W), TAS(D))."""
   space = space_lib.build(a)
-  net = supernet.SuperNet(space, variant)
+  net = supernet.SuperNet(space, variant, scan_blocks=scan)
   x = jax.random.normal(jax.random.key(1), (6, a.input_size, a.input_size, 3))
   logits0 = space.init_logits(jax.random.key(2))
   v = parallel.jit_once(lambda: net.init(jax.random.key(0), x, logits0, jax.random.key(0), 1.0))()

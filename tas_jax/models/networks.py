@@ -17,11 +17,13 @@ REPVGG_NAMED = ("repvgg_a0", "repvgg_b1")
 
 
 def build(a: Network, bn_axis_name: Optional[str] = None, dtype=jnp.float32,
-          name: Optional[str] = None) -> nn.Module:
-  """The Flax module of `a` (`name`: its name as a submodule of another)."""
+          name: Optional[str] = None, scan_blocks: bool = False) -> nn.Module:
+  """The Flax module of `a` (`name`: its name as a submodule of another; `scan_blocks`: a
+  ResNet's equal blocks as one lax.scan, `model.scan_blocks`)."""
   if isinstance(a, repvgg.RepVGGArch):
     return repvgg.RepVGG(a, bn_axis_name=bn_axis_name, dtype=dtype, name=name)
-  return resnet.ResNet(a, bn_axis_name=bn_axis_name, dtype=dtype, name=name)
+  return resnet.ResNet(a, bn_axis_name=bn_axis_name, dtype=dtype, name=name,
+                       scan_blocks=scan_blocks)
 
 
 def dummy_input(a: Network, batch: int = 1):

@@ -24,7 +24,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from tas_jax.models import topology
+from tas_jax.models import scan, topology
+from tas_jax.ops import conv as conv_ops
 from tas_jax.models.arch import Architecture
 
 # kaiming-normal, fan_out, gain sqrt(2) (PyTorch's kaiming_normal_(mode='fan_out', nonlinearity='relu'))
@@ -47,7 +48,7 @@ class ConvBN(nn.Module):
     p = self.kernel // 2
     x = nn.Conv(self.width, (self.kernel, self.kernel), (self.stride, self.stride),
                 padding=((p, p), (p, p)), use_bias=False, kernel_init=conv_init,
-                dtype=self.dtype, name="conv")(x)
+                dtype=self.dtype, conv_general_dilated=conv_ops.for_flax(), name="conv")(x)
     if self.use_bn:
       x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
                        scale_init=nn.initializers.zeros if self.zero_init_bn else nn.initializers.ones,
@@ -97,6 +98,31 @@ class Block(nn.Module):
     return gate(nn.relu(y + residual), gates, self.layout.name)
 
 
+def shape_signature(b: topology.Block):
+  """What fixes a block's shapes and function, its names aside: blocks alike in it can be scanned."""
+  convs = tuple((c.kernel, c.stride, c.in_width, c.out_width, c.in_size, c.has_bn) for c in b.convs)
+  return (b.stride, b.in_width, b.in_size, b.shortcut, b.projection is None, convs)
+
+
+def _gate_sites(b: topology.Block) -> list[str]:
+  return [c.name for c in b.convs[:-1]] + [b.name]
+
+
+def _stacked_gates(run: list[topology.Block], gates: Optional[dict]):
+  """The gates of a run's blocks stacked per site of its first block (None without gates;
+  False when only some blocks have a site: the run then stays unrolled)."""
+  if not gates:
+    return None
+  out = {}
+  for j, site in enumerate(_gate_sites(run[0])):
+    present = [_gate_sites(b)[j] in gates for b in run]
+    if all(present):
+      out[site] = jnp.stack([gates[_gate_sites(b)[j]] for b in run])
+    elif any(present):
+      return False
+  return out or None
+
+
 def gate(x, gates: Optional[dict], site: str):
   """x times the channel vector `gates[site]`, where there is one."""
   if gates is None or site not in gates:
@@ -120,6 +146,7 @@ class ResNet(nn.Module):
   arch: Architecture
   bn_axis_name: Optional[str] = None
   dtype: jnp.dtype = jnp.float32
+  scan_blocks: bool = False   # runs of equal blocks as one lax.scan (tas_jax.models.scan)
 
   @nn.compact
   def __call__(self, x, train: bool = False, gates: Optional[dict] = None):
@@ -130,9 +157,20 @@ class ResNet(nn.Module):
     x = gate(x, gates, "stem")
     if topo.stem_pool:
       x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
-    for b in topo.blocks:
-      x = Block(b, topo.zero_init_last_bn, self.bn_axis_name, self.dtype, name=b.name)(x, train,
-                                                                                      gates)
+    for run in scan.runs(topo.blocks, shape_signature):
+      stacked_gates = _stacked_gates(run, gates)
+      if not self.scan_blocks or len(run) < 2 or self.is_initializing() or stacked_gates is False:
+        for b in run:
+          x = Block(b, topo.zero_init_last_bn, self.bn_axis_name, self.dtype, name=b.name)(
+              x, train, gates)
+        continue
+      mutable = train and self.is_mutable_collection("batch_stats")
+      block = Block(run[0], topo.zero_init_last_bn, self.bn_axis_name, self.dtype, parent=None)
+      x, _, stats = scan.stacked_apply(
+          block, [{col: tree[b.name] for col, tree in self.variables.items()} for b in run], x,
+          stacked_gates, mutable, lambda m, x, g: (m(x, train, g), None))
+      for b, s in zip(run, stats or ()):
+        self.put_variable("batch_stats", b.name, s)
     x = jnp.mean(x, axis=(1, 2))
     return nn.Dense(self.arch.num_classes, kernel_init=linear_init, bias_init=nn.initializers.zeros,
                     dtype=jnp.float32, name="classifier")(x.astype(jnp.float32))

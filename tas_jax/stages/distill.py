@@ -97,7 +97,7 @@ def distill(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   loss_fn, loss_args = None, ()
   if d.kd:
-    teacher_model = networks.build(teacher_arch, dtype=dtype)
+    teacher_model = networks.build(teacher_arch, dtype=dtype, scan_blocks=config.model.scan_blocks)
 
     def loss_fn(logits, labels, x, teacher_variables):
       teacher_logits = jax.lax.stop_gradient(teacher_model.apply(teacher_variables, x, train=False))

@@ -190,7 +190,8 @@ def train_network(config: ml_collections.ConfigDict, recipe: ml_collections.Conf
                ds.source, ds.num_train, ds.num_test, ds.image_size, ds.image_size,
                ds.channels, counts.flops_m, counts.params_m, n_dev, config.parallel)
 
-  model = model or networks.build(arch, dtype=jnp.dtype(config.model.dtype))
+  model = model or networks.build(arch, dtype=jnp.dtype(config.model.dtype),
+                                  scan_blocks=config.model.scan_blocks)
   tx, schedule = (sgd_with_step_decay if is_step_decay(recipe) else sgd_with_warmup_cosine)(
       recipe, steps_per_epoch)
   init_key, aug_key = jax.random.split(jax.random.key(config.seed))

@@ -58,6 +58,7 @@ class MaskedNetwork(nn.Module):
   arch: Architecture | repvgg.RepVGGArch
   bn_axis_name: str | None = None
   dtype: jnp.dtype = jnp.float32
+  scan_blocks: bool = False   # a ResNet's equal blocks as one lax.scan (model.scan_blocks)
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -68,5 +69,6 @@ class MaskedNetwork(nn.Module):
       network = repvgg.RepVGG(self.arch, bn_axis_name=self.bn_axis_name, dtype=self.dtype,
                               name="network")
     else:
-      network = resnet.ResNet(self.arch, self.bn_axis_name, self.dtype, name="network")
+      network = resnet.ResNet(self.arch, self.bn_axis_name, self.dtype, self.scan_blocks,
+                              name="network")
     return network(x, train, gates)

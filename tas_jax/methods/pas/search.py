@@ -124,7 +124,8 @@ def search(config: ml_collections.ConfigDict, workdir: str) -> dict:
     raise ConfigError(
         f"method=pas prunes the teacher in {workdir}/teacher ({teacher_arch.name or 'custom'}), "
         f"but the config describes {base.name or 'a different network'}")
-  model = masks_lib.MaskedNetwork(base, dtype=jnp.dtype(config.model.dtype))
+  model = masks_lib.MaskedNetwork(base, dtype=jnp.dtype(config.model.dtype),
+                                  scan_blocks=config.model.scan_blocks)
   tx = optimizer(p)
   init_key, aug_key = jax.random.split(jax.random.key(config.seed))
   state = steps.create_state(model, tx, jnp.zeros((1, ds.image_size, ds.image_size, ds.channels)),

@@ -228,7 +228,8 @@ def search(config: ml_collections.ConfigDict, workdir: str) -> dict:
                space.num_slots, [list(d) for d in space.depths], len(half_a), len(half_b),
                steps_per_epoch, n_dev)
 
-  net = supernet_lib.SuperNet(space, s.variant, dtype=jnp.dtype(config.model.dtype))
+  net = supernet_lib.SuperNet(space, s.variant, dtype=jnp.dtype(config.model.dtype),
+                              scan_blocks=config.model.scan_blocks)
   tx, schedule, arch_tx = optimizers(s, steps_per_epoch)
   init_key, aug_key = jax.random.split(jax.random.key(config.seed))
   state = create_state(net, space, tx, arch_tx,

@@ -27,6 +27,7 @@ evaluates the argmax network with batch statistics (`train=True, argmax=True`, i
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Optional
 
 import flax.linen as nn
@@ -36,9 +37,10 @@ import numpy as np
 
 from tas_jax.methods.tas import cwi, gumbel
 from tas_jax.methods.tas.space import SearchSpace
-from tas_jax.models import topology
+from tas_jax.models import scan, topology
 from tas_jax.models.candidates import NUM_WIDTH_CANDIDATES
 from tas_jax.models.resnet import conv_init, linear_init
+from tas_jax.ops import conv as conv_ops
 
 VARIANTS = ("tas", "width", "depth")
 BN_MOMENTUM = 0.9
@@ -97,7 +99,8 @@ class SearchConv(nn.Module):
     idx, widths, weights = choice
     p = self.kernel // 2
     z = nn.Conv(self.width, (self.kernel,) * 2, (self.stride,) * 2, padding=((p, p), (p, p)),
-                use_bias=False, kernel_init=conv_init, dtype=self.dtype, name="conv")(x)
+                use_bias=False, kernel_init=conv_init, dtype=self.dtype,
+                conv_general_dilated=conv_ops.for_flax(), name="conv")(x)
     if not self.bn:
       return z
     z, scales, biases = CandidateBatchNorm(self.width, self.axis_name, name="bn")(z, idx, train)
@@ -142,6 +145,7 @@ class SuperNet(nn.Module):
   variant: str = "tas"
   axis_name: Optional[str] = None
   dtype: jnp.dtype = jnp.float32   # bfloat16: convs and activations in bf16 (mixed precision)
+  scan_blocks: bool = False        # the blocks of a stage after its first as one lax.scan
 
   @nn.compact
   def __call__(self, x, logits: dict, key, tau, train: bool = True, argmax: bool = False):
@@ -167,36 +171,127 @@ class SuperNet(nn.Module):
     dtab = space.depth_table()
     for s in range(len(space.depths)):
       outputs = []  # (F_d, its true channel count) after every block of the stage
-      for blk in (b for b in space.blocks if b.stage == s):
-        name = f"stage{s + 1}.block{blk.index + 1}"
-        y, last = h, len(blk.slots) - 1
-        for i, slot in enumerate(blk.slots):
-          sl = space.slots[slot]
-          y = conv(sl.full, sl.kernel, sl.stride, name=f"{name}.conv_{'abc'[i]}")(
-              y, choice(slot), train)
-          if i < last:
-            y = nn.relu(y)
-        out_slot = blk.slots[-1]
-        if blk.shortcut == "identity":
-          # zero-padded add: the block's output has max(input, last conv) channels
-          residual, channels = h, jnp.maximum(channels, c_star(out_slot))
-        else:
-          # every projection shortcut has per-candidate BN during the width search, as the
-          # official search_forward (CIFAR's stride-2 projection included; its pruned network
-          # keeps none); the depth search's has BN only where the plain network has (the
-          # released SearchCifarResNet_depth: none on CIFAR's stride-2 projection)
-          pooled = blk.shortcut == "pool_conv"   # TAS's form; torchvision's strides the conv
-          hp = nn.avg_pool(h, (2, 2), (2, 2)) if pooled else h
-          residual = conv(space.slots[out_slot].full, 1, 1 if pooled else blk.stride,
-                          bn=mix or plain_bn[name], name=f"{name}.shortcut")(
-                              hp, choice(out_slot), train)
-          channels = c_star(out_slot)
-        h = nn.relu(y + residual)
-        outputs.append((h, channels))
+      stage_blocks = [b for b in space.blocks if b.stage == s]
+      for run in scan.runs(stage_blocks, lambda b: _signature(space, b)):
+        layouts = [_layout(space, b, mix, plain_bn) for b in run]
+        if not self.scan_blocks or len(run) < 2 or self.is_initializing():
+          for b, layout in zip(run, layouts):
+            h, channels = search_block(
+                lambda part, width, kernel, stride, bn=True, b=b: conv(
+                    width, kernel, stride, bn=bn, name=f"{_name(b)}.{part}"),
+                layout, h, channels, [choice(slot) for slot in _choice_slots(b)], train, mix)
+            outputs.append((h, channels))
+          continue
+        # one compiled block for the run: its choices per block are the scan's inputs
+        body = ScannedSearchBlock(layouts[0], mix, self.axis_name, self.dtype, parent=None)
+        choices = jax.tree.map(lambda *a: jnp.stack(a),
+                               *[[choice(slot) for slot in _choice_slots(b)] for b in run])
+        names = [[f"{_name(b)}.{part}" for part in layouts[0].parts] for b in run]
+        variables = [{col: {part: tree[n] for part, n in zip(layouts[0].parts, ns) if n in tree}
+                      for col, tree in self.variables.items()} for ns in names]
+        mutable = train and self.is_mutable_collection("batch_stats")
+        (h, channels), (hs, counts), stats = scan.stacked_apply(
+            body, variables, (h, jnp.asarray(channels, jnp.int32)), choices, mutable,
+            lambda m, carry, choice: m(carry, choice, train))
+        outputs += list(zip(scan.unstack(hs, len(run)), scan.unstack(counts, len(run))))
+        for ns, block_stats in zip(names, stats or ()):
+          for n, part in zip(ns, layouts[0].parts):
+            if part in block_stats:
+              self.put_variable("batch_stats", n, block_stats[part])
       h, channels = _depth_mixture(outputs, dtab[s], q[s], soft=sample and self.variant != "width")
     features = jnp.mean(h, axis=(1, 2)).astype(jnp.float32)  # the head and the loss in float32
     return nn.Dense(base.num_classes, kernel_init=linear_init, bias_init=nn.initializers.zeros,
                     name="classifier")(features)
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockLayout:
+  """What a searched block computes, its names aside: per main-path conv (full width, kernel,
+  stride, slot), and the shortcut ("identity", or a projection: pooled or strided, with BN or not)."""
+  convs: tuple[tuple[int, int, int], ...]
+  shortcut: str
+  projection: Optional[tuple[int, int, bool]]   # (width, stride, bn)
+
+  @property
+  def parts(self) -> tuple[str, ...]:
+    """The block's conv names (suffixes of `stageS.blockB.`)."""
+    return tuple(f"conv_{'abc'[i]}" for i in range(len(self.convs))) + (
+        ("shortcut",) if self.projection else ())
+
+
+def _name(b) -> str:
+  return f"stage{b.stage + 1}.block{b.index + 1}"
+
+
+def _layout(space: SearchSpace, b, mix: bool, plain_bn: dict) -> BlockLayout:
+  convs = tuple((space.slots[i].full, space.slots[i].kernel, space.slots[i].stride)
+                for i in b.slots)
+  projection = None
+  if b.shortcut != "identity":
+    # every projection shortcut has per-candidate BN during the width search, as the official
+    # search_forward (CIFAR's stride-2 projection included; its pruned network keeps none); the
+    # depth search's has BN only where the plain network has (the released
+    # SearchCifarResNet_depth: none on CIFAR's stride-2 projection)
+    pooled = b.shortcut == "pool_conv"   # TAS's form; torchvision's strides the conv
+    projection = (space.slots[b.slots[-1]].full, 1 if pooled else b.stride,
+                  mix or plain_bn[_name(b)])
+  return BlockLayout(convs, b.shortcut, projection)
+
+
+def _signature(space: SearchSpace, b):
+  return (b.stride, b.in_size, b.shortcut,
+          tuple((space.slots[i].full, space.slots[i].kernel, space.slots[i].stride)
+                for i in b.slots))
+
+
+def _choice_slots(b) -> tuple[int, ...]:
+  """The slots whose sampled choice a block reads: its convs', then its projection's (the same
+  slot as its last conv: they share the block's output width)."""
+  return tuple(b.slots) + ((b.slots[-1],) if b.shortcut != "identity" else ())
+
+
+def search_block(conv, layout: BlockLayout, h, channels, choices, train: bool, mix: bool):
+  """One residual block of the supernet: (input, its true channel count) -> the same of its
+  output. `conv(part, width, kernel, stride, bn=)` makes the named SearchConv; `choices` are the
+  (idx, widths, weights) of its convs, then of its projection. The unrolled and the scanned
+  supernet both run this."""
+  # the true width of a conv's output: the wider sampled candidate, or the full width unmixed
+  c_star = lambda choice: jnp.max(choice[1]) if mix else layout.convs[-1][0]
+  y, last = h, len(layout.convs) - 1
+  for i, (width, kernel, stride) in enumerate(layout.convs):
+    y = conv(layout.parts[i], width, kernel, stride)(y, choices[i], train)
+    if i < last:
+      y = nn.relu(y)
+  if layout.projection is None:
+    # zero-padded add: the block's output has max(input, last conv) channels
+    residual, channels = h, jnp.maximum(channels, c_star(choices[last]))
+  else:
+    width, stride, bn = layout.projection
+    pooled = layout.shortcut == "pool_conv"
+    hp = nn.avg_pool(h, (2, 2), (2, 2)) if pooled else h
+    residual = conv("shortcut", width, 1, stride, bn=bn)(hp, choices[-1], train)
+    channels = c_star(choices[-1])
+  return nn.relu(y + residual), channels
+
+
+class ScannedSearchBlock(nn.Module):
+  """`search_block` as a module of its own, applied once per block of a scanned run: the carry is
+  (features, true channel count), the per-block input its choices; emits the carry for the depth
+  mixture."""
+  layout: BlockLayout
+  mix: bool
+  axis_name: Optional[str] = None
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, carry, choices, train: bool):
+    h, channels = carry
+    conv = lambda part, width, kernel, stride, bn=True: SearchConv(
+        width, kernel, stride, mix=self.mix, bn=bn, axis_name=self.axis_name, dtype=self.dtype,
+        name=part)
+    h, channels = search_block(conv, self.layout, h, channels, choices, train, self.mix)
+    out = (h, jnp.asarray(channels, jnp.int32))
+    return out, out
 
 
 def _depth_mixture(outputs, depths: np.ndarray, q, soft: bool):

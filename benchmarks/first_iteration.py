@@ -1,0 +1,85 @@
+"""`python -m benchmarks.first_iteration`: how long a user waits for a TAS search, and its memory.
+
+    T_LAUNCH=$(date +%s.%N) python -m benchmarks.first_iteration --network=resnet56 --iters=5
+
+The tas_jax side of the side-by-side with `../shared/bench/official_tas/official_search_bench.py`
+(the released search iteration): the same CIFAR-shaped batch of 256 per half, synthetic images
+held in memory, one device. It prints one JSON line with
+- `launch_to_first_iteration_s`: from `T_LAUNCH` (set it in the shell just before the command, as
+  for the official script; without it, from this module's import) to the end of the first search
+  iteration: imports, the state's initialisation, compilation and the iteration itself;
+- `search_compile_s`: lowering + XLA compilation of the search iteration (ahead of time; the
+  compiled program is the one then run, so nothing compiles twice);
+- `search_iteration_s`: the median of `--iters` iterations after `--warmup`;
+- `compiled_temp_bytes`: XLA's memory analysis of the compiled iteration;
+- `peak_rss_bytes`: the process's peak resident memory (`getrusage`), at the end.
+`--scan_blocks=false` builds the supernet with every block unrolled (the layout before
+`model.scan_blocks`), for before/after figures.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import statistics
+import time
+
+_IMPORTED = time.time()
+
+import jax   # noqa: E402
+from absl import app, flags   # noqa: E402
+
+from benchmarks import bench   # noqa: E402
+from tas_jax import parallel   # noqa: E402
+from tas_jax.config import base_config   # noqa: E402
+from tas_jax.data import sources   # noqa: E402
+
+# --network and --batch (of each half, 256 as the official script's) are benchmarks.bench's flags
+flags.DEFINE_integer("warmup", 1, "iterations after the first, not timed")
+flags.DEFINE_integer("iters", 5, "timed iterations; the figure is their median")
+flags.DEFINE_bool("scan_blocks", True, "model.scan_blocks: one compiled block per stage")
+FLAGS = flags.FLAGS
+
+
+def main(_):
+  launch = float(os.environ.get("T_LAUNCH", _IMPORTED))
+  a = bench.cifar_network(FLAGS.network)
+  c = base_config()
+  c.model.scan_blocks = FLAGS.scan_blocks
+  mesh = parallel.make_mesh(1)
+  ds = bench.synthetic_cifar(8 * FLAGS.batch)
+  data = sources.DeviceDataset(ds, mesh, 256)
+  augmentation = sources.Augmentation(ds.mean, ds.std)
+  iteration, state, halves, taus = bench.search_setup(a, c, mesh, ds, data, augmentation,
+                                                      FLAGS.batch)
+  key = parallel.put_replicated(jax.random.key(1), mesh)
+  batches = halves.iterate(0)
+  first = next(batches)
+  t = time.perf_counter()
+  compiled = iteration.lower(state, first, key, taus[0]).compile()
+  compile_s = time.perf_counter() - t
+  analysis = compiled.memory_analysis()
+  memory = {"compiled_temp_bytes": int(analysis.temp_size_in_bytes)} if analysis else {}
+  state, _ = compiled(state, first, key, taus[0])
+  jax.block_until_ready(state)
+  to_first = time.time() - launch
+  times = []
+  for i in range(FLAGS.warmup + FLAGS.iters):
+    t = time.perf_counter()
+    state, _ = compiled(state, next(batches), key, taus[0])
+    jax.block_until_ready(state)
+    if i >= FLAGS.warmup:
+      times.append(time.perf_counter() - t)
+  print(json.dumps({
+      "side": "tas_jax", "network": FLAGS.network, "batch": FLAGS.batch,
+      "scan_blocks": FLAGS.scan_blocks,
+      "launch_to_first_iteration_s": round(to_first, 2), "search_compile_s": round(compile_s, 2),
+      "search_iteration_s": round(statistics.median(times), 4),
+      "iterations_s": [round(x, 4) for x in times], **memory,
+      "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+      "device": jax.devices()[0].device_kind, "jax": jax.__version__}), flush=True)
+
+
+if __name__ == "__main__":
+  app.run(main)
