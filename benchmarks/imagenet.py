@@ -42,6 +42,7 @@ flags.DEFINE_integer("repeats", 3, "repeats; figures are medians")
 flags.DEFINE_integer("steps", 2, "timed calls per repeat")
 flags.DEFINE_string("dtypes", "float32,bfloat16", "comma-separated")
 flags.DEFINE_bool("json", False, "one JSON line")
+flags.DEFINE_bool("scan_blocks", False, "model.scan_blocks: a stage's equal blocks as one lax.scan")
 
 
 def pipeline_rate(folder: str, n: int) -> dict:
@@ -77,7 +78,7 @@ def step_figures(depth: int, dtype: str, batch: int, repeats: int, steps_per_rep
   out = {}
   data = _batch(batch, a.num_classes, mesh)
 
-  model = resnet.build(a, dtype=jnp.dtype(dtype))
+  model = resnet.build(a, dtype=jnp.dtype(dtype), scan_blocks=FLAGS.scan_blocks)
   tx, _ = supervised.sgd_with_warmup_cosine(c.teacher, 100)
   state = steps.create_state(model, tx, resnet.dummy_input(a), jax.random.key(0), mesh)
   step = steps.make_train_step(model, mesh, "jit")
@@ -90,7 +91,7 @@ def step_figures(depth: int, dtype: str, batch: int, repeats: int, steps_per_rep
   del stepper, state
 
   space = space_lib.build(a)
-  net = supernet.SuperNet(space, dtype=jnp.dtype(dtype))
+  net = supernet.SuperNet(space, dtype=jnp.dtype(dtype), scan_blocks=FLAGS.scan_blocks)
   c.search.epochs = 2
   wtx, _, atx = search.optimizers(c.search, 100)
   sstate = search.create_state(net, space, wtx, atx, np.zeros((2, 224, 224, 3), np.float32),
@@ -112,7 +113,7 @@ def step_figures(depth: int, dtype: str, batch: int, repeats: int, steps_per_rep
 def run(args) -> dict:
   r = {"network": f"imagenet_resnet{args.depth}", "batch": args.batch, "image_size": 224,
        "devices": jax.device_count(), "device_kind": jax.devices()[0].device_kind,
-       "date": time.strftime("%Y-%m-%d"), "jax": jax.__version__}
+       "date": time.strftime("%Y-%m-%d"), "jax": jax.__version__, "scan_blocks": args.scan_blocks}
   if args.folder:
     r["pipeline"] = pipeline_rate(args.folder, args.images)
   for dtype in args.dtypes.split(","):

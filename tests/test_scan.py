@@ -11,7 +11,7 @@ from tas_jax import parallel
 from tas_jax.methods.pas import masks
 from tas_jax.methods.tas import space as space_lib, supernet
 from tas_jax.models import arch, resnet, scan
-from tas_jax.ops import conv
+from tas_jax.models import conv
 
 
 @pytest.mark.parametrize("size,k,stride,pad", [(9, 3, 1, 1), (8, 3, 2, 1), (9, 3, 2, 1), (8, 1, 2, 0),

@@ -24,8 +24,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from tas_jax.models import scan, topology
-from tas_jax.ops import conv as conv_ops
+from tas_jax.models import conv as conv_ops, scan, topology
 from tas_jax.models.arch import Architecture
 
 # kaiming-normal, fan_out, gain sqrt(2) (PyTorch's kaiming_normal_(mode='fan_out', nonlinearity='relu'))
@@ -177,9 +176,9 @@ class ResNet(nn.Module):
 
 
 def build(arch: Architecture, bn_axis_name: Optional[str] = None,
-          dtype: jnp.dtype = jnp.float32) -> nn.Module:
+          dtype: jnp.dtype = jnp.float32, scan_blocks: bool = False) -> nn.Module:
   """The Flax module of `arch`."""
-  return ResNet(arch, bn_axis_name=bn_axis_name, dtype=dtype)
+  return ResNet(arch, bn_axis_name=bn_axis_name, dtype=dtype, scan_blocks=scan_blocks)
 
 
 def dummy_input(arch: Architecture, batch: int = 1) -> jax.ShapeDtypeStruct:

@@ -12,7 +12,7 @@ forward from its input instead of reading activations the forward stacked per bl
 writing those stacks and reading them back cost more than the recomputation (ResNet-56 training
 step at batch 256: 2.48 s saved, 2.02 s recomputed, 1.82 s unrolled), and the compiled
 temporaries fall about 5x (2.6 GB unrolled, 0.5 GB scanned). BENCHMARKS.md has the figures.
-Convolutions in a loop body need `tas_jax.ops.conv` for their gradients on the CPU.
+Convolutions in a loop body need `tas_jax.models.conv` for their gradients on the CPU.
 """
 
 from __future__ import annotations

@@ -40,7 +40,7 @@ from tas_jax.methods.tas.space import SearchSpace
 from tas_jax.models import scan, topology
 from tas_jax.models.candidates import NUM_WIDTH_CANDIDATES
 from tas_jax.models.resnet import conv_init, linear_init
-from tas_jax.ops import conv as conv_ops
+from tas_jax.models import conv as conv_ops
 
 VARIANTS = ("tas", "width", "depth")
 BN_MOMENTUM = 0.9

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Issue 24: the released search iteration and tas_jax's (blocks unrolled / scanned), alternated.
+# The released search iteration and tas_jax's (blocks unrolled / scanned), alternated.
+# Needs the released code in /tmp/official and torch (../shared/bench/official_tas/README.md).
 cd "$(dirname "$0")/.."
-OUT=runs/bench24.jsonl
+mkdir -p runs; OUT=${OUT:-runs/side_by_side_search.jsonl}
 OFF=../shared/bench/official_tas/official_search_bench.py
 one() {  # network depth, repeat
   local d=$1
