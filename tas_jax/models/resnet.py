@@ -99,8 +99,10 @@ class Block(nn.Module):
 
 def shape_signature(b: topology.Block):
   """What fixes a block's shapes and function, its names aside: blocks alike in it can be scanned."""
-  convs = tuple((c.kernel, c.stride, c.in_width, c.out_width, c.in_size, c.has_bn) for c in b.convs)
-  return (b.stride, b.in_width, b.in_size, b.shortcut, b.projection is None, convs)
+  shape = lambda c: None if c is None else (c.kernel, c.stride, c.in_width, c.out_width, c.in_size,
+                                            c.has_bn)
+  return (b.stride, b.in_width, b.in_size, b.shortcut, shape(b.projection),
+          tuple(map(shape, b.convs)))
 
 
 def _gate_sites(b: topology.Block) -> list[str]:

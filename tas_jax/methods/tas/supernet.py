@@ -172,8 +172,10 @@ class SuperNet(nn.Module):
     for s in range(len(space.depths)):
       outputs = []  # (F_d, its true channel count) after every block of the stage
       stage_blocks = [b for b in space.blocks if b.stage == s]
-      for run in scan.runs(stage_blocks, lambda b: _signature(space, b)):
-        layouts = [_layout(space, b, mix, plain_bn) for b in run]
+      layout_of = {b: _layout(space, b, mix, plain_bn) for b in stage_blocks}
+      # blocks of one input size and one layout have one shape: a run of them can be scanned
+      for run in scan.runs(stage_blocks, lambda b: (b.in_size, layout_of[b])):
+        layouts = [layout_of[b] for b in run]
         if not self.scan_blocks or len(run) < 2 or self.is_initializing():
           for b, layout in zip(run, layouts):
             h, channels = search_block(
@@ -236,12 +238,6 @@ def _layout(space: SearchSpace, b, mix: bool, plain_bn: dict) -> BlockLayout:
     projection = (space.slots[b.slots[-1]].full, 1 if pooled else b.stride,
                   mix or plain_bn[_name(b)])
   return BlockLayout(convs, b.shortcut, projection)
-
-
-def _signature(space: SearchSpace, b):
-  return (b.stride, b.in_size, b.shortcut,
-          tuple((space.slots[i].full, space.slots[i].kernel, space.slots[i].stride)
-                for i in b.slots))
 
 
 def _choice_slots(b) -> tuple[int, ...]:
