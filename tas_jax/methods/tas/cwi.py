@@ -35,6 +35,14 @@ def cwi(x: jax.Array, c_out: int) -> jax.Array:
   return x @ p.T.astype(x.dtype)
 
 
+def pair_matrices(widths_ab, size: int) -> jax.Array:
+  """(2, size, size): CWI(C_i → C*) for the two sampled candidates i of one conv,
+  C* = max(C_a, C_b). They depend on the sampled integer widths only (no gradient), so the
+  supernet builds them for all of its convs at once, outside the network."""
+  c_star = jnp.maximum(widths_ab[0], widths_ab[1])
+  return jnp.stack([cwi_matrix(widths_ab[i], c_star, size) for i in range(2)])
+
+
 def mix_matrix(widths_ab, weights_ab, scale_ab, size: int) -> jax.Array:
   """The aggregation of one conv as one (size, size) channel-mixing matrix M (out = M @ in):
 
@@ -43,8 +51,10 @@ def mix_matrix(widths_ab, weights_ab, scale_ab, size: int) -> jax.Array:
   where s_i is candidate i's per-channel scale (its BN γ, or ones without BN) and CWI only reads
   the first C_i channels, so candidate i's mask is built in. Channels ≥ C* come out zero.
   """
-  c_star = jnp.maximum(widths_ab[0], widths_ab[1])
-  m = 0.0
-  for i in range(2):
-    m = m + weights_ab[i] * cwi_matrix(widths_ab[i], c_star, size) * scale_ab[i][None, :]
-  return m
+  return mix_from_pairs(pair_matrices(widths_ab, size), weights_ab, scale_ab)
+
+
+def mix_from_pairs(pairs: jax.Array, weights_ab, scale_ab: jax.Array) -> jax.Array:
+  """`mix_matrix` from the conv's `pair_matrices`, its candidates' weights (2,) and scales (2, size)."""
+  return (weights_ab[0] * pairs[0] * scale_ab[0][None, :]
+          + weights_ab[1] * pairs[1] * scale_ab[1][None, :])

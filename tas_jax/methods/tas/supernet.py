@@ -50,9 +50,12 @@ BN_EPS = 1e-5
 class CandidateBatchNorm(nn.Module):
   """One BN per width candidate: affine parameters and running statistics of shape (K, C).
 
-  Training normalises with the batch statistics (the same for every candidate of a channel) and,
-  when `batch_stats` is mutable, updates the running statistics of the sampled candidates only.
-  Evaluation normalises with the running statistics of `idx[0]`.
+  Returns (mean, var, scales, biases): the statistics to normalise with and the two sampled
+  candidates' affine parameters (2, C); the caller folds them into its channel mixing. Training
+  uses the batch statistics (the same for every candidate of a channel) and, when `batch_stats`
+  is mutable, updates the running statistics of the sampled candidates only. Evaluation uses the
+  running statistics of `idx[0]`. Candidates are picked by one-hot products, not gathers and
+  scatters: exact, and far cheaper for XLA to compile and differentiate.
   """
   width: int
   axis_name: Optional[str] = None
@@ -64,6 +67,8 @@ class CandidateBatchNorm(nn.Module):
     bias = self.param("bias", nn.initializers.zeros, (k, self.width))
     ra_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((k, self.width)))
     ra_var = self.variable("batch_stats", "var", lambda: jnp.ones((k, self.width)))
+    pick = jax.nn.one_hot(idx, k, dtype=jnp.float32)          # (2, K)
+    select = lambda rows, table: jnp.sum(rows[..., None] * table, -2)
     if train:
       z32 = z.astype(jnp.float32)
       mean = jnp.mean(z32, (0, 1, 2))
@@ -72,14 +77,14 @@ class CandidateBatchNorm(nn.Module):
         mean, mean2 = jax.lax.pmean((mean, mean2), self.axis_name)
       var = jnp.maximum(mean2 - mean * mean, 0.0)
       if not self.is_initializing() and self.is_mutable_collection("batch_stats"):
-        ra_mean.value = ra_mean.value.at[idx].set(
-            BN_MOMENTUM * ra_mean.value[idx] + (1 - BN_MOMENTUM) * mean[None])
-        ra_var.value = ra_var.value.at[idx].set(
-            BN_MOMENTUM * ra_var.value[idx] + (1 - BN_MOMENTUM) * var[None])
+        moved = jnp.max(pick, 0)[:, None] > 0                   # (K, 1): the sampled rows
+        ra_mean.value = jnp.where(moved, BN_MOMENTUM * ra_mean.value + (1 - BN_MOMENTUM) * mean,
+                                  ra_mean.value)
+        ra_var.value = jnp.where(moved, BN_MOMENTUM * ra_var.value + (1 - BN_MOMENTUM) * var,
+                                 ra_var.value)
     else:
-      mean, var = ra_mean.value[idx[0]], ra_var.value[idx[0]]
-    normalised = (z - mean) * jax.lax.rsqrt(var + BN_EPS)
-    return normalised, scale[idx], bias[idx]
+      mean, var = select(pick[0], ra_mean.value), select(pick[0], ra_var.value)
+    return mean, var, select(pick, scale), select(pick, bias)
 
 
 class SearchConv(nn.Module):
@@ -95,23 +100,26 @@ class SearchConv(nn.Module):
 
   @nn.compact
   def __call__(self, x, choice, train: bool):
-    """choice = (idx (2,), widths (2,), weights (2,)) of this conv's sampled candidates."""
-    idx, widths, weights = choice
+    """choice = (idx (2,), widths (2,), weights (2,), pairs) of this conv's sampled candidates;
+    pairs are their CWI matrices (2, width, width) (`cwi.pair_matrices`), None unmixed."""
+    idx, _, weights, pairs = choice
     p = self.kernel // 2
     z = nn.Conv(self.width, (self.kernel,) * 2, (self.stride,) * 2, padding=((p, p), (p, p)),
                 use_bias=False, kernel_init=conv_init, dtype=self.dtype,
                 conv_general_dilated=conv_ops.for_flax(), name="conv")(x)
     if not self.bn:
       return z
-    z, scales, biases = CandidateBatchNorm(self.width, self.axis_name, name="bn")(z, idx, train)
-    z = z.astype(self.dtype)
+    mean, var, scales, biases = CandidateBatchNorm(self.width, self.axis_name, name="bn")(
+        z, idx, train)
+    inv_std = jax.lax.rsqrt(var + BN_EPS)
+    # centred first: the matmul's rounding then scales with the normalised values (bf16)
+    centred = (z - mean).astype(self.dtype)
     if not self.mix:
-      return z * scales[0].astype(self.dtype) + biases[0].astype(self.dtype)
-    m = cwi.mix_matrix(widths, weights, scales, self.width)
-    c_star = jnp.maximum(widths[0], widths[1])
-    bias = sum(weights[i] * cwi.cwi_matrix(widths[i], c_star, self.width) @ biases[i]
-               for i in range(2))
-    return z @ m.T.astype(self.dtype) + bias.astype(self.dtype)
+      return centred * (scales[0] * inv_std).astype(self.dtype) + biases[0].astype(self.dtype)
+    # normalisation, BN affine, candidate masks, CWI and the weighted sum: one matrix
+    m = cwi.mix_from_pairs(pairs, weights, scales) * inv_std[None, :]
+    bias = jnp.sum(weights[:, None, None] * pairs * biases[:, None, :], (0, 2))
+    return centred @ m.T.astype(self.dtype) + bias.astype(self.dtype)
 
 
 def sample_choices(space: SearchSpace, logits: dict, key, tau, sample: bool, variant: str):
@@ -155,7 +163,8 @@ class SuperNet(nn.Module):
     mix = self.variant != "depth"
     sample = train and not argmax
     idx, widths, weights, q = sample_choices(space, logits, key, tau, sample, self.variant)
-    choice = lambda slot: (idx[slot], widths[slot], weights[slot])
+    pairs = _pair_matrices(space, widths) if mix else {}
+    choice = lambda slot: (idx[slot], widths[slot], weights[slot], pairs.get(slot))
     c_star = lambda slot: jnp.max(widths[slot]) if mix else space.slots[slot].full
     # No zero-initialised last BN here, on ImageNet either: the official search network ignores
     # zero_init_residual (the pruned ImageNet networks keep it).
@@ -206,6 +215,17 @@ class SuperNet(nn.Module):
                     name="classifier")(features)
 
 
+def _pair_matrices(space: SearchSpace, widths) -> dict:
+  """slot -> its `cwi.pair_matrices` (2, full, full): built for all slots of one full width by one
+  vmapped computation, so the program holds one copy per width, not one per conv."""
+  out = {}
+  for full in sorted({slot.full for slot in space.slots}):
+    members = [i for i, slot in enumerate(space.slots) if slot.full == full]
+    stacked = jax.vmap(lambda w: cwi.pair_matrices(w, full))(widths[np.array(members)])
+    out.update({i: stacked[j] for j, i in enumerate(members)})
+  return out
+
+
 @dataclasses.dataclass(frozen=True)
 class BlockLayout:
   """What a searched block computes, its names aside: per main-path conv (full width, kernel,
@@ -249,7 +269,7 @@ def _choice_slots(b) -> tuple[int, ...]:
 def search_block(conv, layout: BlockLayout, h, channels, choices, train: bool, mix: bool):
   """One residual block of the supernet: (input, its true channel count) -> the same of its
   output. `conv(part, width, kernel, stride, bn=)` makes the named SearchConv; `choices` are the
-  (idx, widths, weights) of its convs, then of its projection. The unrolled and the scanned
+  (idx, widths, weights, CWI pair matrices) of its convs, then of its projection. The unrolled and the scanned
   supernet both run this."""
   # the true width of a conv's output: the wider sampled candidate, or the full width unmixed
   c_star = lambda choice: jnp.max(choice[1]) if mix else layout.convs[-1][0]
