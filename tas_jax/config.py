@@ -71,9 +71,15 @@ def base_config() -> ml_collections.ConfigDict:
   c.teacher = sgd_recipe()
 
   c.target = ml_collections.ConfigDict()   # what every pruning method aims at
-  c.target.flop_ratio = 0.5        # the pruned network's FLOPs / the unpruned network's
+  c.target.flop_ratio = 0.5        # the pruned network's FLOPs / the unpruned network's (its
+                                   # table latency / the unpruned one's with search.cost=latency)
   c.target.tolerance = 0.05        # t: a result within t·F_max of the target is on target (TAS's
                                    # band: [R - t, R] of F_max, or ±t·R with search.band=symmetric)
+
+  c.latency = ml_collections.ConfigDict()  # the latency table of search.cost=latency (tas_jax.latency)
+  c.latency.batch_size = 0         # the batch its convs are timed at; 0 = pipeline.throughput_batch
+                                   # (the batch the results table measures networks at)
+  c.latency.repeats = 5            # each entry: the median of this many timed calls
 
   for method in methods.REGISTRY.values():   # each method's own section, e.g. c.search, c.pas
     if method.section:
@@ -265,6 +271,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
   for section in ("teacher", "distill"):
     _validate_recipe(c, section)
   _validate_target(c)
+  positive(c, "latency.batch_size", integer=True, zero_ok=True)
+  positive(c, "latency.repeats", integer=True)
   method = methods.get(c.method)
   for m in methods.REGISTRY.values():
     if m.section:

@@ -12,16 +12,12 @@ import dataclasses
 import glob
 import json
 import os
-import statistics
-import time
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 from absl import logging
 
-from tas_jax import methods, parallel, workdir as layout
-from tas_jax.data import augment
+from tas_jax import latency, methods, workdir as layout
 from tas_jax.errors import CheckpointNotFoundError
 from tas_jax.models import networks, repvgg
 from tas_jax.training import supervised
@@ -35,32 +31,6 @@ def teacher_to_measure(stage_dir: str, arch: networks.Network) -> tuple:
   if isinstance(arch, repvgg.RepVGGArch) and not arch.deploy:
     return dataclasses.replace(arch, deploy=True), repvgg.reparameterize(arch, variables)
   return arch, variables
-
-
-def measure_throughput(to_measure: dict, images, mean, std, repeats: int) -> dict:
-  """Inference images/s of each {name: (arch, variables)} on the same uint8 batch, one device.
-
-  Each network is compiled and warmed up first; then every repeat times one call of every network
-  in turn (interleaved, so machine noise hits all alike). Returns {name: {'images_per_s',
-  'ms_per_batch'}} from the median call time.
-  """
-  x = jax.device_put(augment.normalize(jnp.asarray(images), mean, std))
-  forwards = {}
-  for name, (a, variables) in to_measure.items():
-    model = networks.build(a)
-    forwards[name] = (jax.jit(lambda v, x, m=model: m.apply(v, x, train=False),
-                               compiler_options=parallel.compiler_options()), variables)
-    jax.block_until_ready(forwards[name][0](variables, x))  # compile
-    jax.block_until_ready(forwards[name][0](variables, x))  # warm up
-  times = {name: [] for name in to_measure}
-  for _ in range(repeats):
-    for name, (fn, variables) in forwards.items():
-      t = time.perf_counter()
-      jax.block_until_ready(fn(variables, x))
-      times[name].append(time.perf_counter() - t)
-  batch = images.shape[0]
-  return {name: {"images_per_s": round(batch / statistics.median(ts), 1),
-                 "ms_per_batch": round(1e3 * statistics.median(ts), 3)} for name, ts in times.items()}
 
 
 BASELINE_LABELS = {"uniform": "uniform width", "random": "random"}
@@ -99,7 +69,7 @@ def results(config: ml_collections.ConfigDict, workdir: str) -> dict:
     to_measure[s["run"]] = (a, variables)
   logging.info("[results] measuring inference throughput of %d networks on one batch of %d test "
                "images (%d repeats)", len(to_measure), len(batch), config.pipeline.throughput_repeats)
-  speed = measure_throughput(to_measure, batch, ds.mean, ds.std, config.pipeline.throughput_repeats)
+  speed = latency.measure_networks(to_measure, batch, ds.mean, ds.std, config.pipeline.throughput_repeats)
 
   t_flops, t_params = teacher_summary["flops_m"], teacher_summary["params_m"]
   rows = [{"network": "teacher (unpruned)", "run": "teacher", "architecture": teacher_arch.name,

@@ -18,16 +18,27 @@ E[F] comes in two forms (`config.search.expected_flops`):
       one-hot.
 Both read the distributions of the search variant: a dimension TAS(W) or TAS(D) does not search
 is at its full value (`SearchSpace.masked_logits`).
+
+`search.cost=latency` prices the same walk with a latency table (`tas_jax.latency`) instead of
+conv FLOPs: one walk over the network (`expected_cost`), two pricers. Conv FLOPs are bilinear in
+the two widths, so the FLOPs pricer multiplies expected widths; a table is not, so the latency
+pricer takes the expectation over the pair, p_in · T · p_out, which is the same thing for a table
+of FLOPs. F(A)'s latency is the exact form at one-hot distributions: the table latency of the
+network extraction builds.
 """
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
+from tas_jax import latency
 from tas_jax.methods.tas.space import SearchSpace
+from tas_jax.models import topology
 from tas_jax.ops.flops import conv_flops
 
+MEASURES = ("flops", "latency")
 EXPECTED_FORMS = ("released", "exact")
 BANDS = ("released", "symmetric")
 IN_BAND = ("free", "centred")
@@ -62,15 +73,103 @@ def exact_flops(space: SearchSpace, width_idx, depth_idx) -> jax.Array:
   return total + current * classes + classes
 
 
+INPUT = -1   # the "slot" of the image's channels in a width mixture
+
+
+class FlopsPricer:
+  """Prices convs in FLOPs at expected widths. Conv FLOPs are bilinear in the two widths, so with
+  independent choices this is their expected FLOPs, the released code's formula."""
+
+  def __init__(self, space: SearchSpace, pa):
+    self.space = space
+    self.e_width = jnp.sum(pa * jnp.asarray(space.width_table(), jnp.float32), -1)  # E[c_out]
+    self.table, self.pa = jnp.asarray(space.width_table(), jnp.float32), pa
+
+  def width(self, mixture):
+    return sum(p * (self.space.base.input_channels if m == INPUT else self.e_width[m])
+               for p, m in mixture)
+
+  def conv(self, conv: topology.Conv, mixture_in, slot_out):
+    return conv_flops(conv.kernel, self.width(mixture_in), self.e_width[slot_out], conv.out_size)
+
+  def mismatch(self, size: int, mixture_in, slot_out):
+    """E[1[c_in ≠ c_out]·F(1x1 projection)] for independent slots (the exact form only)."""
+    def product(slot_in):
+      w_in, w_out = self.table[slot_in][:, None], self.table[slot_out][None, :]
+      joint = self.pa[slot_in][:, None] * self.pa[slot_out][None, :]
+      return jnp.sum(joint * jnp.where(w_in != w_out, w_in * w_out, 0.0))
+    return sum(p * product(m) for p, m in mixture_in) * size ** 2
+
+  def head(self, mixture, bias: bool):
+    classes = self.space.base.num_classes
+    return self.width(mixture) * classes + (classes if bias else 0)
+
+
+class LatencyPricer:
+  """Prices convs by a latency table (`tas_jax.latency`): E[T(c_in, c_out)] = p_in · T · p_out
+  over the candidates of the feeding and the priced slot, independent as for FLOPs. The
+  classifier is not in the table and costs nothing."""
+
+  def __init__(self, space: SearchSpace, pa, table):
+    self.space, self.pa, self.table = space, pa, table
+
+  def _matrix(self, key_of, slot_in, slot_out, off_diagonal=False):
+    """T over (input candidates, output candidates), padded as the width table (numpy)."""
+    ins = ((self.space.base.input_channels,) if slot_in == INPUT
+           else self.space.slots[slot_in].candidates)
+    outs = self.space.slots[slot_out].candidates
+    return np.array([[0.0 if off_diagonal and a == b else self.table[key_of(a, b)] for b in outs]
+                     for a in ins], np.float32)
+
+  def _priced(self, key_of, mixture_in, slot_out, off_diagonal=False):
+    total = 0.0
+    for p, m in mixture_in:
+      p_in = jnp.ones(1) if m == INPUT else self.pa[m]
+      t = jnp.asarray(self._matrix(key_of, m, slot_out, off_diagonal))
+      total = total + p * (p_in @ t @ self.pa[slot_out])
+    return total
+
+  def conv(self, conv: topology.Conv, mixture_in, slot_out):
+    return self._priced(lambda a, b: latency.ConvKey.of(conv, a, b), mixture_in, slot_out)
+
+  def mismatch(self, size: int, mixture_in, slot_out):
+    return self._priced(lambda a, b: latency.ConvKey(1, 1, size, a, b), mixture_in, slot_out,
+                        off_diagonal=True)
+
+  def head(self, mixture, bias: bool):
+    return 0.0
+
+
 def expected_flops(space: SearchSpace, logits: dict, form: str = "released",
                    variant: str = "tas") -> jax.Array:
   """E[F], differentiable in α and β (plain softmax: no Gumbel noise, no τ)."""
-  if form not in EXPECTED_FORMS:
-    raise ValueError(f"expected-FLOPs form {form!r}: allowed {', '.join(EXPECTED_FORMS)}")
   pa, pb = space.probabilities(logits, variant)                   # (S, 8), (stages, D)
-  table = jnp.asarray(space.width_table(), jnp.float32)
-  e_width = jnp.sum(pa * table, -1)                               # E[c_out] per slot
+  return expected_cost(space, pa, pb, FlopsPricer(space, pa), form)
+
+
+def expected_latency(space: SearchSpace, logits: dict, table, form: str = "released",
+                     variant: str = "tas") -> jax.Array:
+  """E[latency] from a latency table, in the same chain (or exact) form as E[F]."""
+  pa, pb = space.probabilities(logits, variant)
+  return expected_cost(space, pa, pb, LatencyPricer(space, pa, table), form)
+
+
+def exact_latency(space: SearchSpace, table, width_idx, depth_idx) -> jax.Array:
+  """The table latency of the network with these candidate indices (traced): the exact form at
+  one-hot distributions, which follows the network's real convs."""
+  pa = jax.nn.one_hot(width_idx, space.width_table().shape[1])
+  pb = jax.nn.one_hot(depth_idx, space.depth_table().shape[1])
+  return expected_cost(space, pa, pb, LatencyPricer(space, pa, table), "exact")
+
+
+def expected_cost(space: SearchSpace, pa, pb, pricer, form: str) -> jax.Array:
+  """The expected cost of the network under width distributions pa (S, 8) and depth
+  distributions pb (stages, D), each conv priced by `pricer` (see the module docstring for the
+  two forms)."""
+  if form not in EXPECTED_FORMS:
+    raise ValueError(f"expected-cost form {form!r}: allowed {', '.join(EXPECTED_FORMS)}")
   dtab = space.depth_table()
+  topo = topology.of(space.base)
   # P(stage depth ≥ k) for k = 1 … max blocks
   keep = {(s, k): jnp.sum(pb[s] * jnp.asarray(dtab[s] >= k)) for s in range(len(space.depths))
           for k in range(1, len(space.base.stages[s]) + 1)}
@@ -80,15 +179,9 @@ def expected_flops(space: SearchSpace, logits: dict, form: str = "released",
     """[(probability, slot)] of the width leaving stage s (its last kept block's last conv)."""
     return [(pb[s, j], last_slot[(s, int(dtab[s, j]) - 1)]) for j in range(len(space.depths[s]))]
 
-  def mismatch_product(slot_in, slot_out):
-    """E[1[c_in ≠ c_out]·c_in·c_out] for independent slots."""
-    w_in, w_out = table[slot_in][:, None], table[slot_out][None, :]
-    joint = pa[slot_in][:, None] * pa[slot_out][None, :]
-    return jnp.sum(joint * jnp.where(w_in != w_out, w_in * w_out, 0.0))
-
-  total = _stem_term(space, e_width[0])
+  total = pricer.conv(topo.stem, [(1.0, INPUT)], 0)
   chain_prev = 0  # "released": the previous conv of the unpruned chain
-  for blk in space.blocks:
+  for blk, tblk in zip(space.blocks, topo.blocks):
     if form == "exact":
       if blk.index > 0:
         mixture = [(1.0, last_slot[(blk.stage, blk.index - 1)])]
@@ -96,28 +189,22 @@ def expected_flops(space: SearchSpace, logits: dict, form: str = "released",
         mixture = [(1.0, 0)]
       else:
         mixture = stage_output_mixture(blk.stage - 1)
-      e_in = sum(p * e_width[m] for p, m in mixture)
     else:
-      e_in = e_width[chain_prev]
-    f, prev = 0.0, e_in
-    for i in blk.slots:
-      s = space.slots[i]
-      f = f + conv_flops(s.kernel, prev, e_width[i], s.out_size)
-      prev = e_width[i]
+      mixture = [(1.0, chain_prev)]
+    f, prev = 0.0, mixture
+    for i, conv in zip(blk.slots, tblk.convs):
+      f = f + pricer.conv(conv, prev, i)
+      prev = [(1.0, i)]
     out_slot = blk.slots[-1]
-    if blk.stride == 2:
-      f = f + conv_flops(1, e_in, e_width[out_slot], blk.in_size // 2)
+    if blk.stride == 2 or (form == "released" and blk.shortcut != "identity"):
+      f = f + pricer.conv(tblk.projection, mixture, out_slot)
     elif form == "exact":
-      f = f + sum(p * mismatch_product(m, out_slot) for p, m in mixture) * blk.in_size ** 2
-    elif blk.shortcut != "identity":
-      f = f + conv_flops(1, e_in, e_width[out_slot], blk.in_size)
+      f = f + pricer.mismatch(blk.in_size, mixture, out_slot)
     total = total + keep[(blk.stage, blk.index + 1)] * f
     chain_prev = out_slot
-  classes = space.base.num_classes
   if form == "exact":
-    e_last = sum(p * e_width[m] for p, m in stage_output_mixture(len(space.depths) - 1))
-    return total + e_last * classes + classes
-  return total + e_width[chain_prev] * classes  # the released head term has no bias
+    return total + pricer.head(stage_output_mixture(len(space.depths) - 1), bias=True)
+  return total + pricer.head([(1.0, chain_prev)], bias=False)  # the released head has no bias
 
 
 def cost_loss(expected, exact, flops_max: float, ratio: float, tolerance: float = 0.05,

@@ -22,7 +22,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from tas_jax import plots, workdir as layout
+from tas_jax import latency, plots, workdir as layout
 from tas_jax.errors import CheckpointNotFoundError, ConfigError
 from tas_jax.methods.tas import space as space_lib
 from tas_jax.models import arch as arch_lib
@@ -89,6 +89,11 @@ def _markdown(summary: dict, rows: list[dict]) -> str:
       f"F(A) = {100 * summary['flops_ratio']:.1f}% of F_max; target {100 * summary['target']:.0f}% "
       f"(band of the search: {summary['band']}).",
       "",
+      *([f"Latency (batch {t['batch_size']}, {t['device']}): predicted by the table "
+         f"{t['predicted_ms']:.2f} ms = {100 * t['predicted_ratio']:.1f}% of the unpruned "
+         f"network's {t['predicted_max_ms']:.2f} ms; measured {t['measured_ms']:.2f} ms = "
+         f"{100 * t['measured_ratio']:.1f}% of {t['measured_max_ms']:.2f} ms.", ""]
+        for t in [summary["latency"]] if "latency" in summary),
       "| layer | original width | pruned width | kept |",
       "|---|---|---|---|",
   ]
@@ -140,6 +145,11 @@ def extract(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 "depths": list(final.depths)},
       "layers": rows,
   }
+  on_target = summary["flops_ratio"]
+  if s.cost == "latency":
+    summary["latency"] = latency_report(config, workdir, base, final)
+    on_target = summary["latency"]["predicted_ratio"]
+    summary["band"] = summary["band"].replace("F_max", "the unpruned network's table latency")
   if layout.is_writer():
     os.makedirs(out_dir, exist_ok=True)
     final.save(os.path.join(out_dir, layout.ARCH))
@@ -150,15 +160,38 @@ def extract(config: ml_collections.ConfigDict, workdir: str) -> dict:
                       f"of {before.flops_m:.2f} M), blocks {list(final.depths)} of {list(base.depths)}")
     if history:
       plot_history(space, history, os.path.join(out_dir, "widths_over_epochs.png"))
-  summary["in_band"] = bool(low - 1e-9 <= summary["flops_ratio"] <= high + 1e-9)
+  summary["in_band"] = bool(low - 1e-9 <= on_target <= high + 1e-9)
   if not summary["in_band"]:
-    logging.warning("[extract] %s has %.1f%% of the FLOPs, outside the search's band %s: the "
+    logging.warning("[extract] %s has %.1f%% of the %s, outside the search's band %s: the "
                     "search had not settled (more search.epochs, or the settled recipe: configs/demo_settled.py)",
-                    final.name, 100 * summary["flops_ratio"], summary["band"])
+                    final.name, 100 * on_target,
+                    "FLOPs" if s.cost == "flops" else "table latency", summary["band"])
   layout.write_summary(out_dir, summary)
   logging.info("[extract] %s: %.2f M FLOPs = %.1f%% of %.2f M (target %.0f%%), %.4f M params "
                "(%.4f M), blocks per stage %s of %s; wrote arch.json, report.md and plots to %s",
                final.name, after.flops_m, 100 * summary["flops_ratio"], before.flops_m,
                100 * ratio, after.params_m, before.params_m, list(final.depths),
                list(base.depths), out_dir)
+  if "latency" in summary:
+    t = summary["latency"]
+    logging.info("[extract] latency of %s at batch %d on %s: predicted by the table %.2f ms = "
+                 "%.1f%% of the unpruned network's %.2f ms; measured %.2f ms = %.1f%% of %.2f ms",
+                 final.name, t["batch_size"], t["device"], t["predicted_ms"],
+                 100 * t["predicted_ratio"], t["predicted_max_ms"], t["measured_ms"],
+                 100 * t["measured_ratio"], t["measured_max_ms"])
   return summary
+
+
+def latency_report(config, workdir: str, base, final) -> dict:
+  """The pruned network's latency as the table predicts it and as measured (whole forward passes
+  of both networks, interleaved), each against the unpruned network's."""
+  table = latency.build(base, workdir, latency.batch_size(config), config.latency.repeats,
+                        progress=False, log=logging.info)
+  measured_max, measured = latency.measured_network_seconds(
+      [base, final], table.batch_size, config.pipeline.throughput_repeats)
+  return {"batch_size": table.batch_size, "device": f"{table.backend} ({table.device_kind})",
+          "predicted_ms": round(1e3 * table.network(final), 4),
+          "predicted_max_ms": round(1e3 * table.network(base), 4),
+          "predicted_ratio": table.network(final) / table.network(base),
+          "measured_ms": round(1e3 * measured, 4), "measured_max_ms": round(1e3 * measured_max, 4),
+          "measured_ratio": measured / measured_max}

@@ -14,7 +14,7 @@ with the final architecture.
 
 import os
 import time
-from typing import Any
+from typing import Any, Optional
 
 import flax
 import jax
@@ -25,7 +25,7 @@ import optax
 from absl import logging
 from clu import metrics
 
-from tas_jax import console, parallel, workdir as layout
+from tas_jax import console, latency, parallel, workdir as layout
 from tas_jax.errors import ConfigError
 from tas_jax.data import datasets, sources
 from tas_jax.methods.tas import cost, space as space_lib, supernet as supernet_lib
@@ -109,12 +109,22 @@ def step_keys(key, step):
 
 def make_search_step(net: supernet_lib.SuperNet, space: space_lib.SearchSpace,
                      s: ml_collections.ConfigDict, target: ml_collections.ConfigDict, mesh,
-                     mode: str):
+                     mode: str, table: Optional[latency.Table] = None):
   """Compiles `iteration(state, batch, key, tau) -> (state, metrics)`; the batch holds one batch
-  of each half, `{"a": …, "b": …}`. `s`: config.search; `target`: config.target."""
+  of each half, `{"a": …, "b": …}`. `s`: config.search; `target`: config.target; `table`: the
+  latency table when `s.cost` is latency (the metrics' ratios stay FLOPs)."""
   axis = parallel.AXIS if mode == "pmap" else None
   net = net.clone(axis_name=axis)
   flops_max = float(flops.count(space.base).flops)
+  cost_max = flops_max if table is None else table.network(space.base)
+
+  def priced(arch):
+    """(E[cost], cost of the argmax network) in the search's measure."""
+    if table is None:
+      return (cost.expected_flops(space, arch, s.expected_flops, s.variant),
+              cost.exact_flops(space, *space.argmax(arch, s.variant)))
+    return (cost.expected_latency(space, arch, table, s.expected_flops, s.variant),
+            cost.exact_latency(space, table, *space.argmax(arch, s.variant)))
 
   def iteration(state: SearchState, batch, key, tau):
     _, _, k_net_a, k_net_b = step_keys(key, state.step)
@@ -140,14 +150,15 @@ def make_search_step(net: supernet_lib.SuperNet, space: space_lib.SearchSpace,
       logits, upd = net.apply({"params": state.params, "batch_stats": state.batch_stats}, xb, arch,
                               k_net_b, tau, train=True, mutable=["batch_stats"])
       ce = steps.classification_loss(logits, yb)
-      expected = cost.expected_flops(space, arch, s.expected_flops, s.variant)
-      exact = cost.exact_flops(space, *space.argmax(arch, s.variant))
-      c = cost.cost_loss(expected, exact, flops_max, target.flop_ratio, target.tolerance, s.band,
+      expected, exact = priced(arch)
+      c = cost.cost_loss(expected, exact, cost_max, target.flop_ratio, target.tolerance, s.band,
                          s.in_band)
-      return ce + s.cost_weight * c, (ce, c, expected, exact, logits, upd["batch_stats"])
+      return ce + s.cost_weight * c, (ce, c, logits, upd["batch_stats"])
 
-    (_, (a_ce, c, expected, exact, logits_b, batch_stats)), a_grads = jax.value_and_grad(
+    (_, (a_ce, c, logits_b, batch_stats)), a_grads = jax.value_and_grad(
         arch_objective, has_aux=True)(state.arch)
+    expected = cost.expected_flops(space, state.arch, s.expected_flops, s.variant)
+    exact = cost.exact_flops(space, *space.argmax(state.arch, s.variant))
     a_grads, a_ce = mean((a_grads, a_ce))
     state = state.apply_arch_gradients(a_grads).replace(batch_stats=batch_stats)
 
@@ -190,10 +201,12 @@ def _from_teacher(state: SearchState, base, tx, workdir: str, mesh, variant: str
 
 
 def record_architecture(space: space_lib.SearchSpace, arch_logits, flops_max: float,
-                        s: ml_collections.ConfigDict) -> dict:
+                        s: ml_collections.ConfigDict,
+                        table: Optional[latency.Table] = None) -> dict:
   """The argmax architecture as a history entry: widths per conv, depths, F(A), E[F], and how
   decided the distributions are (mean over convs / stages of the most likely candidate's
-  probability: 1/8 … 1 for widths)."""
+  probability: 1/8 … 1 for widths); with a latency table, its table latency and E[latency] as
+  ratios to the unpruned network's."""
   w_idx, d_idx = jax.device_get(space.argmax(arch_logits, s.variant))
   a = space.architecture(w_idx, d_idx)
   counts = flops.count(a)
@@ -206,12 +219,21 @@ def record_architecture(space: space_lib.SearchSpace, arch_logits, flops_max: fl
           "width_max_prob": float(np.mean(np.max(p_width, -1))),
           "depth_max_prob": float(np.mean(np.max(p_depth, -1))),
           "widths": [slot.candidates[int(i)] for slot, i in zip(space.slots, w_idx)],
-          "depths": list(a.depths)}
+          "depths": list(a.depths), **(latency_record(space, arch_logits, a, s, table)
+                                       if table is not None else {})}
+
+
+def latency_record(space, arch_logits, a, s, table: latency.Table) -> dict:
+  full = table.network(space.base)
+  expected = float(cost.expected_latency(space, arch_logits, table, s.expected_flops, s.variant))
+  return {"latency_ratio": table.network(a) / full, "expected_latency_ratio": expected / full,
+          "latency_ms": round(1e3 * table.network(a), 4), "latency_max_ms": round(1e3 * full, 4)}
 
 
 def search(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Runs (or resumes, or finds finished) the search stage; returns its summary."""
   s, ratio = config.search, config.target.flop_ratio
+  measure = "FLOPs" if s.cost == "flops" else "table latency"
   stage_dir = layout.search_dir(workdir)
   t0 = time.time()
   mesh, ds = supervised.load_inputs(config, s.eval_batch_size)
@@ -222,9 +244,15 @@ def search(config: ml_collections.ConfigDict, workdir: str) -> dict:
   half_a, half_b = datasets.split_per_class(ds.train_labels, config.seed)
   steps_per_epoch = sources.check_batch("search.batch_size", s.batch_size, n_dev,
                                         min(len(half_a), len(half_b)))
-  logging.info("[search] TAS(%s) on %s of %s: target %.0f%% of %.2f M FLOPs, %d searched convs, "
-               "depth choices %s; halves of %d/%d images, %d iterations per epoch, %d device(s)",
-               s.variant, base.name or "custom", ds.name, 100 * ratio, flops_max / 1e6,
+  table = None
+  if s.cost == "latency":
+    table = latency.build(base, workdir, latency.batch_size(config), config.latency.repeats,
+                          progress=layout.is_writer(), log=logging.info)
+  logging.info("[search] TAS(%s) on %s of %s: target %.0f%% of the %s (%.2f M FLOPs%s), %d "
+               "searched convs, depth choices %s; halves of %d/%d images, %d iterations per "
+               "epoch, %d device(s)", s.variant, base.name or "custom", ds.name, 100 * ratio,
+               measure, flops_max / 1e6,
+               "" if table is None else f", {1e3 * table.network(base):.2f} ms table latency",
                space.num_slots, [list(d) for d in space.depths], len(half_a), len(half_b),
                steps_per_epoch, n_dev)
 
@@ -248,7 +276,7 @@ def search(config: ml_collections.ConfigDict, workdir: str) -> dict:
                         step_key=lambda step: step_keys(aug_key, step)[1],
                         steps_per_epoch=steps_per_epoch))
   test_source = ds.eval_source()
-  iteration = make_search_step(net, space, s, config.target, mesh, config.parallel)
+  iteration = make_search_step(net, space, s, config.target, mesh, config.parallel, table)
   eval_step = steps.make_eval_step(
       # the argmax network with batch statistics (see tas_jax.methods.tas.supernet)
       lambda v, x: net.apply({"params": v[0], "batch_stats": v[1]}, x, v[2], jax.random.key(0), 1.0,
@@ -257,14 +285,17 @@ def search(config: ml_collections.ConfigDict, workdir: str) -> dict:
     entry = {"tau": round(tau_at(s, epoch), 5),
              "supernet_train_accuracy": train["accuracy"],     # weight steps, half A
              "supernet_val_accuracy": train["arch_accuracy"],  # architecture steps, half B
-             **record_architecture(space, state.arch, flops_max, s)}
+             **record_architecture(space, state.arch, flops_max, s, table)}
     if s.evaluate_every_epoch:
       test = steps.evaluate(eval_step, (state.params, state.batch_stats, state.arch),
                             test_source.batches(), test_source.num_examples)
       entry["argmax_test_accuracy"] = test["accuracy"]
       entry["argmax_test_top5_accuracy"] = test["top5_accuracy"]
-    console.detail("[search] epoch %d: argmax widths %s depths %s", epoch + 1, entry["widths"],
-                   entry["depths"])
+    console.detail("[search] epoch %d: argmax widths %s depths %s%s", epoch + 1, entry["widths"],
+                   entry["depths"], "" if table is None else
+                   f"; F(A) {entry['flops_ratio']:.1%}, E[F] {entry['expected_flops_ratio']:.1%}, "
+                   f"table latency {entry['latency_ratio']:.1%} (E {entry['expected_latency_ratio']:.1%})"
+                   " of the unpruned network's")
     return entry
 
   if layout.is_writer():
@@ -289,7 +320,9 @@ def search(config: ml_collections.ConfigDict, workdir: str) -> dict:
       "flops_max_m": round(flops_max / 1e6, 4), "flops_m": round(counts.flops_m, 4),
       "flops_ratio": counts.flops / flops_max, "params_m": round(counts.params_m, 4),
       "architecture": final.to_dict(), "epochs": s.epochs,
-      "expected_flops_form": s.expected_flops,
+      "expected_flops_form": s.expected_flops, "cost": s.cost,
+      **({k: history[-1][k] for k in ("latency_ratio", "latency_ms", "latency_max_ms")}
+         if table is not None else {}),
       # the last epoch's record: did the supernet learn, is the architecture decided
       **{k: history[-1][k] for k in ("supernet_train_accuracy", "supernet_val_accuracy",
                                      "width_max_prob", "depth_max_prob", "expected_flops_ratio",
@@ -304,7 +337,10 @@ def search(config: ml_collections.ConfigDict, workdir: str) -> dict:
       "history": history,
   }
   path = layout.write_summary(stage_dir, summary)
-  logging.info("[search] finished: F(A) = %.2f M FLOPs = %.1f%% of %.2f M (target %.0f%%), "
-               "depths %s; summary in %s", counts.flops_m, 100 * summary["flops_ratio"],
-               flops_max / 1e6, 100 * ratio, list(final.depths), path)
+  logging.info("[search] finished: F(A) = %.2f M FLOPs = %.1f%% of %.2f M%s (target %.0f%% of the "
+               "%s), depths %s; summary in %s", counts.flops_m, 100 * summary["flops_ratio"],
+               flops_max / 1e6, "" if table is None else
+               f", table latency {summary['latency_ms']:.2f} ms = {summary['latency_ratio']:.1%} "
+               f"of {summary['latency_max_ms']:.2f} ms", 100 * ratio, measure,
+               list(final.depths), path)
   return summary

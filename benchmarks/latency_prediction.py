@@ -1,0 +1,65 @@
+"""`python -m benchmarks.latency_prediction`: how well a latency table predicts whole networks.
+
+    python -m benchmarks.latency_prediction --network=resnet20 --batch=256 --archs=24 --workdir=runs/latency
+
+Builds (or reads from WORKDIR/latency/) the table of the network's TAS search space, draws
+`--archs` random architectures of the space (uniform widths and depths; the unpruned and the
+narrowest network among them), and measures each one's whole forward pass (interleaved, median of
+`--repeats`). Prints one JSON line: the Pearson and Spearman correlation of the table's sum with
+the measured time, the mean relative error of the sum, and the same after one fitted scale factor
+(the table misses the residual adds, pooling, classifier and per-call overhead).
+"""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import numpy as np
+from absl import app, flags
+
+from benchmarks import bench
+from tas_jax import latency
+from tas_jax.methods.tas import space as space_lib
+from tas_jax.models import arch as arch_lib
+
+flags.DEFINE_string("network", "resnet20", "resnetN (CIFAR) or a named network")
+flags.DEFINE_integer("batch", 256, "the batch of the table and the measured forward passes")
+flags.DEFINE_integer("archs", 24, "random architectures (the unpruned and the narrowest added)")
+flags.DEFINE_integer("repeats", 7, "timed calls per architecture; the figure is their median")
+flags.DEFINE_string("workdir", "runs/latency", "where the table is cached")
+flags.DEFINE_integer("seed", 0, "of the architecture draw")
+FLAGS = flags.FLAGS
+
+
+def main(_):
+  base = (bench.cifar_network(FLAGS.network) if FLAGS.network.startswith("resnet")
+          else arch_lib.named(FLAGS.network))
+  space = space_lib.build(base)
+  table = latency.build(base, FLAGS.workdir, FLAGS.batch)
+  rng = np.random.default_rng(FLAGS.seed)
+  archs = [base, space.architecture([0] * space.num_slots, [0] * len(space.depths))]
+  for _ in range(FLAGS.archs):
+    archs.append(space.architecture([rng.integers(0, s.num_valid) for s in space.slots],
+                                    [rng.integers(0, len(d)) for d in space.depths]))
+  measured = np.array(latency.measured_network_seconds(archs, FLAGS.batch, FLAGS.repeats))
+  predicted = np.array([table.network(a) for a in archs])
+  rank = lambda v: np.argsort(np.argsort(v))
+  scale = float(np.sum(predicted * measured) / np.sum(predicted * predicted))
+  rel = np.abs(predicted - measured) / measured
+  rel_scaled = np.abs(scale * predicted - measured) / measured
+  d = jax.devices()[0]
+  print(json.dumps({
+      "network": base.name, "batch": FLAGS.batch, "device": f"{d.platform} ({d.device_kind})",
+      "table_entries": len(table.seconds), "architectures": len(archs),
+      "pearson": round(float(np.corrcoef(predicted, measured)[0, 1]), 4),
+      "spearman": round(float(np.corrcoef(rank(predicted), rank(measured))[0, 1]), 4),
+      "mean_relative_error": round(float(rel.mean()), 4),
+      "fitted_scale": round(scale, 4),
+      "mean_relative_error_after_scale": round(float(rel_scaled.mean()), 4),
+      "unpruned_ms": {"predicted": round(1e3 * predicted[0], 3), "measured": round(1e3 * measured[0], 3)},
+      "pairs_ms": [[round(1e3 * p, 3), round(1e3 * m, 3)] for p, m in zip(predicted, measured)]}))
+
+
+if __name__ == "__main__":
+  app.run(main)

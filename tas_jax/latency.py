@@ -1,0 +1,274 @@
+"""Measured latency on the current JAX backend: whole networks, and the table of every conv a
+search space can build.
+
+    python -m tas_jax.latency --config=configs/demo.py --workdir=runs/demo
+
+FLOPs are a proxy for speed, and a poor one: at equal FLOPs, the networks of RESULTS.md run
+0.97-1.9x faster than the teacher on the CPU. A latency table prices each conv by its measured time
+instead, so a search can aim at a fraction of the unpruned network's latency (`search.cost=latency`).
+
+The table: for every conv of the unpruned topology (stem, main path, projections) and every
+(input width, output width) pair of the TAS candidates (`tas_jax.models.candidates`), plus the 1x1
+stride-1 projections extraction inserts where a pruned block's input and output widths differ, the
+median forward time of conv + BN (inference form: one scale and shift) + ReLU on a batch of
+`latency.batch_size` random inputs. Identical convs (same kernel, stride, input side and widths)
+share one entry. The backward is not in the table: it prices inference. BN and ReLU are measured on
+every entry, the CIFAR stride-2 projections included (they have no BN): a small overcharge for those
+few entries. The residual adds, pooling and classifier are not priced; how well the sum predicts a
+whole network's forward is in BENCHMARKS.md (`python -m benchmarks.latency_prediction`).
+
+The table is cached as JSON in WORKDIR/latency/, one file per (backend, device kind, batch size);
+a second call measures only entries that are missing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import statistics
+import time
+from typing import Iterable, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import tqdm
+
+from tas_jax import parallel
+from tas_jax.data import augment
+from tas_jax.models import networks, topology
+from tas_jax.models.arch import Architecture
+from tas_jax.models.candidates import width_candidates
+
+
+@dataclasses.dataclass(frozen=True, order=True)
+class ConvKey:
+  """What a conv's latency depends on (its name and BN flag aside)."""
+  kernel: int
+  stride: int
+  in_size: int        # spatial side of its input
+  in_width: int
+  out_width: int
+
+  def __str__(self) -> str:
+    return f"k{self.kernel}s{self.stride}i{self.in_size}:{self.in_width}x{self.out_width}"
+
+  @classmethod
+  def parse(cls, text: str) -> "ConvKey":
+    m = re.fullmatch(r"k(\d+)s(\d+)i(\d+):(\d+)x(\d+)", text)
+    if m is None:
+      raise ValueError(f"not a latency-table key: {text!r}")
+    return cls(*map(int, m.groups()))
+
+  @classmethod
+  def of(cls, conv: topology.Conv, in_width: Optional[int] = None,
+         out_width: Optional[int] = None) -> "ConvKey":
+    return cls(conv.kernel, conv.stride, conv.in_size,
+               conv.in_width if in_width is None else in_width,
+               conv.out_width if out_width is None else out_width)
+
+
+def input_candidates(base: Architecture, conv: topology.Conv) -> tuple[int, ...]:
+  """The input widths a conv of `base` can see in a pruned network: the image's channels for the
+  stem, else the candidates of the conv that feeds it (every block output of a stage has the same
+  full width, so truncated stages change nothing)."""
+  return (base.input_channels,) if conv.name == "stem" else width_candidates(conv.in_width)
+
+
+def space_keys(base: Architecture) -> list[ConvKey]:
+  """Every conv (kernel, stride, input side, input width, output width) the TAS search space of
+  `base` can build, deduplicated and sorted."""
+  topo = topology.of(base)
+  keys = set()
+  for conv in topo.convs():
+    keys |= {ConvKey.of(conv, a, b) for a in input_candidates(base, conv)
+             for b in width_candidates(conv.out_width)}
+  for block in topo.blocks:
+    if block.stride == 1 and block.projection is None:
+      # a pruned identity block whose widths differ gets a 1x1 projection (topology.shortcut_kind)
+      keys |= {ConvKey(1, 1, block.in_size, a, b) for a in width_candidates(block.in_width)
+               for b in width_candidates(block.out_width) if a != b}
+  return sorted(keys)
+
+
+@dataclasses.dataclass
+class Table:
+  """Seconds per forward of each conv + BN + ReLU at `batch_size`, on one backend."""
+  backend: str
+  device_kind: str
+  batch_size: int
+  seconds: dict            # ConvKey -> float
+
+  def __getitem__(self, key: ConvKey) -> float:
+    try:
+      return self.seconds[key]
+    except KeyError:
+      raise KeyError(f"no latency-table entry for the conv {key}: the table covers the TAS "
+                     "search space's widths only") from None
+
+  def network(self, arch: Architecture) -> float:
+    """The table's latency of a network: the sum over its convs (seconds per batch)."""
+    return sum(self[ConvKey.of(c)] for c in topology.of(arch).convs())
+
+  def to_json(self) -> dict:
+    return {"backend": self.backend, "device_kind": self.device_kind,
+            "batch_size": self.batch_size, "unit": "seconds per forward of the batch",
+            "entries": {str(k): v for k, v in sorted(self.seconds.items())}}
+
+
+def batch_size(config) -> int:
+  """The batch a run's table is measured at: `latency.batch_size`, or the results table's."""
+  return config.latency.batch_size or config.pipeline.throughput_batch
+
+
+def cache_path(workdir: str, batch_size: int) -> str:
+  device = jax.local_devices()[0]
+  kind = re.sub(r"[^A-Za-z0-9]+", "_", device.device_kind).strip("_").lower()
+  return os.path.join(workdir, "latency", f"{device.platform}_{kind}_b{batch_size}.json")
+
+
+def _read(path: str) -> dict:
+  if not os.path.exists(path):
+    return {}
+  with open(path) as f:
+    return {ConvKey.parse(k): float(v) for k, v in json.load(f)["entries"].items()}
+
+
+def conv_seconds(key: ConvKey, batch_size: int, repeats: int, seed: int = 0) -> float:
+  """Median forward time of conv + BN (scale and shift) + ReLU of `key` on a random batch."""
+  rng = np.random.default_rng(seed)
+  x = jnp.asarray(rng.normal(size=(batch_size, key.in_size, key.in_size, key.in_width)),
+                  jnp.float32)
+  w = jnp.asarray(rng.normal(size=(key.kernel, key.kernel, key.in_width, key.out_width)),
+                  jnp.float32)
+  scale, shift = jnp.ones(key.out_width), jnp.zeros(key.out_width)
+  pad = key.kernel // 2
+
+  def forward(x, w, scale, shift):
+    y = jax.lax.conv_general_dilated(x, w, (key.stride,) * 2, ((pad, pad), (pad, pad)),
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return jax.nn.relu(y * scale + shift)
+
+  fn = jax.jit(forward, compiler_options=parallel.compiler_options())
+  jax.block_until_ready(fn(x, w, scale, shift))   # compile
+  jax.block_until_ready(fn(x, w, scale, shift))   # warm up
+  times = []
+  for _ in range(repeats):
+    t = time.perf_counter()
+    jax.block_until_ready(fn(x, w, scale, shift))
+    times.append(time.perf_counter() - t)
+  return statistics.median(times)
+
+
+def build(base: Architecture, workdir: str, batch_size: int, repeats: int = 5,
+          progress: bool = True, log=print) -> Table:
+  """The latency table of `base`'s search space: read from the workdir's cache, the missing
+  entries measured (with a progress bar) and written back."""
+  path = cache_path(workdir, batch_size)
+  cached = _read(path)
+  keys = space_keys(base)
+  missing = [k for k in keys if k not in cached]
+  device = jax.local_devices()[0]
+  if not missing:
+    log(f"[latency] {len(keys)} entries of {base.name or 'the network'}'s table: all cached in {path}")
+  else:
+    log(f"[latency] measuring {len(missing)} of {len(keys)} conv entries of "
+        f"{base.name or 'the network'}'s search space on {device.platform} ({device.device_kind}), "
+        f"batch {batch_size}, median of {repeats} calls each; cache {path}")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    for i, key in enumerate(tqdm.tqdm(missing, unit="conv", disable=not progress,
+                                      desc="latency table")):
+      cached[key] = conv_seconds(key, batch_size, repeats)
+      if (i + 1) % 50 == 0 or i + 1 == len(missing):   # an interrupted build keeps its entries
+        table = Table(device.platform, device.device_kind, batch_size, cached)
+        _write(path, table)
+  table = Table(device.platform, device.device_kind, batch_size,
+                {k: cached[k] for k in keys})
+  return table
+
+
+def _write(path: str, table: Table) -> None:
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(table.to_json(), f, indent=1)
+  os.replace(tmp, path)
+
+
+def measure_networks(to_measure: dict, images, mean, std, repeats: int) -> dict:
+  """Inference time of each {name: (arch, variables)} on the same uint8 batch, one device.
+
+  Each network is compiled and warmed up first; then every repeat times one call of every network
+  in turn (interleaved, so machine noise hits all alike). Returns {name: {'images_per_s',
+  'ms_per_batch'}} from the median call time.
+  """
+  x = jax.device_put(augment.normalize(jnp.asarray(images), mean, std))
+  forwards = {}
+  for name, (a, variables) in to_measure.items():
+    model = networks.build(a)
+    forwards[name] = (jax.jit(lambda v, x, m=model: m.apply(v, x, train=False),
+                               compiler_options=parallel.compiler_options()), variables)
+    jax.block_until_ready(forwards[name][0](variables, x))  # compile
+    jax.block_until_ready(forwards[name][0](variables, x))  # warm up
+  times = {name: [] for name in to_measure}
+  for _ in range(repeats):
+    for name, (fn, variables) in forwards.items():
+      t = time.perf_counter()
+      jax.block_until_ready(fn(variables, x))
+      times[name].append(time.perf_counter() - t)
+  batch = images.shape[0]
+  return {name: {"images_per_s": round(batch / statistics.median(ts), 1),
+                 "ms_per_batch": round(1e3 * statistics.median(ts), 3)} for name, ts in times.items()}
+
+
+def random_init(arch: Architecture, seed: int = 0) -> dict:
+  """Inference variables of `arch` from its initialisers (timing does not depend on values)."""
+  model = networks.build(arch)
+  x = jnp.zeros((1, arch.input_size, arch.input_size, arch.input_channels))
+  return parallel.jit_once(lambda: model.init(jax.random.key(seed), x, train=False))()
+
+
+def measured_network_seconds(archs: Iterable[Architecture], batch_size: int, repeats: int = 7,
+                             seed: int = 0) -> list[float]:
+  """Measured forward seconds per batch of each architecture (interleaved, median of repeats)."""
+  archs = list(archs)
+  a0 = archs[0]
+  images = np.random.default_rng(seed).integers(
+      0, 256, (batch_size, a0.input_size, a0.input_size, a0.input_channels), dtype=np.uint8)
+  ones = (0.5,) * a0.input_channels
+  out = measure_networks({str(i): (a, random_init(a)) for i, a in enumerate(archs)}, images,
+                         ones, ones, repeats)
+  return [out[str(i)]["ms_per_batch"] / 1e3 for i in range(len(archs))]
+
+
+def _cli(argv):
+  """Builds (or reads) the latency table of the config's network in WORKDIR/latency/."""
+  from tas_jax import config as config_lib, console, main as cli
+  from tas_jax.training import supervised
+  if len(argv) > 1:
+    cli._die(f"unexpected arguments: {' '.join(argv[1:])} (flags are --name=value)")
+  if cli.FLAGS.config is None or cli.FLAGS.workdir is None:
+    cli._die("both --config=configs/NAME.py and --workdir=DIR are needed")
+  console.setup()
+  config = cli.FLAGS.config
+  try:
+    config_lib.validate(config)
+    _, ds = supervised.load_inputs(config, 1)
+    base = supervised.architecture(config, ds.num_classes, ds.image_size, ds.channels)
+  except cli.USER_ERRORS as e:
+    cli._die(str(e))
+  table = build(base, cli.FLAGS.workdir, batch_size(config), config.latency.repeats)
+  full = table.network(base)
+  smallest = topology.pruned(base, [min(width_candidates(c.out_width))
+                                    for c in topology.of(base).main_convs()], base.depths)
+  print(f"[latency] {base.name or 'network'} on {table.backend} ({table.device_kind}), batch "
+        f"{table.batch_size}: {len(table.seconds)} entries; the unpruned network's convs "
+        f"{1e3 * full:.2f} ms, at the narrowest widths {1e3 * table.network(smallest):.2f} ms; "
+        f"table in {cache_path(cli.FLAGS.workdir, table.batch_size)}")
+
+
+if __name__ == "__main__":
+  from absl import app
+  from tas_jax import main as _main_module
+  app.run(_cli, flags_parser=_main_module.parse_flags)
