@@ -21,23 +21,20 @@ from absl import app, flags
 from benchmarks import bench
 from tas_jax import latency
 from tas_jax.methods.tas import space as space_lib
-from tas_jax.models import arch as arch_lib
 
-flags.DEFINE_string("network", "resnet20", "resnetN (CIFAR) or a named network")
-flags.DEFINE_integer("batch", 256, "the batch of the table and the measured forward passes")
+# --network (resnetN) and --batch (of the table and the measured passes) are benchmarks.bench's
 flags.DEFINE_integer("archs", 24, "random architectures (the unpruned and the narrowest added)")
-flags.DEFINE_integer("repeats", 7, "timed calls per architecture; the figure is their median")
+# --repeats (timed calls per architecture; the figure is their median) is benchmarks.bench's
 flags.DEFINE_string("workdir", "runs/latency", "where the table is cached")
-flags.DEFINE_integer("seed", 0, "of the architecture draw")
+flags.DEFINE_integer("draw_seed", 0, "of the architecture draw")
 FLAGS = flags.FLAGS
 
 
 def main(_):
-  base = (bench.cifar_network(FLAGS.network) if FLAGS.network.startswith("resnet")
-          else arch_lib.named(FLAGS.network))
+  base = bench.cifar_network(FLAGS.network)
   space = space_lib.build(base)
   table = latency.build(base, FLAGS.workdir, FLAGS.batch)
-  rng = np.random.default_rng(FLAGS.seed)
+  rng = np.random.default_rng(FLAGS.draw_seed)
   archs = [base, space.architecture([0] * space.num_slots, [0] * len(space.depths))]
   for _ in range(FLAGS.archs):
     archs.append(space.architecture([rng.integers(0, s.num_valid) for s in space.slots],
