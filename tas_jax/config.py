@@ -80,6 +80,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.latency.batch_size = 0         # the batch its convs are timed at; 0 = pipeline.throughput_batch
                                    # (the batch the results table measures networks at)
   c.latency.repeats = 5            # each entry: the median of this many timed calls
+  c.latency.report = False         # extraction reports the predicted and measured latency of the
+                                   # pruned network for a FLOPs search too (always with latency)
 
   for method in methods.REGISTRY.values():   # each method's own section, e.g. c.search, c.pas
     if method.section:

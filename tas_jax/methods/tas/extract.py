@@ -89,11 +89,7 @@ def _markdown(summary: dict, rows: list[dict]) -> str:
       f"F(A) = {100 * summary['flops_ratio']:.1f}% of F_max; target {100 * summary['target']:.0f}% "
       f"(band of the search: {summary['band']}).",
       "",
-      *([f"Latency (batch {t['batch_size']}, {t['device']}): predicted by the table "
-         f"{t['predicted_ms']:.2f} ms = {100 * t['predicted_ratio']:.1f}% of the unpruned "
-         f"network's {t['predicted_max_ms']:.2f} ms; measured {t['measured_ms']:.2f} ms = "
-         f"{100 * t['measured_ratio']:.1f}% of {t['measured_max_ms']:.2f} ms.", ""]
-        for t in [summary["latency"]] if "latency" in summary),
+      *_latency_lines(summary.get("latency")),
       "| layer | original width | pruned width | kept |",
       "|---|---|---|---|",
   ]
@@ -102,6 +98,15 @@ def _markdown(summary: dict, rows: list[dict]) -> str:
     lines.append(f"| {r['layer']} | {r['original']} | {r['width'] if not r['removed'] else '–'} | "
                  f"{kept} |")
   return "\n".join(lines) + "\n"
+
+
+def _latency_lines(t) -> list[str]:
+  if t is None:
+    return []
+  return [f"Latency (batch {t['batch_size']}, {t['device']}): predicted by the table "
+          f"{t['predicted_ms']:.2f} ms = {100 * t['predicted_ratio']:.1f}% of the unpruned "
+          f"network's {t['predicted_max_ms']:.2f} ms; measured {t['measured_ms']:.2f} ms = "
+          f"{100 * t['measured_ratio']:.1f}% of {t['measured_max_ms']:.2f} ms.", ""]
 
 
 def searched_variant(config: ml_collections.ConfigDict, workdir: str) -> str:
@@ -146,8 +151,9 @@ def extract(config: ml_collections.ConfigDict, workdir: str) -> dict:
       "layers": rows,
   }
   on_target = summary["flops_ratio"]
-  if s.cost == "latency":
+  if s.cost == "latency" or config.latency.report:
     summary["latency"] = latency_report(config, workdir, base, final)
+  if s.cost == "latency":
     on_target = summary["latency"]["predicted_ratio"]
     summary["band"] = summary["band"].replace("F_max", "the unpruned network's table latency")
   if layout.is_writer():
@@ -167,10 +173,11 @@ def extract(config: ml_collections.ConfigDict, workdir: str) -> dict:
                     final.name, 100 * on_target,
                     "FLOPs" if s.cost == "flops" else "table latency", summary["band"])
   layout.write_summary(out_dir, summary)
-  logging.info("[extract] %s: %.2f M FLOPs = %.1f%% of %.2f M (target %.0f%%), %.4f M params "
+  logging.info("[extract] %s: %.2f M FLOPs = %.1f%% of %.2f M (target %.0f%% of the %s), %.4f M params "
                "(%.4f M), blocks per stage %s of %s; wrote arch.json, report.md and plots to %s",
                final.name, after.flops_m, 100 * summary["flops_ratio"], before.flops_m,
-               100 * ratio, after.params_m, before.params_m, list(final.depths),
+               100 * ratio, "FLOPs" if s.cost == "flops" else "table latency", after.params_m,
+               before.params_m, list(final.depths),
                list(base.depths), out_dir)
   if "latency" in summary:
     t = summary["latency"]
