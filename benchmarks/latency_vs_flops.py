@@ -3,9 +3,9 @@ against TAS aiming at FLOPs, at the same measured latency (issue 25's results, o
 
 On the embedded demo (`configs/demo.py`), from a teacher already trained in `--teacher_from`
 (copied, with the latency table of `--table_from`, into every workdir it makes):
-1. `search.cost=latency` at `target.flop_ratio` (the table latency's ratio): search, extract (its
+1. `target.cost=latency` at `target.flop_ratio` (the table latency's ratio): search, extract (its
    report measures the pruned network's latency against the teacher's), distill with KD;
-2. `search.cost=flops`, bisecting the FLOPs target until the extracted network's measured
+2. `target.cost=flops`, bisecting the FLOPs target until the extracted network's measured
    latency ratio is within `--match` of the first one's (regula falsi on the measured ratio, at
    most `--max_searches` searches; the target 0.5 search may be copied from `--flops50_from`);
    the closest one is distilled with KD.
@@ -76,7 +76,7 @@ def main(_):
   base = os.path.join(FLAGS.root, f"s{FLAGS.seed}")
   lat_dir = os.path.join(base, "latency_cost")
   prepare(lat_dir)
-  lat_args = ("--config.search.cost=latency", f"--config.target.flop_ratio={FLAGS.target}")
+  lat_args = ("--config.target.cost=latency", f"--config.target.flop_ratio={FLAGS.target}")
   lat = network(lat_dir, "latency", FLAGS.target, *lat_args)
   print(json.dumps(lat), flush=True)
   goal = lat["latency_measured_ratio"]

@@ -24,7 +24,9 @@ STUDENT_INITS = ("scratch", "teacher", "searched")
 PARALLEL_MODES = ("jit", "pmap")
 DTYPES = ("float32", "bfloat16")
 # old field -> its new name: still accepted (on the command line too), with a one-line notice
-RENAMED = {"search.flop_ratio": "target.flop_ratio", "search.tolerance": "target.tolerance"}
+RENAMED = {"search.flop_ratio": "target.flop_ratio", "search.tolerance": "target.tolerance",
+           "search.cost": "target.cost"}
+COSTS = ("flops", "latency")
 
 
 ConfigError = errors.ConfigError
@@ -71,12 +73,14 @@ def base_config() -> ml_collections.ConfigDict:
   c.teacher = sgd_recipe()
 
   c.target = ml_collections.ConfigDict()   # what every pruning method aims at
+  c.target.cost = "flops"          # flops | latency: every method prices networks by a latency
+                                   # table measured on this backend (tas_jax.latency) instead
   c.target.flop_ratio = 0.5        # the pruned network's FLOPs / the unpruned network's (its
-                                   # table latency / the unpruned one's with search.cost=latency)
+                                   # table latency / the unpruned one's with cost=latency)
   c.target.tolerance = 0.05        # t: a result within t·F_max of the target is on target (TAS's
                                    # band: [R - t, R] of F_max, or ±t·R with search.band=symmetric)
 
-  c.latency = ml_collections.ConfigDict()  # the latency table of search.cost=latency (tas_jax.latency)
+  c.latency = ml_collections.ConfigDict()  # the latency table of target.cost=latency (tas_jax.latency)
   c.latency.batch_size = 0         # the batch its convs are timed at; 0 = pipeline.throughput_batch
                                    # (the batch the results table measures networks at)
   c.latency.repeats = 5            # each entry: the median of this many timed calls
@@ -89,7 +93,8 @@ def base_config() -> ml_collections.ConfigDict:
   for old in RENAMED:
     section, _, name = old.partition(".")
     if section in c:
-      c[section][name] = ml_collections.config_dict.placeholder(float)   # None: not given
+      c[section][name] = ml_collections.config_dict.placeholder(   # None: not given
+          str if name == "cost" else float)
 
   c.distill = sgd_recipe()         # training of the pruned network (spec §6: the teacher's recipe)
   c.distill.student = methods.DEFAULT  # a method (tas, pas, l1, fpgm): its extracted network;
@@ -316,6 +321,10 @@ def _validate_target(c: ml_collections.ConfigDict) -> None:
   if isinstance(t.tolerance, bool) or not (isinstance(t.tolerance, (int, float))
                                             and 0 <= t.tolerance < t.flop_ratio):
     fail("target.tolerance", t.tolerance, "must be in [0, target.flop_ratio)")
+  if t.cost not in COSTS:
+    fail("target.cost", t.cost, f"allowed: {', '.join(COSTS)}")
+  if t.cost == "latency" and network_family(c) == "repvgg":
+    fail("target.cost", t.cost, "the latency table covers ResNets (CIFAR and ImageNet) only")
 
 
 def _validate_families(c: ml_collections.ConfigDict, method: methods.Method) -> None:

@@ -5,7 +5,7 @@ search space can build.
 
 FLOPs are a proxy for speed, and a poor one: at equal FLOPs, the networks of RESULTS.md run
 0.97-1.9x faster than the teacher on the CPU. A latency table prices each conv by its measured time
-instead, so a search can aim at a fraction of the unpruned network's latency (`search.cost=latency`).
+instead, so a search can aim at a fraction of the unpruned network's latency (`target.cost=latency`).
 
 The table: for every conv of the unpruned topology (stem, main path, projections) and every
 (input width, output width) pair of the TAS candidates (`tas_jax.models.candidates`), plus the 1x1
@@ -187,6 +187,38 @@ def build(base: Architecture, workdir: str, batch_size: int, repeats: int = 5,
   table = Table(device.platform, device.device_kind, batch_size,
                 {k: cached[k] for k in keys})
   return table
+
+
+def _axis(grid, c):
+  """(i, t) with c = grid[i] + t·(grid[i+1] − grid[i]): the grid cell of c, linear beyond the
+  ends (t < 0 or > 1); c may be traced."""
+  g = jnp.asarray(grid, jnp.float32)
+  i = jnp.clip(jnp.searchsorted(g, c, side="right") - 1, 0, len(g) - 2)
+  return i, (c - g[i]) / (g[i + 1] - g[i])
+
+
+def conv_latency(table: Table, base: Architecture, conv: topology.Conv, c_in, c_out):
+  """The latency of `base`'s conv at any widths (traced or not): the table bilinearly
+  interpolated between the candidate widths, linear below the narrowest. Its derivative in a
+  width is the latency of one more channel there, as a conv's FLOPs' is for MACs (PaS)."""
+  ins, outs = input_candidates(base, conv), width_candidates(conv.out_width)
+  t = jnp.asarray([[table[ConvKey.of(conv, a, b)] for b in outs] for a in ins], jnp.float32)
+  j, v = _axis(outs, c_out)
+  if len(ins) == 1:                       # the stem: the image's channels only
+    return t[0, j] * (1 - v) + t[0, j + 1] * v
+  i, u = _axis(ins, c_in)
+  return ((1 - u) * ((1 - v) * t[i, j] + v * t[i, j + 1])
+          + u * ((1 - v) * t[i + 1, j] + v * t[i + 1, j + 1]))
+
+
+def with_kept(table: Table, groups, kept: dict):
+  """The table latency of a network with `kept[group]` channels in each channel group
+  (`tas_jax.models.channels`; traced or concrete counts): `tas_jax.ops.flops.with_kept` in
+  seconds. The classifier is not in the table."""
+  def width(group):
+    return groups.arch.input_channels if group is None else kept[group]
+  return sum(conv_latency(table, groups.arch, c, *map(width, groups.conv_groups[c.name]))
+             for c in topology.of(groups.arch).convs())
 
 
 def _write(path: str, table: Table) -> None:

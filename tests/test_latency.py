@@ -1,4 +1,4 @@
-"""The latency table (tas_jax.latency) and TAS's latency cost (search.cost=latency)."""
+"""The latency table (tas_jax.latency) and TAS's latency cost (target.cost=latency)."""
 
 import json
 import os
@@ -153,3 +153,57 @@ def test_build_measures_writes_the_cache_and_a_second_call_measures_nothing(tmp_
       sum(table.seconds[latency.ConvKey.of(c)] for c in topology.of(TINY).convs()))
   with pytest.raises(KeyError, match="no latency-table entry"):
     table[latency.ConvKey(5, 1, 8, 4, 4)]
+
+
+def test_interpolated_latency_hits_the_table_on_its_widths_and_is_linear_between():
+  base = arch.named("resnet20")
+  table = fake_table(base, monotone_with_overhead)
+  conv = next(c for c in topology.of(base).convs() if c.name == "stage2.block2.conv_a")
+  for a, b in [(9, 12), (32, 32), (19, 28)]:
+    assert float(latency.conv_latency(table, base, conv, a, b)) == pytest.approx(
+        table[latency.ConvKey.of(conv, a, b)], rel=1e-6)
+  # halfway between the candidates 12 and 16 of the input: the mean of the two entries; the
+  # derivative is the latency of one more channel along that edge
+  mid = float(latency.conv_latency(table, base, conv, 14.0, 25))
+  lo, hi = (table[latency.ConvKey.of(conv, c, 25)] for c in (12, 16))
+  assert mid == pytest.approx((lo + hi) / 2, rel=1e-6)
+  slope = jax.grad(lambda c: latency.conv_latency(table, base, conv, c, 25.0))(14.0)
+  assert float(slope) == pytest.approx((hi - lo) / 4, rel=1e-4)
+  # below the narrowest candidate (PaS may keep fewer): extended linearly, still positive slope
+  assert float(jax.grad(lambda c: latency.conv_latency(table, base, conv, 32.0, c))(3.0)) > 0
+
+
+def test_kept_count_latency_equals_the_table_latency_of_the_network_at_those_widths():
+  from tas_jax.models import channels
+  base = arch.named("resnet20")
+  table = fake_table(base, monotone_with_overhead)
+  groups = channels.of(base)
+  full = {g.name: g.size for g in groups.groups}
+  assert float(latency.with_kept(table, groups, full)) == pytest.approx(table.network(base),
+                                                                          rel=1e-5)
+  # every group at its 50% candidate: the uniform network of the space, priced by the table
+  half = {g.name: g.size // 2 for g in groups.groups}
+  widths = [half[groups.conv_groups[c.name][1]] for c in topology.of(base).main_convs()]
+  uniform = topology.pruned(base, widths, base.depths, inherits=True)
+  assert float(latency.with_kept(table, groups, half)) == pytest.approx(table.network(uniform),
+                                                                          rel=1e-5)
+
+
+def test_global_l1_ranking_stops_at_the_latency_target():
+  from tas_jax.methods.oneshot import select
+  from tas_jax.models import channels
+  base = arch.named("resnet20")
+  table = fake_table(base, monotone_with_overhead)
+  groups = channels.of(base)
+  rng = np.random.default_rng(0)
+  scores = {g.name: rng.random(g.size) for g in groups.groups}
+  target = 0.6 * table.network(base)
+  cost = lambda counts: float(latency.with_kept(table, groups, counts))
+  kept = select.global_ranking(groups, scores, target, cost)
+  counts = {g: len(k) for g, k in kept.items()}
+  assert cost(counts) <= target
+  # one channel fewer removed (the last one that went back) is above the target
+  removed = sorted((float(scores[g][j]), g, j) for g in scores for j in range(len(scores[g]))
+                   if j not in kept[g])
+  _, g, _ = removed[-1]
+  assert cost({**counts, g: counts[g] + 1}) > target

@@ -90,7 +90,7 @@ def own_fields(config: ml_collections.ConfigDict, stage: str) -> tuple[dict, lis
     fields = _select(config, COMMON + ("target",) + ((method.section,) if method.section else ()))
     for field in method.finetune_fields:   # read by its fine-tuning, not by its search
       fields.pop(f"{method.section}.{field}", None)
-    if method.section and config[method.section].get("cost") == "latency":
+    if config.target.cost == "latency":
       # the latency table it prices with (tas_jax.latency)
       fields.update(_select(config, ("latency.batch_size", "latency.repeats")))
     return fields, ["teacher"] if method.reads_teacher(config) else []

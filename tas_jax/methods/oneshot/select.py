@@ -1,5 +1,10 @@
 """The kept channels of every group for a FLOPs target, from per-channel scores (low = removed first).
 
+The cost is FLOPs unless a `cost(counts)` is given: `target.cost=latency` passes the table latency
+of the network at those counts (`tas_jax.latency.with_kept`), and the same bisection finds the
+smallest removal under a latency target (the interpolated table falls with every removed channel
+up to measurement noise).
+
 Both rules remove channels until the FLOP counter, on the network at the kept widths
 (`tas_jax.ops.flops.with_kept`), is at or below the target: the smallest removal that reaches it. Every
 group keeps at least its best channel. Removing a channel never adds FLOPs, so the FLOPs fall
@@ -15,8 +20,14 @@ from __future__ import annotations
 
 import numpy as np
 
+from typing import Callable, Optional
+
 from tas_jax.models import channels
 from tas_jax.ops import flops
+
+
+def _cost(groups: channels.ChannelGroups, cost: Optional[Callable]) -> Callable:
+  return cost if cost is not None else (lambda counts: flops.with_kept(groups, counts))
 
 
 def _kept(groups: channels.ChannelGroups, scores: dict, counts: dict) -> dict:
@@ -28,9 +39,12 @@ def _kept(groups: channels.ChannelGroups, scores: dict, counts: dict) -> dict:
   return out
 
 
-def global_ranking(groups: channels.ChannelGroups, scores: dict, target_flops: float) -> dict:
+def global_ranking(groups: channels.ChannelGroups, scores: dict, target_flops: float,
+                   cost: Optional[Callable] = None) -> dict:
   """{group: kept indices}: the lowest-scoring channels of the whole network removed, fewest
-  first, until the FLOPs are at most `target_flops` (or every group is down to one channel)."""
+  first, until the FLOPs (or `cost`) are at most `target_flops` (or every group is down to one
+  channel)."""
+  cost = _cost(groups, cost)
   candidates = []   # (score, group position, channel) of every channel that may go
   for position, g in enumerate(groups.groups):
     s = np.asarray(scores[g.name])
@@ -45,11 +59,11 @@ def global_ranking(groups: channels.ChannelGroups, scores: dict, target_flops: f
     return counts
 
   lo, hi = 0, len(candidates)     # FLOPs(hi) <= target unless nothing reaches it
-  if flops.with_kept(groups, counts_after(hi)) > target_flops:
+  if cost(counts_after(hi)) > target_flops:
     lo = hi
   while lo < hi:
     mid = (lo + hi) // 2
-    if flops.with_kept(groups, counts_after(mid)) <= target_flops:
+    if cost(counts_after(mid)) <= target_flops:
       hi = mid
     else:
       lo = mid + 1
@@ -64,15 +78,17 @@ def counts_at_ratio(groups: channels.ChannelGroups, ratio: float) -> dict:
   return {g.name: max(1, int(round((1 - ratio) * g.size))) for g in groups.groups}
 
 
-def uniform_ratio(groups: channels.ChannelGroups, scores: dict,
-                  target_flops: float) -> tuple[dict, float]:
-  """({group: kept indices}, r): the smallest ratio r (to 1e-9) whose FLOPs are at most the target."""
+def uniform_ratio(groups: channels.ChannelGroups, scores: dict, target_flops: float,
+                  cost: Optional[Callable] = None) -> tuple[dict, float]:
+  """({group: kept indices}, r): the smallest ratio r (to 1e-9) whose FLOPs (or `cost`) are at
+  most the target."""
+  cost = _cost(groups, cost)
   lo, hi = 0.0, 1.0
-  if flops.with_kept(groups, counts_at_ratio(groups, 0.0)) <= target_flops:
+  if cost(counts_at_ratio(groups, 0.0)) <= target_flops:
     hi = 0.0
   for _ in range(60):
     if hi - lo < 1e-9:
       break
     mid = 0.5 * (lo + hi)
-    lo, hi = (lo, mid) if flops.with_kept(groups, counts_at_ratio(groups, mid)) <= target_flops else (mid, hi)
+    lo, hi = (lo, mid) if cost(counts_at_ratio(groups, mid)) <= target_flops else (mid, hi)
   return _kept(groups, scores, counts_at_ratio(groups, hi)), hi

@@ -10,10 +10,15 @@ where MACs(kept) counts the masked network by the same topology as the FLOP coun
 (`tas_jax.models.channels`). After every epoch the kept channels of every group, the MACs ratio
 and the masked network's test accuracy go into the history; WORKDIR/search-pas/ holds Orbax
 checkpoints (resumable mid-epoch), TensorBoard events and summary.json.
+
+With `target.cost=latency` the penalty prices the masked network by the latency table
+(`tas_jax.latency.with_kept`, interpolated between the table's widths) in units of the unpruned
+network's table latency, and R is a ratio of latencies.
 """
 
 import os
 import time
+from typing import Optional
 
 import flax
 import jax
@@ -24,7 +29,7 @@ import optax
 from absl import logging
 from clu import metrics
 
-from tas_jax import console, parallel, workdir as layout
+from tas_jax import console, latency, parallel, workdir as layout
 from tas_jax.errors import ConfigError
 from tas_jax.data import sources
 from tas_jax.methods.pas import masks as masks_lib, settings
@@ -49,13 +54,20 @@ def cost_unit(p: ml_collections.ConfigDict, flops_max: float) -> float:
 
 
 def make_search_step(model: masks_lib.MaskedNetwork, p: ml_collections.ConfigDict, ratio: float,
-                     mesh, mode: str):
-  """Compiles `step(state, batch) -> (state, PasMetrics)`: one joint SGD step."""
+                     mesh, mode: str, table: Optional[latency.Table] = None):
+  """Compiles `step(state, batch) -> (state, PasMetrics)`: one joint SGD step. With a latency
+  table, the penalty is on the masked network's table latency (`latency.with_kept`) in units of
+  the unpruned network's; the metrics' FLOPs ratio stays FLOPs."""
   axis = parallel.AXIS if mode == "pmap" else None
   model = model.clone(bn_axis_name=axis)
   lay = channels.of(model.arch)
   flops_max = float(flops.count(model.arch).flops)
-  target, unit = ratio * flops_max, cost_unit(p, flops_max)
+  if table is None:
+    cost_of, cost_max, unit = (lambda kept: flops.with_kept(lay, kept)), flops_max, cost_unit(p, flops_max)
+  else:
+    cost_max = table.network(model.arch)
+    cost_of, unit = (lambda kept: latency.with_kept(table, lay, kept)), cost_max
+  target = ratio * cost_max
   alpha = settings.cost_weight(p, model.arch)
 
   def step(state: steps.TrainState, batch):
@@ -65,8 +77,9 @@ def make_search_step(model: masks_lib.MaskedNetwork, p: ml_collections.ConfigDic
       logits, upd = model.apply({"params": params, "batch_stats": state.batch_stats}, x,
                                 train=True, mutable=["batch_stats"])
       ce = steps.classification_loss(logits, y)
-      macs = flops.with_kept(lay, masks_lib.kept_counts(lay, params["masks"]))
-      penalty = ((macs - target) / unit) ** 2
+      kept = masks_lib.kept_counts(lay, params["masks"])
+      macs = flops.with_kept(lay, kept)
+      penalty = ((cost_of(kept) - target) / unit) ** 2
       return ce + alpha * penalty, (ce, penalty, macs, logits, upd["batch_stats"])
 
     (loss, (ce, penalty, macs, logits, batch_stats)), grads = jax.value_and_grad(
@@ -94,12 +107,17 @@ def kept_channels(scores: dict) -> dict:
           for name, v in scores.items()}
 
 
-def record(lay: channels.ChannelGroups, scores: dict, flops_max: float) -> dict:
-  """The masks after an epoch: kept channels per group, the masked network's FLOPs."""
+def record(lay: channels.ChannelGroups, scores: dict, flops_max: float,
+           table: Optional[latency.Table] = None) -> dict:
+  """The masks after an epoch: kept channels per group, the masked network's FLOPs (and table
+  latency, as a ratio to the unpruned network's)."""
   indices = kept_channels(jax.device_get(scores))
   kept = {g.name: len(indices[g.name]) for g in lay.groups}   # in forward order
-  return {"flops_ratio": flops.with_kept(lay, kept) / flops_max, "flops_m": round(flops.with_kept(lay, kept) / 1e6, 4),
-          "kept": kept, "kept_fraction": sum(kept.values()) / lay.num_channels}
+  out = {"flops_ratio": flops.with_kept(lay, kept) / flops_max, "flops_m": round(flops.with_kept(lay, kept) / 1e6, 4),
+         "kept": kept, "kept_fraction": sum(kept.values()) / lay.num_channels}
+  if table is not None:
+    out["latency_ratio"] = float(latency.with_kept(table, lay, kept)) / table.network(lay.arch)
+  return out
 
 
 def search(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -114,9 +132,10 @@ def search(config: ml_collections.ConfigDict, workdir: str) -> dict:
   flops_max = float(flops.count(base).flops)
   n_dev = mesh.shape[parallel.AXIS]
   steps_per_epoch = sources.check_batch("pas.batch_size", p.batch_size, n_dev, ds.num_train)
-  logging.info("[%s] PaS on %s of %s: target %.0f%% of %.2f M FLOPs, %d mask groups (%d channels), "
-               "alpha %g, %d steps per epoch, %d device(s)", stage, base.name or "custom", ds.name,
-               100 * ratio, flops_max / 1e6, len(lay.groups), lay.num_channels, settings.cost_weight(p, base),
+  logging.info("[%s] PaS on %s of %s: target %.0f%% of the %s (%.2f M FLOPs), %d mask groups (%d "
+               "channels), alpha %g, %d steps per epoch, %d device(s)", stage,
+               base.name or "custom", ds.name, 100 * ratio,
+               "FLOPs" if config.target.cost == "flops" else "table latency", flops_max / 1e6, len(lay.groups), lay.num_channels, settings.cost_weight(p, base),
                steps_per_epoch, n_dev)
 
   teacher_arch, teacher_vars, teacher_step = supervised.read_teacher(workdir, mesh, stage)
@@ -141,12 +160,16 @@ def search(config: ml_collections.ConfigDict, workdir: str) -> dict:
       epoch_key=supervised.permutation_key(config.seed),
       step_key=lambda step: jax.random.fold_in(aug_key, step))
   test_source = ds.eval_source()
-  step = make_search_step(model, p, ratio, mesh, config.parallel)
+  table = None
+  if config.target.cost == "latency":
+    table = latency.build(base, workdir, latency.batch_size(config), config.latency.repeats,
+                          progress=layout.is_writer(), log=logging.info)
+  step = make_search_step(model, p, ratio, mesh, config.parallel, table)
   eval_step = steps.make_eval_step(
       lambda v, x: model.apply({"params": v[0], "batch_stats": v[1]}, x, train=False))
 
   def end_of_epoch(state, epoch, train):
-    entry = record(lay, state.params["masks"], flops_max)
+    entry = record(lay, state.params["masks"], flops_max, table)
     test = steps.evaluate(eval_step, (state.params, state.batch_stats), test_source.batches(),
                           test_source.num_examples)
     entry.update(masked_test_accuracy=test["accuracy"], masked_test_top5_accuracy=test["top5_accuracy"])
@@ -168,7 +191,8 @@ def search(config: ml_collections.ConfigDict, workdir: str) -> dict:
       "stage": stage, "finished": True, "method": METHOD, "dataset": ds.name,
       "base_architecture": base.name, "flop_ratio_target": ratio,
       "flops_max_m": round(flops_max / 1e6, 4), "flops_m": last["flops_m"],
-      "flops_ratio": last["flops_ratio"], "kept": last["kept"],
+      "flops_ratio": last["flops_ratio"], "kept": last["kept"], "cost": config.target.cost,
+      **({"latency_ratio": last["latency_ratio"]} if table is not None else {}),
       "masked_test_accuracy": last["masked_test_accuracy"], "epochs": p.epochs,
       "steps": p.epochs * steps_per_epoch, "cost_weight": settings.cost_weight(p, base),
       "macs_unit": cost_unit(p, flops_max), "teacher_step": teacher_step,
@@ -177,8 +201,10 @@ def search(config: ml_collections.ConfigDict, workdir: str) -> dict:
       "history": history,
   }
   path = layout.write_summary(stage_dir, summary)
-  logging.info("[%s] finished: the masked network has %.2f M FLOPs = %.1f%% of %.2f M (target "
-               "%.0f%%), test accuracy %.2f%%; summary in %s", stage, last["flops_m"],
-               100 * last["flops_ratio"], flops_max / 1e6, 100 * ratio,
+  logging.info("[%s] finished: the masked network has %.2f M FLOPs = %.1f%% of %.2f M%s (target "
+               "%.0f%% of the %s), test accuracy %.2f%%; summary in %s", stage, last["flops_m"],
+               100 * last["flops_ratio"], flops_max / 1e6,
+               "" if table is None else f", table latency {last['latency_ratio']:.1%}",
+               100 * ratio, "FLOPs" if table is None else "table latency",
                100 * last["masked_test_accuracy"], path)
   return summary

@@ -19,7 +19,7 @@ E[F] comes in two forms (`config.search.expected_flops`):
 Both read the distributions of the search variant: a dimension TAS(W) or TAS(D) does not search
 is at its full value (`SearchSpace.masked_logits`).
 
-`search.cost=latency` prices the same walk with a latency table (`tas_jax.latency`) instead of
+`target.cost=latency` prices the same walk with a latency table (`tas_jax.latency`) instead of
 conv FLOPs: one walk over the network (`expected_cost`), two pricers. Conv FLOPs are bilinear in
 the two widths, so the FLOPs pricer multiplies expected widths; a table is not, so the latency
 pricer takes the expectation over the pair, p_in · T · p_out, which is the same thing for a table

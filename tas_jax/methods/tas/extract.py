@@ -151,9 +151,10 @@ def extract(config: ml_collections.ConfigDict, workdir: str) -> dict:
       "layers": rows,
   }
   on_target = summary["flops_ratio"]
-  if s.cost == "latency" or config.latency.report:
+  cost = config.target.cost
+  if cost == "latency" or config.latency.report:
     summary["latency"] = latency_report(config, workdir, base, final)
-  if s.cost == "latency":
+  if cost == "latency":
     on_target = summary["latency"]["predicted_ratio"]
     summary["band"] = summary["band"].replace("F_max", "the unpruned network's table latency")
   if layout.is_writer():
@@ -171,12 +172,12 @@ def extract(config: ml_collections.ConfigDict, workdir: str) -> dict:
     logging.warning("[extract] %s has %.1f%% of the %s, outside the search's band %s: the "
                     "search had not settled (more search.epochs, or the settled recipe: configs/demo_settled.py)",
                     final.name, 100 * on_target,
-                    "FLOPs" if s.cost == "flops" else "table latency", summary["band"])
+                    "FLOPs" if cost == "flops" else "table latency", summary["band"])
   layout.write_summary(out_dir, summary)
   logging.info("[extract] %s: %.2f M FLOPs = %.1f%% of %.2f M (target %.0f%% of the %s), %.4f M params "
                "(%.4f M), blocks per stage %s of %s; wrote arch.json, report.md and plots to %s",
                final.name, after.flops_m, 100 * summary["flops_ratio"], before.flops_m,
-               100 * ratio, "FLOPs" if s.cost == "flops" else "table latency", after.params_m,
+               100 * ratio, "FLOPs" if cost == "flops" else "table latency", after.params_m,
                before.params_m, list(final.depths),
                list(base.depths), out_dir)
   if "latency" in summary:

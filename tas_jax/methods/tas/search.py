@@ -112,7 +112,7 @@ def make_search_step(net: supernet_lib.SuperNet, space: space_lib.SearchSpace,
                      mode: str, table: Optional[latency.Table] = None):
   """Compiles `iteration(state, batch, key, tau) -> (state, metrics)`; the batch holds one batch
   of each half, `{"a": …, "b": …}`. `s`: config.search; `target`: config.target; `table`: the
-  latency table when `s.cost` is latency (the metrics' ratios stay FLOPs)."""
+  latency table when `target.cost` is latency (the metrics' ratios stay FLOPs)."""
   axis = parallel.AXIS if mode == "pmap" else None
   net = net.clone(axis_name=axis)
   flops_max = float(flops.count(space.base).flops)
@@ -233,7 +233,7 @@ def latency_record(space, arch_logits, a, s, table: latency.Table) -> dict:
 def search(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Runs (or resumes, or finds finished) the search stage; returns its summary."""
   s, ratio = config.search, config.target.flop_ratio
-  measure = "FLOPs" if s.cost == "flops" else "table latency"
+  measure = "FLOPs" if config.target.cost == "flops" else "table latency"
   stage_dir = layout.search_dir(workdir)
   t0 = time.time()
   mesh, ds = supervised.load_inputs(config, s.eval_batch_size)
@@ -245,7 +245,7 @@ def search(config: ml_collections.ConfigDict, workdir: str) -> dict:
   steps_per_epoch = sources.check_batch("search.batch_size", s.batch_size, n_dev,
                                         min(len(half_a), len(half_b)))
   table = None
-  if s.cost == "latency":
+  if config.target.cost == "latency":
     table = latency.build(base, workdir, latency.batch_size(config), config.latency.repeats,
                           progress=layout.is_writer(), log=logging.info)
   logging.info("[search] TAS(%s) on %s of %s: target %.0f%% of the %s (%.2f M FLOPs%s), %d "
@@ -320,7 +320,7 @@ def search(config: ml_collections.ConfigDict, workdir: str) -> dict:
       "flops_max_m": round(flops_max / 1e6, 4), "flops_m": round(counts.flops_m, 4),
       "flops_ratio": counts.flops / flops_max, "params_m": round(counts.params_m, 4),
       "architecture": final.to_dict(), "epochs": s.epochs,
-      "expected_flops_form": s.expected_flops, "cost": s.cost,
+      "expected_flops_form": s.expected_flops, "cost": config.target.cost,
       **({k: history[-1][k] for k in ("latency_ratio", "latency_ms", "latency_max_ms")}
          if table is not None else {}),
       # the last epoch's record: did the supernet learn, is the architecture decided

@@ -23,8 +23,6 @@ def defaults() -> ml_collections.ConfigDict:
   s.in_band = "free"        # free (released): no cost while F(A) is in the band; centred (a
                             # deviation): E[F] above the band's centre is pushed down
   s.cost_weight = 2.0       # λ
-  s.cost = "flops"          # flops | latency: E[F] and F(A) priced by a latency table measured on
-                            # this backend (tas_jax.latency), target.flop_ratio its ratio
   s.expected_flops = "released"  # released: the official chain form (spec §4); exact: the
                                  # expectation of F(A) over independent choices (a deviation)
   s.epochs = 600            # search epochs (each iteration: a weight and an arch step)
@@ -59,8 +57,6 @@ def validate(c: ml_collections.ConfigDict) -> None:
   if s.in_band not in cost.IN_BAND:
     fail("search.in_band", s.in_band, f"allowed: {', '.join(cost.IN_BAND)} (expected and capped "
          "were retired: RESULTS.md shows they did not settle the search)")
-  if s.cost not in cost.MEASURES:
-    fail("search.cost", s.cost, f"allowed: {', '.join(cost.MEASURES)}")
   if s.expected_flops not in cost.EXPECTED_FORMS:
     fail("search.expected_flops", s.expected_flops, f"allowed: {', '.join(cost.EXPECTED_FORMS)}")
   if s.arch_lr_schedule not in ("constant", "cosine"):
