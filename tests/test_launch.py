@@ -118,7 +118,8 @@ def test_setup_finds_a_python_new_enough_or_gets_one_with_uv(tmp_path):
   assert (f"{venv_p}/bin/python -m pip install -q -r requirements.txt -r requirements-interop.txt"
           in lines)
   assert f"{venv_p}/bin/python -m pip install -q --no-deps torchvision==0.28.0" in lines
-  assert not any("uv" in line for line in lines)
+  # no command runs or installs uv (a word of its own: a temporary path may hold the letters)
+  assert not any(tok == "uv" or tok.endswith("/uv") for line in lines for tok in line.split())
   # a TPU VM image: python3 is 3.10 and uv is there
   lines = setup_dry_run(tmp_path / "b", {"python3": "3.10.12"}, uv=True)
   assert lines[0] == f"uv venv -q --seed --python 3.11 {tmp_path / 'b' / 'venv'}"
