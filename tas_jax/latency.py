@@ -37,6 +37,7 @@ import numpy as np
 import tqdm
 
 from tas_jax import parallel
+from tas_jax.errors import ConfigError
 from tas_jax.data import augment
 from tas_jax.models import networks, topology
 from tas_jax.models.arch import Architecture
@@ -171,6 +172,11 @@ def build(base: Architecture, workdir: str, batch_size: int, repeats: int = 5,
   keys = space_keys(base)
   missing = [k for k in keys if k not in cached]
   device = jax.local_devices()[0]
+  if missing and jax.process_count() > 1:
+    # every process must price with the same table: measured once, before the run
+    raise ConfigError(f"{len(missing)} latency-table entries are missing from {path}, and this "
+                      f"run has {jax.process_count()} processes: build the table first with one "
+                      "process, `python -m tas_jax.latency --config=... --workdir=...`")
   if not missing:
     log(f"[latency] {len(keys)} entries of {base.name or 'the network'}'s table: all cached in {path}")
   else:
