@@ -207,3 +207,20 @@ def test_global_l1_ranking_stops_at_the_latency_target():
                    if j not in kept[g])
   _, g, _ = removed[-1]
   assert cost({**counts, g: counts[g] + 1}) > target
+
+
+def test_the_cost_measure_is_a_shared_target_field_and_search_cost_is_read_as_its_old_name():
+  from tas_jax import config as config_lib
+  from tas_jax.errors import ConfigError
+  c = config_lib.base_config()
+  assert c.target.cost == "flops"
+  c.search.cost = "latency"
+  config_lib.validate(c)
+  assert c.target.cost == "latency" and c.search.cost is None
+  c.target.cost = "time"
+  with pytest.raises(ConfigError, match=r"target.cost.*allowed: flops, latency"):
+    config_lib.validate(c)
+  c = config_lib.base_config()
+  c.method, c.model.family, c.target.cost = "pas", "repvgg", "latency"
+  with pytest.raises(ConfigError, match="ResNets"):
+    config_lib.validate(c)
