@@ -227,6 +227,52 @@ def with_kept(table: Table, groups, kept: dict):
              for c in topology.of(groups.arch).convs())
 
 
+def predicted(table: Table, base: Architecture, arch: Architecture) -> float:
+  """The table latency of `arch`, a pruned `base`: entries where its convs are on the table's
+  widths, else the base conv of the same name interpolated (`conv_latency`: PaS, L1, FPGM keep
+  any number of channels)."""
+  base_convs = {c.name: c for c in topology.of(base).convs()}
+  total = 0.0
+  for c in topology.of(arch).convs():
+    key = ConvKey.of(c)
+    total += (table.seconds[key] if key in table.seconds else
+              float(conv_latency(table, base, base_convs[c.name], c.in_width, c.out_width)))
+  return total
+
+
+def report(config, workdir: str, base: Architecture, pruned: Architecture) -> dict:
+  """A pruned network's latency as the table predicts it and as measured (whole forward passes
+  of both networks, interleaved), each against the unpruned network's: what extraction reports."""
+  table = build(base, workdir, batch_size(config), config.latency.repeats, progress=False,
+                log=lambda line: None)
+  measured_max, measured = measured_network_seconds([base, pruned], table.batch_size,
+                                                    config.pipeline.throughput_repeats)
+  full = table.network(base)
+  return {"batch_size": table.batch_size, "device": f"{table.backend} ({table.device_kind})",
+          "predicted_ms": round(1e3 * predicted(table, base, pruned), 4),
+          "predicted_max_ms": round(1e3 * full, 4),
+          "predicted_ratio": predicted(table, base, pruned) / full,
+          "measured_ms": round(1e3 * measured, 4), "measured_max_ms": round(1e3 * measured_max, 4),
+          "measured_ratio": measured / measured_max}
+
+
+def report_lines(t: Optional[dict]) -> list[str]:
+  """`report`'s figures as a paragraph of an extraction's report.md (none without them)."""
+  if t is None:
+    return []
+  return [f"Latency (batch {t['batch_size']}, {t['device']}): predicted by the table "
+          f"{t['predicted_ms']:.2f} ms = {100 * t['predicted_ratio']:.1f}% of the unpruned "
+          f"network's {t['predicted_max_ms']:.2f} ms; measured {t['measured_ms']:.2f} ms = "
+          f"{100 * t['measured_ratio']:.1f}% of {t['measured_max_ms']:.2f} ms.", ""]
+
+
+def log_report(stage: str, name: str, t: dict, log) -> None:
+  log(f"[{stage}] latency of {name} at batch {t['batch_size']} on {t['device']}: predicted by the "
+      f"table {t['predicted_ms']:.2f} ms = {100 * t['predicted_ratio']:.1f}% of the unpruned "
+      f"network's {t['predicted_max_ms']:.2f} ms; measured {t['measured_ms']:.2f} ms = "
+      f"{100 * t['measured_ratio']:.1f}% of {t['measured_max_ms']:.2f} ms")
+
+
 def _write(path: str, table: Table) -> None:
   tmp = path + ".tmp"
   with open(tmp, "w") as f:

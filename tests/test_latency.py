@@ -187,6 +187,13 @@ def test_kept_count_latency_equals_the_table_latency_of_the_network_at_those_wid
   uniform = topology.pruned(base, widths, base.depths, inherits=True)
   assert float(latency.with_kept(table, groups, half)) == pytest.approx(table.network(uniform),
                                                                           rel=1e-5)
+  # any widths (PaS, L1, FPGM): what extraction's report predicts is the same interpolation
+  odd = {g.name: max(1, g.size // 3 + 1) for g in groups.groups}
+  widths = [odd[groups.conv_groups[c.name][1]] for c in topology.of(base).main_convs()]
+  cut = topology.pruned(base, widths, base.depths, inherits=True)
+  assert latency.predicted(table, base, cut) == pytest.approx(
+      float(latency.with_kept(table, groups, odd)), rel=1e-5)
+  assert latency.predicted(table, base, uniform) == pytest.approx(table.network(uniform), rel=1e-6)
 
 
 def test_global_l1_ranking_stops_at_the_latency_target():

@@ -26,7 +26,7 @@ import jax
 import ml_collections
 from absl import logging
 
-from tas_jax import plots, workdir as layout
+from tas_jax import latency, plots, workdir as layout
 from tas_jax.errors import CheckpointNotFoundError
 from tas_jax.models import channels, networks, repvgg
 from tas_jax.ops import flops
@@ -86,7 +86,9 @@ def _markdown(title: str, source: str, summary: dict, table: list[dict]) -> str:
            f"| FLOPs (M) | {b['flops_m']:.2f} | {p['flops_m']:.2f} | {100 * summary['flops_ratio']:.1f}% |",
            f"| params (M) | {b['params_m']:.4f} | {p['params_m']:.4f} | "
            f"{100 * p['params_m'] / b['params_m']:.1f}% |", "",
-           f"Target {100 * summary['target']:.0f}% of the original FLOPs.", "",
+           f"Target {100 * summary['target']:.0f}% of the original "
+           f"{'FLOPs' if summary['cost'] == 'flops' else 'table latency'}.", "",
+           *latency.report_lines(summary.get("latency")),
            "| layer | original width | kept channels | kept |", "|---|---|---|---|"]
   lines += [f"| {r['layer']} | {r['original']} | {r['width']} | {100 * r['width'] / r['original']:.0f}% |"
             for r in table]
@@ -112,12 +114,17 @@ def write(config: ml_collections.ConfigDict, workdir: str, method: str, title: s
   table = rows(base, counts)
   summary = {
       "stage": stage, "finished": True, "method": method, "architecture": pruned.name,
-      "target": ratio, "flops_ratio": after.flops / before.flops,
+      "target": ratio, "cost": config.target.cost, "flops_ratio": after.flops / before.flops,
       "before": {"flops_m": round(before.flops_m, 4), "params_m": round(before.params_m, 6)},
       "after": {"flops_m": round(after.flops_m, 4), "params_m": round(after.params_m, 6)},
       "kept": counts, "layers": table, **(extra or {}),
   }
-  summary["in_band"] = bool(abs(summary["flops_ratio"] - ratio) <= tolerance + 1e-9)
+  on_target = summary["flops_ratio"]
+  if config.target.cost == "latency" or config.latency.report:
+    summary["latency"] = latency.report(config, workdir, base, pruned)
+  if config.target.cost == "latency":
+    on_target = summary["latency"]["predicted_ratio"]
+  summary["in_band"] = bool(abs(on_target - ratio) <= tolerance + 1e-9)
   os.makedirs(out_dir, exist_ok=True)
   save_weights(os.path.join(out_dir, layout.WEIGHTS), weights)   # every process: Orbax is collective
   if trains_in_training_form(base):
@@ -136,12 +143,15 @@ def write(config: ml_collections.ConfigDict, workdir: str, method: str, title: s
                       f"{pruned.name}: {after.flops_m:.2f} M FLOPs ({100 * summary['flops_ratio']:.1f}% "
                       f"of {before.flops_m:.2f} M)")
   if not summary["in_band"]:
-    logging.warning("[%s] %s has %.1f%% of the FLOPs, more than target.tolerance=%g from the "
-                    "target %.0f%%%s", stage, pruned.name, 100 * summary["flops_ratio"], tolerance,
+    logging.warning("[%s] %s has %.1f%% of the %s, more than target.tolerance=%g from the "
+                    "target %.0f%%%s", stage, pruned.name, 100 * on_target,
+                    "FLOPs" if config.target.cost == "flops" else "table latency", tolerance,
                     100 * ratio, f" ({advice})" if advice else "")
   layout.write_summary(out_dir, summary)
   logging.info("[%s] %s: %.2f M FLOPs = %.1f%% of %.2f M (target %.0f%%), %.4f M params (%.4f M); "
                "wrote arch.json, weights/, kept_channels.json, report.md and widths.png to %s",
                stage, pruned.name, after.flops_m, 100 * summary["flops_ratio"], before.flops_m,
                100 * ratio, after.params_m, before.params_m, out_dir)
+  if "latency" in summary:
+    latency.log_report(stage, pruned.name, summary["latency"], logging.info)
   return summary

@@ -89,7 +89,7 @@ def _markdown(summary: dict, rows: list[dict]) -> str:
       f"F(A) = {100 * summary['flops_ratio']:.1f}% of F_max; target {100 * summary['target']:.0f}% "
       f"(band of the search: {summary['band']}).",
       "",
-      *_latency_lines(summary.get("latency")),
+      *latency.report_lines(summary.get("latency")),
       "| layer | original width | pruned width | kept |",
       "|---|---|---|---|",
   ]
@@ -98,15 +98,6 @@ def _markdown(summary: dict, rows: list[dict]) -> str:
     lines.append(f"| {r['layer']} | {r['original']} | {r['width'] if not r['removed'] else '–'} | "
                  f"{kept} |")
   return "\n".join(lines) + "\n"
-
-
-def _latency_lines(t) -> list[str]:
-  if t is None:
-    return []
-  return [f"Latency (batch {t['batch_size']}, {t['device']}): predicted by the table "
-          f"{t['predicted_ms']:.2f} ms = {100 * t['predicted_ratio']:.1f}% of the unpruned "
-          f"network's {t['predicted_max_ms']:.2f} ms; measured {t['measured_ms']:.2f} ms = "
-          f"{100 * t['measured_ratio']:.1f}% of {t['measured_max_ms']:.2f} ms.", ""]
 
 
 def searched_variant(config: ml_collections.ConfigDict, workdir: str) -> str:
@@ -153,7 +144,7 @@ def extract(config: ml_collections.ConfigDict, workdir: str) -> dict:
   on_target = summary["flops_ratio"]
   cost = config.target.cost
   if cost == "latency" or config.latency.report:
-    summary["latency"] = latency_report(config, workdir, base, final)
+    summary["latency"] = latency.report(config, workdir, base, final)
   if cost == "latency":
     on_target = summary["latency"]["predicted_ratio"]
     summary["band"] = summary["band"].replace("F_max", "the unpruned network's table latency")
@@ -181,25 +172,6 @@ def extract(config: ml_collections.ConfigDict, workdir: str) -> dict:
                before.params_m, list(final.depths),
                list(base.depths), out_dir)
   if "latency" in summary:
-    t = summary["latency"]
-    logging.info("[extract] latency of %s at batch %d on %s: predicted by the table %.2f ms = "
-                 "%.1f%% of the unpruned network's %.2f ms; measured %.2f ms = %.1f%% of %.2f ms",
-                 final.name, t["batch_size"], t["device"], t["predicted_ms"],
-                 100 * t["predicted_ratio"], t["predicted_max_ms"], t["measured_ms"],
-                 100 * t["measured_ratio"], t["measured_max_ms"])
+    latency.log_report("extract", final.name, summary["latency"], logging.info)
   return summary
 
-
-def latency_report(config, workdir: str, base, final) -> dict:
-  """The pruned network's latency as the table predicts it and as measured (whole forward passes
-  of both networks, interleaved), each against the unpruned network's."""
-  table = latency.build(base, workdir, latency.batch_size(config), config.latency.repeats,
-                        progress=False, log=logging.info)
-  measured_max, measured = latency.measured_network_seconds(
-      [base, final], table.batch_size, config.pipeline.throughput_repeats)
-  return {"batch_size": table.batch_size, "device": f"{table.backend} ({table.device_kind})",
-          "predicted_ms": round(1e3 * table.network(final), 4),
-          "predicted_max_ms": round(1e3 * table.network(base), 4),
-          "predicted_ratio": table.network(final) / table.network(base),
-          "measured_ms": round(1e3 * measured, 4), "measured_max_ms": round(1e3 * measured_max, 4),
-          "measured_ratio": measured / measured_max}
