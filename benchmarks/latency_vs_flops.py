@@ -32,6 +32,7 @@ flags.DEFINE_string("table_from", "runs/lat25", "a workdir holding the latency t
 flags.DEFINE_float("target", 0.5, "the latency target of the latency-aware search")
 flags.DEFINE_float("match", 0.02, "measured latency ratios this close count as matched")
 flags.DEFINE_integer("max_searches", 4, "FLOPs searches of the bisection at most")
+flags.DEFINE_bool("summarize", False, "only print the markdown table of ROOT/s*/ (finished seeds)")
 FLAGS = flags.FLAGS
 
 
@@ -72,7 +73,46 @@ def distilled(row: dict, *overrides: str) -> dict:
   return {**row, "test_accuracy": d["test_accuracy"], "flops_m": d["flops_m"]}
 
 
+def _row(workdir: str) -> dict:
+  e, d = summary(workdir, "extract"), summary(workdir, "distill/tas-kd")
+  return {"accuracy": d["test_accuracy"], "flops": e["flops_ratio"], "depths": e["after"]["depths"],
+          "predicted": e["latency"]["predicted_ratio"], "measured": e["latency"]["measured_ratio"]}
+
+
+def summarize() -> None:
+  """The table of every seed whose two distill runs have finished, and the mean ± std."""
+  import glob
+  import statistics
+  rows = []
+  for seed_dir in sorted(glob.glob(os.path.join(FLAGS.root, "s*"))):
+    flops_dirs = [w for w in glob.glob(os.path.join(seed_dir, "flops_*"))
+                  if os.path.exists(os.path.join(w, "distill", "tas-kd", "summary.json"))]
+    lat_dir = os.path.join(seed_dir, "latency_cost")
+    if not flops_dirs or not os.path.exists(os.path.join(lat_dir, "distill", "tas-kd", "summary.json")):
+      continue
+    target = float(os.path.basename(flops_dirs[0])[len("flops_"):])
+    rows.append((os.path.basename(seed_dir), _row(lat_dir), _row(flops_dirs[0]), target))
+  print("| seed | search | FLOPs target | FLOPs | blocks | table latency | measured latency | "
+        "test accuracy (KD) |")
+  print("|---|---|---|---|---|---|---|---|")
+  for seed, lat, flo, target in rows:
+    for name, r, t in (("latency", lat, f"{FLAGS.target:.0%} of latency"), ("FLOPs", flo, f"{target:.3f}")):
+      print(f"| {seed} | TAS, cost={name.lower()} | {t} | {r['flops']:.1%} | {r['depths']} | "
+            f"{r['predicted']:.1%} | {r['measured']:.1%} | {r['accuracy']:.2%} |")
+  for name, i in (("latency", 1), ("FLOPs", 2)):
+    if len(rows) > 1:
+      acc = [r[i]["accuracy"] for r in rows]
+      meas = [r[i]["measured"] for r in rows]
+      fl = [r[i]["flops"] for r in rows]
+      print(f"| mean ± std ({len(rows)} seeds) | TAS, cost={name.lower()} | | "
+            f"{statistics.mean(fl):.1%} ± {statistics.stdev(fl):.1%} | | | "
+            f"{statistics.mean(meas):.1%} ± {statistics.stdev(meas):.1%} | "
+            f"{statistics.mean(acc):.2%} ± {statistics.stdev(acc):.2%} |")
+
+
 def main(_):
+  if FLAGS.summarize:
+    return summarize()
   base = os.path.join(FLAGS.root, f"s{FLAGS.seed}")
   lat_dir = os.path.join(base, "latency_cost")
   prepare(lat_dir)
