@@ -247,11 +247,11 @@ def report(config, workdir: str, base: Architecture, pruned: Architecture) -> di
                 log=lambda line: None)
   measured_max, measured = measured_network_seconds([base, pruned], table.batch_size,
                                                     config.pipeline.throughput_repeats)
-  full = table.network(base)
+  full, pruned_seconds = table.network(base), predicted(table, base, pruned)
   return {"batch_size": table.batch_size, "device": f"{table.backend} ({table.device_kind})",
-          "predicted_ms": round(1e3 * predicted(table, base, pruned), 4),
+          "predicted_ms": round(1e3 * pruned_seconds, 4),
           "predicted_max_ms": round(1e3 * full, 4),
-          "predicted_ratio": predicted(table, base, pruned) / full,
+          "predicted_ratio": pruned_seconds / full,
           "measured_ms": round(1e3 * measured, 4), "measured_max_ms": round(1e3 * measured_max, 4),
           "measured_ratio": measured / measured_max}
 

@@ -153,12 +153,13 @@ def make_search_step(net: supernet_lib.SuperNet, space: space_lib.SearchSpace,
       expected, exact = priced(arch)
       c = cost.cost_loss(expected, exact, cost_max, target.flop_ratio, target.tolerance, s.band,
                          s.in_band)
-      return ce + s.cost_weight * c, (ce, c, logits, upd["batch_stats"])
+      return ce + s.cost_weight * c, (ce, c, expected, exact, logits, upd["batch_stats"])
 
-    (_, (a_ce, c, logits_b, batch_stats)), a_grads = jax.value_and_grad(
+    (_, (a_ce, c, expected, exact, logits_b, batch_stats)), a_grads = jax.value_and_grad(
         arch_objective, has_aux=True)(state.arch)
-    expected = cost.expected_flops(space, state.arch, s.expected_flops, s.variant)
-    exact = cost.exact_flops(space, *space.argmax(state.arch, s.variant))
+    if table is not None:   # the metrics' ratios are FLOPs in either measure
+      expected = cost.expected_flops(space, state.arch, s.expected_flops, s.variant)
+      exact = cost.exact_flops(space, *space.argmax(state.arch, s.variant))
     a_grads, a_ce = mean((a_grads, a_ce))
     state = state.apply_arch_gradients(a_grads).replace(batch_stats=batch_stats)
 
