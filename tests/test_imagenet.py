@@ -56,6 +56,34 @@ def test_train_and_eval_views_shapes_and_ranges(folder):
   np.testing.assert_array_equal(e["image"], np.asarray(resized.crop((left, top, left + 224, top + 224))))
 
 
+def _covered_fraction(size: int, width: int = 480, height: int = 360) -> tuple[float, float]:
+  """(horizontal, vertical) share of a photo's shorter side that the evaluation view of `size`
+  shows, read off an image whose red channel is its column and green channel its row."""
+  cols = np.linspace(0, 255, width)[None, :].repeat(height, 0)
+  rows = np.linspace(0, 255 * height / width, height)[:, None].repeat(width, 1)  # same scale
+  img = Image.fromarray(np.stack([cols, rows, np.zeros_like(cols)], -1).round().astype(np.uint8))
+  view = imagenet.eval_view({"decoded": img, "label": 0}, size)["image"].astype(np.float64)
+  assert view.shape == (size, size, 3)
+  shorter = 255 * height / width   # the shorter side in the channels' units
+  # pixel centres: the first and last column of the crop sit half a pixel inside its edges
+  span = lambda c: (view[..., c].max() - view[..., c].min()) * size / (size - 1) / shorter
+  return span(0), span(1)
+
+
+def test_eval_view_covers_the_same_part_of_the_photo_at_every_size():
+  # the shorter side is resized to round(size * 256 / 224) before the centre crop of `size`, so the
+  # crop shows 224/256 = 87.5% of the shorter side at 64, 128 and 224 alike (not 25% at 64)
+  assert [imagenet.eval_resize(s) for s in (64, 128, 224)] == [73, 146, 256]
+  covered = {size: _covered_fraction(size) for size in (64, 128, 224)}
+  for size, (horizontal, vertical) in covered.items():
+    assert abs(horizontal - vertical) < 0.01, (size, covered)         # a square view of the photo
+    assert abs(vertical - 224 / 256) < 0.01, (size, covered)
+  assert max(v for _, v in covered.values()) - min(v for _, v in covered.values()) < 0.01
+  # an explicit resize is still honoured: 256 at 64 px shows a quarter of the shorter side
+  img = Image.fromarray(np.zeros((360, 480, 3), np.uint8))
+  assert imagenet.eval_view({"decoded": img, "label": 0}, 64, resize=256)["image"].shape == (64, 64, 3)
+
+
 def test_random_resized_crop_box_and_lighting_by_hand():
   rng = np.random.default_rng(1)
   for _ in range(200):

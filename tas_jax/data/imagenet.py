@@ -20,8 +20,9 @@ for inspection.
 
 Augmentation (spec §6, the official ImageNet recipe): random-resized crop to 224 (scale 0.08–1,
 aspect 3/4–4/3), horizontal flip, colour jitter 0.4 (brightness, contrast, saturation), PCA
-lighting 0.1; evaluation: resize the shorter side to 256, centre crop 224. Workers send uint8
-images; normalisation runs on the device.
+lighting 0.1; evaluation: resize the shorter side to 256, centre crop 224 — at another
+`data.image_size` S the shorter side goes to round(S·256/224), so the crop always covers the same
+central 87.5% of the shorter side. Workers send uint8 images; normalisation runs on the device.
 """
 
 from __future__ import annotations
@@ -268,9 +269,20 @@ def train_view(record: dict, rng: np.random.Generator, size: int = 224) -> dict:
           "label": np.int32(record["label"])}
 
 
-def eval_view(record: dict, size: int = 224, resize: int = 256) -> dict:
-  """Resize the shorter side to `resize`, centre crop `size`: uint8 HWC and the label."""
+EVAL_CROP_FRACTION = 224 / 256   # the centre crop's share of the resized shorter side
+
+
+def eval_resize(size: int) -> int:
+  """The shorter side an evaluation view is resized to before its centre `size` crop: 256 at 224,
+  round(size / 0.875) at any size, so every size evaluates the same part of the photo."""
+  return round(size / EVAL_CROP_FRACTION)
+
+
+def eval_view(record: dict, size: int = 224, resize: Optional[int] = None) -> dict:
+  """Resize the shorter side to `resize` (default `eval_resize(size)`), centre crop `size`: uint8
+  HWC and the label."""
   from PIL import Image
+  resize = resize or eval_resize(size)
   img = _image(record)
   w, h = img.size
   s = resize / min(w, h)
