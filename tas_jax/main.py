@@ -57,8 +57,13 @@ USER_ERRORS = (errors.ConfigError, arch_lib.ArchError, datasets.DataNotFoundErro
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Runs the stage the config selects; returns its summary."""
+def run(config: ml_collections.ConfigDict, workdir: str, overrides=None) -> dict:
+  """Runs the stage the config selects; returns its summary.
+
+  `overrides`: the fields set for this command (the `--config.X=` flags; in a notebook, the names
+  of the fields you changed from the config file's). The finished stages a stage only reads are
+  then taken as recorded, except where one of these fields contradicts them; None compares every
+  field of the config with them (`tas_jax.stages.records.adopt_recorded`)."""
   console.setup()
   config_lib.validate(config)
   method = methods.get(config.method)
@@ -69,7 +74,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     return getattr(importlib.import_module(module), function)(config, workdir)
   stage = records.stage_of(config)
   multihost.at(f"[{stage}] setting up (data, model, checkpoint)")
-  records.check(config, workdir, stage)
+  config = records.check(config, workdir, stage, overrides)
   with console.stage_log(layout.stage_dir(workdir, stage), layout.is_writer()):
     if config.stage in METHOD_STAGES:
       return getattr(method, config.stage)(config, workdir)
@@ -159,7 +164,7 @@ def main(argv):
   try:
     multihost.check_same_settings({**records.flat_fields(FLAGS.config.to_dict()), "--workdir": FLAGS.workdir})
     multihost.watch_peers()
-    run(FLAGS.config, FLAGS.workdir)
+    run(FLAGS.config, FLAGS.workdir, overrides=config_flags.get_override_values(FLAGS["config"]))
   except USER_ERRORS as e:
     _die(str(e))
   except loop.Interrupted as e:

@@ -89,6 +89,38 @@ def test_a_changed_result_field_stops_with_one_line(workdir):
     records.check(distill_config(c, "tas-kd"), str(workdir), "distill/tas-kd")
 
 
+def test_a_stage_that_is_only_read_is_taken_as_recorded(tmp_path):
+  # the teacher was trained with overrides (batch 128, 3 epochs); the search command leaves them out
+  made = demo_like()
+  made.teacher.batch_size, made.teacher.cosine_epochs = 128, 3
+  finish(tmp_path, made, "teacher")
+  later = demo_like()
+  later.stage = "search"
+  config = records.check(later, str(tmp_path), "search", overrides={"stage": "search"})
+  assert config is not later and later.teacher.batch_size == 256        # the caller's is untouched
+  assert (config.teacher.batch_size, config.teacher.cosine_epochs) == (128, 3)
+  record = records.read_record(str(tmp_path / "search"))
+  assert record["fields"]["teacher.batch_size"] == 128
+  assert record["taken_as_recorded"] == {"teacher.batch_size": 128, "teacher.cosine_epochs": 3}
+  # an explicit flag that contradicts the record stops with one line naming it
+  later.teacher.batch_size = 64
+  with pytest.raises(records.StageMismatchError) as e:
+    records.check(later, str(tmp_path), "search", overrides={"teacher.batch_size": 64})
+  assert str(e.value) == (
+      f"{tmp_path}/teacher holds a result made with other settings: teacher.batch_size=128 (now "
+      "64). Leave those flags out to use it as it is, use a new --workdir, or add "
+      "--config.overwrite=teacher to delete it and the stages that read it")
+  # an explicit flag that agrees is fine; no overrides known (a notebook): every field compared
+  later.teacher.batch_size = 128
+  assert records.check(later, str(tmp_path), "search",
+                       overrides={"teacher.batch_size": 128}).teacher.cosine_epochs == 3
+  with pytest.raises(records.StageMismatchError, match=r"teacher\.cosine_epochs=3 \(now 300\)"):
+    records.check(later, str(tmp_path), "search")
+  # the stage a command runs is still compared with the config: a rerun of the teacher is refused
+  with pytest.raises(records.StageMismatchError, match=r"/teacher holds"):
+    records.check(demo_like(), str(tmp_path), "teacher", overrides={})
+
+
 def test_fields_that_do_not_change_a_result_are_accepted(workdir):
   c = demo_like()
   c.max_steps_per_run, c.log_every_steps, c.checkpoint_every_steps = 5, 3, 10

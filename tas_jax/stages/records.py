@@ -10,13 +10,21 @@ naming the fields and what to do; `--config.overwrite=STAGE` instead deletes tha
 stage that read it, and runs it again. Fields that do not change a result (logging, evaluation
 batch sizes, checkpoint frequency, `max_steps_per_run`, device counts) are not compared, so a resumed
 run with another `max_steps_per_run` carries on.
+
+A finished stage that a command only reads (the teacher, for `--config.stage=search`) is taken as
+recorded (`adopt_recorded`): the fields it was made with replace the config's, are logged once and
+go into the new stage's record, so a later stage need not repeat the earlier stages' overrides. Only
+a field set explicitly for this command (`--config.teacher.batch_size=...`) that contradicts the
+record stops it, with the same line as above. The stages a command runs are compared as before.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
+from typing import Iterable, Optional
 
 import ml_collections
 from absl import logging
@@ -187,11 +195,14 @@ def _sync(name: str) -> None:
   multihost.barrier(name)
 
 
-def check(config: ml_collections.ConfigDict, workdir: str, stage: str) -> None:
-  """Before `stage` runs (or is skipped as finished): compares its folder's record and those of the
-  stages it reads with the config; raises StageMismatchError (one line) on a difference, or, for a
-  stage named in `config.overwrite`, deletes it and its readers. Records the stage when it has no
-  result yet."""
+def check(config: ml_collections.ConfigDict, workdir: str, stage: str,
+          overrides: Optional[Iterable[str]] = None) -> ml_collections.ConfigDict:
+  """Before `stage` runs (or is skipped as finished): takes the finished stages it reads as
+  recorded where `overrides` allows (`adopt_recorded`), then compares its folder's record and
+  those of the stages it reads with the config; raises StageMismatchError (one line) on a
+  difference, or, for a stage named in `config.overwrite`, deletes it and its readers. Records the
+  stage when it has no result yet. Returns the config the stage runs with."""
+  config, adopted = adopt_recorded(config, workdir, stage, overrides)
   _, reads = defining_fields(config, stage)
   for name in reads + [stage]:
     directory = layout.stage_dir(workdir, name)
@@ -216,10 +227,73 @@ def check(config: ml_collections.ConfigDict, workdir: str, stage: str) -> None:
     raise StageMismatchError(
         f"{directory} holds a result made with other settings: {', '.join(changed)}. Use a new "
         f"--workdir, or add --config.overwrite={name} to delete it{also} and run it again")
-  write(config, workdir, stage)
+  write(config, workdir, stage, adopted)
+  return config
 
 
-def write(config: ml_collections.ConfigDict, workdir: str, stage: str) -> None:
+def _set_field(config: ml_collections.ConfigDict, field: str, value) -> None:
+  *path, name = field.split(".")
+  section = config
+  for part in path:
+    section = section[part]
+  current = section[name]
+  section[name] = tuple(value) if isinstance(current, tuple) and isinstance(value, list) else value
+
+
+def adopt_recorded(config: ml_collections.ConfigDict, workdir: str, stage: str,
+                   overrides: Optional[Iterable[str]] = None) -> tuple[ml_collections.ConfigDict, dict]:
+  """The config `stage` runs with when the finished stages it reads are taken as recorded.
+
+  For every stage `stage` reads (transitively) that holds a result and a record, each recorded
+  field that differs from the config takes the recorded value, unless it is in `overrides` (the
+  fields set explicitly for this command: `--config.X=` flags), which is a contradiction and stops
+  with one line (or, named in `config.overwrite`, deletes that stage as `check` does).
+  `overrides=None` counts every field as explicit: nothing is adopted (a notebook's config is
+  compared as it is; pass the fields you changed to adopt the rest). Returns a copy when it
+  changes anything, and {field: recorded value} of what it took (logged once; `write` keeps it
+  in the new stage's record).
+  """
+  if overrides is None:
+    return config, {}
+  explicit = {config_lib.RENAMED.get(f, f) for f in overrides}
+  _, reads = defining_fields(config, stage)
+  adopted: dict[str, tuple] = {}
+  out = config
+  for name in reads:
+    directory = layout.stage_dir(workdir, name)
+    record = read_record(directory) if _has_result(directory) else None
+    if record is None or _overwrites(config, name):
+      continue
+    recorded = {config_lib.RENAMED.get(k, k): v for k, v in record.get("fields", {}).items()}
+    current, _ = defining_fields(out, name)
+    changed = _differences(recorded, current)
+    if not changed:
+      continue
+    contradicting = [c for c in changed if c.split("=", 1)[0] in explicit]
+    if contradicting:
+      raise StageMismatchError(
+          f"{directory} holds a result made with other settings: {', '.join(contradicting)}. "
+          f"Leave those flags out to use it as it is, use a new --workdir, or add "
+          f"--config.overwrite={name} to delete it and the stages that read it")
+    if out is config:
+      out = copy.deepcopy(config)
+      out.unlock()   # a locked copy (config_flags) still accepts values of existing fields
+    for line in changed:
+      field = line.split("=", 1)[0]
+      adopted[field] = (recorded[field], current[field], name)
+      _set_field(out, field, recorded[field])
+  if adopted:
+    by_stage: dict[str, list[str]] = {}
+    for field, (value, was, name) in sorted(adopted.items()):
+      by_stage.setdefault(name, []).append(f"{field}={_show(value)} (config: {_show(was)})")
+    for name, fields in by_stage.items():
+      logging.info("[%s] reads %s as it was made: %s", stage, name, ", ".join(fields))
+    out.lock()
+  return out, {f: v for f, (v, _, _) in adopted.items()}
+
+
+def write(config: ml_collections.ConfigDict, workdir: str, stage: str,
+          taken_as_recorded: Optional[dict] = None) -> None:
   """Records what `stage` is run with, unless its folder already holds a result with a record."""
   directory = layout.stage_dir(workdir, stage)
   if (_has_result(directory) and read_record(directory) is not None) or not layout.is_writer():
@@ -227,5 +301,5 @@ def write(config: ml_collections.ConfigDict, workdir: str, stage: str) -> None:
   fields, reads = defining_fields(config, stage)
   os.makedirs(directory, exist_ok=True)
   with open(os.path.join(directory, RECORD), "w") as f:
-    json.dump({"stage": stage, "fields": fields, "reads": reads, "config": config.to_dict()}, f,
-              indent=1)
+    json.dump({"stage": stage, "fields": fields, "reads": reads, "config": config.to_dict(),
+               "taken_as_recorded": taken_as_recorded or {}}, f, indent=1)
