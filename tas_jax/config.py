@@ -71,6 +71,15 @@ def base_config() -> ml_collections.ConfigDict:
                                    # (BENCHMARKS.md); for deep networks and long compiles
 
   c.teacher = sgd_recipe()
+  c.teacher.finetune_imported = False  # a teacher imported by tas_jax.convert: False = evaluate it
+                                   # as it is; True = a fresh classifier for the data's classes
+                                   # (kept when they match) and every weight fine-tuned with
+                                   # config.finetune's recipe, as the teacher stage
+  c.finetune = sgd_recipe()        # the recipe of teacher.finetune_imported (transfer learning)
+  c.finetune.warmup_epochs = 0
+  c.finetune.cosine_epochs = 10
+  c.finetune.lr = 0.01
+  c.finetune.weight_decay = 1e-4
 
   c.target = ml_collections.ConfigDict()   # what every pruning method aims at
   c.target.cost = "flops"          # flops | latency: every method prices networks by a latency
@@ -275,7 +284,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
            f"ImageNet ResNets allow {', '.join(map(str, arch_lib.IMAGENET_DEPTHS))}")
   else:
     fail("model.family", c.model.family, "allowed: cifar, imagenet, repvgg")
-  for section in ("teacher", "distill"):
+  for section in ("teacher", "distill", "finetune"):
     _validate_recipe(c, section)
   _validate_target(c)
   positive(c, "latency.batch_size", integer=True, zero_ok=True)
@@ -424,7 +433,7 @@ def describe(c: ml_collections.ConfigDict) -> list[tuple[str, object, str]]:
       section = name.split(".")[0]
       text = (f"renamed: {RENAMED[name]} (still read, with a notice)" if name in RENAMED else
               None) or meaning.get(name) or (meaning.get(f"recipe.{key}", "")
-                                   if section in ("teacher", "distill") else "")
+                                   if section in ("teacher", "distill", "finetune") else "")
       out.append((name, value, text))
 
   walk(c, "")

@@ -27,6 +27,8 @@ ARCH = "arch.json"
 BASE_ARCH = "base_arch.json"
 KEPT_CHANNELS = "kept_channels.json"
 IMPORTED = "imported.json"       # teacher/: made by python -m tas_jax.convert, not trained
+IMPORTED_WEIGHTS = "imported_weights"  # teacher/: the converted weights, set aside when they are
+IMPORTED_ARCH = "imported_arch.json"   # fine-tuned (teacher.finetune_imported), and their network
 RECORD = "config.json"           # the settings a stage ran with (tas_jax.stages.records)
 
 

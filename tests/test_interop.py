@@ -12,7 +12,7 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="launch/setup.sh installs torch for these tests")
 
-import torchvision_models  # noqa: E402
+from tas_jax.interop.torchvision import models as torchvision_models  # noqa: E402
 
 from tas_jax import convert, errors, interop, parallel, workdir as layout  # noqa: E402
 from tas_jax.interop import torch_layout, torch_net  # noqa: E402
@@ -56,7 +56,7 @@ def test_torchvision_topology_counts_torchvisions_flops_and_parameters(name, wei
   """torchvision's own figures (its weights' meta: GFLOPS of multiply-adds, parameter count) and
   its model's parameter tensors against the counter; every stride-2 shortcut is a strided 1x1
   conv with BN, so the FLOPs equal those of TAS's pooled form."""
-  tv = torchvision_models.models()
+  tv = torchvision_models()
   meta = getattr(tv, weights).IMAGENET1K_V1.meta
   counts = flops.count(arch.named(name))
   assert round(counts.flops / 1e9, 3) == meta["_ops"]              # 1.814 / 4.089
@@ -73,7 +73,7 @@ def test_torchvision_topology_counts_torchvisions_flops_and_parameters(name, wei
 
 @pytest.mark.parametrize("name, size", [("resnet18_tv", 64), ("resnet50_tv", 32)])
 def test_torchvision_weights_import_with_equal_logits(name, size):
-  tv = torchvision_models.models()
+  tv = torchvision_models()
   torch.manual_seed(1)
   model = randomise_batch_norm(getattr(tv, name.removesuffix("_tv"))(num_classes=10))
   state = {k: v.numpy() for k, v in model.state_dict().items()}
@@ -129,10 +129,10 @@ def test_every_variable_has_exactly_one_state_dict_key():
 
 def test_the_torch_form_of_resnet18_tv_loads_into_torchvision():
   a = dataclasses.replace(arch.named("resnet18_tv"), input_size=32)
-  tv_model = randomise_batch_norm(torchvision_models.models().resnet18())
+  tv_model = randomise_batch_norm(torchvision_models().resnet18())
   variables = torch_layout.from_state_dict(a, {k: v.numpy() for k, v in tv_model.state_dict().items()})
   exported = torch_net.load(a, variables).state_dict()
-  fresh = torchvision_models.models().resnet18().eval()
+  fresh = torchvision_models().resnet18().eval()
   fresh.load_state_dict(exported, strict=True)
   x = np.random.default_rng(4).standard_normal((2, 32, 32, 3)).astype(np.float32)
   assert np.array_equal(torch_logits(fresh, x), torch_logits(tv_model, x))
@@ -140,7 +140,7 @@ def test_the_torch_form_of_resnet18_tv_loads_into_torchvision():
 
 def test_wrong_weights_are_one_line_naming_the_key():
   a = dataclasses.replace(arch.named("resnet18_tv"), input_size=32)
-  state = {k: v.numpy() for k, v in torchvision_models.models().resnet18().state_dict().items()}
+  state = {k: v.numpy() for k, v in torchvision_models().resnet18().state_dict().items()}
   with pytest.raises(torch_layout.WeightsError, match=r"missing \['layer2.0.downsample.0.weight'\]"):
     torch_layout.from_state_dict(a, {k: v for k, v in state.items() if "layer2.0.downsample.0" not in k})
   with pytest.raises(torch_layout.WeightsError, match=r"layer1.0.conv1.weight has shape \[64, 64, 3, 3\], .* needs \[32, 64, 3, 3\]"):
@@ -155,7 +155,7 @@ def test_convert_writes_a_teacher_the_stages_read(tmp_path):
   """The CLI's work: arch.json, a checkpoint `read_teacher` reads, imported.json with the check, a
   record with no training settings; a second conversion into the same workdir is refused."""
   torch.manual_seed(5)
-  model = randomise_batch_norm(torchvision_models.models().resnet18(num_classes=19))
+  model = randomise_batch_norm(torchvision_models().resnet18(num_classes=19))
   path = str(tmp_path / "r18.pth")
   torch.save({"state_dict": model.state_dict()}, path)
   record = convert.convert("torchvision", "resnet18_tv", path, str(tmp_path / "W"), input_size=32)
@@ -180,3 +180,45 @@ def test_a_missing_optional_package_is_one_line_naming_the_install(monkeypatch, 
   assert convert.cli("torchvision", "resnet18_tv", "x.pth", "/tmp/unused") == 2
   err = capsys.readouterr().err.strip()
   assert err.count("\n") == 0 and "pip install torch" in err
+
+
+@pytest.mark.stage
+def test_an_imported_teacher_gets_a_fresh_head_and_is_fine_tuned_as_the_teacher(tmp_path):
+  """teacher.finetune_imported: a 7-class network in torchvision's layout, converted, then
+  fine-tuned on the 10-class embedded data: its classifier is new, every other weight starts from
+  the file (a learning rate of 1e-9 leaves them as imported), and the summary and results say so."""
+  from tas_jax import config as config_lib, main
+  a = dataclasses.replace(arch.cifar_resnet(8, "basic", 7, 28, 1), downsample="strided_conv",
+                          name="tiny_tv")
+  spec = str(tmp_path / "tiny_tv.json")
+  a.save(spec)
+  torch.manual_seed(3)
+  path = str(tmp_path / "tiny.pth")
+  torch.save(randomise_batch_norm(torch_net.module(a)).state_dict(), path)
+  workdir = str(tmp_path / "W")
+  convert.convert("torchvision", spec, path, workdir)
+  imported = torch_layout.from_state_dict(a, {k: v.numpy() for k, v in torch.load(path).items()})
+
+  c = config_lib.base_config()
+  c.data.name, c.data.train_examples = "embedded", 256
+  c.model.arch = os.path.join(layout.teacher_dir(workdir), layout.ARCH)
+  with pytest.raises(errors.ConfigError, match=r"finetune_imported=True to put a fresh 10-class"):
+    main.run(c, workdir)
+  c.teacher.finetune_imported = True
+  c.finetune.batch_size, c.finetune.cosine_epochs = 64, 1
+  c.finetune.lr, c.finetune.weight_decay = 1e-9, 0.0
+  summary = main.run(c, workdir)
+  assert summary["finished"] and summary["new_classifier"] and summary["finetuned_from"] == "tiny_tv"
+  assert summary["architecture"] == "tiny_tv-10cls" and summary["steps"] == 4
+  teacher_dir = layout.teacher_dir(workdir)
+  assert os.path.isdir(os.path.join(teacher_dir, layout.IMPORTED_WEIGHTS))
+  tuned, variables, _ = supervised.read_teacher(workdir, parallel.make_mesh(1), "test")
+  assert tuned.num_classes == 10 and variables["params"]["classifier"]["kernel"].shape[-1] == 10
+  body = lambda tree: {k: v for k, v in tree.items() if k != "classifier"}
+  for ours, theirs in zip(jax.tree.leaves(body(variables["params"])),
+                          jax.tree.leaves(body(imported["params"]))):
+    np.testing.assert_allclose(np.asarray(ours), theirs, atol=1e-6)
+  # the same command again finds it finished; the table names the teacher's origin
+  assert main.run(c, workdir)["finished"]
+  c.stage = "results"
+  assert main.run(c, workdir)["rows"][0]["network"] == "teacher (imported, fine-tuned)"

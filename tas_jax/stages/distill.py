@@ -137,7 +137,10 @@ def distill(config: ml_collections.ConfigDict, workdir: str) -> dict:
            "architecture_spec": student.to_dict()}
   return supervised.train_network(config, d, "distill", f"distill/{run}",
                                   layout.distill_dir(workdir, run), mesh, ds, student,
-                                  loss_fn, loss_args, init_variables, extra, model, finish)
+                                  loss_fn, loss_args, init_variables, extra, model, finish,
+                                  starts_from={"searched": f"the weights {d.student}'s extraction kept",
+                                               "teacher": "the teacher's first channels (w/ Init)"
+                                               }.get(d.init, ""))
 
 
 def _training_form(workdir: str, run_dir: str, method: str, base, kept: dict, pruned, dtype):

@@ -38,7 +38,7 @@ RECORD = layout.RECORD
 # are left out of every comparison
 COMMON = ("seed", "data", "model")
 NEUTRAL = {"data.workers", "data.prefetch", "data.bad_images", "teacher.eval_batch_size",
-           "distill.eval_batch_size", *config_lib.RENAMED}
+           "distill.eval_batch_size", "finetune.eval_batch_size", *config_lib.RENAMED}
 
 
 def _neutral() -> set[str]:
@@ -92,7 +92,8 @@ def _method_of(stage: str, prefix: str) -> methods.Method:
 def own_fields(config: ml_collections.ConfigDict, stage: str) -> tuple[dict, list[str]]:
   """(the fields that define `stage`'s own result, the stages it reads)."""
   if stage == "teacher":
-    return _select(config, COMMON + ("teacher",)), []
+    finetune = ("finetune",) if config.teacher.finetune_imported else ()
+    return _select(config, COMMON + ("teacher",) + finetune), []
   if stage.startswith("search"):
     method = _method_of(stage, "search")
     fields = _select(config, COMMON + ("target",) + ((method.section,) if method.section else ()))

@@ -72,7 +72,9 @@ def results(config: ml_collections.ConfigDict, workdir: str) -> dict:
   speed = latency.measure_networks(to_measure, batch, ds.mean, ds.std, config.pipeline.throughput_repeats)
 
   t_flops, t_params = teacher_summary["flops_m"], teacher_summary["params_m"]
-  rows = [{"network": "teacher (unpruned)", "run": "teacher", "architecture": teacher_arch.name,
+  origin = ("imported, fine-tuned" if teacher_summary.get("finetuned_from") else
+            "imported" if teacher_summary.get("imported") else "unpruned")
+  rows = [{"network": f"teacher ({origin})", "run": "teacher", "architecture": teacher_arch.name,
            "test_accuracy": teacher_summary["test_accuracy"],
            "test_top5_accuracy": teacher_summary.get("test_top5_accuracy"), "flops_m": t_flops,
            "params_m": t_params, "flops_pruned": 0.0, "epochs": teacher_summary["epochs"],

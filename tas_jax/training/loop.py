@@ -42,6 +42,8 @@ class LoopConfig:
   max_steps_per_run: int = 0     # > 0: checkpoint and return after this many steps in this call
   profile_steps: int = 0         # > 0: a profiler trace of this many steps (TensorBoard's profile tab)
   log_every_secs: float = 60.0   # a progress line at least this often, whatever log_every_steps says
+  starts_from: str = "scratch"   # what a first run starts from, for its first line ("scratch",
+                                 # "the imported weights", ...)
 
 
 def checkpoint_manager(stage_dir: str, keep: int) -> ocp.CheckpointManager:
@@ -256,8 +258,8 @@ def _fit(cfg, stage_dir, state, train_step, source, step_args, epoch_args, end_o
     if data_state:
       console.detail("[%s] saved input state: %s", cfg.stage, data_state)
   else:
-    logging.info("[%s] starting from scratch: %d epochs x %d steps, global batch %d, %d device(s)",
-                 cfg.stage, cfg.num_epochs, cfg.steps_per_epoch, cfg.global_batch,
+    logging.info("[%s] starting from %s: %d epochs x %d steps, global batch %d, %d device(s)",
+                 cfg.stage, cfg.starts_from, cfg.num_epochs, cfg.steps_per_epoch, cfg.global_batch,
                  len(state.step.sharding.device_set))   # the mesh's (config.num_devices), not all
   progress = console.Progress(cfg.stage, total_steps, cfg.global_batch)
   from clu import periodic_actions

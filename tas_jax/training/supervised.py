@@ -168,7 +168,8 @@ def train_network(config: ml_collections.ConfigDict, recipe: ml_collections.Conf
                   arch: arch_lib.Architecture, loss_fn: Optional[Callable] = None,
                   loss_args: tuple = (), init_variables: Optional[Callable[[Any, Any], tuple]] = None,
                   summary_extra: Optional[dict] = None, model: Any = None,
-                  finish: Optional[Callable[[Any, Callable], dict]] = None) -> dict:
+                  finish: Optional[Callable[[Any, Callable], dict]] = None,
+                  starts_from: str = "") -> dict:
   """Trains `arch` on `ds` with `recipe` (a section like `config.teacher`) into `stage_dir`.
 
   Resumes from the stage's latest checkpoint, or returns at once when it is finished.
@@ -177,7 +178,9 @@ def train_network(config: ml_collections.ConfigDict, recipe: ml_collections.Conf
   random initial weights (inheriting a teacher's channels). `model` replaces `arch`'s own module
   (a training-form network with frozen masks whose result is `arch`); `finish(state,
   evaluate)` turns the trained state into that result at the end and returns what it changes
-  in the summary, `evaluate(apply_fn, variables)` giving its test metrics. Writes `arch.json`,
+  in the summary, `evaluate(apply_fn, variables)` giving its test metrics. `starts_from` names
+  the initial weights in the log (default: scratch, or "the given weights" with
+  `init_variables`). Writes `arch.json`,
   checkpoints, TensorBoard events and `summary.json` (returned) in `stage_dir`.
   """
   t0 = time.time()
@@ -213,7 +216,9 @@ def train_network(config: ml_collections.ConfigDict, recipe: ml_collections.Conf
     arch.save(os.path.join(stage_dir, layout.ARCH))
   cfg = loop.LoopConfig(stage, recipe_epochs(recipe), steps_per_epoch,
                         recipe.batch_size, config.log_every_steps, config.checkpoint_every_steps,
-                        config.keep_checkpoints, config.max_steps_per_run, config.profile_steps)
+                        config.keep_checkpoints, config.max_steps_per_run, config.profile_steps,
+                        starts_from=starts_from or ("scratch" if init_variables is None
+                                                    else "the given weights"))
 
   def end_of_epoch(state, epoch, train):
     test = steps.evaluate(eval_step, (state.params, state.batch_stats), test_source.batches(),
