@@ -19,8 +19,11 @@ W/export/RUN/:
 
 Every format is checked before the command returns: its logits against the tas_jax network's on
 `--check_images` real test images of the run's dataset, largest difference printed and recorded
-in export.json (with the input layout and normalisation). PyTorch formats take NCHW, StableHLO
-NHWC (JAX's layout), both float32 normalised by the dataset's mean and std.
+in export.json with everything a caller must reproduce: the input size and channel order (RGB),
+the ÷255 scale, the mean and std, the resize/crop at evaluation, and the class names (label index
+-> name; the synset folders for ImageNet). `README.md` beside the files says the same in words and
+gives the three lines that load and call each format. PyTorch formats take NCHW, StableHLO NHWC
+(JAX's layout), both float32 normalised by the dataset's mean and std.
 """
 
 from __future__ import annotations
@@ -88,8 +91,57 @@ def check_images(config: ml_collections.ConfigDict, n: int) -> tuple[np.ndarray,
   c.num_devices = 1
   ds = inputs.load(c, parallel.make_mesh(1), n)
   images = np.asarray(augment.normalize(jnp.asarray(ds.sample_images(n)), ds.mean, ds.std))
-  return images, {"dataset": ds.name, "mean": list(ds.mean), "std": list(ds.std),
-                  "image_size": ds.image_size, "channels": ds.channels}
+  names = list(ds.class_names) or [str(i) for i in range(ds.num_classes)]
+  return images, {
+      "dataset": ds.name, "mean": list(ds.mean), "std": list(ds.std),
+      "image_size": ds.image_size, "channels": ds.channels,
+      "input": {"size": [ds.image_size, ds.image_size], "channels": ds.channels,
+                "channel_order": "RGB" if ds.channels == 3 else "grey (one channel)",
+                "dtype": "float32", "scale": "uint8 pixels divided by 255 (0..1) before the "
+                "normalisation", "normalisation": "(x / 255 - mean) / std per channel",
+                "preprocessing": ds.preprocessing},
+      "num_classes": ds.num_classes, "class_names": names,
+      "class_names_are": "names" if ds.class_names else "indices (the dataset files name no classes)"}
+
+
+LOAD_LINES = {
+    "stablehlo": ("from jax import export",
+                  'model = export.deserialize(open("model.stablehlo", "rb").read())',
+                  "logits = model.call(images)   # float32 NHWC, batch x {s} x {s} x {c}"),
+    "onnx": ("import onnxruntime",
+             'session = onnxruntime.InferenceSession("model.onnx")',
+             'logits = session.run(None, {{"images": images}})[0]   # float32 NCHW, batch x {c} x {s} x {s}'),
+    "torch": ("import torch",
+              'model = torch.export.load("model.pt2").module()',
+              "logits = model(torch.from_numpy(images))   # float32 NCHW, batch x {c} x {s} x {s}"),
+}
+
+
+def write_readme(out_dir: str, info: dict) -> str:
+  """README.md of an export folder: what the network expects, and the three lines that load and
+  call each file written so far."""
+  i = info["input"]
+  mean = ", ".join(f"{m:g}" for m in info["mean"])
+  std = ", ".join(f"{s:g}" for s in info["std"])
+  lines = [f"# {info['run']} ({info['architecture']}), exported by tas_jax", "",
+           f"Trained on {info['dataset']}: {info['num_classes']} classes, "
+           f"{i['size'][0]}x{i['size'][1]} {i['channel_order']} images.", "",
+           "## Input", "",
+           f"1. {i['preprocessing'][0].upper()}{i['preprocessing'][1:]}.",
+           "2. Divide the uint8 pixels by 255.",
+           f"3. Subtract the mean ({mean}) and divide by the std ({std}), per channel.", "",
+           "## Output", "",
+           f"Logits, batch x {info['num_classes']}; index k is `class_names[k]` in export.json "
+           f"({info['class_names_are']}).", ""]
+  for fmt in FORMATS:
+    if fmt in info:
+      code = [line.format(s=i["size"][0], c=i["channels"]) for line in LOAD_LINES[fmt]]
+      lines += [f"## {fmt} (`{os.path.basename(info[fmt]['path'])}`)", "", "```python", *code,
+                "```", ""]
+  path = os.path.join(out_dir, "README.md")
+  with open(path, "w") as f:
+    f.write("\n".join(lines))
+  return path
 
 
 def jax_function(a, variables) -> Callable:
@@ -199,6 +251,7 @@ def export(workdir: str, run: str, fmt: str, num_images: int = 8) -> dict:
                      "max_logit_difference": difference}})
   with open(info_path, "w") as f:
     json.dump(info, f, indent=2)
+  write_readme(out_dir, info)
   return info
 
 

@@ -71,3 +71,33 @@ def test_an_unknown_run_is_one_line_naming_the_runs(exported, capsys):
   assert export.cli(workdir, "tas-kd-nope", "onnx") == 2
   err = capsys.readouterr().err.strip()
   assert err.count("\n") == 0 and "runs here: teacher, pas-kd, tas-kd, uniform-ce-init" in err
+
+
+def test_export_json_and_readme_say_what_the_network_expects(exported, monkeypatch):
+  """export.json: size, channel order, ÷255, mean/std, the evaluation's resize/crop, class names;
+  README.md's three lines per format, run as written in the folder, give tas_jax's logits."""
+  import json
+  import re
+  workdir, entries = exported
+  folder = os.path.dirname(entries["pas-kd", "stablehlo"]["path"])
+  info = json.load(open(os.path.join(folder, "export.json")))
+  assert info["input"]["size"] == [28, 28] and info["input"]["channels"] == 1
+  assert "255" in info["input"]["scale"] and "no resize or crop" in info["input"]["preprocessing"]
+  assert info["class_names"][0] == "T-shirt/top" and len(info["class_names"]) == 10
+  assert info["class_names_are"] == "names"
+  text = open(os.path.join(folder, "README.md")).read()
+  assert "Divide the uint8 pixels by 255" in text and "0.286" in text and "0.353" in text
+  blocks = dict(re.findall(r"## (\w+) \(`[^`]+`\)\n\n```python\n(.*?)```", text, re.S))
+  assert sorted(blocks) == sorted(export.FORMATS)
+  a, variables, config = export.read_run(workdir, "pas-kd")
+  images, _ = export.check_images(config, 4)
+  reference = np.asarray(export.jax_function(a, variables)(images))
+  monkeypatch.chdir(folder)
+  for fmt, code in blocks.items():
+    assert len(code.strip().splitlines()) == 3
+    x = images if fmt == "stablehlo" else images.transpose(0, 3, 1, 2).copy()
+    scope = {"images": x}
+    exec(code, scope)   # noqa: S102 — the README's own lines
+    logits = scope["logits"]
+    logits = logits.detach().numpy() if hasattr(logits, "detach") else np.asarray(logits)
+    assert export.largest_difference(reference, logits) < 1e-4, fmt

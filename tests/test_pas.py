@@ -173,6 +173,7 @@ def test_search_moves_the_macs_to_the_target_and_records_every_epoch(cifar_pipel
   assert summary["compilations"] == {"step": 1, "eval_step": 1}
   ratios = [h["flops_ratio"] for h in summary["history"]]
   assert ratios[0] < 0.95 and abs(ratios[-1] - 0.5) < 0.1, ratios   # from 100%
+  assert summary["in_band"] == (abs(ratios[-1] - 0.5) <= 0.05)   # target.tolerance: the warning
   last = summary["history"][-1]
   assert set(last["kept"]) == {g.name for g in channels.of(arch.cifar_resnet(8, input_size=28, input_channels=1)).groups}
   assert 0 <= last["masked_test_accuracy"] <= 1

@@ -188,14 +188,22 @@ def test_short_search_records_every_epoch_and_compiles_once(cifar_pipeline):
 
 @pytest.mark.stage
 @pytest.mark.parametrize("variant", ["width", "depth"])
-def test_width_and_depth_searches_extract_what_their_variant_allows(variant, tmp_path):
+def test_width_and_depth_searches_extract_what_their_variant_allows(variant, tmp_path, caplog):
   """TAS(W) keeps every stage at full depth, TAS(D) every conv at full width: in the records, the
-  summary and the extracted arch.json."""
+  summary and the extracted arch.json. A target one epoch cannot reach (99%, band 98.5–99%) ends
+  the search with one warning naming the settings that move it."""
   c = short_search_config()
   c.search.variant = variant
   c.search.epochs = 1
   c.search.evaluate_every_epoch = False   # the argmax network's test accuracy: the pipeline's search
-  summary = search.search(c, str(tmp_path))
+  c.target.flop_ratio, c.target.tolerance = 0.99, 0.005
+  with caplog.at_level("WARNING"):
+    summary = search.search(c, str(tmp_path))
+  assert not summary["in_band"] and not 0.985 <= summary["flops_ratio"] <= 0.99
+  warnings = [r.getMessage() for r in caplog.records if "outside the band" in r.getMessage()]
+  assert len(warnings) == 1 and "\n" not in warnings[0], warnings
+  assert "outside the band 98%–99%" in warnings[0] and "search.cost_weight (now 2)" in warnings[0]
+  assert "search.epochs (now 1)" in warnings[0]
   base = space_lib.build(arch.cifar_resnet(14, input_size=28, input_channels=1)).base
   c.stage = "extract"
   extract.extract(c, str(tmp_path))

@@ -39,6 +39,14 @@ _STATS = {
 }
 _NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "fashion_mnist": 10, "embedded": 10, "mnist": 10}
 NAMES = tuple(_NUM_CLASSES)          # held in memory (`load`)
+_FASHION = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
+            "Bag", "Ankle boot")
+# label index -> class name (the datasets' published orders); CIFAR-100's names live only in its
+# archive's metadata, so an export lists its indices
+CLASS_NAMES = {"cifar10": ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
+                           "ship", "truck"),
+               "fashion_mnist": _FASHION, "embedded": _FASHION,
+               "mnist": tuple(str(d) for d in range(10))}
 STREAMED = ("imagenet",)            # streamed from files (`tas_jax.data.imagenet`)
 
 

@@ -37,6 +37,8 @@ class Inputs:
   _train: Callable
   _eval: Callable
   _sample: Callable
+  class_names: tuple[str, ...] = ()  # label index -> name (ImageNet: the synset folders); () unknown
+  preprocessing: str = ""            # how an evaluation image is made from a stored one, in words
 
   def train_source(self, indices: np.ndarray, batch: int, seed: int,
                    epoch_key: Callable, step_key: Callable,
@@ -81,7 +83,11 @@ def _in_memory(config, mesh, eval_batch) -> Inputs:
 
   return Inputs(ds.name, ds.source, ds.num_classes, ds.image_size, ds.channels, ds.mean, ds.std,
                 len(ds.train_labels), len(ds.test_labels), ds.train_labels, train,
-                lambda: sources.InMemoryEvalSource(resident()), lambda n: ds.test_images[:n])
+                lambda: sources.InMemoryEvalSource(resident()), lambda n: ds.test_images[:n],
+                datasets.CLASS_NAMES.get(ds.name, ()),
+                (f"the {ds.image_size}x{ds.image_size} images as stored"
+                 + (" (zero-padded to that size)" if config.data.image_size > 0 else "")
+                 + ", no resize or crop"))
 
 
 def _streaming(config, mesh, eval_batch) -> Inputs:
@@ -112,4 +118,6 @@ def _streaming(config, mesh, eval_batch) -> Inputs:
   return Inputs("imagenet", f"{kind} in {d.dir}", len(train_records.classes), size, 3,
                 imagenet.MEAN, imagenet.STD, len(labels), len(val_records), labels, train,
                 lambda: imagenet.StreamingEvalSource(val_records, eval_batch, mesh, options),
-                sample)
+                sample, tuple(train_records.classes),
+                f"decode as RGB, resize the shorter side to {imagenet.eval_resize(size)} (bilinear), "
+                f"centre crop {size}x{size}")

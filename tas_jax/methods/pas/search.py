@@ -200,7 +200,21 @@ def search(config: ml_collections.ConfigDict, workdir: str) -> dict:
       "devices": n_dev, "parallel": config.parallel, "wall_time_s": round(time.time() - t0, 1),
       "history": history,
   }
+  on_target = last["latency_ratio"] if table is not None else last["flops_ratio"]
+  tolerance = config.target.tolerance
+  summary["in_band"] = bool(abs(on_target - ratio) <= tolerance + 1e-9)
   path = layout.write_summary(stage_dir, summary)
+  if not summary["in_band"]:
+    alpha = summary["cost_weight"]
+    logging.warning(
+        "[%s] the masked network has %.1f%% of the %s, more than target.tolerance=%g from the "
+        "target %.0f%%: %s pas.cost_weight (now %g)%s, or change pas.epochs (now %d); extraction "
+        "takes these masks as they are", stage, 100 * on_target,
+        "FLOPs" if table is None else "table latency", tolerance, 100 * ratio,
+        "raise" if on_target > ratio else "lower", alpha,
+        f" or a smaller pas.macs_unit (now {p.macs_unit:g}; 0: the full network's MACs)"
+        if on_target > ratio and p.macs_unit else "",
+        p.epochs)
   logging.info("[%s] finished: the masked network has %.2f M FLOPs = %.1f%% of %.2f M%s (target "
                "%.0f%% of the %s), test accuracy %.2f%%; summary in %s", stage, last["flops_m"],
                100 * last["flops_ratio"], flops_max / 1e6,

@@ -44,6 +44,14 @@ BANDS = ("released", "symmetric")
 IN_BAND = ("free", "centred")
 
 
+def band_bounds(band: str, ratio: float, tolerance: float) -> tuple[float, float]:
+  """(low, high) of the target band as fractions of the unpruned network's cost: released
+  [R - t, R], symmetric [(1-t)R, (1+t)R]."""
+  if band == "released":
+    return ratio - tolerance, ratio
+  return (1 - tolerance) * ratio, (1 + tolerance) * ratio
+
+
 def _stem_term(space: SearchSpace, width):
   s = space.slots[0]
   return conv_flops(s.kernel, space.base.input_channels, width, s.out_size)
@@ -220,11 +228,7 @@ def cost_loss(expected, exact, flops_max: float, ratio: float, tolerance: float 
   E[F] to the whole band, or capping it at the band's top, did not settle: RESULTS.md, "Targets
   0.3 and 0.7".)
   """
-  target = ratio * flops_max
-  if band == "released":
-    high, low = target, target - tolerance * flops_max
-  else:
-    high, low = (1 + tolerance) * target, (1 - tolerance) * target
+  low, high = (flops_max * b for b in band_bounds(band, ratio, tolerance))
   log_e = jnp.log(expected)
 
   def signed(value, inside):

@@ -24,7 +24,7 @@ from absl import logging
 
 from tas_jax import latency, plots, workdir as layout
 from tas_jax.errors import CheckpointNotFoundError, ConfigError
-from tas_jax.methods.tas import space as space_lib
+from tas_jax.methods.tas import cost as cost_lib, space as space_lib
 from tas_jax.models import arch as arch_lib
 from tas_jax.models.candidates import NUM_WIDTH_CANDIDATES
 from tas_jax.ops import flops
@@ -128,8 +128,7 @@ def extract(config: ml_collections.ConfigDict, workdir: str) -> dict:
   widths = [slot.candidates[int(i)] for slot, i in zip(space.slots, w_idx)]
   rows = slot_table(space, widths, final.depths)
   before, after = flops.count(base), flops.count(final)
-  low, high = ((ratio - tolerance, ratio) if s.band == "released"
-               else ((1 - tolerance) * ratio, (1 + tolerance) * ratio))
+  low, high = cost_lib.band_bounds(s.band, ratio, tolerance)
   summary = {
       "stage": "extract", "finished": True, "architecture": final.name,
       "variant": variant, "search_step": step, "search_epochs_recorded": len(history),

@@ -337,7 +337,17 @@ def search(config: ml_collections.ConfigDict, workdir: str) -> dict:
       "devices": n_dev, "parallel": config.parallel, "wall_time_s": round(time.time() - t0, 1),
       "history": history,
   }
+  on_target = summary["latency_ratio"] if table is not None else summary["flops_ratio"]
+  low, high = cost.band_bounds(s.band, ratio, config.target.tolerance)
+  summary["in_band"] = bool(low - 1e-9 <= on_target <= high + 1e-9)
   path = layout.write_summary(stage_dir, summary)
+  if not summary["in_band"]:
+    logging.warning(
+        "[search] the searched network has %.1f%% of the %s, outside the band %.0f%%–%.0f%%: %s",
+        100 * on_target, measure, 100 * low, 100 * high,
+        f"search.cost_weight (now {s.cost_weight:g}) sets how hard the cost pulls it into the band "
+        f"and search.epochs (now {s.epochs}) how long it has (target.tolerance, now "
+        f"{config.target.tolerance:g}, its width); extraction takes this network as it is")
   logging.info("[search] finished: F(A) = %.2f M FLOPs = %.1f%% of %.2f M%s (target %.0f%% of the "
                "%s), depths %s; summary in %s", counts.flops_m, 100 * summary["flops_ratio"],
                flops_max / 1e6, "" if table is None else
