@@ -48,4 +48,4 @@ def get_config():
   c.pas.finetune_decay_epochs = (3, 11)
   c.pipeline.runs = "tas-kd"
   c.log_every_steps = 13
-  return c
+  return c.lock()   # a misspelt field raises (with "did you mean")

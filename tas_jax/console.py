@@ -138,3 +138,28 @@ class Progress:
                  100 * step / self.total, speed, format_metrics(metrics))
     self._t, self._step = now, step
     return rate
+
+
+def progress_bar(iterable, total: int, unit: str, desc: str, every_secs: float = 30.0,
+                 enabled: bool = True, stream=None):
+  """The items of `iterable`, with tqdm's bar on a terminal; elsewhere (output redirected to a
+  file, a CI log) a plain line "desc: n/total unit (p%)" at most every `every_secs` and at the end,
+  instead of tqdm's carriage returns, which a file keeps as one huge line."""
+  import sys
+  stream = stream or sys.stderr
+  if not enabled:
+    yield from iterable
+    return
+  if stream.isatty():
+    import tqdm
+    yield from tqdm.tqdm(iterable, total=total, unit=unit, desc=desc, file=stream)
+    return
+  last = time.time()
+  n = 0
+  for n, item in enumerate(iterable, 1):
+    yield item
+    now = time.time()
+    if now - last >= every_secs or n == total:
+      print(f"{desc}: {n}/{total} {unit} ({100 * n / max(total, 1):.0f}%)", file=stream,
+            flush=True)
+      last = now

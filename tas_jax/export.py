@@ -46,7 +46,7 @@ import jax.numpy as jnp  # noqa: E402
 import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 
-from tas_jax import errors, workdir as layout  # noqa: E402
+from tas_jax import errors, runs, workdir as layout  # noqa: E402
 from tas_jax.interop import require  # noqa: E402
 from tas_jax.models import arch as arch_lib, networks  # noqa: E402
 
@@ -54,32 +54,16 @@ FORMATS = ("stablehlo", "onnx", "torch")
 TOLERANCE = 1e-4   # largest |logit difference| an export may have, relative to max(1, |logits|)
 PLATFORMS = ("cpu", "cuda", "tpu")
 
-def run_dir(workdir: str, run: str) -> str:
-  return layout.teacher_dir(workdir) if run == "teacher" else layout.distill_dir(workdir, run)
+run_dir = runs.run_dir
 
 
 def read_run(workdir: str, run: str):
   """(architecture, {"params", "batch_stats"} on the host, the config it was made with)."""
-  from tas_jax.stages import records
-  from tas_jax.training import supervised
-  directory = run_dir(workdir, run)
-  if not os.path.exists(os.path.join(directory, layout.ARCH)):
-    runs = sorted(os.listdir(layout.distill_dir(workdir))) if os.path.isdir(
-        layout.distill_dir(workdir)) else []
-    raise errors.CheckpointNotFoundError(
-        f"--run={run}: no trained network in {directory} (runs here: "
-        f"{', '.join(['teacher'] + runs)})")
-  a, variables, _ = supervised.read_trained(
-      directory, "teacher" if run == "teacher" else "distill",
-      jax.sharding.SingleDeviceSharding(jax.local_devices()[0]))
-  record = records.read_record(directory) or {}
-  if "config" not in record:   # an imported teacher: the config of a stage that read it
-    record = next((records.read_record(layout.stage_dir(workdir, s))
-                   for s in records.readers(workdir, "teacher")), None) or {}
-  if "config" not in record:
-    raise errors.CheckpointNotFoundError(f"{directory} has no record of its data (config.json): "
-                                         "run a stage on it first")
-  return a, jax.device_get(variables), ml_collections.ConfigDict(record["config"])
+  a, variables, config = runs.read_run(workdir, run)
+  if config is None:
+    raise errors.CheckpointNotFoundError(f"{run_dir(workdir, run)} has no record of its data "
+                                         "(config.json): run a stage on it first")
+  return a, variables, config
 
 
 def check_images(config: ml_collections.ConfigDict, n: int) -> tuple[np.ndarray, dict]:

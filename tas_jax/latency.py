@@ -34,9 +34,8 @@ from typing import Iterable, Optional
 import jax
 import jax.numpy as jnp
 import numpy as np
-import tqdm
 
-from tas_jax import parallel
+from tas_jax import console, parallel
 from tas_jax.errors import ConfigError
 from tas_jax.data import augment
 from tas_jax.models import networks, topology
@@ -55,6 +54,12 @@ class ConvKey:
 
   def __str__(self) -> str:
     return f"k{self.kernel}s{self.stride}i{self.in_size}:{self.in_width}x{self.out_width}"
+
+  def describe(self) -> str:
+    """The key in words: 'k3s1i32:16x32' is '3x3 conv, stride 1, on 32x32 inputs, 16 -> 32
+    channels'."""
+    return (f"{self.kernel}x{self.kernel} conv, stride {self.stride}, on {self.in_size}x"
+            f"{self.in_size} inputs, {self.in_width} -> {self.out_width} channels")
 
   @classmethod
   def parse(cls, text: str) -> "ConvKey":
@@ -116,6 +121,8 @@ class Table:
   def to_json(self) -> dict:
     return {"backend": self.backend, "device_kind": self.device_kind,
             "batch_size": self.batch_size, "unit": "seconds per forward of the batch",
+            "key": "kKsSiI:CinxCout = a KxK conv (+BN+ReLU), stride S, on IxI inputs, Cin -> Cout "
+                   "channels",
             "entries": {str(k): v for k, v in sorted(self.seconds.items())}}
 
 
@@ -184,8 +191,8 @@ def build(base: Architecture, workdir: str, batch_size: int, repeats: int = 5,
         f"{base.name or 'the network'}'s search space on {device.platform} ({device.device_kind}), "
         f"batch {batch_size}, median of {repeats} calls each; cache {path}")
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    for i, key in enumerate(tqdm.tqdm(missing, unit="conv", disable=not progress,
-                                      desc="latency table")):
+    for i, key in enumerate(console.progress_bar(missing, len(missing), "conv", "latency table",
+                                                 enabled=progress)):
       cached[key] = conv_seconds(key, batch_size, repeats)
       if (i + 1) % 50 == 0 or i + 1 == len(missing):   # an interrupted build keeps its entries
         table = Table(device.platform, device.device_kind, batch_size, cached)
@@ -343,13 +350,42 @@ def _cli(argv):
   except cli.USER_ERRORS as e:
     cli._die(str(e))
   table = build(base, cli.FLAGS.workdir, batch_size(config), config.latency.repeats)
+  print("\n".join(reading(table, base, cache_path(cli.FLAGS.workdir, table.batch_size))))
+
+
+def reading(table: Table, base: Architecture, path: str) -> list[str]:
+  """What a table says about pruning on this machine, in lines: the unpruned network's latency,
+  how far narrowing every conv and removing blocks each reach, the smallest reachable target, the
+  costliest entries, and what a key means."""
+  from tas_jax.models.candidates import depth_candidates
+  convs = topology.of(base).main_convs()
   full = table.network(base)
-  smallest = topology.pruned(base, [min(width_candidates(c.out_width))
-                                    for c in topology.of(base).main_convs()], base.depths)
-  print(f"[latency] {base.name or 'network'} on {table.backend} ({table.device_kind}), batch "
-        f"{table.batch_size}: {len(table.seconds)} entries; the unpruned network's convs "
-        f"{1e3 * full:.2f} ms, at the narrowest widths {1e3 * table.network(smallest):.2f} ms; "
-        f"table in {cache_path(cli.FLAGS.workdir, table.batch_size)}")
+  narrow_widths = [min(width_candidates(c.out_width)) for c in convs]
+  full_widths = [c.out_width for c in convs]
+  shallow = [min(d) for d in depth_candidates(base)]
+  narrowest = table.network(topology.pruned(base, narrow_widths, base.depths)) / full
+  shallowest = table.network(topology.pruned(base, full_widths, shallow)) / full
+  smallest = table.network(topology.pruned(base, narrow_widths, shallow)) / full
+  costly = sorted(table.seconds.items(), key=lambda kv: -kv[1])[:3]
+  if list(shallow) == list(base.depths):
+    verdict = "no block can be removed (one per stage): only narrowing moves it"
+  elif narrowest > shallowest:
+    verdict = "removing blocks moves it further than narrowing here"
+  else:
+    verdict = "narrowing moves it further than removing blocks here"
+  return [
+      f"[latency] {base.name or 'network'} on {table.backend} ({table.device_kind}), batch "
+      f"{table.batch_size}: {len(table.seconds)} entries in {path}",
+      f"  unpruned network (sum of its convs): {1e3 * full:.2f} ms",
+      f"  every conv at its narrowest candidate, all blocks kept: {100 * narrowest:.0f}% of it",
+      f"  the fewest blocks per stage {shallow}, full widths: {100 * shallowest:.0f}%",
+      f"  both: {100 * smallest:.0f}%: latency targets (target.flop_ratio with target.cost=latency) "
+      f"below that cannot be reached on this machine; {verdict}",
+      "  costliest entries: " + "; ".join(f"{k} ({k.describe()}) {1e3 * v:.3f} ms"
+                                          for k, v in costly),
+      "  a key kKsSiI:CinxCout is a KxK conv + BN + ReLU with stride S on IxI inputs, Cin -> Cout "
+      "channels",
+  ]
 
 
 if __name__ == "__main__":

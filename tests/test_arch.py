@@ -100,3 +100,16 @@ def test_depth_rules():
     arch.cifar_resnet(21, "bottleneck")
   with pytest.raises(arch.ArchError, match="unknown architecture 'resnet21'"):
     arch.named("resnet21")
+
+
+def test_networks_name_every_family_and_refuse_a_foreign_module(tmp_path):
+  import flax.linen as nn
+  from tas_jax.models import networks
+  with pytest.raises(arch.ArchError, match=r"resnet50_tv, repvgg_a0, repvgg_b1\) nor a \.json"):
+    networks.resolve("resnet21")
+  path = tmp_path / "a.json"
+  path.write_text('{"family": "vgg"}')
+  with pytest.raises(arch.ArchError, match=r"family='vgg': allowed: cifar_basic, .*, repvgg$"):
+    networks.load(str(path))
+  with pytest.raises(TypeError, match=r"not Dense"):
+    networks.build(nn.Dense(3))

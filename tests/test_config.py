@@ -143,3 +143,17 @@ def test_a_renamed_field_still_works_with_a_one_line_notice(caplog):
                      "target.flop_ratio=0.3 (the old name will go)",
                      "config.search.tolerance is now config.target.tolerance: using "
                      "target.tolerance=0.02 (the old name will go)"]
+
+
+def test_shipped_configs_are_locked_so_a_misspelt_field_raises_in_python():
+  import glob
+  import importlib
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  for path in sorted(glob.glob(os.path.join(root, "configs", "*.py"))):
+    c = importlib.import_module(f"configs.{os.path.basename(path)[:-3]}").get_config()
+    assert c.is_locked, path
+  c = importlib.import_module("configs.demo").get_config()
+  with pytest.raises(AttributeError, match=r'Did you mean "flop_ratio" instead of "flop_ration"'):
+    c.target.flop_ration = 0.3
+  c.target.flop_ratio = 0.3        # an existing field still takes a new value
+  assert c.target.flop_ratio == 0.3

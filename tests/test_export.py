@@ -101,3 +101,26 @@ def test_export_json_and_readme_say_what_the_network_expects(exported, monkeypat
     logits = scope["logits"]
     logits = logits.detach().numpy() if hasattr(logits, "detach") else np.asarray(logits)
     assert export.largest_difference(reference, logits) < 1e-4, fmt
+
+
+def test_tas_jax_load_as_readme_shows_it(cifar_pipeline, capsys):
+  """README's `tas_jax.load` example, run as written on the shared pipeline's workdir: the printed
+  accuracy is the run's recorded test accuracy; a missing workdir or run is one line."""
+  import json
+  import re
+  import tas_jax
+  from tas_jax import errors
+  workdir, _ = cifar_pipeline
+  readme = open(os.path.join(os.path.dirname(os.path.dirname(__file__)), "README.md")).read()
+  code = next(b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if "tas_jax.load(" in b)
+  exec(code.replace('"runs/demo"', repr(workdir)), {})   # noqa: S102 — README's own lines
+  name, accuracy = capsys.readouterr().out.split()[:2]
+  summary = json.load(open(os.path.join(workdir, "distill", "tas-kd", "summary.json")))
+  assert name == summary["architecture"]
+  assert abs(float(accuracy.rstrip("%")) / 100 - summary["test_accuracy"]) < 2e-3
+  net = tas_jax.load(workdir, "pas-kd")
+  assert net.summary["run"] == "pas-kd" and set(net.variables) == {"params", "batch_stats"}
+  with pytest.raises(errors.CheckpointNotFoundError, match=r"no such folder"):
+    tas_jax.load(workdir + "-missing", "tas-kd")
+  with pytest.raises(errors.CheckpointNotFoundError, match=r"runs here: teacher, pas-kd, tas-kd"):
+    tas_jax.load(workdir, "nope")

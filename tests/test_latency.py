@@ -231,3 +231,22 @@ def test_the_cost_measure_is_a_shared_target_field_and_search_cost_is_read_as_it
   c.method, c.model.family, c.target.cost = "pas", "repvgg", "latency"
   with pytest.raises(ConfigError, match="ResNets"):
     config_lib.validate(c)
+
+
+def test_the_reading_of_a_table_says_what_is_reachable_and_what_a_key_means():
+  """With every conv priced by its FLOPs, the reading's percentages are FLOP ratios computed here
+  from the counter: narrowest widths, fewest blocks, both (the smallest reachable target)."""
+  base = arch.cifar_resnet(14, input_size=28, input_channels=1)
+  table = fake_table(base, conv_flops_of)
+  lines = latency.reading(table, base, "/x/table.json")
+  convs = topology.of(base).main_convs()
+  narrow = [min(space_lib.width_candidates(c.out_width)) for c in convs]
+  conv_flops = lambda a: table.network(a)
+  full = conv_flops(base)
+  both = conv_flops(topology.pruned(base, narrow, [1, 1, 1])) / full
+  assert lines[1] == f"  unpruned network (sum of its convs): {1e3 * full:.2f} ms"
+  assert f"the fewest blocks per stage [1, 1, 1], full widths: " in lines[3]
+  assert lines[4].startswith(f"  both: {100 * both:.0f}%:") and "cannot be reached" in lines[4]
+  assert "3x3 conv, stride 1, on 28x28 inputs" in lines[5]
+  key = latency.ConvKey.parse("k3s2i32:16x32")
+  assert key.describe() == "3x3 conv, stride 2, on 32x32 inputs, 16 -> 32 channels"

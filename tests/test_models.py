@@ -89,3 +89,19 @@ def test_residual_block_by_hand():
     h = jax.nn.relu(pooled @ params[s]["shortcut"]["proj"]["conv"]["kernel"][0, 0])
   want = h.mean((1, 2)) @ params["classifier"]["kernel"] + params["classifier"]["bias"]
   np.testing.assert_allclose(logits, want, rtol=1e-4, atol=1e-6)
+
+
+def test_progress_is_plain_lines_when_not_a_terminal():
+  """Redirected to a file, a progress report is whole lines (tqdm's carriage returns would make
+  one huge line): at the interval and at the end, every item passed through."""
+  import io
+  from tas_jax import console
+  stream = io.StringIO()
+  items = list(console.progress_bar(range(5), 5, "img", "checked", every_secs=0.0, stream=stream))
+  assert items == [0, 1, 2, 3, 4]
+  text = stream.getvalue()
+  assert "\r" not in text and text.splitlines() == [f"checked: {n}/5 img ({20 * n}%)"
+                                                     for n in range(1, 6)]
+  stream = io.StringIO()
+  assert list(console.progress_bar(range(3), 3, "conv", "table", every_secs=1e9, stream=stream)) == [0, 1, 2]
+  assert stream.getvalue() == "table: 3/3 conv (100%)\n"      # only the end within the interval

@@ -32,6 +32,7 @@ def test_notebook_runs_and_shows_the_table_and_the_plots(cifar_pipeline, tmp_pat
   assert not [o for o in outputs if o.output_type == "error"]
   texts = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
   assert "finished: True" in texts
+  assert "tas-kd back in Python: " in texts                      # tas_jax.load in the kernel
   markdown = [o["data"]["text/markdown"] for o in outputs if "text/markdown" in o.get("data", {})]
   assert any("| teacher (unpruned) | teacher |" in m and "| TAS + KD | tas-kd |" in m for m in markdown)
   images = [o for o in outputs if "image/png" in o.get("data", {})]

@@ -206,6 +206,7 @@ def test_extract_and_fine_tune_from_the_kept_weights(cifar_pipeline):
   kept = _read(ex, "kept_channels.json")
   pruned = arch.load(os.path.join(ex, "arch.json"))
   assert len(kept["stem"]) == pruned.stem_width
+  assert pruned.name == f"resnet8_pas{round(100 * out['flops_ratio'])}"   # named by what it kept
   # the fine-tuning started from the extracted weights
   tuned = _read(workdir, "distill", "pas-kd", "summary.json")
   assert tuned["finished"] and tuned["init"] == "searched" and tuned["student"] == "pas"

@@ -14,8 +14,8 @@ import concurrent.futures
 import sys
 
 from absl import app, flags
-import tqdm
 
+from tas_jax import console
 from tas_jax.data import datasets, imagenet
 
 FLAGS = flags.FLAGS
@@ -36,8 +36,8 @@ def unreadable(records, threads: int = 8, progress: bool = True) -> list[tuple[s
 
   with concurrent.futures.ThreadPoolExecutor(threads) as pool:
     results = pool.map(check, range(len(records)))
-    bad = [r for r in tqdm.tqdm(results, total=len(records), unit="img", disable=not progress,
-                                file=sys.stderr) if r is not None]
+    bad = [r for r in console.progress_bar(results, len(records), "img", "checked",
+                                           enabled=progress) if r is not None]
   return bad
 
 

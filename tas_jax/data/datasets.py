@@ -80,6 +80,11 @@ class ImageDataset:
     return self.train_images.shape[3]
 
 
+def normalisation(name: str) -> tuple[tuple, tuple]:
+  """(mean, std) per channel, in [0, 1] pixel units, of an in-memory dataset."""
+  return _STATS[name]
+
+
 def load(name: str, data_dir: Optional[str] = None, image_size: int = -1) -> ImageDataset:
   """Loads a dataset by name; `image_size` > native zero-pads the images (centred), -1 keeps them."""
   if name not in _NUM_CLASSES:
@@ -264,11 +269,16 @@ def _tfds(name, data_dir, looked):
     return None
   looked.append(f"TFDS prepared data in {where}")
   arrays = []
+  from absl import logging as absl_logging
   for split in ("train", "test"):
-    try:
+    verbosity = absl_logging.get_verbosity()
+    absl_logging.set_verbosity(absl_logging.ERROR)   # TFDS's notes on a folder it cannot use
+    try:                                             # would come before our one-line error
       ds = tfds.load(name, split=split, data_dir=where, download=False)
     except AssertionError:  # TFDS's way of saying "not prepared here"
       return None
+    finally:
+      absl_logging.set_verbosity(verbosity)
     batches = list(tfds.as_numpy(ds.batch(8192)))
     arrays += [np.concatenate([b["image"] for b in batches]),
                np.concatenate([b["label"] for b in batches])]

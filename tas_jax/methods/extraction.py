@@ -103,10 +103,11 @@ def write(config: ml_collections.ConfigDict, workdir: str, method: str, title: s
   out_dir = layout.extract_dir(workdir, method)
   stage = layout.extract_stage(method)
   ratio, tolerance = config.target.flop_ratio, config.target.tolerance
-  pruned, weights = channels.cut(base, variables, kept,
-                                 name=f"{base.name or 'custom'}_{method}{round(100 * ratio)}")
   groups = channels.of(base)
   counts = channels.counts(kept)
+  kept_ratio = flops.with_kept(groups, counts) / flops.count(base).flops   # named by what it kept
+  pruned, weights = channels.cut(base, variables, kept,
+                                 name=f"{base.name or 'custom'}_{method}{round(100 * kept_ratio)}")
   before, after = flops.count(base), flops.count(pruned)
   if after.flops != flops.with_kept(groups, counts):
     raise AssertionError(f"extracted FLOPs {after.flops} differ from the count at the kept widths "

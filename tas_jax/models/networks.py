@@ -22,6 +22,10 @@ def build(a: Network, bn_axis_name: Optional[str] = None, dtype=jnp.float32,
   ResNet's equal blocks as one lax.scan, `model.scan_blocks`)."""
   if isinstance(a, repvgg.RepVGGArch):
     return repvgg.RepVGG(a, bn_axis_name=bn_axis_name, dtype=dtype, name=name)
+  if not isinstance(a, arch_lib.Architecture):
+    raise TypeError(f"networks.build takes a tas_jax architecture description (a ResNet's "
+                    f"tas_jax.models.arch.Architecture or a RepVGGArch), not {type(a).__name__}: "
+                    "describe the network with one (networks.resolve('resnet20'), arch.load(FILE))")
   return resnet.ResNet(a, bn_axis_name=bn_axis_name, dtype=dtype, name=name,
                        scan_blocks=scan_blocks)
 
@@ -33,6 +37,9 @@ def dummy_input(a: Network, batch: int = 1):
 def from_dict(d, source: str = "architecture") -> Network:
   if isinstance(d, dict) and d.get("family") == "repvgg":
     return repvgg.RepVGGArch.from_dict(d, source)
+  if isinstance(d, dict) and "family" in d and d["family"] not in arch_lib.FAMILIES:
+    raise arch_lib.ArchError(f"{source}: family={d['family']!r}: allowed: "
+                             f"{', '.join(arch_lib.FAMILIES)}, repvgg")
   return arch_lib.Architecture.from_dict(d, source)
 
 
@@ -54,6 +61,10 @@ def resolve(name_or_path: str) -> Network:
     return repvgg.named_repvgg(name_or_path.split("_")[1])
   if name_or_path.endswith(".json") or os.path.sep in name_or_path:
     return load(name_or_path)
+  if name_or_path not in arch_lib.NAMED:
+    raise arch_lib.ArchError(f"{name_or_path!r} is neither a named architecture "
+                             f"({', '.join([*arch_lib.NAMED, *REPVGG_NAMED])}) nor a .json "
+                             "architecture file")
   return arch_lib.resolve(name_or_path)
 
 

@@ -124,7 +124,7 @@ def extract(config: ml_collections.ConfigDict, workdir: str) -> dict:
   space, logits, history, step = read_search(workdir)
   w_idx, d_idx = (np.asarray(v) for v in jax.device_get(space.argmax(logits, variant)))
   base = space.base
-  final = space.architecture(w_idx, d_idx, name=f"{base.name or 'custom'}_tas{round(100 * ratio)}")
+  final = space.named_architecture(w_idx, d_idx)
   widths = [slot.candidates[int(i)] for slot, i in zip(space.slots, w_idx)]
   rows = slot_table(space, widths, final.depths)
   before, after = flops.count(base), flops.count(final)

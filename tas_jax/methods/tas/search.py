@@ -313,7 +313,7 @@ def search(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if not finished:
     return {"stage": "search", "finished": False, "step": int(jax.device_get(state.step))}
   w_idx, d_idx = jax.device_get(space.argmax(state.arch, s.variant))
-  final = space.architecture(w_idx, d_idx, name=f"{base.name}_tas{round(100 * ratio)}")
+  final = space.named_architecture(w_idx, d_idx)
   counts = flops.count(final)
   summary = {
       "stage": "search", "finished": True, "variant": s.variant, "dataset": ds.name,

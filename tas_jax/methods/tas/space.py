@@ -17,6 +17,7 @@ import numpy as np
 from tas_jax.models import topology
 from tas_jax.models.arch import Architecture
 from tas_jax.models.candidates import NUM_WIDTH_CANDIDATES, depth_candidates, width_candidates
+from tas_jax.ops import flops
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,6 +110,12 @@ class SearchSpace:
     return self.architecture_of_widths(
         [s.candidates[int(i)] for s, i in zip(self.slots, width_idx)],
         [self.depths[s][int(j)] for s, j in enumerate(depth_idx)], name)
+
+  def named_architecture(self, width_idx, depth_idx) -> Architecture:
+    """`architecture`, named by the share of the FLOPs it keeps: resnet20_tas48."""
+    a = self.architecture(width_idx, depth_idx)
+    kept = flops.count(a).flops / flops.count(self.base).flops
+    return self.architecture(width_idx, depth_idx, f"{self.base.name or 'custom'}_tas{round(100 * kept)}")
 
   def architecture_of_widths(self, widths, depths, name: str = "") -> Architecture:
     """The network with `widths[i]` channels in slot i and `depths[s]` blocks in stage s."""
