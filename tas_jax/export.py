@@ -130,10 +130,8 @@ def write_readme(out_dir: str, info: dict) -> str:
 
 def jax_function(a, variables) -> Callable:
   """images (NHWC float32) -> logits: the tas_jax network in evaluation mode, float32."""
-  model = networks.build(a)
-  v = {"params": variables["params"], **({"batch_stats": variables["batch_stats"]}
-                                         if variables.get("batch_stats") else {})}
-  return lambda x: model.apply(v, x, train=False)
+  apply = runs.apply_function(a)
+  return lambda x: apply(variables, x)
 
 
 def export_stablehlo(a, variables, out_dir: str) -> tuple[str, Callable]:

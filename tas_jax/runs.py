@@ -69,6 +69,15 @@ def normalisation(config: Optional[ml_collections.ConfigDict]) -> tuple[tuple, t
   return datasets.normalisation(config.data.name)
 
 
+def apply_function(a) -> Callable:
+  """(variables, images NHWC float32) -> logits: network `a` in evaluation mode, float32."""
+  from tas_jax.models import networks
+  model = networks.build(a)
+  return lambda v, x: model.apply(
+      {"params": v["params"], **({"batch_stats": v["batch_stats"]} if v.get("batch_stats") else {})},
+      x, train=False)
+
+
 @dataclasses.dataclass(frozen=True)
 class FinishedRun:
   """A trained network of a workdir: call it on normalised float32 NHWC images for logits."""
@@ -92,12 +101,8 @@ class FinishedRun:
 
 def load(workdir: str, run: str = "teacher") -> FinishedRun:
   """The network `run` of `workdir` trained (teacher, tas-kd, pas-kd, ...), ready to call."""
-  from tas_jax.models import networks
   a, variables, config = read_run(workdir, run)
   mean, std = normalisation(config)
-  model = networks.build(a)
-  apply = jax.jit(lambda v, x: model.apply(
-      {"params": v["params"], **({"batch_stats": v["batch_stats"]} if v.get("batch_stats") else {})},
-      x, train=False))
+  apply = jax.jit(apply_function(a))
   summary = layout.read_summary(run_dir(workdir, run)) or {}
   return FinishedRun(run, a, variables, apply, tuple(mean), tuple(std), summary)

@@ -101,11 +101,7 @@ def _set_aside_imported(teacher_dir: str) -> tuple:
       os.replace(kept + ".partial", kept)
     multihost.barrier("imported weights set aside")
   arch = networks.load(arch_path)
-  shapes = jax.eval_shape(lambda: networks.build(arch).init(
-      jax.random.key(0), networks.dummy_input(arch), train=False))
-  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=host),
-                          {"params": shapes["params"], "batch_stats": shapes.get("batch_stats", {})})
-  return arch, loop.restore_tree(kept, abstract)
+  return arch, loop.restore_tree(kept, supervised.abstract_variables(arch, host))
 
 
 def finetune_imported(config, workdir: str, mesh, ds, imported: dict) -> dict:

@@ -117,15 +117,20 @@ def check_fits(a: arch_lib.Architecture, ds: inputs_lib.Inputs, what: str) -> No
         f"and {ds.image_size}x{ds.image_size}x{ds.channels}")
 
 
+def abstract_variables(arch, sharding) -> dict:
+  """{'params', 'batch_stats'} of `arch` as ShapeDtypeStructs placed with `sharding`: what a
+  checkpoint of its weights is restored into."""
+  shapes = jax.eval_shape(lambda: networks.build(arch).init(
+      jax.random.key(0), networks.dummy_input(arch), train=False))
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+                      {"params": shapes["params"], "batch_stats": shapes.get("batch_stats", {})})
+
+
 def read_variables(stage_dir: str, arch: arch_lib.Architecture, stage: str,
                    sharding) -> tuple[dict, int]:
   """({'params', 'batch_stats'}, step) of a trained network's latest checkpoint, placed with
   `sharding`; the optimiser state is not read (Orbax partial restore)."""
-  model = networks.build(arch)
-  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), networks.dummy_input(arch), train=False))
-  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
-                          {"params": shapes["params"], "batch_stats": shapes.get("batch_stats", {})})
-  variables, _, step = loop.read_checkpoint(stage_dir, abstract, stage)
+  variables, _, step = loop.read_checkpoint(stage_dir, abstract_variables(arch, sharding), stage)
   return variables, step
 
 
@@ -136,12 +141,9 @@ def read_trained(directory: str, stage: str, sharding) -> tuple[arch_lib.Archite
   deploy = os.path.join(directory, layout.DEPLOY)
   if os.path.isdir(deploy):
     arch = networks.load(os.path.join(deploy, layout.ARCH))
-    shapes = jax.eval_shape(lambda: networks.build(arch).init(
-        jax.random.key(0), networks.dummy_input(arch), train=False))
-    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
-                            {"params": shapes["params"], "batch_stats": shapes.get("batch_stats", {})})
     summary = layout.read_summary(directory) or {}
-    return arch, loop.restore_tree(os.path.join(deploy, layout.WEIGHTS), abstract), summary.get("steps", 0)
+    return arch, loop.restore_tree(os.path.join(deploy, layout.WEIGHTS),
+                                   abstract_variables(arch, sharding)), summary.get("steps", 0)
   arch = networks.load(os.path.join(directory, layout.ARCH))
   variables, step = read_variables(directory, arch, stage, sharding)
   return arch, variables, step
