@@ -218,6 +218,10 @@ def test_an_imported_teacher_gets_a_fresh_head_and_is_fine_tuned_as_the_teacher(
   for ours, theirs in zip(jax.tree.leaves(body(variables["params"])),
                           jax.tree.leaves(body(imported["params"]))):
     np.testing.assert_allclose(np.asarray(ours), theirs, atol=1e-6)
+  # the record now holds the fine-tuning's settings (an export reads its data from it)
+  record = json.load(open(os.path.join(teacher_dir, "config.json")))
+  assert record["fields"]["finetune.cosine_epochs"] == 1 and record["imported"]["sha256"]
+  assert record["config"]["data"]["name"] == "embedded"
   # the same command again finds it finished; the table names the teacher's origin
   assert main.run(c, workdir)["finished"]
   c.stage = "results"

@@ -294,13 +294,17 @@ def adopt_recorded(config: ml_collections.ConfigDict, workdir: str, stage: str,
 
 
 def write(config: ml_collections.ConfigDict, workdir: str, stage: str,
-          taken_as_recorded: Optional[dict] = None) -> None:
-  """Records what `stage` is run with, unless its folder already holds a result with a record."""
+          taken_as_recorded: Optional[dict] = None, replace: bool = False,
+          extra: Optional[dict] = None) -> None:
+  """Records what `stage` is run with, unless its folder already holds a result with a record
+  (`replace`: write it all the same, e.g. an imported teacher about to be fine-tuned; `extra`
+  joins the record)."""
   directory = layout.stage_dir(workdir, stage)
-  if (_has_result(directory) and read_record(directory) is not None) or not layout.is_writer():
+  if not layout.is_writer() or (not replace and _has_result(directory)
+                                and read_record(directory) is not None):
     return
   fields, reads = defining_fields(config, stage)
   os.makedirs(directory, exist_ok=True)
   with open(os.path.join(directory, RECORD), "w") as f:
     json.dump({"stage": stage, "fields": fields, "reads": reads, "config": config.to_dict(),
-               "taken_as_recorded": taken_as_recorded or {}}, f, indent=1)
+               "taken_as_recorded": taken_as_recorded or {}, **(extra or {})}, f, indent=1)

@@ -25,6 +25,7 @@ from absl import logging
 from tas_jax import config as config_lib, multihost, parallel, workdir as layout
 from tas_jax.models import networks
 from tas_jax.ops import flops
+from tas_jax.stages import records
 from tas_jax.training import loop, steps, supervised
 
 
@@ -109,6 +110,8 @@ def finetune_imported(config, workdir: str, mesh, ds, imported: dict) -> dict:
   for `ds`'s classes, fine-tuned with `config.finetune`; its summary says what it started from."""
   teacher_dir = layout.teacher_dir(workdir)
   source, variables = _set_aside_imported(teacher_dir)
+  if "config" not in (records.read_record(teacher_dir) or {}):   # convert's: no training settings
+    records.write(config, workdir, "teacher", replace=True, extra={"imported": imported})
   arch = dataclasses.replace(source, num_classes=ds.num_classes, input_size=ds.image_size,
                              name=f"{source.name}-{ds.num_classes}cls" if source.num_classes
                              != ds.num_classes else source.name)

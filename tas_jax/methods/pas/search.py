@@ -181,7 +181,8 @@ def search(config: ml_collections.ConfigDict, workdir: str) -> dict:
     base.save(os.path.join(stage_dir, layout.BASE_ARCH))
   cfg = loop.LoopConfig(stage, p.epochs, steps_per_epoch, p.batch_size, config.log_every_steps,
                         config.checkpoint_every_steps, config.keep_checkpoints,
-                        config.max_steps_per_run, config.profile_steps)
+                        config.max_steps_per_run, config.profile_steps,
+                        starts_from="the teacher's weights")
   state, history, finished = loop.fit(cfg, stage_dir, state, step, train_source, (),
                                       lambda epoch: (), end_of_epoch, lambda s: p.lr)
   if not finished:

@@ -305,7 +305,8 @@ def search(config: ml_collections.ConfigDict, workdir: str) -> dict:
     base.save(os.path.join(stage_dir, layout.BASE_ARCH))
   cfg = loop.LoopConfig("search", s.epochs, steps_per_epoch, s.batch_size, config.log_every_steps,
                         config.checkpoint_every_steps, config.keep_checkpoints,
-                        config.max_steps_per_run, config.profile_steps)
+                        config.max_steps_per_run, config.profile_steps,
+                        starts_from="the teacher's weights" if s.init == "teacher" else "scratch")
   state, history, finished = loop.fit(
       cfg, stage_dir, state, iteration, halves, (aug_key,),
       lambda epoch: (jax.device_put(np.float32(tau_at(s, epoch)), parallel.replicated(mesh)),),
