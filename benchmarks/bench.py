@@ -45,6 +45,7 @@ import numpy as np
 from absl import app, flags
 
 from benchmarks.timing import compile_stats, median_time, median_times, Stepper
+from tas_jax.target import Target
 from tas_jax import parallel
 from tas_jax.config import base_config
 from tas_jax.data import datasets, sources
@@ -82,7 +83,9 @@ def search_setup(a, c, mesh, ds, data, augmentation, batch: int):
   wtx, _, atx = search.optimizers(c.search, 4)
   sstate = search.create_state(net, space, wtx, atx, np.zeros((2, 32, 32, 3), np.float32),
                                jax.random.key(0), mesh)
-  iteration = search.make_search_step(net, space, c.search, c.target, mesh, "jit")
+  iteration = search.make_search_step(
+      net, space, c.search, Target.flops(space.base, c.target.flop_ratio, c.target.tolerance),
+      mesh, "jit")
   half_a, half_b = datasets.split_per_class(ds.train_labels, 0)
   halves = sources.Zipped(**{
       name: sources.InMemorySource(data, half, batch, augmentation,
@@ -185,7 +188,7 @@ def bench_jax(network: str, batch: int, num_devices: int, repeats: int, steps_pe
   pas_model = masks.MaskedNetwork(a)
   pas_tx = pas_search.optimizer(c.pas)
   pstate = steps.create_state(pas_model, pas_tx, resnet.dummy_input(a), jax.random.key(0), mesh)
-  pas_step = pas_search.make_search_step(pas_model, c.pas, 0.5, mesh, "jit")
+  pas_step = pas_search.make_search_step(pas_model, c.pas, Target.flops(a, 0.5), mesh, "jit")
   pas_batches = source.iterate(0)
   pas_compile, out["pas_memory"] = compile_stats(pas_step, pstate, next(pas_batches))
   pas_stepper = Stepper(pas_step, pstate, pas_batches)

@@ -26,6 +26,7 @@ import numpy as np
 from absl import app, flags
 
 from benchmarks.timing import compile_stats, median_time, Stepper
+from tas_jax.target import Target
 from tas_jax import parallel
 from tas_jax.config import base_config
 from tas_jax.data import imagenet
@@ -96,7 +97,9 @@ def step_figures(depth: int, dtype: str, batch: int, repeats: int, steps_per_rep
   wtx, _, atx = search.optimizers(c.search, 100)
   sstate = search.create_state(net, space, wtx, atx, np.zeros((2, 224, 224, 3), np.float32),
                                jax.random.key(0), mesh)
-  iteration = search.make_search_step(net, space, c.search, c.target, mesh, "jit")
+  iteration = search.make_search_step(
+      net, space, c.search, Target.flops(space.base, c.target.flop_ratio, c.target.tolerance),
+      mesh, "jit")
   key = parallel.put_replicated(jax.random.key(1), mesh)
   tau = parallel.put_replicated(np.float32(search.tau_at(c.search, 0)), mesh)
   pair = {"a": data, "b": data}

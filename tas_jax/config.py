@@ -13,7 +13,7 @@ import re
 import ml_collections
 from absl import logging
 
-from tas_jax import errors, methods
+from tas_jax import errors, methods, target as target_lib
 from tas_jax.data import datasets
 from tas_jax.models import arch as arch_lib, networks, repvgg
 from tas_jax.validation import fail, fraction, positive
@@ -26,7 +26,7 @@ DTYPES = ("float32", "bfloat16")
 # old field -> its new name: still accepted (on the command line too), with a one-line notice
 RENAMED = {"search.flop_ratio": "target.flop_ratio", "search.tolerance": "target.tolerance",
            "search.cost": "target.cost"}
-COSTS = ("flops", "latency")
+COSTS = target_lib.MEASURES
 
 
 ConfigError = errors.ConfigError
@@ -332,7 +332,7 @@ def _validate_target(c: ml_collections.ConfigDict) -> None:
     fail("target.tolerance", t.tolerance, "must be in [0, target.flop_ratio)")
   if t.cost not in COSTS:
     fail("target.cost", t.cost, f"allowed: {', '.join(COSTS)}")
-  if t.cost == "latency" and network_family(c) == "repvgg":
+  if target_lib.priced_by_table(t.cost) and network_family(c) == "repvgg":
     fail("target.cost", t.cost, "the latency table covers ResNets (CIFAR and ImageNet) only")
 
 
@@ -441,18 +441,5 @@ def describe(c: ml_collections.ConfigDict) -> list[tuple[str, object, str]]:
 
 
 if __name__ == "__main__":
-  from absl import app, flags
-  from ml_collections import config_flags
-
-  config_flags.DEFINE_config_file("config", None, "A config file (default: the base config).")
-
-  def _main(argv):
-    if len(argv) > 1:
-      raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    c = flags.FLAGS.config if flags.FLAGS.config is not None else base_config()
-    rows = describe(c)
-    width = max(len(f"{name} = {value!r}") for name, value, _ in rows)
-    for name, value, text in rows:
-      print(f"{f'{name} = {value!r}':<{width}}  {text}".rstrip())
-
-  app.run(_main)
+  from tas_jax.commands import config as command
+  command.main()

@@ -23,9 +23,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import sys
-
-from absl import app, flags
 
 from tas_jax import console
 
@@ -35,7 +32,7 @@ import numpy as np  # noqa: E402
 
 from tas_jax import errors, workdir as layout  # noqa: E402
 from tas_jax.interop import require, torch_layout  # noqa: E402
-from tas_jax.models import arch as arch_lib, networks, repvgg  # noqa: E402
+from tas_jax.models import networks, repvgg  # noqa: E402
 
 SOURCES = {"torchvision": "a torchvision ResNet state dict", "repvgg": "a released RepVGG "
            "training-form state dict"}
@@ -126,38 +123,6 @@ def convert(source: str, name: str, weights: str, workdir: str, input_size: int 
   return record
 
 
-def cli(source: str, name: str, weights: str, workdir: str, input_size: int = 0) -> int:
-  """The command: converts, prints what it did and what to run next; a user's error is one line."""
-  console.setup()
-  try:
-    record = convert(source, name, weights, workdir, input_size)
-  except (errors.ConfigError, arch_lib.ArchError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
-  teacher_dir = layout.teacher_dir(workdir)
-  print(f"{record['architecture']} ({record['num_classes']} classes, {record['input_size']}x"
-        f"{record['input_size']} inputs) from {weights} -> {teacher_dir}\n"
-        f"check against PyTorch on a random batch: largest |logit difference| "
-        f"{record['max_abs_logit_difference']:.2e}\n"
-        f"next: python -m tas_jax.main --config=CONFIG --workdir={workdir} "
-        f"--config.model.arch={os.path.join(teacher_dir, layout.ARCH)} --config.stage=all")
-  return 0
-
-
-if __name__ == "__main__":   # flags only here: tas_jax.main defines its own --workdir
-  _ARCH = flags.DEFINE_string("arch", None, "resnet18_tv | resnet50_tv | repvgg_a0 | repvgg_b1 | an "
-                              "architecture JSON")
-  _WEIGHTS = flags.DEFINE_string("weights", None, "the PyTorch checkpoint (.pth)")
-  _WORKDIR = flags.DEFINE_string("workdir", None, "the workdir whose teacher/ it becomes")
-  _INPUT_SIZE = flags.DEFINE_integer("input_size", 0, "the image side the network is trained and "
-                                     "evaluated at (0: the architecture's, 224 for the named ones)")
-
-  def main(argv):
-    if len(argv) != 2:
-      raise app.UsageError(f"one SOURCE: {', '.join(SOURCES)}")
-    for flag in (_ARCH, _WEIGHTS, _WORKDIR):
-      if not flag.value:
-        raise app.UsageError(f"--{flag.name} is needed")
-    return cli(argv[1], _ARCH.value, _WEIGHTS.value, _WORKDIR.value, _INPUT_SIZE.value)
-
-  app.run(lambda argv: sys.exit(main(argv)))
+if __name__ == "__main__":
+  from tas_jax.commands import convert as command
+  command.main()

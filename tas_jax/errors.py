@@ -1,7 +1,7 @@
 """The errors a user can cause and fix; the entry point prints each as one line ("error: …").
 
 Architecture and data errors live with their modules (`tas_jax.models.arch.ArchError`,
-`tas_jax.data.datasets.DataNotFoundError`, `BadDataError`); `tas_jax.main.USER_ERRORS` lists all of
+`tas_jax.data.datasets.DataNotFoundError`, `BadDataError`); `tas_jax.commands.USER_ERRORS` lists all of
 them.
 """
 

@@ -31,11 +31,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import sys
 import warnings
 from typing import Callable
-
-from absl import app, flags
 
 from tas_jax import console
 
@@ -48,7 +45,7 @@ import numpy as np  # noqa: E402
 
 from tas_jax import errors, runs, workdir as layout  # noqa: E402
 from tas_jax.interop import require  # noqa: E402
-from tas_jax.models import arch as arch_lib, networks  # noqa: E402
+from tas_jax.models import networks  # noqa: E402
 
 FORMATS = ("stablehlo", "onnx", "torch")
 TOLERANCE = 1e-4   # largest |logit difference| an export may have, relative to max(1, |logits|)
@@ -237,33 +234,6 @@ def export(workdir: str, run: str, fmt: str, num_images: int = 8) -> dict:
   return info
 
 
-def cli(workdir: str, run: str, fmt: str, num_images: int = 8) -> int:
-  """The command: exports and checks, prints the file and the check; a user's error is one line."""
-  console.setup()
-  try:
-    info = export(workdir, run, fmt, num_images)
-  except (errors.ConfigError, arch_lib.ArchError, errors.CheckpointNotFoundError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
-  entry = info[fmt]
-  print(f"{run} ({info['architecture']}) -> {entry['path']}\nchecked on "
-        f"{entry['checked_images']} test images of {info['dataset']}: largest logit difference "
-        f"{entry['max_logit_difference']:.2e} (relative to max(1, |logit|); tolerance {TOLERANCE})")
-  return 0
-
-
-if __name__ == "__main__":   # flags only here: tas_jax.main defines its own --workdir
-  _WORKDIR = flags.DEFINE_string("workdir", None, "the workdir holding the run")
-  _RUN = flags.DEFINE_string("run", None, "teacher, or a distill run (tas-kd, pas-ce, …)")
-  _FORMAT = flags.DEFINE_enum("format", None, FORMATS, "what to write")
-  _CHECK_IMAGES = flags.DEFINE_integer("check_images", 8, "test images the export is checked on")
-
-  def main(argv):
-    if len(argv) > 1:
-      raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    for flag in (_WORKDIR, _RUN, _FORMAT):
-      if not flag.value:
-        raise app.UsageError(f"--{flag.name} is needed")
-    return cli(_WORKDIR.value, _RUN.value, _FORMAT.value, _CHECK_IMAGES.value)
-
-  app.run(lambda argv: sys.exit(main(argv)))
+if __name__ == "__main__":
+  from tas_jax.commands import export as command
+  command.main()

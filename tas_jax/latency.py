@@ -333,26 +333,6 @@ def measured_network_seconds(archs: Iterable[Architecture], batch_size: int, rep
   return [out[str(i)]["ms_per_batch"] / 1e3 for i in range(len(archs))]
 
 
-def _cli(argv):
-  """Builds (or reads) the latency table of the config's network in WORKDIR/latency/."""
-  from tas_jax import config as config_lib, console, main as cli
-  from tas_jax.training import supervised
-  if len(argv) > 1:
-    cli._die(f"unexpected arguments: {' '.join(argv[1:])} (flags are --name=value)")
-  if cli.FLAGS.config is None or cli.FLAGS.workdir is None:
-    cli._die("both --config=configs/NAME.py and --workdir=DIR are needed")
-  console.setup()
-  config = cli.FLAGS.config
-  try:
-    config_lib.validate(config)
-    _, ds = supervised.load_inputs(config, 1)
-    base = supervised.architecture(config, ds.num_classes, ds.image_size, ds.channels)
-  except cli.USER_ERRORS as e:
-    cli._die(str(e))
-  table = build(base, cli.FLAGS.workdir, batch_size(config), config.latency.repeats)
-  print("\n".join(reading(table, base, cache_path(cli.FLAGS.workdir, table.batch_size))))
-
-
 def reading(table: Table, base: Architecture, path: str) -> list[str]:
   """What a table says about pruning on this machine, in lines: the unpruned network's latency,
   how far narrowing every conv and removing blocks each reach, the smallest reachable target, the
@@ -389,6 +369,5 @@ def reading(table: Table, base: Architecture, path: str) -> list[str]:
 
 
 if __name__ == "__main__":
-  from absl import app
-  from tas_jax import main as _main_module
-  app.run(_cli, flags_parser=_main_module.parse_flags)
+  from tas_jax.commands import latency as command
+  command.main()

@@ -10,6 +10,7 @@ import sys
 import jax
 import numpy as np
 
+from tas_jax.target import Target
 from tas_jax import parallel
 from tas_jax.config import base_config
 from tas_jax.data import datasets, sources
@@ -79,7 +80,7 @@ def one_search_iteration(num_devices: int, mode: str, num_steps: int = 2) -> dic
                                    lambda step, i=i: search.step_keys(key, step)[i],
                                    steps_per_epoch=2)
       for i, (name, half) in enumerate((("a", half_a), ("b", half_b)))})
-  step = search.make_search_step(net, space, s, c.target, mesh, mode)
+  step = search.make_search_step(net, space, s, Target.flops(space.base, c.target.flop_ratio, c.target.tolerance), mesh, mode)
   tau = parallel.put_replicated(np.float32(3.0), mesh)
   batches = halves.iterate(0)
   out, after_first = [], None
@@ -143,7 +144,7 @@ def one_pas_step(num_devices: int, mode: str, num_steps: int = 2) -> dict:
   params = {**state.params, "masks": parallel.put_replicated(scores, mesh)}
   state = state.replace(params=params, opt_state=jax.jit(
       tx.init, out_shardings=parallel.replicated(mesh))(params))
-  step = pas_search.make_search_step(model, p, 0.3, mesh, mode)
+  step = pas_search.make_search_step(model, p, Target.flops(model.arch, 0.3), mesh, mode)
   batches = _source(ds, data).iterate(0)
   losses, ratios = [], []
   for _ in range(num_steps):

@@ -68,7 +68,10 @@ def test_the_files_load_and_run_at_any_batch_size(exported):
 
 def test_an_unknown_run_is_one_line_naming_the_runs(exported, capsys):
   workdir, _ = exported
-  assert export.cli(workdir, "tas-kd-nope", "onnx") == 2
+  from tas_jax.commands import export as export_command
+  with pytest.raises(SystemExit) as e:
+    export_command.cli(workdir, "tas-kd-nope", "onnx")
+  assert e.value.code == 2
   err = capsys.readouterr().err.strip()
   assert err.count("\n") == 0 and "runs here: teacher, pas-kd, tas-kd, uniform-ce-init" in err
 

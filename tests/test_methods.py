@@ -12,6 +12,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+from tas_jax.target import Target
 from tas_jax import config as config_lib, main, methods, parallel, workdir as layout
 from tas_jax.methods import extraction
 from tas_jax.methods.oneshot import criteria, stages
@@ -81,7 +82,7 @@ def test_extracted_network_equals_the_teacher_with_the_removed_channels_zeroed(a
   criterion, ranking = rule
   x, v = _variables(a, 3)
   scores = stages.score(criterion, a, v, ranking)
-  kept, how = stages.choose(criterion, a, scores, 0.5, ranking)
+  kept, how = stages.choose(criterion, a, scores, Target.flops(a, 0.5), ranking)
   groups = channels.of(a)
   pruned, weights = channels.cut(a, v, kept)
   # FLOPs: the counter on the extracted network equals the count at the kept widths, at or below
@@ -108,7 +109,7 @@ def test_global_l1_keeps_the_highest_relative_norms_and_stops_at_the_target():
   a = arch.cifar_resnet(14, input_size=16)
   _, v = _variables(a, 5)
   scores = stages.score("l1", a, v, "global")
-  kept, _ = stages.choose("l1", a, scores, 0.5, "global")
+  kept, _ = stages.choose("l1", a, scores, Target.flops(a, 0.5), "global")
   groups = channels.of(a)
   removed = [scores[g][j] for g in kept for j in range(len(scores[g])) if j not in kept[g]]
   survivors = [scores[g][j] for g in kept for j in kept[g] if scores[g][j] < max(scores[g])]

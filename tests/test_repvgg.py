@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tas_jax.target import Target
 from tas_jax import parallel
 from tas_jax.config import base_config
 from tas_jax.methods.pas import masks, search
@@ -81,7 +82,7 @@ def test_pas_steps_on_repvgg_switch_channels_off():
   p.lr, p.macs_unit, p.cost_weight = 0.02, 0.0, 50.0
   tx = search.optimizer(p)
   state = steps.create_state(model, tx, jnp.zeros((1, 32, 32, 3)), jax.random.key(0), mesh)
-  step = search.make_search_step(model, p, 0.4, mesh, "jit")
+  step = search.make_search_step(model, p, Target.flops(model.arch, 0.4), mesh, "jit")
   rng = np.random.default_rng(0)
   batch = {"image": jnp.asarray(rng.normal(size=(16, 32, 32, 3)), jnp.float32),
            "label": jnp.asarray(rng.integers(0, 7, 16), jnp.int32)}

@@ -16,8 +16,6 @@ import os
 import re
 import shutil
 
-from absl import app, flags
-
 from tas_jax.data.datasets import DataNotFoundError
 
 
@@ -56,16 +54,6 @@ def build(out_dir: str) -> str:
   return out_dir
 
 
-_OUT = flags.DEFINE_string("out", None, "the folder to write")
-
-
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  if not _OUT.value:
-    raise app.UsageError("--out=DIR is needed")
-  print(build(_OUT.value))
-
-
 if __name__ == "__main__":
-  app.run(main)
+  from tas_jax.commands import imagenet_samples as command
+  command.main()

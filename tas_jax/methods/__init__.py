@@ -1,6 +1,6 @@
 """Pruning methods: one folder each, behind one contract, found by name in `REGISTRY`.
 
-A method is a `Method`: its stages, its settings and what the method-independent code needs to
+A method is a `Method` (`tas_jax.methods.contract`): its stages, its settings and what the method-independent code needs to
 know about it. The config (`tas_jax.config`), the pipeline, the distill and results stages and
 the stage records ask the registry and name no method.
 
@@ -22,40 +22,12 @@ in `REGISTRY` below — or, from outside the package (a notebook, a test), `regi
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Callable, Optional
-
-import ml_collections
-
 from tas_jax.errors import ConfigError
+from tas_jax.methods import oneshot, pas, tas
+from tas_jax.methods.contract import Method
 
 DEFAULT = "tas"          # config.method and distill.student of a fresh config
 
-
-@dataclasses.dataclass(frozen=True)
-class Method:
-  name: str                # config.method=NAME; a distill run NAME-kd trains its pruned network
-  label: str               # its rows in the results table, e.g. "PaS (fine-tuned)"
-  description: str
-  search: Callable[[ml_collections.ConfigDict, str], dict]
-  extract: Callable[[ml_collections.ConfigDict, str], dict]
-  section: str = ""        # config[section] holds its settings ("" = none of its own)
-  defaults: Callable[[], ml_collections.ConfigDict] = ml_collections.ConfigDict
-  validate: Callable[[ml_collections.ConfigDict], None] = lambda config: None
-  keeps_weights: bool = False   # its extraction writes the kept channels' weights; its runs
-                                # fine-tune them (distill.init=searched)
-  families: tuple[str, ...] = ("resnet",)   # the networks it prunes: resnet, repvgg
-  reads_teacher: Callable[[ml_collections.ConfigDict], bool] = lambda config: True
-                           # whether its search starts from WORKDIR/teacher
-  finetune_fields: tuple[str, ...] = ()   # fields of its section read by the fine-tuning of its
-                                          # extracted weights, not by its search
-  finetune: Optional[Callable[[ml_collections.ConfigDict], ml_collections.ConfigDict]] = None
-                           # the recipe fine-tuning its extracted weights (default: config.distill)
-  not_defining: tuple[str, ...] = ()      # fields of its section that do not change a result
-
-
-# after `Method`, which they use
-from tas_jax.methods import oneshot, pas, tas  # noqa: E402
 
 # name -> Method: what config.method, a distill run's STUDENT and the pipeline dispatch on
 REGISTRY: dict[str, Method] = {m.name: m for m in (tas.METHOD, pas.METHOD, oneshot.L1, oneshot.FPGM)}

@@ -26,7 +26,7 @@ import jax
 import ml_collections
 from absl import logging
 
-from tas_jax import latency, plots, workdir as layout
+from tas_jax import latency, plots, target as target_lib, workdir as layout
 from tas_jax.errors import CheckpointNotFoundError
 from tas_jax.models import channels, networks, repvgg
 from tas_jax.ops import flops
@@ -120,12 +120,12 @@ def write(config: ml_collections.ConfigDict, workdir: str, method: str, title: s
       "after": {"flops_m": round(after.flops_m, 4), "params_m": round(after.params_m, 6)},
       "kept": counts, "layers": table, **(extra or {}),
   }
-  on_target = summary["flops_ratio"]
-  if config.target.cost == "latency" or config.latency.report:
-    summary["latency"] = latency.report(config, workdir, base, pruned)
-  if config.target.cost == "latency":
-    on_target = summary["latency"]["predicted_ratio"]
-  summary["in_band"] = bool(abs(on_target - ratio) <= tolerance + 1e-9)
+  target = target_lib.Target.build(config, base, workdir, quiet=True)
+  report = target.report(config, workdir, pruned)
+  if report is not None:
+    summary["latency"] = report
+  on_target = target.on_target_ratio(summary["flops_ratio"], report)
+  summary["in_band"] = target.in_band(on_target)
   os.makedirs(out_dir, exist_ok=True)
   save_weights(os.path.join(out_dir, layout.WEIGHTS), weights)   # every process: Orbax is collective
   if trains_in_training_form(base):
@@ -146,7 +146,7 @@ def write(config: ml_collections.ConfigDict, workdir: str, method: str, title: s
   if not summary["in_band"]:
     logging.warning("[%s] %s has %.1f%% of the %s, more than target.tolerance=%g from the "
                     "target %.0f%%%s", stage, pruned.name, 100 * on_target,
-                    "FLOPs" if config.target.cost == "flops" else "table latency", tolerance,
+                    target.label, tolerance,
                     100 * ratio, f" ({advice})" if advice else "")
   layout.write_summary(out_dir, summary)
   logging.info("[%s] %s: %.2f M FLOPs = %.1f%% of %.2f M (target %.0f%%), %.4f M params (%.4f M); "

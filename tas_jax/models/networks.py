@@ -14,6 +14,7 @@ from tas_jax.models import arch as arch_lib, repvgg, resnet
 
 Network = Union[arch_lib.Architecture, repvgg.RepVGGArch]
 REPVGG_NAMED = ("repvgg_a0", "repvgg_b1")
+NAMED = (*arch_lib.NAMED, *REPVGG_NAMED)   # every named network `resolve` knows
 
 
 def build(a: Network, bn_axis_name: Optional[str] = None, dtype=jnp.float32,
@@ -63,7 +64,7 @@ def resolve(name_or_path: str) -> Network:
     return load(name_or_path)
   if name_or_path not in arch_lib.NAMED:
     raise arch_lib.ArchError(f"{name_or_path!r} is neither a named architecture "
-                             f"({', '.join([*arch_lib.NAMED, *REPVGG_NAMED])}) nor a .json "
+                             f"({', '.join(NAMED)}) nor a .json "
                              "architecture file")
   return arch_lib.resolve(name_or_path)
 

@@ -29,7 +29,7 @@ from typing import Iterable, Optional
 import ml_collections
 from absl import logging
 
-from tas_jax import config as config_lib, methods, workdir as layout
+from tas_jax import config as config_lib, methods, target as target_lib, workdir as layout
 from tas_jax.errors import ConfigError
 
 RECORD = layout.RECORD
@@ -99,9 +99,8 @@ def own_fields(config: ml_collections.ConfigDict, stage: str) -> tuple[dict, lis
     fields = _select(config, COMMON + ("target",) + ((method.section,) if method.section else ()))
     for field in method.finetune_fields:   # read by its fine-tuning, not by its search
       fields.pop(f"{method.section}.{field}", None)
-    if config.target.cost == "latency":
-      # the latency table it prices with (tas_jax.latency)
-      fields.update(_select(config, ("latency.batch_size", "latency.repeats")))
+    # the latency table it prices with, where the target is latency (tas_jax.target)
+    fields.update(_select(config, target_lib.recorded_fields(config)))
     return fields, ["teacher"] if method.reads_teacher(config) else []
   if stage.startswith("extract"):
     return {}, [layout.search_stage(_method_of(stage, "extract").name)]

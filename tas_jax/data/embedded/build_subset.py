@@ -4,7 +4,6 @@
 """
 
 import numpy as np
-from absl import app, flags
 
 from tas_jax.data import datasets
 
@@ -23,15 +22,6 @@ def build(idx_dir: str, out_path: str, train_per_class: int = 500, test_per_clas
                       train_source_index=a.astype(np.uint16), test_source_index=b.astype(np.uint16))
 
 
-_IDX_DIR = flags.DEFINE_string("idx_dir", datasets.DEBIAN_FASHION_MNIST,
-                               "folder of the full Fashion-MNIST IDX files")
-
-
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  build(_IDX_DIR.value, datasets.EMBEDDED_PATH)
-
-
 if __name__ == "__main__":
-  app.run(main)
+  from tas_jax.commands import embedded_subset as command
+  command.main()

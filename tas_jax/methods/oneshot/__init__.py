@@ -12,7 +12,7 @@ How they differ from their papers is in README ("L1-norm and FPGM").
 import ml_collections
 
 from tas_jax import validation
-from tas_jax.methods import Method
+from tas_jax.methods.contract import Method
 from tas_jax.methods.oneshot import stages
 
 L1_RANKINGS = ("global", "uniform")

@@ -14,13 +14,13 @@ from __future__ import annotations
 import json
 import os
 import time
-from typing import Callable, Optional
+from typing import Callable
 
 import jax
 import ml_collections
 from absl import logging
 
-from tas_jax import latency, workdir as layout
+from tas_jax import target as target_lib, workdir as layout
 from tas_jax.errors import CheckpointNotFoundError
 from tas_jax.methods.oneshot import criteria, select
 from tas_jax.models import channels, networks
@@ -58,19 +58,15 @@ def score(criterion: str, base, variables: dict, l1_ranking: str = "global") -> 
   return {g: criteria.l1(k) for g, k in kernels.items()}
 
 
-def choose(criterion: str, base, scores: dict, ratio: float, l1_ranking: str = "global",
-           table: Optional[latency.Table] = None) -> tuple[dict, dict]:
-  """(kept indices per group, how: {"rule", "pruning_ratio"?}) for FLOPs <= ratio·F_max, or,
-  with a latency table, table latency <= ratio times the unpruned network's."""
+def choose(criterion: str, base, scores: dict, target: target_lib.Target,
+           l1_ranking: str = "global") -> tuple[dict, dict]:
+  """(kept indices per group, how: {"rule", "pruning_ratio"?}) for a cost <= the target's (FLOPs,
+  or the table latency, a ratio of the unpruned network's)."""
   groups = channels.of(base)
-  if table is None:
-    target, cost = ratio * flops.count(base).flops, None
-  else:
-    target = ratio * table.network(base)
-    cost = lambda counts: float(latency.with_kept(table, groups, counts))
+  goal, cost = target.goal, target.cost_of_counts()
   if criterion == "l1" and l1_ranking == "global":
-    return select.global_ranking(groups, scores, target, cost), {"rule": "global ranking"}
-  kept, r = select.uniform_ratio(groups, scores, target, cost)
+    return select.global_ranking(groups, scores, goal, cost), {"rule": "global ranking"}
+  kept, r = select.uniform_ratio(groups, scores, goal, cost)
   return kept, {"rule": "one pruning ratio for every group", "pruning_ratio": r}
 
 
@@ -82,17 +78,13 @@ def make_search(name: str, criterion: str) -> Callable[[ml_collections.ConfigDic
     base, variables, step = _teacher(workdir, stage)
     ranking = config.l1.ranking if criterion == "l1" else "uniform"
     scores = score(criterion, base, variables, ranking)
-    table = None
-    if config.target.cost == "latency":
-      table = latency.build(base, workdir, latency.batch_size(config), config.latency.repeats,
-                            progress=layout.is_writer(), log=logging.info)
-    kept, how = choose(criterion, base, scores, config.target.flop_ratio, ranking, table)
+    target = target_lib.Target.build(config, base, workdir)
+    kept, how = choose(criterion, base, scores, target, ranking)
     groups = channels.of(base)
     counts = channels.counts(kept)
     flops_max = flops.count(base).flops
     ratio = flops.with_kept(groups, counts) / flops_max
-    if table is not None:
-      how["latency_ratio"] = float(latency.with_kept(table, groups, counts)) / table.network(base)
+    how.update(target.kept_latency_ratio(groups, counts))
     summary = {"stage": stage, "finished": True, "method": name, "criterion": criterion, **how,
                "base_architecture": base.name, "teacher_step": step,
                "flop_ratio_target": config.target.flop_ratio, "flops_ratio": ratio,
@@ -108,9 +100,8 @@ def make_search(name: str, criterion: str) -> Callable[[ml_collections.ConfigDic
     logging.info("[%s] %s: %d of %d channels kept (%s), %.2f M FLOPs = %.1f%% of %.2f M%s (target "
                  "%.0f%% of the %s)", stage, criterion, sum(counts.values()), groups.num_channels,
                  how["rule"], summary["flops_m"], 100 * ratio, flops_max / 1e6,
-                 "" if table is None else f", table latency {how['latency_ratio']:.1%}",
-                 100 * config.target.flop_ratio,
-                 "FLOPs" if table is None else "table latency")
+                 f", table latency {how['latency_ratio']:.1%}" if target.by_table else "",
+                 100 * config.target.flop_ratio, target.label)
     return summary
   return search
 

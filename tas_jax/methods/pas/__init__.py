@@ -6,7 +6,7 @@ search.py   the search stage: joint SGD on weights and mask scalars, CE + α·(M
 extract.py  the extract stage: kept channel indices, the physically smaller network and its weights
 """
 
-from tas_jax.methods import Method
+from tas_jax.methods.contract import Method
 from tas_jax.methods.pas import extract, search, settings
 
 METHOD = Method(

@@ -29,7 +29,7 @@ import optax
 from absl import logging
 from clu import metrics
 
-from tas_jax import console, latency, parallel, workdir as layout
+from tas_jax import console, parallel, target as target_lib, workdir as layout
 from tas_jax.errors import ConfigError
 from tas_jax.data import sources
 from tas_jax.methods.pas import masks as masks_lib, settings
@@ -53,21 +53,17 @@ def cost_unit(p: ml_collections.ConfigDict, flops_max: float) -> float:
   return p.macs_unit if p.macs_unit > 0 else flops_max
 
 
-def make_search_step(model: masks_lib.MaskedNetwork, p: ml_collections.ConfigDict, ratio: float,
-                     mesh, mode: str, table: Optional[latency.Table] = None):
-  """Compiles `step(state, batch) -> (state, PasMetrics)`: one joint SGD step. With a latency
-  table, the penalty is on the masked network's table latency (`latency.with_kept`) in units of
-  the unpruned network's; the metrics' FLOPs ratio stays FLOPs."""
+def make_search_step(model: masks_lib.MaskedNetwork, p: ml_collections.ConfigDict,
+                     target: target_lib.Target, mesh, mode: str):
+  """Compiles `step(state, batch) -> (state, PasMetrics)`: one joint SGD step, the penalty on the
+  masked network's cost in the target's measure (FLOPs in `pas.macs_unit`, or the table latency
+  in units of the unpruned network's); the metrics' FLOPs ratio stays FLOPs."""
   axis = parallel.AXIS if mode == "pmap" else None
   model = model.clone(bn_axis_name=axis)
   lay = channels.of(model.arch)
   flops_max = float(flops.count(model.arch).flops)
-  if table is None:
-    cost_of, cost_max, unit = (lambda kept: flops.with_kept(lay, kept)), flops_max, cost_unit(p, flops_max)
-  else:
-    cost_max = table.network(model.arch)
-    cost_of, unit = (lambda kept: latency.with_kept(table, lay, kept)), cost_max
-  target = ratio * cost_max
+  unit = target.full if target.by_table else cost_unit(p, flops_max)
+  goal = target.goal
   alpha = settings.cost_weight(p, model.arch)
 
   def step(state: steps.TrainState, batch):
@@ -79,7 +75,7 @@ def make_search_step(model: masks_lib.MaskedNetwork, p: ml_collections.ConfigDic
       ce = steps.classification_loss(logits, y)
       kept = masks_lib.kept_counts(lay, params["masks"])
       macs = flops.with_kept(lay, kept)
-      penalty = ((cost_of(kept) - target) / unit) ** 2
+      penalty = ((target.at_kept(lay, kept) - goal) / unit) ** 2
       return ce + alpha * penalty, (ce, penalty, macs, logits, upd["batch_stats"])
 
     (loss, (ce, penalty, macs, logits, batch_stats)), grads = jax.value_and_grad(
@@ -108,15 +104,15 @@ def kept_channels(scores: dict) -> dict:
 
 
 def record(lay: channels.ChannelGroups, scores: dict, flops_max: float,
-           table: Optional[latency.Table] = None) -> dict:
+           target: Optional[target_lib.Target] = None) -> dict:
   """The masks after an epoch: kept channels per group, the masked network's FLOPs (and table
   latency, as a ratio to the unpruned network's)."""
   indices = kept_channels(jax.device_get(scores))
   kept = {g.name: len(indices[g.name]) for g in lay.groups}   # in forward order
   out = {"flops_ratio": flops.with_kept(lay, kept) / flops_max, "flops_m": round(flops.with_kept(lay, kept) / 1e6, 4),
          "kept": kept, "kept_fraction": sum(kept.values()) / lay.num_channels}
-  if table is not None:
-    out["latency_ratio"] = float(latency.with_kept(table, lay, kept)) / table.network(lay.arch)
+  if target is not None:
+    out.update(target.kept_latency_ratio(lay, kept))
   return out
 
 
@@ -135,7 +131,8 @@ def search(config: ml_collections.ConfigDict, workdir: str) -> dict:
   logging.info("[%s] PaS on %s of %s: target %.0f%% of the %s (%.2f M FLOPs), %d mask groups (%d "
                "channels), alpha %g, %d steps per epoch, %d device(s)", stage,
                base.name or "custom", ds.name, 100 * ratio,
-               "FLOPs" if config.target.cost == "flops" else "table latency", flops_max / 1e6, len(lay.groups), lay.num_channels, settings.cost_weight(p, base),
+               target_lib.LABELS[config.target.cost], flops_max / 1e6, len(lay.groups),
+               lay.num_channels, settings.cost_weight(p, base),
                steps_per_epoch, n_dev)
 
   teacher_arch, teacher_vars, teacher_step = supervised.read_teacher(workdir, mesh, stage)
@@ -160,16 +157,13 @@ def search(config: ml_collections.ConfigDict, workdir: str) -> dict:
       epoch_key=supervised.permutation_key(config.seed),
       step_key=lambda step: jax.random.fold_in(aug_key, step))
   test_source = ds.eval_source()
-  table = None
-  if config.target.cost == "latency":
-    table = latency.build(base, workdir, latency.batch_size(config), config.latency.repeats,
-                          progress=layout.is_writer(), log=logging.info)
-  step = make_search_step(model, p, ratio, mesh, config.parallel, table)
+  target = target_lib.Target.build(config, base, workdir)
+  step = make_search_step(model, p, target, mesh, config.parallel)
   eval_step = steps.make_eval_step(
       lambda v, x: model.apply({"params": v[0], "batch_stats": v[1]}, x, train=False))
 
   def end_of_epoch(state, epoch, train):
-    entry = record(lay, state.params["masks"], flops_max, table)
+    entry = record(lay, state.params["masks"], flops_max, target)
     test = steps.evaluate(eval_step, (state.params, state.batch_stats), test_source.batches(),
                           test_source.num_examples)
     entry.update(masked_test_accuracy=test["accuracy"], masked_test_top5_accuracy=test["top5_accuracy"])
@@ -192,8 +186,8 @@ def search(config: ml_collections.ConfigDict, workdir: str) -> dict:
       "stage": stage, "finished": True, "method": METHOD, "dataset": ds.name,
       "base_architecture": base.name, "flop_ratio_target": ratio,
       "flops_max_m": round(flops_max / 1e6, 4), "flops_m": last["flops_m"],
-      "flops_ratio": last["flops_ratio"], "kept": last["kept"], "cost": config.target.cost,
-      **({"latency_ratio": last["latency_ratio"]} if table is not None else {}),
+      "flops_ratio": last["flops_ratio"], "kept": last["kept"], "cost": target.measure,
+      **({"latency_ratio": last["latency_ratio"]} if target.by_table else {}),
       "masked_test_accuracy": last["masked_test_accuracy"], "epochs": p.epochs,
       "steps": p.epochs * steps_per_epoch, "cost_weight": settings.cost_weight(p, base),
       "macs_unit": cost_unit(p, flops_max), "teacher_step": teacher_step,
@@ -201,9 +195,9 @@ def search(config: ml_collections.ConfigDict, workdir: str) -> dict:
       "devices": n_dev, "parallel": config.parallel, "wall_time_s": round(time.time() - t0, 1),
       "history": history,
   }
-  on_target = last["latency_ratio"] if table is not None else last["flops_ratio"]
+  on_target = last["latency_ratio"] if target.by_table else last["flops_ratio"]
   tolerance = config.target.tolerance
-  summary["in_band"] = bool(abs(on_target - ratio) <= tolerance + 1e-9)
+  summary["in_band"] = target.in_band(on_target)
   path = layout.write_summary(stage_dir, summary)
   if not summary["in_band"]:
     alpha = summary["cost_weight"]
@@ -211,7 +205,7 @@ def search(config: ml_collections.ConfigDict, workdir: str) -> dict:
         "[%s] the masked network has %.1f%% of the %s, more than target.tolerance=%g from the "
         "target %.0f%%: %s pas.cost_weight (now %g)%s, or change pas.epochs (now %d); extraction "
         "takes these masks as they are", stage, 100 * on_target,
-        "FLOPs" if table is None else "table latency", tolerance, 100 * ratio,
+        target.label, tolerance, 100 * ratio,
         "raise" if on_target > ratio else "lower", alpha,
         f" or a smaller pas.macs_unit (now {p.macs_unit:g}; 0: the full network's MACs)"
         if on_target > ratio and p.macs_unit else "",
@@ -219,7 +213,7 @@ def search(config: ml_collections.ConfigDict, workdir: str) -> dict:
   logging.info("[%s] finished: the masked network has %.2f M FLOPs = %.1f%% of %.2f M%s (target "
                "%.0f%% of the %s), test accuracy %.2f%%; summary in %s", stage, last["flops_m"],
                100 * last["flops_ratio"], flops_max / 1e6,
-               "" if table is None else f", table latency {last['latency_ratio']:.1%}",
-               100 * ratio, "FLOPs" if table is None else "table latency",
+               f", table latency {last['latency_ratio']:.1%}" if target.by_table else "",
+               100 * ratio, target.label,
                100 * last["masked_test_accuracy"], path)
   return summary

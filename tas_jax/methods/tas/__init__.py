@@ -10,7 +10,7 @@ search.py    the search stage: alternating weight and architecture steps
 extract.py   the extract stage: the argmax architecture, its report and plots
 """
 
-from tas_jax.methods import Method
+from tas_jax.methods.contract import Method
 from tas_jax.methods.tas import extract, search, settings
 
 METHOD = Method(

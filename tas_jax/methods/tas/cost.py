@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tas_jax import latency
+from tas_jax import latency, target as target_lib
 from tas_jax.methods.tas.space import SearchSpace
 from tas_jax.models import topology
 from tas_jax.ops.flops import conv_flops
@@ -42,14 +42,6 @@ MEASURES = ("flops", "latency")
 EXPECTED_FORMS = ("released", "exact")
 BANDS = ("released", "symmetric")
 IN_BAND = ("free", "centred")
-
-
-def band_bounds(band: str, ratio: float, tolerance: float) -> tuple[float, float]:
-  """(low, high) of the target band as fractions of the unpruned network's cost: released
-  [R - t, R], symmetric [(1-t)R, (1+t)R]."""
-  if band == "released":
-    return ratio - tolerance, ratio
-  return (1 - tolerance) * ratio, (1 + tolerance) * ratio
 
 
 def _stem_term(space: SearchSpace, width):
@@ -162,6 +154,17 @@ def expected_latency(space: SearchSpace, logits: dict, table, form: str = "relea
   return expected_cost(space, pa, pb, LatencyPricer(space, pa, table), form)
 
 
+def priced(space: SearchSpace, logits: dict, target, form: str = "released",
+           variant: str = "tas") -> tuple[jax.Array, jax.Array]:
+  """(E[cost], the cost of the argmax network) in the target's measure: one walk, priced in FLOPs
+  or by the target's latency table."""
+  argmax = space.argmax(logits, variant)
+  if target.by_table:
+    return (expected_latency(space, logits, target.table, form, variant),
+            exact_latency(space, target.table, *argmax))
+  return expected_flops(space, logits, form, variant), exact_flops(space, *argmax)
+
+
 def exact_latency(space: SearchSpace, table, width_idx, depth_idx) -> jax.Array:
   """The table latency of the network with these candidate indices (traced): the exact form at
   one-hot distributions, which follows the network's real convs."""
@@ -228,7 +231,7 @@ def cost_loss(expected, exact, flops_max: float, ratio: float, tolerance: float 
   E[F] to the whole band, or capping it at the band's top, did not settle: RESULTS.md, "Targets
   0.3 and 0.7".)
   """
-  low, high = (flops_max * b for b in band_bounds(band, ratio, tolerance))
+  low, high = (flops_max * b for b in target_lib.band_bounds(band, ratio, tolerance))
   log_e = jnp.log(expected)
 
   def signed(value, inside):

@@ -22,9 +22,9 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from tas_jax import latency, plots, workdir as layout
+from tas_jax import latency, plots, target as target_lib, workdir as layout
 from tas_jax.errors import CheckpointNotFoundError, ConfigError
-from tas_jax.methods.tas import cost as cost_lib, space as space_lib
+from tas_jax.methods.tas import space as space_lib
 from tas_jax.models import arch as arch_lib
 from tas_jax.models.candidates import NUM_WIDTH_CANDIDATES
 from tas_jax.ops import flops
@@ -118,7 +118,7 @@ def searched_variant(config: ml_collections.ConfigDict, workdir: str) -> str:
 
 def extract(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Writes WORKDIR/extract/ from the latest search checkpoint; returns the summary."""
-  s, ratio, tolerance = config.search, config.target.flop_ratio, config.target.tolerance
+  s, ratio = config.search, config.target.flop_ratio
   out_dir = layout.extract_dir(workdir)
   variant = searched_variant(config, workdir)
   space, logits, history, step = read_search(workdir)
@@ -128,7 +128,8 @@ def extract(config: ml_collections.ConfigDict, workdir: str) -> dict:
   widths = [slot.candidates[int(i)] for slot, i in zip(space.slots, w_idx)]
   rows = slot_table(space, widths, final.depths)
   before, after = flops.count(base), flops.count(final)
-  low, high = cost_lib.band_bounds(s.band, ratio, tolerance)
+  target = target_lib.Target.build(config, base, workdir, quiet=True)
+  low, high = target.band(s.band)
   summary = {
       "stage": "extract", "finished": True, "architecture": final.name,
       "variant": variant, "search_step": step, "search_epochs_recorded": len(history),
@@ -140,12 +141,11 @@ def extract(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 "depths": list(final.depths)},
       "layers": rows,
   }
-  on_target = summary["flops_ratio"]
-  cost = config.target.cost
-  if cost == "latency" or config.latency.report:
-    summary["latency"] = latency.report(config, workdir, base, final)
-  if cost == "latency":
-    on_target = summary["latency"]["predicted_ratio"]
+  report = target.report(config, workdir, final)
+  if report is not None:
+    summary["latency"] = report
+  on_target = target.on_target_ratio(summary["flops_ratio"], report)
+  if target.by_table:
     summary["band"] = summary["band"].replace("F_max", "the unpruned network's table latency")
   if layout.is_writer():
     os.makedirs(out_dir, exist_ok=True)
@@ -157,17 +157,16 @@ def extract(config: ml_collections.ConfigDict, workdir: str) -> dict:
                       f"of {before.flops_m:.2f} M), blocks {list(final.depths)} of {list(base.depths)}")
     if history:
       plot_history(space, history, os.path.join(out_dir, "widths_over_epochs.png"))
-  summary["in_band"] = bool(low - 1e-9 <= on_target <= high + 1e-9)
+  summary["in_band"] = target.in_band(on_target, s.band)
   if not summary["in_band"]:
     logging.warning("[extract] %s has %.1f%% of the %s, outside the search's band %s: the "
                     "search had not settled (more search.epochs, or the settled recipe: configs/demo_settled.py)",
-                    final.name, 100 * on_target,
-                    "FLOPs" if cost == "flops" else "table latency", summary["band"])
+                    final.name, 100 * on_target, target.label, summary["band"])
   layout.write_summary(out_dir, summary)
   logging.info("[extract] %s: %.2f M FLOPs = %.1f%% of %.2f M (target %.0f%% of the %s), %.4f M params "
                "(%.4f M), blocks per stage %s of %s; wrote arch.json, report.md and plots to %s",
                final.name, after.flops_m, 100 * summary["flops_ratio"], before.flops_m,
-               100 * ratio, "FLOPs" if cost == "flops" else "table latency", after.params_m,
+               100 * ratio, target.label, after.params_m,
                before.params_m, list(final.depths),
                list(base.depths), out_dir)
   if "latency" in summary:

@@ -25,7 +25,7 @@ import optax
 from absl import logging
 from clu import metrics
 
-from tas_jax import console, latency, parallel, workdir as layout
+from tas_jax import console, parallel, target as target_lib, workdir as layout
 from tas_jax.errors import ConfigError
 from tas_jax.data import datasets, sources
 from tas_jax.methods.tas import cost, space as space_lib, supernet as supernet_lib
@@ -108,23 +108,18 @@ def step_keys(key, step):
 
 
 def make_search_step(net: supernet_lib.SuperNet, space: space_lib.SearchSpace,
-                     s: ml_collections.ConfigDict, target: ml_collections.ConfigDict, mesh,
-                     mode: str, table: Optional[latency.Table] = None):
+                     s: ml_collections.ConfigDict, target: target_lib.Target, mesh, mode: str):
   """Compiles `iteration(state, batch, key, tau) -> (state, metrics)`; the batch holds one batch
-  of each half, `{"a": …, "b": …}`. `s`: config.search; `target`: config.target; `table`: the
-  latency table when `target.cost` is latency (the metrics' ratios stay FLOPs)."""
+  of each half, `{"a": …, "b": …}`. `s`: config.search; `target`: what the cost prices (FLOPs, or
+  a latency table: the metrics' ratios stay FLOPs)."""
   axis = parallel.AXIS if mode == "pmap" else None
   net = net.clone(axis_name=axis)
   flops_max = float(flops.count(space.base).flops)
-  cost_max = flops_max if table is None else table.network(space.base)
+  cost_max = target.full
 
   def priced(arch):
     """(E[cost], cost of the argmax network) in the search's measure."""
-    if table is None:
-      return (cost.expected_flops(space, arch, s.expected_flops, s.variant),
-              cost.exact_flops(space, *space.argmax(arch, s.variant)))
-    return (cost.expected_latency(space, arch, table, s.expected_flops, s.variant),
-            cost.exact_latency(space, table, *space.argmax(arch, s.variant)))
+    return cost.priced(space, arch, target, s.expected_flops, s.variant)
 
   def iteration(state: SearchState, batch, key, tau):
     _, _, k_net_a, k_net_b = step_keys(key, state.step)
@@ -151,13 +146,13 @@ def make_search_step(net: supernet_lib.SuperNet, space: space_lib.SearchSpace,
                               k_net_b, tau, train=True, mutable=["batch_stats"])
       ce = steps.classification_loss(logits, yb)
       expected, exact = priced(arch)
-      c = cost.cost_loss(expected, exact, cost_max, target.flop_ratio, target.tolerance, s.band,
+      c = cost.cost_loss(expected, exact, cost_max, target.ratio, target.tolerance, s.band,
                          s.in_band)
       return ce + s.cost_weight * c, (ce, c, expected, exact, logits, upd["batch_stats"])
 
     (_, (a_ce, c, expected, exact, logits_b, batch_stats)), a_grads = jax.value_and_grad(
         arch_objective, has_aux=True)(state.arch)
-    if table is not None:   # the metrics' ratios are FLOPs in either measure
+    if target.by_table:   # the metrics' ratios are FLOPs in either measure
       expected = cost.expected_flops(space, state.arch, s.expected_flops, s.variant)
       exact = cost.exact_flops(space, *space.argmax(state.arch, s.variant))
     a_grads, a_ce = mean((a_grads, a_ce))
@@ -203,7 +198,7 @@ def _from_teacher(state: SearchState, base, tx, workdir: str, mesh, variant: str
 
 def record_architecture(space: space_lib.SearchSpace, arch_logits, flops_max: float,
                         s: ml_collections.ConfigDict,
-                        table: Optional[latency.Table] = None) -> dict:
+                        target: Optional[target_lib.Target] = None) -> dict:
   """The argmax architecture as a history entry: widths per conv, depths, F(A), E[F], and how
   decided the distributions are (mean over convs / stages of the most likely candidate's
   probability: 1/8 … 1 for widths); with a latency table, its table latency and E[latency] as
@@ -220,21 +215,24 @@ def record_architecture(space: space_lib.SearchSpace, arch_logits, flops_max: fl
           "width_max_prob": float(np.mean(np.max(p_width, -1))),
           "depth_max_prob": float(np.mean(np.max(p_depth, -1))),
           "widths": [slot.candidates[int(i)] for slot, i in zip(space.slots, w_idx)],
-          "depths": list(a.depths), **(latency_record(space, arch_logits, a, s, table)
-                                       if table is not None else {})}
+          "depths": list(a.depths), **latency_record(space, arch_logits, a, s, target)}
 
 
-def latency_record(space, arch_logits, a, s, table: latency.Table) -> dict:
-  full = table.network(space.base)
-  expected = float(cost.expected_latency(space, arch_logits, table, s.expected_flops, s.variant))
-  return {"latency_ratio": table.network(a) / full, "expected_latency_ratio": expected / full,
-          "latency_ms": round(1e3 * table.network(a), 4), "latency_max_ms": round(1e3 * full, 4)}
+def latency_record(space, arch_logits, a, s, target: Optional[target_lib.Target]) -> dict:
+  """The argmax network's table latency and E[latency] as ratios (and ms) of the unpruned
+  network's, when the target prices by a latency table; {} otherwise."""
+  if target is None or not target.by_table:
+    return {}
+  full = target.full
+  expected = float(cost.expected_latency(space, arch_logits, target.table, s.expected_flops,
+                                         s.variant))
+  return {"latency_ratio": target.network(a) / full, "expected_latency_ratio": expected / full,
+          "latency_ms": round(1e3 * target.network(a), 4), "latency_max_ms": round(1e3 * full, 4)}
 
 
 def search(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Runs (or resumes, or finds finished) the search stage; returns its summary."""
   s, ratio = config.search, config.target.flop_ratio
-  measure = "FLOPs" if config.target.cost == "flops" else "table latency"
   stage_dir = layout.search_dir(workdir)
   t0 = time.time()
   mesh, ds = supervised.load_inputs(config, s.eval_batch_size)
@@ -245,15 +243,13 @@ def search(config: ml_collections.ConfigDict, workdir: str) -> dict:
   half_a, half_b = datasets.split_per_class(ds.train_labels, config.seed)
   steps_per_epoch = sources.check_batch("search.batch_size", s.batch_size, n_dev,
                                         min(len(half_a), len(half_b)))
-  table = None
-  if config.target.cost == "latency":
-    table = latency.build(base, workdir, latency.batch_size(config), config.latency.repeats,
-                          progress=layout.is_writer(), log=logging.info)
+  target = target_lib.Target.build(config, base, workdir)
+  measure = target.label
   logging.info("[search] TAS(%s) on %s of %s: target %.0f%% of the %s (%.2f M FLOPs%s), %d "
                "searched convs, depth choices %s; halves of %d/%d images, %d iterations per "
                "epoch, %d device(s)", s.variant, base.name or "custom", ds.name, 100 * ratio,
                measure, flops_max / 1e6,
-               "" if table is None else f", {1e3 * table.network(base):.2f} ms table latency",
+               f", {1e3 * target.full:.2f} ms table latency" if target.by_table else "",
                space.num_slots, [list(d) for d in space.depths], len(half_a), len(half_b),
                steps_per_epoch, n_dev)
 
@@ -277,7 +273,7 @@ def search(config: ml_collections.ConfigDict, workdir: str) -> dict:
                         step_key=lambda step: step_keys(aug_key, step)[1],
                         steps_per_epoch=steps_per_epoch))
   test_source = ds.eval_source()
-  iteration = make_search_step(net, space, s, config.target, mesh, config.parallel, table)
+  iteration = make_search_step(net, space, s, target, mesh, config.parallel)
   eval_step = steps.make_eval_step(
       # the argmax network with batch statistics (see tas_jax.methods.tas.supernet)
       lambda v, x: net.apply({"params": v[0], "batch_stats": v[1]}, x, v[2], jax.random.key(0), 1.0,
@@ -286,17 +282,17 @@ def search(config: ml_collections.ConfigDict, workdir: str) -> dict:
     entry = {"tau": round(tau_at(s, epoch), 5),
              "supernet_train_accuracy": train["accuracy"],     # weight steps, half A
              "supernet_val_accuracy": train["arch_accuracy"],  # architecture steps, half B
-             **record_architecture(space, state.arch, flops_max, s, table)}
+             **record_architecture(space, state.arch, flops_max, s, target)}
     if s.evaluate_every_epoch:
       test = steps.evaluate(eval_step, (state.params, state.batch_stats, state.arch),
                             test_source.batches(), test_source.num_examples)
       entry["argmax_test_accuracy"] = test["accuracy"]
       entry["argmax_test_top5_accuracy"] = test["top5_accuracy"]
     console.detail("[search] epoch %d: argmax widths %s depths %s%s", epoch + 1, entry["widths"],
-                   entry["depths"], "" if table is None else
+                   entry["depths"],
                    f"; F(A) {entry['flops_ratio']:.1%}, E[F] {entry['expected_flops_ratio']:.1%}, "
                    f"table latency {entry['latency_ratio']:.1%} (E {entry['expected_latency_ratio']:.1%})"
-                   " of the unpruned network's")
+                   " of the unpruned network's" if target.by_table else "")
     return entry
 
   if layout.is_writer():
@@ -322,9 +318,9 @@ def search(config: ml_collections.ConfigDict, workdir: str) -> dict:
       "flops_max_m": round(flops_max / 1e6, 4), "flops_m": round(counts.flops_m, 4),
       "flops_ratio": counts.flops / flops_max, "params_m": round(counts.params_m, 4),
       "architecture": final.to_dict(), "epochs": s.epochs,
-      "expected_flops_form": s.expected_flops, "cost": config.target.cost,
+      "expected_flops_form": s.expected_flops, "cost": target.measure,
       **({k: history[-1][k] for k in ("latency_ratio", "latency_ms", "latency_max_ms")}
-         if table is not None else {}),
+         if target.by_table else {}),
       # the last epoch's record: did the supernet learn, is the architecture decided
       **{k: history[-1][k] for k in ("supernet_train_accuracy", "supernet_val_accuracy",
                                      "width_max_prob", "depth_max_prob", "expected_flops_ratio",
@@ -338,9 +334,9 @@ def search(config: ml_collections.ConfigDict, workdir: str) -> dict:
       "devices": n_dev, "parallel": config.parallel, "wall_time_s": round(time.time() - t0, 1),
       "history": history,
   }
-  on_target = summary["latency_ratio"] if table is not None else summary["flops_ratio"]
-  low, high = cost.band_bounds(s.band, ratio, config.target.tolerance)
-  summary["in_band"] = bool(low - 1e-9 <= on_target <= high + 1e-9)
+  on_target = summary["latency_ratio"] if target.by_table else summary["flops_ratio"]
+  low, high = target.band(s.band)
+  summary["in_band"] = target.in_band(on_target, s.band)
   path = layout.write_summary(stage_dir, summary)
   if not summary["in_band"]:
     logging.warning(
@@ -351,8 +347,8 @@ def search(config: ml_collections.ConfigDict, workdir: str) -> dict:
         f"{config.target.tolerance:g}, its width); extraction takes this network as it is")
   logging.info("[search] finished: F(A) = %.2f M FLOPs = %.1f%% of %.2f M%s (target %.0f%% of the "
                "%s), depths %s; summary in %s", counts.flops_m, 100 * summary["flops_ratio"],
-               flops_max / 1e6, "" if table is None else
+               flops_max / 1e6,
                f", table latency {summary['latency_ms']:.2f} ms = {summary['latency_ratio']:.1%} "
-               f"of {summary['latency_max_ms']:.2f} ms", 100 * ratio, measure,
+               f"of {summary['latency_max_ms']:.2f} ms" if target.by_table else "", 100 * ratio, measure,
                list(final.depths), path)
   return summary
