@@ -163,13 +163,13 @@ def bench_jax(network: str, batch: int, num_devices: int, repeats: int, steps_pe
   # --- TAS search iteration ---
   iteration, sstate, halves, taus = search_setup(a, c, mesh, ds, data, augmentation, batch)
   batches = halves.iterate(0)
-  search_compile, out["search_memory"] = compile_stats(iteration, sstate, next(batches), key, taus[0])
-  stepper = Stepper(iteration, sstate, batches, key, taus[0])
+  search_compile, out["search_memory"] = compile_stats(iteration, sstate, next(batches), (key, taus[0]))
+  stepper = Stepper(iteration, sstate, batches, (key, taus[0]))
   jax.block_until_ready(stepper())
   jax.block_until_ready(stepper())   # the second warm-up call finishes before timing starts
   with jax.transfer_guard("disallow"):
     t_search, raw_search = median_time(stepper, repeats, steps_per_repeat)
-    stepper.args = (key, taus[1])     # the next epoch's τ; the halves cross epochs on their own
+    stepper.args = ((key, taus[1]),)  # the next epoch's τ; the halves cross epochs on their own
     for _ in range(halves.steps_per_epoch):
       jax.block_until_ready(stepper())
   search_compilations = max(iteration._cache_size(), *(

@@ -103,8 +103,8 @@ def step_figures(depth: int, dtype: str, batch: int, repeats: int, steps_per_rep
   key = parallel.put_replicated(jax.random.key(1), mesh)
   tau = parallel.put_replicated(np.float32(search.tau_at(c.search, 0)), mesh)
   pair = {"a": data, "b": data}
-  seconds, memory = compile_stats(iteration, sstate, pair, key, tau)
-  stepper = Stepper(iteration, sstate, _forever(pair), key, tau)
+  seconds, memory = compile_stats(iteration, sstate, pair, (key, tau))
+  stepper = Stepper(iteration, sstate, _forever(pair), (key, tau))
   jax.block_until_ready(stepper())
   t, raw = median_time(stepper, repeats, steps_per_repeat)
   out["search_iteration"] = {"compile_s": round(seconds, 1), "memory": memory, "step_s": round(t, 3),

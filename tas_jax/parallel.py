@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 import jax
 import numpy as np
@@ -152,19 +152,31 @@ def jit_once(fn: Callable, **jit_kwargs) -> Callable:
   return jax.jit(fn, compiler_options=options, **jit_kwargs)
 
 
-def compile_step(step: Callable, mesh: Mesh, mode: str, num_args: int,
-                 batch_args: Sequence[int] = (1,), donate: Sequence[int] = (0,)) -> Callable:
-  """Compiles `step(*args)` as a data-parallel step.
+def mean(tree, axis: Optional[str]):
+  """The average over the devices of a per-device step (`pmap` mode: `lax.pmean` over `axis`);
+  under `jit` (axis None) the step already sees the global batch: the tree as it is."""
+  return jax.lax.pmean(tree, axis) if axis is not None else tree
 
-  The arguments in `batch_args` are batch dicts of global arrays sharded along 'data'; every
-  other argument and every output is replicated. Under `jit` the step runs once on the global
-  batch; under `pmap` it runs on every device with that device's slice of the batch, and does its
-  own averaging over `AXIS` (`lax.pmean`).
+
+def step_axis(mode: str) -> Optional[str]:
+  """The mesh axis a step averages over itself: `AXIS` in pmap mode, None under jit."""
+  return AXIS if mode == "pmap" else None
+
+
+def compile_step(step: Callable, mesh: Mesh, mode: str, extras: bool = False,
+                 donate: Sequence[int] = (0,)) -> Callable:
+  """Compiles `step(state, batch)` (or, with `extras`, `step(state, batch, extras)`: one tree of
+  everything else the step reads, e.g. keys, τ, a teacher's weights) as a data-parallel step.
+
+  The batch is a dict of global arrays sharded along 'data'; the state, the extras and every
+  output are replicated. Under `jit` the step runs once on the global batch; under `pmap` it runs
+  on every device with that device's slice of the batch, and does its own averaging over `AXIS`
+  (`mean`).
   """
   if mode == "jit":
     fn = step
   elif mode == "pmap":
-    in_specs = tuple(P(AXIS) if i in batch_args else P() for i in range(num_args))
+    in_specs = (P(), P(AXIS)) + ((P(),) if extras else ())
     # check_vma=False gives pmap's semantics: gradients of replicated inputs are per-device and
     # the step averages them itself with lax.pmean.
     fn = jax.shard_map(step, mesh=mesh, in_specs=in_specs, out_specs=P(), check_vma=False)

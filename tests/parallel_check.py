@@ -85,7 +85,7 @@ def one_search_iteration(num_devices: int, mode: str, num_steps: int = 2) -> dic
   batches = halves.iterate(0)
   out, after_first = [], None
   for _ in range(num_steps):
-    state, m = step(state, next(batches), key, tau)
+    state, m = step(state, next(batches), (key, tau))
     out.append({k: float(v) for k, v in m.compute().items()})
     if after_first is None:  # the state after exactly one iteration
       after_first = {"alpha": np.asarray(state.arch["alpha"]).ravel().tolist(),
@@ -115,11 +115,11 @@ def one_distill_step(num_devices: int, mode: str, num_steps: int = 2) -> dict:
   def loss_fn(logits, labels, x, tv):
     return distill.kd_loss(logits, teacher_model.apply(tv, x, train=False), labels, 0.9, 4.0)
 
-  step = steps.make_train_step(model, mesh, mode, loss_fn, num_loss_args=1)
+  step = steps.make_train_step(model, mesh, mode, loss_fn)
   batches = _source(ds, data).iterate(0)
   losses = []
   for _ in range(num_steps):
-    state, m = step(state, next(batches), teacher_vars)
+    state, m = step(state, next(batches), (teacher_vars,))
     losses.append(float(m.compute()["loss"]))
   flat = _flat(state)
   return {"losses": losses, "params_head": flat[:2000].tolist(), "params_norm": float(np.linalg.norm(flat)),

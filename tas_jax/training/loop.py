@@ -216,7 +216,8 @@ def fit(cfg: LoopConfig, stage_dir: str, state, train_step: Callable, source: so
   """Trains `state` to `cfg.num_epochs`; returns the state, the per-epoch history and whether
   the run is finished (False when `cfg.max_steps_per_run` stopped it early, with a checkpoint).
 
-  `train_step(state, batch, *step_args, *epoch_args(epoch))` -> (state, clu metrics collection),
+  `train_step(state, batch, extras)` -> (state, clu metrics collection), extras the tuple
+  `(*step_args, *epoch_args(epoch))` (`train_step(state, batch)` when that is empty),
   the batches from `source` (resumed at the step the checkpoint holds); `epoch_args(epoch)` gives
   the device values that change per epoch (τ); `end_of_epoch(state, epoch, train)` -> a JSON-able
   dict (evaluation, recorded architecture, …; `train` holds the epoch's averaged train metrics):
@@ -285,7 +286,7 @@ def _fit(cfg, stage_dir, state, train_step, source, step_args, epoch_args, end_o
     while True:
       t_step = time.time()
       multihost.at(f"[{cfg.stage}] step {step + 1}")
-      state, m = train_step(state, next(batches), *args)
+      state, m = train_step(state, next(batches), *((args,) if args else ()))
       accumulated = m if accumulated is None else accumulated.merge(m)
       step += 1
       if step == start + 1:

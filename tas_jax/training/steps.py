@@ -46,36 +46,35 @@ def classification_loss(logits, labels):
   return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
 
-def make_train_step(model: nn.Module, mesh, mode: str, loss_fn: Optional[Callable] = None,
-                    num_loss_args: int = 0) -> Callable:
-  """Compiles `step(state, batch, *loss_args) -> (state, TrainMetrics)`.
-
-  `loss_fn(logits, labels, images, *loss_args)` defaults to cross-entropy; distillation passes
-  its own, with the teacher's variables as a loss argument (an input of the compiled step, not a
-  constant baked into it).
+def make_train_step(model: nn.Module, mesh, mode: str,
+                    loss_fn: Optional[Callable] = None) -> Callable:
+  """Compiles `step(state, batch) -> (state, TrainMetrics)` with cross-entropy, or, given
+  `loss_fn(logits, labels, images, *extras)`, `step(state, batch, extras)`: distillation's loss,
+  the teacher's variables in `extras` (an input of the compiled step, not a constant baked into
+  it).
   """
-  loss_fn = loss_fn or (lambda logits, labels, images: classification_loss(logits, labels))
-  axis = parallel.AXIS if mode == "pmap" else None
+  axis = parallel.step_axis(mode)
   if hasattr(model, "bn_axis_name"):  # per-device code: BatchNorm averages over the mesh axis
     model = model.clone(bn_axis_name=axis)
 
-  def step(state: TrainState, batch: dict, *loss_args):
+  def step(state: TrainState, batch: dict, extras: tuple = ()):
     x, y = batch["image"], batch["label"]
 
     def objective(params):
       logits, updates = model.apply({"params": params, "batch_stats": state.batch_stats}, x,
                                     train=True, mutable=["batch_stats"])
+      loss = (loss_fn(logits, y, x, *extras) if loss_fn is not None
+              else classification_loss(logits, y))
       # a network without BN (a deployed RepVGG) has no statistics to update
-      return loss_fn(logits, y, x, *loss_args), (logits, updates.get("batch_stats", {}))
+      return loss, (logits, updates.get("batch_stats", {}))
 
     (loss, (logits, batch_stats)), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
     accuracy = jnp.mean(jnp.argmax(logits, -1) == y)
-    if axis is not None:
-      grads, loss, accuracy = jax.lax.pmean((grads, loss, accuracy), axis)
+    grads, loss, accuracy = parallel.mean((grads, loss, accuracy), axis)
     new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
     return new_state, TrainMetrics.single_from_model_output(loss=loss, accuracy=accuracy)
 
-  return parallel.compile_step(step, mesh, mode, num_args=2 + num_loss_args)
+  return parallel.compile_step(step, mesh, mode, extras=loss_fn is not None)
 
 
 def make_eval_step(apply_fn: Callable) -> Callable:

@@ -208,8 +208,7 @@ def train_network(config: ml_collections.ConfigDict, recipe: ml_collections.Conf
       np.arange(ds.num_train), recipe.batch_size, seed=config.seed,
       epoch_key=permutation_key(config.seed), step_key=lambda step: jax.random.fold_in(aug_key, step))
   test_source = ds.eval_source()
-  train_step = steps.make_train_step(model, mesh, config.parallel, loss_fn,
-                                     num_loss_args=len(loss_args))
+  train_step = steps.make_train_step(model, mesh, config.parallel, loss_fn)
   eval_step = steps.make_eval_step(
       lambda v, x: model.apply({"params": v[0], "batch_stats": v[1]}, x, train=False))
 

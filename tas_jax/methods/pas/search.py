@@ -58,7 +58,7 @@ def make_search_step(model: masks_lib.MaskedNetwork, p: ml_collections.ConfigDic
   """Compiles `step(state, batch) -> (state, PasMetrics)`: one joint SGD step, the penalty on the
   masked network's cost in the target's measure (FLOPs in `pas.macs_unit`, or the table latency
   in units of the unpruned network's); the metrics' FLOPs ratio stays FLOPs."""
-  axis = parallel.AXIS if mode == "pmap" else None
+  axis = parallel.step_axis(mode)
   model = model.clone(bn_axis_name=axis)
   lay = channels.of(model.arch)
   flops_max = float(flops.count(model.arch).flops)
@@ -81,13 +81,12 @@ def make_search_step(model: masks_lib.MaskedNetwork, p: ml_collections.ConfigDic
     (loss, (ce, penalty, macs, logits, batch_stats)), grads = jax.value_and_grad(
         objective, has_aux=True)(state.params)
     accuracy = jnp.mean(jnp.argmax(logits, -1) == y)
-    if axis is not None:
-      grads, loss, ce, accuracy = jax.lax.pmean((grads, loss, ce, accuracy), axis)
+    grads, loss, ce, accuracy = parallel.mean((grads, loss, ce, accuracy), axis)
     state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
     return state, PasMetrics.single_from_model_output(
         loss=loss, ce=ce, accuracy=accuracy, penalty=penalty, flops_ratio=macs / flops_max)
 
-  return parallel.compile_step(step, mesh, mode, num_args=2)
+  return parallel.compile_step(step, mesh, mode)
 
 
 def optimizer(p: ml_collections.ConfigDict) -> optax.GradientTransformation:

@@ -109,10 +109,10 @@ def step_keys(key, step):
 
 def make_search_step(net: supernet_lib.SuperNet, space: space_lib.SearchSpace,
                      s: ml_collections.ConfigDict, target: target_lib.Target, mesh, mode: str):
-  """Compiles `iteration(state, batch, key, tau) -> (state, metrics)`; the batch holds one batch
+  """Compiles `iteration(state, batch, (key, tau)) -> (state, metrics)`; the batch holds one batch
   of each half, `{"a": …, "b": …}`. `s`: config.search; `target`: what the cost prices (FLOPs, or
   a latency table: the metrics' ratios stay FLOPs)."""
-  axis = parallel.AXIS if mode == "pmap" else None
+  axis = parallel.step_axis(mode)
   net = net.clone(axis_name=axis)
   flops_max = float(flops.count(space.base).flops)
   cost_max = target.full
@@ -121,13 +121,11 @@ def make_search_step(net: supernet_lib.SuperNet, space: space_lib.SearchSpace,
     """(E[cost], cost of the argmax network) in the search's measure."""
     return cost.priced(space, arch, target, s.expected_flops, s.variant)
 
-  def iteration(state: SearchState, batch, key, tau):
+  def iteration(state: SearchState, batch, extras):
+    key, tau = extras
     _, _, k_net_a, k_net_b = step_keys(key, state.step)
     xa, ya = batch["a"]["image"], batch["a"]["label"]
     xb, yb = batch["b"]["image"], batch["b"]["label"]
-
-    def mean(tree):
-      return jax.lax.pmean(tree, axis) if axis is not None else tree
 
     # --- weight step on half A: the architecture is a constant here ---
     def weight_objective(params):
@@ -137,7 +135,7 @@ def make_search_step(net: supernet_lib.SuperNet, space: space_lib.SearchSpace,
 
     (w_loss, (logits_a, batch_stats)), grads = jax.value_and_grad(weight_objective, has_aux=True)(
         state.params)
-    grads, w_loss = mean((grads, w_loss))
+    grads, w_loss = parallel.mean((grads, w_loss), axis)
     state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
 
     # --- architecture step on half B, with the new weights held constant ---
@@ -155,16 +153,16 @@ def make_search_step(net: supernet_lib.SuperNet, space: space_lib.SearchSpace,
     if target.by_table:   # the metrics' ratios are FLOPs in either measure
       expected = cost.expected_flops(space, state.arch, s.expected_flops, s.variant)
       exact = cost.exact_flops(space, *space.argmax(state.arch, s.variant))
-    a_grads, a_ce = mean((a_grads, a_ce))
+    a_grads, a_ce = parallel.mean((a_grads, a_ce), axis)
     state = state.apply_arch_gradients(a_grads).replace(batch_stats=batch_stats)
 
-    acc_a, acc_b = mean((jnp.mean(jnp.argmax(logits_a, -1) == ya),
-                         jnp.mean(jnp.argmax(logits_b, -1) == yb)))
+    acc_a, acc_b = parallel.mean((jnp.mean(jnp.argmax(logits_a, -1) == ya),
+                                  jnp.mean(jnp.argmax(logits_b, -1) == yb)), axis)
     return state, SearchMetrics.single_from_model_output(
         loss=w_loss, accuracy=acc_a, arch_loss=a_ce, arch_accuracy=acc_b, cost=c,
         expected_flops_ratio=expected / flops_max, flops_ratio=exact / flops_max)
 
-  return parallel.compile_step(iteration, mesh, mode, num_args=4)
+  return parallel.compile_step(iteration, mesh, mode, extras=True)
 
 
 def create_state(net, space, tx, arch_tx, sample_input, key, mesh) -> SearchState:
