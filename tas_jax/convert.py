@@ -112,14 +112,13 @@ def convert(source: str, name: str, weights: str, workdir: str, input_size: int 
             "architecture": a.name, "num_classes": a.num_classes, "input_size": a.input_size,
             "max_abs_logit_difference": error}
   from tas_jax.stages import records
-  from tas_jax.training import loop
+  from tas_jax.training import checkpoint
   os.makedirs(teacher_dir, exist_ok=True)
   a.save(os.path.join(teacher_dir, layout.ARCH))
-  loop.save_variables(teacher_dir, variables, {"imported": record})
+  checkpoint.save_variables(teacher_dir, variables, {"imported": record})
   with open(os.path.join(teacher_dir, layout.IMPORTED), "w") as f:
     json.dump(record, f, indent=2)
-  with open(os.path.join(teacher_dir, records.RECORD), "w") as f:   # no training settings to compare
-    json.dump({"stage": "teacher", "fields": {}, "reads": [], "imported": record}, f, indent=1)
+  records.write_imported(workdir, record)
   return record
 
 

@@ -38,7 +38,7 @@ def trained_runs(workdir: str) -> list[str]:
 def read_run(workdir: str, run: str):
   """(architecture, {"params", "batch_stats"} on the host, the config it was made with or None)."""
   from tas_jax.stages import records
-  from tas_jax.training import supervised
+  from tas_jax.training import checkpoint
   if not os.path.isdir(workdir):
     raise errors.CheckpointNotFoundError(f"--workdir={workdir}: no such folder")
   directory = run_dir(workdir, run)
@@ -47,9 +47,9 @@ def read_run(workdir: str, run: str):
     raise errors.CheckpointNotFoundError(
         f"--run={run}: no trained network in {directory} (runs here: "
         f"{', '.join(found) if found else 'none yet'})")
-  a, variables, _ = supervised.read_trained(
+  a, variables, _ = checkpoint.read_trained(
       directory, "teacher" if run == "teacher" else "distill",
-      jax.sharding.SingleDeviceSharding(jax.local_devices()[0]))
+      checkpoint.host_sharding())
   record = records.read_record(directory) or {}
   if "config" not in record:   # an imported teacher: the config of a stage that read it
     record = next((records.read_record(layout.stage_dir(workdir, s))

@@ -33,10 +33,10 @@ def check(what: str) -> dict:
     c.teacher.warmup_epochs, c.teacher.cosine_epochs = 0, 2
     c.data.train_examples = 512                   # 4 steps of 128 per epoch
     summary = run(c, sys.argv[4])
-    from tas_jax.training import supervised
+    from tas_jax.training import checkpoint
     from tas_jax.models import arch as arch_lib
     a = arch_lib.load(os.path.join(sys.argv[4], "teacher", "arch.json"))
-    variables, step = supervised.read_variables(
+    variables, step = checkpoint.read_variables(
         os.path.join(sys.argv[4], "teacher"), a, "teacher",
         jax.sharding.SingleDeviceSharding(jax.local_devices()[0]))
     flat = np.concatenate([np.ravel(x) for x in jax.tree.leaves(variables)])

@@ -14,7 +14,7 @@ from tas_jax.errors import CheckpointNotFoundError
 from tas_jax.methods.tas import space as space_lib
 from tas_jax.models import topology
 from tas_jax.stages import baselines, distill
-from tas_jax.training import loop
+from tas_jax.training import checkpoint
 from test_train import run_on
 
 
@@ -110,18 +110,16 @@ def test_random_baseline_says_what_to_do_when_the_target_is_unreachable():
 def test_read_checkpoint_restores_only_the_requested_subtrees(tmp_path):
   state = {"step": jnp.int32(7), "params": {"w": jnp.ones((64, 64))},
            "arch": {"alpha": jnp.arange(8.0).reshape(1, 8), "beta": jnp.zeros((3, 2))}}
-  manager = loop.checkpoint_manager(str(tmp_path), keep=1)
-  loop._save(manager, 7, state, {"history": [{"epoch": 1}]})
+  manager = checkpoint.manager_for(str(tmp_path), keep=1)
+  checkpoint.save(manager, 7, state, {"history": [{"epoch": 1}]})
   manager.wait_until_finished()
   manager.close()
-  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  abstract = {"arch": jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
-                                   state["arch"])}
-  got, meta, step = loop.read_checkpoint(str(tmp_path), abstract, "search")
+  abstract = {"arch": checkpoint.abstract(state["arch"], checkpoint.host_sharding())}
+  got, meta, step = checkpoint.read_checkpoint(str(tmp_path), abstract, "search")
   assert set(got) == {"arch"} and step == 7 and meta == {"history": [{"epoch": 1}]}
   np.testing.assert_array_equal(got["arch"]["alpha"], state["arch"]["alpha"])
   with pytest.raises(CheckpointNotFoundError, match="--config.stage=search"):
-    loop.read_checkpoint(str(tmp_path / "nothing"), abstract, "search")
+    checkpoint.read_checkpoint(str(tmp_path / "nothing"), abstract, "search")
 
 
 @pytest.mark.devices   # replicas need several devices
@@ -133,14 +131,14 @@ def test_a_replicated_checkpoint_is_written_from_one_device(tmp_path, caplog):
   state = parallel.put_replicated({"w": np.arange(8 * 16, dtype=np.float32).reshape(8, 16),
                                    "b": np.linspace(0, 1, 16, dtype=np.float32)}, mesh)
   assert len(state["w"].sharding.device_set) == jax.device_count() > 1
-  manager = loop.checkpoint_manager(str(tmp_path), keep=1)
+  manager = checkpoint.manager_for(str(tmp_path), keep=1)
   with jax.log_compiles(), caplog.at_level(logging.WARNING):
-    loop._save(manager, 1, state, {})
+    checkpoint.save(manager, 1, state, {})
     manager.wait_until_finished()
   compiled = [r.getMessage() for r in caplog.records if "Finished XLA compilation" in r.getMessage()]
   assert compiled == []
   manager.close()
-  got, _, step = loop.read_checkpoint(str(tmp_path), jax.tree.map(
+  got, _, step = checkpoint.read_checkpoint(str(tmp_path), jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state), "teacher")
   assert step == 1
   for k in state:

@@ -153,7 +153,6 @@ def test_streaming_source_global_batches_and_resume(folder):
   assert x.shape == (batch, 64, 64, 3) and x.dtype == np.float32
   assert x.sharding.spec == parallel.batch_sharded(mesh).spec
   assert -2.2 < float(x.min()) < 0 < float(x.max()) < 2.7          # (x/255 − mean) / std
-  assert src.state()["step"] == 3 and "iterator" in src.state()
   resumed = src.iterate(2)
   np.testing.assert_array_equal(np.asarray(next(resumed)["image"]), np.asarray(first[2]["image"]))
   resumed.close()

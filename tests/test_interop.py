@@ -18,7 +18,7 @@ from tas_jax import convert, errors, interop, parallel, workdir as layout  # noq
 from tas_jax.interop import torch_layout, torch_net  # noqa: E402
 from tas_jax.models import arch, networks, repvgg, topology  # noqa: E402
 from tas_jax.ops import flops  # noqa: E402
-from tas_jax.training import supervised  # noqa: E402
+from tas_jax.training import checkpoint  # noqa: E402
 
 TOLERANCE = 1e-4   # of the issue: logits equal to 1e-4 (relative to max(1, |logit|))
 
@@ -163,7 +163,7 @@ def test_convert_writes_a_teacher_the_stages_read(tmp_path):
   teacher_dir = layout.teacher_dir(str(tmp_path / "W"))
   assert layout.read_imported(teacher_dir)["sha256"] == convert.sha256(path)
   assert json.load(open(os.path.join(teacher_dir, "config.json")))["fields"] == {}
-  a, variables, step = supervised.read_teacher(str(tmp_path / "W"), parallel.make_mesh(1), "test")
+  a, variables, step = checkpoint.read_teacher(str(tmp_path / "W"), checkpoint.host_sharding(), "test")
   assert (a.name, a.num_classes, a.input_size, step) == ("resnet18_tv", 19, 32, 0)
   x = np.random.default_rng(6).standard_normal((2, 32, 32, 3)).astype(np.float32)
   assert relative_difference(jax_logits(a, variables, x), torch_logits(model, x)) < TOLERANCE
@@ -215,7 +215,7 @@ def test_an_imported_teacher_gets_a_fresh_head_and_is_fine_tuned_as_the_teacher(
   assert summary["architecture"] == "tiny_tv-10cls" and summary["steps"] == 4
   teacher_dir = layout.teacher_dir(workdir)
   assert os.path.isdir(os.path.join(teacher_dir, layout.IMPORTED_WEIGHTS))
-  tuned, variables, _ = supervised.read_teacher(workdir, parallel.make_mesh(1), "test")
+  tuned, variables, _ = checkpoint.read_teacher(workdir, checkpoint.host_sharding(), "test")
   assert tuned.num_classes == 10 and variables["params"]["classifier"]["kernel"].shape[-1] == 10
   body = lambda tree: {k: v for k, v in tree.items() if k != "classifier"}
   for ours, theirs in zip(jax.tree.leaves(body(variables["params"])),

@@ -21,7 +21,7 @@ import pytest
 
 from tas_jax.data import imagenet_samples
 from tas_jax.models import arch as arch_lib
-from tas_jax.training import supervised
+from tas_jax.training import checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 pytestmark = pytest.mark.children
@@ -67,7 +67,7 @@ def in_process(workdir, *args):
 
 def weights(stage_dir):
   a = arch_lib.load(os.path.join(stage_dir, "arch.json"))
-  variables, step = supervised.read_variables(stage_dir, a, "teacher",
+  variables, step = checkpoint.read_variables(stage_dir, a, "teacher",
                                               jax.sharding.SingleDeviceSharding(jax.local_devices()[0]))
   return np.concatenate([np.ravel(x) for x in jax.tree.leaves(variables)]), step
 

@@ -245,7 +245,7 @@ def test_the_reading_of_a_table_says_what_is_reachable_and_what_a_key_means():
   full = conv_flops(base)
   both = conv_flops(topology.pruned(base, narrow, [1, 1, 1])) / full
   assert lines[1] == f"  unpruned network (sum of its convs): {1e3 * full:.2f} ms"
-  assert f"the fewest blocks per stage [1, 1, 1], full widths: " in lines[3]
+  assert "the fewest blocks per stage [1, 1, 1], full widths: " in lines[3]
   assert lines[4].startswith(f"  both: {100 * both:.0f}%:") and "cannot be reached" in lines[4]
   assert "3x3 conv, stride 1, on 28x28 inputs" in lines[5]
   key = latency.ConvKey.parse("k3s2i32:16x32")

@@ -151,8 +151,8 @@ def _first_channels_method() -> methods.Method:
     base = networks.load(os.path.join(layout.teacher_dir(workdir), layout.ARCH))
     with open(os.path.join(layout.search_dir(workdir, "firstk"), "kept.json")) as f:
       kept = json.load(f)
-    from tas_jax.training import supervised
-    v, step = supervised.read_variables(layout.teacher_dir(workdir), base, "teacher",
+    from tas_jax.training import checkpoint
+    v, step = checkpoint.read_variables(layout.teacher_dir(workdir), base, "teacher",
                                         jax.sharding.SingleDeviceSharding(jax.devices()[0]))
     return extraction.write(c, workdir, "firstk", "first-k", f"the teacher at step {step}", base,
                             v, kept)

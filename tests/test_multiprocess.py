@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from tas_jax.models import arch as arch_lib
-from tas_jax.training import supervised
+from tas_jax.training import checkpoint
 from test_train import run_on
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -109,7 +109,7 @@ def test_checkpoint_of_two_processes_restores_in_one(two_process_checks):
   assert results[0]["finished"] and results[1]["finished"]
   assert results[0]["norm"] == pytest.approx(results[1]["norm"], rel=1e-7)
   a = arch_lib.load(os.path.join(workdir, "teacher", "arch.json"))
-  variables, step = supervised.read_variables(os.path.join(workdir, "teacher"), a, "teacher",
+  variables, step = checkpoint.read_variables(os.path.join(workdir, "teacher"), a, "teacher",
                                               jax.sharding.SingleDeviceSharding(jax.local_devices()[0]))
   flat = np.concatenate([np.ravel(x) for x in jax.tree.leaves(variables)])
   assert step == results[0]["step"] == 8

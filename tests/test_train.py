@@ -15,7 +15,6 @@ import pytest
 from tas_jax import config as config_lib
 from tas_jax.models import arch as arch_lib, resnet
 from tas_jax import parallel
-from tas_jax.stages import teacher
 import parallel_check
 
 HERE = os.path.dirname(os.path.abspath(__file__))

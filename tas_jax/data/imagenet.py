@@ -15,8 +15,8 @@ prefetched to the devices so the accelerator does not wait on the host.
 
 The order is a pure function of (seed, step): the dataset is a grain `MapDataset`, so batch k of
 the run is `dataset[k]`, and a resumed run starts at the checkpoint's step with exactly the batch
-an uninterrupted run would have drawn next; the iterator's own state is saved with the checkpoint
-for inspection.
+an uninterrupted run would have drawn next. The step is all a checkpoint needs: no iterator state
+is saved.
 
 Augmentation (spec §6, the official ImageNet recipe): random-resized crop to 224 (scale 0.08–1,
 aspect 3/4–4/3), horizontal flip, colour jitter 0.4 (brightness, contrast, saturation), PCA
@@ -381,11 +381,6 @@ class StreamingSource(BatchSource):
     self._normalise = jax.jit(
         lambda b: {"image": augment.normalize(b["image"], mean, std), "label": b["label"]},
         out_shardings=self._sharding)
-    self.last_state: dict = {}
-
-  def state(self) -> dict:
-    """{"step": the next step, "iterator": this process's grain iterator state}."""
-    return self.last_state
 
   def iterate(self, start_step: int) -> Iterator[dict]:
     it = self._dataset[start_step:].to_iter_dataset(grain.ReadOptions(num_threads=4,
@@ -398,7 +393,6 @@ class StreamingSource(BatchSource):
                           worker_init_fn=functools.partial(die_with_parent, os.getpid()))
     host = iter(it)
     queue: collections.deque = collections.deque()
-    step = start_step
     try:
       while True:
         while len(queue) < max(1, self._options.prefetch):
@@ -407,8 +401,6 @@ class StreamingSource(BatchSource):
           batch = {k: jax.make_array_from_process_local_data(self._sharding, v)
                    for k, v in local.items()}
           queue.append(self._normalise(batch))
-        step += 1
-        self.last_state = {"step": step, "iterator": host.get_state()}
         yield queue.popleft()
     finally:  # the loop closes the generator: stop the worker processes, free their memory
       if hasattr(host, "close"):

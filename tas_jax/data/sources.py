@@ -50,11 +50,6 @@ class BatchSource(abc.ABC):
   def iterate(self, start_step: int) -> Iterator[dict]:
     """The batches of steps start_step, start_step + 1, …"""
 
-  def state(self) -> dict:
-    """Where the source stands, JSON-able, saved with every checkpoint ({} when the step alone
-    says it, as for the in-memory source)."""
-    return {}
-
 
 class EvalSource(abc.ABC):
   num_examples: int
@@ -168,9 +163,6 @@ class Zipped(BatchSource):
 
   def source(self, name: str) -> BatchSource:
     return self._sources[name]
-
-  def state(self) -> dict:
-    return {name: s.state() for name, s in self._sources.items()}
 
   def iterate(self, start_step: int) -> Iterator[dict]:
     iterators = {name: s.iterate(start_step) for name, s in self._sources.items()}

@@ -30,7 +30,7 @@ from tas_jax import latency, plots, target as target_lib, workdir as layout
 from tas_jax.errors import CheckpointNotFoundError
 from tas_jax.models import channels, networks, repvgg
 from tas_jax.ops import flops
-from tas_jax.training import loop
+from tas_jax.training import checkpoint
 
 
 def rows(base, kept_counts: dict) -> list[dict]:
@@ -43,7 +43,7 @@ def rows(base, kept_counts: dict) -> list[dict]:
 
 def save_weights(path: str, variables: dict) -> None:
   """An Orbax checkpoint of the extracted network's variables (replaced if it exists)."""
-  loop.save_tree(path, variables)
+  checkpoint.save_tree(path, variables)
 
 
 def read_weights(workdir: str, method: str, abstract: dict) -> dict:
@@ -52,7 +52,7 @@ def read_weights(workdir: str, method: str, abstract: dict) -> dict:
   if not os.path.exists(path):
     raise CheckpointNotFoundError(f"{path} is missing: run --config.stage="
                                   f"{layout.stage_flags('extract', method)} with this --workdir first")
-  return loop.restore_tree(path, abstract)
+  return checkpoint.restore_tree(path, abstract)
 
 
 def trains_in_training_form(base) -> bool:
@@ -74,7 +74,7 @@ def training_form(workdir: str, method: str):
 
 def read_training_form(workdir: str, method: str, abstract: dict) -> dict:
   """{"params", "batch_stats"} of the unpruned network in training form (`training_form`)."""
-  return loop.restore_tree(os.path.join(layout.extract_dir(workdir, method), layout.TRAINING_FORM),
+  return checkpoint.restore_tree(os.path.join(layout.extract_dir(workdir, method), layout.TRAINING_FORM),
                            abstract)
 
 

@@ -26,13 +26,13 @@ import ml_collections
 import optax
 from absl import logging
 
-from tas_jax import config as config_lib, methods, workdir as layout
+from tas_jax import config as config_lib, methods, parallel, workdir as layout
 from tas_jax.errors import CheckpointNotFoundError
 from tas_jax.models import arch as arch_lib, channels, networks, resnet
 from tas_jax.ops import flops
 from tas_jax.methods import extraction
 from tas_jax.stages import baselines
-from tas_jax.training import steps, supervised
+from tas_jax.training import checkpoint, steps, supervised
 
 
 def kd_loss(student_logits, teacher_logits, labels, alpha: float, temperature: float):
@@ -91,7 +91,7 @@ def distill(config: ml_collections.ConfigDict, workdir: str) -> dict:
   dtype = jnp.dtype(config.model.dtype)
   needs_teacher = d.kd or d.init == "teacher"
   teacher_arch, teacher_vars, teacher_step = (
-      supervised.read_teacher(workdir, mesh, "distill") if needs_teacher else (None, None, None))
+      checkpoint.read_teacher(workdir, parallel.replicated(mesh), "distill") if needs_teacher else (None, None, None))
   if teacher_arch is not None:
     supervised.check_fits(teacher_arch, ds, f"the teacher in {workdir}/teacher")
 
@@ -112,9 +112,8 @@ def distill(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                                    d.student, *form, student, dtype)
   elif d.init == "searched":
     def init_variables(params, batch_stats):
-      abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
-                              {"params": params, "batch_stats": batch_stats})
-      weights = extraction.read_weights(workdir, d.student, abstract)
+      weights = extraction.read_weights(
+          workdir, d.student, checkpoint.abstract({"params": params, "batch_stats": batch_stats}))
       logging.info("[distill] fine-tuning the weights %s's extraction kept (%d arrays)", d.student,
                    len(jax.tree.leaves(weights)))
       return weights["params"], weights["batch_stats"]
@@ -151,9 +150,8 @@ def _training_form(workdir: str, run_dir: str, method: str, base, kept: dict, pr
   model = channels.Gated(base, channels.as_static(kept), dtype=dtype)
 
   def init_variables(params, batch_stats):
-    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
-                            {"params": params["network"], "batch_stats": batch_stats["network"]})
-    weights = extraction.read_training_form(workdir, method, abstract)
+    weights = extraction.read_training_form(workdir, method, checkpoint.abstract(
+        {"params": params["network"], "batch_stats": batch_stats["network"]}))
     logging.info("[distill] fine-tuning %s's kept weights in training form (%s, masks frozen), "
                  "cut at the end", method, base.name or "custom")
     return {"network": weights["params"]}, {"network": weights["batch_stats"]}

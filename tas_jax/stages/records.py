@@ -307,3 +307,12 @@ def write(config: ml_collections.ConfigDict, workdir: str, stage: str,
   with open(os.path.join(directory, RECORD), "w") as f:
     json.dump({"stage": stage, "fields": fields, "reads": reads, "config": config.to_dict(),
                "taken_as_recorded": taken_as_recorded or {}, **(extra or {})}, f, indent=1)
+
+
+def write_imported(workdir: str, imported: dict) -> None:
+  """The record of a teacher `tas_jax.convert` imported: no training settings to compare (its
+  fine-tuning records its own, `write(..., replace=True)`), what it was converted from."""
+  if layout.is_writer():
+    os.makedirs(layout.teacher_dir(workdir), exist_ok=True)
+    with open(os.path.join(layout.teacher_dir(workdir), RECORD), "w") as f:
+      json.dump({"stage": "teacher", "fields": {}, "reads": [], "imported": imported}, f, indent=1)

@@ -20,14 +20,14 @@ from absl import logging
 from tas_jax import latency, methods, workdir as layout
 from tas_jax.errors import CheckpointNotFoundError
 from tas_jax.models import networks, repvgg
-from tas_jax.training import supervised
+from tas_jax.training import checkpoint, supervised
 
 
 def teacher_to_measure(stage_dir: str, arch: networks.Network) -> tuple:
   """(architecture, variables) the teacher is timed as: a RepVGG teacher in its deploy form, as
   every pruned RepVGG is, so the speed-up is the pruning's alone and not the reparameterisation's."""
-  variables = supervised.read_variables(
-      stage_dir, arch, "teacher", jax.sharding.SingleDeviceSharding(jax.local_devices()[0]))[0]
+  variables = checkpoint.read_variables(
+      stage_dir, arch, "teacher", checkpoint.host_sharding())[0]
   if isinstance(arch, repvgg.RepVGGArch) and not arch.deploy:
     return dataclasses.replace(arch, deploy=True), repvgg.reparameterize(arch, variables)
   return arch, variables
@@ -63,9 +63,9 @@ def results(config: ml_collections.ConfigDict, workdir: str) -> dict:
   batch = ds.sample_images(config.pipeline.throughput_batch)
   to_measure = {"teacher": teacher_to_measure(layout.teacher_dir(workdir), teacher_arch)}
   for s in runs:
-    a, variables, _ = supervised.read_trained(
+    a, variables, _ = checkpoint.read_trained(
         layout.distill_dir(workdir, s["run"]), "distill",
-        jax.sharding.SingleDeviceSharding(jax.local_devices()[0]))
+        checkpoint.host_sharding())
     to_measure[s["run"]] = (a, variables)
   logging.info("[results] measuring inference throughput of %d networks on one batch of %d test "
                "images (%d repeats)", len(to_measure), len(batch), config.pipeline.throughput_repeats)

@@ -26,7 +26,7 @@ from tas_jax import config as config_lib, multihost, parallel, workdir as layout
 from tas_jax.models import networks
 from tas_jax.ops import flops
 from tas_jax.stages import records
-from tas_jax.training import loop, steps, supervised
+from tas_jax.training import checkpoint, steps, supervised
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -55,13 +55,11 @@ def evaluate_imported(config, workdir: str, mesh, ds, arch, imported: dict) -> d
   """The summary of a converted teacher: its accuracy on the config's test set, no training."""
   t0 = time.time()
   teacher_dir = layout.teacher_dir(workdir)
-  teacher_arch = networks.load(os.path.join(teacher_dir, layout.ARCH))
-  if teacher_arch.to_dict() | {"name": ""} != arch.to_dict() | {"name": ""}:
-    raise config_lib.ConfigError(
-        f"{teacher_dir} holds {teacher_arch.name} converted from {imported['weights']}, but the "
-        f"config describes {arch.name or 'another network'}: add --config.model.arch="
-        f"{os.path.join(teacher_dir, layout.ARCH)}")
-  variables, _ = supervised.read_variables(teacher_dir, arch, "teacher", parallel.replicated(mesh))
+  _, variables, _ = checkpoint.read_teacher(
+      workdir, parallel.replicated(mesh), "teacher", expected=arch, mismatch=lambda teacher: (
+          f"{teacher_dir} holds {teacher.name} converted from {imported['weights']}, but the "
+          f"config describes {arch.name or 'another network'}: add --config.model.arch="
+          f"{os.path.join(teacher_dir, layout.ARCH)}"))
   model = networks.build(arch)
   eval_step = steps.make_eval_step(
       lambda v, x: model.apply({"params": v[0], "batch_stats": v[1]}, x, train=False))
@@ -88,7 +86,7 @@ def _set_aside_imported(teacher_dir: str) -> tuple:
   the teacher's checkpoint series into `imported_weights/` the first time (the fine-tuning then
   writes its own checkpoints there). Safe to interrupt anywhere: the weights are copied before the
   checkpoint is removed."""
-  host = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  host = checkpoint.host_sharding()
   kept = os.path.join(teacher_dir, layout.IMPORTED_WEIGHTS)
   arch_path = os.path.join(teacher_dir, layout.IMPORTED_ARCH)
   if not os.path.isdir(kept):
@@ -96,13 +94,13 @@ def _set_aside_imported(teacher_dir: str) -> tuple:
       if not os.path.exists(arch_path):
         shutil.copyfile(os.path.join(teacher_dir, layout.ARCH), arch_path)
       arch = networks.load(arch_path)
-      variables, _ = supervised.read_variables(teacher_dir, arch, "teacher", host)
-      loop.save_tree(kept + ".partial", variables)
+      variables, _ = checkpoint.read_variables(teacher_dir, arch, "teacher", host)
+      checkpoint.save_tree(kept + ".partial", variables)
       shutil.rmtree(layout.checkpoint_dir(teacher_dir), ignore_errors=True)
       os.replace(kept + ".partial", kept)
     multihost.barrier("imported weights set aside")
   arch = networks.load(arch_path)
-  return arch, loop.restore_tree(kept, supervised.abstract_variables(arch, host))
+  return arch, checkpoint.restore_tree(kept, checkpoint.abstract_variables(arch, host))
 
 
 def finetune_imported(config, workdir: str, mesh, ds, imported: dict) -> dict:

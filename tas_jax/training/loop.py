@@ -13,21 +13,18 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import math
-import os
 import signal
 import threading
 import time
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 import jax
-import orbax.checkpoint as ocp
 from absl import logging
 
 from tas_jax import console, multihost, workdir
+from tas_jax.training import checkpoint
 from tas_jax.data import sources
-from tas_jax.errors import CheckpointNotFoundError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,109 +41,6 @@ class LoopConfig:
   log_every_secs: float = 60.0   # a progress line at least this often, whatever log_every_steps says
   starts_from: str = "scratch"   # what a first run starts from, for its first line ("scratch",
                                  # "the imported weights", ...)
-
-
-def checkpoint_manager(stage_dir: str, keep: int) -> ocp.CheckpointManager:
-  _save_replicated_arrays_from_one_device()
-  return ocp.CheckpointManager(
-      workdir.checkpoint_dir(stage_dir),
-      options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
-
-
-@functools.cache   # once per process: the process count does not change
-def _save_replicated_arrays_from_one_device() -> None:
-  """In one process, every replica of a replicated array is local, so Orbax's replica-parallel
-  saving (its default off GPU) writes the same bytes as one replica would, but first slices the
-  array on every device: a slice program compiled per device and per shape, at each stage's first
-  save (144 programs, about 2.5 s, for ResNet-8 on 8 devices; hundreds on an 8-GPU or TPU host).
-  Several processes keep the default: there each process writes its part."""
-  if jax.process_count() == 1:
-    ocp.type_handlers.register_type_handler(
-        jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False), override=True)
-
-
-def restore_latest(manager: ocp.CheckpointManager, abstract_state) -> Optional[tuple[Any, dict]]:
-  """(state, meta) of the latest readable checkpoint, or None when there is none.
-
-  An interrupted save is never 'latest': Orbax finalises a step only once all of it is on disk. A
-  finalised checkpoint that cannot be read (a damaged file) is skipped with a warning for the one
-  before it (and removed, since the run writes that step again); when none can be read the run
-  stops with one line saying what to do — never silently from scratch.
-  """
-  steps = sorted(manager.all_steps(), reverse=True)
-  failures = []
-  for step in steps:
-    try:
-      restored = manager.restore(step, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
-    except Exception as e:  # noqa: BLE001 — any unreadable checkpoint: fall back, say so
-      reason = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
-      failures.append(f"step {step}: {reason}")
-      logging.warning("checkpoint at step %d in %s cannot be read (%s); trying the one before it",
-                      step, manager.directory, reason)
-      continue
-    for bad in (b for b in steps if b > step):   # the run will write these steps again
-      manager.delete(bad)
-      logging.warning("removed the unreadable checkpoint at step %d; continuing from step %d",
-                      bad, step)
-    return restored["state"], restored["meta"]
-  if failures:
-    raise CheckpointNotFoundError(
-        f"no readable checkpoint in {manager.directory} ({'; '.join(failures)}): delete that folder "
-        "to start this stage over")
-  return None
-
-
-def save_tree(path: str, tree) -> None:
-  """A pytree of arrays as one Orbax checkpoint at `path` (replaced if it exists): the weights an
-  extraction or a finished fine-tuning hands on, outside any stage's checkpoint series."""
-  with ocp.StandardCheckpointer() as checkpointer:
-    checkpointer.save(os.path.abspath(path), jax.tree.map(jax.numpy.asarray, tree), force=True)
-
-
-def restore_tree(path: str, abstract):
-  """The pytree `save_tree` wrote at `path`, restored to `abstract`'s shapes and shardings."""
-  with ocp.StandardCheckpointer() as checkpointer:
-    return checkpointer.restore(os.path.abspath(path), abstract)
-
-
-def read_checkpoint(stage_dir: str, abstract_subtrees: dict, stage: str) -> tuple[dict, dict, int]:
-  """(the requested subtrees of the state, the meta JSON, step) of the latest checkpoint in
-  `stage_dir`, read in a fresh manager with Orbax partial restore: a later stage reads only what
-  it needs (the architecture logits of a search, the weights of a teacher), never optimiser state.
-
-  `abstract_subtrees` maps top-level state fields to trees of `jax.ShapeDtypeStruct` (with the
-  sharding to restore onto).
-  """
-  directory = workdir.checkpoint_dir(stage_dir)
-  manager = ocp.CheckpointManager(directory) if os.path.isdir(directory) else None
-  step = manager.latest_step() if manager is not None else None
-  if step is None:
-    raise CheckpointNotFoundError(
-        f"no {stage} checkpoint in {directory}: run --config.stage={stage} with this --workdir first")
-  restored = manager.restore(step, args=ocp.args.Composite(
-      state=ocp.args.PyTreeRestore(
-          item=abstract_subtrees, partial_restore=True,
-          restore_args=ocp.checkpoint_utils.construct_restore_args(abstract_subtrees)),
-      meta=ocp.args.JsonRestore()))
-  manager.close()
-  return dict(restored["state"]), restored["meta"], step
-
-
-def save_variables(stage_dir: str, variables: dict, meta: dict, step: int = 0) -> str:
-  """Writes {"params", "batch_stats"} as a stage's checkpoint at `step`, in the layout
-  `read_checkpoint` reads (weights made outside a training loop: an imported teacher); returns the
-  checkpoint folder."""
-  manager = checkpoint_manager(stage_dir, keep=1)
-  _save(manager, step, variables, meta)
-  manager.wait_until_finished()
-  manager.close()
-  return workdir.checkpoint_dir(stage_dir)
-
-
-def _save(manager, step: int, state, meta: dict) -> None:
-  manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                             meta=ocp.args.JsonSave(meta)), force=True)
 
 
 class Interrupted(Exception):
@@ -226,7 +120,7 @@ def fit(cfg: LoopConfig, stage_dir: str, state, train_step: Callable, source: so
   SIGINT or SIGTERM saves a checkpoint at the current step and raises `Interrupted`; on any exit
   the input pipeline (and its worker processes), the checkpoint manager and the writer are closed.
   """
-  manager = checkpoint_manager(stage_dir, cfg.keep_checkpoints)
+  manager = checkpoint.manager_for(stage_dir, cfg.keep_checkpoints)
   writer = _summary_writer(stage_dir)
   opened = []   # the batch iterator, once _fit made it
   try:
@@ -244,20 +138,16 @@ def fit(cfg: LoopConfig, stage_dir: str, state, train_step: Callable, source: so
 def _fit(cfg, stage_dir, state, train_step, source, step_args, epoch_args, end_of_epoch,
          learning_rate, manager, writer, stop_requested, opened):
   history: list[dict] = []
-  restored = restore_latest(manager, jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state))
+  restored = checkpoint.restore_latest(manager, checkpoint.abstract(state))
   if restored is not None:
     state, meta = restored
     history = meta.get("history", [])
-    data_state = meta.get("data") or {}
   start = int(jax.device_get(state.step))  # the one host read of the step counter
   total_steps = cfg.num_epochs * cfg.steps_per_epoch
   if restored is not None:
     logging.info("[%s] resumed from checkpoint at step %d (epoch %d, step %d of it) in %s; the "
                  "data continues at that step", cfg.stage, start, start // cfg.steps_per_epoch + 1,
                  start % cfg.steps_per_epoch, manager.directory)
-    if data_state:
-      console.detail("[%s] saved input state: %s", cfg.stage, data_state)
   else:
     logging.info("[%s] starting from %s: %d epochs x %d steps, global batch %d, %d device(s)",
                  cfg.stage, cfg.starts_from, cfg.num_epochs, cfg.steps_per_epoch, cfg.global_batch,
@@ -327,10 +217,10 @@ def _fit(cfg, stage_dir, state, train_step, source, step_args, epoch_args, end_o
         stopped_early = True
         break
       if cfg.checkpoint_every_steps and step % cfg.checkpoint_every_steps == 0:
-        _save(manager, step, state, {"history": history, "data": source.state()})
+        checkpoint.save(manager, step, state, {"history": history})
     if stopped_early:
       multihost.at(f"[{cfg.stage}] saving the checkpoint at step {step}")
-      _save(manager, step, state, {"history": history, "data": source.state()})
+      checkpoint.save(manager, step, state, {"history": history})
       if stop:
         raise _interrupted(cfg.stage, _signal_name(stop_requested), step, total_steps, manager)
       logging.info("[%s] stopping after %d steps in this run (max_steps_per_run); run the same "
@@ -347,7 +237,7 @@ def _fit(cfg, stage_dir, state, train_step, source, step_args, epoch_args, end_o
     writer.write_scalars(step, {f"epoch/{k}": v for k, v in numbers.items()})
     writer.flush()
     multihost.at(f"[{cfg.stage}] saving the checkpoint at step {step}")
-    _save(manager, step, state, {"history": history, "data": source.state()})
+    checkpoint.save(manager, step, state, {"history": history})
     # a signal during the evaluation: the epoch is saved
     if multihost.any_process(bool(stop_requested)) and step < total_steps:
       raise _interrupted(cfg.stage, _signal_name(stop_requested), step, total_steps, manager)

@@ -22,7 +22,7 @@ from absl import logging
 
 from tas_jax import parallel, workdir as layout
 from tas_jax.data import sources
-from tas_jax.errors import CheckpointNotFoundError, ConfigError
+from tas_jax.errors import ConfigError
 from tas_jax.models import arch as arch_lib, networks, repvgg
 from tas_jax.ops import flops
 from tas_jax.training import inputs as inputs_lib, loop, steps
@@ -115,54 +115,6 @@ def check_fits(a: arch_lib.Architecture, ds: inputs_lib.Inputs, what: str) -> No
         f"{what} ({a.name or 'custom'}) expects {a.num_classes} classes and {a.input_size}x"
         f"{a.input_size}x{a.input_channels} inputs, but {ds.name} gives {ds.num_classes} classes "
         f"and {ds.image_size}x{ds.image_size}x{ds.channels}")
-
-
-def abstract_variables(arch, sharding) -> dict:
-  """{'params', 'batch_stats'} of `arch` as ShapeDtypeStructs placed with `sharding`: what a
-  checkpoint of its weights is restored into."""
-  shapes = jax.eval_shape(lambda: networks.build(arch).init(
-      jax.random.key(0), networks.dummy_input(arch), train=False))
-  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
-                      {"params": shapes["params"], "batch_stats": shapes.get("batch_stats", {})})
-
-
-def read_variables(stage_dir: str, arch: arch_lib.Architecture, stage: str,
-                   sharding) -> tuple[dict, int]:
-  """({'params', 'batch_stats'}, step) of a trained network's latest checkpoint, placed with
-  `sharding`; the optimiser state is not read (Orbax partial restore)."""
-  variables, _, step = loop.read_checkpoint(stage_dir, abstract_variables(arch, sharding), stage)
-  return variables, step
-
-
-def read_trained(directory: str, stage: str, sharding) -> tuple[arch_lib.Architecture, dict, int]:
-  """(architecture, {'params', 'batch_stats'}, step) of the network a training stage produced:
-  its checkpoint, or, for a run trained in another form and cut at the end (a RepVGG fine-tuned
-  with frozen masks), the `deploy/` network it wrote."""
-  deploy = os.path.join(directory, layout.DEPLOY)
-  if os.path.isdir(deploy):
-    arch = networks.load(os.path.join(deploy, layout.ARCH))
-    summary = layout.read_summary(directory) or {}
-    return arch, loop.restore_tree(os.path.join(deploy, layout.WEIGHTS),
-                                   abstract_variables(arch, sharding)), summary.get("steps", 0)
-  arch = networks.load(os.path.join(directory, layout.ARCH))
-  variables, step = read_variables(directory, arch, stage, sharding)
-  return arch, variables, step
-
-
-def read_teacher(workdir: str, mesh, reader: str) -> tuple[arch_lib.Architecture, dict, int]:
-  """The teacher's architecture and {'params', 'batch_stats'} (replicated), from its latest
-  checkpoint in WORKDIR/teacher; optimiser state is not read. `reader` names the stage asking."""
-  teacher_dir = layout.teacher_dir(workdir)
-  arch_path = os.path.join(teacher_dir, layout.ARCH)
-  if not os.path.exists(arch_path):
-    raise CheckpointNotFoundError(
-        f"{arch_path} is missing: run --config.stage=teacher with this --workdir first")
-  arch = networks.load(arch_path)
-  variables, step = read_variables(teacher_dir, arch, "teacher", parallel.replicated(mesh))
-  if layout.read_summary(teacher_dir) is None and layout.read_imported(teacher_dir) is None:
-    logging.warning("[%s] the teacher in %s has not finished; using its checkpoint at step %d",
-                    reader, teacher_dir, step)
-  return arch, variables, step
 
 
 def train_network(config: ml_collections.ConfigDict, recipe: ml_collections.ConfigDict,

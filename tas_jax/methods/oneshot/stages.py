@@ -23,28 +23,17 @@ from absl import logging
 from tas_jax import target as target_lib, workdir as layout
 from tas_jax.errors import CheckpointNotFoundError
 from tas_jax.methods.oneshot import criteria, select
-from tas_jax.models import channels, networks
+from tas_jax.models import channels
 from tas_jax.ops import flops
 from tas_jax.methods import extraction
-from tas_jax.training import supervised
+from tas_jax.training import checkpoint
 
 CHANNELS = "channels.json"
 
 
 def _teacher(workdir: str, stage: str):
   """(architecture, {"params", "batch_stats"} on the host, step) of WORKDIR/teacher."""
-  path = os.path.join(layout.teacher_dir(workdir), layout.ARCH)
-  if not os.path.exists(path):
-    raise CheckpointNotFoundError(
-        f"{path} is missing: a one-shot method prunes the trained teacher; run "
-        "--config.stage=teacher (or import one with python -m tas_jax.convert) with this --workdir")
-  base = networks.load(path)
-  variables, step = supervised.read_variables(
-      layout.teacher_dir(workdir), base, "teacher",
-      jax.sharding.SingleDeviceSharding(jax.local_devices()[0]))
-  if layout.read_summary(layout.teacher_dir(workdir)) is None and \
-     layout.read_imported(layout.teacher_dir(workdir)) is None:
-    logging.warning("[%s] the teacher has not finished; pruning its checkpoint at step %d", stage, step)
+  base, variables, step = checkpoint.read_teacher(workdir, checkpoint.host_sharding(), stage)
   return base, jax.device_get(variables), step
 
 

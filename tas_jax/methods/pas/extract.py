@@ -22,7 +22,7 @@ from tas_jax.methods.pas import masks as masks_lib
 from tas_jax.methods.pas.search import METHOD, kept_channels
 from tas_jax.models import arch as arch_lib, networks
 from tas_jax.methods import extraction
-from tas_jax.training import loop
+from tas_jax.training import checkpoint
 
 
 def read_search(workdir: str) -> tuple[arch_lib.Architecture, dict, list[dict], int]:
@@ -35,12 +35,11 @@ def read_search(workdir: str) -> tuple[arch_lib.Architecture, dict, list[dict], 
         "--config.stage=search with this --workdir first")
   base = networks.load(base_path)
   model = masks_lib.MaskedNetwork(base)
-  sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), networks.dummy_input(base)))
-  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
-                          {"params": shapes["params"], "batch_stats": shapes["batch_stats"]})
-  restored, meta, step = loop.read_checkpoint(search_dir, abstract,
-                                             layout.stage_flags("search", METHOD))
+  abstract = checkpoint.abstract({"params": shapes["params"], "batch_stats": shapes["batch_stats"]},
+                                 checkpoint.host_sharding())
+  restored, meta, step = checkpoint.read_checkpoint(search_dir, abstract,
+                                                    layout.stage_flags("search", METHOD))
   return base, jax.device_get(restored), meta.get("history", []), step
 
 

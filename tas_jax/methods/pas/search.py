@@ -30,12 +30,11 @@ from absl import logging
 from clu import metrics
 
 from tas_jax import console, parallel, target as target_lib, workdir as layout
-from tas_jax.errors import ConfigError
 from tas_jax.data import sources
 from tas_jax.methods.pas import masks as masks_lib, settings
 from tas_jax.models import channels
 from tas_jax.ops import flops
-from tas_jax.training import loop, steps, supervised
+from tas_jax.training import checkpoint, loop, steps, supervised
 
 METHOD = "pas"
 
@@ -134,11 +133,10 @@ def search(config: ml_collections.ConfigDict, workdir: str) -> dict:
                lay.num_channels, settings.cost_weight(p, base),
                steps_per_epoch, n_dev)
 
-  teacher_arch, teacher_vars, teacher_step = supervised.read_teacher(workdir, mesh, stage)
-  if teacher_arch.to_dict() | {"name": ""} != base.to_dict() | {"name": ""}:
-    raise ConfigError(
-        f"method=pas prunes the teacher in {workdir}/teacher ({teacher_arch.name or 'custom'}), "
-        f"but the config describes {base.name or 'a different network'}")
+  _, teacher_vars, teacher_step = checkpoint.read_teacher(
+      workdir, parallel.replicated(mesh), stage, expected=base, mismatch=lambda teacher: (
+          f"method=pas prunes the teacher in {workdir}/teacher ({teacher.name or 'custom'}), "
+          f"but the config describes {base.name or 'a different network'}"))
   model = masks_lib.MaskedNetwork(base, dtype=jnp.dtype(config.model.dtype),
                                   scan_blocks=config.model.scan_blocks)
   tx = optimizer(p)

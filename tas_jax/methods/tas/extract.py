@@ -28,7 +28,7 @@ from tas_jax.methods.tas import space as space_lib
 from tas_jax.models import arch as arch_lib
 from tas_jax.models.candidates import NUM_WIDTH_CANDIDATES
 from tas_jax.ops import flops
-from tas_jax.training import loop
+from tas_jax.training import checkpoint
 
 
 def read_search(workdir: str) -> tuple[space_lib.SearchSpace, dict, list[dict], int]:
@@ -40,13 +40,13 @@ def read_search(workdir: str) -> tuple[space_lib.SearchSpace, dict, list[dict], 
         f"no search in {search_dir} ({base_path} is missing): run --config.stage=search with this "
         "--workdir first")
   space = space_lib.build(arch_lib.load(base_path))
-  sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  sharding = checkpoint.host_sharding()
   abstract = {"arch": {
       "alpha": jax.ShapeDtypeStruct((space.num_slots, NUM_WIDTH_CANDIDATES), jnp.float32,
                                     sharding=sharding),
       "beta": jax.ShapeDtypeStruct((len(space.depths), space.max_depth_candidates), jnp.float32,
                                    sharding=sharding)}}
-  restored, meta, step = loop.read_checkpoint(search_dir, abstract, "search")
+  restored, meta, step = checkpoint.read_checkpoint(search_dir, abstract, "search")
   return space, jax.device_get(restored["arch"]), meta.get("history", []), step
 
 

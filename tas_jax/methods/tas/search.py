@@ -26,11 +26,10 @@ from absl import logging
 from clu import metrics
 
 from tas_jax import console, parallel, target as target_lib, workdir as layout
-from tas_jax.errors import ConfigError
 from tas_jax.data import datasets, sources
 from tas_jax.methods.tas import cost, space as space_lib, supernet as supernet_lib
 from tas_jax.ops import flops
-from tas_jax.training import loop, steps, supervised
+from tas_jax.training import checkpoint, loop, steps, supervised
 
 
 class SearchState(steps.TrainState):
@@ -181,11 +180,10 @@ def create_state(net, space, tx, arch_tx, sample_input, key, mesh) -> SearchStat
 def _from_teacher(state: SearchState, base, tx, workdir: str, mesh, variant: str) -> SearchState:
   """The supernet's weights from the teacher's checkpoint: every conv its trained kernel, every
   width candidate its trained BN (a search-only BN starts as the identity)."""
-  teacher_arch, variables, step = supervised.read_teacher(workdir, mesh, "search")
-  if teacher_arch.to_dict() | {"name": ""} != base.to_dict() | {"name": ""}:
-    raise ConfigError(
-        f"config.search.init='teacher': the teacher in {workdir}/teacher is "
-        f"{teacher_arch.name or 'a different network'}, the search runs on {base.name or 'custom'}")
+  _, variables, step = checkpoint.read_teacher(
+      workdir, parallel.replicated(mesh), "search", expected=base, mismatch=lambda teacher: (
+          f"config.search.init='teacher': the teacher in {workdir}/teacher is "
+          f"{teacher.name or 'a different network'}, the search runs on {base.name or 'custom'}"))
   params, stats = supernet_lib.supernet_params_from_plain(variables["params"],
                                                           variables["batch_stats"], variant)
   params, stats = jax.device_put((params, stats), parallel.replicated(mesh))
