@@ -8,9 +8,9 @@ On CIFAR-shaped uint8 data resident on the device (synthetic: timing does not de
 values) it compiles and times, in this order and in one process:
 
 - the plain training step of the unpruned network (the teacher's step: the in-memory source's
-  gather + augment call, then forward, backward, SGD), and one TAS search iteration (weight step on half A + architecture step on half
-  B, compiled as one function); the key `search_over_two_plain_ratio` is the search iteration
-  against two plain steps;
+  gather + augment call, then forward, backward, SGD), and one TAS search iteration (weight step on
+  half A + architecture step on half B, compiled as one function); the key
+  `search_over_two_plain_ratio` is the search iteration against two plain steps;
 - one PaS search step (the masked network, CE + α·MACs gap², one SGD step on weights and mask
   scalars) timed in turns with the plain step (repeat by repeat): `pas_over_plain_ratio` is the
   PaS step against the plain step under the same machine load;
@@ -41,17 +41,16 @@ from typing import Callable, Optional
 
 import jax
 import numpy as np
-
 from absl import app, flags
 
-from benchmarks.timing import compile_stats, median_time, median_times, Stepper
-from tas_jax.target import Target
+from benchmarks.timing import Stepper, compile_stats, median_time, median_times
 from tas_jax import parallel
 from tas_jax.config import base_config
 from tas_jax.data import datasets, sources
 from tas_jax.methods.pas import masks, search as pas_search
 from tas_jax.methods.tas import search, space as space_lib, supernet
 from tas_jax.models import arch as arch_lib, resnet
+from tas_jax.target import Target
 from tas_jax.training import steps, supervised
 
 
@@ -62,16 +61,18 @@ def cifar_network(name: str) -> arch_lib.Architecture:
   try:
     return arch_lib.cifar_resnet(depth, block)
   except arch_lib.ArchError as e:
-    raise ValueError(f"--network={name}: resnetN with a CIFAR depth N (20, 32, 56, 110, 164, …): "
-                     f"{e}") from None
+    raise ValueError(
+      f"--network={name}: resnetN with a CIFAR depth N (20, 32, 56, 110, 164, …): {e}"
+    ) from None
 
 
 def synthetic_cifar(n: int, seed: int = 0) -> datasets.ImageDataset:
   rng = np.random.default_rng(seed)
   x = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
   y = rng.integers(0, 10, n).astype(np.int32)
-  return datasets.ImageDataset("synthetic", x, y, x[:256], y[:256], 10, (0.5,) * 3, (0.25,) * 3,
-                               "synthetic")
+  return datasets.ImageDataset(
+    "synthetic", x, y, x[:256], y[:256], 10, (0.5,) * 3, (0.25,) * 3, "synthetic"
+  )
 
 
 def search_setup(a, c, mesh, ds, data, augmentation, batch: int):
@@ -81,44 +82,75 @@ def search_setup(a, c, mesh, ds, data, augmentation, batch: int):
   net = supernet.SuperNet(space, scan_blocks=c.model.scan_blocks)
   c.search.epochs = 2
   wtx, _, atx = search.optimizers(c.search, 4)
-  sstate = search.create_state(net, space, wtx, atx, np.zeros((2, 32, 32, 3), np.float32),
-                               jax.random.key(0), mesh)
+  sstate = search.create_state(
+    net, space, wtx, atx, np.zeros((2, 32, 32, 3), np.float32), jax.random.key(0), mesh
+  )
   iteration = search.make_search_step(
-      net, space, c.search, Target.flops(space.base, c.target.flop_ratio, c.target.tolerance),
-      mesh, "jit")
+    net,
+    space,
+    c.search,
+    Target.flops(space.base, c.target.flop_ratio, c.target.tolerance),
+    mesh,
+    "jit",
+  )
   half_a, half_b = datasets.split_per_class(ds.train_labels, 0)
-  halves = sources.Zipped(**{
-      name: sources.InMemorySource(data, half, batch, augmentation,
-                                   lambda e, i=i: jax.random.fold_in(jax.random.key(2), 2 * e + i),
-                                   lambda step, i=i: search.step_keys(jax.random.key(1), step)[i],
-                                   steps_per_epoch=min(len(half_a), len(half_b)) // batch)
-      for i, (name, half) in enumerate((("a", half_a), ("b", half_b)))})
+  halves = sources.Zipped(
+    **{
+      name: sources.InMemorySource(
+        data,
+        half,
+        batch,
+        augmentation,
+        lambda e, i=i: jax.random.fold_in(jax.random.key(2), 2 * e + i),
+        lambda step, i=i: search.step_keys(jax.random.key(1), step)[i],
+        steps_per_epoch=min(len(half_a), len(half_b)) // batch,
+      )
+      for i, (name, half) in enumerate((("a", half_a), ("b", half_b)))
+    }
+  )
   taus = [parallel.put_replicated(np.float32(search.tau_at(c.search, e)), mesh) for e in (0, 1)]
   return iteration, sstate, halves, taus
 
 
-def bench_jax(network: str, batch: int, num_devices: int, repeats: int, steps_per_repeat: int,
-              profile_dir: str = "", with_xla_defaults: bool = True,
-              reference: Optional[Callable] = None) -> dict:
+def bench_jax(
+  network: str,
+  batch: int,
+  num_devices: int,
+  repeats: int,
+  steps_per_repeat: int,
+  profile_dir: str = "",
+  with_xla_defaults: bool = True,
+  reference: Optional[Callable] = None,
+) -> dict:
   """The figures of one run (see the module docstring). `reference`, a callable running one step
   of another framework, is timed in turns with the plain step (`out['reference']`)."""
   a = cifar_network(network)
   mesh = parallel.make_mesh(num_devices)
   n_dev = mesh.shape[parallel.AXIS]
-  ds = synthetic_cifar(8 * batch)   # 8 steps per epoch, halves of 4: the timed calls cross epochs
+  ds = synthetic_cifar(8 * batch)  # 8 steps per epoch, halves of 4: the timed calls cross epochs
   data = sources.DeviceDataset(ds, mesh, 256)
   augmentation = sources.Augmentation(ds.mean, ds.std)
   c = base_config()
   key = parallel.put_replicated(jax.random.key(1), mesh)
-  out: dict = {"network": network, "batch": batch, "devices": n_dev,
-               "platform": jax.devices()[0].platform, "device_kind": jax.devices()[0].device_kind}
+  out: dict = {
+    "network": network,
+    "batch": batch,
+    "devices": n_dev,
+    "platform": jax.devices()[0].platform,
+    "device_kind": jax.devices()[0].device_kind,
+  }
 
   # --- plain training step of the unpruned network ---
   model = resnet.build(a)
   tx, _ = supervised.sgd_with_warmup_cosine(c.teacher, 8)
-  source = sources.InMemorySource(data, np.arange(len(ds.train_labels)), batch, augmentation,
-                                  supervised.permutation_key(0),
-                                  lambda step: jax.random.fold_in(jax.random.key(1), step))
+  source = sources.InMemorySource(
+    data,
+    np.arange(len(ds.train_labels)),
+    batch,
+    augmentation,
+    supervised.permutation_key(0),
+    lambda step: jax.random.fold_in(jax.random.key(1), step),
+  )
 
   def plain_step_and_stepper(with_compile_stats: bool):
     """The plain step as compiled under the current options, and a warmed-up stepper of it."""
@@ -129,60 +161,75 @@ def bench_jax(network: str, batch: int, num_devices: int, repeats: int, steps_pe
       seconds, out["plain_memory"] = compile_stats(step, state, next(batches))
       out["plain_compile_s"] = round(seconds, 2)
     stepper = Stepper(step, state, batches)
-    jax.block_until_ready(stepper())   # compiles the jitted step itself, warms up
-    jax.block_until_ready(stepper())   # the second warm-up call finishes before timing starts
+    jax.block_until_ready(stepper())  # compiles the jitted step itself, warms up
+    jax.block_until_ready(stepper())  # the second warm-up call finishes before timing starts
     return step, stepper
 
   plain, plain_stepper = plain_step_and_stepper(with_compile_stats=True)
   stepper = plain_stepper
   with jax.transfer_guard("disallow"):
-    timed = median_times({"jax": stepper, **({"reference": reference} if reference else {})},
-                          repeats, steps_per_repeat)
+    timed = median_times(
+      {"jax": stepper, **({"reference": reference} if reference else {})}, repeats, steps_per_repeat
+    )
     t_plain, raw_plain = timed["jax"]
-    for _ in range(source.steps_per_epoch):   # on into the next epoch: a new permutation
+    for _ in range(source.steps_per_epoch):  # on into the next epoch: a new permutation
       jax.block_until_ready(stepper())
   if reference:
     t_ref, raw_ref = timed["reference"]
-    out["reference"] = {"step_s": round(t_ref, 4), "repeats_s": [round(x, 4) for x in raw_ref],
-                        "images_per_s": round(batch / t_ref, 1)}
-  out.update(plain_step_s=round(t_plain, 4), plain_repeats_s=[round(x, 4) for x in raw_plain],
-             plain_images_per_s=round(batch / t_plain, 1),
-             plain_compilations=max(plain._cache_size(), *source.compilations().values()),
-             compiler_options=parallel.compiler_options())
+    out["reference"] = {
+      "step_s": round(t_ref, 4),
+      "repeats_s": [round(x, 4) for x in raw_ref],
+      "images_per_s": round(batch / t_ref, 1),
+    }
+  out.update(
+    plain_step_s=round(t_plain, 4),
+    plain_repeats_s=[round(x, 4) for x in raw_plain],
+    plain_images_per_s=round(batch / t_plain, 1),
+    plain_compilations=max(plain._cache_size(), *source.compilations().values()),
+    compiler_options=parallel.compiler_options(),
+  )
   if with_xla_defaults and out["compiler_options"]:
     # the same step compiled with XLA's own options: what tas_jax's CPU options are worth
     with parallel.xla_defaults():
       _, default_stepper = plain_step_and_stepper(with_compile_stats=False)
     t_default, raw_default = median_time(default_stepper, repeats, steps_per_repeat)
-    out.update(plain_step_xla_defaults_s=round(t_default, 4),
-               plain_xla_defaults_repeats_s=[round(x, 4) for x in raw_default],
-               xla_defaults_over_tuned_ratio=round(t_default / t_plain, 3))
+    out.update(
+      plain_step_xla_defaults_s=round(t_default, 4),
+      plain_xla_defaults_repeats_s=[round(x, 4) for x in raw_default],
+      xla_defaults_over_tuned_ratio=round(t_default / t_plain, 3),
+    )
     default_stepper.close()
     del default_stepper
 
   # --- TAS search iteration ---
   iteration, sstate, halves, taus = search_setup(a, c, mesh, ds, data, augmentation, batch)
   batches = halves.iterate(0)
-  search_compile, out["search_memory"] = compile_stats(iteration, sstate, next(batches), (key, taus[0]))
+  search_compile, out["search_memory"] = compile_stats(
+    iteration, sstate, next(batches), (key, taus[0])
+  )
   stepper = Stepper(iteration, sstate, batches, (key, taus[0]))
   jax.block_until_ready(stepper())
-  jax.block_until_ready(stepper())   # the second warm-up call finishes before timing starts
+  jax.block_until_ready(stepper())  # the second warm-up call finishes before timing starts
   with jax.transfer_guard("disallow"):
     t_search, raw_search = median_time(stepper, repeats, steps_per_repeat)
     stepper.args = ((key, taus[1]),)  # the next epoch's τ; the halves cross epochs on their own
     for _ in range(halves.steps_per_epoch):
       jax.block_until_ready(stepper())
-  search_compilations = max(iteration._cache_size(), *(
-      n for h in "ab" for n in halves.source(h).compilations().values()))
-  out.update(search_iteration_s=round(t_search, 4),
-             search_repeats_s=[round(x, 4) for x in raw_search],
-             search_images_per_s=round(2 * batch / t_search, 1),   # a batch of A and one of B
-             search_compile_s=round(search_compile, 2),
-             search_compilations=search_compilations,
-             search_over_two_plain_ratio=round(t_search / (2 * t_plain), 3),
-             host_transfers_in_step_loop=0)   # checked: the loops above ran under transfer_guard
-  out["compilations_after_epoch_boundary"] = (out["plain_compilations"] - 1
-                                              + out["search_compilations"] - 1)
+  search_compilations = max(
+    iteration._cache_size(), *(n for h in "ab" for n in halves.source(h).compilations().values())
+  )
+  out.update(
+    search_iteration_s=round(t_search, 4),
+    search_repeats_s=[round(x, 4) for x in raw_search],
+    search_images_per_s=round(2 * batch / t_search, 1),  # a batch of A and one of B
+    search_compile_s=round(search_compile, 2),
+    search_compilations=search_compilations,
+    search_over_two_plain_ratio=round(t_search / (2 * t_plain), 3),
+    host_transfers_in_step_loop=0,
+  )  # checked: the loops above ran under transfer_guard
+  out["compilations_after_epoch_boundary"] = (
+    out["plain_compilations"] - 1 + out["search_compilations"] - 1
+  )
 
   # --- PaS search step, timed in turns with the plain step ---
   pas_model = masks.MaskedNetwork(a)
@@ -197,14 +244,18 @@ def bench_jax(network: str, batch: int, num_devices: int, repeats: int, steps_pe
   with jax.transfer_guard("disallow"):
     timed = median_times({"plain": plain_stepper, "pas": pas_stepper}, repeats, steps_per_repeat)
   (t_plain_turns, _), (t_pas, raw_pas) = timed["plain"], timed["pas"]
-  out.update(pas_step_s=round(t_pas, 4), pas_repeats_s=[round(x, 4) for x in raw_pas],
-             pas_images_per_s=round(batch / t_pas, 1), pas_compile_s=round(pas_compile, 2),
-             pas_compilations=pas_step._cache_size(),
-             plain_step_in_turns_with_pas_s=round(t_plain_turns, 4),
-             pas_over_plain_ratio=round(t_pas / t_plain_turns, 3))
+  out.update(
+    pas_step_s=round(t_pas, 4),
+    pas_repeats_s=[round(x, 4) for x in raw_pas],
+    pas_images_per_s=round(batch / t_pas, 1),
+    pas_compile_s=round(pas_compile, 2),
+    pas_compilations=pas_step._cache_size(),
+    plain_step_in_turns_with_pas_s=round(t_plain_turns, 4),
+    pas_over_plain_ratio=round(t_pas / t_plain_turns, 3),
+  )
   pas_stepper.close()
 
-  if profile_dir:   # 3 calls of each step, traced; summarised by XLA op
+  if profile_dir:  # 3 calls of each step, traced; summarised by XLA op
     for name, fn in (("plain", plain_stepper), ("search", stepper)):
       trace_dir = os.path.join(profile_dir, name)
       with jax.profiler.trace(trace_dir):
@@ -230,6 +281,7 @@ def profile_summary(trace_dir: str, calls: int, top: int = 8) -> dict:
   import glob
 
   from tensorflow.tsl.profiler.protobuf import xplane_pb2
+
   paths = sorted(glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"), recursive=True))
   if not paths:
     return {}
@@ -239,7 +291,7 @@ def profile_summary(trace_dir: str, calls: int, top: int = 8) -> dict:
   totals: collections.Counter = collections.Counter()
   for plane in space.planes:
     for line in plane.lines:
-      if not line.name.startswith("tf_XLA"):   # the XLA runtime's threads, not Python
+      if not line.name.startswith("tf_XLA"):  # the XLA runtime's threads, not Python
         continue
       for event in line.events:
         name = plane.event_metadata[event.metadata_id].name
@@ -247,21 +299,26 @@ def profile_summary(trace_dir: str, calls: int, top: int = 8) -> dict:
           totals[name] += event.duration_ps
   everything = sum(totals.values()) or 1
   kinds: collections.Counter = collections.Counter()
-  for name, ps in totals.items():   # "transpose_copy_fusion.30" -> "transpose_copy_fusion"
+  for name, ps in totals.items():  # "transpose_copy_fusion.30" -> "transpose_copy_fusion"
     kinds[re.sub(r"\.\d+$", "", name)] += ps
 
   def rows(counter):
-    return [{"op": name, "ms_per_call": round(ps / 1e9 / calls, 3),
-             "share": round(ps / everything, 4)} for name, ps in counter.most_common(top)]
+    return [
+      {"op": name, "ms_per_call": round(ps / 1e9 / calls, 3), "share": round(ps / everything, 4)}
+      for name, ps in counter.most_common(top)
+    ]
 
-  return {"thread_ms_per_call": round(everything / 1e9 / calls, 1), "by_kind": rows(kinds),
-          "top_ops": rows(totals)}
+  return {
+    "thread_ms_per_call": round(everything / 1e9 / calls, 1),
+    "by_kind": rows(kinds),
+    "top_ops": rows(totals),
+  }
 
 
 def torch_step(network: str, batch: int):
   """The same CIFAR ResNet's training step in PyTorch, or (None, None) without PyTorch."""
   try:
-    from benchmarks import torch_reference   # imports torch
+    from benchmarks import torch_reference  # imports torch
   except ImportError:
     return None, None
   return torch_reference.make_step(int(network[6:]), batch)
@@ -272,56 +329,87 @@ def scaling(args, counts: list[int]) -> list[dict]:
   rows = []
   for n in counts:
     env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={n}"}
-    cmd = [sys.executable, "-m", "benchmarks.bench", f"--network={args.network}",
-           f"--batch={args.batch}", f"--repeats={args.repeats}", f"--steps={args.steps}", "--json",
-           "--notorch", "--noxla_defaults"]
+    cmd = [
+      sys.executable,
+      "-m",
+      "benchmarks.bench",
+      f"--network={args.network}",
+      f"--batch={args.batch}",
+      f"--repeats={args.repeats}",
+      f"--steps={args.steps}",
+      "--json",
+      "--notorch",
+      "--noxla_defaults",
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if out.returncode != 0:
       raise RuntimeError(f"{' '.join(cmd)} with {n} devices failed:\n{out.stderr[-2000:]}")
     r = json.loads(out.stdout.strip().splitlines()[-1])
-    rows.append({k: r[k] for k in ("devices", "plain_step_s", "plain_images_per_s",
-                                   "search_iteration_s", "search_images_per_s",
-                                   "search_over_two_plain_ratio")})
+    rows.append(
+      {
+        k: r[k]
+        for k in (
+          "devices",
+          "plain_step_s",
+          "plain_images_per_s",
+          "search_iteration_s",
+          "search_images_per_s",
+          "search_over_two_plain_ratio",
+        )
+      }
+    )
   return rows
 
 
 def table(r: dict) -> str:
-  lines = [f"{r['network']}, batch {r['batch']}, {r['devices']} {r['platform']} device(s) "
-           f"({r['device_kind']}); medians of {r['repeats']} x {r['steps']} calls",
-           f"{'':40}{'median s':>10}{'images/s':>11}{'compile s':>11}",
-           f"{'plain training step':40}{r['plain_step_s']:>10.4f}{r['plain_images_per_s']:>11.1f}"
-           f"{r['plain_compile_s']:>11.2f}",
-           f"{'search iteration (weight + arch step)':40}{r['search_iteration_s']:>10.4f}"
-           f"{r['search_images_per_s']:>11.1f}{r['search_compile_s']:>11.2f}",
-           f"{'PaS search step (masks + weights)':40}{r['pas_step_s']:>10.4f}"
-           f"{r['pas_images_per_s']:>11.1f}{r['pas_compile_s']:>11.2f}",
-           f"search iteration / two plain steps: {r['search_over_two_plain_ratio']:.3f}",
-           f"PaS step / plain step (timed in turns): {r['pas_over_plain_ratio']:.3f}",
-           f"XLA options: {r['compiler_options'] or 'XLA defaults'}",
-           f"compilations after an epoch boundary: {r['compilations_after_epoch_boundary']}; "
-           f"host transfers inside the step loop: {r['host_transfers_in_step_loop']} "
-           "(transfer_guard)"]
+  lines = [
+    f"{r['network']}, batch {r['batch']}, {r['devices']} {r['platform']} device(s) "
+    f"({r['device_kind']}); medians of {r['repeats']} x {r['steps']} calls",
+    f"{'':40}{'median s':>10}{'images/s':>11}{'compile s':>11}",
+    f"{'plain training step':40}{r['plain_step_s']:>10.4f}{r['plain_images_per_s']:>11.1f}"
+    f"{r['plain_compile_s']:>11.2f}",
+    f"{'search iteration (weight + arch step)':40}{r['search_iteration_s']:>10.4f}"
+    f"{r['search_images_per_s']:>11.1f}{r['search_compile_s']:>11.2f}",
+    f"{'PaS search step (masks + weights)':40}{r['pas_step_s']:>10.4f}"
+    f"{r['pas_images_per_s']:>11.1f}{r['pas_compile_s']:>11.2f}",
+    f"search iteration / two plain steps: {r['search_over_two_plain_ratio']:.3f}",
+    f"PaS step / plain step (timed in turns): {r['pas_over_plain_ratio']:.3f}",
+    f"XLA options: {r['compiler_options'] or 'XLA defaults'}",
+    f"compilations after an epoch boundary: {r['compilations_after_epoch_boundary']}; "
+    f"host transfers inside the step loop: {r['host_transfers_in_step_loop']} "
+    "(transfer_guard)",
+  ]
   for name in ("plain_memory", "search_memory", "pas_memory"):
     lines.append(f"{name}: " + ", ".join(f"{k} {v / 2**20:.1f} MiB" for k, v in r[name].items()))
   if "plain_step_xla_defaults_s" in r:
-    lines.append(f"{'plain step, XLA default options':40}{r['plain_step_xla_defaults_s']:>10.4f}"
-                 f"{r['batch'] / r['plain_step_xla_defaults_s']:>11.1f}   "
-                 f"({r['xla_defaults_over_tuned_ratio']:.2f}x the tuned step)")
+    lines.append(
+      f"{'plain step, XLA default options':40}{r['plain_step_xla_defaults_s']:>10.4f}"
+      f"{r['batch'] / r['plain_step_xla_defaults_s']:>11.1f}   "
+      f"({r['xla_defaults_over_tuned_ratio']:.2f}x the tuned step)"
+    )
   if "torch" in r:
     t = r["torch"]
-    lines.append(f"{'PyTorch ' + t['torch_version'] + ' training step':40}{t['step_s']:>10.4f}"
-                 f"{t['images_per_s']:>11.1f}   ({t['threads']} threads)")
+    lines.append(
+      f"{'PyTorch ' + t['torch_version'] + ' training step':40}{t['step_s']:>10.4f}"
+      f"{t['images_per_s']:>11.1f}   ({t['threads']} threads)"
+    )
     lines.append(f"JAX plain step / PyTorch step: {r['jax_over_torch_ratio']:.2f}")
   for name in ("plain_profile", "search_profile"):
     if r.get(name):
-      lines.append(f"{name}: XLA ops by kind, thread time per call (total "
-                   f"{r[name]['thread_ms_per_call']:.0f} ms over all threads):")
-      lines += [f"  {p['op']:<44}{p['ms_per_call']:>10.2f} ms{100 * p['share']:>7.1f}%"
-                for p in r[name]["by_kind"]]
+      lines.append(
+        f"{name}: XLA ops by kind, thread time per call (total "
+        f"{r[name]['thread_ms_per_call']:.0f} ms over all threads):"
+      )
+      lines += [
+        f"  {p['op']:<44}{p['ms_per_call']:>10.2f} ms{100 * p['share']:>7.1f}%"
+        for p in r[name]["by_kind"]
+      ]
   for row in r.get("scaling", []):
-    lines.append(f"  {row['devices']} device(s): plain {row['plain_images_per_s']:.1f} img/s, "
-                 f"search {row['search_images_per_s']:.1f} img/s, ratio "
-                 f"{row['search_over_two_plain_ratio']:.3f}")
+    lines.append(
+      f"  {row['devices']} device(s): plain {row['plain_images_per_s']:.1f} img/s, "
+      f"search {row['search_images_per_s']:.1f} img/s, ratio "
+      f"{row['search_over_two_plain_ratio']:.3f}"
+    )
   return "\n".join(lines)
 
 
@@ -332,10 +420,14 @@ flags.DEFINE_integer("devices", -1, "-1: all visible devices")
 flags.DEFINE_integer("steps", 3, "timed calls per repeat")
 flags.DEFINE_integer("repeats", 5, "repeats; figures are medians over them")
 flags.DEFINE_bool("json", False, "print one JSON line instead of a table")
-flags.DEFINE_bool("torch", True, "time the PyTorch reference row when torch is installed "
-                  "(--notorch skips it)")
-flags.DEFINE_bool("xla_defaults", True, "also time the plain step compiled with XLA's default "
-                  "options (--noxla_defaults skips it)")
+flags.DEFINE_bool(
+  "torch", True, "time the PyTorch reference row when torch is installed (--notorch skips it)"
+)
+flags.DEFINE_bool(
+  "xla_defaults",
+  True,
+  "also time the plain step compiled with XLA's default options (--noxla_defaults skips it)",
+)
 flags.DEFINE_string("scaling", "", "comma-separated forced CPU device counts, e.g. 1,2,4,8")
 flags.DEFINE_string("profile", "", "write a jax.profiler trace of 3 calls of each step here")
 
@@ -348,10 +440,19 @@ def run(args) -> int:
     print(f"error: {e}", file=sys.stderr)
     return 2
   step, info = torch_step(args.network, args.batch) if args.torch else (None, None)
-  r = bench_jax(args.network, args.batch, args.devices, args.repeats, args.steps, args.profile,
-                args.xla_defaults, reference=step)
-  r.update(repeats=args.repeats, steps=args.steps, date=time.strftime("%Y-%m-%d"),
-           jax=jax.__version__)
+  r = bench_jax(
+    args.network,
+    args.batch,
+    args.devices,
+    args.repeats,
+    args.steps,
+    args.profile,
+    args.xla_defaults,
+    reference=step,
+  )
+  r.update(
+    repeats=args.repeats, steps=args.steps, date=time.strftime("%Y-%m-%d"), jax=jax.__version__
+  )
   if step is not None:
     r["torch"] = {**info, **r.pop("reference")}
     r["jax_over_torch_ratio"] = round(r["plain_step_s"] / r["torch"]["step_s"], 3)

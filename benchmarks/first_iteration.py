@@ -27,13 +27,13 @@ import time
 
 _IMPORTED = time.time()
 
-import jax   # noqa: E402
-from absl import app, flags   # noqa: E402
+import jax  # noqa: E402
+from absl import app, flags  # noqa: E402
 
-from benchmarks import bench   # noqa: E402
-from tas_jax import parallel   # noqa: E402
-from tas_jax.config import base_config   # noqa: E402
-from tas_jax.data import sources   # noqa: E402
+from benchmarks import bench  # noqa: E402
+from tas_jax import parallel  # noqa: E402
+from tas_jax.config import base_config  # noqa: E402
+from tas_jax.data import sources  # noqa: E402
 
 # --network and --batch (of each half, 256 as the official script's) are benchmarks.bench's flags
 flags.DEFINE_integer("warmup", 1, "iterations after the first, not timed")
@@ -51,8 +51,9 @@ def main(_):
   ds = bench.synthetic_cifar(8 * FLAGS.batch)
   data = sources.DeviceDataset(ds, mesh, 256)
   augmentation = sources.Augmentation(ds.mean, ds.std)
-  iteration, state, halves, taus = bench.search_setup(a, c, mesh, ds, data, augmentation,
-                                                      FLAGS.batch)
+  iteration, state, halves, taus = bench.search_setup(
+    a, c, mesh, ds, data, augmentation, FLAGS.batch
+  )
   key = parallel.put_replicated(jax.random.key(1), mesh)
   batches = halves.iterate(0)
   first = next(batches)
@@ -71,14 +72,25 @@ def main(_):
     jax.block_until_ready(state)
     if i >= FLAGS.warmup:
       times.append(time.perf_counter() - t)
-  print(json.dumps({
-      "side": "tas_jax", "network": FLAGS.network, "batch": FLAGS.batch,
-      "scan_blocks": FLAGS.scan_blocks,
-      "launch_to_first_iteration_s": round(to_first, 2), "search_compile_s": round(compile_s, 2),
-      "search_iteration_s": round(statistics.median(times), 4),
-      "iterations_s": [round(x, 4) for x in times], **memory,
-      "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-      "device": jax.devices()[0].device_kind, "jax": jax.__version__}), flush=True)
+  print(
+    json.dumps(
+      {
+        "side": "tas_jax",
+        "network": FLAGS.network,
+        "batch": FLAGS.batch,
+        "scan_blocks": FLAGS.scan_blocks,
+        "launch_to_first_iteration_s": round(to_first, 2),
+        "search_compile_s": round(compile_s, 2),
+        "search_iteration_s": round(statistics.median(times), 4),
+        "iterations_s": [round(x, 4) for x in times],
+        **memory,
+        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "device": jax.devices()[0].device_kind,
+        "jax": jax.__version__,
+      }
+    ),
+    flush=True,
+  )
 
 
 if __name__ == "__main__":

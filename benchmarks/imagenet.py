@@ -25,13 +25,13 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from benchmarks.timing import compile_stats, median_time, Stepper
-from tas_jax.target import Target
+from benchmarks.timing import Stepper, compile_stats, median_time
 from tas_jax import parallel
 from tas_jax.config import base_config
 from tas_jax.data import imagenet
 from tas_jax.methods.tas import search, space as space_lib, supernet
 from tas_jax.models import arch as arch_lib, resnet
+from tas_jax.target import Target
 from tas_jax.training import steps, supervised
 
 FLAGS = flags.FLAGS
@@ -56,15 +56,22 @@ def pipeline_rate(folder: str, n: int) -> dict:
     for i in range(n):
       imagenet.train_view(records[i % len(records)], rng)
     rates.append(n / (time.perf_counter() - t))
-  return {"images_per_s_per_core": round(statistics.median(rates), 1), "images": n,
-          "source_images": len(records)}
+  return {
+    "images_per_s_per_core": round(statistics.median(rates), 1),
+    "images": n,
+    "source_images": len(records),
+  }
 
 
 def _batch(batch: int, classes: int, mesh) -> dict:
   rng = np.random.default_rng(0)
-  return jax.device_put({"image": rng.normal(size=(batch, 224, 224, 3)).astype(np.float32),
-                         "label": rng.integers(0, classes, batch).astype(np.int32)},
-                        parallel.batch_sharded(mesh))
+  return jax.device_put(
+    {
+      "image": rng.normal(size=(batch, 224, 224, 3)).astype(np.float32),
+      "label": rng.integers(0, classes, batch).astype(np.int32),
+    },
+    parallel.batch_sharded(mesh),
+  )
 
 
 def _forever(batch):
@@ -87,19 +94,30 @@ def step_figures(depth: int, dtype: str, batch: int, repeats: int, steps_per_rep
   stepper = Stepper(step, state, _forever(data))
   jax.block_until_ready(stepper())
   t, raw = median_time(stepper, repeats, steps_per_repeat)
-  out["teacher_step"] = {"compile_s": round(seconds, 1), "memory": memory, "step_s": round(t, 3),
-                         "images_per_s": round(batch / t, 2), "repeats_s": [round(x, 3) for x in raw]}
+  out["teacher_step"] = {
+    "compile_s": round(seconds, 1),
+    "memory": memory,
+    "step_s": round(t, 3),
+    "images_per_s": round(batch / t, 2),
+    "repeats_s": [round(x, 3) for x in raw],
+  }
   del stepper, state
 
   space = space_lib.build(a)
   net = supernet.SuperNet(space, dtype=jnp.dtype(dtype), scan_blocks=FLAGS.scan_blocks)
   c.search.epochs = 2
   wtx, _, atx = search.optimizers(c.search, 100)
-  sstate = search.create_state(net, space, wtx, atx, np.zeros((2, 224, 224, 3), np.float32),
-                               jax.random.key(0), mesh)
+  sstate = search.create_state(
+    net, space, wtx, atx, np.zeros((2, 224, 224, 3), np.float32), jax.random.key(0), mesh
+  )
   iteration = search.make_search_step(
-      net, space, c.search, Target.flops(space.base, c.target.flop_ratio, c.target.tolerance),
-      mesh, "jit")
+    net,
+    space,
+    c.search,
+    Target.flops(space.base, c.target.flop_ratio, c.target.tolerance),
+    mesh,
+    "jit",
+  )
   key = parallel.put_replicated(jax.random.key(1), mesh)
   tau = parallel.put_replicated(np.float32(search.tau_at(c.search, 0)), mesh)
   pair = {"a": data, "b": data}
@@ -107,16 +125,27 @@ def step_figures(depth: int, dtype: str, batch: int, repeats: int, steps_per_rep
   stepper = Stepper(iteration, sstate, _forever(pair), (key, tau))
   jax.block_until_ready(stepper())
   t, raw = median_time(stepper, repeats, steps_per_repeat)
-  out["search_iteration"] = {"compile_s": round(seconds, 1), "memory": memory, "step_s": round(t, 3),
-                             "images_per_s": round(2 * batch / t, 2),
-                             "repeats_s": [round(x, 3) for x in raw]}
+  out["search_iteration"] = {
+    "compile_s": round(seconds, 1),
+    "memory": memory,
+    "step_s": round(t, 3),
+    "images_per_s": round(2 * batch / t, 2),
+    "repeats_s": [round(x, 3) for x in raw],
+  }
   return out
 
 
 def run(args) -> dict:
-  r = {"network": f"imagenet_resnet{args.depth}", "batch": args.batch, "image_size": 224,
-       "devices": jax.device_count(), "device_kind": jax.devices()[0].device_kind,
-       "date": time.strftime("%Y-%m-%d"), "jax": jax.__version__, "scan_blocks": args.scan_blocks}
+  r = {
+    "network": f"imagenet_resnet{args.depth}",
+    "batch": args.batch,
+    "image_size": 224,
+    "devices": jax.device_count(),
+    "device_kind": jax.devices()[0].device_kind,
+    "date": time.strftime("%Y-%m-%d"),
+    "jax": jax.__version__,
+    "scan_blocks": args.scan_blocks,
+  }
   if args.folder:
     r["pipeline"] = pipeline_rate(args.folder, args.images)
   for dtype in args.dtypes.split(","):

@@ -37,8 +37,12 @@ def main(_):
   rng = np.random.default_rng(FLAGS.draw_seed)
   archs = [base, space.architecture([0] * space.num_slots, [0] * len(space.depths))]
   for _ in range(FLAGS.archs):
-    archs.append(space.architecture([rng.integers(0, s.num_valid) for s in space.slots],
-                                    [rng.integers(0, len(d)) for d in space.depths]))
+    archs.append(
+      space.architecture(
+        [rng.integers(0, s.num_valid) for s in space.slots],
+        [rng.integers(0, len(d)) for d in space.depths],
+      )
+    )
   measured = np.array(latency.measured_network_seconds(archs, FLAGS.batch, FLAGS.repeats))
   predicted = np.array([table.network(a) for a in archs])
   rank = lambda v: np.argsort(np.argsort(v))
@@ -46,16 +50,27 @@ def main(_):
   rel = np.abs(predicted - measured) / measured
   rel_scaled = np.abs(scale * predicted - measured) / measured
   d = jax.devices()[0]
-  print(json.dumps({
-      "network": base.name, "batch": FLAGS.batch, "device": f"{d.platform} ({d.device_kind})",
-      "table_entries": len(table.seconds), "architectures": len(archs),
-      "pearson": round(float(np.corrcoef(predicted, measured)[0, 1]), 4),
-      "spearman": round(float(np.corrcoef(rank(predicted), rank(measured))[0, 1]), 4),
-      "mean_relative_error": round(float(rel.mean()), 4),
-      "fitted_scale": round(scale, 4),
-      "mean_relative_error_after_scale": round(float(rel_scaled.mean()), 4),
-      "unpruned_ms": {"predicted": round(1e3 * predicted[0], 3), "measured": round(1e3 * measured[0], 3)},
-      "pairs_ms": [[round(1e3 * p, 3), round(1e3 * m, 3)] for p, m in zip(predicted, measured)]}))
+  print(
+    json.dumps(
+      {
+        "network": base.name,
+        "batch": FLAGS.batch,
+        "device": f"{d.platform} ({d.device_kind})",
+        "table_entries": len(table.seconds),
+        "architectures": len(archs),
+        "pearson": round(float(np.corrcoef(predicted, measured)[0, 1]), 4),
+        "spearman": round(float(np.corrcoef(rank(predicted), rank(measured))[0, 1]), 4),
+        "mean_relative_error": round(float(rel.mean()), 4),
+        "fitted_scale": round(scale, 4),
+        "mean_relative_error_after_scale": round(float(rel_scaled.mean()), 4),
+        "unpruned_ms": {
+          "predicted": round(1e3 * predicted[0], 3),
+          "measured": round(1e3 * measured[0], 3),
+        },
+        "pairs_ms": [[round(1e3 * p, 3), round(1e3 * m, 3)] for p, m in zip(predicted, measured)],
+      }
+    )
+  )
 
 
 if __name__ == "__main__":

@@ -16,11 +16,14 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 
-import pipelines   # noqa: E402
-from tas_jax import main, workdir as layout   # noqa: E402
+import pipelines  # noqa: E402
 
-FIELDS = {"teacher": ("train_loss", "test_loss", "test_accuracy"),
-          "search": ("train_loss", "train_arch_loss", "expected_flops_ratio", "flops_ratio")}
+from tas_jax import main, workdir as layout  # noqa: E402
+
+FIELDS = {
+  "teacher": ("train_loss", "test_loss", "test_accuracy"),
+  "search": ("train_loss", "train_arch_loss", "expected_flops_ratio", "flops_ratio"),
+}
 
 
 def run(workdir: str, scan_blocks: bool) -> dict:
@@ -28,13 +31,19 @@ def run(workdir: str, scan_blocks: bool) -> dict:
   for stage in ("teacher", "search"):
     c.stage = stage
     main.run(c, workdir)
-  return {stage: layout.read_summary(d) for stage, d in
-          (("teacher", layout.teacher_dir(workdir)), ("search", layout.search_dir(workdir)))}
+  return {
+    stage: layout.read_summary(d)
+    for stage, d in (
+      ("teacher", layout.teacher_dir(workdir)),
+      ("search", layout.search_dir(workdir)),
+    )
+  }
 
 
 def main_(workdir: str) -> int:
-  out = {name: run(os.path.join(workdir, name), name == "scanned")
-         for name in ("unrolled", "scanned")}
+  out = {
+    name: run(os.path.join(workdir, name), name == "scanned") for name in ("unrolled", "scanned")
+  }
   worst, same_arch = 0.0, True
   for stage, fields in FIELDS.items():
     for u, s in zip(out["unrolled"][stage]["history"], out["scanned"][stage]["history"]):
@@ -47,8 +56,10 @@ def main_(workdir: str) -> int:
       if stage == "search":
         same = (u["widths"], u["depths"]) == (s["widths"], s["depths"])
         same_arch &= same
-        row.append(f"widths {u['widths']} depths {u['depths']}" + ("" if same else
-                   f" / widths {s['widths']} depths {s['depths']}"))
+        row.append(
+          f"widths {u['widths']} depths {u['depths']}"
+          + ("" if same else f" / widths {s['widths']} depths {s['depths']}")
+        )
       print(f"{stage} epoch {u['epoch']}: " + "; ".join(row))
   same_arch &= out["unrolled"]["search"]["architecture"] == out["scanned"]["search"]["architecture"]
   print(json.dumps({"largest_relative_difference": worst, "same_architecture": same_arch}))

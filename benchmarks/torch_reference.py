@@ -12,6 +12,7 @@ its batch on the device, a small part of its time.
 from __future__ import annotations
 
 import os
+
 import torch
 from torch import nn
 
@@ -23,8 +24,9 @@ def make_step(depth: int, batch: int):
   """(step, info): `step()` runs one training step of the CIFAR ResNet-`depth` at `batch` on the
   CPU, with all cores; `info` names the PyTorch version and thread count."""
   torch.manual_seed(0)
-  a = arch_lib.cifar_resnet(depth, "bottleneck" if depth in arch_lib.CIFAR_DEPTHS_BOTTLENECK
-                            else "basic")
+  a = arch_lib.cifar_resnet(
+    depth, "bottleneck" if depth in arch_lib.CIFAR_DEPTHS_BOTTLENECK else "basic"
+  )
   torch.set_num_threads(os.cpu_count() or 1)
   model = torch_net.module(a).train()
   opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)

@@ -8,4 +8,4 @@ from tas_jax.config import cifar_recipe
 
 
 def get_config():
-  return cifar_recipe("cifar10", 32).lock()   # a misspelt field raises (with "did you mean")
+  return cifar_recipe("cifar10", 32).lock()  # a misspelt field raises (with "did you mean")

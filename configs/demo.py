@@ -12,9 +12,9 @@ from tas_jax.config import base_config
 def get_config():
   c = base_config()
   c.stage = "all"
-  c.data.name = "embedded"        # 5,000 train / 1,000 test real Fashion-MNIST images, in the repo
-  c.model.depth = 14              # ResNet-14: two basic blocks per stage, depth choices {1, 2}
-  for recipe in (c.teacher, c.distill):   # 15 epochs instead of 5 + 300
+  c.data.name = "embedded"  # 5,000 train / 1,000 test real Fashion-MNIST images, in the repo
+  c.model.depth = 14  # ResNet-14: two basic blocks per stage, depth choices {1, 2}
+  for recipe in (c.teacher, c.distill):  # 15 epochs instead of 5 + 300
     recipe.warmup_epochs = 1
     recipe.cosine_epochs = 14
     recipe.batch_size = 128
@@ -24,13 +24,13 @@ def get_config():
   # recipe where the budget demands it (the spec's recipe stays the default of every other config):
   c.search.epochs = 30
   c.search.batch_size = 128
-  c.search.init = "teacher"       # supernet weights from the teacher the pipeline trained first
-  c.search.lr = 0.03              # fine-tuning those weights, not training from scratch
-  c.search.arch_lr = 0.1          # 570 architecture steps instead of 58,800: larger Adam steps
-  c.search.tau_min = 0.5          # τ 5 → 0.5: below ~0.5 the pair weights turn hard and the
-                                  # supernet's accuracy drops faster than the logits decide
+  c.search.init = "teacher"  # supernet weights from the teacher the pipeline trained first
+  c.search.lr = 0.03  # fine-tuning those weights, not training from scratch
+  c.search.arch_lr = 0.1  # 570 architecture steps instead of 58,800: larger Adam steps
+  c.search.tau_min = 0.5  # τ 5 → 0.5: below ~0.5 the pair weights turn hard and the
+  # supernet's accuracy drops faster than the logits decide
   c.search.expected_flops = "exact"  # the released chain form misprices truncated stages and
-                                     # inserted projections by 4-7% of F_max here, as much as the band
+  # inserted projections by 4-7% of F_max here, as much as the band
   # PaS (--config.method=pas, or a pas-ce / pas-kd run): 10 epochs from the teacher at the spec's
   # lr 0.02 (released at batch 512; kept at 128, where the masks settle); the MACs gap in units of
   # the full network's MACs (a 20 M-FLOP network is 0.02 G: the spec's α = 5 per G² would not
@@ -48,4 +48,4 @@ def get_config():
   c.pas.finetune_decay_epochs = (3, 11)
   c.pipeline.runs = "tas-kd"
   c.log_every_steps = 13
-  return c.lock()   # a misspelt field raises (with "did you mean")
+  return c.lock()  # a misspelt field raises (with "did you mean")

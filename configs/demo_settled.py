@@ -25,4 +25,4 @@ def get_config():
   c.search.arch_weight_decay = 0.0
   c.search.arch_cooldown_epochs = 10
   c.search.in_band = "centred"
-  return c.lock()   # a misspelt field raises (with "did you mean")
+  return c.lock()  # a misspelt field raises (with "did you mean")

@@ -12,5 +12,5 @@ from tas_jax.config import cifar_recipe
 
 def get_config():
   c = cifar_recipe("fashion_mnist", 20)
-  c.data.image_size = 32   # CIFAR's input shape, so FLOPs match the CIFAR table
-  return c.lock()   # a misspelt field raises (with "did you mean")
+  c.data.image_size = 32  # CIFAR's input shape, so FLOPs match the CIFAR table
+  return c.lock()  # a misspelt field raises (with "did you mean")

@@ -11,4 +11,4 @@ from tas_jax.config import imagenet_recipe
 
 
 def get_config():
-  return imagenet_recipe(50).lock()   # a misspelt field raises (with "did you mean")
+  return imagenet_recipe(50).lock()  # a misspelt field raises (with "did you mean")

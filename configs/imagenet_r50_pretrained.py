@@ -23,4 +23,4 @@ def get_config():
   c.method = "pas"
   c.target.flop_ratio = 0.5
   c.pipeline.runs = "pas-ce"
-  return c.lock()   # a misspelt field raises (with "did you mean")
+  return c.lock()  # a misspelt field raises (with "did you mean")

@@ -84,6 +84,8 @@ run "${INSTALL[@]}" --no-deps -e .
 # torchvision is only the tests' reference ResNet: --no-deps keeps it from replacing that torch
 # (tests/torchvision_models.py imports its models where its CUDA-built C extension cannot load)
 [ "$TESTS" = 1 ] && run "${INSTALL[@]}" --no-deps torchvision==0.28.0
+# the linter and formatter launch/test.sh runs first (ruff check, ruff format --check)
+[ "$TESTS" = 1 ] && run "${INSTALL[@]}" ruff==0.17.6
 # test data only: 20 real ImageNet photographs ship in this wheel (tas_jax.data.imagenet_samples);
 # foolbox itself is never imported, so none of its dependencies are installed
 run "${INSTALL[@]}" --no-deps foolbox==3.3.4

@@ -29,10 +29,23 @@ trap 'rm -rf "$work"' EXIT
 export JAX_COMPILATION_CACHE_DIR="$work/xla_cache"
 pytest=("$PY" -m pytest -q -p no:cacheprovider --capture=sys)
 
+# lint and format check first (pyproject.toml's [tool.ruff]; setup.sh --tests installs ruff)
+RUFF=ruff
+[ -x .venv/bin/ruff ] && RUFF=.venv/bin/ruff
+lint=0
+if command -v "$RUFF" >/dev/null; then
+  echo "== ruff check . && ruff format --check . =="
+  { "$RUFF" check -q . && "$RUFF" format --check -q .; } || lint=1
+else
+  echo "== no ruff: lint skipped (bash launch/setup.sh --tests installs it) =="
+fi
+
 if [ $fast -eq 1 ]; then
   XLA_FLAGS= "${pytest[@]}" --durations=5 -m "not stage and not devices and not children" \
       "${targets[@]}" "${options[@]}"
-  exit $?
+  rc=$?
+  [ $lint -eq 0 ] || { echo "ruff found problems (above): ruff check --fix . && ruff format ."; exit 1; }
+  exit $rc
 fi
 
 TAS_JAX_PASS=1 XLA_FLAGS= "${pytest[@]}" --durations=8 "${targets[@]}" "${options[@]}" \
@@ -48,5 +61,6 @@ cat "$work/1.log"
 echo "== tests on 8 forced CPU devices: stage and device tiers (exit $rc_eight) =="
 cat "$work/8.log"
 # 5: no test of that pass among the chosen ones
-{ [ $rc_one -eq 0 ] || [ $rc_one -eq 5 ]; } && { [ $rc_eight -eq 0 ] || [ $rc_eight -eq 5 ]; } \
-    && ! { [ $rc_one -eq 5 ] && [ $rc_eight -eq 5 ]; }
+[ $lint -eq 0 ] || echo "ruff found problems (above): ruff check --fix . && ruff format ."
+[ $lint -eq 0 ] && { [ $rc_one -eq 0 ] || [ $rc_one -eq 5 ]; } \
+    && { [ $rc_eight -eq 0 ] || [ $rc_eight -eq 5 ]; } && ! { [ $rc_one -eq 5 ] && [ $rc_eight -eq 5 ]; }

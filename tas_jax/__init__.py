@@ -10,4 +10,5 @@ def load(workdir: str, run: str = "teacher"):
   """A finished run's network back in Python (`tas_jax.runs.load`): `.arch`, `.variables`, a jitted
   `.apply`, `.preprocess` for uint8 images, and the run called as `net(images)` -> logits."""
   from tas_jax import runs
+
   return runs.load(workdir, run)

@@ -18,11 +18,19 @@ import time
 from absl import logging
 
 LOG_FILE = "log.txt"
-_DETAIL = std_logging.getLogger("tas_jax.detail")   # the log file only
+_DETAIL = std_logging.getLogger("tas_jax.detail")  # the log file only
 _DETAIL.propagate = False
 _DETAIL.setLevel(std_logging.INFO)
-_QUIET_LOGGERS = ("jax._src.xla_bridge", "matplotlib", "orbax", "absl.logging_writer",
-                  "onnxscript", "onnx_ir", "torch.onnx", "torch.export")
+_QUIET_LOGGERS = (
+  "jax._src.xla_bridge",
+  "matplotlib",
+  "orbax",
+  "absl.logging_writer",
+  "onnxscript",
+  "onnx_ir",
+  "torch.onnx",
+  "torch.export",
+)
 
 
 def quiet_environment() -> None:
@@ -33,8 +41,13 @@ def quiet_environment() -> None:
 
 class _Short(std_logging.Formatter):
   def format(self, record):
-    prefix = ("error: " if record.levelno >= std_logging.ERROR else
-              "warning: " if record.levelno >= std_logging.WARNING else "")
+    prefix = (
+      "error: "
+      if record.levelno >= std_logging.ERROR
+      else "warning: "
+      if record.levelno >= std_logging.WARNING
+      else ""
+    )
     stamp = time.strftime("%H:%M:%S", time.localtime(record.created))
     return f"{stamp} {prefix}{record.getMessage()}"
 
@@ -68,8 +81,9 @@ def stage_log(directory: str, enabled: bool = True):
     return
   os.makedirs(directory, exist_ok=True)
   handler = std_logging.FileHandler(os.path.join(directory, LOG_FILE))
-  handler.setFormatter(std_logging.Formatter(
-      "%(asctime)s %(levelname)s %(filename)s:%(lineno)d %(message)s"))
+  handler.setFormatter(
+    std_logging.Formatter("%(asctime)s %(levelname)s %(filename)s:%(lineno)d %(message)s")
+  )
   handler.addFilter(_not_noise)
   loggers = (std_logging.getLogger(), _DETAIL)
   for logger in loggers:
@@ -134,24 +148,40 @@ class Progress:
       speed = f"{rate:.0f} img/s, {1 / steps_per_s:.3g} s/step, ETA {eta}"
     else:
       speed = "timing from the next interval"
-    logging.info("[%s] step %d/%d (%.1f%%) %s | %s", self.stage, step, self.total,
-                 100 * step / self.total, speed, format_metrics(metrics))
+    logging.info(
+      "[%s] step %d/%d (%.1f%%) %s | %s",
+      self.stage,
+      step,
+      self.total,
+      100 * step / self.total,
+      speed,
+      format_metrics(metrics),
+    )
     self._t, self._step = now, step
     return rate
 
 
-def progress_bar(iterable, total: int, unit: str, desc: str, every_secs: float = 30.0,
-                 enabled: bool = True, stream=None):
+def progress_bar(
+  iterable,
+  total: int,
+  unit: str,
+  desc: str,
+  every_secs: float = 30.0,
+  enabled: bool = True,
+  stream=None,
+):
   """The items of `iterable`, with tqdm's bar on a terminal; elsewhere (output redirected to a
   file, a CI log) a plain line "desc: n/total unit (p%)" at most every `every_secs` and at the end,
   instead of tqdm's carriage returns, which a file keeps as one huge line."""
   import sys
+
   stream = stream or sys.stderr
   if not enabled:
     yield from iterable
     return
   if stream.isatty():
     import tqdm
+
     yield from tqdm.tqdm(iterable, total=total, unit=unit, desc=desc, file=stream)
     return
   last = time.time()
@@ -160,6 +190,5 @@ def progress_bar(iterable, total: int, unit: str, desc: str, every_secs: float =
     yield item
     now = time.time()
     if now - last >= every_secs or n == total:
-      print(f"{desc}: {n}/{total} {unit} ({100 * n / max(total, 1):.0f}%)", file=stream,
-            flush=True)
+      print(f"{desc}: {n}/{total} {unit} ({100 * n / max(total, 1):.0f}%)", file=stream, flush=True)
       last = now

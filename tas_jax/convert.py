@@ -34,8 +34,11 @@ from tas_jax import errors, workdir as layout  # noqa: E402
 from tas_jax.interop import require, torch_layout  # noqa: E402
 from tas_jax.models import networks, repvgg  # noqa: E402
 
-SOURCES = {"torchvision": "a torchvision ResNet state dict", "repvgg": "a released RepVGG "
-           "training-form state dict"}
+SOURCES = {
+  "torchvision": "a torchvision ResNet state dict",
+  "repvgg": "a released RepVGG training-form state dict",
+}
+
 
 def sha256(path: str) -> str:
   digest = hashlib.sha256()
@@ -53,7 +56,9 @@ def read_state_dict(path: str) -> dict:
   try:
     state = torch.load(path, map_location="cpu", weights_only=True)
   except Exception as e:  # noqa: BLE001 — any unreadable file: one line
-    raise errors.ConfigError(f"--weights={path}: not a PyTorch checkpoint ({str(e).splitlines()[0][:160]})") from None
+    raise errors.ConfigError(
+      f"--weights={path}: not a PyTorch checkpoint ({str(e).splitlines()[0][:160]})"
+    ) from None
   state = torch_layout.strip_wrappers(state)
   return {k: v.float().numpy() for k, v in state.items() if hasattr(v, "numpy")}
 
@@ -64,32 +69,42 @@ def architecture(source: str, name: str, state: dict, input_size: int):
   a = networks.resolve(name)
   is_repvgg = isinstance(a, repvgg.RepVGGArch)
   if (source == "repvgg") != is_repvgg:
-    raise errors.ConfigError(f"--arch={name} is {'a RepVGG' if is_repvgg else 'a ResNet'}; "
-                             f"SOURCE {source} needs {'repvgg_a0 or repvgg_b1' if source == 'repvgg' else 'resnet18_tv or resnet50_tv'}")
+    raise errors.ConfigError(
+      f"--arch={name} is {'a RepVGG' if is_repvgg else 'a ResNet'}; "
+      f"SOURCE {source} needs {'repvgg_a0 or repvgg_b1' if source == 'repvgg' else 'resnet18_tv or resnet50_tv'}"
+    )
   if not is_repvgg and a.downsample != "strided_conv":
-    raise errors.ConfigError(f"--arch={name} downsamples with TAS's average pool; torchvision's "
-                             "ResNets need the strided form: resnet18_tv, resnet50_tv, or an "
-                             'architecture JSON with "downsample": "strided_conv"')
+    raise errors.ConfigError(
+      f"--arch={name} downsamples with TAS's average pool; torchvision's "
+      "ResNets need the strided form: resnet18_tv, resnet50_tv, or an "
+      'architecture JSON with "downsample": "strided_conv"'
+    )
   if is_repvgg and any("rbr_reparam" in k for k in state):
-    raise errors.ConfigError("--weights holds a RepVGG in deploy form (rbr_reparam); convert its "
-                             "training-form checkpoint (e.g. RepVGG-A0-train.pth)")
+    raise errors.ConfigError(
+      "--weights holds a RepVGG in deploy form (rbr_reparam); convert its "
+      "training-form checkpoint (e.g. RepVGG-A0-train.pth)"
+    )
   head = "linear.weight" if is_repvgg else "fc.weight"
   if head not in state:
     raise torch_layout.WeightsError(f"--weights has no {head}: not {SOURCES[source]}")
-  return dataclasses.replace(a, num_classes=int(state[head].shape[0]),
-                             input_size=input_size or a.input_size)
+  return dataclasses.replace(
+    a, num_classes=int(state[head].shape[0]), input_size=input_size or a.input_size
+  )
 
 
 def check_against_torch(a, state: dict, variables: dict, batch: int = 2) -> float:
   """Largest |logit difference| between the converted network and the checkpoint loaded into
   tas_jax's PyTorch form of `a` (same names as the source), on one random batch."""
   import jax
+
   torch = require("torch", "checking a conversion")
   from tas_jax.interop import torch_net
+
   reference = torch_net.module(a)
   reference.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()}, strict=False)
-  x = np.random.default_rng(0).standard_normal((batch, a.input_size, a.input_size,
-                                                a.input_channels), np.float32)
+  x = np.random.default_rng(0).standard_normal(
+    (batch, a.input_size, a.input_size, a.input_channels), np.float32
+  )
   ours = jax.jit(lambda v, x: networks.build(a).apply(v, x, train=False))(variables, x)
   with torch.no_grad():
     theirs = reference(torch.from_numpy(x.transpose(0, 3, 1, 2))).numpy()
@@ -102,17 +117,26 @@ def convert(source: str, name: str, weights: str, workdir: str, input_size: int 
     raise errors.ConfigError(f"SOURCE={source!r}: allowed: {', '.join(SOURCES)}")
   teacher_dir = layout.teacher_dir(workdir)
   if os.path.isdir(teacher_dir) and os.listdir(teacher_dir):
-    raise errors.ConfigError(f"{teacher_dir} already holds a teacher: choose a new --workdir, or "
-                             "delete that folder to replace it")
+    raise errors.ConfigError(
+      f"{teacher_dir} already holds a teacher: choose a new --workdir, or "
+      "delete that folder to replace it"
+    )
   state = read_state_dict(weights)
   a = architecture(source, name, state, input_size)
   variables = torch_layout.from_state_dict(a, state, source=f"--weights={weights}")
   error = check_against_torch(a, state, variables)
-  record = {"source": source, "weights": os.path.abspath(weights), "sha256": sha256(weights),
-            "architecture": a.name, "num_classes": a.num_classes, "input_size": a.input_size,
-            "max_abs_logit_difference": error}
+  record = {
+    "source": source,
+    "weights": os.path.abspath(weights),
+    "sha256": sha256(weights),
+    "architecture": a.name,
+    "num_classes": a.num_classes,
+    "input_size": a.input_size,
+    "max_abs_logit_difference": error,
+  }
   from tas_jax.stages import records
   from tas_jax.training import checkpoint
+
   os.makedirs(teacher_dir, exist_ok=True)
   a.save(os.path.join(teacher_dir, layout.ARCH))
   checkpoint.save_variables(teacher_dir, variables, {"imported": record})
@@ -124,4 +148,5 @@ def convert(source: str, name: str, weights: str, workdir: str, input_size: int 
 
 if __name__ == "__main__":
   from tas_jax.commands import convert as command
+
   command.main()

@@ -48,7 +48,7 @@ from tas_jax.interop import require  # noqa: E402
 from tas_jax.models import networks  # noqa: E402
 
 FORMATS = ("stablehlo", "onnx", "torch")
-TOLERANCE = 1e-4   # largest |logit difference| an export may have, relative to max(1, |logits|)
+TOLERANCE = 1e-4  # largest |logit difference| an export may have, relative to max(1, |logits|)
 PLATFORMS = ("cpu", "cuda", "tpu")
 
 run_dir = runs.run_dir
@@ -58,8 +58,9 @@ def read_run(workdir: str, run: str):
   """(architecture, {"params", "batch_stats"} on the host, the config it was made with)."""
   a, variables, config = runs.read_run(workdir, run)
   if config is None:
-    raise errors.CheckpointNotFoundError(f"{run_dir(workdir, run)} has no record of its data "
-                                         "(config.json): run a stage on it first")
+    raise errors.CheckpointNotFoundError(
+      f"{run_dir(workdir, run)} has no record of its data (config.json): run a stage on it first"
+    )
   return a, variables, config
 
 
@@ -68,33 +69,49 @@ def check_images(config: ml_collections.ConfigDict, n: int) -> tuple[np.ndarray,
   from tas_jax import parallel
   from tas_jax.data import augment
   from tas_jax.training import inputs
+
   c = ml_collections.ConfigDict(config.to_dict())
   c.num_devices = 1
   ds = inputs.load(c, parallel.make_mesh(1), n)
   images = np.asarray(augment.normalize(jnp.asarray(ds.sample_images(n)), ds.mean, ds.std))
   names = list(ds.class_names) or [str(i) for i in range(ds.num_classes)]
   return images, {
-      "dataset": ds.name, "mean": list(ds.mean), "std": list(ds.std),
-      "image_size": ds.image_size, "channels": ds.channels,
-      "input": {"size": [ds.image_size, ds.image_size], "channels": ds.channels,
-                "channel_order": "RGB" if ds.channels == 3 else "grey (one channel)",
-                "dtype": "float32", "scale": "uint8 pixels divided by 255 (0..1) before the "
-                "normalisation", "normalisation": "(x / 255 - mean) / std per channel",
-                "preprocessing": ds.preprocessing},
-      "num_classes": ds.num_classes, "class_names": names,
-      "class_names_are": "names" if ds.class_names else "indices (the dataset files name no classes)"}
+    "dataset": ds.name,
+    "mean": list(ds.mean),
+    "std": list(ds.std),
+    "image_size": ds.image_size,
+    "channels": ds.channels,
+    "input": {
+      "size": [ds.image_size, ds.image_size],
+      "channels": ds.channels,
+      "channel_order": "RGB" if ds.channels == 3 else "grey (one channel)",
+      "dtype": "float32",
+      "scale": "uint8 pixels divided by 255 (0..1) before the normalisation",
+      "normalisation": "(x / 255 - mean) / std per channel",
+      "preprocessing": ds.preprocessing,
+    },
+    "num_classes": ds.num_classes,
+    "class_names": names,
+    "class_names_are": "names" if ds.class_names else "indices (the dataset files name no classes)",
+  }
 
 
 LOAD_LINES = {
-    "stablehlo": ("from jax import export",
-                  'model = export.deserialize(open("model.stablehlo", "rb").read())',
-                  "logits = model.call(images)   # float32 NHWC, batch x {s} x {s} x {c}"),
-    "onnx": ("import onnxruntime",
-             'session = onnxruntime.InferenceSession("model.onnx")',
-             'logits = session.run(None, {{"images": images}})[0]   # float32 NCHW, batch x {c} x {s} x {s}'),
-    "torch": ("import torch",
-              'model = torch.export.load("model.pt2").module()',
-              "logits = model(torch.from_numpy(images))   # float32 NCHW, batch x {c} x {s} x {s}"),
+  "stablehlo": (
+    "from jax import export",
+    'model = export.deserialize(open("model.stablehlo", "rb").read())',
+    "logits = model.call(images)   # float32 NHWC, batch x {s} x {s} x {c}",
+  ),
+  "onnx": (
+    "import onnxruntime",
+    'session = onnxruntime.InferenceSession("model.onnx")',
+    'logits = session.run(None, {{"images": images}})[0]   # float32 NCHW, batch x {c} x {s} x {s}',
+  ),
+  "torch": (
+    "import torch",
+    'model = torch.export.load("model.pt2").module()',
+    "logits = model(torch.from_numpy(images))   # float32 NCHW, batch x {c} x {s} x {s}",
+  ),
 }
 
 
@@ -104,21 +121,35 @@ def write_readme(out_dir: str, info: dict) -> str:
   i = info["input"]
   mean = ", ".join(f"{m:g}" for m in info["mean"])
   std = ", ".join(f"{s:g}" for s in info["std"])
-  lines = [f"# {info['run']} ({info['architecture']}), exported by tas_jax", "",
-           f"Trained on {info['dataset']}: {info['num_classes']} classes, "
-           f"{i['size'][0]}x{i['size'][1]} {i['channel_order']} images.", "",
-           "## Input", "",
-           f"1. {i['preprocessing'][0].upper()}{i['preprocessing'][1:]}.",
-           "2. Divide the uint8 pixels by 255.",
-           f"3. Subtract the mean ({mean}) and divide by the std ({std}), per channel.", "",
-           "## Output", "",
-           f"Logits, batch x {info['num_classes']}; index k is `class_names[k]` in export.json "
-           f"({info['class_names_are']}).", ""]
+  lines = [
+    f"# {info['run']} ({info['architecture']}), exported by tas_jax",
+    "",
+    f"Trained on {info['dataset']}: {info['num_classes']} classes, "
+    f"{i['size'][0]}x{i['size'][1]} {i['channel_order']} images.",
+    "",
+    "## Input",
+    "",
+    f"1. {i['preprocessing'][0].upper()}{i['preprocessing'][1:]}.",
+    "2. Divide the uint8 pixels by 255.",
+    f"3. Subtract the mean ({mean}) and divide by the std ({std}), per channel.",
+    "",
+    "## Output",
+    "",
+    f"Logits, batch x {info['num_classes']}; index k is `class_names[k]` in export.json "
+    f"({info['class_names_are']}).",
+    "",
+  ]
   for fmt in FORMATS:
     if fmt in info:
       code = [line.format(s=i["size"][0], c=i["channels"]) for line in LOAD_LINES[fmt]]
-      lines += [f"## {fmt} (`{os.path.basename(info[fmt]['path'])}`)", "", "```python", *code,
-                "```", ""]
+      lines += [
+        f"## {fmt} (`{os.path.basename(info[fmt]['path'])}`)",
+        "",
+        "```python",
+        *code,
+        "```",
+        "",
+      ]
   path = os.path.join(out_dir, "README.md")
   with open(path, "w") as f:
     f.write("\n".join(lines))
@@ -146,6 +177,7 @@ def export_stablehlo(a, variables, out_dir: str) -> tuple[str, Callable]:
 
 def torch_module(a, variables):
   from tas_jax.interop import torch_net
+
   return torch_net.load(a, variables)
 
 
@@ -154,14 +186,16 @@ def export_torch(a, variables, out_dir: str) -> tuple[str, Callable]:
   model.pt, images NHWC -> logits through the module rebuilt from arch.json + model.pt)."""
   torch = require("torch", "--format=torch")
   from tas_jax.interop import torch_net
+
   module = torch_module(a, variables)
   path = os.path.join(out_dir, "model.pt")
   torch.save(module.state_dict(), path)
   a.save(os.path.join(out_dir, layout.ARCH))
   example = torch.zeros(2, a.input_channels, a.input_size, a.input_size)
   with _quiet_torch():
-    program = torch.export.export(module, (example,),
-                                  dynamic_shapes=({0: torch.export.Dim("batch", min=1)},))
+    program = torch.export.export(
+      module, (example,), dynamic_shapes=({0: torch.export.Dim("batch", min=1)},)
+    )
     torch.export.save(program, os.path.join(out_dir, "model.pt2"))
   rebuilt = torch_net.module(networks.load(os.path.join(out_dir, layout.ARCH)))
   rebuilt.load_state_dict(torch.load(path, weights_only=True))
@@ -180,6 +214,7 @@ def _nchw(torch, module) -> Callable:
   def call(x):
     with torch.no_grad():
       return module(torch.tensor(x.transpose(0, 3, 1, 2))).numpy()
+
   return call
 
 
@@ -192,12 +227,21 @@ def export_onnx(a, variables, out_dir: str) -> tuple[str, Callable]:
   path = os.path.join(out_dir, "model.onnx")
   example = torch.zeros(2, a.input_channels, a.input_size, a.input_size)
   with _quiet_torch():
-    torch.onnx.export(module, (example,), path, input_names=["images"], output_names=["logits"],
-                      dynamic_shapes=({0: torch.export.Dim("batch", min=1)},), dynamo=True,
-                      external_data=False, verbose=False)
+    torch.onnx.export(
+      module,
+      (example,),
+      path,
+      input_names=["images"],
+      output_names=["logits"],
+      dynamic_shapes=({0: torch.export.Dim("batch", min=1)},),
+      dynamo=True,
+      external_data=False,
+      verbose=False,
+    )
   session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
-  return path, lambda x: session.run(None, {"images": np.ascontiguousarray(
-      x.transpose(0, 3, 1, 2))})[0]
+  return path, lambda x: session.run(
+    None, {"images": np.ascontiguousarray(x.transpose(0, 3, 1, 2))}
+  )[0]
 
 
 EXPORTERS = {"stablehlo": export_stablehlo, "onnx": export_onnx, "torch": export_torch}
@@ -220,14 +264,21 @@ def export(workdir: str, run: str, fmt: str, num_images: int = 8) -> dict:
   reference = np.asarray(jax.jit(jax_function(a, variables))(images))
   difference = largest_difference(reference, np.asarray(call(images)))
   if difference > TOLERANCE:
-    raise AssertionError(f"{fmt} export of {run} differs from tas_jax by {difference:.2e} "
-                         f"(tolerance {TOLERANCE}): a bug, please report it")
+    raise AssertionError(
+      f"{fmt} export of {run} differs from tas_jax by {difference:.2e} "
+      f"(tolerance {TOLERANCE}): a bug, please report it"
+    )
   info_path = os.path.join(out_dir, "export.json")
   info = json.load(open(info_path)) if os.path.exists(info_path) else {}
-  info.update({"run": run, "architecture": a.name, **data,
-               "layout": {"stablehlo": "NHWC"} | {f: "NCHW" for f in ("onnx", "torch")},
-               fmt: {"path": path, "checked_images": len(images),
-                     "max_logit_difference": difference}})
+  info.update(
+    {
+      "run": run,
+      "architecture": a.name,
+      **data,
+      "layout": {"stablehlo": "NHWC"} | {f: "NCHW" for f in ("onnx", "torch")},
+      fmt: {"path": path, "checked_images": len(images), "max_logit_difference": difference},
+    }
+  )
   with open(info_path, "w") as f:
     json.dump(info, f, indent=2)
   write_readme(out_dir, info)
@@ -236,4 +287,5 @@ def export(workdir: str, run: str, fmt: str, num_images: int = 8) -> dict:
 
 if __name__ == "__main__":
   from tas_jax.commands import export as command
+
   command.main()

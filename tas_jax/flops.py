@@ -3,4 +3,5 @@
 
 if __name__ == "__main__":
   from tas_jax.commands import flops as command
+
   command.main()

@@ -36,8 +36,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from tas_jax import console, parallel
-from tas_jax.errors import ConfigError
 from tas_jax.data import augment
+from tas_jax.errors import ConfigError
 from tas_jax.models import networks, topology
 from tas_jax.models.arch import Architecture
 from tas_jax.models.candidates import width_candidates
@@ -46,9 +46,10 @@ from tas_jax.models.candidates import width_candidates
 @dataclasses.dataclass(frozen=True, order=True)
 class ConvKey:
   """What a conv's latency depends on (its name and BN flag aside)."""
+
   kernel: int
   stride: int
-  in_size: int        # spatial side of its input
+  in_size: int  # spatial side of its input
   in_width: int
   out_width: int
 
@@ -58,8 +59,10 @@ class ConvKey:
   def describe(self) -> str:
     """The key in words: 'k3s1i32:16x32' is '3x3 conv, stride 1, on 32x32 inputs, 16 -> 32
     channels'."""
-    return (f"{self.kernel}x{self.kernel} conv, stride {self.stride}, on {self.in_size}x"
-            f"{self.in_size} inputs, {self.in_width} -> {self.out_width} channels")
+    return (
+      f"{self.kernel}x{self.kernel} conv, stride {self.stride}, on {self.in_size}x"
+      f"{self.in_size} inputs, {self.in_width} -> {self.out_width} channels"
+    )
 
   @classmethod
   def parse(cls, text: str) -> "ConvKey":
@@ -69,11 +72,16 @@ class ConvKey:
     return cls(*map(int, m.groups()))
 
   @classmethod
-  def of(cls, conv: topology.Conv, in_width: Optional[int] = None,
-         out_width: Optional[int] = None) -> "ConvKey":
-    return cls(conv.kernel, conv.stride, conv.in_size,
-               conv.in_width if in_width is None else in_width,
-               conv.out_width if out_width is None else out_width)
+  def of(
+    cls, conv: topology.Conv, in_width: Optional[int] = None, out_width: Optional[int] = None
+  ) -> "ConvKey":
+    return cls(
+      conv.kernel,
+      conv.stride,
+      conv.in_size,
+      conv.in_width if in_width is None else in_width,
+      conv.out_width if out_width is None else out_width,
+    )
 
 
 def input_candidates(base: Architecture, conv: topology.Conv) -> tuple[int, ...]:
@@ -89,41 +97,55 @@ def space_keys(base: Architecture) -> list[ConvKey]:
   topo = topology.of(base)
   keys = set()
   for conv in topo.convs():
-    keys |= {ConvKey.of(conv, a, b) for a in input_candidates(base, conv)
-             for b in width_candidates(conv.out_width)}
+    keys |= {
+      ConvKey.of(conv, a, b)
+      for a in input_candidates(base, conv)
+      for b in width_candidates(conv.out_width)
+    }
   for block in topo.blocks:
     if block.stride == 1 and block.projection is None:
       # a pruned identity block whose widths differ gets a 1x1 projection (topology.shortcut_kind)
-      keys |= {ConvKey(1, 1, block.in_size, a, b) for a in width_candidates(block.in_width)
-               for b in width_candidates(block.out_width) if a != b}
+      keys |= {
+        ConvKey(1, 1, block.in_size, a, b)
+        for a in width_candidates(block.in_width)
+        for b in width_candidates(block.out_width)
+        if a != b
+      }
   return sorted(keys)
 
 
 @dataclasses.dataclass
 class Table:
   """Seconds per forward of each conv + BN + ReLU at `batch_size`, on one backend."""
+
   backend: str
   device_kind: str
   batch_size: int
-  seconds: dict            # ConvKey -> float
+  seconds: dict  # ConvKey -> float
 
   def __getitem__(self, key: ConvKey) -> float:
     try:
       return self.seconds[key]
     except KeyError:
-      raise KeyError(f"no latency-table entry for the conv {key}: the table covers the TAS "
-                     "search space's widths only") from None
+      raise KeyError(
+        f"no latency-table entry for the conv {key}: the table covers the TAS "
+        "search space's widths only"
+      ) from None
 
   def network(self, arch: Architecture) -> float:
     """The table's latency of a network: the sum over its convs (seconds per batch)."""
     return sum(self[ConvKey.of(c)] for c in topology.of(arch).convs())
 
   def to_json(self) -> dict:
-    return {"backend": self.backend, "device_kind": self.device_kind,
-            "batch_size": self.batch_size, "unit": "seconds per forward of the batch",
-            "key": "kKsSiI:CinxCout = a KxK conv (+BN+ReLU), stride S, on IxI inputs, Cin -> Cout "
-                   "channels",
-            "entries": {str(k): v for k, v in sorted(self.seconds.items())}}
+    return {
+      "backend": self.backend,
+      "device_kind": self.device_kind,
+      "batch_size": self.batch_size,
+      "unit": "seconds per forward of the batch",
+      "key": "kKsSiI:CinxCout = a KxK conv (+BN+ReLU), stride S, on IxI inputs, Cin -> Cout "
+      "channels",
+      "entries": {str(k): v for k, v in sorted(self.seconds.items())},
+    }
 
 
 def batch_size(config) -> int:
@@ -147,21 +169,24 @@ def _read(path: str) -> dict:
 def conv_seconds(key: ConvKey, batch_size: int, repeats: int, seed: int = 0) -> float:
   """Median forward time of conv + BN (scale and shift) + ReLU of `key` on a random batch."""
   rng = np.random.default_rng(seed)
-  x = jnp.asarray(rng.normal(size=(batch_size, key.in_size, key.in_size, key.in_width)),
-                  jnp.float32)
-  w = jnp.asarray(rng.normal(size=(key.kernel, key.kernel, key.in_width, key.out_width)),
-                  jnp.float32)
+  x = jnp.asarray(
+    rng.normal(size=(batch_size, key.in_size, key.in_size, key.in_width)), jnp.float32
+  )
+  w = jnp.asarray(
+    rng.normal(size=(key.kernel, key.kernel, key.in_width, key.out_width)), jnp.float32
+  )
   scale, shift = jnp.ones(key.out_width), jnp.zeros(key.out_width)
   pad = key.kernel // 2
 
   def forward(x, w, scale, shift):
-    y = jax.lax.conv_general_dilated(x, w, (key.stride,) * 2, ((pad, pad), (pad, pad)),
-                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    y = jax.lax.conv_general_dilated(
+      x, w, (key.stride,) * 2, ((pad, pad), (pad, pad)), dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
     return jax.nn.relu(y * scale + shift)
 
   fn = jax.jit(forward, compiler_options=parallel.compiler_options())
-  jax.block_until_ready(fn(x, w, scale, shift))   # compile
-  jax.block_until_ready(fn(x, w, scale, shift))   # warm up
+  jax.block_until_ready(fn(x, w, scale, shift))  # compile
+  jax.block_until_ready(fn(x, w, scale, shift))  # warm up
   times = []
   for _ in range(repeats):
     t = time.perf_counter()
@@ -170,8 +195,14 @@ def conv_seconds(key: ConvKey, batch_size: int, repeats: int, seed: int = 0) -> 
   return statistics.median(times)
 
 
-def build(base: Architecture, workdir: str, batch_size: int, repeats: int = 5,
-          progress: bool = True, log=print) -> Table:
+def build(
+  base: Architecture,
+  workdir: str,
+  batch_size: int,
+  repeats: int = 5,
+  progress: bool = True,
+  log=print,
+) -> Table:
   """The latency table of `base`'s search space: read from the workdir's cache, the missing
   entries measured (with a progress bar) and written back."""
   path = cache_path(workdir, batch_size)
@@ -181,24 +212,30 @@ def build(base: Architecture, workdir: str, batch_size: int, repeats: int = 5,
   device = jax.local_devices()[0]
   if missing and jax.process_count() > 1:
     # every process must price with the same table: measured once, before the run
-    raise ConfigError(f"{len(missing)} latency-table entries are missing from {path}, and this "
-                      f"run has {jax.process_count()} processes: build the table first with one "
-                      "process, `python -m tas_jax.latency --config=... --workdir=...`")
+    raise ConfigError(
+      f"{len(missing)} latency-table entries are missing from {path}, and this "
+      f"run has {jax.process_count()} processes: build the table first with one "
+      "process, `python -m tas_jax.latency --config=... --workdir=...`"
+    )
   if not missing:
-    log(f"[latency] {len(keys)} entries of {base.name or 'the network'}'s table: all cached in {path}")
+    log(
+      f"[latency] {len(keys)} entries of {base.name or 'the network'}'s table: all cached in {path}"
+    )
   else:
-    log(f"[latency] measuring {len(missing)} of {len(keys)} conv entries of "
-        f"{base.name or 'the network'}'s search space on {device.platform} ({device.device_kind}), "
-        f"batch {batch_size}, median of {repeats} calls each; cache {path}")
+    log(
+      f"[latency] measuring {len(missing)} of {len(keys)} conv entries of "
+      f"{base.name or 'the network'}'s search space on {device.platform} ({device.device_kind}), "
+      f"batch {batch_size}, median of {repeats} calls each; cache {path}"
+    )
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    for i, key in enumerate(console.progress_bar(missing, len(missing), "conv", "latency table",
-                                                 enabled=progress)):
+    for i, key in enumerate(
+      console.progress_bar(missing, len(missing), "conv", "latency table", enabled=progress)
+    ):
       cached[key] = conv_seconds(key, batch_size, repeats)
-      if (i + 1) % 50 == 0 or i + 1 == len(missing):   # an interrupted build keeps its entries
+      if (i + 1) % 50 == 0 or i + 1 == len(missing):  # an interrupted build keeps its entries
         table = Table(device.platform, device.device_kind, batch_size, cached)
         _write(path, table)
-  table = Table(device.platform, device.device_kind, batch_size,
-                {k: cached[k] for k in keys})
+  table = Table(device.platform, device.device_kind, batch_size, {k: cached[k] for k in keys})
   return table
 
 
@@ -217,21 +254,26 @@ def conv_latency(table: Table, base: Architecture, conv: topology.Conv, c_in, c_
   ins, outs = input_candidates(base, conv), width_candidates(conv.out_width)
   t = jnp.asarray([[table[ConvKey.of(conv, a, b)] for b in outs] for a in ins], jnp.float32)
   j, v = _axis(outs, c_out)
-  if len(ins) == 1:                       # the stem: the image's channels only
+  if len(ins) == 1:  # the stem: the image's channels only
     return t[0, j] * (1 - v) + t[0, j + 1] * v
   i, u = _axis(ins, c_in)
-  return ((1 - u) * ((1 - v) * t[i, j] + v * t[i, j + 1])
-          + u * ((1 - v) * t[i + 1, j] + v * t[i + 1, j + 1]))
+  return (1 - u) * ((1 - v) * t[i, j] + v * t[i, j + 1]) + u * (
+    (1 - v) * t[i + 1, j] + v * t[i + 1, j + 1]
+  )
 
 
 def with_kept(table: Table, groups, kept: dict):
   """The table latency of a network with `kept[group]` channels in each channel group
   (`tas_jax.models.channels`; traced or concrete counts): `tas_jax.ops.flops.with_kept` in
   seconds. The classifier is not in the table."""
+
   def width(group):
     return groups.arch.input_channels if group is None else kept[group]
-  return sum(conv_latency(table, groups.arch, c, *map(width, groups.conv_groups[c.name]))
-             for c in topology.of(groups.arch).convs())
+
+  return sum(
+    conv_latency(table, groups.arch, c, *map(width, groups.conv_groups[c.name]))
+    for c in topology.of(groups.arch).convs()
+  )
 
 
 def predicted(table: Table, base: Architecture, arch: Architecture) -> float:
@@ -242,42 +284,56 @@ def predicted(table: Table, base: Architecture, arch: Architecture) -> float:
   total = 0.0
   for c in topology.of(arch).convs():
     key = ConvKey.of(c)
-    total += (table.seconds[key] if key in table.seconds else
-              float(conv_latency(table, base, base_convs[c.name], c.in_width, c.out_width)))
+    total += (
+      table.seconds[key]
+      if key in table.seconds
+      else float(conv_latency(table, base, base_convs[c.name], c.in_width, c.out_width))
+    )
   return total
 
 
 def report(config, workdir: str, base: Architecture, pruned: Architecture) -> dict:
   """A pruned network's latency as the table predicts it and as measured (whole forward passes
   of both networks, interleaved), each against the unpruned network's: what extraction reports."""
-  table = build(base, workdir, batch_size(config), config.latency.repeats, progress=False,
-                log=lambda line: None)
-  measured_max, measured = measured_network_seconds([base, pruned], table.batch_size,
-                                                    config.pipeline.throughput_repeats)
+  table = build(
+    base, workdir, batch_size(config), config.latency.repeats, progress=False, log=lambda line: None
+  )
+  measured_max, measured = measured_network_seconds(
+    [base, pruned], table.batch_size, config.pipeline.throughput_repeats
+  )
   full, pruned_seconds = table.network(base), predicted(table, base, pruned)
-  return {"batch_size": table.batch_size, "device": f"{table.backend} ({table.device_kind})",
-          "predicted_ms": round(1e3 * pruned_seconds, 4),
-          "predicted_max_ms": round(1e3 * full, 4),
-          "predicted_ratio": pruned_seconds / full,
-          "measured_ms": round(1e3 * measured, 4), "measured_max_ms": round(1e3 * measured_max, 4),
-          "measured_ratio": measured / measured_max}
+  return {
+    "batch_size": table.batch_size,
+    "device": f"{table.backend} ({table.device_kind})",
+    "predicted_ms": round(1e3 * pruned_seconds, 4),
+    "predicted_max_ms": round(1e3 * full, 4),
+    "predicted_ratio": pruned_seconds / full,
+    "measured_ms": round(1e3 * measured, 4),
+    "measured_max_ms": round(1e3 * measured_max, 4),
+    "measured_ratio": measured / measured_max,
+  }
 
 
 def report_lines(t: Optional[dict]) -> list[str]:
   """`report`'s figures as a paragraph of an extraction's report.md (none without them)."""
   if t is None:
     return []
-  return [f"Latency (batch {t['batch_size']}, {t['device']}): predicted by the table "
-          f"{t['predicted_ms']:.2f} ms = {100 * t['predicted_ratio']:.1f}% of the unpruned "
-          f"network's {t['predicted_max_ms']:.2f} ms; measured {t['measured_ms']:.2f} ms = "
-          f"{100 * t['measured_ratio']:.1f}% of {t['measured_max_ms']:.2f} ms.", ""]
+  return [
+    f"Latency (batch {t['batch_size']}, {t['device']}): predicted by the table "
+    f"{t['predicted_ms']:.2f} ms = {100 * t['predicted_ratio']:.1f}% of the unpruned "
+    f"network's {t['predicted_max_ms']:.2f} ms; measured {t['measured_ms']:.2f} ms = "
+    f"{100 * t['measured_ratio']:.1f}% of {t['measured_max_ms']:.2f} ms.",
+    "",
+  ]
 
 
 def log_report(stage: str, name: str, t: dict, log) -> None:
-  log(f"[{stage}] latency of {name} at batch {t['batch_size']} on {t['device']}: predicted by the "
-      f"table {t['predicted_ms']:.2f} ms = {100 * t['predicted_ratio']:.1f}% of the unpruned "
-      f"network's {t['predicted_max_ms']:.2f} ms; measured {t['measured_ms']:.2f} ms = "
-      f"{100 * t['measured_ratio']:.1f}% of {t['measured_max_ms']:.2f} ms")
+  log(
+    f"[{stage}] latency of {name} at batch {t['batch_size']} on {t['device']}: predicted by the "
+    f"table {t['predicted_ms']:.2f} ms = {100 * t['predicted_ratio']:.1f}% of the unpruned "
+    f"network's {t['predicted_max_ms']:.2f} ms; measured {t['measured_ms']:.2f} ms = "
+    f"{100 * t['measured_ratio']:.1f}% of {t['measured_max_ms']:.2f} ms"
+  )
 
 
 def _write(path: str, table: Table) -> None:
@@ -298,8 +354,13 @@ def measure_networks(to_measure: dict, images, mean, std, repeats: int) -> dict:
   forwards = {}
   for name, (a, variables) in to_measure.items():
     model = networks.build(a)
-    forwards[name] = (jax.jit(lambda v, x, m=model: m.apply(v, x, train=False),
-                               compiler_options=parallel.compiler_options()), variables)
+    forwards[name] = (
+      jax.jit(
+        lambda v, x, m=model: m.apply(v, x, train=False),
+        compiler_options=parallel.compiler_options(),
+      ),
+      variables,
+    )
     jax.block_until_ready(forwards[name][0](variables, x))  # compile
     jax.block_until_ready(forwards[name][0](variables, x))  # warm up
   times = {name: [] for name in to_measure}
@@ -309,8 +370,13 @@ def measure_networks(to_measure: dict, images, mean, std, repeats: int) -> dict:
       jax.block_until_ready(fn(variables, x))
       times[name].append(time.perf_counter() - t)
   batch = images.shape[0]
-  return {name: {"images_per_s": round(batch / statistics.median(ts), 1),
-                 "ms_per_batch": round(1e3 * statistics.median(ts), 3)} for name, ts in times.items()}
+  return {
+    name: {
+      "images_per_s": round(batch / statistics.median(ts), 1),
+      "ms_per_batch": round(1e3 * statistics.median(ts), 3),
+    }
+    for name, ts in times.items()
+  }
 
 
 def random_init(arch: Architecture, seed: int = 0) -> dict:
@@ -320,16 +386,19 @@ def random_init(arch: Architecture, seed: int = 0) -> dict:
   return parallel.jit_once(lambda: model.init(jax.random.key(seed), x, train=False))()
 
 
-def measured_network_seconds(archs: Iterable[Architecture], batch_size: int, repeats: int = 7,
-                             seed: int = 0) -> list[float]:
+def measured_network_seconds(
+  archs: Iterable[Architecture], batch_size: int, repeats: int = 7, seed: int = 0
+) -> list[float]:
   """Measured forward seconds per batch of each architecture (interleaved, median of repeats)."""
   archs = list(archs)
   a0 = archs[0]
   images = np.random.default_rng(seed).integers(
-      0, 256, (batch_size, a0.input_size, a0.input_size, a0.input_channels), dtype=np.uint8)
+    0, 256, (batch_size, a0.input_size, a0.input_size, a0.input_channels), dtype=np.uint8
+  )
   ones = (0.5,) * a0.input_channels
-  out = measure_networks({str(i): (a, random_init(a)) for i, a in enumerate(archs)}, images,
-                         ones, ones, repeats)
+  out = measure_networks(
+    {str(i): (a, random_init(a)) for i, a in enumerate(archs)}, images, ones, ones, repeats
+  )
   return [out[str(i)]["ms_per_batch"] / 1e3 for i in range(len(archs))]
 
 
@@ -338,6 +407,7 @@ def reading(table: Table, base: Architecture, path: str) -> list[str]:
   how far narrowing every conv and removing blocks each reach, the smallest reachable target, the
   costliest entries, and what a key means."""
   from tas_jax.models.candidates import depth_candidates
+
   convs = topology.of(base).main_convs()
   full = table.network(base)
   narrow_widths = [min(width_candidates(c.out_width)) for c in convs]
@@ -354,20 +424,21 @@ def reading(table: Table, base: Architecture, path: str) -> list[str]:
   else:
     verdict = "narrowing moves it further than removing blocks here"
   return [
-      f"[latency] {base.name or 'network'} on {table.backend} ({table.device_kind}), batch "
-      f"{table.batch_size}: {len(table.seconds)} entries in {path}",
-      f"  unpruned network (sum of its convs): {1e3 * full:.2f} ms",
-      f"  every conv at its narrowest candidate, all blocks kept: {100 * narrowest:.0f}% of it",
-      f"  the fewest blocks per stage {shallow}, full widths: {100 * shallowest:.0f}%",
-      f"  both: {100 * smallest:.0f}%: latency targets (target.flop_ratio with target.cost=latency) "
-      f"below that cannot be reached on this machine; {verdict}",
-      "  costliest entries: " + "; ".join(f"{k} ({k.describe()}) {1e3 * v:.3f} ms"
-                                          for k, v in costly),
-      "  a key kKsSiI:CinxCout is a KxK conv + BN + ReLU with stride S on IxI inputs, Cin -> Cout "
-      "channels",
+    f"[latency] {base.name or 'network'} on {table.backend} ({table.device_kind}), batch "
+    f"{table.batch_size}: {len(table.seconds)} entries in {path}",
+    f"  unpruned network (sum of its convs): {1e3 * full:.2f} ms",
+    f"  every conv at its narrowest candidate, all blocks kept: {100 * narrowest:.0f}% of it",
+    f"  the fewest blocks per stage {shallow}, full widths: {100 * shallowest:.0f}%",
+    f"  both: {100 * smallest:.0f}%: latency targets (target.flop_ratio with target.cost=latency) "
+    f"below that cannot be reached on this machine; {verdict}",
+    "  costliest entries: "
+    + "; ".join(f"{k} ({k.describe()}) {1e3 * v:.3f} ms" for k, v in costly),
+    "  a key kKsSiI:CinxCout is a KxK conv + BN + ReLU with stride S on IxI inputs, Cin -> Cout "
+    "channels",
   ]
 
 
 if __name__ == "__main__":
   from tas_jax.commands import latency as command
+
   command.main()

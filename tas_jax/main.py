@@ -14,25 +14,26 @@ import ml_collections
 
 from tas_jax import console
 
-console.quiet_environment()   # before TensorFlow (clu, tfds) loads
+console.quiet_environment()  # before TensorFlow (clu, tfds) loads
 
 from tas_jax import config as config_lib, errors, methods, multihost, workdir as layout  # noqa: E402
 from tas_jax.stages import distill, pipeline, records, results, teacher  # noqa: E402
 
 # method-independent stage -> function(config, workdir) -> summary
 STAGE_FUNCTIONS: dict[str, Callable] = {
-    "teacher": teacher.train_and_evaluate,
-    "distill": distill.distill,
-    "results": results.results,
-    "all": pipeline.run_all,
+  "teacher": teacher.train_and_evaluate,
+  "distill": distill.distill,
+  "results": results.results,
+  "all": pipeline.run_all,
 }
 
 
 def stage_function(config: ml_collections.ConfigDict) -> Callable:
   """The function of `config.stage`: a method's own for search and extract."""
   method = methods.get(config.method)
-  return {"search": method.search, "extract": method.extract}.get(config.stage) or \
-      STAGE_FUNCTIONS[config.stage]
+  return {"search": method.search, "extract": method.extract}.get(config.stage) or STAGE_FUNCTIONS[
+    config.stage
+  ]
 
 
 def run(config: ml_collections.ConfigDict, workdir: str, overrides=None) -> dict:
@@ -44,9 +45,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, overrides=None) -> dict
   field of the config with them (`tas_jax.stages.records.adopt_recorded`)."""
   console.setup()
   config_lib.validate(config)
-  if config.stage != "results":   # which only reads (and prints its table if it cannot write)
+  if config.stage != "results":  # which only reads (and prints its table if it cannot write)
     check_writable(workdir)
-  if config.stage in ("all", "results"):   # `all` checks and logs each of its stages itself
+  if config.stage in ("all", "results"):  # `all` checks and logs each of its stages itself
     return STAGE_FUNCTIONS[config.stage](config, workdir)
   stage = records.stage_of(config)
   multihost.at(f"[{stage}] setting up (data, model, checkpoint)")
@@ -66,10 +67,12 @@ def check_writable(workdir: str) -> None:
       pass
     os.remove(probe)
   except OSError as e:
-    raise errors.ConfigError(f"--workdir={workdir} cannot be written ({e.strerror}): choose a "
-                             "folder you can write to") from None
+    raise errors.ConfigError(
+      f"--workdir={workdir} cannot be written ({e.strerror}): choose a folder you can write to"
+    ) from None
 
 
 if __name__ == "__main__":
   from tas_jax.commands import main as command
+
   command.cli()

@@ -28,8 +28,13 @@ from jax.experimental import multihost_utils
 from tas_jax.errors import ConfigError
 
 
-def initialize(coordinator_address: Optional[str] = None, num_processes: Optional[int] = None,
-               process_id: Optional[int] = None, auto: bool = False, timeout_s: int = 300) -> bool:
+def initialize(
+  coordinator_address: Optional[str] = None,
+  num_processes: Optional[int] = None,
+  process_id: Optional[int] = None,
+  auto: bool = False,
+  timeout_s: int = 300,
+) -> bool:
   """Starts jax.distributed when asked (arguments first, then the environment); returns whether
   it did. Must run before anything touches a device. Waits `timeout_s` for every process to join,
   saying what it waits for; then gives up with a ConfigError naming the address."""
@@ -40,32 +45,51 @@ def initialize(coordinator_address: Optional[str] = None, num_processes: Optiona
     process_id = int(os.environ["JAX_PROCESS_ID"])
   if address is None and not auto:
     if num_processes not in (None, 1) or process_id not in (None, 0):
-      raise ConfigError("--num_processes/--process_id need --coordinator_address=HOST:PORT (or "
-                        "JAX_COORDINATOR_ADDRESS), or --distributed on a TPU pod")
+      raise ConfigError(
+        "--num_processes/--process_id need --coordinator_address=HOST:PORT (or "
+        "JAX_COORDINATOR_ADDRESS), or --distributed on a TPU pod"
+      )
     return False
   if address is not None:
     if num_processes is None or process_id is None:
-      raise ConfigError(f"--coordinator_address={address} needs --num_processes and --process_id "
-                        "(or JAX_NUM_PROCESSES and JAX_PROCESS_ID)")
+      raise ConfigError(
+        f"--coordinator_address={address} needs --num_processes and --process_id "
+        "(or JAX_NUM_PROCESSES and JAX_PROCESS_ID)"
+      )
     if not 0 <= process_id < num_processes:
       raise ConfigError(f"--process_id={process_id}: must be in [0, {num_processes})")
-    logging.info("process %d of %d: waiting up to %ds for all %d processes to join at %s",
-                 process_id, num_processes, timeout_s, num_processes, address)
+    logging.info(
+      "process %d of %d: waiting up to %ds for all %d processes to join at %s",
+      process_id,
+      num_processes,
+      timeout_s,
+      num_processes,
+      address,
+    )
     # XLA aborts the process when the deadline passes; a watchdog a little before it says why
-    watchdog = threading.Timer(timeout_s, _give_up, (
+    watchdog = threading.Timer(
+      timeout_s,
+      _give_up,
+      (
         f"process {process_id}: not all {num_processes} processes joined at {address} within "
         f"{timeout_s}s: start the same command with each --process_id in 0..{num_processes - 1} "
-        "(process 0 on the coordinator's host); --coordinator_timeout sets the wait",))
+        "(process 0 on the coordinator's host); --coordinator_timeout sets the wait",
+      ),
+    )
     watchdog.daemon = True
     watchdog.start()
     try:
-      jax.distributed.initialize(address, num_processes=num_processes, process_id=process_id,
-                                 initialization_timeout=timeout_s + 30)
+      jax.distributed.initialize(
+        address,
+        num_processes=num_processes,
+        process_id=process_id,
+        initialization_timeout=timeout_s + 30,
+      )
     finally:
       watchdog.cancel()
   else:
     jax.distributed.initialize(initialization_timeout=timeout_s)
-  if jax.process_index() > 0:   # one progress stream: the others only warn
+  if jax.process_index() > 0:  # one progress stream: the others only warn
     logging.set_verbosity(logging.WARNING)
   global _started
   _started = True
@@ -89,10 +113,10 @@ def _leave(status: int, message: str = "") -> None:
   try:
     _client().wait_at_barrier("tas_jax/exit", 5000)
     if jax.process_index() == 0:
-      time.sleep(1.0)   # the others' os._exit lands first
-  except Exception:   # a process that is not exiting (stuck elsewhere): leave anyway
+      time.sleep(1.0)  # the others' os._exit lands first
+  except Exception:  # a process that is not exiting (stuck elsewhere): leave anyway
     pass
-  if message:   # after the wait: the last line, whatever the main thread logged meanwhile
+  if message:  # after the wait: the last line, whatever the main thread logged meanwhile
     print(f"error: {message}", file=sys.stderr, flush=True)
   os._exit(status)
 
@@ -113,9 +137,9 @@ def _give_up(message: str) -> None:
 # different command on one host) would make them take different paths: `check_same_settings`
 # refuses them before any work.
 FAILED_KEY = "tas_jax/failed"
-_started = False      # jax.distributed runs: several processes
-_where = "starting"   # what this process does now: the message names it when another one fails
-_stopping = False     # this process is stopping with its own error: the watcher stays quiet
+_started = False  # jax.distributed runs: several processes
+_where = "starting"  # what this process does now: the message names it when another one fails
+_stopping = False  # this process is stopping with its own error: the watcher stays quiet
 _lock = threading.Lock()
 
 
@@ -127,6 +151,7 @@ def at(where: str) -> None:
 
 def _client():
   from jax._src import distributed
+
   return distributed.global_state.client
 
 
@@ -135,11 +160,11 @@ def report_failure(message: str) -> None:
   global _stopping
   with _lock:
     _stopping = True
-  if not _started:   # also: no JAX call before initialize()
+  if not _started:  # also: no JAX call before initialize()
     return
   try:
     _client().key_value_set(FAILED_KEY, f"{jax.process_index()}\t{message}")
-  except Exception:   # another process reported first: it names the cause
+  except Exception:  # another process reported first: it names the cause
     pass
 
 
@@ -155,14 +180,16 @@ def watch_peers(poll_s: float = 1.0) -> None:
       time.sleep(poll_s)
       try:
         value = _client().key_value_try_get(FAILED_KEY)
-      except Exception:   # not there yet (NOT_FOUND), or the service is shutting down
+      except Exception:  # not there yet (NOT_FOUND), or the service is shutting down
         continue
       who, message = value.split("\t", 1)
       with _lock:
         if _stopping or int(who) == me:
           return
-        _give_up(f"process {me}: process {who} stopped ({message}) while this process was at "
-                 f"{_where}; stopping too")
+        _give_up(
+          f"process {me}: process {who} stopped ({message}) while this process was at "
+          f"{_where}; stopping too"
+        )
       return
 
   threading.Thread(target=watch, name="tas_jax-peers", daemon=True).start()
@@ -180,11 +207,12 @@ def barrier(name: str, timeout_s: int = 600) -> None:
   at(f"barrier {name!r}")
   try:
     _client().wait_at_barrier(name, timeout_s * 1000)
-  except Exception as e:   # DEADLINE_EXCEEDED, or the service saw another process fail
-    raise BarrierError(f"process {jax.process_index()} waited at barrier {name!r} and not every "
-                       f"process arrived within {timeout_s}s ({str(e).splitlines()[0][:200]}): "
-                       "the processes took different paths; run the same command on every host"
-                       ) from None
+  except Exception as e:  # DEADLINE_EXCEEDED, or the service saw another process fail
+    raise BarrierError(
+      f"process {jax.process_index()} waited at barrier {name!r} and not every "
+      f"process arrived within {timeout_s}s ({str(e).splitlines()[0][:200]}): "
+      "the processes took different paths; run the same command on every host"
+    ) from None
 
 
 def check_same_settings(settings: dict, timeout_s: int = 600) -> None:
@@ -196,13 +224,17 @@ def check_same_settings(settings: dict, timeout_s: int = 600) -> None:
   barrier("settings", timeout_s)
   lead = json.loads(client.blocking_key_value_get("tas_jax/settings/0", timeout_s * 1000))
   for other in range(1, jax.process_count()):
-    theirs = json.loads(client.blocking_key_value_get(f"tas_jax/settings/{other}", timeout_s * 1000))
+    theirs = json.loads(
+      client.blocking_key_value_get(f"tas_jax/settings/{other}", timeout_s * 1000)
+    )
     differ = sorted(k for k in set(lead) | set(theirs) if lead.get(k) != theirs.get(k))
     if differ:
       shown = ", ".join(f"{k}={theirs.get(k)!r} (process 0: {lead.get(k)!r})" for k in differ[:4])
-      raise ConfigError(f"process {other} runs other settings than process 0: {shown}"
-                        f"{' …' if len(differ) > 4 else ''}: every process must run the same "
-                        "command")
+      raise ConfigError(
+        f"process {other} runs other settings than process 0: {shown}"
+        f"{' …' if len(differ) > 4 else ''}: every process must run the same "
+        "command"
+      )
 
 
 def any_process(flag: bool) -> bool:

@@ -70,13 +70,17 @@ def make_mesh(num_devices: int = -1) -> Mesh:
   `num_devices` of a single process's."""
   devices = jax.devices()
   if num_devices != -1 and jax.process_count() > 1 and num_devices != len(devices):
-    raise ConfigError(f"config.num_devices={num_devices}: in a {jax.process_count()}-process run "
-                      f"the mesh spans all {len(devices)} devices (a subset would leave processes "
-                      "without devices); use -1")
+    raise ConfigError(
+      f"config.num_devices={num_devices}: in a {jax.process_count()}-process run "
+      f"the mesh spans all {len(devices)} devices (a subset would leave processes "
+      "without devices); use -1"
+    )
   if num_devices != -1:
     if num_devices > len(devices):
-      raise ConfigError(f"config.num_devices={num_devices}: only {len(devices)} devices are visible "
-                       "(on CPU, set XLA_FLAGS=--xla_force_host_platform_device_count=N)")
+      raise ConfigError(
+        f"config.num_devices={num_devices}: only {len(devices)} devices are visible "
+        "(on CPU, set XLA_FLAGS=--xla_force_host_platform_device_count=N)"
+      )
     devices = devices[:num_devices]
   return Mesh(np.asarray(devices), (AXIS,))
 
@@ -99,8 +103,9 @@ def put_replicated(tree, mesh: Mesh):
 # convolution, so each saved activation is recomputed under a strided transpose. Handing
 # element-wise ops and reductions to YNNPACK materialises them once instead: the plain ResNet-20
 # training step on the 2-core CPU goes from about 1.6 s to 1.0 s (BENCHMARKS.md).
-CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type":
-                        "LIBRARY_FUSION_TYPE_ELTWISE,LIBRARY_FUSION_TYPE_REDUCE"}
+CPU_COMPILER_OPTIONS = {
+  "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_ELTWISE,LIBRARY_FUSION_TYPE_REDUCE"
+}
 _xla_defaults = False
 
 
@@ -118,9 +123,12 @@ def compiler_options() -> dict:
   """XLA options for tas_jax's jitted programs: `CPU_COMPILER_OPTIONS` on the CPU backend, none
   elsewhere. A user's own `xla_cpu_experimental_ynn_fusion_type` in `XLA_FLAGS` wins, and an
   XLA that rejects the option gets none."""
-  if (_xla_defaults or jax.default_backend() != "cpu"
-      or "xla_cpu_experimental_ynn_fusion_type" in os.environ.get("XLA_FLAGS", "")
-      or not _cpu_options_accepted()):
+  if (
+    _xla_defaults
+    or jax.default_backend() != "cpu"
+    or "xla_cpu_experimental_ynn_fusion_type" in os.environ.get("XLA_FLAGS", "")
+    or not _cpu_options_accepted()
+  ):
     return {}
   return dict(CPU_COMPILER_OPTIONS)
 
@@ -163,8 +171,9 @@ def step_axis(mode: str) -> Optional[str]:
   return AXIS if mode == "pmap" else None
 
 
-def compile_step(step: Callable, mesh: Mesh, mode: str, extras: bool = False,
-                 donate: Sequence[int] = (0,)) -> Callable:
+def compile_step(
+  step: Callable, mesh: Mesh, mode: str, extras: bool = False, donate: Sequence[int] = (0,)
+) -> Callable:
   """Compiles `step(state, batch)` (or, with `extras`, `step(state, batch, extras)`: one tree of
   everything else the step reads, e.g. keys, τ, a teacher's weights) as a data-parallel step.
 

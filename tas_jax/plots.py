@@ -23,8 +23,12 @@ def plot_widths(rows: list[dict], path: str, title: str) -> None:
   for i, r in enumerate(rows):
     if r["removed"]:
       ax.text(i, r["original"] * 0.5, "×", ha="center", va="center", color="#b02a2a")
-  ax.set_xticks(x, [r["layer"].replace(".block", ".b").replace(".conv_", ".") for r in rows],
-                rotation=90, fontsize=7)
+  ax.set_xticks(
+    x,
+    [r["layer"].replace(".block", ".b").replace(".conv_", ".") for r in rows],
+    rotation=90,
+    fontsize=7,
+  )
   ax.set_ylabel("channels")
   ax.set_title(title, fontsize=9)
   ax.legend(fontsize=8, loc="upper left")
@@ -37,8 +41,15 @@ def plot_width_history(layers: list[str], ratios: np.ndarray, path: str, title: 
   """ratios: (layers, epochs) kept width / original width."""
   epochs = ratios.shape[1]
   fig, ax = plt.subplots(figsize=(max(5, 0.25 * epochs + 3), max(3, 0.2 * len(layers) + 1)))
-  image = ax.imshow(ratios, aspect="auto", cmap="viridis", vmin=0, vmax=1, interpolation="nearest",
-                    extent=(0.5, epochs + 0.5, len(layers) - 0.5, -0.5))
+  image = ax.imshow(
+    ratios,
+    aspect="auto",
+    cmap="viridis",
+    vmin=0,
+    vmax=1,
+    interpolation="nearest",
+    extent=(0.5, epochs + 0.5, len(layers) - 0.5, -0.5),
+  )
   ax.set_yticks(range(len(layers)), layers, fontsize=6)
   ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
   ax.set_xlabel("search epoch")

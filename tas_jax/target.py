@@ -47,11 +47,11 @@ def band_bounds(band: str, ratio: float, tolerance: float) -> tuple[float, float
 
 @dataclasses.dataclass(frozen=True)
 class Target:
-  measure: str                  # flops | latency (config.target.cost)
-  ratio: float                  # the pruned network's cost / the unpruned one's
+  measure: str  # flops | latency (config.target.cost)
+  ratio: float  # the pruned network's cost / the unpruned one's
   tolerance: float
-  base: object                  # the unpruned network (an architecture description)
-  table: Optional[latency.Table] = None   # the latency table, when the measure is latency
+  base: object  # the unpruned network (an architecture description)
+  table: Optional[latency.Table] = None  # the latency table, when the measure is latency
   latency_report: bool = False  # extraction measures the pruned network's latency anyway
 
   @classmethod
@@ -61,9 +61,14 @@ class Target:
     t = config.target
     table = None
     if priced_by_table(t.cost):
-      table = latency.build(base, workdir, latency.batch_size(config), config.latency.repeats,
-                            progress=layout.is_writer() and not quiet,
-                            log=(lambda line: None) if quiet else logging.info)
+      table = latency.build(
+        base,
+        workdir,
+        latency.batch_size(config),
+        config.latency.repeats,
+        progress=layout.is_writer() and not quiet,
+        log=(lambda line: None) if quiet else logging.info,
+      )
     return cls(t.cost, t.flop_ratio, t.tolerance, base, table, bool(config.latency.report))
 
   @classmethod
@@ -78,7 +83,7 @@ class Target:
 
   @property
   def label(self) -> str:
-    """"FLOPs" or "table latency", as the logs and reports say it."""
+    """ "FLOPs" or "table latency", as the logs and reports say it."""
     return LABELS[self.measure]
 
   @functools.cached_property
@@ -92,12 +97,18 @@ class Target:
 
   def predicted(self, a) -> float:
     """The cost of any pruning of `base` (the table interpolated between its widths)."""
-    return latency.predicted(self.table, self.base, a) if self.by_table else float(flops.count(a).flops)
+    return (
+      latency.predicted(self.table, self.base, a) if self.by_table else float(flops.count(a).flops)
+    )
 
   def at_kept(self, groups, kept):
     """The cost of `groups`' network with `kept[g]` channels in group g (traceable: PaS's
     penalty differentiates it)."""
-    return latency.with_kept(self.table, groups, kept) if self.by_table else flops.with_kept(groups, kept)
+    return (
+      latency.with_kept(self.table, groups, kept)
+      if self.by_table
+      else flops.with_kept(groups, kept)
+    )
 
   def kept_ratio(self, groups, kept) -> float:
     return float(self.at_kept(groups, kept)) / self.full
@@ -113,6 +124,7 @@ class Target:
   @functools.cached_property
   def groups(self):
     from tas_jax.models import channels
+
     return channels.of(self.base)
 
   @property

@@ -26,10 +26,10 @@ SUMMARY = "summary.json"
 ARCH = "arch.json"
 BASE_ARCH = "base_arch.json"
 KEPT_CHANNELS = "kept_channels.json"
-IMPORTED = "imported.json"       # teacher/: made by python -m tas_jax.convert, not trained
+IMPORTED = "imported.json"  # teacher/: made by python -m tas_jax.convert, not trained
 IMPORTED_WEIGHTS = "imported_weights"  # teacher/: the converted weights, set aside when they are
-IMPORTED_ARCH = "imported_arch.json"   # fine-tuned (teacher.finetune_imported), and their network
-RECORD = "config.json"           # the settings a stage ran with (tas_jax.stages.records)
+IMPORTED_ARCH = "imported_arch.json"  # fine-tuned (teacher.finetune_imported), and their network
+RECORD = "config.json"  # the settings a stage ran with (tas_jax.stages.records)
 
 
 def teacher_dir(workdir: str) -> str:
@@ -37,13 +37,13 @@ def teacher_dir(workdir: str) -> str:
 
 
 WEIGHTS = "weights"
-TRAINING_FORM = "training_form"   # extract-METHOD/: a RepVGG's unpruned variables in training form
+TRAINING_FORM = "training_form"  # extract-METHOD/: a RepVGG's unpruned variables in training form
 KEPT_GROUPS = "kept_groups.json"  # extract-METHOD/: kept channel indices per channel group
-DEPLOY = "deploy"                 # distill/RUN/: the network a training-form fine-tuning cut
+DEPLOY = "deploy"  # distill/RUN/: the network a training-form fine-tuning cut
 
 
-UNSUFFIXED_METHOD = "tas"   # the first method: its folders are search/ and extract/, as they were
-                            # before there were others; every other method's search-NAME/ ...
+UNSUFFIXED_METHOD = "tas"  # the first method: its folders are search/ and extract/, as they were
+# before there were others; every other method's search-NAME/ ...
 
 
 def search_stage(method: str = UNSUFFIXED_METHOD) -> str:
@@ -128,4 +128,3 @@ def write_summary(directory: str, summary: dict) -> str:
 def read_record(directory: str):
   """The settings record a stage wrote in `directory` (`tas_jax.stages.records`), or None."""
   return read_json(os.path.join(directory, RECORD))
-

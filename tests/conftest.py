@@ -29,13 +29,13 @@ import pytest
 
 from tas_jax import console
 
-console.quiet_environment()   # no TensorFlow banners in the test log
+console.quiet_environment()  # no TensorFlow banners in the test log
 
-TIERS = {"stage": 8, "devices": 8, "children": 1}   # marker -> the pass that runs it; unit: 1
-CACHE_SETTINGS = {   # exported: child processes inherit them
-    "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0.5",
-    "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
-    "JAX_COMPILATION_CACHE_MAX_SIZE": str(8 << 30),
+TIERS = {"stage": 8, "devices": 8, "children": 1}  # marker -> the pass that runs it; unit: 1
+CACHE_SETTINGS = {  # exported: child processes inherit them
+  "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0.5",
+  "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
+  "JAX_COMPILATION_CACHE_MAX_SIZE": str(8 << 30),
 }
 # Every temporary file of the session (pytest's tmp_path, tfds' mock folders, the children's)
 # goes under one folder, removed at the end: nothing is left in /tmp.
@@ -47,20 +47,31 @@ if os.environ.get("TAS_JAX_NO_CACHE") != "1":
   for name, value in CACHE_SETTINGS.items():
     os.environ.setdefault(name, value)
   jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
-  jax.config.update("jax_persistent_cache_min_compile_time_secs",
-                    float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]))
-  jax.config.update("jax_persistent_cache_min_entry_size_bytes",
-                    int(os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"]))
-  jax.config.update("jax_compilation_cache_max_size", int(os.environ["JAX_COMPILATION_CACHE_MAX_SIZE"]))
+  jax.config.update(
+    "jax_persistent_cache_min_compile_time_secs",
+    float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]),
+  )
+  jax.config.update(
+    "jax_persistent_cache_min_entry_size_bytes",
+    int(os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"]),
+  )
+  jax.config.update(
+    "jax_compilation_cache_max_size", int(os.environ["JAX_COMPILATION_CACHE_MAX_SIZE"])
+  )
 
 
 def pytest_configure(config):
-  config.addinivalue_line("markers", "stage: trains a stage or reads a shared tiny pipeline; runs in "
-                          "the 8-device pass of launch/test.sh")
-  config.addinivalue_line("markers", "devices: compares 1 and 8 devices in this process; runs in the "
-                          "8-device pass")
-  config.addinivalue_line("markers", "children: starts processes with their own devices; runs in "
-                          "the 1-device pass")
+  config.addinivalue_line(
+    "markers",
+    "stage: trains a stage or reads a shared tiny pipeline; runs in "
+    "the 8-device pass of launch/test.sh",
+  )
+  config.addinivalue_line(
+    "markers", "devices: compares 1 and 8 devices in this process; runs in the 8-device pass"
+  )
+  config.addinivalue_line(
+    "markers", "children: starts processes with their own devices; runs in the 1-device pass"
+  )
 
 
 def pytest_unconfigure(config):
@@ -90,4 +101,5 @@ def pytest_collection_modifyitems(config, items):
 def cifar_pipeline(tmp_path_factory):
   """The shared tiny CIFAR-ResNet pipeline (TAS and PaS): tests/pipelines.py."""
   import pipelines
+
   return pipelines.cifar(str(tmp_path_factory.mktemp("cifar_pipeline")))

@@ -18,25 +18,43 @@ from tas_jax.stages import pipeline
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OVERRIDES = {
-    "data.train_examples": 2000, "model.depth": 8,
-    "teacher.warmup_epochs": 1, "teacher.cosine_epochs": 2, "teacher.batch_size": 32,
-    "search.epochs": 2, "search.batch_size": 64,
-    # the released search recipe (configs/demo.py departs from it for its longer budget)
-    "search.init": "scratch", "search.lr": 0.1, "search.arch_lr": 0.001, "search.tau_min": 0.1,
-    "search.expected_flops": "released",
-    "distill.warmup_epochs": 0, "distill.cosine_epochs": 1, "distill.batch_size": 64,
-    "pas.epochs": 2, "pas.batch_size": 64, "pas.lr": 0.05, "pas.cost_weight": 20.0,
-    "pas.macs_unit": 0.0, "pas.finetune_epochs": 1,
-    "pipeline.runs": "tas-kd,uniform-ce-init,pas-kd", "pipeline.throughput_batch": 32,
-    "pipeline.throughput_repeats": 2, "log_every_steps": 100,
+  "data.train_examples": 2000,
+  "model.depth": 8,
+  "teacher.warmup_epochs": 1,
+  "teacher.cosine_epochs": 2,
+  "teacher.batch_size": 32,
+  "search.epochs": 2,
+  "search.batch_size": 64,
+  # the released search recipe (configs/demo.py departs from it for its longer budget)
+  "search.init": "scratch",
+  "search.lr": 0.1,
+  "search.arch_lr": 0.001,
+  "search.tau_min": 0.1,
+  "search.expected_flops": "released",
+  "distill.warmup_epochs": 0,
+  "distill.cosine_epochs": 1,
+  "distill.batch_size": 64,
+  "pas.epochs": 2,
+  "pas.batch_size": 64,
+  "pas.lr": 0.05,
+  "pas.cost_weight": 20.0,
+  "pas.macs_unit": 0.0,
+  "pas.finetune_epochs": 1,
+  "pipeline.runs": "tas-kd,uniform-ce-init,pas-kd",
+  "pipeline.throughput_batch": 32,
+  "pipeline.throughput_repeats": 2,
+  "log_every_steps": 100,
 }
-RUNS = ["teacher", "tas-kd", "uniform-ce-init", "pas-kd"]   # the rows of its results table
+RUNS = ["teacher", "tas-kd", "uniform-ce-init", "pas-kd"]  # the rows of its results table
 
 
 def config(**changes):
   """configs/demo.py with OVERRIDES (and `changes`, dotted names with `__` for the dot)."""
   c = demo.get_config()
-  for field, value in {**OVERRIDES, **{k.replace("__", "."): v for k, v in changes.items()}}.items():
+  for field, value in {
+    **OVERRIDES,
+    **{k.replace("__", "."): v for k, v in changes.items()},
+  }.items():
     section, _, name = field.rpartition(".")
     (c[section] if section else c)[name] = value
   return c
@@ -49,9 +67,21 @@ def cli_args(overrides=None) -> list[str]:
 def cli(workdir, *extra):
   """`python -m tas_jax.main` with this pipeline's settings, in a child process on 1 device."""
   env = {**os.environ, "PYTHONPATH": ROOT, "XLA_FLAGS": ""}
-  return subprocess.run([sys.executable, "-m", "tas_jax.main", "--config=configs/demo.py",
-                         f"--workdir={workdir}", *cli_args(), *extra],
-                        capture_output=True, text=True, cwd=ROOT, env=env)
+  return subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "tas_jax.main",
+      "--config=configs/demo.py",
+      f"--workdir={workdir}",
+      *cli_args(),
+      *extra,
+    ],
+    capture_output=True,
+    text=True,
+    cwd=ROOT,
+    env=env,
+  )
 
 
 def cifar(workdir: str) -> tuple[str, dict]:

@@ -9,15 +9,22 @@ from tas_jax.models import arch, topology
 
 def one_block_per_stage(a: arch.Architecture) -> arch.Architecture:
   """The family's code paths (stem, shortcuts, blocks, chains) at a fraction of the compile time."""
-  return arch.Architecture(**{**a.to_dict(), "stages": [s[:1] for s in a.stages],
-                              "name": a.name + "_short"})
+  return arch.Architecture(
+    **{**a.to_dict(), "stages": [s[:1] for s in a.stages], "name": a.name + "_short"}
+  )
 
 
 def pruned_cifar():
   """A pruned ResNet-20: odd widths, a truncated stage, width mismatches on stride-1 blocks."""
   return arch.Architecture(
-      family="cifar_basic", num_classes=10, input_size=32, input_channels=3, stem_width=9,
-      stages=(((6, 11), (4, 9)), ((19, 25),), ((38, 51), (44, 51), (25, 64))), name="pruned")
+    family="cifar_basic",
+    num_classes=10,
+    input_size=32,
+    input_channels=3,
+    stem_width=9,
+    stages=(((6, 11), (4, 9)), ((19, 25),), ((38, 51), (44, 51), (25, 64))),
+    name="pruned",
+  )
 
 
 def test_named_resnet20_structure():
@@ -59,17 +66,23 @@ def test_json_round_trip(tmp_path):
   assert json.loads(path.read_text())["stages"][1] == [[19, 25]]
 
 
-@pytest.mark.parametrize("change, message", [
+@pytest.mark.parametrize(
+  "change, message",
+  [
     ({"family": "cifar_wide"}, "family='cifar_wide': allowed: cifar_basic"),
     ({"stages": [[[16, 16]], [[32, 32]]]}, "cifar_basic networks have 3 stages, got 2"),
     ({"stages": [[[16, 16]], [], [[64, 64]]]}, "stages[1]: a stage keeps at least one block"),
-    ({"stages": [[[16, 16, 16]], [[32, 32]], [[64, 64]]]}, "stages[0][0]: a basic block has 2 conv"),
+    (
+      {"stages": [[[16, 16, 16]], [[32, 32]], [[64, 64]]]},
+      "stages[0][0]: a basic block has 2 conv",
+    ),
     ({"stages": [[[16, 0]], [[32, 32]], [[64, 64]]]}, "stages[0][0]: widths must be positive"),
     ({"stages": [[[16, 1.5]], [[32, 32]], [[64, 64]]]}, "stages[0][0]: widths must be integers"),
     ({"input_size": 30}, "input_size=30: cifar networks need a multiple of 4"),
     ({"num_classes": 0}, "num_classes=0: must be a positive integer"),
     ({"colour": "red"}, "unknown field(s) ['colour']"),
-])
+  ],
+)
 def test_bad_files_get_one_line_naming_the_problem(tmp_path, change, message):
   d = {**pruned_cifar().to_dict(), **change}
   path = tmp_path / "bad.json"
@@ -104,7 +117,9 @@ def test_depth_rules():
 
 def test_networks_name_every_family_and_refuse_a_foreign_module(tmp_path):
   import flax.linen as nn
+
   from tas_jax.models import networks
+
   with pytest.raises(arch.ArchError, match=r"resnet50_tv, repvgg_a0, repvgg_b1\) nor a \.json"):
     networks.resolve("resnet21")
   path = tmp_path / "a.json"

@@ -25,8 +25,12 @@ def write_idx(path, array):
 
 def fake_idx_dir(d, n_train=20, n_test=10, gz=True):
   rng = np.random.default_rng(0)
-  arrays = (rng.integers(0, 256, (n_train, 28, 28)), rng.integers(0, 10, n_train),
-            rng.integers(0, 256, (n_test, 28, 28)), rng.integers(0, 10, n_test))
+  arrays = (
+    rng.integers(0, 256, (n_train, 28, 28)),
+    rng.integers(0, 10, n_train),
+    rng.integers(0, 256, (n_test, 28, 28)),
+    rng.integers(0, 10, n_test),
+  )
   for stem, a in zip(datasets._IDX_FILES, arrays):
     write_idx(os.path.join(d, stem + (".gz" if gz else "")), a)
   return arrays
@@ -90,15 +94,22 @@ def test_cifar100_binary_takes_fine_label(tmp_path):
 
 def test_cifar10_python_archive(tmp_path):
   rng = np.random.default_rng(3)
-  batches = [{b"data": rng.integers(0, 256, (3, 3072), dtype=np.uint8),
-              b"labels": list(rng.integers(0, 10, 3))} for _ in range(6)]
+  batches = [
+    {
+      b"data": rng.integers(0, 256, (3, 3072), dtype=np.uint8),
+      b"labels": list(rng.integers(0, 10, 3)),
+    }
+    for _ in range(6)
+  ]
   names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
   with tarfile.open(tmp_path / "cifar-10-python.tar.gz", "w:gz") as tar:
     for name, b in zip(names, batches):
       add_member(tar, f"cifar-10-batches-py/{name}", pickle.dumps(b))
   ds = datasets.load("cifar10", str(tmp_path))
   assert ds.train_images.shape == (15, 32, 32, 3)
-  np.testing.assert_array_equal(ds.test_images[2], batches[5][b"data"][2].reshape(3, 32, 32).transpose(1, 2, 0))
+  np.testing.assert_array_equal(
+    ds.test_images[2], batches[5][b"data"][2].reshape(3, 32, 32).transpose(1, 2, 0)
+  )
 
 
 def test_missing_data_says_where_it_looked(tmp_path):
@@ -160,7 +171,9 @@ def test_crop_is_a_shift_of_the_zero_padded_image():
   padded = np.pad(np.asarray(img[0, ..., 0]), 2)
   seen = set()
   for o in out[..., 0]:
-    matches = [(i, j) for i in range(5) for j in range(5) if np.array_equal(padded[i:i + 6, j:j + 6], o)]
+    matches = [
+      (i, j) for i in range(5) for j in range(5) if np.array_equal(padded[i : i + 6, j : j + 6], o)
+    ]
     assert len(matches) == 1
     seen.add(matches[0])
   assert len(seen) > 10  # offsets vary over the batch
@@ -184,26 +197,42 @@ def test_in_memory_source_batches_resume_and_cover_each_epoch():
   rng = np.random.default_rng(0)
   # each image carries its index in its pixels, so a batch says which examples it holds
   images = np.broadcast_to(np.arange(n, dtype=np.uint8)[:, None, None, None], (n, 8, 8, 1)).copy()
-  ds = datasets.ImageDataset("ids", images, rng.integers(0, 3, n).astype(np.int32), images[:20],
-                             np.zeros(20, np.int32), 3, (0.0,), (1.0,), "test")
+  ds = datasets.ImageDataset(
+    "ids",
+    images,
+    rng.integers(0, 3, n).astype(np.int32),
+    images[:20],
+    np.zeros(20, np.int32),
+    3,
+    (0.0,),
+    (1.0,),
+    "test",
+  )
   mesh = parallel.make_mesh()
   data = sources.DeviceDataset(ds, mesh, eval_batch=8)
   no_augmentation = sources.Augmentation((0.0,), (1.0,), 0, False)
-  src = sources.InMemorySource(data, np.arange(n), batch, no_augmentation,
-                               epoch_key=lambda e: jax.random.fold_in(jax.random.key(3), e),
-                               step_key=lambda s: jax.random.fold_in(jax.random.key(4), s))
+  src = sources.InMemorySource(
+    data,
+    np.arange(n),
+    batch,
+    no_augmentation,
+    epoch_key=lambda e: jax.random.fold_in(jax.random.key(3), e),
+    step_key=lambda s: jax.random.fold_in(jax.random.key(4), s),
+  )
   assert src.steps_per_epoch == n // batch
   it = src.iterate(0)
   seen = [next(it) for _ in range(2 * src.steps_per_epoch)]
   b = seen[0]
   assert b["image"].shape == (batch, 8, 8, 1) and b["image"].dtype == jnp.float32
-  assert b["label"].shape == (batch,) and b["image"].sharding.spec == parallel.batch_sharded(mesh).spec
+  assert (
+    b["label"].shape == (batch,) and b["image"].sharding.spec == parallel.batch_sharded(mesh).spec
+  )
   ids = [np.rint(np.asarray(x["image"])[:, 0, 0, 0] * 255).astype(int) for x in seen]
   first, second = np.concatenate(ids[:6]), np.concatenate(ids[6:])
   assert sorted(first) == list(range(n)) and sorted(second) == list(range(n))
-  assert list(first) != list(second)                                  # reshuffled per epoch
+  assert list(first) != list(second)  # reshuffled per epoch
   np.testing.assert_array_equal(np.asarray(seen[0]["label"]), ds.train_labels[ids[0]])
-  resumed = src.iterate(7)                                            # mid-epoch 2
+  resumed = src.iterate(7)  # mid-epoch 2
   np.testing.assert_array_equal(np.asarray(next(resumed)["image"]), np.asarray(seen[7]["image"]))
   # close the suspended iterators here, as the loop does, rather than leave their device arrays
   # to a garbage collection in the middle of a later test (on 8 forced CPU devices that aborted
@@ -214,5 +243,14 @@ def test_in_memory_source_batches_resume_and_cover_each_epoch():
   evaluation = list(sources.InMemoryEvalSource(data).batches())
   assert len(evaluation) == 3 and sum(float(e["mask"].sum()) for e in evaluation) == 20
   with pytest.raises(ValueError, match="one epoch length"):
-    sources.Zipped(a=src, b=sources.InMemorySource(data, np.arange(n // 2), batch, no_augmentation,
-                                                    lambda e: jax.random.key(0), lambda s: jax.random.key(0)))
+    sources.Zipped(
+      a=src,
+      b=sources.InMemorySource(
+        data,
+        np.arange(n // 2),
+        batch,
+        no_augmentation,
+        lambda e: jax.random.key(0),
+        lambda s: jax.random.key(0),
+      ),
+    )

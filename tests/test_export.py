@@ -13,7 +13,7 @@ onnx = pytest.importorskip("onnx", reason="launch/setup.sh installs onnx for the
 
 from tas_jax import export  # noqa: E402
 
-pytestmark = pytest.mark.stage   # reads the shared CIFAR pipeline
+pytestmark = pytest.mark.stage  # reads the shared CIFAR pipeline
 
 RUNS = {"teacher": "unpruned", "tas-kd": "TAS-pruned", "pas-kd": "PaS-pruned"}
 
@@ -35,7 +35,7 @@ def test_every_format_gives_tas_jax_logits_on_real_images(exported, run):
   a, _, _ = export.read_run(workdir, run)
   if run != "teacher":
     teacher, _, _ = export.read_run(workdir, "teacher")
-    assert a != teacher                                 # a smaller network than the teacher
+    assert a != teacher  # a smaller network than the teacher
   for fmt in export.FORMATS:
     entry = entries[run, fmt]
     assert os.path.isfile(entry["path"]) and entry["checked_images"] == 16
@@ -54,21 +54,27 @@ def test_the_files_load_and_run_at_any_batch_size(exported):
   for n in (1, 5):
     assert export.largest_difference(reference[:n], np.asarray(model.call(images[:n]))) < 1e-4
   nchw = torch.from_numpy(images.transpose(0, 3, 1, 2).copy())
-  program = torch.export.load(os.path.join(os.path.dirname(entries["pas-kd", "torch"]["path"]),
-                                           "model.pt2"))
+  program = torch.export.load(
+    os.path.join(os.path.dirname(entries["pas-kd", "torch"]["path"]), "model.pt2")
+  )
   with torch.no_grad():
     assert export.largest_difference(reference, program.module()(nchw).numpy()) < 1e-4
   graph = onnx.load(entries["pas-kd", "onnx"]["path"]).graph
   batch_dim = graph.input[0].type.tensor_type.shape.dim[0]
   assert graph.input[0].name == "images" and batch_dim.dim_param and not batch_dim.dim_value
   import onnxruntime
+
   session = onnxruntime.InferenceSession(entries["pas-kd", "onnx"]["path"])
-  assert export.largest_difference(reference[:3], session.run(None, {"images": nchw[:3].numpy()})[0]) < 1e-4
+  assert (
+    export.largest_difference(reference[:3], session.run(None, {"images": nchw[:3].numpy()})[0])
+    < 1e-4
+  )
 
 
 def test_an_unknown_run_is_one_line_naming_the_runs(exported, capsys):
   workdir, _ = exported
   from tas_jax.commands import export as export_command
+
   with pytest.raises(SystemExit) as e:
     export_command.cli(workdir, "tas-kd-nope", "onnx")
   assert e.value.code == 2
@@ -81,6 +87,7 @@ def test_export_json_and_readme_say_what_the_network_expects(exported, monkeypat
   README.md's three lines per format, run as written in the folder, give tas_jax's logits."""
   import json
   import re
+
   workdir, entries = exported
   folder = os.path.dirname(entries["pas-kd", "stablehlo"]["path"])
   info = json.load(open(os.path.join(folder, "export.json")))
@@ -100,7 +107,7 @@ def test_export_json_and_readme_say_what_the_network_expects(exported, monkeypat
     assert len(code.strip().splitlines()) == 3
     x = images if fmt == "stablehlo" else images.transpose(0, 3, 1, 2).copy()
     scope = {"images": x}
-    exec(code, scope)   # noqa: S102 — the README's own lines
+    exec(code, scope)  # noqa: S102 — the README's own lines
     logits = scope["logits"]
     logits = logits.detach().numpy() if hasattr(logits, "detach") else np.asarray(logits)
     assert export.largest_difference(reference, logits) < 1e-4, fmt
@@ -111,12 +118,14 @@ def test_tas_jax_load_as_readme_shows_it(cifar_pipeline, capsys):
   accuracy is the run's recorded test accuracy; a missing workdir or run is one line."""
   import json
   import re
+
   import tas_jax
   from tas_jax import errors
+
   workdir, _ = cifar_pipeline
   readme = open(os.path.join(os.path.dirname(os.path.dirname(__file__)), "README.md")).read()
   code = next(b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if "tas_jax.load(" in b)
-  exec(code.replace('"runs/demo"', repr(workdir)), {})   # noqa: S102 — README's own lines
+  exec(code.replace('"runs/demo"', repr(workdir)), {})  # noqa: S102 — README's own lines
   name, accuracy = capsys.readouterr().out.split()[:2]
   summary = json.load(open(os.path.join(workdir, "distill", "tas-kd", "summary.json")))
   assert name == summary["architecture"]

@@ -6,16 +6,20 @@ import sys
 
 import jax
 import pytest
+from test_arch import pruned_cifar
 
 from tas_jax.models import arch, resnet
 from tas_jax.ops import flops
-from test_arch import pruned_cifar
 
 # spec §1: FLOPs (M) and params (M), CIFAR-10 / ImageNet
 SPEC_TABLE = {
-    "resnet20": (40.81, 0.272), "resnet32": (69.12, 0.467), "resnet56": (125.75, 0.856),
-    "resnet110": (253.15, 1.731), "resnet164": (247.65, 1.703),
-    "imagenet_resnet18": (1814.07, 11.69), "imagenet_resnet50": (4089.19, 25.56),
+  "resnet20": (40.81, 0.272),
+  "resnet32": (69.12, 0.467),
+  "resnet56": (125.75, 0.856),
+  "resnet110": (253.15, 1.731),
+  "resnet164": (247.65, 1.703),
+  "imagenet_resnet18": (1814.07, 11.69),
+  "imagenet_resnet50": (4089.19, 25.56),
 }
 
 
@@ -39,8 +43,11 @@ def test_resnet20_by_hand():
   assert flops.count(arch.named("resnet20")).flops == stem + stage1 + stage2 + stage3 + head
 
 
-@pytest.mark.parametrize("a", [pruned_cifar(), arch.named("resnet164"),
-                               arch.named("imagenet_resnet18")], ids=lambda a: a.name)
+@pytest.mark.parametrize(
+  "a",
+  [pruned_cifar(), arch.named("resnet164"), arch.named("imagenet_resnet18")],
+  ids=lambda a: a.name,
+)
 def test_params_equal_the_flax_model(a):
   model = resnet.build(a)
   variables = jax.eval_shape(lambda: model.init(jax.random.key(0), resnet.dummy_input(a)))
@@ -56,7 +63,9 @@ def test_cross_check_with_xla_cost_analysis():
   a = arch.named("resnet20")
   model = resnet.build(a)
   variables = model.init(jax.random.key(0), resnet.dummy_input(a))
-  compiled = jax.jit(lambda v, x: model.apply(v, x)).lower(variables, resnet.dummy_input(a)).compile()
+  compiled = (
+    jax.jit(lambda v, x: model.apply(v, x)).lower(variables, resnet.dummy_input(a)).compile()
+  )
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   ratio = cost["flops"] / 2 / flops.count(a).flops
@@ -64,15 +73,24 @@ def test_cross_check_with_xla_cost_analysis():
 
 
 def test_cli_json_and_files(tmp_path):
-  out = subprocess.run([sys.executable, "-m", "tas_jax.flops", "resnet56", "--json"],
-                       capture_output=True, text=True, check=True).stdout
+  out = subprocess.run(
+    [sys.executable, "-m", "tas_jax.flops", "resnet56", "--json"],
+    capture_output=True,
+    text=True,
+    check=True,
+  ).stdout
   assert json.loads(out) == {"flops_m": 125.7478, "params_m": 0.855578}
   path = tmp_path / "p.json"
   pruned_cifar().save(str(path))
-  out = subprocess.run([sys.executable, "-m", "tas_jax.flops", str(path), "--json"],
-                       capture_output=True, text=True, check=True).stdout
+  out = subprocess.run(
+    [sys.executable, "-m", "tas_jax.flops", str(path), "--json"],
+    capture_output=True,
+    text=True,
+    check=True,
+  ).stdout
   assert json.loads(out)["flops_m"] == round(flops.count(pruned_cifar()).flops_m, 4)
-  bad = subprocess.run([sys.executable, "-m", "tas_jax.flops", "resnet21"], capture_output=True,
-                       text=True)
+  bad = subprocess.run(
+    [sys.executable, "-m", "tas_jax.flops", "resnet21"], capture_output=True, text=True
+  )
   assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0
   assert "unknown architecture 'resnet21'" in bad.stderr or "neither a named" in bad.stderr

@@ -12,7 +12,7 @@ from configs import imagenet_r18
 from tas_jax.data import imagenet_samples
 from tas_jax.main import run
 
-pytestmark = pytest.mark.stage   # the shared tiny ImageNet pipeline
+pytestmark = pytest.mark.stage  # the shared tiny ImageNet pipeline
 
 
 @pytest.fixture(scope="module")
@@ -26,8 +26,18 @@ def tiny(folder, stage):
   c.data.dir, c.data.image_size, c.data.workers = folder, 32, 0
   c.num_devices = 2
   for recipe in (c.teacher, c.distill):
-    recipe.warmup_epochs, recipe.cosine_epochs, recipe.batch_size, recipe.eval_batch_size = 0, 1, 8, 10
-  c.search.epochs, c.search.warmup_epochs, c.search.batch_size, c.search.eval_batch_size = 2, 1, 8, 10
+    recipe.warmup_epochs, recipe.cosine_epochs, recipe.batch_size, recipe.eval_batch_size = (
+      0,
+      1,
+      8,
+      10,
+    )
+  c.search.epochs, c.search.warmup_epochs, c.search.batch_size, c.search.eval_batch_size = (
+    2,
+    1,
+    8,
+    10,
+  )
   c.log_every_steps = 100
   return c
 
@@ -40,11 +50,11 @@ def test_imagenet_r18_stages_run_resume_and_report_top5(workdir, tmp_path_factor
   assert 0 <= teacher["test_accuracy"] <= teacher["test_top5_accuracy"] <= 1
   assert teacher["data_source"].startswith("JPEG folder") and teacher["devices"] == 2
   c = tiny(folder, "search")
-  c.max_steps_per_run = 3                       # stops mid-epoch 2 (2 iterations per epoch)
+  c.max_steps_per_run = 3  # stops mid-epoch 2 (2 iterations per epoch)
   stopped = run(c, workdir)
   assert stopped == {"stage": "search", "finished": False, "step": 3}
   c.max_steps_per_run = 0
-  search = run(c, workdir)                      # the same command continues from step 3
+  search = run(c, workdir)  # the same command continues from step 3
   assert search["finished"] and search["steps"] == 4 and len(search["history"]) == 2
   assert 0 <= search["history"][-1]["argmax_test_top5_accuracy"] <= 1
   extract = run(tiny(folder, "extract"), workdir)

@@ -31,15 +31,24 @@ def cli(workdir, *args, kill_after_step=None, timeout=900):
   """`python -m tas_jax.main` in a child; with kill_after_step, SIGKILL it as soon as a checkpoint
   at or past that step is on disk (a random point of the run). Returns (returncode, stderr)."""
   env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "XLA_FLAGS": ""}
-  p = subprocess.Popen([sys.executable, "-m", "tas_jax.main", f"--workdir={workdir}", *args],
-                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+  p = subprocess.Popen(
+    [sys.executable, "-m", "tas_jax.main", f"--workdir={workdir}", *args],
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+    env=env,
+    cwd=ROOT,
+  )
   if kill_after_step is None:
     _, err = p.communicate(timeout=timeout)
     return p.returncode, err
   deadline = time.time() + timeout
   while p.poll() is None and time.time() < deadline:
-    steps = [int(os.path.basename(d)) for d in glob.glob(os.path.join(workdir, "*", "checkpoints", "*"))
-             if os.path.basename(d).isdigit()]
+    steps = [
+      int(os.path.basename(d))
+      for d in glob.glob(os.path.join(workdir, "*", "checkpoints", "*"))
+      if os.path.basename(d).isdigit()
+    ]
     if steps and max(steps) >= kill_after_step:
       p.send_signal(signal.SIGKILL)
       break
@@ -54,12 +63,17 @@ def in_process(workdir, *args):
   the shared compilation cache, so the children that follow only look them up."""
   from absl import flags
   from ml_collections import config_flags
+
   from tas_jax import main
-  argv = ["test", *(a.replace("--config=", f"--config={ROOT}/", 1) for a in args),
-          "--config.num_devices=1"]
+
+  argv = [
+    "test",
+    *(a.replace("--config=", f"--config={ROOT}/", 1) for a in args),
+    "--config.num_devices=1",
+  ]
   values = flags.FlagValues()
   config_flags.DEFINE_config_file("config", None, "", flag_values=values, sys_argv=argv)
-  with warnings.catch_warnings():   # ml_collections loads the file with the deprecated load_module
+  with warnings.catch_warnings():  # ml_collections loads the file with the deprecated load_module
     warnings.simplefilter("ignore", DeprecationWarning)
     values(argv)
   main.run(values.config, workdir)
@@ -67,15 +81,23 @@ def in_process(workdir, *args):
 
 def weights(stage_dir):
   a = arch_lib.load(os.path.join(stage_dir, "arch.json"))
-  variables, step = checkpoint.read_variables(stage_dir, a, "teacher",
-                                              jax.sharding.SingleDeviceSharding(jax.local_devices()[0]))
+  variables, step = checkpoint.read_variables(
+    stage_dir, a, "teacher", jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  )
   return np.concatenate([np.ravel(x) for x in jax.tree.leaves(variables)]), step
 
 
-TEACHER = ["--config=configs/demo.py", "--config.stage=teacher", "--config.model.depth=8",
-           "--config.data.train_examples=512", "--config.teacher.batch_size=64",
-           "--config.teacher.warmup_epochs=1", "--config.teacher.cosine_epochs=1",
-           "--config.checkpoint_every_steps=1", "--config.keep_checkpoints=3"]
+TEACHER = [
+  "--config=configs/demo.py",
+  "--config.stage=teacher",
+  "--config.model.depth=8",
+  "--config.data.train_examples=512",
+  "--config.teacher.batch_size=64",
+  "--config.teacher.warmup_epochs=1",
+  "--config.teacher.cosine_epochs=1",
+  "--config.checkpoint_every_steps=1",
+  "--config.keep_checkpoints=3",
+]
 
 
 def damage(checkpoint_dir, keep_bytes=None):
@@ -99,11 +121,18 @@ def test_sigkill_at_a_random_step_then_the_same_command_gives_the_same_result(st
   if stage == "teacher":
     args, total = TEACHER, 16
   else:
-    args = ["--config=configs/demo.py", "--config.stage=search", "--config.model.depth=8",
-            "--config.search.init=scratch", "--config.data.train_examples=512",
-            "--config.search.epochs=2", "--config.search.batch_size=64",
-            "--config.checkpoint_every_steps=1", "--config.keep_checkpoints=3"]
-    total = 6   # halves of about 256: 3 iterations per epoch
+    args = [
+      "--config=configs/demo.py",
+      "--config.stage=search",
+      "--config.model.depth=8",
+      "--config.search.init=scratch",
+      "--config.data.train_examples=512",
+      "--config.search.epochs=2",
+      "--config.search.batch_size=64",
+      "--config.checkpoint_every_steps=1",
+      "--config.keep_checkpoints=3",
+    ]
+    total = 6  # halves of about 256: 3 iterations per epoch
   whole, killed = str(tmp_path / "whole"), str(tmp_path / "killed")
   in_process(whole, *args)
   at = random.Random(os.getpid()).randint(2, total - 2)
@@ -111,17 +140,17 @@ def test_sigkill_at_a_random_step_then_the_same_command_gives_the_same_result(st
   assert rc == -signal.SIGKILL, "the run finished before it could be killed"
   if stage == "teacher":
     stage_dir = os.path.join(killed, "teacher")
-    unreadable = str(tmp_path / "unreadable")            # every checkpoint damaged: one line
+    unreadable = str(tmp_path / "unreadable")  # every checkpoint damaged: one line
     shutil.copytree(killed, unreadable)
     for step in saved_steps(os.path.join(unreadable, "teacher")):
       damage(os.path.join(unreadable, "teacher", "checkpoints", str(step)), keep_bytes=1)
     rc, err = cli(unreadable, *args)
     assert rc == 2 and "Traceback" not in err
     assert "error: no readable checkpoint in" in err and "delete that folder" in err
-    steps = saved_steps(stage_dir)                       # the latest damaged: the one before
+    steps = saved_steps(stage_dir)  # the latest damaged: the one before
     assert len(steps) >= 2 and steps[-1] >= at
     damage(os.path.join(stage_dir, "checkpoints", str(steps[-1])))
-  rc, err = cli(killed, *args)                      # the same command again
+  rc, err = cli(killed, *args)  # the same command again
   assert rc == 0, err[-3000:]
   if stage == "teacher":
     assert f"checkpoint at step {steps[-1]}" in err and "cannot be read" in err
@@ -174,37 +203,51 @@ def test_sigint_sigterm_and_sigkill_then_the_same_command_gives_the_uninterrupte
     (tmp_path / "samples" / "train" / cls / "truncated.JPEG").write_bytes(f.read()[:3000])
   (tmp_path / "samples" / "train" / cls / "notes.jpg").write_text("not an image")
   workdir, whole = str(tmp_path / "run"), str(tmp_path / "whole")
-  args = ["--config=configs/imagenet_r18.py", f"--config.data.dir={folder}",
-          "--config.data.image_size=32", "--config.teacher.batch_size=8",
-          "--config.teacher.eval_batch_size=10", "--config.teacher.warmup_epochs=0",
-          "--config.teacher.cosine_epochs=4", "--config.log_every_steps=1"]
+  args = [
+    "--config=configs/imagenet_r18.py",
+    f"--config.data.dir={folder}",
+    "--config.data.image_size=32",
+    "--config.teacher.batch_size=8",
+    "--config.teacher.eval_batch_size=10",
+    "--config.teacher.warmup_epochs=0",
+    "--config.teacher.cosine_epochs=4",
+    "--config.log_every_steps=1",
+  ]
   in_process(whole, *args, "--config.data.workers=0")
   total = json.load(open(os.path.join(whole, "teacher", "summary.json")))["steps"]
   args += [f"--workdir={workdir}", "--config.data.workers=2"]
   env = {**os.environ, "XLA_FLAGS": ""}
 
   def start_and_signal(sig, after_step):
-    p = subprocess.Popen([sys.executable, "-m", "tas_jax.main", *args], stdout=subprocess.PIPE,
-                         stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT)
+    p = subprocess.Popen(
+      [sys.executable, "-m", "tas_jax.main", *args],
+      stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT,
+      text=True,
+      env=env,
+      cwd=ROOT,
+    )
     lines, children = [], []
     for line in p.stdout:
       lines.append(line.rstrip("\n"))
       reported = re.search(r"\] step (\d+)/", line)
-      if reported and int(reported.group(1)) >= after_step:   # lines come every step, or later
-        children = subprocess.run(["pgrep", "-P", str(p.pid)], capture_output=True,
-                                  text=True).stdout.split()
+      if reported and int(reported.group(1)) >= after_step:  # lines come every step, or later
+        children = subprocess.run(
+          ["pgrep", "-P", str(p.pid)], capture_output=True, text=True
+        ).stdout.split()
         p.send_signal(sig)
         break
     lines += p.stdout.read().splitlines()
     p.wait(timeout=120)
     time.sleep(1)
-    ps = subprocess.run(["ps", "-o", "pid=,stat=", "-p", ",".join(children)], capture_output=True,
-                        text=True).stdout.splitlines()
-    left = [l.split()[0] for l in ps if not l.split()[1].startswith("Z")]   # not exited zombies
+    ps = subprocess.run(
+      ["ps", "-o", "pid=,stat=", "-p", ",".join(children)], capture_output=True, text=True
+    ).stdout.splitlines()
+    left = [l.split()[0] for l in ps if not l.split()[1].startswith("Z")]  # not exited zombies
     return p.returncode, lines, children, left
 
   rc, lines, children, left = start_and_signal(signal.SIGINT, 3)
-  assert len(children) >= 2 and left == []          # the grain workers are gone too
+  assert len(children) >= 2 and left == []  # the grain workers are gone too
   assert rc == 130 and lines[-1].startswith("error: [teacher] SIGINT: stopped at step ")
   assert not any("Traceback" in line for line in lines)
   skipped = [l for l in lines if "skipped an image that cannot be decoded" in l]
@@ -214,15 +257,19 @@ def test_sigint_sigterm_and_sigkill_then_the_same_command_gives_the_uninterrupte
 
   rc, lines, children, left = start_and_signal(signal.SIGTERM, step + 2)
   assert any(f"resumed from checkpoint at step {step} " in l for l in lines)
-  assert rc == 128 + signal.SIGTERM and lines[-1].startswith("error: [teacher] SIGTERM: stopped at step ")
+  assert rc == 128 + signal.SIGTERM and lines[-1].startswith(
+    "error: [teacher] SIGTERM: stopped at step "
+  )
   assert left == []
   step = int(lines[-1].split("stopped at step ")[1].split("/")[0])
 
   rc, lines, children, left = start_and_signal(signal.SIGKILL, step + 2)
-  assert rc == -signal.SIGKILL and len(children) >= 2 and left == []   # workers die with it
+  assert rc == -signal.SIGKILL and len(children) >= 2 and left == []  # workers die with it
   assert step + 2 < total - 2, "the run is too short to be signalled three times mid-run"
 
-  rc, err = cli(workdir, *args, "--config.data.workers=0")   # again, to the end (workers: the same batches)
+  rc, err = cli(
+    workdir, *args, "--config.data.workers=0"
+  )  # again, to the end (workers: the same batches)
   assert rc == 0, err[-3000:]
   assert "resumed from checkpoint at step" in err
   same_weights(whole, workdir, "teacher", total)

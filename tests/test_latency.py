@@ -7,13 +7,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from test_search_ops import one_hot_logits, random_choice
 
 from tas_jax import latency
 from tas_jax.methods.tas import cost, space as space_lib
 from tas_jax.models import arch, topology
 from tas_jax.ops import flops
-
-from test_search_ops import one_hot_logits, random_choice
 
 
 def fake_table(base, seconds) -> latency.Table:
@@ -36,9 +35,9 @@ def test_the_table_covers_exactly_the_convs_and_width_pairs_of_resnet20s_space()
   keys = latency.space_keys(base)
   assert len(keys) == len(set(keys))
   # counted by hand from the topology: 8 candidate widths per full width (16, 32, 64)
-  stem = 1 * 8                          # 3 image channels (one input width) x 8 output widths
-  later_stage = 64 + 64 + 64            # stride-2 conv_a, conv_b (shared by the stage), projection
-  inserted = 8 * 8 - 8                  # 1x1 stride-1 projection where widths differ, per stage
+  stem = 1 * 8  # 3 image channels (one input width) x 8 output widths
+  later_stage = 64 + 64 + 64  # stride-2 conv_a, conv_b (shared by the stage), projection
+  inserted = 8 * 8 - 8  # 1x1 stride-1 projection where widths differ, per stage
   # a later stage's projection (1x1 at the pooled side, C/2 -> C) and its inserted projections
   # (C -> C) are the same conv where the input widths coincide: 3 of them ({9, 12, 16} for 32,
   # {19, 25, 32} for 64), each against 8 outputs less the one equal width
@@ -56,8 +55,17 @@ def test_the_table_covers_exactly_the_convs_and_width_pairs_of_resnet20s_space()
   # ... and the entries are all reachable: random networks use almost all of them
   assert len(used) > 0.9 * len(keys)
   # the 3x3 convs at 32x32: the stem (3 image channels) and stage 1's (16's candidates)
-  assert {k.in_width for k in keys if k.in_size == 32 and k.kernel == 3 and k.stride == 1} == \
-      {3, 4, 6, 8, 9, 11, 12, 14, 16}
+  assert {k.in_width for k in keys if k.in_size == 32 and k.kernel == 3 and k.stride == 1} == {
+    3,
+    4,
+    6,
+    8,
+    9,
+    11,
+    12,
+    14,
+    16,
+  }
 
 
 def test_key_text_round_trip():
@@ -81,8 +89,9 @@ def test_expected_latency_at_one_hot_equals_the_table_latency_of_that_architectu
     truncated += a.depths != base.depths
     want = table.network(a)
     assert float(exact(w, d)) == pytest.approx(want, rel=1e-5)
-    assert float(cost.expected_latency(space, one_hot_logits(space, w, d), table, "exact")) == \
-        pytest.approx(want, rel=1e-5)
+    assert float(
+      cost.expected_latency(space, one_hot_logits(space, w, d), table, "exact")
+    ) == pytest.approx(want, rel=1e-5)
   assert truncated > 0 and exact._cache_size() == 1
 
 
@@ -97,7 +106,8 @@ def test_a_flops_table_gives_the_released_expected_flops_without_the_head():
   head = float(jnp.sum(pa[-1] * space.width_table()[-1])) * base.num_classes
   e_f = float(cost.expected_flops(space, logits, "released")) - head
   assert float(cost.expected_latency(space, logits, table, "released")) == pytest.approx(
-      e_f, rel=1e-4)
+    e_f, rel=1e-4
+  )
 
 
 @pytest.mark.parametrize("exact_ratio, sign", [(0.6, 1), (0.48, 0), (0.3, -1)])
@@ -115,16 +125,25 @@ def test_latency_cost_gradient_pushes_widths_towards_the_band(exact_ratio, sign)
     return cost.cost_loss(e, jnp.float32(exact_ratio * full), full, 0.5, 0.05)
 
   g = jax.grad(loss)(logits)["alpha"]
-  narrow, wide = np.asarray(g[:, 0]), np.asarray(g[np.arange(space.num_slots),
-                                                   [s.num_valid - 1 for s in space.slots]])
+  narrow, wide = (
+    np.asarray(g[:, 0]),
+    np.asarray(g[np.arange(space.num_slots), [s.num_valid - 1 for s in space.slots]]),
+  )
   if sign == 0:
     assert np.all(np.asarray(g) == 0)
   else:
     assert np.all(sign * narrow < 0) and np.all(sign * wide > 0)
 
 
-TINY = arch.Architecture(family="cifar_basic", num_classes=10, input_size=8, input_channels=1,
-                         stem_width=2, stages=(((2, 2),), ((2, 2),), ((2, 2),)), name="tiny")
+TINY = arch.Architecture(
+  family="cifar_basic",
+  num_classes=10,
+  input_size=8,
+  input_channels=1,
+  stem_width=2,
+  stages=(((2, 2),), ((2, 2),), ((2, 2),)),
+  name="tiny",
+)
 
 
 def test_build_measures_writes_the_cache_and_a_second_call_measures_nothing(tmp_path, monkeypatch):
@@ -145,12 +164,14 @@ def test_build_measures_writes_the_cache_and_a_second_call_measures_nothing(tmp_
 
   def no_measuring(*a, **k):
     raise AssertionError("measured although cached")
+
   monkeypatch.setattr(latency, "conv_seconds", no_measuring)
   again = latency.build(TINY, str(tmp_path), 2, repeats=1, progress=False, log=lines.append)
   assert again.seconds == table.seconds and "all cached" in lines[-1]
   # the network's table latency is the sum over its convs
   assert table.network(TINY) == pytest.approx(
-      sum(table.seconds[latency.ConvKey.of(c)] for c in topology.of(TINY).convs()))
+    sum(table.seconds[latency.ConvKey.of(c)] for c in topology.of(TINY).convs())
+  )
   with pytest.raises(KeyError, match="no latency-table entry"):
     table[latency.ConvKey(5, 1, 8, 4, 4)]
 
@@ -161,7 +182,8 @@ def test_interpolated_latency_hits_the_table_on_its_widths_and_is_linear_between
   conv = next(c for c in topology.of(base).convs() if c.name == "stage2.block2.conv_a")
   for a, b in [(9, 12), (32, 32), (19, 28)]:
     assert float(latency.conv_latency(table, base, conv, a, b)) == pytest.approx(
-        table[latency.ConvKey.of(conv, a, b)], rel=1e-6)
+      table[latency.ConvKey.of(conv, a, b)], rel=1e-6
+    )
   # halfway between the candidates 12 and 16 of the input: the mean of the two entries; the
   # derivative is the latency of one more channel along that edge
   mid = float(latency.conv_latency(table, base, conv, 14.0, 25))
@@ -175,30 +197,35 @@ def test_interpolated_latency_hits_the_table_on_its_widths_and_is_linear_between
 
 def test_kept_count_latency_equals_the_table_latency_of_the_network_at_those_widths():
   from tas_jax.models import channels
+
   base = arch.named("resnet20")
   table = fake_table(base, monotone_with_overhead)
   groups = channels.of(base)
   full = {g.name: g.size for g in groups.groups}
-  assert float(latency.with_kept(table, groups, full)) == pytest.approx(table.network(base),
-                                                                          rel=1e-5)
+  assert float(latency.with_kept(table, groups, full)) == pytest.approx(
+    table.network(base), rel=1e-5
+  )
   # every group at its 50% candidate: the uniform network of the space, priced by the table
   half = {g.name: g.size // 2 for g in groups.groups}
   widths = [half[groups.conv_groups[c.name][1]] for c in topology.of(base).main_convs()]
   uniform = topology.pruned(base, widths, base.depths, inherits=True)
-  assert float(latency.with_kept(table, groups, half)) == pytest.approx(table.network(uniform),
-                                                                          rel=1e-5)
+  assert float(latency.with_kept(table, groups, half)) == pytest.approx(
+    table.network(uniform), rel=1e-5
+  )
   # any widths (PaS, L1, FPGM): what extraction's report predicts is the same interpolation
   odd = {g.name: max(1, g.size // 3 + 1) for g in groups.groups}
   widths = [odd[groups.conv_groups[c.name][1]] for c in topology.of(base).main_convs()]
   cut = topology.pruned(base, widths, base.depths, inherits=True)
   assert latency.predicted(table, base, cut) == pytest.approx(
-      float(latency.with_kept(table, groups, odd)), rel=1e-5)
+    float(latency.with_kept(table, groups, odd)), rel=1e-5
+  )
   assert latency.predicted(table, base, uniform) == pytest.approx(table.network(uniform), rel=1e-6)
 
 
 def test_global_l1_ranking_stops_at_the_latency_target():
   from tas_jax.methods.oneshot import select
   from tas_jax.models import channels
+
   base = arch.named("resnet20")
   table = fake_table(base, monotone_with_overhead)
   groups = channels.of(base)
@@ -210,8 +237,9 @@ def test_global_l1_ranking_stops_at_the_latency_target():
   counts = {g: len(k) for g, k in kept.items()}
   assert cost(counts) <= target
   # one channel fewer removed (the last one that went back) is above the target
-  removed = sorted((float(scores[g][j]), g, j) for g in scores for j in range(len(scores[g]))
-                   if j not in kept[g])
+  removed = sorted(
+    (float(scores[g][j]), g, j) for g in scores for j in range(len(scores[g])) if j not in kept[g]
+  )
   _, g, _ = removed[-1]
   assert cost({**counts, g: counts[g] + 1}) > target
 
@@ -219,6 +247,7 @@ def test_global_l1_ranking_stops_at_the_latency_target():
 def test_the_cost_measure_is_a_shared_target_field_and_search_cost_is_read_as_its_old_name():
   from tas_jax import config as config_lib
   from tas_jax.errors import ConfigError
+
   c = config_lib.base_config()
   assert c.target.cost == "flops"
   c.search.cost = "latency"

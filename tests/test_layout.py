@@ -46,7 +46,7 @@ def _imports(name: str, path: str) -> set[str]:
       base = node.module or ""
       if node.level:
         parts = package.split(".")
-        base = ".".join(parts[:len(parts) - node.level + 1] + ([base] if base else []))
+        base = ".".join(parts[: len(parts) - node.level + 1] + ([base] if base else []))
       if not base.startswith("tas_jax"):
         continue
       for a in node.names:
@@ -56,10 +56,13 @@ def _imports(name: str, path: str) -> set[str]:
 
 def _is_main_block(node) -> bool:
   """`if __name__ == "__main__":` at module level."""
-  return (isinstance(node, ast.If) and isinstance(node.test, ast.Compare)
-          and isinstance(node.test.left, ast.Name) and node.test.left.id == "__name__"
-          and any(isinstance(c, ast.Constant) and c.value == "__main__"
-                  for c in node.test.comparators))
+  return (
+    isinstance(node, ast.If)
+    and isinstance(node.test, ast.Compare)
+    and isinstance(node.test.left, ast.Name)
+    and node.test.left.id == "__name__"
+    and any(isinstance(c, ast.Constant) and c.value == "__main__" for c in node.test.comparators)
+  )
 
 
 def _unit(module: str) -> str:
@@ -83,8 +86,14 @@ def _method_folder(module: str):
 
 def test_the_walk_sees_the_package():
   graph = _graph()
-  assert {"tas_jax.methods.tas.supernet", "tas_jax.models.topology", "tas_jax.stages.pipeline",
-          "tas_jax.data.sources", "tas_jax.training.loop", "tas_jax.main"} <= set(graph)
+  assert {
+    "tas_jax.methods.tas.supernet",
+    "tas_jax.models.topology",
+    "tas_jax.stages.pipeline",
+    "tas_jax.data.sources",
+    "tas_jax.training.loop",
+    "tas_jax.main",
+  } <= set(graph)
   assert "tas_jax.models.topology" in graph["tas_jax.ops.flops"]
   assert "tas_jax.methods.tas.cwi" in graph["tas_jax.methods.tas.supernet"]
 
@@ -139,23 +148,24 @@ def test_no_import_cycle_of_any_length():
 
 def test_the_cycle_check_names_a_planted_cycle():
   graph = {n: set(imported) for n, imported in _graph().items()}
-  graph["tas_jax.latency"] = graph["tas_jax.latency"] | {"tas_jax.main"}   # as it once was
+  graph["tas_jax.latency"] = graph["tas_jax.latency"] | {"tas_jax.main"}  # as it once was
   found = cycles(graph)
-  assert found and any({"tas_jax.latency", "tas_jax.main", "tas_jax.config"} <= set(c)
-                       for c in found), found
+  assert found and any(
+    {"tas_jax.latency", "tas_jax.main", "tas_jax.config"} <= set(c) for c in found
+  ), found
 
 
 # bottom to top: a module imports its own layer and the ones below, never one above
 LAYERS = (
-    {"errors", "validation", "console", "parallel", "multihost", "workdir", "plots"},
-    {"models", "ops"},
-    {"data", "interop"},
-    {"training", "latency", "target"},
-    {"methods"},
-    {"config"},
-    {"stages"},
-    {"main", "runs", "export", "convert", "flops"},
-    {"commands"},
+  {"errors", "validation", "console", "parallel", "multihost", "workdir", "plots"},
+  {"models", "ops"},
+  {"data", "interop"},
+  {"training", "latency", "target"},
+  {"methods"},
+  {"config"},
+  {"stages"},
+  {"main", "runs", "export", "convert", "flops"},
+  {"commands"},
 )
 
 
@@ -164,9 +174,12 @@ def test_layers_models_at_the_bottom_commands_at_the_top():
   graph = _graph()
   units = {_unit(n) for n in graph} - {"tas_jax"}
   assert units <= set(level), f"folders or modules with no layer: {sorted(units - set(level))}"
-  upward = sorted((name, m) for name, imported in graph.items() for m in imported
-                  if _unit(name) != "tas_jax" and _unit(m) != "tas_jax"
-                  and level[_unit(m)] > level[_unit(name)])
+  upward = sorted(
+    (name, m)
+    for name, imported in graph.items()
+    for m in imported
+    if _unit(name) != "tas_jax" and _unit(m) != "tas_jax" and level[_unit(m)] > level[_unit(name)]
+  )
   assert upward == [], f"imports of a higher layer: {upward}"
 
 
@@ -198,7 +211,7 @@ def test_no_method_independent_module_imports_a_method():
 def test_methods_import_no_other_method_and_no_stage():
   folders = set()
   for name, imported in _graph().items():
-    if not name.startswith("tas_jax.methods."):   # the registry imports every method
+    if not name.startswith("tas_jax.methods."):  # the registry imports every method
       continue
     method = _method_folder(name)
     folders.add(method)
@@ -211,6 +224,7 @@ def test_methods_import_no_other_method_and_no_stage():
 def test_registry_dispatches_on_the_method_name():
   from tas_jax import methods
   from tas_jax.errors import ConfigError
+
   tas = methods.get("tas")
   assert tas.name == "tas" and callable(tas.search) and callable(tas.extract)
   assert "tas" in methods.names()
@@ -228,4 +242,4 @@ def test_benchmarks_and_references_live_outside_the_package():
   for name, path in _modules().items():
     with open(path) as f:
       source = f.read()
-    assert "def cwi_numpy" not in source, name   # test-only reference: tests/reference.py
+    assert "def cwi_numpy" not in source, name  # test-only reference: tests/reference.py

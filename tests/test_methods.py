@@ -10,17 +10,17 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import pipelines
 import pytest
+from test_arch import one_block_per_stage
+from test_repvgg import TINY as TINY_REPVGG
 
-from tas_jax.target import Target
 from tas_jax import config as config_lib, main, methods, parallel, workdir as layout
 from tas_jax.methods import extraction
 from tas_jax.methods.oneshot import criteria, stages
 from tas_jax.models import arch, channels, networks, repvgg, resnet
 from tas_jax.ops import flops
-from test_arch import one_block_per_stage
-from test_repvgg import TINY as TINY_REPVGG
-import pipelines
+from tas_jax.target import Target
 
 
 def _variables(a, seed: int) -> tuple[jax.Array, dict]:
@@ -42,36 +42,43 @@ def test_l1_scores_and_fpgm_distances_equal_hand_computed_values():
   a = arch.cifar_resnet(8, input_size=8)
   _, v = _variables(a, 0)
   v["params"]["stem"]["conv"]["kernel"] = np.broadcast_to(
-      np.arange(16, dtype=np.float32), (3, 3, 3, 16)).copy()
+    np.arange(16, dtype=np.float32), (3, 3, 3, 16)
+  ).copy()
   v["params"]["stage1.block1"]["conv_b"]["conv"]["kernel"] = np.broadcast_to(
-      0.5 * (-1.0) ** np.arange(16, dtype=np.float32), (3, 3, 16, 16)).copy()
+    0.5 * (-1.0) ** np.arange(16, dtype=np.float32), (3, 3, 16, 16)
+  ).copy()
   kernels = channels.producer_kernels(a, v)
   assert [k.shape for k in kernels["stem"]] == [(3, 3, 3, 16), (3, 3, 16, 16)]
   l1 = criteria.l1(kernels["stem"])
   np.testing.assert_allclose(l1[[0, 1, 7, 15]], [72, 99, 261, 477])
   fpgm = criteria.fpgm(kernels["stem"])
   # Σ_k |j−k| over 16 filters: j=0 → 120, j=7 → 28 + 36 = 64, j=15 → 120; plus 8 opposite signs × 12
-  np.testing.assert_allclose(fpgm[[0, 7, 8, 15]],
-                             [120 * 27 ** 0.5 + 96, 64 * 27 ** 0.5 + 96, 64 * 27 ** 0.5 + 96,
-                              120 * 27 ** 0.5 + 96], rtol=1e-9)
+  np.testing.assert_allclose(
+    fpgm[[0, 7, 8, 15]],
+    [120 * 27**0.5 + 96, 64 * 27**0.5 + 96, 64 * 27**0.5 + 96, 120 * 27**0.5 + 96],
+    rtol=1e-9,
+  )
   # FPGM removes the filters nearest the geometric median (the middle j) first; L1 the smallest
   assert np.argsort(fpgm, kind="stable")[:2].tolist() == [7, 8]
   assert np.argsort(l1, kind="stable")[:2].tolist() == [0, 1]
   # an inner activation has one producer: conv_a alone
   assert len(kernels["stage1.block1.conv_a"]) == 1
   np.testing.assert_allclose(
-      criteria.l1(kernels["stage1.block1.conv_a"]),
-      np.abs(v["params"]["stage1.block1"]["conv_a"]["conv"]["kernel"]).sum((0, 1, 2)), rtol=1e-6)
+    criteria.l1(kernels["stage1.block1.conv_a"]),
+    np.abs(v["params"]["stage1.block1"]["conv_a"]["conv"]["kernel"]).sum((0, 1, 2)),
+    rtol=1e-6,
+  )
   np.testing.assert_allclose(criteria.relative(np.array([1.0, 2.0, 3.0])), [0.5, 1.0, 1.5])
 
 
 # ------------------------------------------------------------------- extraction
 NETWORKS = [
-    arch.cifar_resnet(14, input_size=16),
-    arch.cifar_resnet(11, "bottleneck", input_size=16),
-    one_block_per_stage(arch.imagenet_resnet(18, num_classes=7, input_size=32,
-                                           downsample="strided_conv")),
-    TINY_REPVGG,
+  arch.cifar_resnet(14, input_size=16),
+  arch.cifar_resnet(11, "bottleneck", input_size=16),
+  one_block_per_stage(
+    arch.imagenet_resnet(18, num_classes=7, input_size=32, downsample="strided_conv")
+  ),
+  TINY_REPVGG,
 ]
 RULES = [("l1", "global"), ("l1", "uniform"), ("fpgm", "uniform")]
 
@@ -93,14 +100,16 @@ def test_extracted_network_equals_the_teacher_with_the_removed_channels_zeroed(a
   assert 0.45 <= flops.count(pruned).flops / full <= 0.5
   assert any(n < g.size for n, g in zip(counts.values(), groups.groups))
   # the same function as the original with every removed channel zeroed after its ReLU
-  masks = {g.name: np.isin(np.arange(g.size), kept[g.name]).astype(np.float32) for g in groups.groups}
+  masks = {
+    g.name: np.isin(np.arange(g.size), kept[g.name]).astype(np.float32) for g in groups.groups
+  }
   gates = groups.per_site({k: jnp.asarray(m) for k, m in masks.items()})
-  model = (repvgg.RepVGG(a, deploy=False) if isinstance(a, repvgg.RepVGGArch) else resnet.ResNet(a))
+  model = repvgg.RepVGG(a, deploy=False) if isinstance(a, repvgg.RepVGGArch) else resnet.ResNet(a)
   want = parallel.jit_once(lambda v: model.apply(v, x, train=False, gates=gates))(v)
   got = parallel.jit_once(lambda w: networks.build(pruned).apply(w, x, train=False))(weights)
   np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5)
   assert np.max(np.abs(np.asarray(want))) > 0.05
-  if criterion == "fpgm" or ranking == "uniform":   # one ratio for every group
+  if criterion == "fpgm" or ranking == "uniform":  # one ratio for every group
     ratio = how["pruning_ratio"]
     assert counts == {g.name: max(1, round((1 - ratio) * g.size)) for g in groups.groups}
 
@@ -113,7 +122,7 @@ def test_global_l1_keeps_the_highest_relative_norms_and_stops_at_the_target():
   groups = channels.of(a)
   removed = [scores[g][j] for g in kept for j in range(len(scores[g])) if j not in kept[g]]
   survivors = [scores[g][j] for g in kept for j in kept[g] if scores[g][j] < max(scores[g])]
-  assert max(removed) <= min(survivors)   # one threshold over the whole network
+  assert max(removed) <= min(survivors)  # one threshold over the whole network
   # the smallest removal that reaches the target: putting back the last channel removed misses it
   last = max((scores[g][j], g, j) for g in kept for j in range(len(scores[g])) if j not in kept[g])
   back = channels.counts(kept)
@@ -128,7 +137,7 @@ def _first_channels_method() -> methods.Method:
 
   def defaults():
     s = ml_collections.ConfigDict()
-    s.fraction = 0.7   # of every group's channels, the first ones
+    s.fraction = 0.7  # of every group's channels, the first ones
     return s
 
   def validate(c):
@@ -137,8 +146,10 @@ def _first_channels_method() -> methods.Method:
 
   def search(c, workdir):
     base = networks.load(os.path.join(layout.teacher_dir(workdir), layout.ARCH))
-    kept = {g.name: list(range(max(1, round(c.firstk.fraction * g.size))))
-            for g in channels.of(base).groups}
+    kept = {
+      g.name: list(range(max(1, round(c.firstk.fraction * g.size))))
+      for g in channels.of(base).groups
+    }
     d = layout.search_dir(workdir, "firstk")
     os.makedirs(d, exist_ok=True)
     with open(os.path.join(d, "kept.json"), "w") as f:
@@ -152,14 +163,28 @@ def _first_channels_method() -> methods.Method:
     with open(os.path.join(layout.search_dir(workdir, "firstk"), "kept.json")) as f:
       kept = json.load(f)
     from tas_jax.training import checkpoint
-    v, step = checkpoint.read_variables(layout.teacher_dir(workdir), base, "teacher",
-                                        jax.sharding.SingleDeviceSharding(jax.devices()[0]))
-    return extraction.write(c, workdir, "firstk", "first-k", f"the teacher at step {step}", base,
-                            v, kept)
 
-  return methods.Method(name="firstk", label="first channels", description="a test's method",
-                        search=search, extract=extract, section="firstk", defaults=defaults,
-                        validate=validate, keeps_weights=True)
+    v, step = checkpoint.read_variables(
+      layout.teacher_dir(workdir),
+      base,
+      "teacher",
+      jax.sharding.SingleDeviceSharding(jax.devices()[0]),
+    )
+    return extraction.write(
+      c, workdir, "firstk", "first-k", f"the teacher at step {step}", base, v, kept
+    )
+
+  return methods.Method(
+    name="firstk",
+    label="first channels",
+    description="a test's method",
+    search=search,
+    extract=extract,
+    section="firstk",
+    defaults=defaults,
+    validate=validate,
+    keeps_weights=True,
+  )
 
 
 @pytest.fixture
@@ -169,9 +194,10 @@ def firstk():
   methods.unregister(method.name)
 
 
-@pytest.mark.stage   # trains a fine-tuning run from the shared pipeline's teacher
-def test_a_method_registered_outside_the_package_runs_through_every_stage(cifar_pipeline, tmp_path,
-                                                                         firstk):
+@pytest.mark.stage  # trains a fine-tuning run from the shared pipeline's teacher
+def test_a_method_registered_outside_the_package_runs_through_every_stage(
+  cifar_pipeline, tmp_path, firstk
+):
   source, _ = cifar_pipeline
   workdir = str(tmp_path / "w")
   os.makedirs(workdir)
@@ -179,7 +205,9 @@ def test_a_method_registered_outside_the_package_runs_through_every_stage(cifar_
   c = pipelines.config(method="firstk", pipeline__runs="firstk-kd", distill__cosine_epochs=1)
   c.stage = "all"
   c.firstk.fraction = 0.75
-  assert "firstk" in config_lib.students() and config_lib.parse_run("firstk-kd")["init"] == "searched"
+  assert (
+    "firstk" in config_lib.students() and config_lib.parse_run("firstk-kd")["init"] == "searched"
+  )
   with pytest.raises(config_lib.ConfigError, match="firstk.fraction=0"):
     bad = pipelines.config(method="firstk")
     bad.firstk.fraction = 0.0

@@ -3,10 +3,10 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+from test_arch import one_block_per_stage, pruned_cifar
 
 from tas_jax import parallel
 from tas_jax.models import arch, resnet
-from test_arch import one_block_per_stage, pruned_cifar
 
 
 def init(a, seed=0):
@@ -46,15 +46,15 @@ def test_imagenet_shortcuts_and_zero_init_last_bn():
   a = one_block_per_stage(arch.imagenet_resnet(50, num_classes=5, input_size=64))
   _, v = init(a)
   p = v["params"]
-  assert "bn" in p["stage2.block1"]["shortcut"]["proj"]          # stride 2: with BN
-  assert "shortcut" in p["stage1.block1"]                        # 64 -> 256 at stride 1
+  assert "bn" in p["stage2.block1"]["shortcut"]["proj"]  # stride 2: with BN
+  assert "shortcut" in p["stage1.block1"]  # 64 -> 256 at stride 1
   assert np.all(p["stage1.block1"]["conv_c"]["bn"]["scale"] == 0)  # last BN of the branch
   assert np.all(p["stage1.block1"]["conv_a"]["bn"]["scale"] == 1)
 
 
 def test_initialisation_statistics():
   """kaiming-normal fan_out (std sqrt(2 / (k*k*Cout))), BN (1, 0), linear N(0, 0.01), bias 0."""
-  a = arch.named("resnet32")   # five blocks per stage
+  a = arch.named("resnet32")  # five blocks per stage
   _, v = init(a)
   p = v["params"]
   k = np.asarray(p["stage3.block5"]["conv_b"]["conv"]["kernel"])
@@ -80,9 +80,17 @@ def test_residual_block_by_hand():
   logits = model.apply({"params": params, "batch_stats": v["batch_stats"]}, x, train=False)
   # eval BN with fresh statistics (mean 0, var 1) is x / sqrt(1 + eps)
   bn = lambda t: t / np.sqrt(1 + 1e-5)
-  stem = jax.nn.relu(bn(jax.lax.conv_general_dilated(
-      x, params["stem"]["conv"]["kernel"], (1, 1), ((1, 1), (1, 1)),
-      dimension_numbers=("NHWC", "HWIO", "NHWC"))))
+  stem = jax.nn.relu(
+    bn(
+      jax.lax.conv_general_dilated(
+        x,
+        params["stem"]["conv"]["kernel"],
+        (1, 1),
+        ((1, 1), (1, 1)),
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+      )
+    )
+  )
   h = stem  # stage 1: ReLU(0 + identity)
   for s in ("stage2.block1", "stage3.block1"):  # ReLU(0 + conv1x1(avgpool(h)))
     pooled = h.reshape(h.shape[0], h.shape[1] // 2, 2, h.shape[2] // 2, 2, h.shape[3]).mean((2, 4))
@@ -95,13 +103,18 @@ def test_progress_is_plain_lines_when_not_a_terminal():
   """Redirected to a file, a progress report is whole lines (tqdm's carriage returns would make
   one huge line): at the interval and at the end, every item passed through."""
   import io
+
   from tas_jax import console
+
   stream = io.StringIO()
   items = list(console.progress_bar(range(5), 5, "img", "checked", every_secs=0.0, stream=stream))
   assert items == [0, 1, 2, 3, 4]
   text = stream.getvalue()
-  assert "\r" not in text and text.splitlines() == [f"checked: {n}/5 img ({20 * n}%)"
-                                                     for n in range(1, 6)]
+  assert "\r" not in text and text.splitlines() == [
+    f"checked: {n}/5 img ({20 * n}%)" for n in range(1, 6)
+  ]
   stream = io.StringIO()
-  assert list(console.progress_bar(range(3), 3, "conv", "table", every_secs=1e9, stream=stream)) == [0, 1, 2]
-  assert stream.getvalue() == "table: 3/3 conv (100%)\n"      # only the end within the interval
+  assert list(
+    console.progress_bar(range(3), 3, "conv", "table", every_secs=1e9, stream=stream)
+  ) == [0, 1, 2]
+  assert stream.getvalue() == "table: 3/3 conv (100%)\n"  # only the end within the interval

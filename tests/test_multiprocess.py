@@ -12,10 +12,10 @@ import time
 import jax
 import numpy as np
 import pytest
+from test_train import run_on
 
 from tas_jax.models import arch as arch_lib
 from tas_jax.training import checkpoint
-from test_train import run_on
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -27,20 +27,31 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
-def two_processes(argv_of, timeout=900, check=True, env_of=lambda i: {}, devices=4) -> list[subprocess.CompletedProcess]:
+def two_processes(
+  argv_of, timeout=900, check=True, env_of=lambda i: {}, devices=4
+) -> list[subprocess.CompletedProcess]:
   """Runs argv_of(port, i) for i = 0, 1 with 4 forced CPU devices each (and env_of(i) added to
   the environment); kills both on timeout. Their output goes to files: with pipes read one
   process after the other, a process that fills its pipe (64 KiB of log) blocks on the write
   while the other waits for it at a barrier, and both sit idle."""
   port = free_port()
-  env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}   # proxies hang the init
-  env.update(XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", TF_CPP_MIN_LOG_LEVEL="2",
-             PYTHONPATH=os.pathsep.join([HERE, ROOT, os.environ.get("PYTHONPATH", "")]))
+  env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}  # proxies hang the init
+  env.update(
+    XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+    TF_CPP_MIN_LOG_LEVEL="2",
+    PYTHONPATH=os.pathsep.join([HERE, ROOT, os.environ.get("PYTHONPATH", "")]),
+  )
   with tempfile.TemporaryDirectory() as logs:
-    files = [(open(os.path.join(logs, f"{i}.out"), "w+"), open(os.path.join(logs, f"{i}.err"), "w+"))
-             for i in range(2)]
-    procs = [subprocess.Popen(argv_of(port, i), stdout=out, stderr=err, text=True,
-                              env={**env, **env_of(i)}, cwd=ROOT) for i, (out, err) in enumerate(files)]
+    files = [
+      (open(os.path.join(logs, f"{i}.out"), "w+"), open(os.path.join(logs, f"{i}.err"), "w+"))
+      for i in range(2)
+    ]
+    procs = [
+      subprocess.Popen(
+        argv_of(port, i), stdout=out, stderr=err, text=True, env={**env, **env_of(i)}, cwd=ROOT
+      )
+      for i, (out, err) in enumerate(files)
+    ]
     deadline, timed_out = time.time() + timeout, False
     try:
       for p in procs:
@@ -69,13 +80,21 @@ def two_process_checks(tmp_path_factory):
   {check: [result of process 0, of process 1]}."""
   workdir = str(tmp_path_factory.mktemp("two_process_teacher"))
   checks = "step,search,teacher"
-  outs = two_processes(lambda port, i: [sys.executable, os.path.join(HERE, "multiprocess_check.py"),
-                                        str(port), str(i), checks, workdir])
+  outs = two_processes(
+    lambda port, i: [
+      sys.executable,
+      os.path.join(HERE, "multiprocess_check.py"),
+      str(port),
+      str(i),
+      checks,
+      workdir,
+    ]
+  )
   results = [json.loads(o.stdout.strip().splitlines()[-1]) for o in outs]
   return {what: [r[what] for r in results] for what in checks.split(",")} | {"workdir": workdir}
 
 
-@pytest.mark.devices   # against the 1 x 8 run of this process (the 8-device pass)
+@pytest.mark.devices  # against the 1 x 8 run of this process (the 8-device pass)
 def test_teacher_step_on_two_processes_equals_one_process(two_process_checks):
   results = two_process_checks["step"]
   ref = run_on(8, "jit")
@@ -109,14 +128,18 @@ def test_checkpoint_of_two_processes_restores_in_one(two_process_checks):
   assert results[0]["finished"] and results[1]["finished"]
   assert results[0]["norm"] == pytest.approx(results[1]["norm"], rel=1e-7)
   a = arch_lib.load(os.path.join(workdir, "teacher", "arch.json"))
-  variables, step = checkpoint.read_variables(os.path.join(workdir, "teacher"), a, "teacher",
-                                              jax.sharding.SingleDeviceSharding(jax.local_devices()[0]))
+  variables, step = checkpoint.read_variables(
+    os.path.join(workdir, "teacher"),
+    a,
+    "teacher",
+    jax.sharding.SingleDeviceSharding(jax.local_devices()[0]),
+  )
   flat = np.concatenate([np.ravel(x) for x in jax.tree.leaves(variables)])
   assert step == results[0]["step"] == 8
   assert float(np.linalg.norm(flat)) == pytest.approx(results[0]["norm"], rel=1e-6)
   np.testing.assert_allclose(flat[:500], results[0]["head"], atol=1e-6)
   events = [f for f in os.listdir(os.path.join(workdir, "teacher")) if "tfevents" in f]
-  assert len(events) == 1                                   # TensorBoard from process 0 only
+  assert len(events) == 1  # TensorBoard from process 0 only
 
 
 @pytest.mark.children
@@ -124,15 +147,30 @@ def test_two_process_search_through_the_cli_logs_once_and_writes_once(tmp_path):
   """`python -m tas_jax.main` with --coordinator_address on localhost: a few search steps; one
   progress stream (process 1 logs nothing but warnings) and one set of output files."""
   workdir = str(tmp_path)
-  args = ["--config=configs/demo.py", f"--workdir={workdir}", "--config.stage=search",
-          "--config.search.init=scratch", "--config.search.epochs=2",
-          "--config.search.batch_size=64", "--config.data.train_examples=512",
-          "--config.model.depth=8", "--config.log_every_steps=2",
-          "--config.search.evaluate_every_epoch=false"]   # one program less to compile
-  outs = two_processes(lambda port, i: [sys.executable, "-m", "tas_jax.main", *args,
-                                        f"--coordinator_address=127.0.0.1:{port}",
-                                        "--num_processes=2", f"--process_id={i}"],
-                       devices=1)
+  args = [
+    "--config=configs/demo.py",
+    f"--workdir={workdir}",
+    "--config.stage=search",
+    "--config.search.init=scratch",
+    "--config.search.epochs=2",
+    "--config.search.batch_size=64",
+    "--config.data.train_examples=512",
+    "--config.model.depth=8",
+    "--config.log_every_steps=2",
+    "--config.search.evaluate_every_epoch=false",
+  ]  # one program less to compile
+  outs = two_processes(
+    lambda port, i: [
+      sys.executable,
+      "-m",
+      "tas_jax.main",
+      *args,
+      f"--coordinator_address=127.0.0.1:{port}",
+      "--num_processes=2",
+      f"--process_id={i}",
+    ],
+    devices=1,
+  )
   lead, other = outs[0].stderr, outs[1].stderr
   assert "[search] epoch 2/2 done" in lead and "| loss " in lead and "ETA" in lead
   assert "process 0/2, 1 local device(s)" in lead
@@ -142,17 +180,33 @@ def test_two_process_search_through_the_cli_logs_once_and_writes_once(tmp_path):
   assert len([f for f in os.listdir(os.path.join(workdir, "search")) if "tfevents" in f]) == 1
 
 
-SEARCH = ["--config=configs/demo.py", "--config.stage=search", "--config.search.init=scratch",
-          "--config.search.epochs=2", "--config.search.batch_size=64",
-          "--config.data.train_examples=512", "--config.model.depth=8"]
+SEARCH = [
+  "--config=configs/demo.py",
+  "--config.stage=search",
+  "--config.search.init=scratch",
+  "--config.search.epochs=2",
+  "--config.search.batch_size=64",
+  "--config.data.train_examples=512",
+  "--config.model.depth=8",
+]
 
 
 def cli_pair(workdir, extra_of=lambda i: [], env_of=lambda i: {}):
-  return two_processes(lambda port, i: [sys.executable, "-m", "tas_jax.main", *SEARCH,
-                                        f"--workdir={workdir}", *extra_of(i),
-                                        f"--coordinator_address=127.0.0.1:{port}",
-                                        "--num_processes=2", f"--process_id={i}"],
-                       check=False, env_of=env_of)
+  return two_processes(
+    lambda port, i: [
+      sys.executable,
+      "-m",
+      "tas_jax.main",
+      *SEARCH,
+      f"--workdir={workdir}",
+      *extra_of(i),
+      f"--coordinator_address=127.0.0.1:{port}",
+      "--num_processes=2",
+      f"--process_id={i}",
+    ],
+    check=False,
+    env_of=env_of,
+  )
 
 
 @pytest.mark.children
@@ -163,8 +217,10 @@ def test_different_commands_on_two_processes_stop_both_with_one_line(tmp_path):
   for o in outs:
     errors = [l for l in o.stderr.splitlines() if l.startswith("error:")]
     assert o.returncode == 2 and "Traceback" not in o.stderr, o.stderr[-2000:]
-    assert errors == ["error: process 1 runs other settings than process 0: search.epochs=1 "
-                      "(process 0: 2): every process must run the same command"], o.stderr[-2000:]
+    assert errors == [
+      "error: process 1 runs other settings than process 0: search.epochs=1 "
+      "(process 0: 2): every process must run the same command"
+    ], o.stderr[-2000:]
   assert not os.path.exists(tmp_path / "search" / "checkpoints")
 
 
@@ -173,16 +229,23 @@ def test_a_process_that_stops_stops_the_other_at_once(tmp_path):
   """Process 1 cannot load its data (injected by tests/faults/sitecustomize.py): it stops with its
   one line, and process 0, which went on and waits for it, stops too, naming where it was and
   why, instead of waiting in a collective until the coordination service gives up."""
-  outs = cli_pair(tmp_path, env_of=lambda i: {
+  outs = cli_pair(
+    tmp_path,
+    env_of=lambda i: {
       "TAS_JAX_TEST_FAULT": "no_data" if i == 1 else "",
-      "PYTHONPATH": os.pathsep.join([os.path.join(HERE, "faults"), HERE, ROOT])})
+      "PYTHONPATH": os.pathsep.join([os.path.join(HERE, "faults"), HERE, ROOT]),
+    },
+  )
   lead, failed = outs
   assert failed.returncode == 2 and failed.stderr.splitlines()[-1] == (
-      "error: test fault: this process's data folder is empty"), failed.stderr[-2000:]
+    "error: test fault: this process's data folder is empty"
+  ), failed.stderr[-2000:]
   assert lead.returncode == 2 and "Traceback" not in lead.stderr, lead.stderr[-2000:]
   errors = [l for l in lead.stderr.splitlines() if l.startswith("error:")]
   last = lead.stderr.splitlines()[-1]
-  assert errors == [last], lead.stderr[-2000:]      # one error line, the last one
-  assert last.startswith("error: process 0: process 1 stopped (test fault: this process's data "
-                         "folder is empty) while this process was at "), last
+  assert errors == [last], lead.stderr[-2000:]  # one error line, the last one
+  assert last.startswith(
+    "error: process 0: process 1 stopped (test fault: this process's data "
+    "folder is empty) while this process was at "
+  ), last
   assert last.endswith("; stopping too")

@@ -8,24 +8,24 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pipelines
 import pytest
+from test_arch import one_block_per_stage
+from test_train import run_on
 
 from tas_jax import config as config_lib, parallel, workdir as layout
 from tas_jax.methods import pas
 from tas_jax.methods.pas import extract, masks, search
 from tas_jax.models import arch, channels, resnet, topology
 from tas_jax.ops import flops
-from test_arch import one_block_per_stage
-from test_train import run_on
-import pipelines
-
 
 FAMILIES = [
-    arch.cifar_resnet(14, input_size=16),           # stage-1 chain: the stem and two blocks
-    arch.cifar_resnet(11, "bottleneck", input_size=16),
-    one_block_per_stage(arch.imagenet_resnet(18, num_classes=7, input_size=32,
-                                           downsample="strided_conv")),  # torchvision's form
-    one_block_per_stage(arch.imagenet_resnet(50, num_classes=7, input_size=32)),
+  arch.cifar_resnet(14, input_size=16),  # stage-1 chain: the stem and two blocks
+  arch.cifar_resnet(11, "bottleneck", input_size=16),
+  one_block_per_stage(
+    arch.imagenet_resnet(18, num_classes=7, input_size=32, downsample="strided_conv")
+  ),  # torchvision's form
+  one_block_per_stage(arch.imagenet_resnet(50, num_classes=7, input_size=32)),
 ]
 
 
@@ -33,10 +33,11 @@ FAMILIES = [
 def test_threshold_forward_is_exactly_zero_or_one_and_backward_the_identity():
   v = jnp.array([0.2, 0.5, 0.5000001, 1.3, -0.4, 0.9])
   m = masks.hard_mask(v)
-  np.testing.assert_array_equal(np.asarray(m), [0, 0, 1, 1, 0, 1])   # 1[v > 0.5], not ≥
+  np.testing.assert_array_equal(np.asarray(m), [0, 0, 1, 1, 0, 1])  # 1[v > 0.5], not ≥
   w = jnp.array([3.0, -1.0, 2.0, 0.5, 7.0, -2.0])
-  np.testing.assert_array_equal(np.asarray(jax.grad(lambda v: jnp.sum(w * masks.hard_mask(v)))(v)),
-                                np.asarray(w))                     # d/dv = upstream gradient
+  np.testing.assert_array_equal(
+    np.asarray(jax.grad(lambda v: jnp.sum(w * masks.hard_mask(v)))(v)), np.asarray(w)
+  )  # d/dv = upstream gradient
   # every group keeps at least its best channel
   np.testing.assert_array_equal(np.asarray(masks.hard_mask(jnp.array([0.1, 0.4, -1.0]))), [0, 1, 0])
 
@@ -58,21 +59,33 @@ def test_mask_groups_of_resnet20_follow_the_residual_chains():
   chains = {g.name: g.sites for g in lay.groups if ".conv_" not in g.name}
   # stage 1 has no projection: the stem and its three blocks are one chain; stages 2 and 3 start at
   # their first block's projection
-  assert chains == {"stem": ("stem", "stage1.block1", "stage1.block2", "stage1.block3"),
-                    "stage2.block1": ("stage2.block1", "stage2.block2", "stage2.block3"),
-                    "stage3.block1": ("stage3.block1", "stage3.block2", "stage3.block3")}
+  assert chains == {
+    "stem": ("stem", "stage1.block1", "stage1.block2", "stage1.block3"),
+    "stage2.block1": ("stage2.block1", "stage2.block2", "stage2.block3"),
+    "stage3.block1": ("stage3.block1", "stage3.block2", "stage3.block3"),
+  }
   assert lay.num_channels == 16 + 32 + 64 + 3 * (16 + 32 + 64)
   assert lay.conv_groups["stage2.block1.shortcut"] == ("stem", "stage2.block1")
   assert lay.conv_groups["stage2.block2.conv_b"] == ("stage2.block2.conv_a", "stage2.block1")
   assert lay.head_group == "stage3.block1"
 
 
-@pytest.mark.parametrize("name, mflops", [("resnet20", 40.81), ("resnet32", 69.12),
-                                          ("resnet56", 125.75), ("resnet110", 253.15),
-                                          ("resnet164", 247.65), ("imagenet_resnet50", 4089.19)])
+@pytest.mark.parametrize(
+  "name, mflops",
+  [
+    ("resnet20", 40.81),
+    ("resnet32", 69.12),
+    ("resnet56", 125.75),
+    ("resnet110", 253.15),
+    ("resnet164", 247.65),
+    ("imagenet_resnet50", 4089.19),
+  ],
+)
 def test_unmasked_macs_are_the_spec_table(name, mflops):
   lay = channels.of(arch.named(name))
-  assert flops.with_kept(lay, {g.name: g.size for g in lay.groups}) / 1e6 == pytest.approx(mflops, abs=0.005)
+  assert flops.with_kept(lay, {g.name: g.size for g in lay.groups}) / 1e6 == pytest.approx(
+    mflops, abs=0.005
+  )
 
 
 @pytest.mark.parametrize("a", FAMILIES, ids=lambda a: a.family)
@@ -80,13 +93,17 @@ def test_masked_macs_equal_the_counter_on_the_extracted_network(a):
   lay = channels.of(a)
   rng = np.random.default_rng(11)
   for _ in range(5):
-    kept = {g.name: sorted(rng.choice(g.size, size=rng.integers(1, g.size + 1), replace=False).tolist())
-            for g in lay.groups}
+    kept = {
+      g.name: sorted(rng.choice(g.size, size=rng.integers(1, g.size + 1), replace=False).tolist())
+      for g in lay.groups
+    }
     counts = {k: len(v) for k, v in kept.items()}
     pruned = channels.pruned_architecture(a, kept)
     assert flops.with_kept(lay, counts) == flops.count(pruned).flops
     # the shortcuts stay the original's, whatever the widths
-    assert [b.shortcut for b in topology.of(pruned).blocks] == [b.shortcut for b in topology.of(a).blocks]
+    assert [b.shortcut for b in topology.of(pruned).blocks] == [
+      b.shortcut for b in topology.of(a).blocks
+    ]
 
 
 def test_macs_gradient_is_the_cost_of_one_more_channel_by_the_counter():
@@ -104,7 +121,9 @@ def test_macs_gradient_is_the_cost_of_one_more_channel_by_the_counter():
     if counts[g.name] == g.size:
       continue
     more = dict(counts, **{g.name: counts[g.name] + 1})
-    by_counter = (flops.count(_with_counts(a, more)).flops - flops.count(_with_counts(a, counts)).flops)
+    by_counter = (
+      flops.count(_with_counts(a, more)).flops - flops.count(_with_counts(a, counts)).flops
+    )
     np.testing.assert_allclose(np.asarray(grads[g.name]), by_counter, rtol=1e-6)
 
 
@@ -119,8 +138,12 @@ def _random_masked_variables(a, seed):
   v = parallel.jit_once(model.init)(jax.random.key(0), x)
   rng = np.random.default_rng(seed)
   noisy = lambda t, lo, hi: rng.uniform(lo, hi, size=t.shape).astype(np.float32)
-  params = {"masks": {k: noisy(s, 0.0, 1.0) for k, s in v["params"]["masks"].items()},
-            "network": jax.tree.map(lambda t: np.asarray(t) + 0.1 * noisy(t, -1, 1), v["params"]["network"])}
+  params = {
+    "masks": {k: noisy(s, 0.0, 1.0) for k, s in v["params"]["masks"].items()},
+    "network": jax.tree.map(
+      lambda t: np.asarray(t) + 0.1 * noisy(t, -1, 1), v["params"]["network"]
+    ),
+  }
   stats = jax.tree.map(lambda t: noisy(t, 0.5, 1.5), v["batch_stats"])  # non-trivial BN statistics
   return model, x, {"params": params, "batch_stats": stats}
 
@@ -145,7 +168,7 @@ def test_extracted_network_computes_the_masked_networks_function(a):
 def test_pas_step_same_numbers_on_1_and_8_devices_with_jit_and_pmap():
   ref = run_on(1, "jit", "pas")
   assert ref["compilations"] == 1
-  assert 0.2 < ref["flops_ratios"][0] < 0.8   # about half the channels off
+  assert 0.2 < ref["flops_ratios"][0] < 0.8  # about half the channels off
   for devices, mode in [(8, "jit"), (8, "pmap")]:
     got = run_on(devices, mode, "pas")
     assert got["devices"] == devices
@@ -172,10 +195,12 @@ def test_search_moves_the_macs_to_the_target_and_records_every_epoch(cifar_pipel
   assert summary["finished"] and summary["epochs"] == 2 and len(summary["history"]) == 2
   assert summary["compilations"] == {"step": 1, "eval_step": 1}
   ratios = [h["flops_ratio"] for h in summary["history"]]
-  assert ratios[0] < 0.95 and abs(ratios[-1] - 0.5) < 0.1, ratios   # from 100%
-  assert summary["in_band"] == (abs(ratios[-1] - 0.5) <= 0.05)   # target.tolerance: the warning
+  assert ratios[0] < 0.95 and abs(ratios[-1] - 0.5) < 0.1, ratios  # from 100%
+  assert summary["in_band"] == (abs(ratios[-1] - 0.5) <= 0.05)  # target.tolerance: the warning
   last = summary["history"][-1]
-  assert set(last["kept"]) == {g.name for g in channels.of(arch.cifar_resnet(8, input_size=28, input_channels=1)).groups}
+  assert set(last["kept"]) == {
+    g.name for g in channels.of(arch.cifar_resnet(8, input_size=28, input_channels=1)).groups
+  }
   assert 0 <= last["masked_test_accuracy"] <= 1
 
 
@@ -206,7 +231,7 @@ def test_extract_and_fine_tune_from_the_kept_weights(cifar_pipeline):
   kept = _read(ex, "kept_channels.json")
   pruned = arch.load(os.path.join(ex, "arch.json"))
   assert len(kept["stem"]) == pruned.stem_width
-  assert pruned.name == f"resnet8_pas{round(100 * out['flops_ratio'])}"   # named by what it kept
+  assert pruned.name == f"resnet8_pas{round(100 * out['flops_ratio'])}"  # named by what it kept
   # the fine-tuning started from the extracted weights
   tuned = _read(workdir, "distill", "pas-kd", "summary.json")
   assert tuned["finished"] and tuned["init"] == "searched" and tuned["student"] == "pas"
@@ -220,12 +245,22 @@ def test_fine_tuning_recipe_is_the_released_one_per_family():
   52, RepVGG-B1 from 42; α per family; lr at the step boundaries by hand."""
   from tas_jax.methods.pas import settings
   from tas_jax.training import supervised
+
   c = config_lib.base_config()
   r = settings.finetune(c)
   assert (r.epochs, r.decay_epochs, r.lr, r.batch_size, r.momentum, r.nesterov, r.weight_decay) == (
-      38, (8, 28), 0.0256, 512, 0.9, False, 1e-4)
-  assert supervised.describe(r) == ("38 epochs at batch 512, SGD momentum 0.9, weight decay "
-                                    "0.0001, lr 0.0256, x0.1 after epochs 8, 28")
+    38,
+    (8, 28),
+    0.0256,
+    512,
+    0.9,
+    False,
+    1e-4,
+  )
+  assert supervised.describe(r) == (
+    "38 epochs at batch 512, SGD momentum 0.9, weight decay "
+    "0.0001, lr 0.0256, x0.1 after epochs 8, 28"
+  )
   _, schedule = supervised.sgd_with_step_decay(r, steps_per_epoch=10)
   lrs = [float(schedule(step)) for step in (0, 79, 80, 279, 280, 379)]
   np.testing.assert_allclose(lrs, [0.0256, 0.0256, 0.00256, 0.00256, 0.000256, 0.000256], rtol=1e-6)
@@ -234,21 +269,25 @@ def test_fine_tuning_recipe_is_the_released_one_per_family():
   r = settings.finetune(c)
   assert (r.epochs, r.decay_epochs) == (48, (18, 38))
   from tas_jax.models import repvgg
+
   assert settings.cost_weight(c.pas, repvgg.named_repvgg("a0")) == 0.1
   c.pas.cost_weight, c.pas.finetune_epochs, c.pas.finetune_decay_epochs = 2.0, 20, (5, 15)
   assert settings.cost_weight(c.pas, repvgg.named_repvgg("a0")) == 2.0
   assert settings.finetune(c).decay_epochs == (5, 15)
   c.pas.finetune_decay_epochs = (15, 5)
-  with pytest.raises(config_lib.ConfigError, match=r"pas\.finetune_decay_epochs=\(15, 5\): increasing"):
+  with pytest.raises(
+    config_lib.ConfigError, match=r"pas\.finetune_decay_epochs=\(15, 5\): increasing"
+  ):
     config_lib.validate(c)
 
 
 def test_config_errors_for_weight_keeping_runs():
-  for name in ("pas", "l1", "fpgm"):   # the methods that keep weights (the registry says so)
+  for name in ("pas", "l1", "fpgm"):  # the methods that keep weights (the registry says so)
     assert config_lib.parse_run(f"{name}-kd") == {"student": name, "kd": True, "init": "searched"}
   assert config_lib.parse_run("tas-kd-init")["init"] == "teacher"
-  with pytest.raises(config_lib.ConfigError, match="pas, l1, fpgm runs fine-tune the extracted "
-                     "weights, no -init"):
+  with pytest.raises(
+    config_lib.ConfigError, match="pas, l1, fpgm runs fine-tune the extracted weights, no -init"
+  ):
     config_lib.parse_run("pas-kd-init")
   c = config_lib.base_config()
   c.distill.init = "searched"
@@ -257,7 +296,7 @@ def test_config_errors_for_weight_keeping_runs():
   c.distill.student = "pas"
   assert config_lib.run_name(c.distill) == "pas-kd"
   c.distill.init = "scratch"
-  assert config_lib.run_name(c.distill) == "pas-kd-scratch"   # not the fine-tuned run's folder
+  assert config_lib.run_name(c.distill) == "pas-kd-scratch"  # not the fine-tuned run's folder
   assert config_lib.run_methods("tas-kd,pas-kd,uniform-kd", "tas") == ["tas", "pas"]
   assert config_lib.run_methods("pas-kd", "tas") == ["pas"]
   assert config_lib.run_methods("uniform-kd,pas-ce", "pas") == ["pas"]

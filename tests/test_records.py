@@ -50,7 +50,10 @@ def test_what_each_stage_reads():
   assert records.defining_fields(c, "teacher")[1] == []
   assert records.defining_fields(c, "extract")[1] == ["teacher", "search"]
   assert records.defining_fields(distill_config(c, "tas-kd"), "distill/tas-kd")[1] == [
-      "teacher", "search", "extract"]
+    "teacher",
+    "search",
+    "extract",
+  ]
   pas = records.defining_fields(distill_config(c, "pas-kd"), "distill/pas-kd")
   assert pas[1] == ["teacher", "search-pas", "extract-pas"]
   assert pas[0]["pas.finetune_lr"] == 0.0256 and pas[0]["target.flop_ratio"] == 0.5
@@ -62,7 +65,7 @@ def test_what_each_stage_reads():
   assert "teacher.lr" in teacher and "data.name" in teacher and "seed" in teacher
   assert not any(k.startswith(("search.", "distill.")) for k in teacher)
   assert "teacher.eval_batch_size" not in teacher and "max_steps_per_run" not in teacher
-  c.search.init = "scratch"   # a search from scratch does not read the teacher
+  c.search.init = "scratch"  # a search from scratch does not read the teacher
   assert records.defining_fields(c, "search")[1] == []
   ce = records.defining_fields(distill_config(c, "uniform-ce"), "distill/uniform-ce")
   assert ce[1] == ["search", "extract"] and "distill.kd_alpha" not in ce[0]
@@ -76,16 +79,19 @@ def test_a_changed_result_field_stops_with_one_line(workdir):
   message = str(e.value)
   assert "\n" not in message
   assert message == (
-      f"{workdir}/search holds a result made with other settings: target.flop_ratio=0.5 (now 0.3). "
-      "Use a new --workdir, or add --config.overwrite=search to delete it and the 3 stage(s) that "
-      "read it and run it again")
+    f"{workdir}/search holds a result made with other settings: target.flop_ratio=0.5 (now 0.3). "
+    "Use a new --workdir, or add --config.overwrite=search to delete it and the 3 stage(s) that "
+    "read it and run it again"
+  )
   # a downstream stage finds the difference in a stage it reads
   with pytest.raises(records.StageMismatchError, match=r"/search holds .*flop_ratio"):
     records.check(distill_config(c, "tas-kd"), str(workdir), "distill/tas-kd")
   c = demo_like()
   c.teacher.cosine_epochs, c.seed = 5, 1
-  with pytest.raises(records.StageMismatchError,
-                     match=r"/teacher holds .*seed=0 \(now 1\), teacher\.cosine_epochs=300 \(now 5\)"):
+  with pytest.raises(
+    records.StageMismatchError,
+    match=r"/teacher holds .*seed=0 \(now 1\), teacher\.cosine_epochs=300 \(now 5\)",
+  ):
     records.check(distill_config(c, "tas-kd"), str(workdir), "distill/tas-kd")
 
 
@@ -97,7 +103,7 @@ def test_a_stage_that_is_only_read_is_taken_as_recorded(tmp_path):
   later = demo_like()
   later.stage = "search"
   config = records.check(later, str(tmp_path), "search", overrides={"stage": "search"})
-  assert config is not later and later.teacher.batch_size == 256        # the caller's is untouched
+  assert config is not later and later.teacher.batch_size == 256  # the caller's is untouched
   assert (config.teacher.batch_size, config.teacher.cosine_epochs) == (128, 3)
   record = records.read_record(str(tmp_path / "search"))
   assert record["fields"]["teacher.batch_size"] == 128
@@ -107,13 +113,18 @@ def test_a_stage_that_is_only_read_is_taken_as_recorded(tmp_path):
   with pytest.raises(records.StageMismatchError) as e:
     records.check(later, str(tmp_path), "search", overrides={"teacher.batch_size": 64})
   assert str(e.value) == (
-      f"{tmp_path}/teacher holds a result made with other settings: teacher.batch_size=128 (now "
-      "64). Leave those flags out to use it as it is, use a new --workdir, or add "
-      "--config.overwrite=teacher to delete it and the stages that read it")
+    f"{tmp_path}/teacher holds a result made with other settings: teacher.batch_size=128 (now "
+    "64). Leave those flags out to use it as it is, use a new --workdir, or add "
+    "--config.overwrite=teacher to delete it and the stages that read it"
+  )
   # an explicit flag that agrees is fine; no overrides known (a notebook): every field compared
   later.teacher.batch_size = 128
-  assert records.check(later, str(tmp_path), "search",
-                       overrides={"teacher.batch_size": 128}).teacher.cosine_epochs == 3
+  assert (
+    records.check(
+      later, str(tmp_path), "search", overrides={"teacher.batch_size": 128}
+    ).teacher.cosine_epochs
+    == 3
+  )
   with pytest.raises(records.StageMismatchError, match=r"teacher\.cosine_epochs=3 \(now 300\)"):
     records.check(later, str(tmp_path), "search")
   # the stage a command runs is still compared with the config: a rerun of the teacher is refused
@@ -126,7 +137,7 @@ def test_fields_that_do_not_change_a_result_are_accepted(workdir):
   c.max_steps_per_run, c.log_every_steps, c.checkpoint_every_steps = 5, 3, 10
   c.teacher.eval_batch_size, c.search.eval_batch_size, c.num_devices = 100, 100, 1
   c.data.workers, c.parallel = 4, "pmap"
-  c.distill.kd_alpha = 0.5          # uniform-ce trains without KD: alpha is not its field
+  c.distill.kd_alpha = 0.5  # uniform-ce trains without KD: alpha is not its field
   for stage in ("teacher", "search", "extract"):
     records.check(c, str(workdir), stage)
   records.check(distill_config(c, "uniform-ce"), str(workdir), "distill/uniform-ce")
@@ -142,7 +153,7 @@ def test_overwrite_deletes_the_stage_and_its_readers_and_keeps_the_rest(workdir)
   records.check(c, str(workdir), "search")
   assert sorted(os.listdir(workdir)) == ["distill", "search", "teacher"]
   assert os.listdir(workdir / "distill") == []
-  assert os.listdir(workdir / "search") == [records.RECORD]   # recorded again, with 0.3
+  assert os.listdir(workdir / "search") == [records.RECORD]  # recorded again, with 0.3
   assert records.read_record(str(workdir / "search"))["fields"]["target.flop_ratio"] == 0.3
   # the same command again (an interrupted rerun) keeps what now matches
   finish(workdir, c, "search")
@@ -152,7 +163,7 @@ def test_overwrite_deletes_the_stage_and_its_readers_and_keeps_the_rest(workdir)
 
 def test_a_stage_without_a_result_takes_the_new_settings(tmp_path):
   c = demo_like()
-  records.check(c, str(tmp_path), "teacher")        # started, no checkpoint yet
+  records.check(c, str(tmp_path), "teacher")  # started, no checkpoint yet
   c.teacher.lr = 0.05
   records.check(c, str(tmp_path), "teacher")
   assert records.read_record(str(tmp_path / "teacher"))["fields"]["teacher.lr"] == 0.05
@@ -169,9 +180,9 @@ def test_overwrite_values_are_validated():
 
 def test_a_record_written_before_a_rename_is_read_under_the_new_name():
   """Workdirs from before config.target: their records say search.flop_ratio."""
-  assert records._differences({"search.flop_ratio": 0.5, "seed": 0},
-                              {"target.flop_ratio": 0.3, "seed": 0}) == [
-      "target.flop_ratio=0.5 (now 0.3)"]
+  assert records._differences(
+    {"search.flop_ratio": 0.5, "seed": 0}, {"target.flop_ratio": 0.3, "seed": 0}
+  ) == ["target.flop_ratio=0.5 (now 0.3)"]
   assert records._differences({"search.tolerance": 0.05}, {"target.tolerance": 0.05}) == []
 
 
@@ -180,12 +191,16 @@ def test_extraction_takes_the_variant_from_the_search_record(tmp_path):
   config asking for another variant is refused before anything is read."""
   from tas_jax.errors import ConfigError
   from tas_jax.methods.tas import extract
+
   search_dir = tmp_path / "search"
   search_dir.mkdir()
   (search_dir / records.RECORD).write_text(json.dumps({"fields": {"search.variant": "width"}}))
   c = config_lib.base_config()
-  with pytest.raises(ConfigError, match=r"search\.variant='tas', but the search in .* ran variant "
-                                        r"'width': extract with --config\.search\.variant=width"):
+  with pytest.raises(
+    ConfigError,
+    match=r"search\.variant='tas', but the search in .* ran variant "
+    r"'width': extract with --config\.search\.variant=width",
+  ):
     extract.extract(c, str(tmp_path))
   c.search.variant = "width"
   assert extract.searched_variant(c, str(tmp_path)) == "width"

@@ -6,17 +6,21 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tas_jax.target import Target
 from tas_jax import parallel
 from tas_jax.config import base_config
 from tas_jax.methods.pas import masks, search
-from tas_jax.models import channels
-from tas_jax.models import repvgg
+from tas_jax.models import channels, repvgg
 from tas_jax.ops import flops
+from tas_jax.target import Target
 from tas_jax.training import steps
 
-TINY = repvgg.RepVGGArch(num_classes=7, input_size=32, input_channels=3,
-                         stages=((8,), (8, 8), (16, 16, 16), (24,)), name="tiny")
+TINY = repvgg.RepVGGArch(
+  num_classes=7,
+  input_size=32,
+  input_channels=3,
+  stages=((8,), (8, 8), (16, 16, 16), (24,)),
+  name="tiny",
+)
 
 
 @pytest.mark.parametrize("variant, gflops, mparams", [("a0", 1.36, 8.31), ("b1", 11.82, 51.83)])
@@ -32,7 +36,9 @@ def _random_training_variables(arch, seed):
   variables = parallel.jit_once(repvgg.RepVGG(arch).init)(jax.random.key(0), x)
   rng = np.random.default_rng(seed)
   noisy = lambda t, lo, hi: jnp.asarray(rng.uniform(lo, hi, size=t.shape), jnp.float32)
-  params = jax.tree.map(lambda t: jnp.asarray(np.asarray(t) + 0.2 * noisy(t, -1, 1)), variables["params"])
+  params = jax.tree.map(
+    lambda t: jnp.asarray(np.asarray(t) + 0.2 * noisy(t, -1, 1)), variables["params"]
+  )
   stats = jax.tree.map(lambda t: noisy(t, 0.5, 1.5), variables["batch_stats"])
   return x, {"params": params, "batch_stats": stats}
 
@@ -49,7 +55,7 @@ def test_reparameterised_network_computes_the_training_form_function():
   deploy = repvgg.reparameterize(TINY, jax.device_get(v))
   got = repvgg.RepVGG(TINY, deploy=True).apply(deploy, x)
   np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5)
-  assert np.max(np.abs(np.asarray(want))) > 0.1   # not a trivially small output
+  assert np.max(np.abs(np.asarray(want))) > 0.1  # not a trivially small output
   # one 3x3 conv with bias per block, nothing else
   assert set(deploy["params"]["stage3.block2"]) == {"kernel", "bias"}
   assert deploy["params"]["stage3.block2"]["kernel"].shape == (3, 3, 16, 16)
@@ -62,11 +68,18 @@ def test_squeezed_network_computes_the_masked_function_and_its_flops_are_the_mas
   rng = np.random.default_rng(4)
   scores = {g.name: jnp.asarray(rng.uniform(0, 1, g.size), jnp.float32) for g in lay.groups}
   masked = masks.MaskedNetwork(TINY)
-  want = masked.apply({"params": {"masks": scores, "network": v["params"]},
-                       "batch_stats": {"network": v["batch_stats"]}}, x, train=False)
+  want = masked.apply(
+    {
+      "params": {"masks": scores, "network": v["params"]},
+      "batch_stats": {"network": v["batch_stats"]},
+    },
+    x,
+    train=False,
+  )
   kept = search.kept_channels(scores)
-  pruned, weights = repvgg.squeeze(TINY, repvgg.reparameterize(TINY, jax.device_get(v)), kept,
-                                   name="tiny_pas")
+  pruned, weights = repvgg.squeeze(
+    TINY, repvgg.reparameterize(TINY, jax.device_get(v)), kept, name="tiny_pas"
+  )
   got = repvgg.RepVGG(pruned, deploy=True).apply(weights, x)
   np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5)
   # the last block's mask trims the classifier's inputs
@@ -84,8 +97,10 @@ def test_pas_steps_on_repvgg_switch_channels_off():
   state = steps.create_state(model, tx, jnp.zeros((1, 32, 32, 3)), jax.random.key(0), mesh)
   step = search.make_search_step(model, p, Target.flops(model.arch, 0.4), mesh, "jit")
   rng = np.random.default_rng(0)
-  batch = {"image": jnp.asarray(rng.normal(size=(16, 32, 32, 3)), jnp.float32),
-           "label": jnp.asarray(rng.integers(0, 7, 16), jnp.int32)}
+  batch = {
+    "image": jnp.asarray(rng.normal(size=(16, 32, 32, 3)), jnp.float32),
+    "label": jnp.asarray(rng.integers(0, 7, 16), jnp.int32),
+  }
   ratios = []
   for _ in range(12):
     state, m = step(state, batch)
@@ -96,15 +111,21 @@ def test_pas_steps_on_repvgg_switch_channels_off():
   assert step._cache_size() == 1
 
 
-@pytest.mark.stage   # its own tiny pipeline: RepVGG
+@pytest.mark.stage  # its own tiny pipeline: RepVGG
 def test_repvgg_pipeline_teacher_pas_search_extract_fine_tune_results(tmp_path):
   """A RepVGG written as JSON (`model.arch`), through `all` with a pas-ce run: the teacher in
   training form, the search on it, the extracted network in deploy form, the fine-tuning in
   training form with the masks frozen and cut at the end (as released), and the results table."""
   from tas_jax import config as config_lib
   from tas_jax.stages import pipeline
-  tiny = repvgg.RepVGGArch(num_classes=10, input_size=32, input_channels=1,
-                           stages=((8,), (8, 8), (16, 16), (16,)), name="tiny")
+
+  tiny = repvgg.RepVGGArch(
+    num_classes=10,
+    input_size=32,
+    input_channels=1,
+    stages=((8,), (8, 8), (16, 16), (16,)),
+    name="tiny",
+  )
   tiny.save(str(tmp_path / "tiny.json"))
   c = config_lib.base_config()
   c.stage, c.method, c.data.name = "all", "pas", "embedded"
@@ -113,7 +134,7 @@ def test_repvgg_pipeline_teacher_pas_search_extract_fine_tune_results(tmp_path):
   c.pas.epochs, c.pas.batch_size, c.pas.macs_unit, c.pas.cost_weight = 1, 32, 0.0, 50.0
   c.pas.lr = 0.05
   c.distill.warmup_epochs, c.distill.cosine_epochs, c.distill.batch_size = 0, 1, 64
-  c.pas.finetune_epochs, c.pas.finetune_lr = 2, 0.05   # in training form, then cut
+  c.pas.finetune_epochs, c.pas.finetune_lr = 2, 0.05  # in training form, then cut
   c.pipeline.runs, c.pipeline.throughput_batch, c.pipeline.throughput_repeats = "pas-ce", 16, 2
   c.log_every_steps = 100
   with pytest.raises(config_lib.ConfigError, match="needs a ResNet"):
@@ -122,6 +143,7 @@ def test_repvgg_pipeline_teacher_pas_search_extract_fine_tune_results(tmp_path):
     config_lib.validate(bad)
   out = pipeline.run_all(c, str(tmp_path / "w"))
   import json
+
   assert out["finished"] and [r["run"] for r in out["rows"]] == ["teacher", "pas-ce"]
   # fine-tuned in training form (BN, three branches, masks frozen), then cut: the deploy form's
   # accuracy is the training form's, both measured on the test set
@@ -131,14 +153,16 @@ def test_repvgg_pipeline_teacher_pas_search_extract_fine_tune_results(tmp_path):
   assert run["test_loss"] == pytest.approx(run["training_form_test_loss"], rel=1e-4)
   assert out["rows"][1]["test_accuracy"] == run["test_accuracy"]
   from tas_jax.models import networks
+
   pruned = networks.load(str(tmp_path / "w" / "extract-pas" / "arch.json"))
   assert isinstance(pruned, repvgg.RepVGGArch) and pruned.deploy
   # the table's FLOPs are the counter's on the deploy network: the search's figure
   s = json.load(open(tmp_path / "w" / "search-pas" / "summary.json"))
   assert out["rows"][1]["flops_m"] == pytest.approx(s["flops_m"], abs=1e-4)
-  assert s["flops_ratio"] < 1.0   # the masks moved
+  assert s["flops_ratio"] < 1.0  # the masks moved
   # the teacher is timed in deploy form like the pruned network: the speed-up is the pruning's
   from tas_jax.stages import results
+
   teacher = networks.load(str(tmp_path / "w" / "teacher" / "arch.json"))
   timed, variables = results.teacher_to_measure(str(tmp_path / "w" / "teacher"), teacher)
   assert timed.deploy and set(variables) == {"params"}

@@ -8,21 +8,26 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from test_arch import one_block_per_stage
+from test_train import run_on
 
 from tas_jax import config as config_lib, parallel
 from tas_jax.methods.tas import extract, search, space as space_lib, supernet
 from tas_jax.models import arch, resnet
-from test_arch import one_block_per_stage
-from test_train import run_on
 
 
-@pytest.mark.parametrize("a", [
+@pytest.mark.parametrize(
+  "a",
+  [
     arch.cifar_resnet(14, input_size=16),
     arch.cifar_resnet(11, "bottleneck", input_size=16),
-    one_block_per_stage(arch.imagenet_resnet(18, num_classes=5, input_size=32,
-                                           downsample="strided_conv")),  # torchvision's form
+    one_block_per_stage(
+      arch.imagenet_resnet(18, num_classes=5, input_size=32, downsample="strided_conv")
+    ),  # torchvision's form
     one_block_per_stage(arch.imagenet_resnet(50, num_classes=5, input_size=32)),
-], ids=lambda a: a.name)
+  ],
+  ids=lambda a: a.name,
+)
 def test_peaked_supernet_is_the_plain_network(a):
   """Every distribution peaked on the full width and depth: in evaluation mode (running
   statistics) the supernet computes the plain network's function with the same weights; the
@@ -35,25 +40,35 @@ def test_peaked_supernet_is_the_plain_network(a):
   # (numpy noise: jax.random per leaf shape would compile a program per shape)
   rng = np.random.default_rng(2)
   perturb = lambda tree, f: jax.tree.map(
-      lambda t: jnp.asarray(f(np.asarray(t) + 0.1 * rng.standard_normal(t.shape, np.float32))), tree)
-  v = {"params": perturb(v["params"], lambda t: t), "batch_stats": perturb(v["batch_stats"], np.abs)}
+    lambda t: jnp.asarray(f(np.asarray(t) + 0.1 * rng.standard_normal(t.shape, np.float32))), tree
+  )
+  v = {
+    "params": perturb(v["params"], lambda t: t),
+    "batch_stats": perturb(v["batch_stats"], np.abs),
+  }
   want = parallel.jit_once(lambda v: plain.apply(v, x, train=False))(v)
   params, stats = supernet.supernet_params_from_plain(v["params"], v["batch_stats"])
   full_w = np.array([s.num_valid - 1 for s in space.slots])
   full_d = np.array([len(c) - 1 for c in space.depths])
-  logits = {"alpha": jnp.asarray(np.eye(8)[full_w] * 1e3, jnp.float32),
-            "beta": jnp.asarray(np.eye(space.max_depth_candidates)[full_d] * 1e3, jnp.float32)}
+  logits = {
+    "alpha": jnp.asarray(np.eye(8)[full_w] * 1e3, jnp.float32),
+    "beta": jnp.asarray(np.eye(space.max_depth_candidates)[full_d] * 1e3, jnp.float32),
+  }
   net = supernet.SuperNet(space)
   shapes = jax.eval_shape(lambda: net.init(jax.random.key(0), x, logits, jax.random.key(0), 1.0))
   assert jax.tree.structure(shapes["params"]) == jax.tree.structure(params)
   assert jax.tree.structure(shapes["batch_stats"]) == jax.tree.structure(stats)
-  got = parallel.jit_once(lambda p, s, k: net.apply({"params": p, "batch_stats": s}, x, logits, k, 1.0,
-                                          train=False))(params, stats, jax.random.key(5))
+  got = parallel.jit_once(
+    lambda p, s, k: net.apply({"params": p, "batch_stats": s}, x, logits, k, 1.0, train=False)
+  )(params, stats, jax.random.key(5))
   np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * float(jnp.abs(want).max()))
   # the depth search's supernet: BN on a projection only where the plain network has one
   params_d, stats_d = supernet.supernet_params_from_plain(v["params"], v["batch_stats"], "depth")
-  shapes_d = jax.eval_shape(lambda: supernet.SuperNet(space, "depth").init(
-      jax.random.key(0), x, logits, jax.random.key(0), 1.0))
+  shapes_d = jax.eval_shape(
+    lambda: supernet.SuperNet(space, "depth").init(
+      jax.random.key(0), x, logits, jax.random.key(0), 1.0
+    )
+  )
   assert jax.tree.structure(shapes_d["params"]) == jax.tree.structure(params_d)
   assert jax.tree.structure(shapes_d["batch_stats"]) == jax.tree.structure(stats_d)
 
@@ -64,11 +79,17 @@ def test_imagenet_supernet_has_no_zero_initialised_bn():
   space = space_lib.build(a)
   x = jnp.ones((2, 32, 32, 3))
   logits = space.init_logits(jax.random.key(0))
-  params = parallel.jit_once(lambda: supernet.SuperNet(space).init(jax.random.key(0), x, logits,
-                                                         jax.random.key(0), 1.0))()["params"]
-  scales = {jax.tree_util.keystr(p): v for p, v in jax.tree_util.tree_flatten_with_path(params)[0]
-            if jax.tree_util.keystr(p).endswith("['scale']")}
-  assert any("conv_b" in k for k in scales) and all(np.all(np.asarray(v) == 1) for v in scales.values())
+  params = parallel.jit_once(
+    lambda: supernet.SuperNet(space).init(jax.random.key(0), x, logits, jax.random.key(0), 1.0)
+  )()["params"]
+  scales = {
+    jax.tree_util.keystr(p): v
+    for p, v in jax.tree_util.tree_flatten_with_path(params)[0]
+    if jax.tree_util.keystr(p).endswith("['scale']")
+  }
+  assert any("conv_b" in k for k in scales) and all(
+    np.all(np.asarray(v) == 1) for v in scales.values()
+  )
   plain = parallel.jit_once(lambda: resnet.build(a).init(jax.random.key(0), x))()["params"]
   assert np.all(np.asarray(plain["stage1.block1"]["conv_b"]["bn"]["scale"]) == 0)
 
@@ -79,8 +100,9 @@ def test_supernet_static_shapes_and_one_compilation_for_any_tau_and_sample():
   x = jnp.ones((2, 16, 16, 3))
   logits = space.init_logits(jax.random.key(0))
   v = parallel.jit_once(lambda: net.init(jax.random.key(0), x, logits, jax.random.key(0), 1.0))()
-  fwd = parallel.jit_once(lambda v, lg, k, t: net.apply(v, x, lg, k, t, train=True,
-                                                        mutable=["batch_stats"])[0])
+  fwd = parallel.jit_once(
+    lambda v, lg, k, t: net.apply(v, x, lg, k, t, train=True, mutable=["batch_stats"])[0]
+  )
   outs = [fwd(v, logits, jax.random.key(i), jnp.float32(t)) for i, t in enumerate([5.0, 2.0, 0.1])]
   assert all(o.shape == (2, 10) for o in outs) and fwd._cache_size() == 1
   assert not np.allclose(outs[0], outs[1])  # different samples, different functions
@@ -142,10 +164,12 @@ def test_architecture_learning_rate_schedules(schedule):
   for _ in range(20):
     updates, state = arch_tx.update({"alpha": jnp.ones(3)}, state, params)
     steps.append(float(-updates["alpha"][0]))
-  want = {"constant": [0.5] * 20,
-          "cosine": [0.25 * (1 + np.cos(np.pi * t / 20)) for t in range(20)],
-          # 2 epochs x 5 steps held, then the last 2 epochs (10 steps) from 0.5 towards 0
-          "cooldown": [0.5] * 10 + [0.25 * (1 + np.cos(np.pi * t / 10)) for t in range(10)]}[schedule]
+  want = {
+    "constant": [0.5] * 20,
+    "cosine": [0.25 * (1 + np.cos(np.pi * t / 20)) for t in range(20)],
+    # 2 epochs x 5 steps held, then the last 2 epochs (10 steps) from 0.5 towards 0
+    "cooldown": [0.5] * 10 + [0.25 * (1 + np.cos(np.pi * t / 10)) for t in range(10)],
+  }[schedule]
   np.testing.assert_allclose(steps, want, rtol=1e-4, atol=1e-6)
 
 
@@ -170,8 +194,14 @@ def test_short_search_records_every_epoch_and_compiles_once(cifar_pipeline):
   with open(os.path.join(workdir, "search", "summary.json")) as f:
     summary = json.load(f)
   assert summary["finished"]
-  assert summary["compilations"] == {"iteration": 1, "eval_step": 1, "gather_a": 1, "gather_b": 1,
-                                    "shuffle_a": 1, "shuffle_b": 1}  # τ and permutations changed
+  assert summary["compilations"] == {
+    "iteration": 1,
+    "eval_step": 1,
+    "gather_a": 1,
+    "gather_b": 1,
+    "shuffle_a": 1,
+    "shuffle_b": 1,
+  }  # τ and permutations changed
   hist = summary["history"]
   assert [h["epoch"] for h in hist] == [1, 2] and hist[0]["tau"] == 5.0 and hist[1]["tau"] == 0.1
   space = space_lib.build(arch.cifar_resnet(8, input_size=28, input_channels=1))
@@ -195,7 +225,7 @@ def test_width_and_depth_searches_extract_what_their_variant_allows(variant, tmp
   c = short_search_config()
   c.search.variant = variant
   c.search.epochs = 1
-  c.search.evaluate_every_epoch = False   # the argmax network's test accuracy: the pipeline's search
+  c.search.evaluate_every_epoch = False  # the argmax network's test accuracy: the pipeline's search
   c.target.flop_ratio, c.target.tolerance = 0.99, 0.005
   with caplog.at_level("WARNING"):
     summary = search.search(c, str(tmp_path))
@@ -213,7 +243,9 @@ def test_width_and_depth_searches_extract_what_their_variant_allows(variant, tmp
       assert a.depths == base.depths
     else:
       assert a.stem_width == base.stem_width
-      assert all(list(stage) == list(full[:len(stage)]) for stage, full in zip(a.stages, base.stages))
+      assert all(
+        list(stage) == list(full[: len(stage)]) for stage, full in zip(a.stages, base.stages)
+      )
   record = summary["history"][-1]
   assert record["depth_max_prob" if variant == "width" else "width_max_prob"] == 1.0
   assert 0 < record["width_max_prob" if variant == "width" else "depth_max_prob"] < 1

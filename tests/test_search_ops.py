@@ -6,12 +6,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
-from tas_jax.models import arch
-from tas_jax.methods.tas import cost, cwi, gumbel, space as space_lib
-from tas_jax.models import candidates
-from tas_jax.ops import flops
 from reference import cwi_numpy
+
+from tas_jax.methods.tas import cost, cwi, gumbel, space as space_lib
+from tas_jax.models import arch, candidates
+from tas_jax.ops import flops
 
 
 # ---------------------------------------------------------------- CWI
@@ -29,8 +28,9 @@ def test_cwi_by_hand_downsampling():
 @pytest.mark.parametrize("c_in, c_out", [(3, 5), (4, 16), (16, 4), (7, 7), (11, 16), (64, 19)])
 def test_cwi_matches_the_definition(c_in, c_out):
   x = np.random.default_rng(c_in * 100 + c_out).normal(size=(2, c_in))
-  np.testing.assert_allclose(cwi.cwi(jnp.asarray(x, jnp.float32), c_out), cwi_numpy(x, c_out),
-                             rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(
+    cwi.cwi(jnp.asarray(x, jnp.float32), c_out), cwi_numpy(x, c_out), rtol=1e-5, atol=1e-6
+  )
 
 
 def test_cwi_matrix_with_traced_widths_inside_a_full_width_square():
@@ -108,8 +108,9 @@ def test_pair_weights_equal_an_independent_computation_from_the_same_gumbel_draw
     q = np.asarray(gumbel.soft_depth_weights(key, jnp.asarray(alpha[:3]), tau), np.float64)
     g3 = np.asarray(jax.random.gumbel(key, (3,)), np.float64)
     ell3 = (alpha[:3] + g3) / tau
-    np.testing.assert_allclose(q, np.exp(ell3 - ell3.max()) / np.exp(ell3 - ell3.max()).sum(),
-                               rtol=1e-5)
+    np.testing.assert_allclose(
+      q, np.exp(ell3 - ell3.max()) / np.exp(ell3 - ell3.max()).sum(), rtol=1e-5
+    )
 
 
 def test_padded_candidates_are_never_drawn():
@@ -126,13 +127,16 @@ def test_width_candidates_from_the_spec():
   assert candidates.width_candidates(4) == (1, 2, 3, 4)  # deduplicated
 
 
-@pytest.mark.parametrize("name, depths", [
+@pytest.mark.parametrize(
+  "name, depths",
+  [
     ("resnet20", ((1, 2, 3),) * 3),
     ("resnet56", ((1, 3, 5, 7, 9),) * 3),
     ("resnet110", ((1, 3, 5, 7, 9, 11, 13, 15, 17, 18),) * 3),
     ("imagenet_resnet18", ((1, 2),) * 4),
     ("imagenet_resnet50", ((1, 2, 3), (1, 2, 4), (2, 4, 6), (1, 2, 3))),
-])
+  ],
+)
 def test_depth_candidates_from_the_spec(name, depths):
   assert space_lib.build(arch.named(name)).depths == depths
 
@@ -148,8 +152,10 @@ def random_choice(space, rng):
 
 
 def one_hot_logits(space, w, d, scale=1e4):
-  return {"alpha": jnp.asarray(np.eye(8)[w] * scale, jnp.float32),
-          "beta": jnp.asarray(np.eye(space.max_depth_candidates)[d] * scale, jnp.float32)}
+  return {
+    "alpha": jnp.asarray(np.eye(8)[w] * scale, jnp.float32),
+    "beta": jnp.asarray(np.eye(space.max_depth_candidates)[d] * scale, jnp.float32),
+  }
 
 
 @pytest.mark.parametrize("name", NETS)
@@ -178,7 +184,8 @@ def test_exact_form_expected_flops_equal_exact_flops_when_one_hot(name):
     w, d = random_choice(space, rng)
     logits = one_hot_logits(space, w, d)
     assert float(cost.expected_flops(space, logits, "exact")) == pytest.approx(
-        float(cost.exact_flops(space, w, d)), rel=1e-5)
+      float(cost.exact_flops(space, w, d)), rel=1e-5
+    )
 
 
 def test_expected_flops_is_the_mean_over_sampled_architectures():
@@ -202,13 +209,23 @@ def test_released_expected_flops_equal_exact_at_full_width_and_depth():
   d = np.array([len(c) - 1 for c in space.depths])
   logits = one_hot_logits(space, w, d)
   assert float(cost.expected_flops(space, logits, "released")) == pytest.approx(
-      flops.count(space.base).flops, rel=1e-5)
+    flops.count(space.base).flops, rel=1e-5
+  )
 
 
-@pytest.mark.parametrize("band, exact, sign", [
-    ("released", 0.52, 1), ("released", 0.50, 0), ("released", 0.46, 0), ("released", 0.44, -1),
-    ("symmetric", 0.52, 0), ("symmetric", 0.53, 1), ("symmetric", 0.47, -1), ("symmetric", 0.48, 0),
-])
+@pytest.mark.parametrize(
+  "band, exact, sign",
+  [
+    ("released", 0.52, 1),
+    ("released", 0.50, 0),
+    ("released", 0.46, 0),
+    ("released", 0.44, -1),
+    ("symmetric", 0.52, 0),
+    ("symmetric", 0.53, 1),
+    ("symmetric", 0.47, -1),
+    ("symmetric", 0.48, 0),
+  ],
+)
 def test_cost_loss_band(band, exact, sign):
   loss = cost.cost_loss(jnp.float32(200.0), jnp.float32(exact * 1000), 1000.0, 0.5, 0.05, band)
   assert float(loss) == pytest.approx(sign * np.log(200.0), rel=1e-6)
@@ -216,10 +233,17 @@ def test_cost_loss_band(band, exact, sign):
 
 # F(A) decides outside the band [0.45, 0.50]; inside it, "centred" pushes an E[F] above the band's
 # centre 0.475 down, "free" does nothing
-@pytest.mark.parametrize("exact, expected, signs", [
-    (0.52, 0.40, (1, 1)), (0.44, 0.60, (-1, -1)),  # F(A) outside: E[F] does not matter
-    (0.48, 0.53, (0, 1)), (0.48, 0.42, (0, 0)), (0.48, 0.49, (0, 1)), (0.48, 0.47, (0, 0)),
-])
+@pytest.mark.parametrize(
+  "exact, expected, signs",
+  [
+    (0.52, 0.40, (1, 1)),
+    (0.44, 0.60, (-1, -1)),  # F(A) outside: E[F] does not matter
+    (0.48, 0.53, (0, 1)),
+    (0.48, 0.42, (0, 0)),
+    (0.48, 0.49, (0, 1)),
+    (0.48, 0.47, (0, 0)),
+  ],
+)
 def test_cost_loss_inside_the_band(exact, expected, signs):
   e = jnp.float32(expected * 1000)
   for in_band, sign in zip(("free", "centred"), signs):
@@ -233,8 +257,10 @@ def test_cost_loss_inside_the_band(exact, expected, signs):
 def test_a_variant_prices_and_extracts_its_unsearched_dimension_at_full_value(variant, form):
   space = space_lib.build(arch.named("resnet20"))
   rng = np.random.default_rng(7)
-  logits = {"alpha": jnp.asarray(rng.normal(size=(space.num_slots, 8)), jnp.float32),
-            "beta": jnp.asarray(rng.normal(size=(3, 3)), jnp.float32)}
+  logits = {
+    "alpha": jnp.asarray(rng.normal(size=(space.num_slots, 8)), jnp.float32),
+    "beta": jnp.asarray(rng.normal(size=(3, 3)), jnp.float32),
+  }
   full_w = np.array([s.num_valid - 1 for s in space.slots])
   full_d = np.array([len(c) - 1 for c in space.depths])
   w, d = (np.asarray(t) for t in space.argmax(logits, variant))
@@ -260,5 +286,5 @@ def test_a_variant_prices_and_extracts_its_unsearched_dimension_at_full_value(va
     assert a.depths == space.base.depths
   else:
     for stage, base_stage in zip(a.stages, space.base.stages):
-      assert list(stage) == list(base_stage[:len(stage)])
+      assert list(stage) == list(base_stage[: len(stage)])
     assert a.stem_width == space.base.stem_width

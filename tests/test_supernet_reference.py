@@ -33,7 +33,7 @@ def conv(x, kernel, stride):
   out = np.zeros((x.shape[0], h_out, h_out, kernel.shape[-1]))
   for i in range(k):
     for j in range(k):
-      patch = xp[:, i:i + stride * h_out:stride, j:j + stride * h_out:stride, :]
+      patch = xp[:, i : i + stride * h_out : stride, j : j + stride * h_out : stride, :]
       out += patch @ kernel[i, j]
   return out
 
@@ -48,15 +48,19 @@ def channel_interpolate(x, c_out):
   c_in = x.shape[-1]
   if c_in == c_out:
     return x
-  return np.stack([x[..., (j * c_in) // c_out: math.ceil((j + 1) * c_in / c_out)].mean(-1)
-                   for j in range(c_out)], -1)
+  return np.stack(
+    [
+      x[..., (j * c_in) // c_out : math.ceil((j + 1) * c_in / c_out)].mean(-1) for j in range(c_out)
+    ],
+    -1,
+  )
 
 
 def zero_padded_add(a, b):
   if a.shape[-1] < b.shape[-1]:
     a, b = b, a
   out = a.copy()
-  out[..., :b.shape[-1]] += b
+  out[..., : b.shape[-1]] += b
   return out
 
 
@@ -68,7 +72,9 @@ def avg_pool2(x):
 def max_pool3s2(x):
   xp = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=-np.inf)
   h = (x.shape[1] + 2 - 3) // 2 + 1
-  return np.max([xp[:, i:i + 2 * h:2, j:j + 2 * h:2] for i in range(3) for j in range(3)], 0)
+  return np.max(
+    [xp[:, i : i + 2 * h : 2, j : j + 2 * h : 2] for i in range(3) for j in range(3)], 0
+  )
 
 
 def search_conv(x, p, stride, cand_idx, cand_widths, cand_weights, pool=False, bn=True):
@@ -76,7 +82,7 @@ def search_conv(x, p, stride, cand_idx, cand_widths, cand_weights, pool=False, b
   (bn=False: the depth search's BN-free projection, a plain conv)."""
   if pool:
     x = avg_pool2(x)
-  kernel = np.asarray(p["conv"]["kernel"], np.float64)[:, :, :x.shape[-1], :]
+  kernel = np.asarray(p["conv"]["kernel"], np.float64)[:, :, : x.shape[-1], :]
   z = conv(x, kernel, stride)
   if not bn:
     return z
@@ -110,10 +116,15 @@ def reference_forward(space, params, x, idx, widths, weights, q, variant="tas"):
       if blk.shortcut == "identity":
         residual = h
       else:
-        strided = blk.shortcut == "strided_conv"    # torchvision's form: no pool, stride 2
-        residual = search_conv(h, params[f"{name}.shortcut"], blk.stride if strided else 1,
-                               *pick(blk.slots[-1]), pool=blk.shortcut == "pool_conv",
-                               bn=variant != "depth" or plain_bn[name])
+        strided = blk.shortcut == "strided_conv"  # torchvision's form: no pool, stride 2
+        residual = search_conv(
+          h,
+          params[f"{name}.shortcut"],
+          blk.stride if strided else 1,
+          *pick(blk.slots[-1]),
+          pool=blk.shortcut == "pool_conv",
+          bn=variant != "depth" or plain_bn[name],
+        )
       h = relu(zero_padded_add(residual, y))
       feature_maps.append(h)
     if variant == "width":
@@ -123,39 +134,56 @@ def reference_forward(space, params, x, idx, widths, weights, q, variant="tas"):
     h = sum(qj * channel_interpolate(f, max_c) for qj, f in zip(q[s], candidates))
   features = h.mean((1, 2))
   kernel = np.asarray(params["classifier"]["kernel"], np.float64)
-  return features @ kernel[:features.shape[-1]] + np.asarray(params["classifier"]["bias"])
+  return features @ kernel[: features.shape[-1]] + np.asarray(params["classifier"]["bias"])
 
 
 # ------------------------------------------------------------------ networks
 def custom(family, stages, stem=8, size=16, classes=5, downsample="pool_conv"):
-  return arch.Architecture(family=family, num_classes=classes, input_size=size, input_channels=3,
-                           stem_width=stem, stages=stages, name=family + "_tiny",
-                           downsample=downsample)
+  return arch.Architecture(
+    family=family,
+    num_classes=classes,
+    input_size=size,
+    input_channels=3,
+    stem_width=stem,
+    stages=stages,
+    name=family + "_tiny",
+    downsample=downsample,
+  )
 
 
 NETWORKS = [
-    # CIFAR basic: identity blocks, stride-2 pool+conv projections; depth choices {1, 2, 3}
-    custom("cifar_basic", [[[8, 8]] * 3, [[16, 16]] * 2, [[24, 24]] * 2]),
-    # CIFAR bottleneck: the stride-1 projection of the first block (8 -> 16)
-    custom("cifar_bottleneck", [[[4, 4, 16]] * 2, [[8, 8, 24]] * 2, [[8, 8, 32]] * 2]),
-    # ImageNet basic / bottleneck: 7x7 stride-2 stem, max-pool, four stages, projections with BN;
-    # the basic one in torchvision's form (stride-2 1x1 projections), the bottleneck in TAS's
-    custom("imagenet_basic", [[[8, 8]] * 2, [[12, 12]] * 2, [[16, 16]] * 2, [[20, 20]] * 2], size=64,
-           downsample="strided_conv"),
-    custom("imagenet_bottleneck", [[[4, 4, 12]] * 2, [[6, 6, 16]] * 2, [[8, 8, 20]] * 2,
-                                   [[8, 8, 24]] * 2], size=64),
+  # CIFAR basic: identity blocks, stride-2 pool+conv projections; depth choices {1, 2, 3}
+  custom("cifar_basic", [[[8, 8]] * 3, [[16, 16]] * 2, [[24, 24]] * 2]),
+  # CIFAR bottleneck: the stride-1 projection of the first block (8 -> 16)
+  custom("cifar_bottleneck", [[[4, 4, 16]] * 2, [[8, 8, 24]] * 2, [[8, 8, 32]] * 2]),
+  # ImageNet basic / bottleneck: 7x7 stride-2 stem, max-pool, four stages, projections with BN;
+  # the basic one in torchvision's form (stride-2 1x1 projections), the bottleneck in TAS's
+  custom(
+    "imagenet_basic",
+    [[[8, 8]] * 2, [[12, 12]] * 2, [[16, 16]] * 2, [[20, 20]] * 2],
+    size=64,
+    downsample="strided_conv",
+  ),
+  custom(
+    "imagenet_bottleneck",
+    [[[4, 4, 12]] * 2, [[6, 6, 16]] * 2, [[8, 8, 20]] * 2, [[8, 8, 24]] * 2],
+    size=64,
+  ),
 ]
 
 
-CASES = ([(a, "tas", False) for a in NETWORKS]
-         + [(NETWORKS[0], "width", False), (NETWORKS[0], "depth", False), (NETWORKS[1], "depth", False)]
-         # model.scan_blocks: the stage's later blocks as one lax.scan (stage 1 of cifar_basic
-         # scans blocks 2-3; ImageNet: the second block of every stage on its own)
-         + [(NETWORKS[0], "tas", True), (NETWORKS[0], "depth", True), (NETWORKS[3], "tas", True)])
+CASES = (
+  [(a, "tas", False) for a in NETWORKS]
+  + [(NETWORKS[0], "width", False), (NETWORKS[0], "depth", False), (NETWORKS[1], "depth", False)]
+  # model.scan_blocks: the stage's later blocks as one lax.scan (stage 1 of cifar_basic
+  # scans blocks 2-3; ImageNet: the second block of every stage on its own)
+  + [(NETWORKS[0], "tas", True), (NETWORKS[0], "depth", True), (NETWORKS[3], "tas", True)]
+)
 
 
-@pytest.mark.parametrize("a,variant,scan", CASES,
-                         ids=lambda c: getattr(c, "family", "scan" if c is True else c))
+@pytest.mark.parametrize(
+  "a,variant,scan", CASES, ids=lambda c: getattr(c, "family", "scan" if c is True else c)
+)
 def test_supernet_equals_the_official_search_forward(a, variant, scan):
   """TAS, and the released width-only and depth-only search networks (TAS(W), TAS(D))."""
   space = space_lib.build(a)
@@ -167,27 +195,45 @@ def test_supernet_equals_the_official_search_forward(a, variant, scan):
   # (numpy noise: jax.random per leaf shape would compile a program per shape)
   noise = np.random.default_rng(3)
   params = jax.tree.map(
-      lambda t: jnp.asarray(np.asarray(t) + 0.3 * noise.standard_normal(t.shape, np.float32)), v["params"])
-  forward = parallel.jit_once(lambda lg, k, t: net.apply({"params": params, "batch_stats": v["batch_stats"]},
-                                               x, lg, k, t, train=True, mutable=["batch_stats"])[0])
-  choices = parallel.jit_once(lambda lg, k, t: supernet.sample_choices(space, lg, k, t, True, variant))
+    lambda t: jnp.asarray(np.asarray(t) + 0.3 * noise.standard_normal(t.shape, np.float32)),
+    v["params"],
+  )
+  forward = parallel.jit_once(
+    lambda lg, k, t: net.apply(
+      {"params": params, "batch_stats": v["batch_stats"]},
+      x,
+      lg,
+      k,
+      t,
+      train=True,
+      mutable=["batch_stats"],
+    )[0]
+  )
+  choices = parallel.jit_once(
+    lambda lg, k, t: supernet.sample_choices(space, lg, k, t, True, variant)
+  )
   rng = np.random.default_rng(0)
   seen_unequal_depth_widths = False
   for trial in range(3):
-    logits = {"alpha": jnp.asarray(rng.normal(size=logits0["alpha"].shape), jnp.float32),
-              "beta": jnp.asarray(rng.normal(size=logits0["beta"].shape), jnp.float32)}
+    logits = {
+      "alpha": jnp.asarray(rng.normal(size=logits0["alpha"].shape), jnp.float32),
+      "beta": jnp.asarray(rng.normal(size=logits0["beta"].shape), jnp.float32),
+    }
     key, tau = jax.random.key(10 + trial), jnp.float32(rng.uniform(0.5, 3.0))
-    idx, widths, weights, q = (np.asarray(t, np.float64 if t.dtype == jnp.float32 else np.int64)
-                               for t in choices(logits, key, tau))
-    if variant == "depth":   # one candidate, the full width; a soft depth mixture
+    idx, widths, weights, q = (
+      np.asarray(t, np.float64 if t.dtype == jnp.float32 else np.int64)
+      for t in choices(logits, key, tau)
+    )
+    if variant == "depth":  # one candidate, the full width; a soft depth mixture
       assert np.all(widths == [[s.full] * 2 for s in space.slots]) and np.all(weights[:, 0] == 1)
-      assert np.all(q.max(-1) < 1)   # soft: no stage one-hot
+      assert np.all(q.max(-1) < 1)  # soft: no stage one-hot
     else:
       assert np.all(idx[:, 0] != idx[:, 1]) and np.all((weights > 0) & (weights < 1))
       seen_unequal_depth_widths |= len({tuple(widths[b.slots[-1]]) for b in space.blocks}) > 1
     got = np.asarray(forward(logits, key, tau), np.float64)
-    want = reference_forward(space, params, np.asarray(x, np.float64), idx, widths, weights, q,
-                             variant)
+    want = reference_forward(
+      space, params, np.asarray(x, np.float64), idx, widths, weights, q, variant
+    )
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
   assert seen_unequal_depth_widths or variant == "depth"
 
@@ -198,13 +244,16 @@ def official_expected_flops(space, logits):
   flop_depth_probs[stage, choice] (reverse cumsum of softmax(β)) from `depth_at_i`; the
   downsample takes the block's input and the last conv's probabilities; head E[c]·classes."""
   alpha, beta = (np.asarray(t, np.float64) for t in space.masked_logits(logits))
-  softmax = lambda t: np.exp(t - t.max(-1, keepdims=True)) / np.exp(
-      t - t.max(-1, keepdims=True)).sum(-1, keepdims=True)
+  softmax = lambda t: (
+    np.exp(t - t.max(-1, keepdims=True))
+    / np.exp(t - t.max(-1, keepdims=True)).sum(-1, keepdims=True)
+  )
   width_probs = softmax(alpha)
   depth_probs = np.flip(np.cumsum(np.flip(softmax(beta), 1), 1), 1)
   e_out = (width_probs * space.width_table()).sum(-1)
-  conv_flops = lambda slot, e_in: (space.slots[slot].kernel ** 2 * space.slots[slot].out_size ** 2
-                                   * e_in * e_out[slot])
+  conv_flops = lambda slot, e_in: (
+    space.slots[slot].kernel ** 2 * space.slots[slot].out_size ** 2 * e_in * e_out[slot]
+  )
   depth_at_i = {}
   for s, choices in enumerate(space.depths):
     for i in range(1, len(choices)):
@@ -227,15 +276,19 @@ def official_expected_flops(space, logits):
   return sum(flops)
 
 
-@pytest.mark.parametrize("name", ["resnet20", "resnet56", "resnet164", "imagenet_resnet18",
-                                  "imagenet_resnet50"])
+@pytest.mark.parametrize(
+  "name", ["resnet20", "resnet56", "resnet164", "imagenet_resnet18", "imagenet_resnet50"]
+)
 def test_released_expected_flops_equal_the_official_formula(name):
   space = space_lib.build(arch.named(name))
   rng = np.random.default_rng(4)
   fn = jax.jit(lambda lg: cost.expected_flops(space, lg, "released"))
   for _ in range(3):
-    logits = {"alpha": jnp.asarray(rng.normal(size=(space.num_slots, 8)), jnp.float32),
-              "beta": jnp.asarray(rng.normal(size=(len(space.depths), space.max_depth_candidates)),
-                                  jnp.float32)}
+    logits = {
+      "alpha": jnp.asarray(rng.normal(size=(space.num_slots, 8)), jnp.float32),
+      "beta": jnp.asarray(
+        rng.normal(size=(len(space.depths), space.max_depth_candidates)), jnp.float32
+      ),
+    }
     assert float(fn(logits)) == pytest.approx(official_expected_flops(space, logits), rel=1e-5)
   assert cost.expected_flops.__defaults__[0] == "released"

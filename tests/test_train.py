@@ -10,12 +10,11 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
+import parallel_check
 import pytest
 
-from tas_jax import config as config_lib
+from tas_jax import config as config_lib, parallel
 from tas_jax.models import arch as arch_lib, resnet
-from tas_jax import parallel
-import parallel_check
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -27,10 +26,18 @@ def run_on(num_devices, mode, what="step"):
   if jax.device_count() >= num_devices:
     return parallel_check.CHECKS[what](num_devices, mode)
   root = os.path.dirname(HERE)
-  env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={num_devices}",
-         "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
-  out = subprocess.run([sys.executable, os.path.join(HERE, "parallel_check.py"), str(num_devices), mode, what],
-                       capture_output=True, text=True, env=env, cwd=os.path.dirname(HERE))
+  env = {
+    **os.environ,
+    "XLA_FLAGS": f"--xla_force_host_platform_device_count={num_devices}",
+    "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]),
+  }
+  out = subprocess.run(
+    [sys.executable, os.path.join(HERE, "parallel_check.py"), str(num_devices), mode, what],
+    capture_output=True,
+    text=True,
+    env=env,
+    cwd=os.path.dirname(HERE),
+  )
   assert out.returncode == 0, out.stderr[-3000:]
   return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -43,8 +50,12 @@ def test_same_numbers_on_1_and_8_devices_with_jit_and_pmap():
   for devices, mode in [(1, "pmap"), (8, "jit"), (8, "pmap")]:
     got = run_on(devices, mode)
     assert got["devices"] == devices
-    np.testing.assert_allclose(got["losses"], ref["losses"], atol=1e-5, rtol=0, err_msg=f"{devices} {mode}")
-    np.testing.assert_allclose(got["params_head"], ref["params_head"], atol=1e-5, err_msg=f"{devices} {mode}")
+    np.testing.assert_allclose(
+      got["losses"], ref["losses"], atol=1e-5, rtol=0, err_msg=f"{devices} {mode}"
+    )
+    np.testing.assert_allclose(
+      got["params_head"], ref["params_head"], atol=1e-5, err_msg=f"{devices} {mode}"
+    )
     assert abs(got["params_norm"] - ref["params_norm"]) < 1e-4 * ref["params_norm"]
   assert ref["losses"][0] > 2.0  # untrained 10-class net: about ln 10
 
@@ -67,7 +78,9 @@ def test_cpu_compiler_options_change_speed_not_numbers(monkeypatch):
   # initialisation without LLVM's optimisation (parallel.jit_once): the same random bits; the
   # normal distribution's float math may round differently in the last place
   variables = parallel.jit_once(model.init)(jax.random.key(2), x[:1])
-  for a, b in zip(jax.tree.leaves(variables), jax.tree.leaves(jax.jit(model.init)(jax.random.key(2), x[:1]))):
+  for a, b in zip(
+    jax.tree.leaves(variables), jax.tree.leaves(jax.jit(model.init)(jax.random.key(2), x[:1]))
+  ):
     np.testing.assert_allclose(a, b, rtol=1e-6, atol=0)
 
   def loss(params):
@@ -102,10 +115,12 @@ def test_short_teacher_run_learns(cifar_pipeline):
   summary = json.load(open(os.path.join(workdir, "teacher", "summary.json")))
   hist = summary["history"]
   assert len(hist) == 3 and summary["finished"]
-  assert summary["test_accuracy"] > 0.6               # chance is 0.1
+  assert summary["test_accuracy"] > 0.6  # chance is 0.1
   assert hist[-1]["train_loss"] < 0.6 * hist[0]["train_loss"] + 0.5
   assert os.path.isfile(os.path.join(workdir, "teacher", "arch.json"))
-  assert any(f.startswith("events.out.tfevents") for f in os.listdir(os.path.join(workdir, "teacher")))
+  assert any(
+    f.startswith("events.out.tfevents") for f in os.listdir(os.path.join(workdir, "teacher"))
+  )
 
 
 def test_forced_cpu_devices_get_a_thread_pool_that_cannot_deadlock(monkeypatch):
@@ -122,7 +137,7 @@ def test_forced_cpu_devices_get_a_thread_pool_that_cannot_deadlock(monkeypatch):
   assert os.environ["PJRT_NPROC"] == "3"
   monkeypatch.delenv("PJRT_NPROC")
   monkeypatch.setenv("XLA_FLAGS", "")
-  parallel.size_cpu_thread_pool()                   # one device: XLA's own default
+  parallel.size_cpu_thread_pool()  # one device: XLA's own default
   assert "PJRT_NPROC" not in os.environ and parallel.requested_cpu_devices() == 1
   monkeypatch.setenv("JAX_NUM_CPU_DEVICES", "4")
   assert parallel.requested_cpu_devices() == 4

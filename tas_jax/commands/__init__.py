@@ -18,14 +18,21 @@ from tas_jax.data import datasets
 from tas_jax.models import arch as arch_lib
 
 # The errors a user causes and fixes: each is printed as one line ("error: …"), exit status 2.
-USER_ERRORS = (errors.ConfigError, arch_lib.ArchError, datasets.DataNotFoundError,
-               datasets.BadDataError, errors.CheckpointNotFoundError, FloatingPointError)
+USER_ERRORS = (
+  errors.ConfigError,
+  arch_lib.ArchError,
+  datasets.DataNotFoundError,
+  datasets.BadDataError,
+  errors.CheckpointNotFoundError,
+  FloatingPointError,
+)
 
 
 def fail(message: str, status: int = 2) -> NoReturn:
   """Prints `error: message` on stderr and exits with `status` (in a run of several processes the
   others are told to stop too)."""
   from tas_jax import multihost
+
   multihost.report_failure(message)
   print(f"error: {message}", file=sys.stderr)
   multihost.exit(status)

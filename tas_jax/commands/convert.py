@@ -24,22 +24,29 @@ def cli(source: str, name: str, weights: str, workdir: str, input_size: int = 0)
   console.setup()
   record = guarded(convert.convert, source, name, weights, workdir, input_size)
   teacher_dir = layout.teacher_dir(workdir)
-  print(f"{record['architecture']} ({record['num_classes']} classes, {record['input_size']}x"
-        f"{record['input_size']} inputs) from {weights} -> {teacher_dir}\n"
-        f"check against PyTorch on a random batch: largest |logit difference| "
-        f"{record['max_abs_logit_difference']:.2e}\n"
-        f"next: python -m tas_jax.main --config=CONFIG --workdir={workdir} "
-        f"--config.model.arch={os.path.join(teacher_dir, layout.ARCH)} --config.stage=all")
+  print(
+    f"{record['architecture']} ({record['num_classes']} classes, {record['input_size']}x"
+    f"{record['input_size']} inputs) from {weights} -> {teacher_dir}\n"
+    f"check against PyTorch on a random batch: largest |logit difference| "
+    f"{record['max_abs_logit_difference']:.2e}\n"
+    f"next: python -m tas_jax.main --config=CONFIG --workdir={workdir} "
+    f"--config.model.arch={os.path.join(teacher_dir, layout.ARCH)} --config.stage=all"
+  )
   return 0
 
 
 def main() -> None:
-  arch = flags.DEFINE_string("arch", None, "resnet18_tv | resnet50_tv | repvgg_a0 | repvgg_b1 | an "
-                             "architecture JSON")
+  arch = flags.DEFINE_string(
+    "arch", None, "resnet18_tv | resnet50_tv | repvgg_a0 | repvgg_b1 | an architecture JSON"
+  )
   weights = flags.DEFINE_string("weights", None, "the PyTorch checkpoint (.pth)")
   workdir = flags.DEFINE_string("workdir", None, "the workdir whose teacher/ it becomes")
-  input_size = flags.DEFINE_integer("input_size", 0, "the image side the network is trained and "
-                                    "evaluated at (0: the architecture's, 224 for the named ones)")
+  input_size = flags.DEFINE_integer(
+    "input_size",
+    0,
+    "the image side the network is trained and "
+    "evaluated at (0: the architecture's, 224 for the named ones)",
+  )
 
   def run(argv):
     if len(argv) != 2:

@@ -13,7 +13,9 @@ from tas_jax.data import check, imagenet
 
 
 def main() -> None:
-  data_dir = flags.DEFINE_string("data_dir", None, "The dataset folder (what --config.data.dir names).")
+  data_dir = flags.DEFINE_string(
+    "data_dir", None, "The dataset folder (what --config.data.dir names)."
+  )
   splits = flags.DEFINE_list("splits", ["train", "validation"], "Splits to check.")
   threads = flags.DEFINE_integer("threads", 8, "Decoding threads.")
 

@@ -11,8 +11,9 @@ from tas_jax.data.embedded import build_subset
 
 
 def main() -> None:
-  idx_dir = flags.DEFINE_string("idx_dir", datasets.DEBIAN_FASHION_MNIST,
-                                "folder of the full Fashion-MNIST IDX files")
+  idx_dir = flags.DEFINE_string(
+    "idx_dir", datasets.DEBIAN_FASHION_MNIST, "folder of the full Fashion-MNIST IDX files"
+  )
 
   def run(argv):
     if len(argv) > 1:

@@ -18,10 +18,12 @@ def cli(workdir: str, run: str, fmt: str, num_images: int = 8) -> int:
   console.setup()
   info = guarded(export.export, workdir, run, fmt, num_images)
   entry = info[fmt]
-  print(f"{run} ({info['architecture']}) -> {entry['path']}\nchecked on "
-        f"{entry['checked_images']} test images of {info['dataset']}: largest logit difference "
-        f"{entry['max_logit_difference']:.2e} (relative to max(1, |logit|); tolerance "
-        f"{export.TOLERANCE})")
+  print(
+    f"{run} ({info['architecture']}) -> {entry['path']}\nchecked on "
+    f"{entry['checked_images']} test images of {info['dataset']}: largest logit difference "
+    f"{entry['max_logit_difference']:.2e} (relative to max(1, |logit|); tolerance "
+    f"{export.TOLERANCE})"
+  )
   return 0
 
 

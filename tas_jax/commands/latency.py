@@ -26,8 +26,9 @@ def table_command(argv) -> None:
 
   base = guarded(network)
   table = latency.build(base, flags.workdir, latency.batch_size(config), config.latency.repeats)
-  print("\n".join(latency.reading(table, base, latency.cache_path(flags.workdir,
-                                                                  table.batch_size))))
+  print(
+    "\n".join(latency.reading(table, base, latency.cache_path(flags.workdir, table.batch_size)))
+  )
 
 
 def main() -> None:

@@ -17,8 +17,9 @@ def normalize(images_uint8: jax.Array, mean, std) -> jax.Array:
   return (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
 
 
-def random_crop_flip(keys: jax.Array, images: jax.Array, padding: int = 4,
-                     flip: bool = True) -> jax.Array:
+def random_crop_flip(
+  keys: jax.Array, images: jax.Array, padding: int = 4, flip: bool = True
+) -> jax.Array:
   """Per example: a random crop of the original size from the image zero-padded by `padding`,
   then a random horizontal flip. `keys` holds one key per example. The raw pixels are padded with
   0 (black), as torchvision's RandomCrop does."""

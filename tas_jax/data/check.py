@@ -28,11 +28,15 @@ def unreadable(records, threads: int = 8, progress: bool = True) -> list[tuple[s
 
   with concurrent.futures.ThreadPoolExecutor(threads) as pool:
     results = pool.map(check, range(len(records)))
-    bad = [r for r in console.progress_bar(results, len(records), "img", "checked",
-                                           enabled=progress) if r is not None]
+    bad = [
+      r
+      for r in console.progress_bar(results, len(records), "img", "checked", enabled=progress)
+      if r is not None
+    ]
   return bad
 
 
 if __name__ == "__main__":
   from tas_jax.commands import data_check as command
+
   command.main()

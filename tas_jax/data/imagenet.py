@@ -38,8 +38,8 @@ from typing import Iterator, Optional, Sequence
 
 import grain
 import jax
-from absl import flags, logging
 import numpy as np
+from absl import flags, logging
 
 from tas_jax import parallel
 from tas_jax.data import augment
@@ -50,9 +50,9 @@ MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 # PCA of ImageNet's RGB pixels (values in [0, 1]), as the official ImageNet recipe uses them
 EIGVAL = np.array([0.2175, 0.0188, 0.0045], np.float32)
-EIGVEC = np.array([[-0.5675, 0.7192, 0.4009],
-                   [-0.5808, -0.0045, -0.8140],
-                   [-0.5836, -0.6948, 0.4203]], np.float32)
+EIGVEC = np.array(
+  [[-0.5675, 0.7192, 0.4009], [-0.5808, -0.0045, -0.8140], [-0.5836, -0.6948, 0.4203]], np.float32
+)
 JPEG_SUFFIXES = (".jpeg", ".jpg", ".png")
 
 
@@ -63,15 +63,17 @@ def die_with_parent(parent_pid: int, worker_index: int = 0, worker_count: int = 
   if sys.platform != "linux":
     return
   import ctypes
+
   pr_set_pdeathsig = 1
   ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
-  if os.getppid() != parent_pid:   # the parent died before the line above
+  if os.getppid() != parent_pid:  # the parent died before the line above
     os._exit(1)
 
 
 # ------------------------------------------------------------------------------------------
 # Where the records come from
 # ------------------------------------------------------------------------------------------
+
 
 class ImageFolder:
   """A random-access source over `root/<split>/<class>/*.JPEG`: record i -> {"jpeg", "label"}."""
@@ -81,19 +83,25 @@ class ImageFolder:
     found = sorted(d for d in os.listdir(folder) if os.path.isdir(os.path.join(folder, d)))
     self.classes = list(classes) if classes is not None else found
     if classes is None and len(found) < 2:
-      raise BadDataError(f"{folder} has {len(found)} class folder ({', '.join(found)}): a "
-                         "classifier needs at least two (train/<class>/*.JPEG, one folder per class)")
+      raise BadDataError(
+        f"{folder} has {len(found)} class folder ({', '.join(found)}): a "
+        "classifier needs at least two (train/<class>/*.JPEG, one folder per class)"
+      )
     index = {c: i for i, c in enumerate(self.classes)}
     self.files, labels = [], []
     for c in found:
-      names = sorted(n for n in os.listdir(os.path.join(folder, c))
-                     if n.lower().endswith(JPEG_SUFFIXES))
+      names = sorted(
+        n for n in os.listdir(os.path.join(folder, c)) if n.lower().endswith(JPEG_SUFFIXES)
+      )
       if not names:
-        raise BadDataError(f"{os.path.join(folder, c)} holds no images ({', '.join(JPEG_SUFFIXES)}): "
-                           "every class folder is an output class; remove it or add its images")
+        raise BadDataError(
+          f"{os.path.join(folder, c)} holds no images ({', '.join(JPEG_SUFFIXES)}): "
+          "every class folder is an output class; remove it or add its images"
+        )
       if c not in index:
-        raise BadDataError(f"{os.path.join(folder, c)}: class {c!r} is not among the training "
-                           "classes")
+        raise BadDataError(
+          f"{os.path.join(folder, c)}: class {c!r} is not among the training classes"
+        )
       for name in names:
         self.files.append(os.path.join(folder, c, name))
         labels.append(index[c])
@@ -115,9 +123,11 @@ class TfdsImageNet:
 
   def __init__(self, data_dir: Optional[str], split: str):
     import tensorflow_datasets as tfds
+
     self._split = split
-    self._source = tfds.data_source("imagenet2012", split=split, data_dir=data_dir,
-                                    decoders={"image": tfds.decode.SkipDecoding()})
+    self._source = tfds.data_source(
+      "imagenet2012", split=split, data_dir=data_dir, decoders={"image": tfds.decode.SkipDecoding()}
+    )
     self.classes = list(self._source.dataset_info.features["label"].names)
     self._labels = None
 
@@ -141,7 +151,9 @@ class TfdsImageNet:
 
 def _has_split(root: str, split: str) -> bool:
   folder = os.path.join(root, split)
-  return os.path.isdir(folder) and any(os.path.isdir(os.path.join(folder, d)) for d in os.listdir(folder))
+  return os.path.isdir(folder) and any(
+    os.path.isdir(os.path.join(folder, d)) for d in os.listdir(folder)
+  )
 
 
 def open_split(data_dir: str, split: str, classes: Optional[Sequence[str]] = None):
@@ -155,11 +167,12 @@ def open_split(data_dir: str, split: str, classes: Optional[Sequence[str]] = Non
   if data_dir and os.path.isdir(tfds_dir):
     return TfdsImageNet(data_dir, split)
   raise DataNotFoundError(
-      f"ImageNet not found: looked for {os.path.join(data_dir or '<config.data.dir>', folder_split)}/"
-      f"<class>/*.JPEG and for TFDS imagenet2012 in {tfds_dir or '<config.data.dir>/imagenet2012'}; "
-      "extract ILSVRC-2012 into train/<class>/ and val/<class>/ folders there, or prepare it with "
-      "`tfds build imagenet2012 --data_dir=DIR --manual_dir=<the ILSVRC tar files>` "
-      "(ArrayRecord is the default file format), and pass --config.data.dir=DIR")
+    f"ImageNet not found: looked for {os.path.join(data_dir or '<config.data.dir>', folder_split)}/"
+    f"<class>/*.JPEG and for TFDS imagenet2012 in {tfds_dir or '<config.data.dir>/imagenet2012'}; "
+    "extract ILSVRC-2012 into train/<class>/ and val/<class>/ folders there, or prepare it with "
+    "`tfds build imagenet2012 --data_dir=DIR --manual_dir=<the ILSVRC tar files>` "
+    "(ArrayRecord is the default file format), and pass --config.data.dir=DIR"
+  )
 
 
 # ------------------------------------------------------------------------------------------
@@ -172,6 +185,7 @@ BAD_IMAGES = ("skip", "fail")
 def decode(jpeg: bytes):
   """JPEG (or PNG) bytes -> an RGB PIL image (fully loaded: a truncated file fails here)."""
   from PIL import Image
+
   return Image.open(io.BytesIO(jpeg)).convert("RGB")
 
 
@@ -182,6 +196,7 @@ def _image(record: dict):
 def why_unreadable(e: Exception) -> str:
   """One short reason for a failed read or decode."""
   from PIL import UnidentifiedImageError
+
   if isinstance(e, UnidentifiedImageError):
     return "not an image file Pillow can read"
   return str(e).splitlines()[0] if str(e) else type(e).__name__
@@ -203,15 +218,18 @@ def read_decodable(records, i: int, bad_images: str = "skip") -> tuple[dict, str
       name = records.name(j) if hasattr(records, "name") else f"record {j}"
       reason = why_unreadable(e)
       if bad_images == "fail":
-        raise BadDataError(f"{name} cannot be decoded ({reason}): remove it, or skip such files "
-                           "with --config.data.bad_images=skip (python -m tas_jax.data.check "
-                           "lists them all)") from None
+        raise BadDataError(
+          f"{name} cannot be decoded ({reason}): remove it, or skip such files "
+          "with --config.data.bad_images=skip (python -m tas_jax.data.check "
+          "lists them all)"
+        ) from None
       skipped.append(name)
   raise BadDataError(f"no record of {len(records)} can be decoded (first: {skipped[0]})")
 
 
-def random_resized_crop_box(rng: np.random.Generator, width: int, height: int,
-                            scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)) -> tuple[int, int, int, int]:
+def random_resized_crop_box(
+  rng: np.random.Generator, width: int, height: int, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)
+) -> tuple[int, int, int, int]:
   """(left, top, w, h) of a crop covering a random fraction of the area at a random aspect ratio;
   after 10 failed draws, the centre crop of the image clamped to the ratio range."""
   area = width * height
@@ -258,6 +276,7 @@ def lighting(rng: np.random.Generator, x: np.ndarray, alphastd: float = 0.1) -> 
 def train_view(record: dict, rng: np.random.Generator, size: int = 224) -> dict:
   """The training view of one record: uint8 HWC `size`×`size` and its label."""
   from PIL import Image
+
   img = _image(record)
   left, top, w, h = random_resized_crop_box(rng, *img.size)
   img = img.resize((size, size), Image.BILINEAR, box=(left, top, left + w, top + h))
@@ -265,11 +284,13 @@ def train_view(record: dict, rng: np.random.Generator, size: int = 224) -> dict:
   if rng.uniform() < 0.5:
     x = x[:, ::-1]
   x = lighting(rng, colour_jitter(rng, x))
-  return {"image": np.clip(np.rint(x * 255.0), 0, 255).astype(np.uint8),
-          "label": np.int32(record["label"])}
+  return {
+    "image": np.clip(np.rint(x * 255.0), 0, 255).astype(np.uint8),
+    "label": np.int32(record["label"]),
+  }
 
 
-EVAL_CROP_FRACTION = 224 / 256   # the centre crop's share of the resized shorter side
+EVAL_CROP_FRACTION = 224 / 256  # the centre crop's share of the resized shorter side
 
 
 def eval_resize(size: int) -> int:
@@ -282,6 +303,7 @@ def eval_view(record: dict, size: int = 224, resize: Optional[int] = None) -> di
   """Resize the shorter side to `resize` (default `eval_resize(size)`), centre crop `size`: uint8
   HWC and the label."""
   from PIL import Image
+
   resize = resize or eval_resize(size)
   img = _image(record)
   w, h = img.size
@@ -289,22 +311,25 @@ def eval_view(record: dict, size: int = 224, resize: Optional[int] = None) -> di
   img = img.resize((max(size, round(w * s)), max(size, round(h * s))), Image.BILINEAR)
   w, h = img.size
   left, top = (w - size) // 2, (h - size) // 2
-  return {"image": np.asarray(img.crop((left, top, left + size, top + size)), np.uint8),
-          "label": np.int32(record["label"])}
+  return {
+    "image": np.asarray(img.crop((left, top, left + size, top + size)), np.uint8),
+    "label": np.int32(record["label"]),
+  }
 
 
 # ------------------------------------------------------------------------------------------
 # Batch sources
 # ------------------------------------------------------------------------------------------
 
+
 @dataclasses.dataclass(frozen=True)
 class StreamOptions:
   image_size: int = 224
-  workers: int = 0                    # grain worker processes (0: decode in this process)
-  prefetch: int = 2                   # global batches put on the devices ahead of the step
-  shard_index: int = -1               # -1: this JAX process's (tests pass their own)
+  workers: int = 0  # grain worker processes (0: decode in this process)
+  prefetch: int = 2  # global batches put on the devices ahead of the step
+  shard_index: int = -1  # -1: this JAX process's (tests pass their own)
   shard_count: int = -1
-  bad_images: str = "skip"            # an unreadable image: skip (warn, next record) | fail
+  bad_images: str = "skip"  # an unreadable image: skip (warn, next record) | fail
 
 
 def _shard(options: StreamOptions) -> tuple[int, int]:
@@ -315,8 +340,9 @@ def _shard(options: StreamOptions) -> tuple[int, int]:
   return by_process.shard_index, by_process.shard_count
 
 
-def train_dataset(records, indices: np.ndarray, process_batch: int, seed: int,
-                  options: StreamOptions) -> grain.MapDataset:
+def train_dataset(
+  records, indices: np.ndarray, process_batch: int, seed: int, options: StreamOptions
+) -> grain.MapDataset:
   """(batches of this process's shard, steps per epoch): every pass a fresh seeded order of
   `indices`, process p of n taking every n-th example of the endless stream of passes, cut into
   full per-process batches; an epoch is len(indices) // global batch steps (the stream runs on
@@ -324,13 +350,18 @@ def train_dataset(records, indices: np.ndarray, process_batch: int, seed: int,
   shard, count = _shard(options)
   per_epoch = len(indices) // (process_batch * count) * process_batch
   if per_epoch == 0:
-    raise ValueError(f"{len(indices)} examples cannot fill one batch of {process_batch} on each of "
-                     f"{count} processes")
-  ds = (grain.MapDataset.source(np.asarray(indices, np.int64)).shuffle(seed=seed)
-        .repeat(None))
-  ds = ds[shard::count]                                        # this process's examples
-  ds = ds.random_map(functools.partial(_train_item, records=records, size=options.image_size,
-                                       bad_images=options.bad_images), seed=seed + 1)
+    raise ValueError(
+      f"{len(indices)} examples cannot fill one batch of {process_batch} on each of "
+      f"{count} processes"
+    )
+  ds = grain.MapDataset.source(np.asarray(indices, np.int64)).shuffle(seed=seed).repeat(None)
+  ds = ds[shard::count]  # this process's examples
+  ds = ds.random_map(
+    functools.partial(
+      _train_item, records=records, size=options.image_size, bad_images=options.bad_images
+    ),
+    seed=seed + 1,
+  )
   ds = ds.batch(process_batch, drop_remainder=True)
   return ds, per_epoch // process_batch
 
@@ -367,30 +398,46 @@ class _SkipReport:
 class StreamingSource(BatchSource):
   """Global training batches from per-process grain pipelines (see the module docstring)."""
 
-  def __init__(self, records, indices, global_batch: int, mesh, seed: int,
-               options: StreamOptions = StreamOptions(), mean=MEAN, std=STD):
+  def __init__(
+    self,
+    records,
+    indices,
+    global_batch: int,
+    mesh,
+    seed: int,
+    options: StreamOptions = StreamOptions(),
+    mean=MEAN,
+    std=STD,
+  ):
     _, count = _shard(options)
     if global_batch % count:
       raise ValueError(f"global batch {global_batch} does not split over {count} processes")
     self.global_batch = global_batch
-    self._dataset, self.steps_per_epoch = train_dataset(records, indices, global_batch // count,
-                                                        seed, options)
+    self._dataset, self.steps_per_epoch = train_dataset(
+      records, indices, global_batch // count, seed, options
+    )
     self._options = options
     self.skipped = _SkipReport()
     self._sharding = parallel.batch_sharded(mesh)
     self._normalise = jax.jit(
-        lambda b: {"image": augment.normalize(b["image"], mean, std), "label": b["label"]},
-        out_shardings=self._sharding)
+      lambda b: {"image": augment.normalize(b["image"], mean, std), "label": b["label"]},
+      out_shardings=self._sharding,
+    )
 
   def iterate(self, start_step: int) -> Iterator[dict]:
-    it = self._dataset[start_step:].to_iter_dataset(grain.ReadOptions(num_threads=4,
-                                                                      prefetch_buffer_size=4))
+    it = self._dataset[start_step:].to_iter_dataset(
+      grain.ReadOptions(num_threads=4, prefetch_buffer_size=4)
+    )
     if self._options.workers > 0:
-      if not flags.FLAGS.is_parsed():  # grain reads absl flags; a notebook or test never parsed them
+      if (
+        not flags.FLAGS.is_parsed()
+      ):  # grain reads absl flags; a notebook or test never parsed them
         flags.FLAGS.mark_as_parsed()
       _quiet_resource_tracker()
-      it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=self._options.workers),
-                          worker_init_fn=functools.partial(die_with_parent, os.getpid()))
+      it = it.mp_prefetch(
+        grain.MultiprocessingOptions(num_workers=self._options.workers),
+        worker_init_fn=functools.partial(die_with_parent, os.getpid()),
+      )
     host = iter(it)
     queue: collections.deque = collections.deque()
     try:
@@ -398,8 +445,9 @@ class StreamingSource(BatchSource):
         while len(queue) < max(1, self._options.prefetch):
           local = dict(next(host))
           self.skipped.add(local.pop("skipped"))
-          batch = {k: jax.make_array_from_process_local_data(self._sharding, v)
-                   for k, v in local.items()}
+          batch = {
+            k: jax.make_array_from_process_local_data(self._sharding, v) for k, v in local.items()
+          }
           queue.append(self._normalise(batch))
         yield queue.popleft()
     finally:  # the loop closes the generator: stop the worker processes, free their memory
@@ -410,8 +458,15 @@ class StreamingSource(BatchSource):
 class StreamingEvalSource(EvalSource):
   """The validation split, resized and centre-cropped, in global batches padded with a mask."""
 
-  def __init__(self, records, global_batch: int, mesh, options: StreamOptions = StreamOptions(),
-               mean=MEAN, std=STD):
+  def __init__(
+    self,
+    records,
+    global_batch: int,
+    mesh,
+    options: StreamOptions = StreamOptions(),
+    mean=MEAN,
+    std=STD,
+  ):
     shard, count = _shard(options)
     if global_batch % count:
       raise ValueError(f"eval batch {global_batch} does not split over {count} processes")
@@ -422,8 +477,13 @@ class StreamingEvalSource(EvalSource):
     self._shard, self._count = shard, count
     self._sharding = parallel.batch_sharded(mesh)
     self._normalise = jax.jit(
-        lambda b: {"image": augment.normalize(b["image"], mean, std), "label": b["label"],
-                   "mask": b["mask"]}, out_shardings=self._sharding)
+      lambda b: {
+        "image": augment.normalize(b["image"], mean, std),
+        "label": b["label"],
+        "mask": b["mask"],
+      },
+      out_shardings=self._sharding,
+    )
 
   def batches(self) -> Iterator[dict]:
     n, local, count = self.num_examples, self._local, self._count
@@ -434,14 +494,17 @@ class StreamingEvalSource(EvalSource):
       rows = []
       for j in range(local):
         i = b * local * count + self._shard * local + j
-        if i < n:   # an unreadable validation image is left out of the accuracy (mask 0)
+        if i < n:  # an unreadable validation image is left out of the accuracy (mask 0)
           record, skipped = read_decodable(self._records, i, self._options.bad_images)
           self.skipped.add([skipped])
           rows.append((eval_view(record, size), float(not skipped)))
         else:
           rows.append((blank, 0.0))
-      batch = {"image": np.stack([r["image"] for r, _ in rows]),
-               "label": np.stack([r["label"] for r, _ in rows]),
-               "mask": np.asarray([m for _, m in rows], np.float32)}
-      yield self._normalise({k: jax.make_array_from_process_local_data(self._sharding, v)
-                             for k, v in batch.items()})
+      batch = {
+        "image": np.stack([r["image"] for r, _ in rows]),
+        "label": np.stack([r["label"] for r, _ in rows]),
+        "mask": np.asarray([m for _, m in rows], np.float32),
+      }
+      yield self._normalise(
+        {k: jax.make_array_from_process_local_data(self._sharding, v) for k, v in batch.items()}
+      )

@@ -21,10 +21,12 @@ from tas_jax.data.datasets import DataNotFoundError
 
 def foolbox_images() -> list[tuple[str, int]]:
   """(path, ImageNet label) of the photographs in the installed foolbox wheel."""
-  spec = importlib.util.find_spec("foolbox")   # locates the package without importing it
+  spec = importlib.util.find_spec("foolbox")  # locates the package without importing it
   if spec is None or spec.origin is None:
-    raise DataNotFoundError("the sample ImageNet photographs come from the foolbox wheel: "
-                            "pip install --no-deps foolbox==3.3.4")
+    raise DataNotFoundError(
+      "the sample ImageNet photographs come from the foolbox wheel: "
+      "pip install --no-deps foolbox==3.3.4"
+    )
   folder = os.path.join(os.path.dirname(spec.origin), "data")
   out = []
   for name in sorted(os.listdir(folder)):
@@ -39,6 +41,7 @@ def foolbox_images() -> list[tuple[str, int]]:
 def build(out_dir: str) -> str:
   """Writes the folder (idempotent); returns out_dir."""
   from PIL import Image, ImageOps
+
   for path, label in foolbox_images():
     stem = os.path.basename(path).removesuffix(".jpg")
     for split in ("train", "val"):
@@ -56,4 +59,5 @@ def build(out_dir: str) -> str:
 
 if __name__ == "__main__":
   from tas_jax.commands import imagenet_samples as command
+
   command.main()

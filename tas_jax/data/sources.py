@@ -27,14 +27,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from tas_jax import parallel
-from tas_jax.errors import ConfigError
 from tas_jax.data import augment
 from tas_jax.data.datasets import ImageDataset
+from tas_jax.errors import ConfigError
 
 
 @dataclasses.dataclass(frozen=True)
 class Augmentation:
   """The training view of an image: random crop with zero padding, flip, normalisation."""
+
   mean: tuple[float, ...]
   std: tuple[float, ...]
   crop_padding: int = 4
@@ -43,6 +44,7 @@ class Augmentation:
 
 class BatchSource(abc.ABC):
   """Training batches of a fixed global size, `steps_per_epoch` of them per epoch."""
+
   global_batch: int
   steps_per_epoch: int
 
@@ -63,8 +65,10 @@ def check_batch(field: str, batch: int, num_devices: int, num_examples: int) -> 
   """Steps per epoch of a global batch over `num_examples` (the last partial batch is dropped:
   static shapes); a batch that does not split over the devices is refused with one line."""
   if batch % num_devices:
-    raise ConfigError(f"config.{field}={batch}: must be a multiple of the {num_devices} "
-                      "devices in use (or set config.num_devices)")
+    raise ConfigError(
+      f"config.{field}={batch}: must be a multiple of the {num_devices} "
+      "devices in use (or set config.num_devices)"
+    )
   if batch > num_examples:
     raise ConfigError(f"config.{field}={batch}: larger than the {num_examples} training examples")
   return num_examples // batch
@@ -83,30 +87,44 @@ class DeviceDataset:
     self.num_train, self.num_test = len(ds.train_labels), n_test
     self.mesh = mesh
     self.train_images, self.train_labels = parallel.put_replicated(
-        (ds.train_images, ds.train_labels), mesh)
+      (ds.train_images, ds.train_labels), mesh
+    )
     self.test_images, self.test_labels = parallel.put_replicated(
-        (np.pad(ds.test_images, ((0, pad), (0, 0), (0, 0), (0, 0))), np.pad(ds.test_labels, (0, pad))),
-        mesh)
+      (
+        np.pad(ds.test_images, ((0, pad), (0, 0), (0, 0), (0, 0))),
+        np.pad(ds.test_labels, (0, pad)),
+      ),
+      mesh,
+    )
 
 
 class InMemorySource(BatchSource):
   """Batches gathered and augmented on the device from a resident dataset.
 
-  `indices` are the examples this source draws from (the whole training set, or one half of it
-  for the search); `epoch_key(epoch)` keys the epoch's shuffle and `step_key(step)` the step's
-  augmentation (both traced). An epoch is `steps_per_epoch` batches (default: as many whole
-  batches as the indices hold; sources stepped together share one count). Every example's augmentation is keyed by its position in the
-  global batch, so the batch is the same on any number of devices.
+  `indices` are the examples this source draws from (the whole training set, or one half of it for
+  the search); `epoch_key(epoch)` keys the epoch's shuffle and `step_key(step)` the step's
+  augmentation (both traced). An epoch is `steps_per_epoch` batches (default: as many whole batches
+  as the indices hold; sources stepped together share one count). Every example's augmentation is
+  keyed by its position in the global batch, so the batch is the same on any number of devices.
   """
 
-  def __init__(self, data: DeviceDataset, indices: np.ndarray, global_batch: int,
-               augmentation: Augmentation, epoch_key: Callable[[jax.Array], jax.Array],
-               step_key: Callable[[jax.Array], jax.Array], steps_per_epoch: int = 0):
+  def __init__(
+    self,
+    data: DeviceDataset,
+    indices: np.ndarray,
+    global_batch: int,
+    augmentation: Augmentation,
+    epoch_key: Callable[[jax.Array], jax.Array],
+    step_key: Callable[[jax.Array], jax.Array],
+    steps_per_epoch: int = 0,
+  ):
     self.global_batch = global_batch
     self.steps_per_epoch = steps_per_epoch or len(indices) // global_batch
     if self.steps_per_epoch * global_batch > len(indices):
-      raise ValueError(f"{self.steps_per_epoch} steps of {global_batch} need "
-                       f"{self.steps_per_epoch * global_batch} examples, the source has {len(indices)}")
+      raise ValueError(
+        f"{self.steps_per_epoch} steps of {global_batch} need "
+        f"{self.steps_per_epoch * global_batch} examples, the source has {len(indices)}"
+      )
     self._data = data
     self._indices = parallel.put_replicated(np.asarray(indices, np.int32), data.mesh)
     sharding = parallel.batch_sharded(data.mesh)
@@ -126,8 +144,11 @@ class InMemorySource(BatchSource):
 
     self._replicated = parallel.replicated(data.mesh)
     self._shuffle = jax.jit(shuffle, out_shardings=self._replicated)
-    self._gather = jax.jit(gather, out_shardings=(sharding, self._replicated),
-                           compiler_options=parallel.compiler_options())
+    self._gather = jax.jit(
+      gather,
+      out_shardings=(sharding, self._replicated),
+      compiler_options=parallel.compiler_options(),
+    )
 
   def permutation(self, epoch: int) -> jax.Array:
     """The order in which epoch `epoch` visits this source's examples (dataset indices)."""
@@ -141,8 +162,9 @@ class InMemorySource(BatchSource):
       if step // self.steps_per_epoch != epoch:
         epoch = step // self.steps_per_epoch
         perm = self.permutation(epoch)
-      batch, step_on_device = self._gather(self._data.train_images, self._data.train_labels, perm,
-                                           step_on_device)
+      batch, step_on_device = self._gather(
+        self._data.train_images, self._data.train_labels, perm, step_on_device
+      )
       yield batch
       step += 1
 

@@ -9,10 +9,10 @@ from tas_jax.errors import ConfigError
 
 # module -> what to install for it (torch: the CPU build is enough and much smaller)
 INSTALL = {
-    "torch": "pip install torch --index-url https://download.pytorch.org/whl/cpu",
-    "onnx": "pip install onnx onnxscript",
-    "onnxscript": "pip install onnx onnxscript",
-    "onnxruntime": "pip install onnxruntime",
+  "torch": "pip install torch --index-url https://download.pytorch.org/whl/cpu",
+  "onnx": "pip install onnx onnxscript",
+  "onnxscript": "pip install onnx onnxscript",
+  "onnxruntime": "pip install onnxruntime",
 }
 
 
@@ -25,5 +25,7 @@ def require(module: str, purpose: str):
   try:
     return importlib.import_module(module)
   except ImportError:
-    raise MissingDependencyError(f"{purpose} needs {module}, which is not installed: "
-                                 f"{INSTALL.get(module, f'pip install {module}')}") from None
+    raise MissingDependencyError(
+      f"{purpose} needs {module}, which is not installed: "
+      f"{INSTALL.get(module, f'pip install {module}')}"
+    ) from None

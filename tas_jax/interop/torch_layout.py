@@ -23,9 +23,13 @@ import numpy as np
 from tas_jax.errors import ConfigError
 from tas_jax.models import arch as arch_lib, repvgg, resnet, topology
 
-BN_FIELDS = (("weight", "params", "scale"), ("bias", "params", "bias"),
-             ("running_mean", "batch_stats", "mean"), ("running_var", "batch_stats", "var"))
-IGNORED_SUFFIXES = ("num_batches_tracked",)   # BN's step counter: no tas_jax counterpart
+BN_FIELDS = (
+  ("weight", "params", "scale"),
+  ("bias", "params", "bias"),
+  ("running_mean", "batch_stats", "mean"),
+  ("running_var", "batch_stats", "var"),
+)
+IGNORED_SUFFIXES = ("num_batches_tracked",)  # BN's step counter: no tas_jax counterpart
 
 
 class WeightsError(ConfigError):
@@ -36,14 +40,16 @@ class WeightsError(ConfigError):
 class Entry:
   """One tensor: its state-dict key, where it lives in {"params", "batch_stats"}, and its kind
   ("conv": OIHW <-> HWIO, "linear": (out, in) <-> (in, out), "vector": as is)."""
+
   key: str
   collection: str
   path: tuple[str, ...]
   kind: str
 
 
-def _conv_bn(prefix: str, scope: tuple[str, ...], has_bn: bool, conv_key: str = "weight",
-             bn_prefix: str = "") -> list[Entry]:
+def _conv_bn(
+  prefix: str, scope: tuple[str, ...], has_bn: bool, conv_key: str = "weight", bn_prefix: str = ""
+) -> list[Entry]:
   out = [Entry(f"{prefix}{conv_key}", "params", scope + ("conv", "kernel"), "conv")]
   if has_bn:
     out += [Entry(f"{bn_prefix}{t}", c, scope + ("bn", j), "vector") for t, c, j in BN_FIELDS]
@@ -74,11 +80,17 @@ def resnet_entries(a: arch_lib.Architecture) -> list[Entry]:
     if b.projection is None:
       continue
     layer = resnet_key(b.convs[0].name)[0].rsplit("conv1.", 1)[0]
-    first = 1 if b.shortcut == "pool_conv" else 0   # downsample.0 is the AvgPool2d in TAS's form
-    out += _conv_bn(f"{layer}downsample.{first}.", resnet.variable_scope(b.projection.name),
-                    b.projection.has_bn, bn_prefix=f"{layer}downsample.{first + 1}.")
-  out += [Entry("fc.weight", "params", ("classifier", "kernel"), "linear"),
-          Entry("fc.bias", "params", ("classifier", "bias"), "vector")]
+    first = 1 if b.shortcut == "pool_conv" else 0  # downsample.0 is the AvgPool2d in TAS's form
+    out += _conv_bn(
+      f"{layer}downsample.{first}.",
+      resnet.variable_scope(b.projection.name),
+      b.projection.has_bn,
+      bn_prefix=f"{layer}downsample.{first + 1}.",
+    )
+  out += [
+    Entry("fc.weight", "params", ("classifier", "kernel"), "linear"),
+    Entry("fc.bias", "params", ("classifier", "bias"), "vector"),
+  ]
   return out
 
 
@@ -95,17 +107,26 @@ def repvgg_entries(a: repvgg.RepVGGArch, deploy: bool) -> list[Entry]:
   for c in repvgg.blocks(a):
     key = repvgg_block_key(c.name)
     if deploy:
-      out += [Entry(f"{key}rbr_reparam.weight", "params", (c.name, "kernel"), "conv"),
-              Entry(f"{key}rbr_reparam.bias", "params", (c.name, "bias"), "vector")]
+      out += [
+        Entry(f"{key}rbr_reparam.weight", "params", (c.name, "kernel"), "conv"),
+        Entry(f"{key}rbr_reparam.bias", "params", (c.name, "bias"), "vector"),
+      ]
       continue
-    out += _conv_bn(f"{key}rbr_dense.conv.", (c.name, "dense"), True, bn_prefix=f"{key}rbr_dense.bn.")
-    out += _conv_bn(f"{key}rbr_1x1.conv.", (c.name, "pointwise"), True,
-                    bn_prefix=f"{key}rbr_1x1.bn.")
+    out += _conv_bn(
+      f"{key}rbr_dense.conv.", (c.name, "dense"), True, bn_prefix=f"{key}rbr_dense.bn."
+    )
+    out += _conv_bn(
+      f"{key}rbr_1x1.conv.", (c.name, "pointwise"), True, bn_prefix=f"{key}rbr_1x1.bn."
+    )
     if repvgg.has_identity(c):
-      out += [Entry(f"{key}rbr_identity.{t}", coll, (c.name, "identity", j), "vector")
-              for t, coll, j in BN_FIELDS]
-  out += [Entry("linear.weight", "params", ("classifier", "kernel"), "linear"),
-          Entry("linear.bias", "params", ("classifier", "bias"), "vector")]
+      out += [
+        Entry(f"{key}rbr_identity.{t}", coll, (c.name, "identity", j), "vector")
+        for t, coll, j in BN_FIELDS
+      ]
+  out += [
+    Entry("linear.weight", "params", ("classifier", "kernel"), "linear"),
+    Entry("linear.bias", "params", ("classifier", "bias"), "vector"),
+  ]
   return out
 
 
@@ -116,8 +137,10 @@ def entries(a, deploy: bool | None = None) -> list[Entry]:
   return resnet_entries(a)
 
 
-_AXES = {"conv": ((3, 2, 0, 1), (2, 3, 1, 0)),   # HWIO -> OIHW, OIHW -> HWIO
-         "linear": ((1, 0), (1, 0))}
+_AXES = {
+  "conv": ((3, 2, 0, 1), (2, 3, 1, 0)),  # HWIO -> OIHW, OIHW -> HWIO
+  "linear": ((1, 0), (1, 0)),
+}
 
 
 def _to_torch(value: np.ndarray, kind: str) -> np.ndarray:
@@ -142,8 +165,10 @@ def _put(tree: dict, path: tuple[str, ...], value) -> None:
 
 def to_state_dict(a, variables: Mapping, deploy: bool | None = None) -> dict[str, np.ndarray]:
   """{"params", "batch_stats"} of network `a` -> {state-dict key: float32 array in PyTorch's layout}."""
-  return {e.key: _to_torch(np.asarray(_get(variables[e.collection], e.path), np.float32), e.kind)
-          for e in entries(a, deploy)}
+  return {
+    e.key: _to_torch(np.asarray(_get(variables[e.collection], e.path), np.float32), e.kind)
+    for e in entries(a, deploy)
+  }
 
 
 def strip_wrappers(state: Mapping) -> dict:
@@ -165,10 +190,15 @@ def from_state_dict(a, state: Mapping, deploy: bool | None = None, source: str =
   missing = [e.key for e in table if e.key not in state]
   name = a.name or "the architecture"
   if missing or unexpected:
-    parts = ([f"missing {missing[:3]}{' …' if len(missing) > 3 else ''} ({len(missing)} keys)"]
-             if missing else []) + ([f"unexpected {unexpected[:3]}"
-                                     f"{' …' if len(unexpected) > 3 else ''} ({len(unexpected)} keys)"]
-                                    if unexpected else [])
+    parts = (
+      [f"missing {missing[:3]}{' …' if len(missing) > 3 else ''} ({len(missing)} keys)"]
+      if missing
+      else []
+    ) + (
+      [f"unexpected {unexpected[:3]}{' …' if len(unexpected) > 3 else ''} ({len(unexpected)} keys)"]
+      if unexpected
+      else []
+    )
     raise WeightsError(f"{source} does not fit {name}: {'; '.join(parts)}")
   out: dict = {"params": {}, "batch_stats": {}}
   expected = _expected_shapes(a, deploy)
@@ -176,8 +206,10 @@ def from_state_dict(a, state: Mapping, deploy: bool | None = None, source: str =
     value = _from_torch(np.asarray(state[e.key], np.float32), e.kind)
     want = expected[e.collection, e.path]
     if value.shape != want:
-      raise WeightsError(f"{source}: {e.key} has shape {list(_to_torch(value, e.kind).shape)}, "
-                         f"{name} needs {list(_to_torch(np.zeros(want), e.kind).shape)}")
+      raise WeightsError(
+        f"{source}: {e.key} has shape {list(_to_torch(value, e.kind).shape)}, "
+        f"{name} needs {list(_to_torch(np.zeros(want), e.kind).shape)}"
+      )
     _put(out[e.collection], e.path, value)
   return out
 
@@ -185,9 +217,10 @@ def from_state_dict(a, state: Mapping, deploy: bool | None = None, source: str =
 def _expected_shapes(a, deploy: bool | None) -> dict:
   """(collection, path) -> the tas_jax shape of every variable, from the initialised model."""
   import jax
+
   from tas_jax.models import networks
-  model = (repvgg.RepVGG(a, deploy=deploy) if isinstance(a, repvgg.RepVGGArch)
-           else networks.build(a))
+
+  model = repvgg.RepVGG(a, deploy=deploy) if isinstance(a, repvgg.RepVGGArch) else networks.build(a)
   shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), networks.dummy_input(a)))
   out = {}
   for collection in ("params", "batch_stats"):

@@ -72,8 +72,9 @@ class ResNet(nn.Module):
 class _ConvBN(nn.Sequential):
   def __init__(self, c: topology.Conv, kernel: int):
     super().__init__()
-    self.add_module("conv", nn.Conv2d(c.in_width, c.out_width, kernel, c.stride, kernel // 2,
-                                      bias=False))
+    self.add_module(
+      "conv", nn.Conv2d(c.in_width, c.out_width, kernel, c.stride, kernel // 2, bias=False)
+    )
     self.add_module("bn", nn.BatchNorm2d(c.out_width))
 
 
@@ -128,5 +129,5 @@ def load(a, variables: Mapping, deploy: bool | None = None) -> "nn.Module":
   state = {k: torch.tensor(v) for k, v in torch_layout.to_state_dict(a, variables, deploy).items()}
   missing, unexpected = m.load_state_dict(state, strict=False)
   missing = [k for k in missing if not k.endswith(torch_layout.IGNORED_SUFFIXES)]
-  assert not missing and not unexpected, (missing, unexpected)   # the two tables agree
+  assert not missing and not unexpected, (missing, unexpected)  # the two tables agree
   return m

@@ -31,10 +31,10 @@ def models():
   except (RuntimeError, ImportError, OSError) as e:
     spec = importlib.util.find_spec("torchvision")
     if spec is None:
-      require("torchvision", "torchvision's models")   # one line: what to install
+      require("torchvision", "torchvision's models")  # one line: what to install
       raise
     for name in [n for n in sys.modules if n == "torchvision" or n.startswith("torchvision.")]:
-      del sys.modules[name]          # the half-imported package of the failed attempt
+      del sys.modules[name]  # the half-imported package of the failed attempt
     package = types.ModuleType("torchvision")
     package.__path__ = list(spec.submodule_search_locations)
     package.__spec__ = spec

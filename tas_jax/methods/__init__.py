@@ -1,8 +1,8 @@
 """Pruning methods: one folder each, behind one contract, found by name in `REGISTRY`.
 
-A method is a `Method` (`tas_jax.methods.contract`): its stages, its settings and what the method-independent code needs to
-know about it. The config (`tas_jax.config`), the pipeline, the distill and results stages and
-the stage records ask the registry and name no method.
+A method is a `Method` (`tas_jax.methods.contract`): its stages, its settings and what the
+method-independent code needs to know about it. The config (`tas_jax.config`), the pipeline, the
+distill and results stages and the stage records ask the registry and name no method.
 
 Stages, each `fn(config, workdir) -> summary dict`:
 - `search`: from the config's unpruned network (and WORKDIR/teacher where the method starts from
@@ -26,11 +26,13 @@ from tas_jax.errors import ConfigError
 from tas_jax.methods import oneshot, pas, tas
 from tas_jax.methods.contract import Method
 
-DEFAULT = "tas"          # config.method and distill.student of a fresh config
+DEFAULT = "tas"  # config.method and distill.student of a fresh config
 
 
 # name -> Method: what config.method, a distill run's STUDENT and the pipeline dispatch on
-REGISTRY: dict[str, Method] = {m.name: m for m in (tas.METHOD, pas.METHOD, oneshot.L1, oneshot.FPGM)}
+REGISTRY: dict[str, Method] = {
+  m.name: m for m in (tas.METHOD, pas.METHOD, oneshot.L1, oneshot.FPGM)
+}
 
 
 def register(method: Method) -> Method:

@@ -12,21 +12,21 @@ import ml_collections
 
 @dataclasses.dataclass(frozen=True)
 class Method:
-  name: str                # config.method=NAME; a distill run NAME-kd trains its pruned network
-  label: str               # its rows in the results table, e.g. "PaS (fine-tuned)"
+  name: str  # config.method=NAME; a distill run NAME-kd trains its pruned network
+  label: str  # its rows in the results table, e.g. "PaS (fine-tuned)"
   description: str
   search: Callable[[ml_collections.ConfigDict, str], dict]
   extract: Callable[[ml_collections.ConfigDict, str], dict]
-  section: str = ""        # config[section] holds its settings ("" = none of its own)
+  section: str = ""  # config[section] holds its settings ("" = none of its own)
   defaults: Callable[[], ml_collections.ConfigDict] = ml_collections.ConfigDict
   validate: Callable[[ml_collections.ConfigDict], None] = lambda config: None
-  keeps_weights: bool = False   # its extraction writes the kept channels' weights; its runs
-                                # fine-tune them (distill.init=searched)
-  families: tuple[str, ...] = ("resnet",)   # the networks it prunes: resnet, repvgg
+  keeps_weights: bool = False  # its extraction writes the kept channels' weights; its runs
+  # fine-tune them (distill.init=searched)
+  families: tuple[str, ...] = ("resnet",)  # the networks it prunes: resnet, repvgg
   reads_teacher: Callable[[ml_collections.ConfigDict], bool] = lambda config: True
-                           # whether its search starts from WORKDIR/teacher
-  finetune_fields: tuple[str, ...] = ()   # fields of its section read by the fine-tuning of its
-                                          # extracted weights, not by its search
+  # whether its search starts from WORKDIR/teacher
+  finetune_fields: tuple[str, ...] = ()  # fields of its section read by the fine-tuning of its
+  # extracted weights, not by its search
   finetune: Optional[Callable[[ml_collections.ConfigDict], ml_collections.ConfigDict]] = None
-                           # the recipe fine-tuning its extracted weights (default: config.distill)
-  not_defining: tuple[str, ...] = ()      # fields of its section that do not change a result
+  # the recipe fine-tuning its extracted weights (default: config.distill)
+  not_defining: tuple[str, ...] = ()  # fields of its section that do not change a result

@@ -36,9 +36,15 @@ from tas_jax.training import checkpoint
 def rows(base, kept_counts: dict) -> list[dict]:
   """The report's table: every main conv's original and kept width."""
   groups = channels.of(base)
-  return [{"layer": c.name, "original": c.out_width,
-           "width": kept_counts[groups.conv_groups[c.name][1]], "removed": False}
-          for c in channels.main_convs(base)]
+  return [
+    {
+      "layer": c.name,
+      "original": c.out_width,
+      "width": kept_counts[groups.conv_groups[c.name][1]],
+      "removed": False,
+    }
+    for c in channels.main_convs(base)
+  ]
 
 
 def save_weights(path: str, variables: dict) -> None:
@@ -50,8 +56,10 @@ def read_weights(workdir: str, method: str, abstract: dict) -> dict:
   """{"params", "batch_stats"} that `method`'s extraction wrote for its pruned network."""
   path = os.path.abspath(os.path.join(layout.extract_dir(workdir, method), layout.WEIGHTS))
   if not os.path.exists(path):
-    raise CheckpointNotFoundError(f"{path} is missing: run --config.stage="
-                                  f"{layout.stage_flags('extract', method)} with this --workdir first")
+    raise CheckpointNotFoundError(
+      f"{path} is missing: run --config.stage="
+      f"{layout.stage_flags('extract', method)} with this --workdir first"
+    )
   return checkpoint.restore_tree(path, abstract)
 
 
@@ -74,29 +82,50 @@ def training_form(workdir: str, method: str):
 
 def read_training_form(workdir: str, method: str, abstract: dict) -> dict:
   """{"params", "batch_stats"} of the unpruned network in training form (`training_form`)."""
-  return checkpoint.restore_tree(os.path.join(layout.extract_dir(workdir, method), layout.TRAINING_FORM),
-                           abstract)
+  return checkpoint.restore_tree(
+    os.path.join(layout.extract_dir(workdir, method), layout.TRAINING_FORM), abstract
+  )
 
 
 def _markdown(title: str, source: str, summary: dict, table: list[dict]) -> str:
   b, p = summary["before"], summary["after"]
-  lines = [f"# {title}: extracted network {summary['architecture']}", "",
-           f"{source}; the weights of the kept channels are in `weights/`.", "",
-           "| | original | pruned | kept |", "|---|---|---|---|",
-           f"| FLOPs (M) | {b['flops_m']:.2f} | {p['flops_m']:.2f} | {100 * summary['flops_ratio']:.1f}% |",
-           f"| params (M) | {b['params_m']:.4f} | {p['params_m']:.4f} | "
-           f"{100 * p['params_m'] / b['params_m']:.1f}% |", "",
-           f"Target {100 * summary['target']:.0f}% of the original "
-           f"{'FLOPs' if summary['cost'] == 'flops' else 'table latency'}.", "",
-           *latency.report_lines(summary.get("latency")),
-           "| layer | original width | kept channels | kept |", "|---|---|---|---|"]
-  lines += [f"| {r['layer']} | {r['original']} | {r['width']} | {100 * r['width'] / r['original']:.0f}% |"
-            for r in table]
+  lines = [
+    f"# {title}: extracted network {summary['architecture']}",
+    "",
+    f"{source}; the weights of the kept channels are in `weights/`.",
+    "",
+    "| | original | pruned | kept |",
+    "|---|---|---|---|",
+    f"| FLOPs (M) | {b['flops_m']:.2f} | {p['flops_m']:.2f} | {100 * summary['flops_ratio']:.1f}% |",
+    f"| params (M) | {b['params_m']:.4f} | {p['params_m']:.4f} | "
+    f"{100 * p['params_m'] / b['params_m']:.1f}% |",
+    "",
+    f"Target {100 * summary['target']:.0f}% of the original "
+    f"{'FLOPs' if summary['cost'] == 'flops' else 'table latency'}.",
+    "",
+    *latency.report_lines(summary.get("latency")),
+    "| layer | original width | kept channels | kept |",
+    "|---|---|---|---|",
+  ]
+  lines += [
+    f"| {r['layer']} | {r['original']} | {r['width']} | {100 * r['width'] / r['original']:.0f}% |"
+    for r in table
+  ]
   return "\n".join(lines) + "\n"
 
 
-def write(config: ml_collections.ConfigDict, workdir: str, method: str, title: str, source: str,
-          base, variables: dict, kept: dict, extra: dict | None = None, advice: str = "") -> dict:
+def write(
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  method: str,
+  title: str,
+  source: str,
+  base,
+  variables: dict,
+  kept: dict,
+  extra: dict | None = None,
+  advice: str = "",
+) -> dict:
   """Cuts `kept` out of `base` with `variables`, writes WORKDIR/extract-METHOD/ (see above) and
   returns its summary. `title` / `source` head the report ("PaS", "From the PaS search checkpoint
   at step 40"); `extra` joins the summary; `advice` follows the warning of a missed target."""
@@ -105,20 +134,30 @@ def write(config: ml_collections.ConfigDict, workdir: str, method: str, title: s
   ratio, tolerance = config.target.flop_ratio, config.target.tolerance
   groups = channels.of(base)
   counts = channels.counts(kept)
-  kept_ratio = flops.with_kept(groups, counts) / flops.count(base).flops   # named by what it kept
-  pruned, weights = channels.cut(base, variables, kept,
-                                 name=f"{base.name or 'custom'}_{method}{round(100 * kept_ratio)}")
+  kept_ratio = flops.with_kept(groups, counts) / flops.count(base).flops  # named by what it kept
+  pruned, weights = channels.cut(
+    base, variables, kept, name=f"{base.name or 'custom'}_{method}{round(100 * kept_ratio)}"
+  )
   before, after = flops.count(base), flops.count(pruned)
   if after.flops != flops.with_kept(groups, counts):
-    raise AssertionError(f"extracted FLOPs {after.flops} differ from the count at the kept widths "
-                         f"{flops.with_kept(groups, counts)}")
+    raise AssertionError(
+      f"extracted FLOPs {after.flops} differ from the count at the kept widths "
+      f"{flops.with_kept(groups, counts)}"
+    )
   table = rows(base, counts)
   summary = {
-      "stage": stage, "finished": True, "method": method, "architecture": pruned.name,
-      "target": ratio, "cost": config.target.cost, "flops_ratio": after.flops / before.flops,
-      "before": {"flops_m": round(before.flops_m, 4), "params_m": round(before.params_m, 6)},
-      "after": {"flops_m": round(after.flops_m, 4), "params_m": round(after.params_m, 6)},
-      "kept": counts, "layers": table, **(extra or {}),
+    "stage": stage,
+    "finished": True,
+    "method": method,
+    "architecture": pruned.name,
+    "target": ratio,
+    "cost": config.target.cost,
+    "flops_ratio": after.flops / before.flops,
+    "before": {"flops_m": round(before.flops_m, 4), "params_m": round(before.params_m, 6)},
+    "after": {"flops_m": round(after.flops_m, 4), "params_m": round(after.params_m, 6)},
+    "kept": counts,
+    "layers": table,
+    **(extra or {}),
   }
   target = target_lib.Target.build(config, base, workdir, quiet=True)
   report = target.report(config, workdir, pruned)
@@ -127,7 +166,7 @@ def write(config: ml_collections.ConfigDict, workdir: str, method: str, title: s
   on_target = target.on_target_ratio(summary["flops_ratio"], report)
   summary["in_band"] = target.in_band(on_target)
   os.makedirs(out_dir, exist_ok=True)
-  save_weights(os.path.join(out_dir, layout.WEIGHTS), weights)   # every process: Orbax is collective
+  save_weights(os.path.join(out_dir, layout.WEIGHTS), weights)  # every process: Orbax is collective
   if trains_in_training_form(base):
     save_weights(os.path.join(out_dir, layout.TRAINING_FORM), jax.device_get(variables))
   if layout.is_writer():
@@ -140,19 +179,37 @@ def write(config: ml_collections.ConfigDict, workdir: str, method: str, title: s
       json.dump(groups.per_conv(kept), f)
     with open(os.path.join(out_dir, "report.md"), "w") as f:
       f.write(_markdown(title, source, summary, table))
-    plots.plot_widths(table, os.path.join(out_dir, "widths.png"),
-                      f"{pruned.name}: {after.flops_m:.2f} M FLOPs ({100 * summary['flops_ratio']:.1f}% "
-                      f"of {before.flops_m:.2f} M)")
+    plots.plot_widths(
+      table,
+      os.path.join(out_dir, "widths.png"),
+      f"{pruned.name}: {after.flops_m:.2f} M FLOPs ({100 * summary['flops_ratio']:.1f}% "
+      f"of {before.flops_m:.2f} M)",
+    )
   if not summary["in_band"]:
-    logging.warning("[%s] %s has %.1f%% of the %s, more than target.tolerance=%g from the "
-                    "target %.0f%%%s", stage, pruned.name, 100 * on_target,
-                    target.label, tolerance,
-                    100 * ratio, f" ({advice})" if advice else "")
+    logging.warning(
+      "[%s] %s has %.1f%% of the %s, more than target.tolerance=%g from the target %.0f%%%s",
+      stage,
+      pruned.name,
+      100 * on_target,
+      target.label,
+      tolerance,
+      100 * ratio,
+      f" ({advice})" if advice else "",
+    )
   layout.write_summary(out_dir, summary)
-  logging.info("[%s] %s: %.2f M FLOPs = %.1f%% of %.2f M (target %.0f%%), %.4f M params (%.4f M); "
-               "wrote arch.json, weights/, kept_channels.json, report.md and widths.png to %s",
-               stage, pruned.name, after.flops_m, 100 * summary["flops_ratio"], before.flops_m,
-               100 * ratio, after.params_m, before.params_m, out_dir)
+  logging.info(
+    "[%s] %s: %.2f M FLOPs = %.1f%% of %.2f M (target %.0f%%), %.4f M params (%.4f M); "
+    "wrote arch.json, weights/, kept_channels.json, report.md and widths.png to %s",
+    stage,
+    pruned.name,
+    after.flops_m,
+    100 * summary["flops_ratio"],
+    before.flops_m,
+    100 * ratio,
+    after.params_m,
+    before.params_m,
+    out_dir,
+  )
   if "latency" in summary:
     latency.log_report(stage, pruned.name, summary["latency"], logging.info)
   return summary

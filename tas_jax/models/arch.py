@@ -45,8 +45,18 @@ from typing import Any
 FAMILIES = ("cifar_basic", "cifar_bottleneck", "imagenet_basic", "imagenet_bottleneck")
 _NUM_STAGES = {"cifar": 3, "imagenet": 4}
 _CONVS_PER_BLOCK = {"basic": 2, "bottleneck": 3}
-_KEYS = ("family", "num_classes", "input_size", "input_channels", "stem_width", "stages",
-         "projection_bn", "name", "projections", "downsample")
+_KEYS = (
+  "family",
+  "num_classes",
+  "input_size",
+  "input_channels",
+  "stem_width",
+  "stages",
+  "projection_bn",
+  "name",
+  "projections",
+  "downsample",
+)
 DOWNSAMPLES = ("pool_conv", "strided_conv")
 
 
@@ -60,6 +70,7 @@ class Architecture:
 
   Frozen and made of tuples so that it is hashable: Flax modules take it as a static attribute.
   """
+
   family: str
   num_classes: int
   input_size: int
@@ -68,22 +79,29 @@ class Architecture:
   stages: tuple[tuple[tuple[int, ...], ...], ...]
   projection_bn: bool = True
   name: str = ""
-  projections: tuple[str, ...] = ()   # blocks ("stage1.block1") with a projection whatever the widths
-  downsample: str = "pool_conv"       # the stride-2 shortcut: pool_conv (TAS) | strided_conv (torchvision)
+  projections: tuple[
+    str, ...
+  ] = ()  # blocks ("stage1.block1") with a projection whatever the widths
+  downsample: str = (
+    "pool_conv"  # the stride-2 shortcut: pool_conv (TAS) | strided_conv (torchvision)
+  )
 
   def __post_init__(self):
     try:
       stages = tuple(tuple(tuple(block) for block in stage) for stage in self.stages)
     except TypeError:
-      raise ArchError("stages: must be a list of stages, each a list of blocks, each a list of "
-                      "conv widths") from None
+      raise ArchError(
+        "stages: must be a list of stages, each a list of blocks, each a list of conv widths"
+      ) from None
     for s, stage in enumerate(stages):
       for b, widths in enumerate(stage):
         if not all(_is_int(w) for w in widths):
           raise ArchError(f"stages[{s}][{b}]: widths must be integers, got {list(widths)}")
     object.__setattr__(self, "stages", stages)
     if isinstance(self.projections, str) or not all(isinstance(p, str) for p in self.projections):
-      raise ArchError(f"projections: a list of block names like 'stage1.block1', got {self.projections!r}")
+      raise ArchError(
+        f"projections: a list of block names like 'stage1.block1', got {self.projections!r}"
+      )
     object.__setattr__(self, "projections", tuple(self.projections))
     validate(self)
 
@@ -110,14 +128,15 @@ class Architecture:
     d["projections"] = list(self.projections)
     if not self.projections:  # the usual case: left out of the JSON
       del d["projections"]
-    if self.downsample == "pool_conv":   # TAS's form, the default: left out too
+    if self.downsample == "pool_conv":  # TAS's form, the default: left out too
       del d["downsample"]
     return d
 
   def to_json(self) -> str:
     """JSON with one block per line: readable and diffable."""
     stages = ",\n".join(
-        "    [" + ", ".join(json.dumps(list(b)) for b in stage) + "]" for stage in self.stages)
+      "    [" + ", ".join(json.dumps(list(b)) for b in stage) + "]" for stage in self.stages
+    )
     head = {k: v for k, v in self.to_dict().items() if k != "stages"}
     body = ",\n".join(f"  {json.dumps(k)}: {json.dumps(v)}" for k, v in head.items())
     return "{\n" + body + ',\n  "stages": [\n' + stages + "\n  ]\n}\n"
@@ -171,32 +190,40 @@ def validate(a: Architecture) -> None:
   if not isinstance(a.projection_bn, bool):
     raise ArchError(f"projection_bn={a.projection_bn!r}: must be true or false")
   if a.downsample not in DOWNSAMPLES:
-    raise ArchError(f"downsample={a.downsample!r}: allowed: {', '.join(DOWNSAMPLES)} (TAS's "
-                    "2x2 average pool + 1x1 conv, or torchvision's 1x1 conv with stride 2)")
+    raise ArchError(
+      f"downsample={a.downsample!r}: allowed: {', '.join(DOWNSAMPLES)} (TAS's "
+      "2x2 average pool + 1x1 conv, or torchvision's 1x1 conv with stride 2)"
+    )
   n_stages = _NUM_STAGES[a.dataset_kind]
   if len(a.stages) != n_stages:
     raise ArchError(f"stages: {a.family} networks have {n_stages} stages, got {len(a.stages)}")
   # Every stride-2 step (conv and the 2x2 average pool of its shortcut) must see an even map.
   downsampling = n_stages - 1 + (2 if a.dataset_kind == "imagenet" else 0)
-  if a.input_size % (2 ** downsampling):
-    raise ArchError(f"input_size={a.input_size}: {a.dataset_kind} networks need a multiple of "
-                    f"{2 ** downsampling} (every stride-2 step must see an even map)")
+  if a.input_size % (2**downsampling):
+    raise ArchError(
+      f"input_size={a.input_size}: {a.dataset_kind} networks need a multiple of "
+      f"{2**downsampling} (every stride-2 step must see an even map)"
+    )
   n_convs = _CONVS_PER_BLOCK[a.block_kind]
   for s, stage in enumerate(a.stages):
     if len(stage) < 1:
       raise ArchError(f"stages[{s}]: a stage keeps at least one block (its first), got none")
     for b, widths in enumerate(stage):
       if len(widths) != n_convs:
-        raise ArchError(f"stages[{s}][{b}]: a {a.block_kind} block has {n_convs} conv widths, "
-                        f"got {len(widths)}")
+        raise ArchError(
+          f"stages[{s}][{b}]: a {a.block_kind} block has {n_convs} conv widths, got {len(widths)}"
+        )
       for w in widths:
         if w < 1:
           raise ArchError(f"stages[{s}][{b}]: widths must be positive integers, got {list(widths)}")
-  blocks = {f"stage{s + 1}.block{b + 1}" for s, stage in enumerate(a.stages) for b in range(len(stage))}
+  blocks = {
+    f"stage{s + 1}.block{b + 1}" for s, stage in enumerate(a.stages) for b in range(len(stage))
+  }
   for name in a.projections:
     if name not in blocks:
-      raise ArchError(f"projections: {name!r} is not a kept block (blocks are named like "
-                      "'stage1.block1')")
+      raise ArchError(
+        f"projections: {name!r} is not a kept block (blocks are named like 'stage1.block1')"
+      )
 
 
 # --------------------------------------------------------------------------------------------
@@ -205,32 +232,54 @@ def validate(a: Architecture) -> None:
 
 CIFAR_DEPTHS_BASIC = (20, 32, 56, 110)
 CIFAR_DEPTHS_BOTTLENECK = (164,)
-IMAGENET_DEPTHS = {18: ("basic", (2, 2, 2, 2)), 34: ("basic", (3, 4, 6, 3)),
-                   50: ("bottleneck", (3, 4, 6, 3)), 101: ("bottleneck", (3, 4, 23, 3))}
+IMAGENET_DEPTHS = {
+  18: ("basic", (2, 2, 2, 2)),
+  34: ("basic", (3, 4, 6, 3)),
+  50: ("bottleneck", (3, 4, 6, 3)),
+  101: ("bottleneck", (3, 4, 23, 3)),
+}
 
 
-def cifar_resnet(depth: int, block: str = "basic", num_classes: int = 10, input_size: int = 32,
-                 input_channels: int = 3) -> Architecture:
+def cifar_resnet(
+  depth: int,
+  block: str = "basic",
+  num_classes: int = 10,
+  input_size: int = 32,
+  input_channels: int = 3,
+) -> Architecture:
   """The unpruned CIFAR ResNet of a depth: 6n+2 (basic) or 9n+2 (bottleneck)."""
   per_block = 6 if block == "basic" else 9
   if block not in _CONVS_PER_BLOCK:
     raise ArchError(f"block={block!r}: allowed: basic, bottleneck")
   if not _is_int(depth) or depth < per_block + 2 or (depth - 2) % per_block:
     examples = CIFAR_DEPTHS_BASIC if block == "basic" else (29, 56, 164)
-    raise ArchError(f"depth={depth!r}: a CIFAR {block} ResNet needs depth = {per_block}n+2 "
-                    f"with n >= 1 (e.g. {', '.join(map(str, examples))})")
+    raise ArchError(
+      f"depth={depth!r}: a CIFAR {block} ResNet needs depth = {per_block}n+2 "
+      f"with n >= 1 (e.g. {', '.join(map(str, examples))})"
+    )
   n = (depth - 2) // per_block
   stages = []
   for planes in (16, 32, 64):
     widths = (planes, planes) if block == "basic" else (planes, planes, 4 * planes)
     stages.append((widths,) * n)
-  return Architecture(family=f"cifar_{block}", num_classes=num_classes, input_size=input_size,
-                      input_channels=input_channels, stem_width=16, stages=tuple(stages),
-                      name=f"resnet{depth}")
+  return Architecture(
+    family=f"cifar_{block}",
+    num_classes=num_classes,
+    input_size=input_size,
+    input_channels=input_channels,
+    stem_width=16,
+    stages=tuple(stages),
+    name=f"resnet{depth}",
+  )
 
 
-def imagenet_resnet(depth: int, num_classes: int = 1000, input_size: int = 224,
-                    input_channels: int = 3, downsample: str = "pool_conv") -> Architecture:
+def imagenet_resnet(
+  depth: int,
+  num_classes: int = 1000,
+  input_size: int = 224,
+  input_channels: int = 3,
+  downsample: str = "pool_conv",
+) -> Architecture:
   """The unpruned ImageNet ResNet-18/34/50/101; `downsample="strided_conv"` is torchvision's
   ResNet (v1.5: the stride on the 3x3 conv of a bottleneck, as here)."""
   if depth not in IMAGENET_DEPTHS:
@@ -238,24 +287,29 @@ def imagenet_resnet(depth: int, num_classes: int = 1000, input_size: int = 224,
   block, blocks = IMAGENET_DEPTHS[depth]
   stages = []
   for s, n in enumerate(blocks):
-    planes = 64 * 2 ** s
+    planes = 64 * 2**s
     widths = (planes, planes) if block == "basic" else (planes, planes, 4 * planes)
     stages.append((widths,) * n)
-  return Architecture(family=f"imagenet_{block}", num_classes=num_classes, input_size=input_size,
-                      input_channels=input_channels, stem_width=64, stages=tuple(stages),
-                      downsample=downsample,
-                      name=f"resnet{depth}_tv" if downsample == "strided_conv" else
-                      f"imagenet_resnet{depth}")
+  return Architecture(
+    family=f"imagenet_{block}",
+    num_classes=num_classes,
+    input_size=input_size,
+    input_channels=input_channels,
+    stem_width=64,
+    stages=tuple(stages),
+    downsample=downsample,
+    name=f"resnet{depth}_tv" if downsample == "strided_conv" else f"imagenet_resnet{depth}",
+  )
 
 
 NAMED = {
-    **{f"resnet{d}": (lambda d=d: cifar_resnet(d)) for d in CIFAR_DEPTHS_BASIC},
-    "resnet164": lambda: cifar_resnet(164, "bottleneck"),
-    "imagenet_resnet18": lambda: imagenet_resnet(18),
-    "imagenet_resnet50": lambda: imagenet_resnet(50),
-    # torchvision's topology: what its pretrained weights run on (python -m tas_jax.convert)
-    "resnet18_tv": lambda: imagenet_resnet(18, downsample="strided_conv"),
-    "resnet50_tv": lambda: imagenet_resnet(50, downsample="strided_conv"),
+  **{f"resnet{d}": (lambda d=d: cifar_resnet(d)) for d in CIFAR_DEPTHS_BASIC},
+  "resnet164": lambda: cifar_resnet(164, "bottleneck"),
+  "imagenet_resnet18": lambda: imagenet_resnet(18),
+  "imagenet_resnet50": lambda: imagenet_resnet(50),
+  # torchvision's topology: what its pretrained weights run on (python -m tas_jax.convert)
+  "resnet18_tv": lambda: imagenet_resnet(18, downsample="strided_conv"),
+  "resnet50_tv": lambda: imagenet_resnet(50, downsample="strided_conv"),
 }
 
 
@@ -273,5 +327,7 @@ def resolve(name_or_path: str) -> Architecture:
     return named(name_or_path)
   if name_or_path.endswith(".json") or os.path.sep in name_or_path:
     return load(name_or_path)
-  raise ArchError(f"{name_or_path!r} is neither a named architecture ({', '.join(NAMED)}) "
-                  "nor a .json architecture file")
+  raise ArchError(
+    f"{name_or_path!r} is neither a named architecture ({', '.join(NAMED)}) "
+    "nor a .json architecture file"
+  )

@@ -47,18 +47,19 @@ Network = Union[Architecture, repvgg.RepVGGArch]
 
 @dataclasses.dataclass(frozen=True)
 class Group:
-  name: str               # its first gate site: "stem", "stage2.block1", "stage1.block1.conv_a"
-  size: int               # channels in the unpruned network
+  name: str  # its first gate site: "stem", "stage2.block1", "stage1.block1.conv_a"
+  size: int  # channels in the unpruned network
   sites: tuple[str, ...]  # the gate sites (after a ReLU) whose activations are its channels
 
 
 @dataclasses.dataclass(frozen=True)
 class ChannelGroups:
   """The groups of a network and, for every conv, which group its input and output are."""
+
   arch: Network
   groups: tuple[Group, ...]
-  conv_groups: dict           # conv name -> (input group, or None for the image; output group)
-  head_group: str             # the group the classifier reads
+  conv_groups: dict  # conv name -> (input group, or None for the image; output group)
+  head_group: str  # the group the classifier reads
 
   @property
   def num_channels(self) -> int:
@@ -87,7 +88,9 @@ def convs(arch: Network) -> tuple[topology.Conv, ...]:
 
 def main_convs(arch: Network) -> tuple[topology.Conv, ...]:
   """The convs a group's width sets: a ResNet's stem and main paths, a RepVGG's blocks."""
-  return repvgg.blocks(arch) if isinstance(arch, repvgg.RepVGGArch) else topology.of(arch).main_convs()
+  return (
+    repvgg.blocks(arch) if isinstance(arch, repvgg.RepVGGArch) else topology.of(arch).main_convs()
+  )
 
 
 @functools.cache
@@ -96,8 +99,9 @@ def of(arch: Network) -> ChannelGroups:
   if isinstance(arch, repvgg.RepVGGArch):
     convs = repvgg.blocks(arch)
     groups = tuple(Group(c.name, c.out_width, (c.name,)) for c in convs)
-    conv_groups = {c.name: (prev.name if prev else None, c.name)
-                   for prev, c in zip((None,) + convs[:-1], convs)}
+    conv_groups = {
+      c.name: (prev.name if prev else None, c.name) for prev, c in zip((None,) + convs[:-1], convs)
+    }
     return ChannelGroups(arch, groups, conv_groups, convs[-1].name)
   topo = topology.of(arch)
   sites = {"stem": ["stem"]}
@@ -110,7 +114,7 @@ def of(arch: Network) -> ChannelGroups:
       sites[c.name], sizes[c.name] = [c.name], c.out_width
       conv_groups[c.name] = (inner_in, c.name)
       inner_in = c.name
-    if b.projection is not None:      # a new chain starts at this block's output
+    if b.projection is not None:  # a new chain starts at this block's output
       conv_groups[b.projection.name] = (chain, b.name)
       chain = b.name
       sites[chain], sizes[chain] = [], b.out_width
@@ -133,7 +137,9 @@ def producer_kernels(arch: Network, variables: dict) -> dict:
     params = repvgg.reparameterize(arch, variables)["params"]
     kernel = lambda c: np.asarray(params[c.name]["kernel"])
   else:
-    kernel = lambda c: np.asarray(_get(variables["params"], resnet.variable_scope(c.name))["conv"]["kernel"])
+    kernel = lambda c: np.asarray(
+      _get(variables["params"], resnet.variable_scope(c.name))["conv"]["kernel"]
+    )
   return {g.name: [kernel(c) for c in lay.producers(g.name)] for g in lay.groups}
 
 
@@ -173,12 +179,17 @@ def _gather_resnet(arch: Architecture, kept: dict, params: dict, batch_stats: di
     entry = {"conv": {"kernel": np.asarray(layer["conv"]["kernel"])[:, :, rows][..., cols]}}
     if c.has_bn:
       entry["bn"] = {k: np.asarray(v)[cols] for k, v in layer["bn"].items()}
-      _put(new_stats, scope, {"bn": {k: np.asarray(v)[cols]
-                                     for k, v in _get(batch_stats, scope)["bn"].items()}})
+      _put(
+        new_stats,
+        scope,
+        {"bn": {k: np.asarray(v)[cols] for k, v in _get(batch_stats, scope)["bn"].items()}},
+      )
     _put(new_params, scope, entry)
   head = np.asarray(kept[lay.head_group])
-  new_params["classifier"] = {"kernel": np.asarray(params["classifier"]["kernel"])[head],
-                              "bias": np.asarray(params["classifier"]["bias"])}
+  new_params["classifier"] = {
+    "kernel": np.asarray(params["classifier"]["kernel"])[head],
+    "bias": np.asarray(params["classifier"]["bias"]),
+  }
   return {"params": new_params, "batch_stats": new_stats}
 
 
@@ -189,10 +200,11 @@ def cut(arch: Network, variables: dict, kept: dict, name: str = "") -> tuple[Net
   lay = of(arch)
   for g in lay.groups:
     chosen = np.asarray(kept[g.name])
-    if (len(chosen) == 0 or np.any(np.diff(chosen) <= 0) or chosen[0] < 0
-        or chosen[-1] >= g.size):
-      raise ValueError(f"kept channels of {g.name}: sorted distinct indices in [0, {g.size}), at "
-                       f"least one; got {chosen.tolist()}")
+    if len(chosen) == 0 or np.any(np.diff(chosen) <= 0) or chosen[0] < 0 or chosen[-1] >= g.size:
+      raise ValueError(
+        f"kept channels of {g.name}: sorted distinct indices in [0, {g.size}), at "
+        f"least one; got {chosen.tolist()}"
+      )
   variables = jax.device_get(variables)
   if isinstance(arch, repvgg.RepVGGArch):
     pruned, got = repvgg.squeeze(arch, repvgg.reparameterize(arch, variables), kept, name)
@@ -200,11 +212,14 @@ def cut(arch: Network, variables: dict, kept: dict, name: str = "") -> tuple[Net
   else:
     pruned = pruned_architecture(arch, kept, name)
     got = _gather_resnet(arch, kept, variables["params"], variables["batch_stats"])
-  expected = jax.eval_shape(lambda: networks.build(pruned).init(
-      jax.random.key(0), networks.dummy_input(pruned)))
-  mismatch = jax.tree.map(lambda e, g: e.shape != g.shape,
-                          {"params": expected["params"],
-                           "batch_stats": expected.get("batch_stats", {})}, got)
+  expected = jax.eval_shape(
+    lambda: networks.build(pruned).init(jax.random.key(0), networks.dummy_input(pruned))
+  )
+  mismatch = jax.tree.map(
+    lambda e, g: e.shape != g.shape,
+    {"params": expected["params"], "batch_stats": expected.get("batch_stats", {})},
+    got,
+  )
   if any(jax.tree.leaves(mismatch)):
     raise AssertionError(f"gathered variables do not fit {pruned.name}: {mismatch}")
   return pruned, got
@@ -220,8 +235,9 @@ class Gated(nn.Module):
   gate (the masks frozen, as PaS fine-tunes): it computes what `cut(arch, ..., kept)` computes,
   and trains the kept weights as the cut network would while keeping every branch and BN. Its
   variables are the plain network's under "network"."""
+
   arch: Network
-  kept: tuple                       # as_static(kept)
+  kept: tuple  # as_static(kept)
   bn_axis_name: Optional[str] = None
   dtype: Any = jnp.float32
 
@@ -235,4 +251,3 @@ class Gated(nn.Module):
       gates[g.name] = jnp.asarray(gate, self.dtype)
     network = networks.build(self.arch, self.bn_axis_name, self.dtype, name="network")
     return network(x, train, of(self.arch).per_site(gates))
-

@@ -43,15 +43,22 @@ def _backward(strides, padding, residuals, g):
   pad_dx = []
   for axis, (k, s, (lo, _)) in enumerate(zip((kh, kw), strides, padding)):
     size_in, size_out = x.shape[1 + axis], g.shape[1 + axis]
-    reach = (size_out - 1) * s + k - lo        # input rows up to which some window reached
+    reach = (size_out - 1) * s + k - lo  # input rows up to which some window reached
     pad_dx.append((k - 1 - lo, k - 1 + size_in - reach))
   w_flipped = jnp.flip(w, (0, 1)).transpose(0, 1, 3, 2)
-  dx = lax.conv_general_dilated(g, w_flipped, (1, 1), pad_dx, lhs_dilation=strides,
-                                dimension_numbers=NHWC)
+  dx = lax.conv_general_dilated(
+    g, w_flipped, (1, 1), pad_dx, lhs_dilation=strides, dimension_numbers=NHWC
+  )
   # kernel gradient: input channels as the batch, the batch as features, the output gradient as
   # a kernel dilated by the stride; windows past the kernel's size (stride > 1) are dropped
-  dw = lax.conv_general_dilated(x.transpose(3, 1, 2, 0), g.transpose(1, 2, 0, 3), (1, 1), padding,
-                                rhs_dilation=strides, dimension_numbers=NHWC)
+  dw = lax.conv_general_dilated(
+    x.transpose(3, 1, 2, 0),
+    g.transpose(1, 2, 0, 3),
+    (1, 1),
+    padding,
+    rhs_dilation=strides,
+    dimension_numbers=NHWC,
+  )
   dw = dw[:, :kh, :kw].transpose(1, 2, 0, 3)
   return dx.astype(x.dtype), dw.astype(w.dtype)
 
@@ -59,16 +66,41 @@ def _backward(strides, padding, residuals, g):
 conv2d.defvjp(_forward, _backward)
 
 
-def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
-                         dimension_numbers=None, feature_group_count=1, precision=None, **kw):
+def conv_general_dilated(
+  lhs,
+  rhs,
+  window_strides,
+  padding,
+  lhs_dilation=None,
+  rhs_dilation=None,
+  dimension_numbers=None,
+  feature_group_count=1,
+  precision=None,
+  **kw,
+):
   """`lax.conv_general_dilated`, through `conv2d` where it applies (see the module docstring)."""
-  simple = (lhs.ndim == 4 and not isinstance(padding, str) and feature_group_count == 1
-            and precision is None and not kw
-            and all(d in (None, 1) for d in (lhs_dilation or ()) + (rhs_dilation or ()))
-            and dimension_numbers in (_FLAX_NHWC, NHWC))
+  simple = (
+    lhs.ndim == 4
+    and not isinstance(padding, str)
+    and feature_group_count == 1
+    and precision is None
+    and not kw
+    and all(d in (None, 1) for d in (lhs_dilation or ()) + (rhs_dilation or ()))
+    and dimension_numbers in (_FLAX_NHWC, NHWC)
+  )
   if not simple:
-    return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
-                                    dimension_numbers, feature_group_count, precision=precision, **kw)
+    return lax.conv_general_dilated(
+      lhs,
+      rhs,
+      window_strides,
+      padding,
+      lhs_dilation,
+      rhs_dilation,
+      dimension_numbers,
+      feature_group_count,
+      precision=precision,
+      **kw,
+    )
   return conv2d(lhs, rhs, tuple(window_strides), tuple(tuple(p) for p in padding))
 
 

@@ -32,13 +32,14 @@ BN_EPSILON = 1e-5
 @dataclasses.dataclass(frozen=True)
 class RepVGGArch:
   """Widths of every block of every stage; stride 2 at each stage's first block."""
+
   num_classes: int
   input_size: int
   input_channels: int
   stages: tuple[tuple[int, ...], ...]
   name: str = ""
   family: str = "repvgg"
-  deploy: bool = False   # built in deploy form (a pruned/squeezed network) rather than training form
+  deploy: bool = False  # built in deploy form (a pruned/squeezed network) rather than training form
 
   def __post_init__(self):
     object.__setattr__(self, "stages", tuple(tuple(int(w) for w in s) for s in self.stages))
@@ -47,8 +48,10 @@ class RepVGGArch:
     if any(len(s) < 1 for s in self.stages) or any(w < 1 for s in self.stages for w in s):
       raise ArchError("stages: every stage keeps at least one block, every width is positive")
     if self.input_size % 2 ** len(self.stages):
-      raise ArchError(f"input_size={self.input_size}: a multiple of {2 ** len(self.stages)} "
-                      f"(one stride-2 block per stage)")
+      raise ArchError(
+        f"input_size={self.input_size}: a multiple of {2 ** len(self.stages)} "
+        f"(one stride-2 block per stage)"
+      )
 
   def to_dict(self) -> dict:
     return {**dataclasses.asdict(self), "stages": [list(s) for s in self.stages]}
@@ -70,7 +73,9 @@ class RepVGGArch:
     fields = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(d) - fields)
     if unknown:
-      raise ArchError(f"{source}: unknown field(s) {unknown} for a RepVGG; allowed: {sorted(fields)}")
+      raise ArchError(
+        f"{source}: unknown field(s) {unknown} for a RepVGG; allowed: {sorted(fields)}"
+      )
     try:
       return cls(**d)
     except (TypeError, ValueError) as e:
@@ -80,8 +85,9 @@ class RepVGGArch:
 VARIANTS = {"a0": (0.75, 2.5, (2, 4, 14, 1)), "b1": (2.0, 4.0, (4, 6, 16, 1))}
 
 
-def named_repvgg(variant: str, num_classes: int = 1000, input_size: int = 224,
-                 input_channels: int = 3) -> RepVGGArch:
+def named_repvgg(
+  variant: str, num_classes: int = 1000, input_size: int = 224, input_channels: int = 3
+) -> RepVGGArch:
   """RepVGG-A0 (a = 0.75, b = 2.5; blocks 1, 2, 4, 14, 1) or -B1 (a = 2, b = 4; 1, 4, 6, 16, 1)."""
   table = VARIANTS
   if variant not in table:
@@ -89,7 +95,9 @@ def named_repvgg(variant: str, num_classes: int = 1000, input_size: int = 224,
   a, b, counts = table[variant]
   widths = [min(64, int(64 * a))] + [int(64 * a), int(128 * a), int(256 * a), int(512 * b)]
   stages = [(widths[0],)] + [(w,) * n for w, n in zip(widths[1:], counts)]
-  return RepVGGArch(num_classes, input_size, input_channels, tuple(stages), name=f"repvgg_{variant}")
+  return RepVGGArch(
+    num_classes, input_size, input_channels, tuple(stages), name=f"repvgg_{variant}"
+  )
 
 
 def blocks(arch: RepVGGArch) -> tuple[topology.Conv, ...]:
@@ -99,8 +107,9 @@ def blocks(arch: RepVGGArch) -> tuple[topology.Conv, ...]:
     for b, w in enumerate(stage):
       stride = 2 if b == 0 else 1
       out_size = topology.conv_out_size(size, 3, stride)
-      out.append(topology.Conv(f"stage{s + 1}.block{b + 1}", 3, stride, width, w, size, out_size,
-                               False))
+      out.append(
+        topology.Conv(f"stage{s + 1}.block{b + 1}", 3, stride, width, w, size, out_size, False)
+      )
       width, size = w, out_size
   return tuple(out)
 
@@ -111,6 +120,7 @@ def has_identity(conv: topology.Conv) -> bool:
 
 class RepVGGBlock(nn.Module):
   """Training form: ReLU(BN(conv3x3) + BN(conv1x1) + BN(identity, where widths and sizes agree))."""
+
   layout: topology.Conv
   bn_axis_name: Optional[str] = None
   dtype: jnp.dtype = jnp.float32
@@ -118,19 +128,28 @@ class RepVGGBlock(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool):
     c = self.layout
-    y = ConvBN(c.out_width, 3, c.stride, bn_axis_name=self.bn_axis_name, dtype=self.dtype,
-               name="dense")(x, train)
-    y = y + ConvBN(c.out_width, 1, c.stride, bn_axis_name=self.bn_axis_name, dtype=self.dtype,
-                   name="pointwise")(x, train)
+    y = ConvBN(
+      c.out_width, 3, c.stride, bn_axis_name=self.bn_axis_name, dtype=self.dtype, name="dense"
+    )(x, train)
+    y = y + ConvBN(
+      c.out_width, 1, c.stride, bn_axis_name=self.bn_axis_name, dtype=self.dtype, name="pointwise"
+    )(x, train)
     if has_identity(c):
-      y = y + nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=BN_EPSILON,
-                           axis_name=self.bn_axis_name, dtype=self.dtype, name="identity")(x)
+      y = y + nn.BatchNorm(
+        use_running_average=not train,
+        momentum=0.9,
+        epsilon=BN_EPSILON,
+        axis_name=self.bn_axis_name,
+        dtype=self.dtype,
+        name="identity",
+      )(x)
     return nn.relu(y)
 
 
 class RepVGG(nn.Module):
   """The blocks of `arch` in training form, or in deploy form (one 3x3 conv with bias each; the
   default of an architecture with `deploy`)."""
+
   arch: RepVGGArch
   deploy: Optional[bool] = None
   bn_axis_name: Optional[str] = None
@@ -142,14 +161,28 @@ class RepVGG(nn.Module):
     deploy = self.arch.deploy if self.deploy is None else self.deploy
     for c in blocks(self.arch):
       if deploy:
-        x = nn.relu(nn.Conv(c.out_width, (3, 3), (c.stride, c.stride), padding=((1, 1), (1, 1)),
-                            kernel_init=conv_init, dtype=self.dtype, name=c.name)(x))
+        x = nn.relu(
+          nn.Conv(
+            c.out_width,
+            (3, 3),
+            (c.stride, c.stride),
+            padding=((1, 1), (1, 1)),
+            kernel_init=conv_init,
+            dtype=self.dtype,
+            name=c.name,
+          )(x)
+        )
       else:
         x = RepVGGBlock(c, self.bn_axis_name, self.dtype, name=c.name)(x, train)
       x = gate(x, gates, c.name)
     x = jnp.mean(x, axis=(1, 2))
-    return nn.Dense(self.arch.num_classes, kernel_init=linear_init, bias_init=nn.initializers.zeros,
-                    dtype=jnp.float32, name="classifier")(x.astype(jnp.float32))
+    return nn.Dense(
+      self.arch.num_classes,
+      kernel_init=linear_init,
+      bias_init=nn.initializers.zeros,
+      dtype=jnp.float32,
+      name="classifier",
+    )(x.astype(jnp.float32))
 
 
 def _fold_bn(kernel, bn_params, bn_stats):
@@ -167,8 +200,9 @@ def reparameterize(arch: RepVGGArch, variables: dict) -> dict:
   for c in blocks(arch):
     p, s = params[c.name], stats[c.name]
     k3, b3 = _fold_bn(np.asarray(p["dense"]["conv"]["kernel"]), p["dense"]["bn"], s["dense"]["bn"])
-    k1, b1 = _fold_bn(np.asarray(p["pointwise"]["conv"]["kernel"]), p["pointwise"]["bn"],
-                      s["pointwise"]["bn"])
+    k1, b1 = _fold_bn(
+      np.asarray(p["pointwise"]["conv"]["kernel"]), p["pointwise"]["bn"], s["pointwise"]["bn"]
+    )
     kernel = k3.copy()
     kernel[1:2, 1:2] += k1
     bias = b3 + b1
@@ -181,7 +215,9 @@ def reparameterize(arch: RepVGGArch, variables: dict) -> dict:
   return {"params": out}
 
 
-def squeeze(arch: RepVGGArch, deploy_variables: dict, kept: dict, name: str = "") -> tuple[RepVGGArch, dict]:
+def squeeze(
+  arch: RepVGGArch, deploy_variables: dict, kept: dict, name: str = ""
+) -> tuple[RepVGGArch, dict]:
   """The deploy network keeping the channels `kept[block]` (sorted indices) of every block's
   output: its rows of that block's kernel and bias, the matching input columns of the next block,
   and the classifier's inputs of the last block (trimmed with it)."""
@@ -189,12 +225,20 @@ def squeeze(arch: RepVGGArch, deploy_variables: dict, kept: dict, name: str = ""
   out, prev = {}, np.arange(arch.input_channels)
   for c in blocks(arch):
     cols = np.asarray(kept[c.name])
-    out[c.name] = {"kernel": np.asarray(params[c.name]["kernel"])[:, :, prev][..., cols],
-                   "bias": np.asarray(params[c.name]["bias"])[cols]}
+    out[c.name] = {
+      "kernel": np.asarray(params[c.name]["kernel"])[:, :, prev][..., cols],
+      "bias": np.asarray(params[c.name]["bias"])[cols],
+    }
     prev = cols
-  out["classifier"] = {"kernel": np.asarray(params["classifier"]["kernel"])[prev],
-                       "bias": np.asarray(params["classifier"]["bias"])}
-  stages = [[len(kept[f"stage{s + 1}.block{b + 1}"]) for b in range(len(st))]
-            for s, st in enumerate(arch.stages)]
-  return (dataclasses.replace(arch, stages=tuple(map(tuple, stages)), name=name, deploy=True),
-          {"params": out})
+  out["classifier"] = {
+    "kernel": np.asarray(params["classifier"]["kernel"])[prev],
+    "bias": np.asarray(params["classifier"]["bias"]),
+  }
+  stages = [
+    [len(kept[f"stage{s + 1}.block{b + 1}"]) for b in range(len(st))]
+    for s, st in enumerate(arch.stages)
+  ]
+  return (
+    dataclasses.replace(arch, stages=tuple(map(tuple, stages)), name=name, deploy=True),
+    {"params": out},
+  )

@@ -34,6 +34,7 @@ linear_init = nn.initializers.normal(stddev=0.01)
 
 class ConvBN(nn.Module):
   """k x k conv (no bias, padded by k//2 on each side) with an optional BatchNorm."""
+
   width: int
   kernel: int = 3
   stride: int = 1
@@ -45,19 +46,34 @@ class ConvBN(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool):
     p = self.kernel // 2
-    x = nn.Conv(self.width, (self.kernel, self.kernel), (self.stride, self.stride),
-                padding=((p, p), (p, p)), use_bias=False, kernel_init=conv_init,
-                dtype=self.dtype, conv_general_dilated=conv_ops.for_flax(), name="conv")(x)
+    x = nn.Conv(
+      self.width,
+      (self.kernel, self.kernel),
+      (self.stride, self.stride),
+      padding=((p, p), (p, p)),
+      use_bias=False,
+      kernel_init=conv_init,
+      dtype=self.dtype,
+      conv_general_dilated=conv_ops.for_flax(),
+      name="conv",
+    )(x)
     if self.use_bn:
-      x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                       scale_init=nn.initializers.zeros if self.zero_init_bn else nn.initializers.ones,
-                       axis_name=self.bn_axis_name, dtype=self.dtype, name="bn")(x)
+      x = nn.BatchNorm(
+        use_running_average=not train,
+        momentum=0.9,
+        epsilon=1e-5,
+        scale_init=nn.initializers.zeros if self.zero_init_bn else nn.initializers.ones,
+        axis_name=self.bn_axis_name,
+        dtype=self.dtype,
+        name="bn",
+      )(x)
     return x
 
 
 class Shortcut(nn.Module):
   """Projection shortcut: 2x2 average pool (TAS's stride-2 form), 1x1 conv (with stride 2 in
   torchvision's form), BN where asked."""
+
   width: int
   pool: bool
   use_bn: bool
@@ -69,14 +85,22 @@ class Shortcut(nn.Module):
   def __call__(self, x, train: bool):
     if self.pool:
       x = nn.avg_pool(x, (2, 2), (2, 2))
-    return ConvBN(self.width, 1, self.stride, self.use_bn, bn_axis_name=self.bn_axis_name,
-                  dtype=self.dtype, name="proj")(x, train)
+    return ConvBN(
+      self.width,
+      1,
+      self.stride,
+      self.use_bn,
+      bn_axis_name=self.bn_axis_name,
+      dtype=self.dtype,
+      name="proj",
+    )(x, train)
 
 
 class Block(nn.Module):
   """A post-activation residual block: ReLU(main path(x) + shortcut(x)), as `layout` describes it
   (kernels, strides, shortcut and its BN from `tas_jax.models.topology`). ReLU after every BN of
   the main path but the last."""
+
   layout: topology.Block
   zero_init_last_bn: bool
   bn_axis_name: Optional[str] = None
@@ -86,23 +110,47 @@ class Block(nn.Module):
   def __call__(self, x, train: bool, gates: Optional[dict] = None):
     y, last = x, len(self.layout.convs) - 1
     for i, c in enumerate(self.layout.convs):
-      y = ConvBN(c.out_width, c.kernel, c.stride, zero_init_bn=self.zero_init_last_bn and i == last,
-                 bn_axis_name=self.bn_axis_name, dtype=self.dtype, name=f"conv_{'abc'[i]}")(y, train)
+      y = ConvBN(
+        c.out_width,
+        c.kernel,
+        c.stride,
+        zero_init_bn=self.zero_init_last_bn and i == last,
+        bn_axis_name=self.bn_axis_name,
+        dtype=self.dtype,
+        name=f"conv_{'abc'[i]}",
+      )(y, train)
       if i < last:
         y = gate(nn.relu(y), gates, c.name)
     p = self.layout.projection
-    residual = x if p is None else Shortcut(
-        p.out_width, pool=self.layout.shortcut == "pool_conv", use_bn=p.has_bn, stride=p.stride,
-        bn_axis_name=self.bn_axis_name, dtype=self.dtype, name="shortcut")(x, train)
+    residual = (
+      x
+      if p is None
+      else Shortcut(
+        p.out_width,
+        pool=self.layout.shortcut == "pool_conv",
+        use_bn=p.has_bn,
+        stride=p.stride,
+        bn_axis_name=self.bn_axis_name,
+        dtype=self.dtype,
+        name="shortcut",
+      )(x, train)
+    )
     return gate(nn.relu(y + residual), gates, self.layout.name)
 
 
 def shape_signature(b: topology.Block):
   """What fixes a block's shapes and function, its names aside: blocks alike in it can be scanned."""
-  shape = lambda c: None if c is None else (c.kernel, c.stride, c.in_width, c.out_width, c.in_size,
-                                            c.has_bn)
-  return (b.stride, b.in_width, b.in_size, b.shortcut, shape(b.projection),
-          tuple(map(shape, b.convs)))
+  shape = lambda c: (
+    None if c is None else (c.kernel, c.stride, c.in_width, c.out_width, c.in_size, c.has_bn)
+  )
+  return (
+    b.stride,
+    b.in_width,
+    b.in_size,
+    b.shortcut,
+    shape(b.projection),
+    tuple(map(shape, b.convs)),
+  )
 
 
 def _gate_sites(b: topology.Block) -> list[str]:
@@ -144,17 +192,26 @@ def variable_scope(conv_name: str) -> tuple[str, ...]:
 class ResNet(nn.Module):
   """Stem, stages, head of any CIFAR or ImageNet ResNet, basic or bottleneck, at any widths and
   kept depths: the topology of `arch` says which stem, pool and shortcuts."""
+
   arch: Architecture
   bn_axis_name: Optional[str] = None
   dtype: jnp.dtype = jnp.float32
-  scan_blocks: bool = False   # runs of equal blocks as one lax.scan (tas_jax.models.scan)
+  scan_blocks: bool = False  # runs of equal blocks as one lax.scan (tas_jax.models.scan)
 
   @nn.compact
   def __call__(self, x, train: bool = False, gates: Optional[dict] = None):
     topo = topology.of(self.arch)
     stem = topo.stem
-    x = nn.relu(ConvBN(stem.out_width, stem.kernel, stem.stride, bn_axis_name=self.bn_axis_name,
-                       dtype=self.dtype, name="stem")(x.astype(self.dtype), train))
+    x = nn.relu(
+      ConvBN(
+        stem.out_width,
+        stem.kernel,
+        stem.stride,
+        bn_axis_name=self.bn_axis_name,
+        dtype=self.dtype,
+        name="stem",
+      )(x.astype(self.dtype), train)
+    )
     x = gate(x, gates, "stem")
     if topo.stem_pool:
       x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
@@ -163,22 +220,37 @@ class ResNet(nn.Module):
       if not self.scan_blocks or len(run) < 2 or self.is_initializing() or stacked_gates is False:
         for b in run:
           x = Block(b, topo.zero_init_last_bn, self.bn_axis_name, self.dtype, name=b.name)(
-              x, train, gates)
+            x, train, gates
+          )
         continue
       mutable = train and self.is_mutable_collection("batch_stats")
       block = Block(run[0], topo.zero_init_last_bn, self.bn_axis_name, self.dtype, parent=None)
       x, _, stats = scan.stacked_apply(
-          block, [{col: tree[b.name] for col, tree in self.variables.items()} for b in run], x,
-          stacked_gates, mutable, lambda m, x, g: (m(x, train, g), None))
+        block,
+        [{col: tree[b.name] for col, tree in self.variables.items()} for b in run],
+        x,
+        stacked_gates,
+        mutable,
+        lambda m, x, g: (m(x, train, g), None),
+      )
       for b, s in zip(run, stats or ()):
         self.put_variable("batch_stats", b.name, s)
     x = jnp.mean(x, axis=(1, 2))
-    return nn.Dense(self.arch.num_classes, kernel_init=linear_init, bias_init=nn.initializers.zeros,
-                    dtype=jnp.float32, name="classifier")(x.astype(jnp.float32))
+    return nn.Dense(
+      self.arch.num_classes,
+      kernel_init=linear_init,
+      bias_init=nn.initializers.zeros,
+      dtype=jnp.float32,
+      name="classifier",
+    )(x.astype(jnp.float32))
 
 
-def build(arch: Architecture, bn_axis_name: Optional[str] = None,
-          dtype: jnp.dtype = jnp.float32, scan_blocks: bool = False) -> nn.Module:
+def build(
+  arch: Architecture,
+  bn_axis_name: Optional[str] = None,
+  dtype: jnp.dtype = jnp.float32,
+  scan_blocks: bool = False,
+) -> nn.Module:
   """The Flax module of `arch`."""
   return ResNet(arch, bn_axis_name=bn_axis_name, dtype=dtype, scan_blocks=scan_blocks)
 
@@ -203,8 +275,11 @@ def inherit_first_channels(student, teacher):
   def take(path, value):
     nonlocal inherited
     source = flat_teacher.get(path)
-    if source is None or source.ndim != value.ndim or any(
-        s < v for s, v in zip(source.shape, value.shape)):
+    if (
+      source is None
+      or source.ndim != value.ndim
+      or any(s < v for s, v in zip(source.shape, value.shape))
+    ):
       return value
     inherited += 1
     # a copy: the train step donates the student's buffers, the teacher's must survive

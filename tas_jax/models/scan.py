@@ -32,8 +32,9 @@ def runs(blocks: Sequence[T], signature: Callable[[T], Hashable]) -> list[list[T
   return [list(group) for _, group in itertools.groupby(blocks, signature)]
 
 
-def stacked_apply(module: nn.Module, variables: Sequence[dict], carry, per_block, mutable: bool,
-                  method: Callable):
+def stacked_apply(
+  module: nn.Module, variables: Sequence[dict], carry, per_block, mutable: bool, method: Callable
+):
   """Runs `method(module, carry, x_i) -> (carry, y_i)` once per block in a `lax.scan`.
 
   `module` is unbound (`parent=None`); block i gets `variables[i]` ({"params", "batch_stats"}) and

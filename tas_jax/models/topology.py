@@ -39,12 +39,13 @@ def conv_out_size(size: int, kernel: int, stride: int) -> int:
 @dataclasses.dataclass(frozen=True)
 class Conv:
   """One conv of the network (bias-free; BN after it where `has_bn`)."""
-  name: str            # layer name shared by the model and the counter: "stage2.block1.conv_a"
+
+  name: str  # layer name shared by the model and the counter: "stage2.block1.conv_a"
   kernel: int
   stride: int
   in_width: int
   out_width: int
-  in_size: int         # spatial side of its input (after the 2x2 pool for a pooled projection)
+  in_size: int  # spatial side of its input (after the 2x2 pool for a pooled projection)
   out_size: int
   has_bn: bool
 
@@ -52,15 +53,16 @@ class Conv:
 @dataclasses.dataclass(frozen=True)
 class Block:
   """A post-activation residual block: ReLU(main path(x) + shortcut(x))."""
-  name: str            # "stage2.block1"
+
+  name: str  # "stage2.block1"
   stage: int
-  index: int           # within the stage
+  index: int  # within the stage
   stride: int
   in_width: int
   in_size: int
-  convs: tuple[Conv, ...]         # the main path, in order
-  shortcut: str                   # one of SHORTCUTS
-  projection: Optional[Conv]      # the shortcut's 1x1 conv (None for identity)
+  convs: tuple[Conv, ...]  # the main path, in order
+  shortcut: str  # one of SHORTCUTS
+  projection: Optional[Conv]  # the shortcut's 1x1 conv (None for identity)
 
   @property
   def out_width(self) -> int:
@@ -71,9 +73,9 @@ class Block:
 class Topology:
   arch: Architecture
   stem: Conv
-  stem_pool: bool                 # ImageNet: 3x3 stride-2 max-pool after the stem
+  stem_pool: bool  # ImageNet: 3x3 stride-2 max-pool after the stem
   blocks: tuple[Block, ...]
-  zero_init_last_bn: bool         # ImageNet: the last BN of each main path starts at zero
+  zero_init_last_bn: bool  # ImageNet: the last BN of each main path starts at zero
 
   @property
   def output_width(self) -> int:
@@ -103,8 +105,9 @@ def block_layout(block_kind: str, stride: int) -> tuple[tuple[int, ...], tuple[i
   return (1, 3, 1), (1, stride, 1)  # the stride sits on the 3x3 of a bottleneck
 
 
-def shortcut_kind(arch: Architecture, in_width: int, out_width: int, stride: int,
-                  block_name: str = "") -> str:
+def shortcut_kind(
+  arch: Architecture, in_width: int, out_width: int, stride: int, block_name: str = ""
+) -> str:
   """'identity', 'pool_conv' or 'strided_conv' (stride 2, as `arch.downsample` says), 'conv_bn' or
   'conv' (stride-1 projection)."""
   if stride == 2:
@@ -120,8 +123,16 @@ def of(arch: Architecture) -> Topology:
   imagenet = arch.dataset_kind == "imagenet"
   kernel, stride = (7, 2) if imagenet else (3, 1)
   size = arch.input_size
-  stem = Conv("stem", kernel, stride, arch.input_channels, arch.stem_width, size,
-              conv_out_size(size, kernel, stride), True)
+  stem = Conv(
+    "stem",
+    kernel,
+    stride,
+    arch.input_channels,
+    arch.stem_width,
+    size,
+    conv_out_size(size, kernel, stride),
+    True,
+  )
   size = conv_out_size(stem.out_size, 3, 2) if imagenet else stem.out_size
   blocks, width = [], arch.stem_width
   for s, stage in enumerate(arch.stages):
@@ -136,8 +147,9 @@ def of(arch: Architecture) -> Topology:
       kind = shortcut_kind(arch, width, widths[-1], block_stride, name)
       projection = None
       if kind == "strided_conv":
-        projection = Conv(f"{name}.shortcut", 1, 2, width, widths[-1], in_size,
-                          conv_out_size(in_size, 1, 2), True)
+        projection = Conv(
+          f"{name}.shortcut", 1, 2, width, widths[-1], in_size, conv_out_size(in_size, 1, 2), True
+        )
       elif kind != "identity":
         pooled = in_size // 2 if kind == "pool_conv" else in_size
         has_bn = kind == "conv_bn" or (kind == "pool_conv" and imagenet)
@@ -147,8 +159,13 @@ def of(arch: Architecture) -> Topology:
   return Topology(arch, stem, imagenet, tuple(blocks), zero_init_last_bn=imagenet)
 
 
-def pruned(base: Architecture, widths: Sequence[int], depths: Sequence[int],
-           name: str = "", inherits: bool = False) -> Architecture:
+def pruned(
+  base: Architecture,
+  widths: Sequence[int],
+  depths: Sequence[int],
+  name: str = "",
+  inherits: bool = False,
+) -> Architecture:
   """The network of `base` with `widths[i]` channels in its i-th main conv (`main_convs` order)
   and the first `depths[s]` blocks of stage s: what a search extracts and a baseline builds.
 
@@ -159,7 +176,9 @@ def pruned(base: Architecture, widths: Sequence[int], depths: Sequence[int],
   topo = of(base)
   convs = topo.main_convs()
   if len(widths) != len(convs):
-    raise ValueError(f"{len(widths)} widths for the {len(convs)} main convs of {base.name or 'the network'}")
+    raise ValueError(
+      f"{len(widths)} widths for the {len(convs)} main convs of {base.name or 'the network'}"
+    )
   index = {c.name: i for i, c in enumerate(convs)}
   stages = [[] for _ in base.stages]
   for b in topo.blocks:
@@ -169,10 +188,20 @@ def pruned(base: Architecture, widths: Sequence[int], depths: Sequence[int],
   projections = ()
   if inherits:
     projection_bn = base.projection_bn
-    projections = tuple(b.name for b in topo.blocks
-                        if b.stride == 1 and b.projection is not None and b.index < depths[b.stage])
-  return Architecture(family=base.family, num_classes=base.num_classes,
-                      input_size=base.input_size, input_channels=base.input_channels,
-                      stem_width=int(widths[0]), stages=tuple(tuple(s) for s in stages),
-                      projection_bn=projection_bn, name=name, projections=projections,
-                      downsample=base.downsample)
+    projections = tuple(
+      b.name
+      for b in topo.blocks
+      if b.stride == 1 and b.projection is not None and b.index < depths[b.stage]
+    )
+  return Architecture(
+    family=base.family,
+    num_classes=base.num_classes,
+    input_size=base.input_size,
+    input_channels=base.input_channels,
+    stem_width=int(widths[0]),
+    stages=tuple(tuple(s) for s in stages),
+    projection_bn=projection_bn,
+    name=name,
+    projections=projections,
+    downsample=base.downsample,
+  )

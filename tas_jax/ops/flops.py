@@ -18,11 +18,12 @@ from tas_jax.models import channels, repvgg, topology
 @dataclasses.dataclass(frozen=True)
 class Layer:
   """One conv or linear layer as the counter sees it."""
+
   name: str
   kernel: int
   in_width: int
   out_width: int
-  out_size: int          # spatial side of the output map (1 for the classifier)
+  out_size: int  # spatial side of the output map (1 for the classifier)
   has_bn: bool
   flops: int
   params: int
@@ -45,7 +46,7 @@ class Counts:
 
 def conv_flops(kernel, in_width, out_width, out_size):
   """Multiply-adds of one conv; the widths may be traced values (the search's cost)."""
-  return kernel * kernel * in_width * out_width * out_size ** 2
+  return kernel * kernel * in_width * out_width * out_size**2
 
 
 def flops_at_widths(arch, widths: Callable[[topology.Conv], tuple[Any, Any]], head_width) -> Any:
@@ -59,14 +60,19 @@ def flops_at_widths(arch, widths: Callable[[topology.Conv], tuple[Any, Any]], he
 def with_kept(groups: channels.ChannelGroups, kept: dict) -> Any:
   """FLOPs of a network with `kept[group]` channels in each of its channel groups (traced or
   concrete counts): the network a weight-keeping method extracts, counted on the original."""
+
   def width(group):
     return groups.arch.input_channels if group is None else kept[group]
-  return flops_at_widths(groups.arch, lambda c: tuple(map(width, groups.conv_groups[c.name])),
-                         kept[groups.head_group])
+
+  return flops_at_widths(
+    groups.arch, lambda c: tuple(map(width, groups.conv_groups[c.name])), kept[groups.head_group]
+  )
 
 
 def output_width(arch) -> int:
-  return arch.output_width if isinstance(arch, repvgg.RepVGGArch) else topology.of(arch).output_width
+  return (
+    arch.output_width if isinstance(arch, repvgg.RepVGGArch) else topology.of(arch).output_width
+  )
 
 
 def layers(arch) -> tuple[Layer, ...]:
@@ -74,13 +80,36 @@ def layers(arch) -> tuple[Layer, ...]:
   out = []
   bias = isinstance(arch, repvgg.RepVGGArch)
   for c in channels.convs(arch):
-    params = (c.kernel * c.kernel * c.in_width * c.out_width + (2 * c.out_width if c.has_bn else 0)
-              + (c.out_width if bias else 0))
-    out.append(Layer(c.name, c.kernel, c.in_width, c.out_width, c.out_size, c.has_bn,
-                     conv_flops(c.kernel, c.in_width, c.out_width, c.out_size), params))
+    params = (
+      c.kernel * c.kernel * c.in_width * c.out_width
+      + (2 * c.out_width if c.has_bn else 0)
+      + (c.out_width if bias else 0)
+    )
+    out.append(
+      Layer(
+        c.name,
+        c.kernel,
+        c.in_width,
+        c.out_width,
+        c.out_size,
+        c.has_bn,
+        conv_flops(c.kernel, c.in_width, c.out_width, c.out_size),
+        params,
+      )
+    )
   width, classes = output_width(arch), arch.num_classes
-  out.append(Layer("classifier", 1, width, classes, 1, False, width * classes + classes,
-                   width * classes + classes))
+  out.append(
+    Layer(
+      "classifier",
+      1,
+      width,
+      classes,
+      1,
+      False,
+      width * classes + classes,
+      width * classes + classes,
+    )
+  )
   return tuple(out)
 
 

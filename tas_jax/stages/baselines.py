@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from tas_jax.models import candidates, topology
-from tas_jax.models.arch import Architecture, ArchError
+from tas_jax.models.arch import ArchError, Architecture
 from tas_jax.ops import flops
 
 
@@ -30,8 +30,14 @@ def uniform(base: Architecture, target_flops: float, name: str = "") -> Architec
   return min((at(lo), at(hi)), key=lambda a: abs(flops.count(a).flops - target_flops))
 
 
-def random(base: Architecture, target_flops: float, tolerance: float, seed: int,
-           name: str = "", max_draws: int = 100_000) -> Architecture:
+def random(
+  base: Architecture,
+  target_flops: float,
+  tolerance: float,
+  seed: int,
+  name: str = "",
+  max_draws: int = 100_000,
+) -> Architecture:
   """A uniform draw of one candidate width per conv and one depth per stage with
   |F - target| <= tol·target."""
   widths = [candidates.width_candidates(c.out_width) for c in topology.of(base).main_convs()]
@@ -43,5 +49,7 @@ def random(base: Architecture, target_flops: float, tolerance: float, seed: int,
     a = topology.pruned(base, w, d, name)
     if abs(flops.count(a).flops - target_flops) <= tolerance * target_flops:
       return a
-  raise ArchError(f"no random architecture within {100 * tolerance:g}% of {target_flops / 1e6:.2f} M "
-                  f"FLOPs in {max_draws} draws: raise config.distill.flops_tolerance")
+  raise ArchError(
+    f"no random architecture within {100 * tolerance:g}% of {target_flops / 1e6:.2f} M "
+    f"FLOPs in {max_draws} draws: raise config.distill.flops_tolerance"
+  )

@@ -25,24 +25,29 @@ def run_all(config: ml_collections.ConfigDict, workdir: str) -> dict:
   plan = [("teacher", config, teacher.train_and_evaluate)]
   for name in config_lib.run_methods(config.pipeline.runs, config.method):
     method = methods.get(name)
-    plan += [(layout.search_stage(name), config, method.search),
-             (layout.extract_stage(name), config, method.extract)]
+    plan += [
+      (layout.search_stage(name), config, method.search),
+      (layout.extract_stage(name), config, method.extract),
+    ]
   for run in runs:
     c = copy.deepcopy(config)
     for field, value in config_lib.parse_run(run).items():
       c.distill[field] = value
     plan.append((f"distill/{run}", c, distill.distill))
   for i, (stage, stage_config, fn) in enumerate(plan, 1):
-    records.check(stage_config, workdir, stage)   # a result made with other settings stops here
+    records.check(stage_config, workdir, stage)  # a result made with other settings stops here
     finished = layout.read_summary(layout.stage_dir(workdir, stage)) is not None
-    if multihost.as_process_0(finished):   # every process skips or runs it alike
+    if multihost.as_process_0(finished):  # every process skips or runs it alike
       logging.info("[all] %d/%d %s: finished before, skipped", i, len(plan), stage)
       continue
     logging.info("[all] %d/%d %s", i, len(plan), stage)
     with console.stage_log(layout.stage_dir(workdir, stage), layout.is_writer()):
       summary = fn(stage_config, workdir)
     if not summary.get("finished"):
-      logging.info("[all] %s stopped before the end (max_steps_per_run); run the same command "
-                   "again to continue", stage)
+      logging.info(
+        "[all] %s stopped before the end (max_steps_per_run); run the same command "
+        "again to continue",
+        stage,
+      )
       return {"stage": "all", "finished": False, "stopped_in": stage}
   return {"stage": "all", "finished": True, **results.results(config, workdir)}

@@ -37,8 +37,15 @@ RECORD = layout.RECORD
 # sections of a stage's own result; fields listed in NEUTRAL (and each method's `not_defining`)
 # are left out of every comparison
 COMMON = ("seed", "data", "model")
-NEUTRAL = {"data.workers", "data.prefetch", "data.bad_images", "teacher.eval_batch_size",
-           "distill.eval_batch_size", "finetune.eval_batch_size", *config_lib.RENAMED}
+NEUTRAL = {
+  "data.workers",
+  "data.prefetch",
+  "data.bad_images",
+  "teacher.eval_batch_size",
+  "distill.eval_batch_size",
+  "finetune.eval_batch_size",
+  *config_lib.RENAMED,
+}
 
 
 def _neutral() -> set[str]:
@@ -68,7 +75,9 @@ def _select(config: ml_collections.ConfigDict, fields) -> dict:
     value = full
     for part in field.split("."):
       value = value[part]
-    out.update(flat_fields({field: value}, _neutral()) if isinstance(value, dict) else {field: value})
+    out.update(
+      flat_fields({field: value}, _neutral()) if isinstance(value, dict) else {field: value}
+    )
   return out
 
 
@@ -85,7 +94,7 @@ def stage_of(config: ml_collections.ConfigDict) -> str:
 
 def _method_of(stage: str, prefix: str) -> methods.Method:
   """The method of a search or extract folder: 'search' is the default method's, 'search-pas' PaS's."""
-  suffix = stage[len(prefix) + 1:]
+  suffix = stage[len(prefix) + 1 :]
   return methods.get(suffix or layout.UNSUFFIXED_METHOD)
 
 
@@ -97,7 +106,7 @@ def own_fields(config: ml_collections.ConfigDict, stage: str) -> tuple[dict, lis
   if stage.startswith("search"):
     method = _method_of(stage, "search")
     fields = _select(config, COMMON + ("target",) + ((method.section,) if method.section else ()))
-    for field in method.finetune_fields:   # read by its fine-tuning, not by its search
+    for field in method.finetune_fields:  # read by its fine-tuning, not by its search
       fields.pop(f"{method.section}.{field}", None)
     # the latency table it prices with, where the target is latency (tas_jax.target)
     fields.update(_select(config, target_lib.recorded_fields(config)))
@@ -116,7 +125,9 @@ def own_fields(config: ml_collections.ConfigDict, stage: str) -> tuple[dict, lis
       method = methods.get(d.student if methods.is_method(d.student) else config.method)
       reads.append(layout.extract_stage(method.name))
       if d.init == "searched":
-        fields.update(_select(config, tuple(f"{method.section}.{f}" for f in method.finetune_fields)))
+        fields.update(
+          _select(config, tuple(f"{method.section}.{f}" for f in method.finetune_fields))
+        )
     if d.kd or d.init == "teacher":
       reads.append("teacher")
     return fields, reads
@@ -136,8 +147,9 @@ def defining_fields(config: ml_collections.ConfigDict, stage: str) -> tuple[dict
 
 def _has_result(directory: str) -> bool:
   checkpoints = os.path.join(directory, layout.CHECKPOINTS)
-  return (os.path.exists(os.path.join(directory, layout.SUMMARY))
-          or (os.path.isdir(checkpoints) and any(n.isdigit() for n in os.listdir(checkpoints))))
+  return os.path.exists(os.path.join(directory, layout.SUMMARY)) or (
+    os.path.isdir(checkpoints) and any(n.isdigit() for n in os.listdir(checkpoints))
+  )
 
 
 read_record = layout.read_record
@@ -152,9 +164,12 @@ def _differences(recorded: dict, current: dict) -> list[str]:
   lacks, e.g. added by a newer tas_jax, is not a difference). A record written before a field was
   renamed (config.RENAMED) is read under the new name."""
   recorded = {config_lib.RENAMED.get(k, k): v for k, v in recorded.items()}
-  as_json = lambda v: json.loads(json.dumps(v))   # a tuple field is a list in a record
-  return [f"{k}={_show(recorded[k])} (now {_show(current[k])})"
-          for k in sorted(recorded.keys() & current.keys()) if recorded[k] != as_json(current[k])]
+  as_json = lambda v: json.loads(json.dumps(v))  # a tuple field is a list in a record
+  return [
+    f"{k}={_show(recorded[k])} (now {_show(current[k])})"
+    for k in sorted(recorded.keys() & current.keys())
+    if recorded[k] != as_json(current[k])
+  ]
 
 
 def readers(workdir: str, stage: str) -> list[str]:
@@ -192,11 +207,16 @@ def _delete(workdir: str, stage: str) -> list[str]:
 
 def _sync(name: str) -> None:
   from tas_jax import multihost
+
   multihost.barrier(name)
 
 
-def check(config: ml_collections.ConfigDict, workdir: str, stage: str,
-          overrides: Optional[Iterable[str]] = None) -> ml_collections.ConfigDict:
+def check(
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  stage: str,
+  overrides: Optional[Iterable[str]] = None,
+) -> ml_collections.ConfigDict:
   """Before `stage` runs (or is skipped as finished): takes the finished stages it reads as
   recorded where `overrides` allows (`adopt_recorded`), then compares its folder's record and
   those of the stages it reads with the config; raises StageMismatchError (one line) on a
@@ -211,22 +231,29 @@ def check(config: ml_collections.ConfigDict, workdir: str, stage: str,
     current, _ = defining_fields(config, name)
     record = read_record(directory)
     if record is None:
-      logging.warning("%s has no record of the settings it ran with (made by an older tas_jax); "
-                      "assuming they are this config's", directory)
+      logging.warning(
+        "%s has no record of the settings it ran with (made by an older tas_jax); "
+        "assuming they are this config's",
+        directory,
+      )
       continue
     changed = _differences(record.get("fields", {}), current)
     if not changed:
       continue
     if _overwrites(config, name):
       gone = _delete(workdir, name)
-      logging.warning("config.overwrite: deleted %s (made with %s) to run it again", ", ".join(
-          layout.stage_dir(workdir, g) for g in gone), ", ".join(changed))
+      logging.warning(
+        "config.overwrite: deleted %s (made with %s) to run it again",
+        ", ".join(layout.stage_dir(workdir, g) for g in gone),
+        ", ".join(changed),
+      )
       continue
     finished = [r for r in readers(workdir, name) if _has_result(layout.stage_dir(workdir, r))]
     also = f" and the {len(finished)} stage(s) that read it" if finished else ""
     raise StageMismatchError(
-        f"{directory} holds a result made with other settings: {', '.join(changed)}. Use a new "
-        f"--workdir, or add --config.overwrite={name} to delete it{also} and run it again")
+      f"{directory} holds a result made with other settings: {', '.join(changed)}. Use a new "
+      f"--workdir, or add --config.overwrite={name} to delete it{also} and run it again"
+    )
   write(config, workdir, stage, adopted)
   return config
 
@@ -240,8 +267,12 @@ def _set_field(config: ml_collections.ConfigDict, field: str, value) -> None:
   section[name] = tuple(value) if isinstance(current, tuple) and isinstance(value, list) else value
 
 
-def adopt_recorded(config: ml_collections.ConfigDict, workdir: str, stage: str,
-                   overrides: Optional[Iterable[str]] = None) -> tuple[ml_collections.ConfigDict, dict]:
+def adopt_recorded(
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  stage: str,
+  overrides: Optional[Iterable[str]] = None,
+) -> tuple[ml_collections.ConfigDict, dict]:
   """The config `stage` runs with when the finished stages it reads are taken as recorded.
 
   For every stage `stage` reads (transitively) that holds a result and a record, each recorded
@@ -272,12 +303,13 @@ def adopt_recorded(config: ml_collections.ConfigDict, workdir: str, stage: str,
     contradicting = [c for c in changed if c.split("=", 1)[0] in explicit]
     if contradicting:
       raise StageMismatchError(
-          f"{directory} holds a result made with other settings: {', '.join(contradicting)}. "
-          f"Leave those flags out to use it as it is, use a new --workdir, or add "
-          f"--config.overwrite={name} to delete it and the stages that read it")
+        f"{directory} holds a result made with other settings: {', '.join(contradicting)}. "
+        f"Leave those flags out to use it as it is, use a new --workdir, or add "
+        f"--config.overwrite={name} to delete it and the stages that read it"
+      )
     if out is config:
       out = copy.deepcopy(config)
-      out.unlock()   # a locked copy (config_flags) still accepts values of existing fields
+      out.unlock()  # a locked copy (config_flags) still accepts values of existing fields
     for line in changed:
       field = line.split("=", 1)[0]
       adopted[field] = (recorded[field], current[field], name)
@@ -292,21 +324,37 @@ def adopt_recorded(config: ml_collections.ConfigDict, workdir: str, stage: str,
   return out, {f: v for f, (v, _, _) in adopted.items()}
 
 
-def write(config: ml_collections.ConfigDict, workdir: str, stage: str,
-          taken_as_recorded: Optional[dict] = None, replace: bool = False,
-          extra: Optional[dict] = None) -> None:
+def write(
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  stage: str,
+  taken_as_recorded: Optional[dict] = None,
+  replace: bool = False,
+  extra: Optional[dict] = None,
+) -> None:
   """Records what `stage` is run with, unless its folder already holds a result with a record
   (`replace`: write it all the same, e.g. an imported teacher about to be fine-tuned; `extra`
   joins the record)."""
   directory = layout.stage_dir(workdir, stage)
-  if not layout.is_writer() or (not replace and _has_result(directory)
-                                and read_record(directory) is not None):
+  if not layout.is_writer() or (
+    not replace and _has_result(directory) and read_record(directory) is not None
+  ):
     return
   fields, reads = defining_fields(config, stage)
   os.makedirs(directory, exist_ok=True)
   with open(os.path.join(directory, RECORD), "w") as f:
-    json.dump({"stage": stage, "fields": fields, "reads": reads, "config": config.to_dict(),
-               "taken_as_recorded": taken_as_recorded or {}, **(extra or {})}, f, indent=1)
+    json.dump(
+      {
+        "stage": stage,
+        "fields": fields,
+        "reads": reads,
+        "config": config.to_dict(),
+        "taken_as_recorded": taken_as_recorded or {},
+        **(extra or {}),
+      },
+      f,
+      indent=1,
+    )
 
 
 def write_imported(workdir: str, imported: dict) -> None:

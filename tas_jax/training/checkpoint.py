@@ -30,18 +30,23 @@ def host_sharding() -> jax.sharding.Sharding:
 def abstract(tree, sharding: Optional[jax.sharding.Sharding] = None):
   """`tree`'s arrays as ShapeDtypeStructs placed with `sharding` (default: each array's own):
   what Orbax restores into."""
-  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(
-      x.shape, x.dtype, sharding=sharding if sharding is not None else x.sharding), tree)
+  return jax.tree.map(
+    lambda x: jax.ShapeDtypeStruct(
+      x.shape, x.dtype, sharding=sharding if sharding is not None else x.sharding
+    ),
+    tree,
+  )
 
 
 def manager_for(stage_dir: str, keep: int) -> ocp.CheckpointManager:
   _save_replicated_arrays_from_one_device()
   return ocp.CheckpointManager(
-      layout.checkpoint_dir(stage_dir),
-      options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
+    layout.checkpoint_dir(stage_dir),
+    options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
+  )
 
 
-@functools.cache   # once per process: the process count does not change
+@functools.cache  # once per process: the process count does not change
 def _save_replicated_arrays_from_one_device() -> None:
   """In one process, every replica of a replicated array is local, so Orbax's replica-parallel
   saving (its default off GPU) writes the same bytes as one replica would, but first slices the
@@ -50,7 +55,8 @@ def _save_replicated_arrays_from_one_device() -> None:
   Several processes keep the default: there each process writes its part."""
   if jax.process_count() == 1:
     ocp.type_handlers.register_type_handler(
-        jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False), override=True)
+      jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False), override=True
+    )
 
 
 def restore_latest(manager: ocp.CheckpointManager, abstract_state) -> Optional[tuple[Any, dict]]:
@@ -65,23 +71,33 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state) -> Optional[t
   failures = []
   for step in steps:
     try:
-      restored = manager.restore(step, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
+      restored = manager.restore(
+        step,
+        args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()
+        ),
+      )
     except Exception as e:  # noqa: BLE001 — any unreadable checkpoint: fall back, say so
       reason = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
       failures.append(f"step {step}: {reason}")
-      logging.warning("checkpoint at step %d in %s cannot be read (%s); trying the one before it",
-                      step, manager.directory, reason)
+      logging.warning(
+        "checkpoint at step %d in %s cannot be read (%s); trying the one before it",
+        step,
+        manager.directory,
+        reason,
+      )
       continue
-    for bad in (b for b in steps if b > step):   # the run will write these steps again
+    for bad in (b for b in steps if b > step):  # the run will write these steps again
       manager.delete(bad)
-      logging.warning("removed the unreadable checkpoint at step %d; continuing from step %d",
-                      bad, step)
+      logging.warning(
+        "removed the unreadable checkpoint at step %d; continuing from step %d", bad, step
+      )
     return restored["state"], restored["meta"]
   if failures:
     raise CheckpointNotFoundError(
-        f"no readable checkpoint in {manager.directory} ({'; '.join(failures)}): delete that folder "
-        "to start this stage over")
+      f"no readable checkpoint in {manager.directory} ({'; '.join(failures)}): delete that folder "
+      "to start this stage over"
+    )
   return None
 
 
@@ -111,12 +127,19 @@ def read_checkpoint(stage_dir: str, abstract_subtrees: dict, stage: str) -> tupl
   step = manager.latest_step() if manager is not None else None
   if step is None:
     raise CheckpointNotFoundError(
-        f"no {stage} checkpoint in {directory}: run --config.stage={stage} with this --workdir first")
-  restored = manager.restore(step, args=ocp.args.Composite(
+      f"no {stage} checkpoint in {directory}: run --config.stage={stage} with this --workdir first"
+    )
+  restored = manager.restore(
+    step,
+    args=ocp.args.Composite(
       state=ocp.args.PyTreeRestore(
-          item=abstract_subtrees, partial_restore=True,
-          restore_args=ocp.checkpoint_utils.construct_restore_args(abstract_subtrees)),
-      meta=ocp.args.JsonRestore()))
+        item=abstract_subtrees,
+        partial_restore=True,
+        restore_args=ocp.checkpoint_utils.construct_restore_args(abstract_subtrees),
+      ),
+      meta=ocp.args.JsonRestore(),
+    ),
+  )
   manager.close()
   return dict(restored["state"]), restored["meta"], step
 
@@ -133,17 +156,22 @@ def save_variables(stage_dir: str, variables: dict, meta: dict, step: int = 0) -
 
 
 def save(manager, step: int, state, meta: dict) -> None:
-  manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                             meta=ocp.args.JsonSave(meta)), force=True)
+  manager.save(
+    step,
+    args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+    force=True,
+  )
 
 
 def abstract_variables(arch, sharding) -> dict:
   """{'params', 'batch_stats'} of `arch` as ShapeDtypeStructs placed with `sharding`: what a
   checkpoint of its weights is restored into."""
-  shapes = jax.eval_shape(lambda: networks.build(arch).init(
-      jax.random.key(0), networks.dummy_input(arch), train=False))
-  return abstract({"params": shapes["params"], "batch_stats": shapes.get("batch_stats", {})},
-                  sharding)
+  shapes = jax.eval_shape(
+    lambda: networks.build(arch).init(jax.random.key(0), networks.dummy_input(arch), train=False)
+  )
+  return abstract(
+    {"params": shapes["params"], "batch_stats": shapes.get("batch_stats", {})}, sharding
+  )
 
 
 def read_variables(stage_dir: str, arch, stage: str, sharding) -> tuple[dict, int]:
@@ -161,8 +189,11 @@ def read_trained(directory: str, stage: str, sharding) -> tuple[Any, dict, int]:
   if os.path.isdir(deploy):
     arch = networks.load(os.path.join(deploy, layout.ARCH))
     summary = layout.read_summary(directory) or {}
-    return arch, restore_tree(os.path.join(deploy, layout.WEIGHTS),
-                              abstract_variables(arch, sharding)), summary.get("steps", 0)
+    return (
+      arch,
+      restore_tree(os.path.join(deploy, layout.WEIGHTS), abstract_variables(arch, sharding)),
+      summary.get("steps", 0),
+    )
   arch = networks.load(os.path.join(directory, layout.ARCH))
   variables, step = read_variables(directory, arch, stage, sharding)
   return arch, variables, step
@@ -173,8 +204,13 @@ def same_network(a, b) -> bool:
   return a.to_dict() | {"name": ""} == b.to_dict() | {"name": ""}
 
 
-def read_teacher(workdir: str, sharding, reader: str, expected=None,
-                 mismatch: Optional[Callable[[Any], str]] = None) -> tuple[Any, dict, int]:
+def read_teacher(
+  workdir: str,
+  sharding,
+  reader: str,
+  expected=None,
+  mismatch: Optional[Callable[[Any], str]] = None,
+) -> tuple[Any, dict, int]:
   """The teacher's architecture and {'params', 'batch_stats'} placed with `sharding`, from its
   latest checkpoint in WORKDIR/teacher; optimiser state is not read. `reader` names the stage
   asking. With `expected` (the network the reader works on), a teacher of another architecture
@@ -183,15 +219,23 @@ def read_teacher(workdir: str, sharding, reader: str, expected=None,
   arch_path = os.path.join(teacher_dir, layout.ARCH)
   if not os.path.exists(arch_path):
     raise CheckpointNotFoundError(
-        f"{arch_path} is missing: run --config.stage=teacher (or import one with python -m "
-        "tas_jax.convert) with this --workdir first")
+      f"{arch_path} is missing: run --config.stage=teacher (or import one with python -m "
+      "tas_jax.convert) with this --workdir first"
+    )
   arch = networks.load(arch_path)
   if expected is not None and not same_network(arch, expected):
-    raise ConfigError(mismatch(arch) if mismatch is not None else
-                      f"[{reader}] the teacher in {teacher_dir} is {arch.name or 'custom'}, but the "
-                      f"config describes {expected.name or 'a different network'}")
+    raise ConfigError(
+      mismatch(arch)
+      if mismatch is not None
+      else f"[{reader}] the teacher in {teacher_dir} is {arch.name or 'custom'}, but the "
+      f"config describes {expected.name or 'a different network'}"
+    )
   variables, step = read_variables(teacher_dir, arch, "teacher", sharding)
   if layout.read_summary(teacher_dir) is None and layout.read_imported(teacher_dir) is None:
-    logging.warning("[%s] the teacher in %s has not finished; using its checkpoint at step %d",
-                    reader, teacher_dir, step)
+    logging.warning(
+      "[%s] the teacher in %s has not finished; using its checkpoint at step %d",
+      reader,
+      teacher_dir,
+      step,
+    )
   return arch, variables, step

@@ -23,24 +23,24 @@ import jax
 from absl import logging
 
 from tas_jax import console, multihost, workdir
-from tas_jax.training import checkpoint
 from tas_jax.data import sources
+from tas_jax.training import checkpoint
 
 
 @dataclasses.dataclass(frozen=True)
 class LoopConfig:
-  stage: str                     # name shown in logs ("teacher", "distill", ...)
+  stage: str  # name shown in logs ("teacher", "distill", ...)
   num_epochs: int
   steps_per_epoch: int
   global_batch: int
   log_every_steps: int
-  checkpoint_every_steps: int    # 0: at epoch ends only
+  checkpoint_every_steps: int  # 0: at epoch ends only
   keep_checkpoints: int
-  max_steps_per_run: int = 0     # > 0: checkpoint and return after this many steps in this call
-  profile_steps: int = 0         # > 0: a profiler trace of this many steps (TensorBoard's profile tab)
-  log_every_secs: float = 60.0   # a progress line at least this often, whatever log_every_steps says
-  starts_from: str = "scratch"   # what a first run starts from, for its first line ("scratch",
-                                 # "the imported weights", ...)
+  max_steps_per_run: int = 0  # > 0: checkpoint and return after this many steps in this call
+  profile_steps: int = 0  # > 0: a profiler trace of this many steps (TensorBoard's profile tab)
+  log_every_secs: float = 60.0  # a progress line at least this often, whatever log_every_steps says
+  starts_from: str = "scratch"  # what a first run starts from, for its first line ("scratch",
+  # "the imported weights", ...)
 
 
 class Interrupted(Exception):
@@ -80,19 +80,22 @@ def _stop_requests():
 def _interrupted(stage: str, signal_name: str, step: int, total_steps: int, manager) -> Interrupted:
   """Once the checkpoint at `step` is on disk: the exception that ends the run with one line."""
   manager.wait_until_finished()
-  return Interrupted(f"[{stage}] {signal_name}: stopped at step {step}/{total_steps} with a "
-                     f"checkpoint in {manager.directory}; run the same command again to continue",
-                     signal_name)
+  return Interrupted(
+    f"[{stage}] {signal_name}: stopped at step {step}/{total_steps} with a "
+    f"checkpoint in {manager.directory}; run the same command again to continue",
+    signal_name,
+  )
 
 
 def _signal_name(requested: list[str]) -> str:
-  return requested[0] if requested else "SIGTERM"   # another process of the run was signalled
+  return requested[0] if requested else "SIGTERM"  # another process of the run was signalled
 
 
 def _metric_writers():
   """clu's writers, imported when a run starts: they bring TensorFlow, 5 of the CLI's 8 s of
   start-up, which a command that stops at a config error should not wait for."""
   from clu import metric_writers
+
   return metric_writers
 
 
@@ -103,10 +106,17 @@ def _summary_writer(stage_dir: str):
   return _metric_writers().AsyncMultiWriter([_metric_writers().SummaryWriter(stage_dir)])
 
 
-def fit(cfg: LoopConfig, stage_dir: str, state, train_step: Callable, source: sources.BatchSource,
-        step_args: tuple, epoch_args: Callable[[int], tuple],
-        end_of_epoch: Callable[[Any, int, dict], dict],
-        learning_rate: Callable[[int], float]) -> tuple[Any, list[dict], bool]:
+def fit(
+  cfg: LoopConfig,
+  stage_dir: str,
+  state,
+  train_step: Callable,
+  source: sources.BatchSource,
+  step_args: tuple,
+  epoch_args: Callable[[int], tuple],
+  end_of_epoch: Callable[[Any, int, dict], dict],
+  learning_rate: Callable[[int], float],
+) -> tuple[Any, list[dict], bool]:
   """Trains `state` to `cfg.num_epochs`; returns the state, the per-epoch history and whether
   the run is finished (False when `cfg.max_steps_per_run` stopped it early, with a checkpoint).
 
@@ -122,11 +132,24 @@ def fit(cfg: LoopConfig, stage_dir: str, state, train_step: Callable, source: so
   """
   manager = checkpoint.manager_for(stage_dir, cfg.keep_checkpoints)
   writer = _summary_writer(stage_dir)
-  opened = []   # the batch iterator, once _fit made it
+  opened = []  # the batch iterator, once _fit made it
   try:
     with _stop_requests() as stop_requested:
-      return _fit(cfg, stage_dir, state, train_step, source, step_args, epoch_args, end_of_epoch,
-                  learning_rate, manager, writer, stop_requested, opened)
+      return _fit(
+        cfg,
+        stage_dir,
+        state,
+        train_step,
+        source,
+        step_args,
+        epoch_args,
+        end_of_epoch,
+        learning_rate,
+        manager,
+        writer,
+        stop_requested,
+        opened,
+      )
   finally:
     for batches in opened:
       batches.close()
@@ -135,8 +158,21 @@ def fit(cfg: LoopConfig, stage_dir: str, state, train_step: Callable, source: so
     writer.close()
 
 
-def _fit(cfg, stage_dir, state, train_step, source, step_args, epoch_args, end_of_epoch,
-         learning_rate, manager, writer, stop_requested, opened):
+def _fit(
+  cfg,
+  stage_dir,
+  state,
+  train_step,
+  source,
+  step_args,
+  epoch_args,
+  end_of_epoch,
+  learning_rate,
+  manager,
+  writer,
+  stop_requested,
+  opened,
+):
   history: list[dict] = []
   restored = checkpoint.restore_latest(manager, checkpoint.abstract(state))
   if restored is not None:
@@ -145,21 +181,43 @@ def _fit(cfg, stage_dir, state, train_step, source, step_args, epoch_args, end_o
   start = int(jax.device_get(state.step))  # the one host read of the step counter
   total_steps = cfg.num_epochs * cfg.steps_per_epoch
   if restored is not None:
-    logging.info("[%s] resumed from checkpoint at step %d (epoch %d, step %d of it) in %s; the "
-                 "data continues at that step", cfg.stage, start, start // cfg.steps_per_epoch + 1,
-                 start % cfg.steps_per_epoch, manager.directory)
+    logging.info(
+      "[%s] resumed from checkpoint at step %d (epoch %d, step %d of it) in %s; the "
+      "data continues at that step",
+      cfg.stage,
+      start,
+      start // cfg.steps_per_epoch + 1,
+      start % cfg.steps_per_epoch,
+      manager.directory,
+    )
   else:
-    logging.info("[%s] starting from %s: %d epochs x %d steps, global batch %d, %d device(s)",
-                 cfg.stage, cfg.starts_from, cfg.num_epochs, cfg.steps_per_epoch, cfg.global_batch,
-                 len(state.step.sharding.device_set))   # the mesh's (config.num_devices), not all
+    logging.info(
+      "[%s] starting from %s: %d epochs x %d steps, global batch %d, %d device(s)",
+      cfg.stage,
+      cfg.starts_from,
+      cfg.num_epochs,
+      cfg.steps_per_epoch,
+      cfg.global_batch,
+      len(state.step.sharding.device_set),
+    )  # the mesh's (config.num_devices), not all
   progress = console.Progress(cfg.stage, total_steps, cfg.global_batch)
   from clu import periodic_actions
-  profiler = (periodic_actions.Profile(logdir=stage_dir, num_profile_steps=cfg.profile_steps,
-                                       first_profile=start + 5, every_secs=None)
-              if cfg.profile_steps and workdir.is_writer() else None)
+
+  profiler = (
+    periodic_actions.Profile(
+      logdir=stage_dir,
+      num_profile_steps=cfg.profile_steps,
+      first_profile=start + 5,
+      every_secs=None,
+    )
+    if cfg.profile_steps and workdir.is_writer()
+    else None
+  )
 
   step = start
-  stop_at = min(total_steps, start + cfg.max_steps_per_run) if cfg.max_steps_per_run else total_steps
+  stop_at = (
+    min(total_steps, start + cfg.max_steps_per_run) if cfg.max_steps_per_run else total_steps
+  )
   batches = source.iterate(start)
   opened.append(batches)
   t_start = time.time()
@@ -172,7 +230,7 @@ def _fit(cfg, stage_dir, state, train_step, source, step_args, epoch_args, end_o
     args = tuple(step_args) + tuple(epoch_args(epoch))
     accumulated = None
     t_log, step_log = time.time(), step
-    progress.restart(step)   # the rate leaves out the evaluation between epochs
+    progress.restart(step)  # the rate leaves out the evaluation between epochs
     while True:
       t_step = time.time()
       multihost.at(f"[{cfg.stage}] step {step + 1}")
@@ -190,7 +248,7 @@ def _fit(cfg, stage_dir, state, train_step, source, step_args, epoch_args, end_o
       if jax.process_count() == 1:
         stop = bool(stop_requested)
         log_now = log_point or stop or time.time() - t_log >= cfg.log_every_secs
-      else:   # every process decides alike: by the step count, a signal agreed at log points
+      else:  # every process decides alike: by the step count, a signal agreed at log points
         stop = log_point and multihost.any_process(bool(stop_requested))
         log_now = log_point
       if log_now:
@@ -198,18 +256,26 @@ def _fit(cfg, stage_dir, state, train_step, source, step_args, epoch_args, end_o
         bad = [k for k, v in train.items() if not math.isfinite(v)]
         if bad:
           raise FloatingPointError(
-              f"[{cfg.stage}] {bad[0]} is {train[bad[0]]} in steps {step_log + 1}-{step} (checked "
-              f"every {cfg.log_every_steps} steps; the last checkpoint is before them): lower the "
-              "learning rate or check the data")
+            f"[{cfg.stage}] {bad[0]} is {train[bad[0]]} in steps {step_log + 1}-{step} (checked "
+            f"every {cfg.log_every_steps} steps; the last checkpoint is before them): lower the "
+            "learning rate or check the data"
+          )
         # an epoch's end right after a line: its metrics, no second line
-        near_last_line = (epoch_end and step_log > epoch * cfg.steps_per_epoch
-                          and step - step_log < max(1, cfg.log_every_steps // 2))
+        near_last_line = (
+          epoch_end
+          and step_log > epoch * cfg.steps_per_epoch
+          and step - step_log < max(1, cfg.log_every_steps // 2)
+        )
         images_per_s = 0.0 if near_last_line else progress.report(step, train)
-        writer.write_scalars(step, {**{f"train/{k}": v for k, v in train.items()},
-                                    "train/epoch": epoch + in_epoch / cfg.steps_per_epoch,
-                                    "train/learning_rate": learning_rate(step),
-                                    **({"train/images_per_second": images_per_s}
-                                       if images_per_s else {})})
+        writer.write_scalars(
+          step,
+          {
+            **{f"train/{k}": v for k, v in train.items()},
+            "train/epoch": epoch + in_epoch / cfg.steps_per_epoch,
+            "train/learning_rate": learning_rate(step),
+            **({"train/images_per_second": images_per_s} if images_per_s else {}),
+          },
+        )
         t_log, step_log = time.time(), step
       if epoch_end:
         break
@@ -223,17 +289,36 @@ def _fit(cfg, stage_dir, state, train_step, source, step_args, epoch_args, end_o
       checkpoint.save(manager, step, state, {"history": history})
       if stop:
         raise _interrupted(cfg.stage, _signal_name(stop_requested), step, total_steps, manager)
-      logging.info("[%s] stopping after %d steps in this run (max_steps_per_run); run the same "
-                   "command again to continue", cfg.stage, step - start)
+      logging.info(
+        "[%s] stopping after %d steps in this run (max_steps_per_run); run the same "
+        "command again to continue",
+        cfg.stage,
+        step - start,
+      )
       break
     multihost.at(f"[{cfg.stage}] the evaluation after epoch {epoch + 1}")
-    entry = {"epoch": epoch + 1, "step": step, **{f"train_{k}": v for k, v in train.items()},
-             **end_of_epoch(state, epoch, train), "elapsed_s": round(time.time() - t_start, 1)}
+    entry = {
+      "epoch": epoch + 1,
+      "step": step,
+      **{f"train_{k}": v for k, v in train.items()},
+      **end_of_epoch(state, epoch, train),
+      "elapsed_s": round(time.time() - t_start, 1),
+    }
     history.append(entry)
-    numbers = {k: v for k, v in entry.items() if isinstance(v, (int, float)) and
-               k not in ("epoch", "step", "elapsed_s") and not k.startswith("train_")}
-    logging.info("[%s] epoch %d/%d done: %s", cfg.stage, epoch + 1, cfg.num_epochs,
-                 console.format_metrics(numbers))
+    numbers = {
+      k: v
+      for k, v in entry.items()
+      if isinstance(v, (int, float))
+      and k not in ("epoch", "step", "elapsed_s")
+      and not k.startswith("train_")
+    }
+    logging.info(
+      "[%s] epoch %d/%d done: %s",
+      cfg.stage,
+      epoch + 1,
+      cfg.num_epochs,
+      console.format_metrics(numbers),
+    )
     writer.write_scalars(step, {f"epoch/{k}": v for k, v in numbers.items()})
     writer.flush()
     multihost.at(f"[{cfg.stage}] saving the checkpoint at step {step}")

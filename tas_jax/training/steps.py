@@ -5,7 +5,6 @@ from (gathered on the device, or streamed from each host) is not the step's busi
 step function serves both parallel modes (`tas_jax.parallel`).
 """
 
-
 from typing import Any, Callable, Iterable, Optional
 
 import flax
@@ -21,6 +20,7 @@ from tas_jax import parallel
 
 class TrainState(train_state.TrainState):
   """Flax's TrainState (step, params, optimiser) plus the BatchNorm running statistics."""
+
   batch_stats: Any = None
 
 
@@ -30,14 +30,19 @@ class TrainMetrics(metrics.Collection):
   accuracy: metrics.Average.from_output("accuracy")
 
 
-def create_state(model: nn.Module, tx: optax.GradientTransformation, sample_input, key,
-                 mesh) -> TrainState:
+def create_state(
+  model: nn.Module, tx: optax.GradientTransformation, sample_input, key, mesh
+) -> TrainState:
   """Initialises weights and optimiser state directly as replicated device arrays."""
 
   def init():
     variables = model.init(key, sample_input, train=False)
-    return TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx,
-                             batch_stats=variables.get("batch_stats", {}))
+    return TrainState.create(
+      apply_fn=model.apply,
+      params=variables["params"],
+      tx=tx,
+      batch_stats=variables.get("batch_stats", {}),
+    )
 
   return parallel.jit_once(init, out_shardings=parallel.replicated(mesh))()
 
@@ -46,8 +51,9 @@ def classification_loss(logits, labels):
   return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
 
-def make_train_step(model: nn.Module, mesh, mode: str,
-                    loss_fn: Optional[Callable] = None) -> Callable:
+def make_train_step(
+  model: nn.Module, mesh, mode: str, loss_fn: Optional[Callable] = None
+) -> Callable:
   """Compiles `step(state, batch) -> (state, TrainMetrics)` with cross-entropy, or, given
   `loss_fn(logits, labels, images, *extras)`, `step(state, batch, extras)`: distillation's loss,
   the teacher's variables in `extras` (an input of the compiled step, not a constant baked into
@@ -61,10 +67,12 @@ def make_train_step(model: nn.Module, mesh, mode: str,
     x, y = batch["image"], batch["label"]
 
     def objective(params):
-      logits, updates = model.apply({"params": params, "batch_stats": state.batch_stats}, x,
-                                    train=True, mutable=["batch_stats"])
-      loss = (loss_fn(logits, y, x, *extras) if loss_fn is not None
-              else classification_loss(logits, y))
+      logits, updates = model.apply(
+        {"params": params, "batch_stats": state.batch_stats}, x, train=True, mutable=["batch_stats"]
+      )
+      loss = (
+        loss_fn(logits, y, x, *extras) if loss_fn is not None else classification_loss(logits, y)
+      )
       # a network without BN (a deployed RepVGG) has no statistics to update
       return loss, (logits, updates.get("batch_stats", {}))
 
@@ -87,9 +95,11 @@ def make_eval_step(apply_fn: Callable) -> Callable:
     labels, mask = batch["label"], batch["mask"]
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
     _, top5 = jax.lax.top_k(logits, min(5, logits.shape[-1]))
-    return {"loss_sum": jnp.sum(ce * mask),
-            "correct": jnp.sum((jnp.argmax(logits, -1) == labels) * mask),
-            "correct_top5": jnp.sum(jnp.any(top5 == labels[:, None], -1) * mask)}
+    return {
+      "loss_sum": jnp.sum(ce * mask),
+      "correct": jnp.sum((jnp.argmax(logits, -1) == labels) * mask),
+      "correct_top5": jnp.sum(jnp.any(top5 == labels[:, None], -1) * mask),
+    }
 
   return jax.jit(eval_step, compiler_options=parallel.compiler_options())
 
@@ -102,6 +112,8 @@ def evaluate(eval_step: Callable, variables, batches: Iterable[dict], num_exampl
     sums = eval_step(variables, batch)
     total = sums if total is None else jax.tree.map(jnp.add, total, sums)
   total = jax.device_get(total)
-  return {"loss": float(total["loss_sum"]) / num_examples,
-          "accuracy": float(total["correct"]) / num_examples,
-          "top5_accuracy": float(total["correct_top5"]) / num_examples}
+  return {
+    "loss": float(total["loss_sum"]) / num_examples,
+    "accuracy": float(total["correct"]) / num_examples,
+    "top5_accuracy": float(total["correct_top5"]) / num_examples,
+  }

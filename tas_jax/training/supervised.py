@@ -32,23 +32,30 @@ def sgd_with_warmup_cosine(t: ml_collections.ConfigDict, steps_per_epoch: int):
   """(optimizer, schedule) for a recipe section (`teacher`, `distill`): warm-up, cosine, SGD."""
   if t.warmup_epochs:
     schedule = optax.warmup_cosine_decay_schedule(
-        init_value=0.0, peak_value=t.lr, warmup_steps=t.warmup_epochs * steps_per_epoch,
-        decay_steps=(t.warmup_epochs + t.cosine_epochs) * steps_per_epoch, end_value=0.0)
-  else:   # the same values; optax warns about a warm-up of zero steps
+      init_value=0.0,
+      peak_value=t.lr,
+      warmup_steps=t.warmup_epochs * steps_per_epoch,
+      decay_steps=(t.warmup_epochs + t.cosine_epochs) * steps_per_epoch,
+      end_value=0.0,
+    )
+  else:  # the same values; optax warns about a warm-up of zero steps
     schedule = optax.cosine_decay_schedule(t.lr, t.cosine_epochs * steps_per_epoch)
   return _sgd(t, schedule), schedule
 
 
 def _sgd(t: ml_collections.ConfigDict, schedule) -> optax.GradientTransformation:
-  return optax.chain(optax.add_decayed_weights(t.weight_decay),
-                     optax.sgd(schedule, momentum=t.momentum, nesterov=t.nesterov))
+  return optax.chain(
+    optax.add_decayed_weights(t.weight_decay),
+    optax.sgd(schedule, momentum=t.momentum, nesterov=t.nesterov),
+  )
 
 
 def sgd_with_step_decay(t: ml_collections.ConfigDict, steps_per_epoch: int):
   """(optimizer, schedule) of a step-decay recipe (`schedule="step"`, e.g. PaS's fine-tuning as
   released): lr `t.lr`, multiplied by `t.decay_factor` after each epoch of `t.decay_epochs`."""
   schedule = optax.piecewise_constant_schedule(
-      t.lr, {int(e) * steps_per_epoch: t.decay_factor for e in t.decay_epochs})
+    t.lr, {int(e) * steps_per_epoch: t.decay_factor for e in t.decay_epochs}
+  )
   return _sgd(t, schedule), schedule
 
 
@@ -67,11 +74,15 @@ def describe(t: ml_collections.ConfigDict) -> str:
     lr = f"lr {t.lr:g}, x{t.decay_factor:g} after epochs {decays}"
   else:
     lr = f"lr {t.lr:g}, {t.warmup_epochs} warm-up epochs then cosine to 0"
-  return (f"{recipe_epochs(t)} epochs at batch {t.batch_size}, SGD momentum {t.momentum:g}"
-          f"{' (Nesterov)' if t.nesterov else ''}, weight decay {t.weight_decay:g}, {lr}")
+  return (
+    f"{recipe_epochs(t)} epochs at batch {t.batch_size}, SGD momentum {t.momentum:g}"
+    f"{' (Nesterov)' if t.nesterov else ''}, weight decay {t.weight_decay:g}, {lr}"
+  )
 
 
-def load_inputs(config: ml_collections.ConfigDict, eval_batch: int) -> tuple[Any, inputs_lib.Inputs]:
+def load_inputs(
+  config: ml_collections.ConfigDict, eval_batch: int
+) -> tuple[Any, inputs_lib.Inputs]:
   """(the device mesh, the config's data on it)."""
   mesh = parallel.make_mesh(config.num_devices)
   return mesh, inputs_lib.load(config, mesh, eval_batch)
@@ -83,16 +94,18 @@ def permutation_key(seed: int) -> Callable[[jax.Array], jax.Array]:
   return lambda epoch: jax.random.fold_in(key, epoch)
 
 
-def architecture(c: ml_collections.ConfigDict, num_classes: int, image_size: int,
-                 channels: int) -> arch_lib.Architecture:
+def architecture(
+  c: ml_collections.ConfigDict, num_classes: int, image_size: int, channels: int
+) -> arch_lib.Architecture:
   """The network the config describes, fitted to a dataset's classes, image size and channels."""
   if c.model.arch:
     a = networks.resolve(c.model.arch)
     if (a.num_classes, a.input_size, a.input_channels) != (num_classes, image_size, channels):
       raise ConfigError(
-          f"config.model.arch={c.model.arch!r} expects {a.num_classes} classes and "
-          f"{a.input_size}x{a.input_size}x{a.input_channels} inputs, but config.data.name="
-          f"{c.data.name!r} gives {num_classes} classes and {image_size}x{image_size}x{channels}")
+        f"config.model.arch={c.model.arch!r} expects {a.num_classes} classes and "
+        f"{a.input_size}x{a.input_size}x{a.input_channels} inputs, but config.data.name="
+        f"{c.data.name!r} gives {num_classes} classes and {image_size}x{image_size}x{channels}"
+      )
     return a
   try:
     if c.model.family == "cifar":
@@ -102,28 +115,44 @@ def architecture(c: ml_collections.ConfigDict, num_classes: int, image_size: int
     return arch_lib.imagenet_resnet(c.model.depth, num_classes, image_size, channels)
   except arch_lib.ArchError as e:
     hint = ""
-    if "multiple of" in str(e):   # e.g. RepVGG (5 stride-2 stages) on 28x28 Fashion-MNIST
+    if "multiple of" in str(e):  # e.g. RepVGG (5 stride-2 stages) on 28x28 Fashion-MNIST
       multiple = int(str(e).split("multiple of ")[1].split()[0])
-      hint = (f"; pad the images with --config.data.image_size="
-              f"{-(-image_size // multiple) * multiple}")
+      hint = (
+        f"; pad the images with --config.data.image_size={-(-image_size // multiple) * multiple}"
+      )
     raise ConfigError(f"model for {c.data.name}: {e}{hint}") from None
 
 
 def check_fits(a: arch_lib.Architecture, ds: inputs_lib.Inputs, what: str) -> None:
-  if (a.num_classes, a.input_size, a.input_channels) != (ds.num_classes, ds.image_size, ds.channels):
+  if (a.num_classes, a.input_size, a.input_channels) != (
+    ds.num_classes,
+    ds.image_size,
+    ds.channels,
+  ):
     raise ConfigError(
-        f"{what} ({a.name or 'custom'}) expects {a.num_classes} classes and {a.input_size}x"
-        f"{a.input_size}x{a.input_channels} inputs, but {ds.name} gives {ds.num_classes} classes "
-        f"and {ds.image_size}x{ds.image_size}x{ds.channels}")
+      f"{what} ({a.name or 'custom'}) expects {a.num_classes} classes and {a.input_size}x"
+      f"{a.input_size}x{a.input_channels} inputs, but {ds.name} gives {ds.num_classes} classes "
+      f"and {ds.image_size}x{ds.image_size}x{ds.channels}"
+    )
 
 
-def train_network(config: ml_collections.ConfigDict, recipe: ml_collections.ConfigDict,
-                  recipe_field: str, stage: str, stage_dir: str, mesh, ds: inputs_lib.Inputs,
-                  arch: arch_lib.Architecture, loss_fn: Optional[Callable] = None,
-                  loss_args: tuple = (), init_variables: Optional[Callable[[Any, Any], tuple]] = None,
-                  summary_extra: Optional[dict] = None, model: Any = None,
-                  finish: Optional[Callable[[Any, Callable], dict]] = None,
-                  starts_from: str = "") -> dict:
+def train_network(
+  config: ml_collections.ConfigDict,
+  recipe: ml_collections.ConfigDict,
+  recipe_field: str,
+  stage: str,
+  stage_dir: str,
+  mesh,
+  ds: inputs_lib.Inputs,
+  arch: arch_lib.Architecture,
+  loss_fn: Optional[Callable] = None,
+  loss_args: tuple = (),
+  init_variables: Optional[Callable[[Any, Any], tuple]] = None,
+  summary_extra: Optional[dict] = None,
+  model: Any = None,
+  finish: Optional[Callable[[Any, Callable], dict]] = None,
+  starts_from: str = "",
+) -> dict:
   """Trains `arch` on `ds` with `recipe` (a section like `config.teacher`) into `stage_dir`.
 
   Resumes from the stage's latest checkpoint, or returns at once when it is finished.
@@ -139,82 +168,143 @@ def train_network(config: ml_collections.ConfigDict, recipe: ml_collections.Conf
   """
   t0 = time.time()
   n_dev = mesh.shape[parallel.AXIS]
-  steps_per_epoch = sources.check_batch(f"{recipe_field}.batch_size", recipe.batch_size, n_dev,
-                                        ds.num_train)
+  steps_per_epoch = sources.check_batch(
+    f"{recipe_field}.batch_size", recipe.batch_size, n_dev, ds.num_train
+  )
   counts = flops.count(arch)
-  logging.info("[%s] %s on %s (%s): %d train / %d test images, %dx%dx%d; %.2f M FLOPs, "
-               "%.3f M params; %d device(s), parallel=%s", stage, arch.name or "custom", ds.name,
-               ds.source, ds.num_train, ds.num_test, ds.image_size, ds.image_size,
-               ds.channels, counts.flops_m, counts.params_m, n_dev, config.parallel)
+  logging.info(
+    "[%s] %s on %s (%s): %d train / %d test images, %dx%dx%d; %.2f M FLOPs, "
+    "%.3f M params; %d device(s), parallel=%s",
+    stage,
+    arch.name or "custom",
+    ds.name,
+    ds.source,
+    ds.num_train,
+    ds.num_test,
+    ds.image_size,
+    ds.image_size,
+    ds.channels,
+    counts.flops_m,
+    counts.params_m,
+    n_dev,
+    config.parallel,
+  )
 
-  model = model or networks.build(arch, dtype=jnp.dtype(config.model.dtype),
-                                  scan_blocks=config.model.scan_blocks)
+  model = model or networks.build(
+    arch, dtype=jnp.dtype(config.model.dtype), scan_blocks=config.model.scan_blocks
+  )
   tx, schedule = (sgd_with_step_decay if is_step_decay(recipe) else sgd_with_warmup_cosine)(
-      recipe, steps_per_epoch)
+    recipe, steps_per_epoch
+  )
   init_key, aug_key = jax.random.split(jax.random.key(config.seed))
   state = steps.create_state(model, tx, networks.dummy_input(arch), init_key, mesh)
   if init_variables is not None:
     params, batch_stats = init_variables(state.params, state.batch_stats)
     state = state.replace(params=params, batch_stats=batch_stats)
   train_source = ds.train_source(
-      np.arange(ds.num_train), recipe.batch_size, seed=config.seed,
-      epoch_key=permutation_key(config.seed), step_key=lambda step: jax.random.fold_in(aug_key, step))
+    np.arange(ds.num_train),
+    recipe.batch_size,
+    seed=config.seed,
+    epoch_key=permutation_key(config.seed),
+    step_key=lambda step: jax.random.fold_in(aug_key, step),
+  )
   test_source = ds.eval_source()
   train_step = steps.make_train_step(model, mesh, config.parallel, loss_fn)
   eval_step = steps.make_eval_step(
-      lambda v, x: model.apply({"params": v[0], "batch_stats": v[1]}, x, train=False))
+    lambda v, x: model.apply({"params": v[0], "batch_stats": v[1]}, x, train=False)
+  )
 
   if layout.is_writer():
     os.makedirs(stage_dir, exist_ok=True)
     arch.save(os.path.join(stage_dir, layout.ARCH))
-  cfg = loop.LoopConfig(stage, recipe_epochs(recipe), steps_per_epoch,
-                        recipe.batch_size, config.log_every_steps, config.checkpoint_every_steps,
-                        config.keep_checkpoints, config.max_steps_per_run, config.profile_steps,
-                        starts_from=starts_from or ("scratch" if init_variables is None
-                                                    else "the given weights"))
+  cfg = loop.LoopConfig(
+    stage,
+    recipe_epochs(recipe),
+    steps_per_epoch,
+    recipe.batch_size,
+    config.log_every_steps,
+    config.checkpoint_every_steps,
+    config.keep_checkpoints,
+    config.max_steps_per_run,
+    config.profile_steps,
+    starts_from=starts_from or ("scratch" if init_variables is None else "the given weights"),
+  )
 
   def end_of_epoch(state, epoch, train):
-    test = steps.evaluate(eval_step, (state.params, state.batch_stats), test_source.batches(),
-                          test_source.num_examples)
+    test = steps.evaluate(
+      eval_step, (state.params, state.batch_stats), test_source.batches(), test_source.num_examples
+    )
     return {f"test_{k}": v for k, v in test.items()}
 
-  state, history, finished = loop.fit(cfg, stage_dir, state, train_step, train_source, loss_args,
-                                      lambda epoch: (), end_of_epoch,
-                                      lambda step: float(schedule(step)))
+  state, history, finished = loop.fit(
+    cfg,
+    stage_dir,
+    state,
+    train_step,
+    train_source,
+    loss_args,
+    lambda epoch: (),
+    end_of_epoch,
+    lambda step: float(schedule(step)),
+  )
   if not finished:
     return {"stage": stage, "finished": False, "step": int(jax.device_get(state.step))}
   last = history[-1]
   finished_as = {}
   if finish is not None:
+
     def evaluate(apply_fn, variables):
-      return steps.evaluate(steps.make_eval_step(apply_fn), variables, test_source.batches(),
-                            test_source.num_examples)
+      return steps.evaluate(
+        steps.make_eval_step(apply_fn), variables, test_source.batches(), test_source.num_examples
+      )
+
     finished_as = finish(state, evaluate)
   summary = {
-      "stage": stage, "finished": True, **(summary_extra or {}), "dataset": ds.name,
-      "data_source": ds.source, "architecture": arch.name,
-      "flops_m": round(counts.flops_m, 4), "params_m": round(counts.params_m, 6),
-      "epochs": cfg.num_epochs, "steps": cfg.num_epochs * steps_per_epoch,
-      "batch_size": recipe.batch_size,
-      "test_accuracy": last["test_accuracy"], "test_top5_accuracy": last["test_top5_accuracy"],
-      "test_loss": last["test_loss"],
-      "best_test_accuracy": max(h["test_accuracy"] for h in history),
-      "train_accuracy": last["train_accuracy"], "train_loss": last["train_loss"],
-      "devices": n_dev, "parallel": config.parallel, "wall_time_s": round(time.time() - t0, 1),
-      "compilations": {"train_step": train_step._cache_size(), "eval_step": eval_step._cache_size(),
-                       **(train_source.compilations() if hasattr(train_source, "compilations")
-                          else {})},
-      "history": history,
-      **finished_as,
+    "stage": stage,
+    "finished": True,
+    **(summary_extra or {}),
+    "dataset": ds.name,
+    "data_source": ds.source,
+    "architecture": arch.name,
+    "flops_m": round(counts.flops_m, 4),
+    "params_m": round(counts.params_m, 6),
+    "epochs": cfg.num_epochs,
+    "steps": cfg.num_epochs * steps_per_epoch,
+    "batch_size": recipe.batch_size,
+    "test_accuracy": last["test_accuracy"],
+    "test_top5_accuracy": last["test_top5_accuracy"],
+    "test_loss": last["test_loss"],
+    "best_test_accuracy": max(h["test_accuracy"] for h in history),
+    "train_accuracy": last["train_accuracy"],
+    "train_loss": last["train_loss"],
+    "devices": n_dev,
+    "parallel": config.parallel,
+    "wall_time_s": round(time.time() - t0, 1),
+    "compilations": {
+      "train_step": train_step._cache_size(),
+      "eval_step": eval_step._cache_size(),
+      **(train_source.compilations() if hasattr(train_source, "compilations") else {}),
+    },
+    "history": history,
+    **finished_as,
   }
   skipped = getattr(train_source, "skipped", None)
-  if skipped is not None:   # streamed data: images that could not be decoded (data.bad_images)
+  if skipped is not None:  # streamed data: images that could not be decoded (data.bad_images)
     summary["skipped_images"] = len(skipped.files)
     if skipped.files:
-      logging.warning("[%s] %d training image(s) could not be decoded and were skipped (names in "
-                      "the warnings above and in %s)", stage, len(skipped.files),
-                      os.path.join(stage_dir, "log.txt"))
+      logging.warning(
+        "[%s] %d training image(s) could not be decoded and were skipped (names in "
+        "the warnings above and in %s)",
+        stage,
+        len(skipped.files),
+        os.path.join(stage_dir, "log.txt"),
+      )
   path = layout.write_summary(stage_dir, summary)
-  logging.info("[%s] finished: test accuracy %.2f%% (best %.2f%%); summary in %s", stage,
-               100 * summary["test_accuracy"], 100 * summary["best_test_accuracy"], path)
+  logging.info(
+    "[%s] finished: test accuracy %.2f%% (best %.2f%%); summary in %s",
+    stage,
+    100 * summary["test_accuracy"],
+    100 * summary["best_test_accuracy"],
+    path,
+  )
   return summary

@@ -29,14 +29,15 @@ args = parser.parse_args()
 
 
 def busy(parent):
-  while os.getppid() == parent:   # ends with the reproduction, however that ends
+  while os.getppid() == parent:  # ends with the reproduction, however that ends
     for _ in range(100000):
       pass
 
 
 if __name__ == "__main__":
-  hogs = [multiprocessing.Process(target=busy, args=(os.getpid(),), daemon=True)
-          for _ in range(args.load)]
+  hogs = [
+    multiprocessing.Process(target=busy, args=(os.getpid(),), daemon=True) for _ in range(args.load)
+  ]
   for h in hogs:
     h.start()
   os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count=8 {args.xla_flags}"
@@ -47,8 +48,10 @@ if __name__ == "__main__":
 
   mesh = jax.make_mesh((8,), ("data",))
   n = args.size
-  x = jax.device_put(np.random.default_rng(0).normal(size=(8 * n, n)).astype(np.float32),
-                     NamedSharding(mesh, P("data")))
+  x = jax.device_put(
+    np.random.default_rng(0).normal(size=(8 * n, n)).astype(np.float32),
+    NamedSharding(mesh, P("data")),
+  )
   w = jax.device_put(np.eye(n, dtype=np.float32) * 0.01, NamedSharding(mesh, P()))
 
   @jax.jit

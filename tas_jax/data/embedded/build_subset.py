@@ -1,6 +1,6 @@
 """Rebuilds fashion_mnist_subset.npz from the full Fashion-MNIST IDX files.
 
-    python -m tas_jax.data.embedded.build_subset [--idx_dir=DIR]   # default: Debian's folder
+python -m tas_jax.data.embedded.build_subset [--idx_dir=DIR]   # default: Debian's folder
 """
 
 import numpy as np
@@ -13,15 +13,23 @@ def build(idx_dir: str, out_path: str, train_per_class: int = 500, test_per_clas
   rng = np.random.default_rng(0)
 
   def pick(labels, n):
-    return np.sort(np.concatenate([rng.choice(np.flatnonzero(labels == c), n, replace=False)
-                                   for c in range(10)]))
+    return np.sort(
+      np.concatenate([rng.choice(np.flatnonzero(labels == c), n, replace=False) for c in range(10)])
+    )
 
   a, b = pick(ytr, train_per_class), pick(yte, test_per_class)
-  np.savez_compressed(out_path, train_images=xtr[a], train_labels=ytr[a].astype(np.uint8),
-                      test_images=xte[b], test_labels=yte[b].astype(np.uint8),
-                      train_source_index=a.astype(np.uint16), test_source_index=b.astype(np.uint16))
+  np.savez_compressed(
+    out_path,
+    train_images=xtr[a],
+    train_labels=ytr[a].astype(np.uint8),
+    test_images=xte[b],
+    test_labels=yte[b].astype(np.uint8),
+    train_source_index=a.astype(np.uint16),
+    test_source_index=b.astype(np.uint16),
+  )
 
 
 if __name__ == "__main__":
   from tas_jax.commands import embedded_subset as command
+
   command.main()

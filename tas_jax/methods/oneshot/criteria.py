@@ -34,8 +34,8 @@ def fpgm(kernels: list[np.ndarray]) -> np.ndarray:
   """(C,) sum over the group's convs of Σ_k ‖F_j − F_k‖₂, F the conv's flattened filters."""
   total = 0.0
   for k in kernels:
-    filters = k.astype(np.float64).reshape(-1, k.shape[-1]).T          # (C, fan-in)
-    squared = (filters ** 2).sum(1)
+    filters = k.astype(np.float64).reshape(-1, k.shape[-1]).T  # (C, fan-in)
+    squared = (filters**2).sum(1)
     gram = filters @ filters.T
     distances = np.sqrt(np.maximum(squared[:, None] + squared[None, :] - 2 * gram, 0.0))
     total = total + distances.sum(1)

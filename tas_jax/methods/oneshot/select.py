@@ -18,9 +18,9 @@ monotonically with the amount removed and a bisection finds that point exactly.
 
 from __future__ import annotations
 
-import numpy as np
-
 from typing import Callable, Optional
+
+import numpy as np
 
 from tas_jax.models import channels
 from tas_jax.ops import flops
@@ -35,17 +35,18 @@ def _kept(groups: channels.ChannelGroups, scores: dict, counts: dict) -> dict:
   out = {}
   for g in groups.groups:
     order = np.argsort(-np.asarray(scores[g.name]), kind="stable")
-    out[g.name] = sorted(int(i) for i in order[:counts[g.name]])
+    out[g.name] = sorted(int(i) for i in order[: counts[g.name]])
   return out
 
 
-def global_ranking(groups: channels.ChannelGroups, scores: dict, target_flops: float,
-                   cost: Optional[Callable] = None) -> dict:
+def global_ranking(
+  groups: channels.ChannelGroups, scores: dict, target_flops: float, cost: Optional[Callable] = None
+) -> dict:
   """{group: kept indices}: the lowest-scoring channels of the whole network removed, fewest
   first, until the FLOPs (or `cost`) are at most `target_flops` (or every group is down to one
   channel)."""
   cost = _cost(groups, cost)
-  candidates = []   # (score, group position, channel) of every channel that may go
+  candidates = []  # (score, group position, channel) of every channel that may go
   for position, g in enumerate(groups.groups):
     s = np.asarray(scores[g.name])
     best = int(np.argmax(s))
@@ -58,7 +59,7 @@ def global_ranking(groups: channels.ChannelGroups, scores: dict, target_flops: f
       counts[groups.groups[position].name] -= 1
     return counts
 
-  lo, hi = 0, len(candidates)     # FLOPs(hi) <= target unless nothing reaches it
+  lo, hi = 0, len(candidates)  # FLOPs(hi) <= target unless nothing reaches it
   if cost(counts_after(hi)) > target_flops:
     lo = hi
   while lo < hi:
@@ -70,16 +71,18 @@ def global_ranking(groups: channels.ChannelGroups, scores: dict, target_flops: f
   removed = {}
   for _, position, j in candidates[:hi]:
     removed.setdefault(groups.groups[position].name, set()).add(j)
-  return {g.name: [j for j in range(g.size) if j not in removed.get(g.name, ())]
-          for g in groups.groups}
+  return {
+    g.name: [j for j in range(g.size) if j not in removed.get(g.name, ())] for g in groups.groups
+  }
 
 
 def counts_at_ratio(groups: channels.ChannelGroups, ratio: float) -> dict:
   return {g.name: max(1, int(round((1 - ratio) * g.size))) for g in groups.groups}
 
 
-def uniform_ratio(groups: channels.ChannelGroups, scores: dict, target_flops: float,
-                  cost: Optional[Callable] = None) -> tuple[dict, float]:
+def uniform_ratio(
+  groups: channels.ChannelGroups, scores: dict, target_flops: float, cost: Optional[Callable] = None
+) -> tuple[dict, float]:
   """({group: kept indices}, r): the smallest ratio r (to 1e-9) whose FLOPs (or `cost`) are at
   most the target."""
   cost = _cost(groups, cost)

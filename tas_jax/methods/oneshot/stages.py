@@ -22,10 +22,10 @@ from absl import logging
 
 from tas_jax import target as target_lib, workdir as layout
 from tas_jax.errors import CheckpointNotFoundError
+from tas_jax.methods import extraction
 from tas_jax.methods.oneshot import criteria, select
 from tas_jax.models import channels
 from tas_jax.ops import flops
-from tas_jax.methods import extraction
 from tas_jax.training import checkpoint
 
 CHANNELS = "channels.json"
@@ -47,8 +47,9 @@ def score(criterion: str, base, variables: dict, l1_ranking: str = "global") -> 
   return {g: criteria.l1(k) for g, k in kernels.items()}
 
 
-def choose(criterion: str, base, scores: dict, target: target_lib.Target,
-           l1_ranking: str = "global") -> tuple[dict, dict]:
+def choose(
+  criterion: str, base, scores: dict, target: target_lib.Target, l1_ranking: str = "global"
+) -> tuple[dict, dict]:
   """(kept indices per group, how: {"rule", "pruning_ratio"?}) for a cost <= the target's (FLOPs,
   or the table latency, a ratio of the unpruned network's)."""
   groups = channels.of(base)
@@ -74,24 +75,44 @@ def make_search(name: str, criterion: str) -> Callable[[ml_collections.ConfigDic
     flops_max = flops.count(base).flops
     ratio = flops.with_kept(groups, counts) / flops_max
     how.update(target.kept_latency_ratio(groups, counts))
-    summary = {"stage": stage, "finished": True, "method": name, "criterion": criterion, **how,
-               "base_architecture": base.name, "teacher_step": step,
-               "flop_ratio_target": config.target.flop_ratio, "flops_ratio": ratio,
-               "flops_m": round(flops.with_kept(groups, counts) / 1e6, 4),
-               "flops_max_m": round(flops_max / 1e6, 4), "kept": counts,
-               "wall_time_s": round(time.time() - t0, 2)}
+    summary = {
+      "stage": stage,
+      "finished": True,
+      "method": name,
+      "criterion": criterion,
+      **how,
+      "base_architecture": base.name,
+      "teacher_step": step,
+      "flop_ratio_target": config.target.flop_ratio,
+      "flops_ratio": ratio,
+      "flops_m": round(flops.with_kept(groups, counts) / 1e6, 4),
+      "flops_max_m": round(flops_max / 1e6, 4),
+      "kept": counts,
+      "wall_time_s": round(time.time() - t0, 2),
+    }
     if layout.is_writer():
       os.makedirs(stage_dir, exist_ok=True)
       base.save(os.path.join(stage_dir, layout.BASE_ARCH))
       with open(os.path.join(stage_dir, CHANNELS), "w") as f:
         json.dump({g: {"scores": [float(v) for v in scores[g]], "kept": kept[g]} for g in kept}, f)
     layout.write_summary(stage_dir, summary)
-    logging.info("[%s] %s: %d of %d channels kept (%s), %.2f M FLOPs = %.1f%% of %.2f M%s (target "
-                 "%.0f%% of the %s)", stage, criterion, sum(counts.values()), groups.num_channels,
-                 how["rule"], summary["flops_m"], 100 * ratio, flops_max / 1e6,
-                 f", table latency {how['latency_ratio']:.1%}" if target.by_table else "",
-                 100 * config.target.flop_ratio, target.label)
+    logging.info(
+      "[%s] %s: %d of %d channels kept (%s), %.2f M FLOPs = %.1f%% of %.2f M%s (target "
+      "%.0f%% of the %s)",
+      stage,
+      criterion,
+      sum(counts.values()),
+      groups.num_channels,
+      how["rule"],
+      summary["flops_m"],
+      100 * ratio,
+      flops_max / 1e6,
+      f", table latency {how['latency_ratio']:.1%}" if target.by_table else "",
+      100 * config.target.flop_ratio,
+      target.label,
+    )
     return summary
+
   return search
 
 
@@ -100,12 +121,23 @@ def make_extract(name: str, title: str) -> Callable[[ml_collections.ConfigDict, 
     """Cuts the chosen channels out of the teacher; writes WORKDIR/extract-NAME/."""
     path = os.path.join(layout.search_dir(workdir, name), CHANNELS)
     if not os.path.exists(path):
-      raise CheckpointNotFoundError(f"{path} is missing: run --config.stage="
-                                    f"{layout.stage_flags('search', name)} with this --workdir first")
+      raise CheckpointNotFoundError(
+        f"{path} is missing: run --config.stage="
+        f"{layout.stage_flags('search', name)} with this --workdir first"
+      )
     with open(path) as f:
       kept = {g: v["kept"] for g, v in json.load(f).items()}
     base, variables, step = _teacher(workdir, layout.extract_stage(name))
-    return extraction.write(config, workdir, name, title,
-                           f"{title} on the teacher's checkpoint at step {step}", base, variables,
-                           kept, extra={"teacher_step": step})
+    return extraction.write(
+      config,
+      workdir,
+      name,
+      title,
+      f"{title} on the teacher's checkpoint at step {step}",
+      base,
+      variables,
+      kept,
+      extra={"teacher_step": step},
+    )
+
   return extract

@@ -10,18 +10,23 @@ from tas_jax.methods.contract import Method
 from tas_jax.methods.pas import extract, search, settings
 
 METHOD = Method(
-    name=search.METHOD,
-    label="PaS (fine-tuned)",
-    description="Pruning-as-Search: per-channel binary masks (straight-through) with a MACs "
-                "penalty, trained jointly with the weights; the kept channels are cut out",
-    search=search.search,
-    extract=extract.extract,
-    section="pas",
-    defaults=settings.defaults,
-    validate=settings.validate,
-    keeps_weights=True,
-    families=("resnet", "repvgg"),
-    finetune_fields=("finetune_epochs", "finetune_lr", "finetune_decay_epochs",
-                     "finetune_decay_factor"),
-    finetune=settings.finetune,
-    not_defining=("eval_batch_size",))
+  name=search.METHOD,
+  label="PaS (fine-tuned)",
+  description="Pruning-as-Search: per-channel binary masks (straight-through) with a MACs "
+  "penalty, trained jointly with the weights; the kept channels are cut out",
+  search=search.search,
+  extract=extract.extract,
+  section="pas",
+  defaults=settings.defaults,
+  validate=settings.validate,
+  keeps_weights=True,
+  families=("resnet", "repvgg"),
+  finetune_fields=(
+    "finetune_epochs",
+    "finetune_lr",
+    "finetune_decay_epochs",
+    "finetune_decay_factor",
+  ),
+  finetune=settings.finetune,
+  not_defining=("eval_batch_size",),
+)

@@ -43,22 +43,25 @@ def kept_counts(groups: channels.ChannelGroups, scores: dict) -> dict:
 
 class MaskScores(nn.Module):
   """The scalars v of every group, initialised to 1."""
+
   groups: tuple[channels.Group, ...]
 
   @nn.compact
   def __call__(self):
-    return {g.name: self.param(g.name, nn.initializers.ones, (g.size,), jnp.float32)
-            for g in self.groups}
+    return {
+      g.name: self.param(g.name, nn.initializers.ones, (g.size,), jnp.float32) for g in self.groups
+    }
 
 
 class MaskedNetwork(nn.Module):
   """The network of `arch` (ResNet, or RepVGG in training form) with PaS masks: params
   {"masks": {group: (C,)}, "network": the plain network's params}, so a teacher's checkpoint
   drops into "network" unchanged."""
+
   arch: Architecture | repvgg.RepVGGArch
   bn_axis_name: str | None = None
   dtype: jnp.dtype = jnp.float32
-  scan_blocks: bool = False   # a ResNet's equal blocks as one lax.scan (model.scan_blocks)
+  scan_blocks: bool = False  # a ResNet's equal blocks as one lax.scan (model.scan_blocks)
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -66,9 +69,11 @@ class MaskedNetwork(nn.Module):
     scores = MaskScores(groups.groups, name="masks")()
     gates = groups.per_site({k: hard_mask(v) for k, v in scores.items()})
     if isinstance(self.arch, repvgg.RepVGGArch):
-      network = repvgg.RepVGG(self.arch, bn_axis_name=self.bn_axis_name, dtype=self.dtype,
-                              name="network")
+      network = repvgg.RepVGG(
+        self.arch, bn_axis_name=self.bn_axis_name, dtype=self.dtype, name="network"
+      )
     else:
-      network = resnet.ResNet(self.arch, self.bn_axis_name, self.dtype, self.scan_blocks,
-                              name="network")
+      network = resnet.ResNet(
+        self.arch, self.bn_axis_name, self.dtype, self.scan_blocks, name="network"
+      )
     return network(x, train, gates)

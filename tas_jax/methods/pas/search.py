@@ -41,19 +41,24 @@ METHOD = "pas"
 
 @flax.struct.dataclass
 class PasMetrics(metrics.Collection):
-  loss: metrics.Average.from_output("loss")          # CE + α·penalty
+  loss: metrics.Average.from_output("loss")  # CE + α·penalty
   ce: metrics.Average.from_output("ce")
   accuracy: metrics.Average.from_output("accuracy")
-  penalty: metrics.Average.from_output("penalty")    # ((MACs − target) / unit)²
-  flops_ratio: metrics.LastValue.from_output("flops_ratio")   # MACs(kept) / MACs_full
+  penalty: metrics.Average.from_output("penalty")  # ((MACs − target) / unit)²
+  flops_ratio: metrics.LastValue.from_output("flops_ratio")  # MACs(kept) / MACs_full
 
 
 def cost_unit(p: ml_collections.ConfigDict, flops_max: float) -> float:
   return p.macs_unit if p.macs_unit > 0 else flops_max
 
 
-def make_search_step(model: masks_lib.MaskedNetwork, p: ml_collections.ConfigDict,
-                     target: target_lib.Target, mesh, mode: str):
+def make_search_step(
+  model: masks_lib.MaskedNetwork,
+  p: ml_collections.ConfigDict,
+  target: target_lib.Target,
+  mesh,
+  mode: str,
+):
   """Compiles `step(state, batch) -> (state, PasMetrics)`: one joint SGD step, the penalty on the
   masked network's cost in the target's measure (FLOPs in `pas.macs_unit`, or the table latency
   in units of the unpruned network's); the metrics' FLOPs ratio stays FLOPs."""
@@ -69,8 +74,9 @@ def make_search_step(model: masks_lib.MaskedNetwork, p: ml_collections.ConfigDic
     x, y = batch["image"], batch["label"]
 
     def objective(params):
-      logits, upd = model.apply({"params": params, "batch_stats": state.batch_stats}, x,
-                                train=True, mutable=["batch_stats"])
+      logits, upd = model.apply(
+        {"params": params, "batch_stats": state.batch_stats}, x, train=True, mutable=["batch_stats"]
+      )
       ce = steps.classification_loss(logits, y)
       kept = masks_lib.kept_counts(lay, params["masks"])
       macs = flops.with_kept(lay, kept)
@@ -78,37 +84,51 @@ def make_search_step(model: masks_lib.MaskedNetwork, p: ml_collections.ConfigDic
       return ce + alpha * penalty, (ce, penalty, macs, logits, upd["batch_stats"])
 
     (loss, (ce, penalty, macs, logits, batch_stats)), grads = jax.value_and_grad(
-        objective, has_aux=True)(state.params)
+      objective, has_aux=True
+    )(state.params)
     accuracy = jnp.mean(jnp.argmax(logits, -1) == y)
     grads, loss, ce, accuracy = parallel.mean((grads, loss, ce, accuracy), axis)
     state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
     return state, PasMetrics.single_from_model_output(
-        loss=loss, ce=ce, accuracy=accuracy, penalty=penalty, flops_ratio=macs / flops_max)
+      loss=loss, ce=ce, accuracy=accuracy, penalty=penalty, flops_ratio=macs / flops_max
+    )
 
   return parallel.compile_step(step, mesh, mode)
 
 
 def optimizer(p: ml_collections.ConfigDict) -> optax.GradientTransformation:
   """SGD on weights and mask scalars alike, constant lr, coupled L2 on both (as released)."""
-  return optax.chain(optax.add_decayed_weights(p.weight_decay),
-                     optax.sgd(p.lr, momentum=p.momentum, nesterov=p.nesterov))
+  return optax.chain(
+    optax.add_decayed_weights(p.weight_decay),
+    optax.sgd(p.lr, momentum=p.momentum, nesterov=p.nesterov),
+  )
 
 
 def kept_channels(scores: dict) -> dict:
   """{group: sorted kept channel indices} of concrete mask scalars: the channels the forward
   mask (`masks.hard_mask`) keeps."""
-  return {name: np.flatnonzero(np.asarray(masks_lib.hard_mask(jnp.asarray(v)))).tolist()
-          for name, v in scores.items()}
+  return {
+    name: np.flatnonzero(np.asarray(masks_lib.hard_mask(jnp.asarray(v)))).tolist()
+    for name, v in scores.items()
+  }
 
 
-def record(lay: channels.ChannelGroups, scores: dict, flops_max: float,
-           target: Optional[target_lib.Target] = None) -> dict:
+def record(
+  lay: channels.ChannelGroups,
+  scores: dict,
+  flops_max: float,
+  target: Optional[target_lib.Target] = None,
+) -> dict:
   """The masks after an epoch: kept channels per group, the masked network's FLOPs (and table
   latency, as a ratio to the unpruned network's)."""
   indices = kept_channels(jax.device_get(scores))
-  kept = {g.name: len(indices[g.name]) for g in lay.groups}   # in forward order
-  out = {"flops_ratio": flops.with_kept(lay, kept) / flops_max, "flops_m": round(flops.with_kept(lay, kept) / 1e6, 4),
-         "kept": kept, "kept_fraction": sum(kept.values()) / lay.num_channels}
+  kept = {g.name: len(indices[g.name]) for g in lay.groups}  # in forward order
+  out = {
+    "flops_ratio": flops.with_kept(lay, kept) / flops_max,
+    "flops_m": round(flops.with_kept(lay, kept) / 1e6, 4),
+    "kept": kept,
+    "kept_fraction": sum(kept.values()) / lay.num_channels,
+  }
   if target is not None:
     out.update(target.kept_latency_ratio(lay, kept))
   return out
@@ -126,71 +146,121 @@ def search(config: ml_collections.ConfigDict, workdir: str) -> dict:
   flops_max = float(flops.count(base).flops)
   n_dev = mesh.shape[parallel.AXIS]
   steps_per_epoch = sources.check_batch("pas.batch_size", p.batch_size, n_dev, ds.num_train)
-  logging.info("[%s] PaS on %s of %s: target %.0f%% of the %s (%.2f M FLOPs), %d mask groups (%d "
-               "channels), alpha %g, %d steps per epoch, %d device(s)", stage,
-               base.name or "custom", ds.name, 100 * ratio,
-               target_lib.LABELS[config.target.cost], flops_max / 1e6, len(lay.groups),
-               lay.num_channels, settings.cost_weight(p, base),
-               steps_per_epoch, n_dev)
+  logging.info(
+    "[%s] PaS on %s of %s: target %.0f%% of the %s (%.2f M FLOPs), %d mask groups (%d "
+    "channels), alpha %g, %d steps per epoch, %d device(s)",
+    stage,
+    base.name or "custom",
+    ds.name,
+    100 * ratio,
+    target_lib.LABELS[config.target.cost],
+    flops_max / 1e6,
+    len(lay.groups),
+    lay.num_channels,
+    settings.cost_weight(p, base),
+    steps_per_epoch,
+    n_dev,
+  )
 
   _, teacher_vars, teacher_step = checkpoint.read_teacher(
-      workdir, parallel.replicated(mesh), stage, expected=base, mismatch=lambda teacher: (
-          f"method=pas prunes the teacher in {workdir}/teacher ({teacher.name or 'custom'}), "
-          f"but the config describes {base.name or 'a different network'}"))
-  model = masks_lib.MaskedNetwork(base, dtype=jnp.dtype(config.model.dtype),
-                                  scan_blocks=config.model.scan_blocks)
+    workdir,
+    parallel.replicated(mesh),
+    stage,
+    expected=base,
+    mismatch=lambda teacher: (
+      f"method=pas prunes the teacher in {workdir}/teacher ({teacher.name or 'custom'}), "
+      f"but the config describes {base.name or 'a different network'}"
+    ),
+  )
+  model = masks_lib.MaskedNetwork(
+    base, dtype=jnp.dtype(config.model.dtype), scan_blocks=config.model.scan_blocks
+  )
   tx = optimizer(p)
   init_key, aug_key = jax.random.split(jax.random.key(config.seed))
-  state = steps.create_state(model, tx, jnp.zeros((1, ds.image_size, ds.image_size, ds.channels)),
-                             init_key, mesh)
+  state = steps.create_state(
+    model, tx, jnp.zeros((1, ds.image_size, ds.image_size, ds.channels)), init_key, mesh
+  )
   # the teacher's weights, every mask scalar at 1: the search starts from the trained network
   params = {**state.params, "network": teacher_vars["params"]}
-  state = state.replace(params=params, batch_stats={"network": teacher_vars["batch_stats"]},
-                        opt_state=parallel.jit_once(tx.init, out_shardings=parallel.replicated(mesh))(params))
+  state = state.replace(
+    params=params,
+    batch_stats={"network": teacher_vars["batch_stats"]},
+    opt_state=parallel.jit_once(tx.init, out_shardings=parallel.replicated(mesh))(params),
+  )
   logging.info("[%s] weights from the teacher's checkpoint at step %d", stage, teacher_step)
 
   train_source = ds.train_source(
-      np.arange(ds.num_train), p.batch_size, seed=config.seed,
-      epoch_key=supervised.permutation_key(config.seed),
-      step_key=lambda step: jax.random.fold_in(aug_key, step))
+    np.arange(ds.num_train),
+    p.batch_size,
+    seed=config.seed,
+    epoch_key=supervised.permutation_key(config.seed),
+    step_key=lambda step: jax.random.fold_in(aug_key, step),
+  )
   test_source = ds.eval_source()
   target = target_lib.Target.build(config, base, workdir)
   step = make_search_step(model, p, target, mesh, config.parallel)
   eval_step = steps.make_eval_step(
-      lambda v, x: model.apply({"params": v[0], "batch_stats": v[1]}, x, train=False))
+    lambda v, x: model.apply({"params": v[0], "batch_stats": v[1]}, x, train=False)
+  )
 
   def end_of_epoch(state, epoch, train):
     entry = record(lay, state.params["masks"], flops_max, target)
-    test = steps.evaluate(eval_step, (state.params, state.batch_stats), test_source.batches(),
-                          test_source.num_examples)
-    entry.update(masked_test_accuracy=test["accuracy"], masked_test_top5_accuracy=test["top5_accuracy"])
-    console.detail("[%s] epoch %d: kept channels %s", stage, epoch + 1, list(entry["kept"].values()))
+    test = steps.evaluate(
+      eval_step, (state.params, state.batch_stats), test_source.batches(), test_source.num_examples
+    )
+    entry.update(
+      masked_test_accuracy=test["accuracy"], masked_test_top5_accuracy=test["top5_accuracy"]
+    )
+    console.detail(
+      "[%s] epoch %d: kept channels %s", stage, epoch + 1, list(entry["kept"].values())
+    )
     return entry
 
   if layout.is_writer():
     os.makedirs(stage_dir, exist_ok=True)
     base.save(os.path.join(stage_dir, layout.BASE_ARCH))
-  cfg = loop.LoopConfig(stage, p.epochs, steps_per_epoch, p.batch_size, config.log_every_steps,
-                        config.checkpoint_every_steps, config.keep_checkpoints,
-                        config.max_steps_per_run, config.profile_steps,
-                        starts_from="the teacher's weights")
-  state, history, finished = loop.fit(cfg, stage_dir, state, step, train_source, (),
-                                      lambda epoch: (), end_of_epoch, lambda s: p.lr)
+  cfg = loop.LoopConfig(
+    stage,
+    p.epochs,
+    steps_per_epoch,
+    p.batch_size,
+    config.log_every_steps,
+    config.checkpoint_every_steps,
+    config.keep_checkpoints,
+    config.max_steps_per_run,
+    config.profile_steps,
+    starts_from="the teacher's weights",
+  )
+  state, history, finished = loop.fit(
+    cfg, stage_dir, state, step, train_source, (), lambda epoch: (), end_of_epoch, lambda s: p.lr
+  )
   if not finished:
     return {"stage": stage, "finished": False, "step": int(jax.device_get(state.step))}
   last = history[-1]
   summary = {
-      "stage": stage, "finished": True, "method": METHOD, "dataset": ds.name,
-      "base_architecture": base.name, "flop_ratio_target": ratio,
-      "flops_max_m": round(flops_max / 1e6, 4), "flops_m": last["flops_m"],
-      "flops_ratio": last["flops_ratio"], "kept": last["kept"], "cost": target.measure,
-      **({"latency_ratio": last["latency_ratio"]} if target.by_table else {}),
-      "masked_test_accuracy": last["masked_test_accuracy"], "epochs": p.epochs,
-      "steps": p.epochs * steps_per_epoch, "cost_weight": settings.cost_weight(p, base),
-      "macs_unit": cost_unit(p, flops_max), "teacher_step": teacher_step,
-      "compilations": {"step": step._cache_size(), "eval_step": eval_step._cache_size()},
-      "devices": n_dev, "parallel": config.parallel, "wall_time_s": round(time.time() - t0, 1),
-      "history": history,
+    "stage": stage,
+    "finished": True,
+    "method": METHOD,
+    "dataset": ds.name,
+    "base_architecture": base.name,
+    "flop_ratio_target": ratio,
+    "flops_max_m": round(flops_max / 1e6, 4),
+    "flops_m": last["flops_m"],
+    "flops_ratio": last["flops_ratio"],
+    "kept": last["kept"],
+    "cost": target.measure,
+    **({"latency_ratio": last["latency_ratio"]} if target.by_table else {}),
+    "masked_test_accuracy": last["masked_test_accuracy"],
+    "epochs": p.epochs,
+    "steps": p.epochs * steps_per_epoch,
+    "cost_weight": settings.cost_weight(p, base),
+    "macs_unit": cost_unit(p, flops_max),
+    "teacher_step": teacher_step,
+    "compilations": {"step": step._cache_size(), "eval_step": eval_step._cache_size()},
+    "devices": n_dev,
+    "parallel": config.parallel,
+    "wall_time_s": round(time.time() - t0, 1),
+    "history": history,
   }
   on_target = last["latency_ratio"] if target.by_table else last["flops_ratio"]
   tolerance = config.target.tolerance
@@ -199,18 +269,32 @@ def search(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if not summary["in_band"]:
     alpha = summary["cost_weight"]
     logging.warning(
-        "[%s] the masked network has %.1f%% of the %s, more than target.tolerance=%g from the "
-        "target %.0f%%: %s pas.cost_weight (now %g)%s, or change pas.epochs (now %d); extraction "
-        "takes these masks as they are", stage, 100 * on_target,
-        target.label, tolerance, 100 * ratio,
-        "raise" if on_target > ratio else "lower", alpha,
-        f" or a smaller pas.macs_unit (now {p.macs_unit:g}; 0: the full network's MACs)"
-        if on_target > ratio and p.macs_unit else "",
-        p.epochs)
-  logging.info("[%s] finished: the masked network has %.2f M FLOPs = %.1f%% of %.2f M%s (target "
-               "%.0f%% of the %s), test accuracy %.2f%%; summary in %s", stage, last["flops_m"],
-               100 * last["flops_ratio"], flops_max / 1e6,
-               f", table latency {last['latency_ratio']:.1%}" if target.by_table else "",
-               100 * ratio, target.label,
-               100 * last["masked_test_accuracy"], path)
+      "[%s] the masked network has %.1f%% of the %s, more than target.tolerance=%g from the "
+      "target %.0f%%: %s pas.cost_weight (now %g)%s, or change pas.epochs (now %d); extraction "
+      "takes these masks as they are",
+      stage,
+      100 * on_target,
+      target.label,
+      tolerance,
+      100 * ratio,
+      "raise" if on_target > ratio else "lower",
+      alpha,
+      f" or a smaller pas.macs_unit (now {p.macs_unit:g}; 0: the full network's MACs)"
+      if on_target > ratio and p.macs_unit
+      else "",
+      p.epochs,
+    )
+  logging.info(
+    "[%s] finished: the masked network has %.2f M FLOPs = %.1f%% of %.2f M%s (target "
+    "%.0f%% of the %s), test accuracy %.2f%%; summary in %s",
+    stage,
+    last["flops_m"],
+    100 * last["flops_ratio"],
+    flops_max / 1e6,
+    f", table latency {last['latency_ratio']:.1%}" if target.by_table else "",
+    100 * ratio,
+    target.label,
+    100 * last["masked_test_accuracy"],
+    path,
+  )
   return summary

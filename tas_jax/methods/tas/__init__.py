@@ -14,14 +14,15 @@ from tas_jax.methods.contract import Method
 from tas_jax.methods.tas import extract, search, settings
 
 METHOD = Method(
-    name="tas",
-    label="TAS",
-    description="Transformable Architecture Search: differentiable width and depth search "
-                "with a FLOPs cost, argmax extraction",
-    search=search.search,
-    extract=extract.extract,
-    section="search",
-    defaults=settings.defaults,
-    validate=settings.validate,
-    reads_teacher=lambda config: config.search.init == "teacher",
-    not_defining=("eval_batch_size", "evaluate_every_epoch"))
+  name="tas",
+  label="TAS",
+  description="Transformable Architecture Search: differentiable width and depth search "
+  "with a FLOPs cost, argmax extraction",
+  search=search.search,
+  extract=extract.extract,
+  section="search",
+  defaults=settings.defaults,
+  validate=settings.validate,
+  reads_teacher=lambda config: config.search.init == "teacher",
+  not_defining=("eval_batch_size", "evaluate_every_epoch"),
+)

@@ -51,7 +51,9 @@ def _stem_term(space: SearchSpace, width):
 
 def exact_flops(space: SearchSpace, width_idx, depth_idx) -> jax.Array:
   """F(A) of the network with these candidate indices (float32, traced)."""
-  widths = jnp.asarray(space.width_table())[jnp.arange(space.num_slots), width_idx].astype(jnp.float32)
+  widths = jnp.asarray(space.width_table())[jnp.arange(space.num_slots), width_idx].astype(
+    jnp.float32
+  )
   depths = jnp.asarray(space.depth_table())[jnp.arange(len(space.depths)), depth_idx]
   total = _stem_term(space, widths[0])
   current = widths[0]
@@ -73,7 +75,7 @@ def exact_flops(space: SearchSpace, width_idx, depth_idx) -> jax.Array:
   return total + current * classes + classes
 
 
-INPUT = -1   # the "slot" of the image's channels in a width mixture
+INPUT = -1  # the "slot" of the image's channels in a width mixture
 
 
 class FlopsPricer:
@@ -86,19 +88,22 @@ class FlopsPricer:
     self.table, self.pa = jnp.asarray(space.width_table(), jnp.float32), pa
 
   def width(self, mixture):
-    return sum(p * (self.space.base.input_channels if m == INPUT else self.e_width[m])
-               for p, m in mixture)
+    return sum(
+      p * (self.space.base.input_channels if m == INPUT else self.e_width[m]) for p, m in mixture
+    )
 
   def conv(self, conv: topology.Conv, mixture_in, slot_out):
     return conv_flops(conv.kernel, self.width(mixture_in), self.e_width[slot_out], conv.out_size)
 
   def mismatch(self, size: int, mixture_in, slot_out):
     """E[1[c_in ≠ c_out]·F(1x1 projection)] for independent slots (the exact form only)."""
+
     def product(slot_in):
       w_in, w_out = self.table[slot_in][:, None], self.table[slot_out][None, :]
       joint = self.pa[slot_in][:, None] * self.pa[slot_out][None, :]
       return jnp.sum(joint * jnp.where(w_in != w_out, w_in * w_out, 0.0))
-    return sum(p * product(m) for p, m in mixture_in) * size ** 2
+
+    return sum(p * product(m) for p, m in mixture_in) * size**2
 
   def head(self, mixture, bias: bool):
     classes = self.space.base.num_classes
@@ -115,11 +120,16 @@ class LatencyPricer:
 
   def _matrix(self, key_of, slot_in, slot_out, off_diagonal=False):
     """T over (input candidates, output candidates), padded as the width table (numpy)."""
-    ins = ((self.space.base.input_channels,) if slot_in == INPUT
-           else self.space.slots[slot_in].candidates)
+    ins = (
+      (self.space.base.input_channels,)
+      if slot_in == INPUT
+      else self.space.slots[slot_in].candidates
+    )
     outs = self.space.slots[slot_out].candidates
-    return np.array([[0.0 if off_diagonal and a == b else self.table[key_of(a, b)] for b in outs]
-                     for a in ins], np.float32)
+    return np.array(
+      [[0.0 if off_diagonal and a == b else self.table[key_of(a, b)] for b in outs] for a in ins],
+      np.float32,
+    )
 
   def _priced(self, key_of, mixture_in, slot_out, off_diagonal=False):
     total = 0.0
@@ -133,35 +143,41 @@ class LatencyPricer:
     return self._priced(lambda a, b: latency.ConvKey.of(conv, a, b), mixture_in, slot_out)
 
   def mismatch(self, size: int, mixture_in, slot_out):
-    return self._priced(lambda a, b: latency.ConvKey(1, 1, size, a, b), mixture_in, slot_out,
-                        off_diagonal=True)
+    return self._priced(
+      lambda a, b: latency.ConvKey(1, 1, size, a, b), mixture_in, slot_out, off_diagonal=True
+    )
 
   def head(self, mixture, bias: bool):
     return 0.0
 
 
-def expected_flops(space: SearchSpace, logits: dict, form: str = "released",
-                   variant: str = "tas") -> jax.Array:
+def expected_flops(
+  space: SearchSpace, logits: dict, form: str = "released", variant: str = "tas"
+) -> jax.Array:
   """E[F], differentiable in α and β (plain softmax: no Gumbel noise, no τ)."""
-  pa, pb = space.probabilities(logits, variant)                   # (S, 8), (stages, D)
+  pa, pb = space.probabilities(logits, variant)  # (S, 8), (stages, D)
   return expected_cost(space, pa, pb, FlopsPricer(space, pa), form)
 
 
-def expected_latency(space: SearchSpace, logits: dict, table, form: str = "released",
-                     variant: str = "tas") -> jax.Array:
+def expected_latency(
+  space: SearchSpace, logits: dict, table, form: str = "released", variant: str = "tas"
+) -> jax.Array:
   """E[latency] from a latency table, in the same chain (or exact) form as E[F]."""
   pa, pb = space.probabilities(logits, variant)
   return expected_cost(space, pa, pb, LatencyPricer(space, pa, table), form)
 
 
-def priced(space: SearchSpace, logits: dict, target, form: str = "released",
-           variant: str = "tas") -> tuple[jax.Array, jax.Array]:
+def priced(
+  space: SearchSpace, logits: dict, target, form: str = "released", variant: str = "tas"
+) -> tuple[jax.Array, jax.Array]:
   """(E[cost], the cost of the argmax network) in the target's measure: one walk, priced in FLOPs
   or by the target's latency table."""
   argmax = space.argmax(logits, variant)
   if target.by_table:
-    return (expected_latency(space, logits, target.table, form, variant),
-            exact_latency(space, target.table, *argmax))
+    return (
+      expected_latency(space, logits, target.table, form, variant),
+      exact_latency(space, target.table, *argmax),
+    )
   return expected_flops(space, logits, form, variant), exact_flops(space, *argmax)
 
 
@@ -182,8 +198,11 @@ def expected_cost(space: SearchSpace, pa, pb, pricer, form: str) -> jax.Array:
   dtab = space.depth_table()
   topo = topology.of(space.base)
   # P(stage depth ≥ k) for k = 1 … max blocks
-  keep = {(s, k): jnp.sum(pb[s] * jnp.asarray(dtab[s] >= k)) for s in range(len(space.depths))
-          for k in range(1, len(space.base.stages[s]) + 1)}
+  keep = {
+    (s, k): jnp.sum(pb[s] * jnp.asarray(dtab[s] >= k))
+    for s in range(len(space.depths))
+    for k in range(1, len(space.base.stages[s]) + 1)
+  }
   last_slot = {(b.stage, b.index): b.slots[-1] for b in space.blocks}
 
   def stage_output_mixture(s):
@@ -218,8 +237,15 @@ def expected_cost(space: SearchSpace, pa, pb, pricer, form: str) -> jax.Array:
   return total + pricer.head([(1.0, chain_prev)], bias=False)  # the released head has no bias
 
 
-def cost_loss(expected, exact, flops_max: float, ratio: float, tolerance: float = 0.05,
-              band: str = "released", in_band: str = "free") -> jax.Array:
+def cost_loss(
+  expected,
+  exact,
+  flops_max: float,
+  ratio: float,
+  tolerance: float = 0.05,
+  band: str = "released",
+  in_band: str = "free",
+) -> jax.Array:
   """±log E[F] outside the target band, 0 inside; the band's position decides the sign only.
 
   released: push down if F(A) > R, up if F(A) < R − t·F_max (R = ratio·F_max).

@@ -21,7 +21,7 @@ def cwi_matrix(c_in, c_out, size: int) -> jax.Array:
   j = jnp.arange(size)[:, None]
   c = jnp.arange(size)[None, :]
   start = (j * c_in) // c_out
-  end = ((j + 1) * c_in + c_out - 1) // c_out          # exclusive: ceil((j+1)·c_in / c_out)
+  end = ((j + 1) * c_in + c_out - 1) // c_out  # exclusive: ceil((j+1)·c_in / c_out)
   inside = (c >= start) & (c < end) & (j < c_out)
   count = jnp.maximum(end - start, 1)
   return jnp.where(inside, 1.0 / count, 0.0).astype(jnp.float32)
@@ -56,5 +56,7 @@ def mix_matrix(widths_ab, weights_ab, scale_ab, size: int) -> jax.Array:
 
 def mix_from_pairs(pairs: jax.Array, weights_ab, scale_ab: jax.Array) -> jax.Array:
   """`mix_matrix` from the conv's `pair_matrices`, its candidates' weights (2,) and scales (2, size)."""
-  return (weights_ab[0] * pairs[0] * scale_ab[0][None, :]
-          + weights_ab[1] * pairs[1] * scale_ab[1][None, :])
+  return (
+    weights_ab[0] * pairs[0] * scale_ab[0][None, :]
+    + weights_ab[1] * pairs[1] * scale_ab[1][None, :]
+  )

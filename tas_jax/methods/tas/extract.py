@@ -37,15 +37,21 @@ def read_search(workdir: str) -> tuple[space_lib.SearchSpace, dict, list[dict], 
   base_path = os.path.join(search_dir, layout.BASE_ARCH)
   if not os.path.exists(base_path):
     raise CheckpointNotFoundError(
-        f"no search in {search_dir} ({base_path} is missing): run --config.stage=search with this "
-        "--workdir first")
+      f"no search in {search_dir} ({base_path} is missing): run --config.stage=search with this "
+      "--workdir first"
+    )
   space = space_lib.build(arch_lib.load(base_path))
   sharding = checkpoint.host_sharding()
-  abstract = {"arch": {
-      "alpha": jax.ShapeDtypeStruct((space.num_slots, NUM_WIDTH_CANDIDATES), jnp.float32,
-                                    sharding=sharding),
-      "beta": jax.ShapeDtypeStruct((len(space.depths), space.max_depth_candidates), jnp.float32,
-                                   sharding=sharding)}}
+  abstract = {
+    "arch": {
+      "alpha": jax.ShapeDtypeStruct(
+        (space.num_slots, NUM_WIDTH_CANDIDATES), jnp.float32, sharding=sharding
+      ),
+      "beta": jax.ShapeDtypeStruct(
+        (len(space.depths), space.max_depth_candidates), jnp.float32, sharding=sharding
+      ),
+    }
+  }
   restored, meta, step = checkpoint.read_checkpoint(search_dir, abstract, "search")
   return space, jax.device_get(restored["arch"]), meta.get("history", []), step
 
@@ -57,46 +63,59 @@ def slot_table(space: space_lib.SearchSpace, widths, depths) -> list[dict]:
   for i, slot in enumerate(space.slots):
     block = slot_block.get(i)
     kept = block is None or block.index < depths[block.stage]
-    rows.append({"layer": slot.name, "original": slot.full, "width": widths[i] if kept else 0,
-                 "removed": not kept})
+    rows.append(
+      {
+        "layer": slot.name,
+        "original": slot.full,
+        "width": widths[i] if kept else 0,
+        "removed": not kept,
+      }
+    )
   return rows
 
 
 def plot_history(space: space_lib.SearchSpace, history: list[dict], path: str) -> None:
   """Heat map: rows = layers, columns = epochs, colour = argmax width / original (0 = dropped)."""
   full = np.array([s.full for s in space.slots], np.float32)
-  ratios = np.stack([[r["width"] for r in slot_table(space, h["widths"], h["depths"])] / full
-                     for h in history], axis=1)
-  plots.plot_width_history([s.name for s in space.slots], ratios, path,
-                           "argmax width / original width after each epoch (0 = block dropped)")
+  ratios = np.stack(
+    [[r["width"] for r in slot_table(space, h["widths"], h["depths"])] / full for h in history],
+    axis=1,
+  )
+  plots.plot_width_history(
+    [s.name for s in space.slots],
+    ratios,
+    path,
+    "argmax width / original width after each epoch (0 = block dropped)",
+  )
 
 
 def _markdown(summary: dict, rows: list[dict]) -> str:
   b, p = summary["before"], summary["after"]
   lines = [
-      f"# Extracted architecture: {summary['architecture']}",
-      "",
-      f"From the search checkpoint at step {summary['search_step']} "
-      f"({summary['search_epochs_recorded']} epochs recorded).",
-      "",
-      "| | original | pruned | kept |",
-      "|---|---|---|---|",
-      f"| FLOPs (M) | {b['flops_m']:.2f} | {p['flops_m']:.2f} | {100 * summary['flops_ratio']:.1f}% |",
-      f"| params (M) | {b['params_m']:.4f} | {p['params_m']:.4f} | "
-      f"{100 * p['params_m'] / b['params_m']:.1f}% |",
-      f"| blocks per stage | {b['depths']} | {p['depths']} | |",
-      "",
-      f"F(A) = {100 * summary['flops_ratio']:.1f}% of F_max; target {100 * summary['target']:.0f}% "
-      f"(band of the search: {summary['band']}).",
-      "",
-      *latency.report_lines(summary.get("latency")),
-      "| layer | original width | pruned width | kept |",
-      "|---|---|---|---|",
+    f"# Extracted architecture: {summary['architecture']}",
+    "",
+    f"From the search checkpoint at step {summary['search_step']} "
+    f"({summary['search_epochs_recorded']} epochs recorded).",
+    "",
+    "| | original | pruned | kept |",
+    "|---|---|---|---|",
+    f"| FLOPs (M) | {b['flops_m']:.2f} | {p['flops_m']:.2f} | {100 * summary['flops_ratio']:.1f}% |",
+    f"| params (M) | {b['params_m']:.4f} | {p['params_m']:.4f} | "
+    f"{100 * p['params_m'] / b['params_m']:.1f}% |",
+    f"| blocks per stage | {b['depths']} | {p['depths']} | |",
+    "",
+    f"F(A) = {100 * summary['flops_ratio']:.1f}% of F_max; target {100 * summary['target']:.0f}% "
+    f"(band of the search: {summary['band']}).",
+    "",
+    *latency.report_lines(summary.get("latency")),
+    "| layer | original width | pruned width | kept |",
+    "|---|---|---|---|",
   ]
   for r in rows:
     kept = "block dropped" if r["removed"] else f"{100 * r['width'] / r['original']:.0f}%"
-    lines.append(f"| {r['layer']} | {r['original']} | {r['width'] if not r['removed'] else '–'} | "
-                 f"{kept} |")
+    lines.append(
+      f"| {r['layer']} | {r['original']} | {r['width'] if not r['removed'] else '–'} | {kept} |"
+    )
   return "\n".join(lines) + "\n"
 
 
@@ -107,12 +126,14 @@ def searched_variant(config: ml_collections.ConfigDict, workdir: str) -> str:
   search_dir = layout.search_dir(workdir)
   record = (layout.read_record(search_dir) or {}).get("fields", {})
   variant = record.get("search.variant") or (layout.read_summary(search_dir) or {}).get("variant")
-  if variant is None:   # a search from before records: the config is all there is
+  if variant is None:  # a search from before records: the config is all there is
     return config.search.variant
   if variant != config.search.variant:
-    raise ConfigError(f"config.search.variant={config.search.variant!r}, but the search in "
-                      f"{search_dir} ran variant {variant!r}: extract with "
-                      f"--config.search.variant={variant}, or search again in a new --workdir")
+    raise ConfigError(
+      f"config.search.variant={config.search.variant!r}, but the search in "
+      f"{search_dir} ran variant {variant!r}: extract with "
+      f"--config.search.variant={variant}, or search again in a new --workdir"
+    )
   return variant
 
 
@@ -131,15 +152,26 @@ def extract(config: ml_collections.ConfigDict, workdir: str) -> dict:
   target = target_lib.Target.build(config, base, workdir, quiet=True)
   low, high = target.band(s.band)
   summary = {
-      "stage": "extract", "finished": True, "architecture": final.name,
-      "variant": variant, "search_step": step, "search_epochs_recorded": len(history),
-      "target": ratio, "band": f"{100 * low:.0f}%–{100 * high:.0f}% of F_max",
-      "flops_ratio": after.flops / before.flops,
-      "before": {"flops_m": round(before.flops_m, 4), "params_m": round(before.params_m, 6),
-                 "depths": list(base.depths)},
-      "after": {"flops_m": round(after.flops_m, 4), "params_m": round(after.params_m, 6),
-                "depths": list(final.depths)},
-      "layers": rows,
+    "stage": "extract",
+    "finished": True,
+    "architecture": final.name,
+    "variant": variant,
+    "search_step": step,
+    "search_epochs_recorded": len(history),
+    "target": ratio,
+    "band": f"{100 * low:.0f}%–{100 * high:.0f}% of F_max",
+    "flops_ratio": after.flops / before.flops,
+    "before": {
+      "flops_m": round(before.flops_m, 4),
+      "params_m": round(before.params_m, 6),
+      "depths": list(base.depths),
+    },
+    "after": {
+      "flops_m": round(after.flops_m, 4),
+      "params_m": round(after.params_m, 6),
+      "depths": list(final.depths),
+    },
+    "layers": rows,
   }
   report = target.report(config, workdir, final)
   if report is not None:
@@ -152,24 +184,40 @@ def extract(config: ml_collections.ConfigDict, workdir: str) -> dict:
     final.save(os.path.join(out_dir, layout.ARCH))
     with open(os.path.join(out_dir, "report.md"), "w") as f:
       f.write(_markdown(summary, rows))
-    plots.plot_widths(rows, os.path.join(out_dir, "widths.png"),
-                      f"{final.name}: {after.flops_m:.2f} M FLOPs ({100 * summary['flops_ratio']:.1f}% "
-                      f"of {before.flops_m:.2f} M), blocks {list(final.depths)} of {list(base.depths)}")
+    plots.plot_widths(
+      rows,
+      os.path.join(out_dir, "widths.png"),
+      f"{final.name}: {after.flops_m:.2f} M FLOPs ({100 * summary['flops_ratio']:.1f}% "
+      f"of {before.flops_m:.2f} M), blocks {list(final.depths)} of {list(base.depths)}",
+    )
     if history:
       plot_history(space, history, os.path.join(out_dir, "widths_over_epochs.png"))
   summary["in_band"] = target.in_band(on_target, s.band)
   if not summary["in_band"]:
-    logging.warning("[extract] %s has %.1f%% of the %s, outside the search's band %s: the "
-                    "search had not settled (more search.epochs, or the settled recipe: configs/demo_settled.py)",
-                    final.name, 100 * on_target, target.label, summary["band"])
+    logging.warning(
+      "[extract] %s has %.1f%% of the %s, outside the search's band %s: the "
+      "search had not settled (more search.epochs, or the settled recipe: configs/demo_settled.py)",
+      final.name,
+      100 * on_target,
+      target.label,
+      summary["band"],
+    )
   layout.write_summary(out_dir, summary)
-  logging.info("[extract] %s: %.2f M FLOPs = %.1f%% of %.2f M (target %.0f%% of the %s), %.4f M params "
-               "(%.4f M), blocks per stage %s of %s; wrote arch.json, report.md and plots to %s",
-               final.name, after.flops_m, 100 * summary["flops_ratio"], before.flops_m,
-               100 * ratio, target.label, after.params_m,
-               before.params_m, list(final.depths),
-               list(base.depths), out_dir)
+  logging.info(
+    "[extract] %s: %.2f M FLOPs = %.1f%% of %.2f M (target %.0f%% of the %s), %.4f M params "
+    "(%.4f M), blocks per stage %s of %s; wrote arch.json, report.md and plots to %s",
+    final.name,
+    after.flops_m,
+    100 * summary["flops_ratio"],
+    before.flops_m,
+    100 * ratio,
+    target.label,
+    after.params_m,
+    before.params_m,
+    list(final.depths),
+    list(base.depths),
+    out_dir,
+  )
   if "latency" in summary:
     latency.log_report("extract", final.name, summary["latency"], logging.info)
   return summary
-

@@ -35,6 +35,7 @@ from tas_jax.training import checkpoint, loop, steps, supervised
 class SearchState(steps.TrainState):
   """The supernet's weights (SGD, Flax TrainState) and the architecture logits with their own
   optimiser (Adam): {"alpha": (S, 8), "beta": (stages, D)}."""
+
   arch: Any = None
   arch_opt_state: Any = None
   arch_tx: optax.GradientTransformation = flax.struct.field(pytree_node=False, default=None)
@@ -46,13 +47,13 @@ class SearchState(steps.TrainState):
 
 @flax.struct.dataclass
 class SearchMetrics(metrics.Collection):
-  loss: metrics.Average.from_output("loss")                    # weight step, half A
+  loss: metrics.Average.from_output("loss")  # weight step, half A
   accuracy: metrics.Average.from_output("accuracy")
-  arch_loss: metrics.Average.from_output("arch_loss")          # architecture step CE, half B
+  arch_loss: metrics.Average.from_output("arch_loss")  # architecture step CE, half B
   arch_accuracy: metrics.Average.from_output("arch_accuracy")
   cost: metrics.Average.from_output("cost")
   expected_flops_ratio: metrics.Average.from_output("expected_flops_ratio")
-  flops_ratio: metrics.LastValue.from_output("flops_ratio")    # F(A) / F_max of the argmax
+  flops_ratio: metrics.LastValue.from_output("flops_ratio")  # F(A) / F_max of the argmax
 
 
 def tau_schedule(s: ml_collections.ConfigDict) -> optax.Schedule:
@@ -79,12 +80,19 @@ def optimizers(s: ml_collections.ConfigDict, steps_per_epoch: int):
   def cosine(count):
     return per_epoch(count // steps_per_epoch)
 
-  schedule = cosine if s.warmup_epochs == 0 else optax.join_schedules(
+  schedule = (
+    cosine
+    if s.warmup_epochs == 0
+    else optax.join_schedules(
       [optax.linear_schedule(0.0, s.lr, s.warmup_epochs * steps_per_epoch), cosine],
-      [s.warmup_epochs * steps_per_epoch])
+      [s.warmup_epochs * steps_per_epoch],
+    )
+  )
 
-  weights = optax.chain(optax.add_decayed_weights(s.weight_decay),
-                        optax.sgd(schedule, momentum=s.momentum, nesterov=s.nesterov))
+  weights = optax.chain(
+    optax.add_decayed_weights(s.weight_decay),
+    optax.sgd(schedule, momentum=s.momentum, nesterov=s.nesterov),
+  )
   if s.arch_lr_schedule == "cosine":
     arch_lr = optax.cosine_decay_schedule(s.arch_lr, s.epochs * steps_per_epoch)
   elif s.arch_cooldown_epochs:
@@ -92,12 +100,18 @@ def optimizers(s: ml_collections.ConfigDict, steps_per_epoch: int):
     # once the cost has brought it there (a deviation; the released lr stays constant)
     hold = (s.epochs - s.arch_cooldown_epochs) * steps_per_epoch
     arch_lr = optax.join_schedules(
-        [optax.constant_schedule(s.arch_lr),
-         optax.cosine_decay_schedule(s.arch_lr, s.arch_cooldown_epochs * steps_per_epoch)], [hold])
+      [
+        optax.constant_schedule(s.arch_lr),
+        optax.cosine_decay_schedule(s.arch_lr, s.arch_cooldown_epochs * steps_per_epoch),
+      ],
+      [hold],
+    )
   else:
     arch_lr = s.arch_lr  # the released recipe
-  arch = optax.chain(optax.add_decayed_weights(s.arch_weight_decay),
-                     optax.adam(arch_lr, b1=s.arch_beta1, b2=s.arch_beta2))
+  arch = optax.chain(
+    optax.add_decayed_weights(s.arch_weight_decay),
+    optax.adam(arch_lr, b1=s.arch_beta1, b2=s.arch_beta2),
+  )
   return weights, schedule, arch
 
 
@@ -106,8 +120,14 @@ def step_keys(key, step):
   return jax.random.split(jax.random.fold_in(key, step), 4)
 
 
-def make_search_step(net: supernet_lib.SuperNet, space: space_lib.SearchSpace,
-                     s: ml_collections.ConfigDict, target: target_lib.Target, mesh, mode: str):
+def make_search_step(
+  net: supernet_lib.SuperNet,
+  space: space_lib.SearchSpace,
+  s: ml_collections.ConfigDict,
+  target: target_lib.Target,
+  mesh,
+  mode: str,
+):
   """Compiles `iteration(state, batch, (key, tau)) -> (state, metrics)`; the batch holds one batch
   of each half, `{"a": …, "b": …}`. `s`: config.search; `target`: what the cost prices (FLOPs, or
   a latency table: the metrics' ratios stay FLOPs)."""
@@ -128,38 +148,62 @@ def make_search_step(net: supernet_lib.SuperNet, space: space_lib.SearchSpace,
 
     # --- weight step on half A: the architecture is a constant here ---
     def weight_objective(params):
-      logits, upd = net.apply({"params": params, "batch_stats": state.batch_stats}, xa, state.arch,
-                              k_net_a, tau, train=True, mutable=["batch_stats"])
+      logits, upd = net.apply(
+        {"params": params, "batch_stats": state.batch_stats},
+        xa,
+        state.arch,
+        k_net_a,
+        tau,
+        train=True,
+        mutable=["batch_stats"],
+      )
       return steps.classification_loss(logits, ya), (logits, upd["batch_stats"])
 
     (w_loss, (logits_a, batch_stats)), grads = jax.value_and_grad(weight_objective, has_aux=True)(
-        state.params)
+      state.params
+    )
     grads, w_loss = parallel.mean((grads, w_loss), axis)
     state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
 
     # --- architecture step on half B, with the new weights held constant ---
     def arch_objective(arch):
-      logits, upd = net.apply({"params": state.params, "batch_stats": state.batch_stats}, xb, arch,
-                              k_net_b, tau, train=True, mutable=["batch_stats"])
+      logits, upd = net.apply(
+        {"params": state.params, "batch_stats": state.batch_stats},
+        xb,
+        arch,
+        k_net_b,
+        tau,
+        train=True,
+        mutable=["batch_stats"],
+      )
       ce = steps.classification_loss(logits, yb)
       expected, exact = priced(arch)
-      c = cost.cost_loss(expected, exact, cost_max, target.ratio, target.tolerance, s.band,
-                         s.in_band)
+      c = cost.cost_loss(
+        expected, exact, cost_max, target.ratio, target.tolerance, s.band, s.in_band
+      )
       return ce + s.cost_weight * c, (ce, c, expected, exact, logits, upd["batch_stats"])
 
     (_, (a_ce, c, expected, exact, logits_b, batch_stats)), a_grads = jax.value_and_grad(
-        arch_objective, has_aux=True)(state.arch)
-    if target.by_table:   # the metrics' ratios are FLOPs in either measure
+      arch_objective, has_aux=True
+    )(state.arch)
+    if target.by_table:  # the metrics' ratios are FLOPs in either measure
       expected = cost.expected_flops(space, state.arch, s.expected_flops, s.variant)
       exact = cost.exact_flops(space, *space.argmax(state.arch, s.variant))
     a_grads, a_ce = parallel.mean((a_grads, a_ce), axis)
     state = state.apply_arch_gradients(a_grads).replace(batch_stats=batch_stats)
 
-    acc_a, acc_b = parallel.mean((jnp.mean(jnp.argmax(logits_a, -1) == ya),
-                                  jnp.mean(jnp.argmax(logits_b, -1) == yb)), axis)
+    acc_a, acc_b = parallel.mean(
+      (jnp.mean(jnp.argmax(logits_a, -1) == ya), jnp.mean(jnp.argmax(logits_b, -1) == yb)), axis
+    )
     return state, SearchMetrics.single_from_model_output(
-        loss=w_loss, accuracy=acc_a, arch_loss=a_ce, arch_accuracy=acc_b, cost=c,
-        expected_flops_ratio=expected / flops_max, flops_ratio=exact / flops_max)
+      loss=w_loss,
+      accuracy=acc_a,
+      arch_loss=a_ce,
+      arch_accuracy=acc_b,
+      cost=c,
+      expected_flops_ratio=expected / flops_max,
+      flops_ratio=exact / flops_max,
+    )
 
   return parallel.compile_step(iteration, mesh, mode, extras=True)
 
@@ -170,9 +214,15 @@ def create_state(net, space, tx, arch_tx, sample_input, key, mesh) -> SearchStat
   def init():
     arch = space.init_logits(k_arch)
     variables = net.init(k_init, sample_input, arch, k_init, 1.0, train=True)
-    return SearchState.create(apply_fn=net.apply, params=variables["params"], tx=tx,
-                              batch_stats=variables["batch_stats"], arch=arch,
-                              arch_opt_state=arch_tx.init(arch), arch_tx=arch_tx)
+    return SearchState.create(
+      apply_fn=net.apply,
+      params=variables["params"],
+      tx=tx,
+      batch_stats=variables["batch_stats"],
+      arch=arch,
+      arch_opt_state=arch_tx.init(arch),
+      arch_tx=arch_tx,
+    )
 
   return parallel.jit_once(init, out_shardings=parallel.replicated(mesh))()
 
@@ -181,20 +231,31 @@ def _from_teacher(state: SearchState, base, tx, workdir: str, mesh, variant: str
   """The supernet's weights from the teacher's checkpoint: every conv its trained kernel, every
   width candidate its trained BN (a search-only BN starts as the identity)."""
   _, variables, step = checkpoint.read_teacher(
-      workdir, parallel.replicated(mesh), "search", expected=base, mismatch=lambda teacher: (
-          f"config.search.init='teacher': the teacher in {workdir}/teacher is "
-          f"{teacher.name or 'a different network'}, the search runs on {base.name or 'custom'}"))
-  params, stats = supernet_lib.supernet_params_from_plain(variables["params"],
-                                                          variables["batch_stats"], variant)
+    workdir,
+    parallel.replicated(mesh),
+    "search",
+    expected=base,
+    mismatch=lambda teacher: (
+      f"config.search.init='teacher': the teacher in {workdir}/teacher is "
+      f"{teacher.name or 'a different network'}, the search runs on {base.name or 'custom'}"
+    ),
+  )
+  params, stats = supernet_lib.supernet_params_from_plain(
+    variables["params"], variables["batch_stats"], variant
+  )
   params, stats = jax.device_put((params, stats), parallel.replicated(mesh))
   logging.info("[search] supernet weights from the teacher's checkpoint at step %d", step)
   opt_state = parallel.jit_once(tx.init, out_shardings=parallel.replicated(mesh))(params)
   return state.replace(params=params, batch_stats=stats, opt_state=opt_state)
 
 
-def record_architecture(space: space_lib.SearchSpace, arch_logits, flops_max: float,
-                        s: ml_collections.ConfigDict,
-                        target: Optional[target_lib.Target] = None) -> dict:
+def record_architecture(
+  space: space_lib.SearchSpace,
+  arch_logits,
+  flops_max: float,
+  s: ml_collections.ConfigDict,
+  target: Optional[target_lib.Target] = None,
+) -> dict:
   """The argmax architecture as a history entry: widths per conv, depths, F(A), E[F], and how
   decided the distributions are (mean over convs / stages of the most likely candidate's
   probability: 1/8 … 1 for widths); with a latency table, its table latency and E[latency] as
@@ -204,14 +265,19 @@ def record_architecture(space: space_lib.SearchSpace, arch_logits, flops_max: fl
   counts = flops.count(a)
   expected = float(cost.expected_flops(space, arch_logits, s.expected_flops, s.variant))
   p_width, p_depth = jax.device_get(space.probabilities(arch_logits, s.variant))
-  return {"flops_ratio": counts.flops / flops_max, "flops_m": round(counts.flops_m, 4),
-          "params_m": round(counts.params_m, 4), "expected_flops_ratio": expected / flops_max,
-          "expected_flops_form": s.expected_flops,
-          "flops_gap": abs(expected - counts.flops) / flops_max,
-          "width_max_prob": float(np.mean(np.max(p_width, -1))),
-          "depth_max_prob": float(np.mean(np.max(p_depth, -1))),
-          "widths": [slot.candidates[int(i)] for slot, i in zip(space.slots, w_idx)],
-          "depths": list(a.depths), **latency_record(space, arch_logits, a, s, target)}
+  return {
+    "flops_ratio": counts.flops / flops_max,
+    "flops_m": round(counts.flops_m, 4),
+    "params_m": round(counts.params_m, 4),
+    "expected_flops_ratio": expected / flops_max,
+    "expected_flops_form": s.expected_flops,
+    "flops_gap": abs(expected - counts.flops) / flops_max,
+    "width_max_prob": float(np.mean(np.max(p_width, -1))),
+    "depth_max_prob": float(np.mean(np.max(p_depth, -1))),
+    "widths": [slot.candidates[int(i)] for slot, i in zip(space.slots, w_idx)],
+    "depths": list(a.depths),
+    **latency_record(space, arch_logits, a, s, target),
+  }
 
 
 def latency_record(space, arch_logits, a, s, target: Optional[target_lib.Target]) -> dict:
@@ -220,10 +286,15 @@ def latency_record(space, arch_logits, a, s, target: Optional[target_lib.Target]
   if target is None or not target.by_table:
     return {}
   full = target.full
-  expected = float(cost.expected_latency(space, arch_logits, target.table, s.expected_flops,
-                                         s.variant))
-  return {"latency_ratio": target.network(a) / full, "expected_latency_ratio": expected / full,
-          "latency_ms": round(1e3 * target.network(a), 4), "latency_max_ms": round(1e3 * full, 4)}
+  expected = float(
+    cost.expected_latency(space, arch_logits, target.table, s.expected_flops, s.variant)
+  )
+  return {
+    "latency_ratio": target.network(a) / full,
+    "expected_latency_ratio": expected / full,
+    "latency_ms": round(1e3 * target.network(a), 4),
+    "latency_max_ms": round(1e3 * full, 4),
+  }
 
 
 def search(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -237,98 +308,190 @@ def search(config: ml_collections.ConfigDict, workdir: str) -> dict:
   flops_max = float(flops.count(base).flops)
   n_dev = mesh.shape[parallel.AXIS]
   half_a, half_b = datasets.split_per_class(ds.train_labels, config.seed)
-  steps_per_epoch = sources.check_batch("search.batch_size", s.batch_size, n_dev,
-                                        min(len(half_a), len(half_b)))
+  steps_per_epoch = sources.check_batch(
+    "search.batch_size", s.batch_size, n_dev, min(len(half_a), len(half_b))
+  )
   target = target_lib.Target.build(config, base, workdir)
   measure = target.label
-  logging.info("[search] TAS(%s) on %s of %s: target %.0f%% of the %s (%.2f M FLOPs%s), %d "
-               "searched convs, depth choices %s; halves of %d/%d images, %d iterations per "
-               "epoch, %d device(s)", s.variant, base.name or "custom", ds.name, 100 * ratio,
-               measure, flops_max / 1e6,
-               f", {1e3 * target.full:.2f} ms table latency" if target.by_table else "",
-               space.num_slots, [list(d) for d in space.depths], len(half_a), len(half_b),
-               steps_per_epoch, n_dev)
+  logging.info(
+    "[search] TAS(%s) on %s of %s: target %.0f%% of the %s (%.2f M FLOPs%s), %d "
+    "searched convs, depth choices %s; halves of %d/%d images, %d iterations per "
+    "epoch, %d device(s)",
+    s.variant,
+    base.name or "custom",
+    ds.name,
+    100 * ratio,
+    measure,
+    flops_max / 1e6,
+    f", {1e3 * target.full:.2f} ms table latency" if target.by_table else "",
+    space.num_slots,
+    [list(d) for d in space.depths],
+    len(half_a),
+    len(half_b),
+    steps_per_epoch,
+    n_dev,
+  )
 
-  net = supernet_lib.SuperNet(space, s.variant, dtype=jnp.dtype(config.model.dtype),
-                              scan_blocks=config.model.scan_blocks)
+  net = supernet_lib.SuperNet(
+    space, s.variant, dtype=jnp.dtype(config.model.dtype), scan_blocks=config.model.scan_blocks
+  )
   tx, schedule, arch_tx = optimizers(s, steps_per_epoch)
   init_key, aug_key = jax.random.split(jax.random.key(config.seed))
-  state = create_state(net, space, tx, arch_tx,
-                       jnp.zeros((2, ds.image_size, ds.image_size, ds.channels)), init_key, mesh)
+  state = create_state(
+    net,
+    space,
+    tx,
+    arch_tx,
+    jnp.zeros((2, ds.image_size, ds.image_size, ds.channels)),
+    init_key,
+    mesh,
+  )
   if s.init == "teacher":
     state = _from_teacher(state, base, tx, workdir, mesh, s.variant)
   # one batch of each half per iteration; each half reshuffled per epoch with its own key
   perm_key = jax.random.fold_in(jax.random.key(config.seed), 2)
   halves = sources.Zipped(
-      a=ds.train_source(half_a, s.batch_size, seed=2 * config.seed + 1,
-                        epoch_key=lambda e: jax.random.fold_in(perm_key, 2 * e),
-                        step_key=lambda step: step_keys(aug_key, step)[0],
-                        steps_per_epoch=steps_per_epoch),
-      b=ds.train_source(half_b, s.batch_size, seed=2 * config.seed + 2,
-                        epoch_key=lambda e: jax.random.fold_in(perm_key, 2 * e + 1),
-                        step_key=lambda step: step_keys(aug_key, step)[1],
-                        steps_per_epoch=steps_per_epoch))
+    a=ds.train_source(
+      half_a,
+      s.batch_size,
+      seed=2 * config.seed + 1,
+      epoch_key=lambda e: jax.random.fold_in(perm_key, 2 * e),
+      step_key=lambda step: step_keys(aug_key, step)[0],
+      steps_per_epoch=steps_per_epoch,
+    ),
+    b=ds.train_source(
+      half_b,
+      s.batch_size,
+      seed=2 * config.seed + 2,
+      epoch_key=lambda e: jax.random.fold_in(perm_key, 2 * e + 1),
+      step_key=lambda step: step_keys(aug_key, step)[1],
+      steps_per_epoch=steps_per_epoch,
+    ),
+  )
   test_source = ds.eval_source()
   iteration = make_search_step(net, space, s, target, mesh, config.parallel)
   eval_step = steps.make_eval_step(
-      # the argmax network with batch statistics (see tas_jax.methods.tas.supernet)
-      lambda v, x: net.apply({"params": v[0], "batch_stats": v[1]}, x, v[2], jax.random.key(0), 1.0,
-                             train=True, argmax=True))
+    # the argmax network with batch statistics (see tas_jax.methods.tas.supernet)
+    lambda v, x: net.apply(
+      {"params": v[0], "batch_stats": v[1]},
+      x,
+      v[2],
+      jax.random.key(0),
+      1.0,
+      train=True,
+      argmax=True,
+    )
+  )
+
   def end_of_epoch(state, epoch, train):
-    entry = {"tau": round(tau_at(s, epoch), 5),
-             "supernet_train_accuracy": train["accuracy"],     # weight steps, half A
-             "supernet_val_accuracy": train["arch_accuracy"],  # architecture steps, half B
-             **record_architecture(space, state.arch, flops_max, s, target)}
+    entry = {
+      "tau": round(tau_at(s, epoch), 5),
+      "supernet_train_accuracy": train["accuracy"],  # weight steps, half A
+      "supernet_val_accuracy": train["arch_accuracy"],  # architecture steps, half B
+      **record_architecture(space, state.arch, flops_max, s, target),
+    }
     if s.evaluate_every_epoch:
-      test = steps.evaluate(eval_step, (state.params, state.batch_stats, state.arch),
-                            test_source.batches(), test_source.num_examples)
+      test = steps.evaluate(
+        eval_step,
+        (state.params, state.batch_stats, state.arch),
+        test_source.batches(),
+        test_source.num_examples,
+      )
       entry["argmax_test_accuracy"] = test["accuracy"]
       entry["argmax_test_top5_accuracy"] = test["top5_accuracy"]
-    console.detail("[search] epoch %d: argmax widths %s depths %s%s", epoch + 1, entry["widths"],
-                   entry["depths"],
-                   f"; F(A) {entry['flops_ratio']:.1%}, E[F] {entry['expected_flops_ratio']:.1%}, "
-                   f"table latency {entry['latency_ratio']:.1%} (E {entry['expected_latency_ratio']:.1%})"
-                   " of the unpruned network's" if target.by_table else "")
+    console.detail(
+      "[search] epoch %d: argmax widths %s depths %s%s",
+      epoch + 1,
+      entry["widths"],
+      entry["depths"],
+      f"; F(A) {entry['flops_ratio']:.1%}, E[F] {entry['expected_flops_ratio']:.1%}, "
+      f"table latency {entry['latency_ratio']:.1%} (E {entry['expected_latency_ratio']:.1%})"
+      " of the unpruned network's"
+      if target.by_table
+      else "",
+    )
     return entry
 
   if layout.is_writer():
     os.makedirs(stage_dir, exist_ok=True)
     # extraction rebuilds the space from it
     base.save(os.path.join(stage_dir, layout.BASE_ARCH))
-  cfg = loop.LoopConfig("search", s.epochs, steps_per_epoch, s.batch_size, config.log_every_steps,
-                        config.checkpoint_every_steps, config.keep_checkpoints,
-                        config.max_steps_per_run, config.profile_steps,
-                        starts_from="the teacher's weights" if s.init == "teacher" else "scratch")
+  cfg = loop.LoopConfig(
+    "search",
+    s.epochs,
+    steps_per_epoch,
+    s.batch_size,
+    config.log_every_steps,
+    config.checkpoint_every_steps,
+    config.keep_checkpoints,
+    config.max_steps_per_run,
+    config.profile_steps,
+    starts_from="the teacher's weights" if s.init == "teacher" else "scratch",
+  )
   state, history, finished = loop.fit(
-      cfg, stage_dir, state, iteration, halves, (aug_key,),
-      lambda epoch: (jax.device_put(np.float32(tau_at(s, epoch)), parallel.replicated(mesh)),),
-      end_of_epoch, lambda st: float(schedule(st)))
+    cfg,
+    stage_dir,
+    state,
+    iteration,
+    halves,
+    (aug_key,),
+    lambda epoch: (jax.device_put(np.float32(tau_at(s, epoch)), parallel.replicated(mesh)),),
+    end_of_epoch,
+    lambda st: float(schedule(st)),
+  )
   if not finished:
     return {"stage": "search", "finished": False, "step": int(jax.device_get(state.step))}
   w_idx, d_idx = jax.device_get(space.argmax(state.arch, s.variant))
   final = space.named_architecture(w_idx, d_idx)
   counts = flops.count(final)
   summary = {
-      "stage": "search", "finished": True, "variant": s.variant, "dataset": ds.name,
-      "base_architecture": base.name, "flop_ratio_target": ratio,
-      "flops_max_m": round(flops_max / 1e6, 4), "flops_m": round(counts.flops_m, 4),
-      "flops_ratio": counts.flops / flops_max, "params_m": round(counts.params_m, 4),
-      "architecture": final.to_dict(), "epochs": s.epochs,
-      "expected_flops_form": s.expected_flops, "cost": target.measure,
-      **({k: history[-1][k] for k in ("latency_ratio", "latency_ms", "latency_max_ms")}
-         if target.by_table else {}),
-      # the last epoch's record: did the supernet learn, is the architecture decided
-      **{k: history[-1][k] for k in ("supernet_train_accuracy", "supernet_val_accuracy",
-                                     "width_max_prob", "depth_max_prob", "expected_flops_ratio",
-                                     "flops_gap")},
-      "steps": s.epochs * steps_per_epoch,
-      # compilations of each jitted function over the whole run (τ and permutations change per
-      # epoch, as inputs): 1 each, or the search recompiled somewhere
-      "compilations": {"iteration": iteration._cache_size(), "eval_step": eval_step._cache_size(),
-                       **{f"{k}_{half}": v for half in ("a", "b")
-                          for k, v in getattr(halves.source(half), "compilations", dict)().items()}},
-      "devices": n_dev, "parallel": config.parallel, "wall_time_s": round(time.time() - t0, 1),
-      "history": history,
+    "stage": "search",
+    "finished": True,
+    "variant": s.variant,
+    "dataset": ds.name,
+    "base_architecture": base.name,
+    "flop_ratio_target": ratio,
+    "flops_max_m": round(flops_max / 1e6, 4),
+    "flops_m": round(counts.flops_m, 4),
+    "flops_ratio": counts.flops / flops_max,
+    "params_m": round(counts.params_m, 4),
+    "architecture": final.to_dict(),
+    "epochs": s.epochs,
+    "expected_flops_form": s.expected_flops,
+    "cost": target.measure,
+    **(
+      {k: history[-1][k] for k in ("latency_ratio", "latency_ms", "latency_max_ms")}
+      if target.by_table
+      else {}
+    ),
+    # the last epoch's record: did the supernet learn, is the architecture decided
+    **{
+      k: history[-1][k]
+      for k in (
+        "supernet_train_accuracy",
+        "supernet_val_accuracy",
+        "width_max_prob",
+        "depth_max_prob",
+        "expected_flops_ratio",
+        "flops_gap",
+      )
+    },
+    "steps": s.epochs * steps_per_epoch,
+    # compilations of each jitted function over the whole run (τ and permutations change per
+    # epoch, as inputs): 1 each, or the search recompiled somewhere
+    "compilations": {
+      "iteration": iteration._cache_size(),
+      "eval_step": eval_step._cache_size(),
+      **{
+        f"{k}_{half}": v
+        for half in ("a", "b")
+        for k, v in getattr(halves.source(half), "compilations", dict)().items()
+      },
+    },
+    "devices": n_dev,
+    "parallel": config.parallel,
+    "wall_time_s": round(time.time() - t0, 1),
+    "history": history,
   }
   on_target = summary["latency_ratio"] if target.by_table else summary["flops_ratio"]
   low, high = target.band(s.band)
@@ -336,15 +499,28 @@ def search(config: ml_collections.ConfigDict, workdir: str) -> dict:
   path = layout.write_summary(stage_dir, summary)
   if not summary["in_band"]:
     logging.warning(
-        "[search] the searched network has %.1f%% of the %s, outside the band %.0f%%–%.0f%%: %s",
-        100 * on_target, measure, 100 * low, 100 * high,
-        f"search.cost_weight (now {s.cost_weight:g}) sets how hard the cost pulls it into the band "
-        f"and search.epochs (now {s.epochs}) how long it has (target.tolerance, now "
-        f"{config.target.tolerance:g}, its width); extraction takes this network as it is")
-  logging.info("[search] finished: F(A) = %.2f M FLOPs = %.1f%% of %.2f M%s (target %.0f%% of the "
-               "%s), depths %s; summary in %s", counts.flops_m, 100 * summary["flops_ratio"],
-               flops_max / 1e6,
-               f", table latency {summary['latency_ms']:.2f} ms = {summary['latency_ratio']:.1%} "
-               f"of {summary['latency_max_ms']:.2f} ms" if target.by_table else "", 100 * ratio, measure,
-               list(final.depths), path)
+      "[search] the searched network has %.1f%% of the %s, outside the band %.0f%%–%.0f%%: %s",
+      100 * on_target,
+      measure,
+      100 * low,
+      100 * high,
+      f"search.cost_weight (now {s.cost_weight:g}) sets how hard the cost pulls it into the band "
+      f"and search.epochs (now {s.epochs}) how long it has (target.tolerance, now "
+      f"{config.target.tolerance:g}, its width); extraction takes this network as it is",
+    )
+  logging.info(
+    "[search] finished: F(A) = %.2f M FLOPs = %.1f%% of %.2f M%s (target %.0f%% of the "
+    "%s), depths %s; summary in %s",
+    counts.flops_m,
+    100 * summary["flops_ratio"],
+    flops_max / 1e6,
+    f", table latency {summary['latency_ms']:.2f} ms = {summary['latency_ratio']:.1%} "
+    f"of {summary['latency_max_ms']:.2f} ms"
+    if target.by_table
+    else "",
+    100 * ratio,
+    measure,
+    list(final.depths),
+    path,
+  )
   return summary

@@ -23,23 +23,24 @@ from tas_jax.ops import flops
 @dataclasses.dataclass(frozen=True)
 class Slot:
   """One searched conv."""
-  name: str                 # model layer name, e.g. "stage2.block1.conv_a"
+
+  name: str  # model layer name, e.g. "stage2.block1.conv_a"
   kernel: int
   stride: int
-  out_size: int             # spatial side of its output
-  full: int                 # unpruned width
-  candidates: tuple[int, ...]   # padded to 8 by repeating the widest
+  out_size: int  # spatial side of its output
+  full: int  # unpruned width
+  candidates: tuple[int, ...]  # padded to 8 by repeating the widest
   num_valid: int
 
 
 @dataclasses.dataclass(frozen=True)
 class BlockInfo:
   stage: int
-  index: int                # within the stage
+  index: int  # within the stage
   stride: int
-  in_size: int              # spatial side of the block's input
-  slots: tuple[int, ...]    # its main-path conv slots, in order
-  shortcut: str             # "identity" or a projection kind of the unpruned network
+  in_size: int  # spatial side of the block's input
+  slots: tuple[int, ...]  # its main-path conv slots, in order
+  shortcut: str  # "identity" or a projection kind of the unpruned network
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,8 +78,10 @@ class SearchSpace:
   def init_logits(self, key: jax.Array) -> dict:
     """Architecture parameters: α (S, 8) and β (stages, D), N(0, 0.01) (spec §2)."""
     ka, kb = jax.random.split(key)
-    return {"alpha": 0.01 * jax.random.normal(ka, (self.num_slots, NUM_WIDTH_CANDIDATES)),
-            "beta": 0.01 * jax.random.normal(kb, (len(self.depths), self.max_depth_candidates))}
+    return {
+      "alpha": 0.01 * jax.random.normal(ka, (self.num_slots, NUM_WIDTH_CANDIDATES)),
+      "beta": 0.01 * jax.random.normal(kb, (len(self.depths), self.max_depth_candidates)),
+    }
 
   def masked_logits(self, logits: dict, variant: str = "tas") -> tuple[jax.Array, jax.Array]:
     """α and β with padded candidates at -inf, and the dimension a variant does not search pinned
@@ -91,7 +94,9 @@ class SearchSpace:
       alpha = jnp.where(np.arange(NUM_WIDTH_CANDIDATES)[None, :] == full[:, None], 0.0, -jnp.inf)
     if variant == "width":
       full = np.array([len(d) - 1 for d in self.depths])
-      beta = jnp.where(np.arange(self.max_depth_candidates)[None, :] == full[:, None], 0.0, -jnp.inf)
+      beta = jnp.where(
+        np.arange(self.max_depth_candidates)[None, :] == full[:, None], 0.0, -jnp.inf
+      )
     return alpha, beta
 
   def probabilities(self, logits: dict, variant: str = "tas") -> tuple[jax.Array, jax.Array]:
@@ -108,14 +113,18 @@ class SearchSpace:
     """The pruned network of a choice of candidates (host side)."""
     width_idx, depth_idx = np.asarray(width_idx), np.asarray(depth_idx)
     return self.architecture_of_widths(
-        [s.candidates[int(i)] for s, i in zip(self.slots, width_idx)],
-        [self.depths[s][int(j)] for s, j in enumerate(depth_idx)], name)
+      [s.candidates[int(i)] for s, i in zip(self.slots, width_idx)],
+      [self.depths[s][int(j)] for s, j in enumerate(depth_idx)],
+      name,
+    )
 
   def named_architecture(self, width_idx, depth_idx) -> Architecture:
     """`architecture`, named by the share of the FLOPs it keeps: resnet20_tas48."""
     a = self.architecture(width_idx, depth_idx)
     kept = flops.count(a).flops / flops.count(self.base).flops
-    return self.architecture(width_idx, depth_idx, f"{self.base.name or 'custom'}_tas{round(100 * kept)}")
+    return self.architecture(
+      width_idx, depth_idx, f"{self.base.name or 'custom'}_tas{round(100 * kept)}"
+    )
 
   def architecture_of_widths(self, widths, depths, name: str = "") -> Architecture:
     """The network with `widths[i]` channels in slot i and `depths[s]` blocks in stage s."""
@@ -129,8 +138,21 @@ def build(base: Architecture) -> SearchSpace:
   slots = []
   for c in topo.main_convs():
     cands = width_candidates(c.out_width)
-    slots.append(Slot(c.name, c.kernel, c.stride, c.out_size, c.out_width,
-                      cands + (cands[-1],) * (NUM_WIDTH_CANDIDATES - len(cands)), len(cands)))
-  blocks = tuple(BlockInfo(b.stage, b.index, b.stride, b.in_size,
-                           tuple(index[c.name] for c in b.convs), b.shortcut) for b in topo.blocks)
+    slots.append(
+      Slot(
+        c.name,
+        c.kernel,
+        c.stride,
+        c.out_size,
+        c.out_width,
+        cands + (cands[-1],) * (NUM_WIDTH_CANDIDATES - len(cands)),
+        len(cands),
+      )
+    )
+  blocks = tuple(
+    BlockInfo(
+      b.stage, b.index, b.stride, b.in_size, tuple(index[c.name] for c in b.convs), b.shortcut
+    )
+    for b in topo.blocks
+  )
   return SearchSpace(base, tuple(slots), blocks, depth_candidates(base))

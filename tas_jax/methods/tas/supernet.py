@@ -37,10 +37,9 @@ import numpy as np
 
 from tas_jax.methods.tas import cwi, gumbel
 from tas_jax.methods.tas.space import SearchSpace
-from tas_jax.models import scan, topology
+from tas_jax.models import conv as conv_ops, scan, topology
 from tas_jax.models.candidates import NUM_WIDTH_CANDIDATES
 from tas_jax.models.resnet import conv_init, linear_init
-from tas_jax.models import conv as conv_ops
 
 VARIANTS = ("tas", "width", "depth")
 BN_MOMENTUM = 0.9
@@ -57,6 +56,7 @@ class CandidateBatchNorm(nn.Module):
   running statistics of `idx[0]`. Candidates are picked by one-hot products, not gathers and
   scatters: exact, and far cheaper for XLA to compile and differentiate.
   """
+
   width: int
   axis_name: Optional[str] = None
 
@@ -67,7 +67,7 @@ class CandidateBatchNorm(nn.Module):
     bias = self.param("bias", nn.initializers.zeros, (k, self.width))
     ra_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((k, self.width)))
     ra_var = self.variable("batch_stats", "var", lambda: jnp.ones((k, self.width)))
-    pick = jax.nn.one_hot(idx, k, dtype=jnp.float32)          # (2, K)
+    pick = jax.nn.one_hot(idx, k, dtype=jnp.float32)  # (2, K)
     select = lambda rows, table: jnp.sum(rows[..., None] * table, -2)
     if train:
       z32 = z.astype(jnp.float32)
@@ -77,11 +77,13 @@ class CandidateBatchNorm(nn.Module):
         mean, mean2 = jax.lax.pmean((mean, mean2), self.axis_name)
       var = jnp.maximum(mean2 - mean * mean, 0.0)
       if not self.is_initializing() and self.is_mutable_collection("batch_stats"):
-        moved = jnp.max(pick, 0)[:, None] > 0                   # (K, 1): the sampled rows
-        ra_mean.value = jnp.where(moved, BN_MOMENTUM * ra_mean.value + (1 - BN_MOMENTUM) * mean,
-                                  ra_mean.value)
-        ra_var.value = jnp.where(moved, BN_MOMENTUM * ra_var.value + (1 - BN_MOMENTUM) * var,
-                                 ra_var.value)
+        moved = jnp.max(pick, 0)[:, None] > 0  # (K, 1): the sampled rows
+        ra_mean.value = jnp.where(
+          moved, BN_MOMENTUM * ra_mean.value + (1 - BN_MOMENTUM) * mean, ra_mean.value
+        )
+        ra_var.value = jnp.where(
+          moved, BN_MOMENTUM * ra_var.value + (1 - BN_MOMENTUM) * var, ra_var.value
+        )
     else:
       mean, var = select(pick[0], ra_mean.value), select(pick[0], ra_var.value)
     return mean, var, select(pick, scale), select(pick, bias)
@@ -89,14 +91,15 @@ class CandidateBatchNorm(nn.Module):
 
 class SearchConv(nn.Module):
   """A full-width conv whose output is the weighted CWI mixture of two width candidates."""
+
   width: int
   kernel: int = 3
   stride: int = 1
-  mix: bool = True            # False: the "depth" variant (one candidate, the full width)
-  bn: bool = True             # False: no BN (the depth variant's projections where the plain
-                              # network has none, as the released depth-search network)
+  mix: bool = True  # False: the "depth" variant (one candidate, the full width)
+  bn: bool = True  # False: no BN (the depth variant's projections where the plain
+  # network has none, as the released depth-search network)
   axis_name: Optional[str] = None
-  dtype: jnp.dtype = jnp.float32   # of the conv and the mixing; weights and BN statistics float32
+  dtype: jnp.dtype = jnp.float32  # of the conv and the mixing; weights and BN statistics float32
 
   @nn.compact
   def __call__(self, x, choice, train: bool):
@@ -104,13 +107,22 @@ class SearchConv(nn.Module):
     pairs are their CWI matrices (2, width, width) (`cwi.pair_matrices`), None unmixed."""
     idx, _, weights, pairs = choice
     p = self.kernel // 2
-    z = nn.Conv(self.width, (self.kernel,) * 2, (self.stride,) * 2, padding=((p, p), (p, p)),
-                use_bias=False, kernel_init=conv_init, dtype=self.dtype,
-                conv_general_dilated=conv_ops.for_flax(), name="conv")(x)
+    z = nn.Conv(
+      self.width,
+      (self.kernel,) * 2,
+      (self.stride,) * 2,
+      padding=((p, p), (p, p)),
+      use_bias=False,
+      kernel_init=conv_init,
+      dtype=self.dtype,
+      conv_general_dilated=conv_ops.for_flax(),
+      name="conv",
+    )(x)
     if not self.bn:
       return z
     mean, var, scales, biases = CandidateBatchNorm(self.width, self.axis_name, name="bn")(
-        z, idx, train)
+      z, idx, train
+    )
     inv_std = jax.lax.rsqrt(var + BN_EPS)
     # centred first: the matmul's rounding then scales with the normalised values (bf16)
     centred = (z - mean).astype(self.dtype)
@@ -149,11 +161,12 @@ def sample_choices(space: SearchSpace, logits: dict, key, tau, sample: bool, var
 
 class SuperNet(nn.Module):
   """The supernet of `space` (CIFAR or ImageNet ResNet, basic or bottleneck blocks)."""
+
   space: SearchSpace
   variant: str = "tas"
   axis_name: Optional[str] = None
-  dtype: jnp.dtype = jnp.float32   # bfloat16: convs and activations in bf16 (mixed precision)
-  scan_blocks: bool = False        # the blocks of a stage after its first as one lax.scan
+  dtype: jnp.dtype = jnp.float32  # bfloat16: convs and activations in bf16 (mixed precision)
+  scan_blocks: bool = False  # the blocks of a stage after its first as one lax.scan
 
   @nn.compact
   def __call__(self, x, logits: dict, key, tau, train: bool = True, argmax: bool = False):
@@ -168,12 +181,15 @@ class SuperNet(nn.Module):
     c_star = lambda slot: jnp.max(widths[slot]) if mix else space.slots[slot].full
     # No zero-initialised last BN here, on ImageNet either: the official search network ignores
     # zero_init_residual (the pruned ImageNet networks keep it).
-    conv = lambda width, kernel, stride, **kw: SearchConv(width, kernel, stride, mix=mix, dtype=self.dtype,
-                                                          axis_name=self.axis_name, **kw)
+    conv = lambda width, kernel, stride, **kw: SearchConv(
+      width, kernel, stride, mix=mix, dtype=self.dtype, axis_name=self.axis_name, **kw
+    )
 
     plain_bn = {b.name: b.projection.has_bn for b in topology.of(base).blocks if b.projection}
     stem = space.slots[0]
-    h = nn.relu(conv(stem.full, stem.kernel, stem.stride, name="stem")(x.astype(self.dtype), choice(0), train))
+    h = nn.relu(
+      conv(stem.full, stem.kernel, stem.stride, name="stem")(x.astype(self.dtype), choice(0), train)
+    )
     channels = c_star(0)  # true channel count of h; channels beyond it are zero
     if topology.of(base).stem_pool:
       h = nn.max_pool(h, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
@@ -188,22 +204,40 @@ class SuperNet(nn.Module):
         if not self.scan_blocks or len(run) < 2 or self.is_initializing():
           for b, layout in zip(run, layouts):
             h, channels = search_block(
-                lambda part, width, kernel, stride, bn=True, b=b: conv(
-                    width, kernel, stride, bn=bn, name=f"{_name(b)}.{part}"),
-                layout, h, channels, [choice(slot) for slot in _choice_slots(b)], train, mix)
+              lambda part, width, kernel, stride, bn=True, b=b: conv(
+                width, kernel, stride, bn=bn, name=f"{_name(b)}.{part}"
+              ),
+              layout,
+              h,
+              channels,
+              [choice(slot) for slot in _choice_slots(b)],
+              train,
+              mix,
+            )
             outputs.append((h, channels))
           continue
         # one compiled block for the run: its choices per block are the scan's inputs
         body = ScannedSearchBlock(layouts[0], mix, self.axis_name, self.dtype, parent=None)
-        choices = jax.tree.map(lambda *a: jnp.stack(a),
-                               *[[choice(slot) for slot in _choice_slots(b)] for b in run])
+        choices = jax.tree.map(
+          lambda *a: jnp.stack(a), *[[choice(slot) for slot in _choice_slots(b)] for b in run]
+        )
         names = [[f"{_name(b)}.{part}" for part in layouts[0].parts] for b in run]
-        variables = [{col: {part: tree[n] for part, n in zip(layouts[0].parts, ns) if n in tree}
-                      for col, tree in self.variables.items()} for ns in names]
+        variables = [
+          {
+            col: {part: tree[n] for part, n in zip(layouts[0].parts, ns) if n in tree}
+            for col, tree in self.variables.items()
+          }
+          for ns in names
+        ]
         mutable = train and self.is_mutable_collection("batch_stats")
         (h, channels), (hs, counts), stats = scan.stacked_apply(
-            body, variables, (h, jnp.asarray(channels, jnp.int32)), choices, mutable,
-            lambda m, carry, choice: m(carry, choice, train))
+          body,
+          variables,
+          (h, jnp.asarray(channels, jnp.int32)),
+          choices,
+          mutable,
+          lambda m, carry, choice: m(carry, choice, train),
+        )
         outputs += list(zip(scan.unstack(hs, len(run)), scan.unstack(counts, len(run))))
         for ns, block_stats in zip(names, stats or ()):
           for n, part in zip(ns, layouts[0].parts):
@@ -211,8 +245,9 @@ class SuperNet(nn.Module):
               self.put_variable("batch_stats", n, block_stats[part])
       h, channels = _depth_mixture(outputs, dtab[s], q[s], soft=sample and self.variant != "width")
     features = jnp.mean(h, axis=(1, 2)).astype(jnp.float32)  # the head and the loss in float32
-    return nn.Dense(base.num_classes, kernel_init=linear_init, bias_init=nn.initializers.zeros,
-                    name="classifier")(features)
+    return nn.Dense(
+      base.num_classes, kernel_init=linear_init, bias_init=nn.initializers.zeros, name="classifier"
+    )(features)
 
 
 def _pair_matrices(space: SearchSpace, widths) -> dict:
@@ -230,15 +265,17 @@ def _pair_matrices(space: SearchSpace, widths) -> dict:
 class BlockLayout:
   """What a searched block computes, its names aside: per main-path conv (full width, kernel,
   stride, slot), and the shortcut ("identity", or a projection: pooled or strided, with BN or not)."""
+
   convs: tuple[tuple[int, int, int], ...]
   shortcut: str
-  projection: Optional[tuple[int, int, bool]]   # (width, stride, bn)
+  projection: Optional[tuple[int, int, bool]]  # (width, stride, bn)
 
   @property
   def parts(self) -> tuple[str, ...]:
     """The block's conv names (suffixes of `stageS.blockB.`)."""
     return tuple(f"conv_{'abc'[i]}" for i in range(len(self.convs))) + (
-        ("shortcut",) if self.projection else ())
+      ("shortcut",) if self.projection else ()
+    )
 
 
 def _name(b) -> str:
@@ -246,17 +283,21 @@ def _name(b) -> str:
 
 
 def _layout(space: SearchSpace, b, mix: bool, plain_bn: dict) -> BlockLayout:
-  convs = tuple((space.slots[i].full, space.slots[i].kernel, space.slots[i].stride)
-                for i in b.slots)
+  convs = tuple(
+    (space.slots[i].full, space.slots[i].kernel, space.slots[i].stride) for i in b.slots
+  )
   projection = None
   if b.shortcut != "identity":
     # every projection shortcut has per-candidate BN during the width search, as the official
     # search_forward (CIFAR's stride-2 projection included; its pruned network keeps none); the
     # depth search's has BN only where the plain network has (the released
     # SearchCifarResNet_depth: none on CIFAR's stride-2 projection)
-    pooled = b.shortcut == "pool_conv"   # TAS's form; torchvision's strides the conv
-    projection = (space.slots[b.slots[-1]].full, 1 if pooled else b.stride,
-                  mix or plain_bn[_name(b)])
+    pooled = b.shortcut == "pool_conv"  # TAS's form; torchvision's strides the conv
+    projection = (
+      space.slots[b.slots[-1]].full,
+      1 if pooled else b.stride,
+      mix or plain_bn[_name(b)],
+    )
   return BlockLayout(convs, b.shortcut, projection)
 
 
@@ -294,6 +335,7 @@ class ScannedSearchBlock(nn.Module):
   """`search_block` as a module of its own, applied once per block of a scanned run: the carry is
   (features, true channel count), the per-block input its choices; emits the carry for the depth
   mixture."""
+
   layout: BlockLayout
   mix: bool
   axis_name: Optional[str] = None
@@ -303,8 +345,15 @@ class ScannedSearchBlock(nn.Module):
   def __call__(self, carry, choices, train: bool):
     h, channels = carry
     conv = lambda part, width, kernel, stride, bn=True: SearchConv(
-        width, kernel, stride, mix=self.mix, bn=bn, axis_name=self.axis_name, dtype=self.dtype,
-        name=part)
+      width,
+      kernel,
+      stride,
+      mix=self.mix,
+      bn=bn,
+      axis_name=self.axis_name,
+      dtype=self.dtype,
+      name=part,
+    )
     h, channels = search_block(conv, self.layout, h, channels, choices, train, self.mix)
     out = (h, jnp.asarray(channels, jnp.int32))
     return out, out
@@ -326,8 +375,9 @@ def _depth_mixture(outputs, depths: np.ndarray, q, soft: bool):
   return mixed.astype(dtype), widest
 
 
-def supernet_params_from_plain(plain_params: dict, plain_stats: dict,
-                               variant: str = "tas") -> tuple[dict, dict]:
+def supernet_params_from_plain(
+  plain_params: dict, plain_stats: dict, variant: str = "tas"
+) -> tuple[dict, dict]:
   """Supernet weights whose every candidate carries the plain network's BN (same conv kernels).
   A projection the plain network has without BN gets an identity BN, except in the depth
   variant, whose supernet has none there either."""
@@ -346,9 +396,20 @@ def supernet_params_from_plain(plain_params: dict, plain_stats: dict,
 
   def flatten_shortcut(tree):
     """The plain model nests the projection one level deeper (shortcut/proj/conv)."""
-    return {name: (flatten_shortcut(sub["proj"]) if name == "shortcut" else
-                   flatten_shortcut(sub) if isinstance(sub, dict) else sub)
-            for name, sub in tree.items()} if isinstance(tree, dict) else tree
+    return (
+      {
+        name: (
+          flatten_shortcut(sub["proj"])
+          if name == "shortcut"
+          else flatten_shortcut(sub)
+          if isinstance(sub, dict)
+          else sub
+        )
+        for name, sub in tree.items()
+      }
+      if isinstance(tree, dict)
+      else tree
+    )
 
   def to_super(tree):
     out = {}
