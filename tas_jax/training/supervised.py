@@ -10,7 +10,6 @@ or distillation) and the initial weights.
 from __future__ import annotations
 
 import os
-import time
 from typing import Any, Callable, Optional
 
 import jax
@@ -25,7 +24,7 @@ from tas_jax.data import sources
 from tas_jax.errors import ConfigError
 from tas_jax.models import arch as arch_lib, networks, repvgg
 from tas_jax.ops import flops
-from tas_jax.training import inputs as inputs_lib, loop, steps
+from tas_jax.training import inputs as inputs_lib, stage as stage_lib, steps
 
 
 def sgd_with_warmup_cosine(t: ml_collections.ConfigDict, steps_per_epoch: int):
@@ -166,8 +165,8 @@ def train_network(
   `init_variables`). Writes `arch.json`,
   checkpoints, TensorBoard events and `summary.json` (returned) in `stage_dir`.
   """
-  t0 = time.time()
-  n_dev = mesh.shape[parallel.AXIS]
+  run = stage_lib.Stage.open(config, stage, stage_dir, mesh, files={layout.ARCH: arch})
+  n_dev = run.devices
   steps_per_epoch = sources.check_batch(
     f"{recipe_field}.batch_size", recipe.batch_size, n_dev, ds.num_train
   )
@@ -214,41 +213,27 @@ def train_network(
     lambda v, x: model.apply({"params": v[0], "batch_stats": v[1]}, x, train=False)
   )
 
-  if layout.is_writer():
-    os.makedirs(stage_dir, exist_ok=True)
-    arch.save(os.path.join(stage_dir, layout.ARCH))
-  cfg = loop.LoopConfig(
-    stage,
-    recipe_epochs(recipe),
-    steps_per_epoch,
-    recipe.batch_size,
-    config.log_every_steps,
-    config.checkpoint_every_steps,
-    config.keep_checkpoints,
-    config.max_steps_per_run,
-    config.profile_steps,
-    starts_from=starts_from or ("scratch" if init_variables is None else "the given weights"),
-  )
-
   def end_of_epoch(state, epoch, train):
     test = steps.evaluate(
       eval_step, (state.params, state.batch_stats), test_source.batches(), test_source.num_examples
     )
     return {f"test_{k}": v for k, v in test.items()}
 
-  state, history, finished = loop.fit(
-    cfg,
-    stage_dir,
+  epochs = recipe_epochs(recipe)
+  state, history = run.fit(
     state,
     train_step,
     train_source,
-    loss_args,
-    lambda epoch: (),
     end_of_epoch,
-    lambda step: float(schedule(step)),
+    epochs=epochs,
+    steps_per_epoch=steps_per_epoch,
+    batch_size=recipe.batch_size,
+    learning_rate=lambda step: float(schedule(step)),
+    step_args=loss_args,
+    starts_from=starts_from or ("scratch" if init_variables is None else "the given weights"),
   )
-  if not finished:
-    return {"stage": stage, "finished": False, "step": int(jax.device_get(state.step))}
+  if history is None:
+    return run.unfinished(state)
   last = history[-1]
   finished_as = {}
   if finish is not None:
@@ -268,8 +253,8 @@ def train_network(
     "architecture": arch.name,
     "flops_m": round(counts.flops_m, 4),
     "params_m": round(counts.params_m, 6),
-    "epochs": cfg.num_epochs,
-    "steps": cfg.num_epochs * steps_per_epoch,
+    "epochs": epochs,
+    "steps": epochs * steps_per_epoch,
     "batch_size": recipe.batch_size,
     "test_accuracy": last["test_accuracy"],
     "test_top5_accuracy": last["test_top5_accuracy"],
@@ -277,9 +262,6 @@ def train_network(
     "best_test_accuracy": max(h["test_accuracy"] for h in history),
     "train_accuracy": last["train_accuracy"],
     "train_loss": last["train_loss"],
-    "devices": n_dev,
-    "parallel": config.parallel,
-    "wall_time_s": round(time.time() - t0, 1),
     "compilations": {
       "train_step": train_step._cache_size(),
       "eval_step": eval_step._cache_size(),
@@ -299,12 +281,10 @@ def train_network(
         len(skipped.files),
         os.path.join(stage_dir, "log.txt"),
       )
-  path = layout.write_summary(stage_dir, summary)
-  logging.info(
-    "[%s] finished: test accuracy %.2f%% (best %.2f%%); summary in %s",
+  return run.finish(
+    summary,
+    "[%s] finished: test accuracy %.2f%% (best %.2f%%)",
     stage,
     100 * summary["test_accuracy"],
     100 * summary["best_test_accuracy"],
-    path,
   )
-  return summary

@@ -16,8 +16,6 @@ With `target.cost=latency` the penalty prices the masked network by the latency 
 network's table latency, and R is a ratio of latencies.
 """
 
-import os
-import time
 from typing import Optional
 
 import flax
@@ -34,7 +32,7 @@ from tas_jax.data import sources
 from tas_jax.methods.pas import masks as masks_lib, settings
 from tas_jax.models import channels
 from tas_jax.ops import flops
-from tas_jax.training import checkpoint, loop, steps, supervised
+from tas_jax.training import checkpoint, stage as stage_lib, steps, supervised
 
 METHOD = "pas"
 
@@ -139,10 +137,10 @@ def search(config: ml_collections.ConfigDict, workdir: str) -> dict:
   p, ratio = config.pas, config.target.flop_ratio
   stage = layout.search_stage(METHOD)
   stage_dir = layout.search_dir(workdir, METHOD)
-  t0 = time.time()
   mesh, ds = supervised.load_inputs(config, p.eval_batch_size)
   base = supervised.architecture(config, ds.num_classes, ds.image_size, ds.channels)
   lay = channels.of(base)
+  run = stage_lib.Stage.open(config, stage, stage_dir, mesh, files={layout.BASE_ARCH: base})
   flops_max = float(flops.count(base).flops)
   n_dev = mesh.shape[parallel.AXIS]
   steps_per_epoch = sources.check_batch("pas.batch_size", p.batch_size, n_dev, ds.num_train)
@@ -216,26 +214,19 @@ def search(config: ml_collections.ConfigDict, workdir: str) -> dict:
     )
     return entry
 
-  if layout.is_writer():
-    os.makedirs(stage_dir, exist_ok=True)
-    base.save(os.path.join(stage_dir, layout.BASE_ARCH))
-  cfg = loop.LoopConfig(
-    stage,
-    p.epochs,
-    steps_per_epoch,
-    p.batch_size,
-    config.log_every_steps,
-    config.checkpoint_every_steps,
-    config.keep_checkpoints,
-    config.max_steps_per_run,
-    config.profile_steps,
+  state, history = run.fit(
+    state,
+    step,
+    train_source,
+    end_of_epoch,
+    epochs=p.epochs,
+    steps_per_epoch=steps_per_epoch,
+    batch_size=p.batch_size,
+    learning_rate=lambda s: p.lr,
     starts_from="the teacher's weights",
   )
-  state, history, finished = loop.fit(
-    cfg, stage_dir, state, step, train_source, (), lambda epoch: (), end_of_epoch, lambda s: p.lr
-  )
-  if not finished:
-    return {"stage": stage, "finished": False, "step": int(jax.device_get(state.step))}
+  if history is None:
+    return run.unfinished(state)
   last = history[-1]
   summary = {
     "stage": stage,
@@ -257,15 +248,11 @@ def search(config: ml_collections.ConfigDict, workdir: str) -> dict:
     "macs_unit": cost_unit(p, flops_max),
     "teacher_step": teacher_step,
     "compilations": {"step": step._cache_size(), "eval_step": eval_step._cache_size()},
-    "devices": n_dev,
-    "parallel": config.parallel,
-    "wall_time_s": round(time.time() - t0, 1),
     "history": history,
   }
   on_target = last["latency_ratio"] if target.by_table else last["flops_ratio"]
   tolerance = config.target.tolerance
   summary["in_band"] = target.in_band(on_target)
-  path = layout.write_summary(stage_dir, summary)
   if not summary["in_band"]:
     alpha = summary["cost_weight"]
     logging.warning(
@@ -284,9 +271,10 @@ def search(config: ml_collections.ConfigDict, workdir: str) -> dict:
       else "",
       p.epochs,
     )
-  logging.info(
+  return run.finish(
+    summary,
     "[%s] finished: the masked network has %.2f M FLOPs = %.1f%% of %.2f M%s (target "
-    "%.0f%% of the %s), test accuracy %.2f%%; summary in %s",
+    "%.0f%% of the %s), test accuracy %.2f%%",
     stage,
     last["flops_m"],
     100 * last["flops_ratio"],
@@ -295,6 +283,4 @@ def search(config: ml_collections.ConfigDict, workdir: str) -> dict:
     100 * ratio,
     target.label,
     100 * last["masked_test_accuracy"],
-    path,
   )
-  return summary

@@ -12,8 +12,6 @@ Orbax checkpoints (weights and architecture logits apart), TensorBoard events an
 with the final architecture.
 """
 
-import os
-import time
 from typing import Any, Optional
 
 import flax
@@ -29,7 +27,7 @@ from tas_jax import console, parallel, target as target_lib, workdir as layout
 from tas_jax.data import datasets, sources
 from tas_jax.methods.tas import cost, space as space_lib, supernet as supernet_lib
 from tas_jax.ops import flops
-from tas_jax.training import checkpoint, loop, steps, supervised
+from tas_jax.training import checkpoint, stage as stage_lib, steps, supervised
 
 
 class SearchState(steps.TrainState):
@@ -301,10 +299,11 @@ def search(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Runs (or resumes, or finds finished) the search stage; returns its summary."""
   s, ratio = config.search, config.target.flop_ratio
   stage_dir = layout.search_dir(workdir)
-  t0 = time.time()
   mesh, ds = supervised.load_inputs(config, s.eval_batch_size)
   base = supervised.architecture(config, ds.num_classes, ds.image_size, ds.channels)
   space = space_lib.build(base)
+  # base_arch.json: extraction rebuilds the search space from it
+  run = stage_lib.Stage.open(config, "search", stage_dir, mesh, files={layout.BASE_ARCH: base})
   flops_max = float(flops.count(base).flops)
   n_dev = mesh.shape[parallel.AXIS]
   half_a, half_b = datasets.split_per_class(ds.train_labels, config.seed)
@@ -412,35 +411,23 @@ def search(config: ml_collections.ConfigDict, workdir: str) -> dict:
     )
     return entry
 
-  if layout.is_writer():
-    os.makedirs(stage_dir, exist_ok=True)
-    # extraction rebuilds the space from it
-    base.save(os.path.join(stage_dir, layout.BASE_ARCH))
-  cfg = loop.LoopConfig(
-    "search",
-    s.epochs,
-    steps_per_epoch,
-    s.batch_size,
-    config.log_every_steps,
-    config.checkpoint_every_steps,
-    config.keep_checkpoints,
-    config.max_steps_per_run,
-    config.profile_steps,
-    starts_from="the teacher's weights" if s.init == "teacher" else "scratch",
-  )
-  state, history, finished = loop.fit(
-    cfg,
-    stage_dir,
+  state, history = run.fit(
     state,
     iteration,
     halves,
-    (aug_key,),
-    lambda epoch: (jax.device_put(np.float32(tau_at(s, epoch)), parallel.replicated(mesh)),),
     end_of_epoch,
-    lambda st: float(schedule(st)),
+    epochs=s.epochs,
+    steps_per_epoch=steps_per_epoch,
+    batch_size=s.batch_size,
+    learning_rate=lambda st: float(schedule(st)),
+    step_args=(aug_key,),
+    epoch_args=lambda epoch: (
+      jax.device_put(np.float32(tau_at(s, epoch)), parallel.replicated(mesh)),
+    ),
+    starts_from="the teacher's weights" if s.init == "teacher" else "scratch",
   )
-  if not finished:
-    return {"stage": "search", "finished": False, "step": int(jax.device_get(state.step))}
+  if history is None:
+    return run.unfinished(state)
   w_idx, d_idx = jax.device_get(space.argmax(state.arch, s.variant))
   final = space.named_architecture(w_idx, d_idx)
   counts = flops.count(final)
@@ -488,15 +475,11 @@ def search(config: ml_collections.ConfigDict, workdir: str) -> dict:
         for k, v in getattr(halves.source(half), "compilations", dict)().items()
       },
     },
-    "devices": n_dev,
-    "parallel": config.parallel,
-    "wall_time_s": round(time.time() - t0, 1),
     "history": history,
   }
   on_target = summary["latency_ratio"] if target.by_table else summary["flops_ratio"]
   low, high = target.band(s.band)
   summary["in_band"] = target.in_band(on_target, s.band)
-  path = layout.write_summary(stage_dir, summary)
   if not summary["in_band"]:
     logging.warning(
       "[search] the searched network has %.1f%% of the %s, outside the band %.0f%%–%.0f%%: %s",
@@ -508,9 +491,10 @@ def search(config: ml_collections.ConfigDict, workdir: str) -> dict:
       f"and search.epochs (now {s.epochs}) how long it has (target.tolerance, now "
       f"{config.target.tolerance:g}, its width); extraction takes this network as it is",
     )
-  logging.info(
+  return run.finish(
+    summary,
     "[search] finished: F(A) = %.2f M FLOPs = %.1f%% of %.2f M%s (target %.0f%% of the "
-    "%s), depths %s; summary in %s",
+    "%s), depths %s",
     counts.flops_m,
     100 * summary["flops_ratio"],
     flops_max / 1e6,
@@ -521,6 +505,4 @@ def search(config: ml_collections.ConfigDict, workdir: str) -> dict:
     100 * ratio,
     measure,
     list(final.depths),
-    path,
   )
-  return summary
