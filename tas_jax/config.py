@@ -13,7 +13,7 @@ import re
 import ml_collections
 from absl import logging
 
-from tas_jax import errors, methods, target as target_lib
+from tas_jax import errors, methods, target as target_lib, workdir as layout
 from tas_jax.data import datasets
 from tas_jax.models import arch as arch_lib, networks, repvgg
 from tas_jax.validation import fail, fraction, positive
@@ -42,7 +42,7 @@ def base_config() -> ml_collections.ConfigDict:
   """Defaults: CIFAR-10 ResNet-20 teacher with the spec's recipe (§6)."""
   c = ml_collections.ConfigDict()
   c.stage = "teacher"              # teacher | search | extract | distill | results | all
-  c.method = methods.DEFAULT       # the pruning method of search/extract: tas | pas | l1 | fpgm
+  c.method = layout.DEFAULT_METHOD # the pruning method of search/extract: tas | pas | l1 | fpgm
                                    # (the tas_jax.methods registry)
   c.seed = 0                       # weights, data order, augmentation and Gumbel draws
 
@@ -106,7 +106,7 @@ def base_config() -> ml_collections.ConfigDict:
           str if name == "cost" else float)
 
   c.distill = sgd_recipe()         # training of the pruned network (spec §6: the teacher's recipe)
-  c.distill.student = methods.DEFAULT  # a method (tas, pas, l1, fpgm): its extracted network;
+  c.distill.student = layout.DEFAULT_METHOD  # a method (tas, pas, l1, fpgm): its extracted network;
                                    # uniform | random: baselines at config.method's FLOPs; or an
                                    # architecture JSON path / named network
   c.distill.kd = True              # knowledge distillation from WORKDIR/teacher
@@ -216,9 +216,8 @@ def imagenet_recipe(depth: int) -> ml_collections.ConfigDict:
     recipe.warmup_epochs, recipe.cosine_epochs = 5, 115
     recipe.weight_decay = 1e-4
     recipe.eval_batch_size = 250
-  c.search.epochs, c.search.warmup_epochs = 120, 5
-  c.search.weight_decay = 1e-4
-  c.search.eval_batch_size = 250
+  for method in methods.REGISTRY.values():   # e.g. TAS's search epochs and weight decay
+    method.imagenet(c)
   c.log_every_steps = 100
   c.checkpoint_every_steps = 1000  # an ImageNet epoch is 5,004 steps at batch 256
   return c

@@ -42,29 +42,29 @@ KEPT_GROUPS = "kept_groups.json"  # extract-METHOD/: kept channel indices per ch
 DEPLOY = "deploy"  # distill/RUN/: the network a training-form fine-tuning cut
 
 
-UNSUFFIXED_METHOD = "tas"  # the first method: its folders are search/ and extract/, as they were
-# before there were others; every other method's search-NAME/ ...
+DEFAULT_METHOD = "tas"  # config.method of a fresh config, and the method whose folders are
+# search/ and extract/, as they were before there were others; every other method's search-NAME/
 
 
-def search_stage(method: str = UNSUFFIXED_METHOD) -> str:
+def search_stage(method: str = DEFAULT_METHOD) -> str:
   """The search stage's folder name: 'search' for TAS (the first method), 'search-METHOD' else."""
-  return "search" if method == UNSUFFIXED_METHOD else f"search-{method}"
+  return "search" if method == DEFAULT_METHOD else f"search-{method}"
 
 
-def extract_stage(method: str = UNSUFFIXED_METHOD) -> str:
-  return "extract" if method == UNSUFFIXED_METHOD else f"extract-{method}"
+def extract_stage(method: str = DEFAULT_METHOD) -> str:
+  return "extract" if method == DEFAULT_METHOD else f"extract-{method}"
 
 
-def stage_flags(stage: str, method: str = UNSUFFIXED_METHOD) -> str:
+def stage_flags(stage: str, method: str = DEFAULT_METHOD) -> str:
   """What follows --config.stage= in an error's advice: 'search', or 'search --config.method=pas'."""
-  return stage if method == UNSUFFIXED_METHOD else f"{stage} --config.method={method}"
+  return stage if method == DEFAULT_METHOD else f"{stage} --config.method={method}"
 
 
-def search_dir(workdir: str, method: str = UNSUFFIXED_METHOD) -> str:
+def search_dir(workdir: str, method: str = DEFAULT_METHOD) -> str:
   return os.path.join(workdir, search_stage(method))
 
 
-def extract_dir(workdir: str, method: str = UNSUFFIXED_METHOD) -> str:
+def extract_dir(workdir: str, method: str = DEFAULT_METHOD) -> str:
   return os.path.join(workdir, extract_stage(method))
 
 

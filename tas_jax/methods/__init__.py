@@ -26,9 +26,6 @@ from tas_jax.errors import ConfigError
 from tas_jax.methods import oneshot, pas, tas
 from tas_jax.methods.contract import Method
 
-DEFAULT = "tas"  # config.method and distill.student of a fresh config
-
-
 # name -> Method: what config.method, a distill run's STUDENT and the pipeline dispatch on
 REGISTRY: dict[str, Method] = {
   m.name: m for m in (tas.METHOD, pas.METHOD, oneshot.L1, oneshot.FPGM)

@@ -30,3 +30,5 @@ class Method:
   finetune: Optional[Callable[[ml_collections.ConfigDict], ml_collections.ConfigDict]] = None
   # the recipe fine-tuning its extracted weights (default: config.distill)
   not_defining: tuple[str, ...] = ()  # fields of its section that do not change a result
+  imagenet: Callable[[ml_collections.ConfigDict], None] = lambda config: None
+  # its settings in the ImageNet recipe (tas_jax.config.imagenet_recipe), set on the config

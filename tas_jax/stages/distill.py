@@ -62,7 +62,7 @@ def _extracted(workdir: str, method: str) -> arch_lib.Architecture:
 
 
 def student_architecture(
-  d: ml_collections.ConfigDict, workdir: str, method: str = methods.DEFAULT
+  d: ml_collections.ConfigDict, workdir: str, method: str = layout.DEFAULT_METHOD
 ) -> tuple[arch_lib.Architecture, dict]:
   """The network to train, and how it was chosen (for the summary); baselines match the FLOPs of
   `method`'s extraction."""

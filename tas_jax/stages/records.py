@@ -95,7 +95,7 @@ def stage_of(config: ml_collections.ConfigDict) -> str:
 def _method_of(stage: str, prefix: str) -> methods.Method:
   """The method of a search or extract folder: 'search' is the default method's, 'search-pas' PaS's."""
   suffix = stage[len(prefix) + 1 :]
-  return methods.get(suffix or layout.UNSUFFIXED_METHOD)
+  return methods.get(suffix or layout.DEFAULT_METHOD)
 
 
 def own_fields(config: ml_collections.ConfigDict, stage: str) -> tuple[dict, list[str]]:

@@ -36,7 +36,7 @@ L1 = Method(
     label="L1-norm (fine-tuned)",
     description="L1-norm filter pruning (Li et al., ICLR 2017): the channels whose filters have the "
                 "smallest L1 norm removed from the trained teacher until the FLOPs target",
-    search=stages.make_search("l1", "l1"),
+    search=stages.make_search("l1"),
     extract=stages.make_extract("l1", "L1-norm"),
     section="l1",
     defaults=l1_defaults,
@@ -49,7 +49,7 @@ FPGM = Method(
     label="FPGM (fine-tuned)",
     description="Filter Pruning via Geometric Median (He et al., CVPR 2019): in every group the "
                 "filters nearest the geometric median removed first, one ratio for all groups",
-    search=stages.make_search("fpgm", "fpgm"),
+    search=stages.make_search("fpgm"),
     extract=stages.make_extract("fpgm", "FPGM"),
     keeps_weights=True,
     families=("resnet", "repvgg"))

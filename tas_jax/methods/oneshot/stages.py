@@ -60,7 +60,10 @@ def choose(
   return kept, {"rule": "one pruning ratio for every group", "pruning_ratio": r}
 
 
-def make_search(name: str, criterion: str) -> Callable[[ml_collections.ConfigDict, str], dict]:
+def make_search(criterion: str) -> Callable[[ml_collections.ConfigDict, str], dict]:
+  """The search stage of the one-shot method named after its criterion (l1, fpgm)."""
+  name = criterion
+
   def search(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Scores the teacher's channels and chooses the kept ones; writes WORKDIR/search-NAME/."""
     stage, stage_dir = layout.search_stage(name), layout.search_dir(workdir, name)

@@ -10,7 +10,7 @@ from tas_jax.methods.contract import Method
 from tas_jax.methods.pas import extract, search, settings
 
 METHOD = Method(
-  name=search.METHOD,
+  name=search.NAME,
   label="PaS (fine-tuned)",
   description="Pruning-as-Search: per-channel binary masks (straight-through) with a MACs "
   "penalty, trained jointly with the weights; the kept channels are cut out",

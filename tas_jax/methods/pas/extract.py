@@ -20,14 +20,14 @@ from tas_jax import plots, workdir as layout
 from tas_jax.errors import CheckpointNotFoundError
 from tas_jax.methods import extraction
 from tas_jax.methods.pas import masks as masks_lib
-from tas_jax.methods.pas.search import METHOD, kept_channels
+from tas_jax.methods.pas.search import NAME, kept_channels
 from tas_jax.models import arch as arch_lib, networks
 from tas_jax.training import checkpoint
 
 
 def read_search(workdir: str) -> tuple[arch_lib.Architecture, dict, list[dict], int]:
   """(original architecture, {"params", "batch_stats"} of the masked network, history, step)."""
-  search_dir = layout.search_dir(workdir, METHOD)
+  search_dir = layout.search_dir(workdir, NAME)
   base_path = os.path.join(search_dir, layout.BASE_ARCH)
   if not os.path.exists(base_path):
     raise CheckpointNotFoundError(
@@ -41,7 +41,7 @@ def read_search(workdir: str) -> tuple[arch_lib.Architecture, dict, list[dict], 
     {"params": shapes["params"], "batch_stats": shapes["batch_stats"]}, checkpoint.host_sharding()
   )
   restored, meta, step = checkpoint.read_checkpoint(
-    search_dir, abstract, layout.stage_flags("search", METHOD)
+    search_dir, abstract, layout.stage_flags("search", NAME)
   )
   return base, jax.device_get(restored), meta.get("history", []), step
 
@@ -61,7 +61,7 @@ def extract(config: ml_collections.ConfigDict, workdir: str) -> dict:
   summary = extraction.write(
     config,
     workdir,
-    METHOD,
+    NAME,
     "PaS",
     f"From the PaS search checkpoint at step {step}",
     base,
@@ -79,7 +79,7 @@ def extract(config: ml_collections.ConfigDict, workdir: str) -> dict:
     plots.plot_width_history(
       [r["layer"] for r in table],
       ratios,
-      os.path.join(layout.extract_dir(workdir, METHOD), "widths_over_epochs.png"),
+      os.path.join(layout.extract_dir(workdir, NAME), "widths_over_epochs.png"),
       "kept channels / original width after each epoch",
     )
   return summary

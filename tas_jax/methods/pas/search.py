@@ -34,7 +34,7 @@ from tas_jax.models import channels
 from tas_jax.ops import flops
 from tas_jax.training import checkpoint, stage as stage_lib, steps, supervised
 
-METHOD = "pas"
+NAME = "pas"  # config.method; its folders are search-pas/ and extract-pas/
 
 
 @flax.struct.dataclass
@@ -135,8 +135,8 @@ def record(
 def search(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Runs (or resumes, or finds finished) the PaS search; returns its summary."""
   p, ratio = config.pas, config.target.flop_ratio
-  stage = layout.search_stage(METHOD)
-  stage_dir = layout.search_dir(workdir, METHOD)
+  stage = layout.search_stage(NAME)
+  stage_dir = layout.search_dir(workdir, NAME)
   mesh, ds = supervised.load_inputs(config, p.eval_batch_size)
   base = supervised.architecture(config, ds.num_classes, ds.image_size, ds.channels)
   lay = channels.of(base)
@@ -231,7 +231,7 @@ def search(config: ml_collections.ConfigDict, workdir: str) -> dict:
   summary = {
     "stage": stage,
     "finished": True,
-    "method": METHOD,
+    "method": NAME,
     "dataset": ds.name,
     "base_architecture": base.name,
     "flop_ratio_target": ratio,

@@ -23,6 +23,7 @@ METHOD = Method(
   section="search",
   defaults=settings.defaults,
   validate=settings.validate,
+  imagenet=settings.imagenet,
   reads_teacher=lambda config: config.search.init == "teacher",
   not_defining=("eval_batch_size", "evaluate_every_epoch"),
 )

@@ -84,3 +84,11 @@ def validate(c: ml_collections.ConfigDict) -> None:
     fail("search.warmup_epochs", s.warmup_epochs, f"must be below search.epochs={s.epochs}")
   for field in ("momentum", "arch_beta1", "arch_beta2"):
     validation.fraction(c, f"search.{field}")
+
+
+def imagenet(c: ml_collections.ConfigDict) -> None:
+  """TAS in the ImageNet recipe (spec §5-§6): 120 search epochs (5 of warm-up), weight decay
+  1e-4, evaluation batches of 250."""
+  c.search.epochs, c.search.warmup_epochs = 120, 5
+  c.search.weight_decay = 1e-4
+  c.search.eval_batch_size = 250
