@@ -1,8 +1,10 @@
-"""Train and evaluation steps for image classifiers: pure functions of `(state, batch)`, compiled once.
+"""Train and evaluation steps for image classifiers: pure functions of `(state, batch)` (or
+`(state, batch, extras)`, one tree of what else a step reads: a teacher's weights), compiled once.
 
 The batch is a dict of global arrays sharded along 'data' (`tas_jax.data.sources`); where it came
 from (gathered on the device, or streamed from each host) is not the step's business. The same
-step function serves both parallel modes (`tas_jax.parallel`).
+step function serves both parallel modes (`tas_jax.parallel.compile_step`; `parallel.mean` is the
+one cross-device average).
 """
 
 from typing import Any, Callable, Iterable, Optional

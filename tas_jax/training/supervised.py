@@ -1,10 +1,12 @@
-"""Supervised training of one ResNet with the spec's recipe (§6): shared by `teacher` and `distill`.
+"""Supervised training of one network with a recipe section (`config.teacher`, `config.distill`,
+`config.finetune`, a method's fine-tuning): shared by `teacher` and `distill`.
 
-SGD with Nesterov momentum and coupled weight decay, linear warm-up per iteration then cosine to
-zero, data parallel over the mesh, the dataset resident on the device, evaluation every epoch,
-resumable through `tas_jax.training.loop`. Batches come from an in-memory source
-(`tas_jax.data.sources`). The stage decides the network, the loss (cross-entropy
-or distillation) and the initial weights.
+SGD with Nesterov momentum and coupled weight decay, a linear warm-up per iteration then cosine to
+zero (TAS's recipe, Dong & Yang 2019) or a step decay (PaS's released fine-tuning), data parallel
+over the mesh, evaluation every epoch, resumable, in the stage shell of
+`tas_jax.training.stage`. Batches come from the config's data (`tas_jax.training.inputs`: resident
+on the device, or streamed). The stage decides the network, the loss (cross-entropy or
+distillation) and the initial weights.
 """
 
 from __future__ import annotations
