@@ -135,10 +135,9 @@ def fit(
   opened = []  # the batch iterator, once _fit made it
   try:
     with _stop_requests() as stop_requested:
-      return _fit(
+      run = _Run(
         cfg,
         stage_dir,
-        state,
         train_step,
         source,
         step_args,
@@ -150,6 +149,7 @@ def fit(
         stop_requested,
         opened,
       )
+      return _fit(run, state)
   finally:
     for batches in opened:
       batches.close()
@@ -158,21 +158,29 @@ def fit(
     writer.close()
 
 
-def _fit(
-  cfg,
-  stage_dir,
-  state,
-  train_step,
-  source,
-  step_args,
-  epoch_args,
-  end_of_epoch,
-  learning_rate,
-  manager,
-  writer,
-  stop_requested,
-  opened,
-):
+@dataclasses.dataclass(frozen=True)
+class _Run:
+  """One call of `fit`: everything the loop reads besides the evolving state."""
+
+  cfg: LoopConfig
+  stage_dir: str
+  train_step: Callable
+  source: sources.BatchSource
+  step_args: tuple
+  epoch_args: Callable[[int], tuple]
+  end_of_epoch: Callable
+  learning_rate: Callable[[int], float]
+  manager: Any  # the stage's Orbax checkpoint series
+  writer: Any  # its TensorBoard writer
+  stop_requested: list  # SIGINT/SIGTERM received while it runs
+  opened: list  # the batch iterators it opened, closed by `fit`
+
+
+def _fit(run: _Run, state):
+  cfg, stage_dir, train_step, source = run.cfg, run.stage_dir, run.train_step, run.source
+  step_args, epoch_args, end_of_epoch = run.step_args, run.epoch_args, run.end_of_epoch
+  learning_rate, manager, writer = run.learning_rate, run.manager, run.writer
+  stop_requested, opened = run.stop_requested, run.opened
   history: list[dict] = []
   restored = checkpoint.restore_latest(manager, checkpoint.abstract(state))
   if restored is not None:
