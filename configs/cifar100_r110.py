@@ -1,4 +1,4 @@
-"""CIFAR-100 ResNet-110, the spec's recipe (TAS.md §6).
+"""CIFAR-100 ResNet-110, the released TAS recipe (Dong & Yang 2019).
 
     python -m tas_jax.main --config=configs/cifar100_r110.py --workdir=runs/cifar100_r110 \
         --config.data.dir=/path/to/cifar100   # the official archive or TFDS data

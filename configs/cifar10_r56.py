@@ -1,4 +1,4 @@
-"""CIFAR-10 ResNet-56, the spec's recipe (TAS.md §6).
+"""CIFAR-10 ResNet-56, the released TAS recipe (Dong & Yang 2019).
 
     python -m tas_jax.main --config=configs/cifar10_r56.py --workdir=runs/cifar10_r56 \
         --config.data.dir=/path/to/cifar10   # the official archive or TFDS data

@@ -21,7 +21,7 @@ def get_config():
   # Search: 30 epochs x 19 iterations instead of 600 x 98. At this budget a supernet trained from
   # scratch does not learn (random widths with CWI every step: ~37% training accuracy after 10
   # epochs, ~58% after 30) and the logits stay undecided, so the demo departs from the released
-  # recipe where the budget demands it (the spec's recipe stays the default of every other config):
+  # recipe where the budget demands it (the released recipe stays the default of every other config):
   c.search.epochs = 30
   c.search.batch_size = 128
   c.search.init = "teacher"  # supernet weights from the teacher the pipeline trained first
@@ -31,9 +31,9 @@ def get_config():
   # supernet's accuracy drops faster than the logits decide
   c.search.expected_flops = "exact"  # the released chain form misprices truncated stages and
   # inserted projections by 4-7% of F_max here, as much as the band
-  # PaS (--config.method=pas, or a pas-ce / pas-kd run): 10 epochs from the teacher at the spec's
+  # PaS (--config.method=pas, or a pas-ce / pas-kd run): 10 epochs from the teacher at the released
   # lr 0.02 (released at batch 512; kept at 128, where the masks settle); the MACs gap in units of
-  # the full network's MACs (a 20 M-FLOP network is 0.02 G: the spec's α = 5 per G² would not
+  # the full network's MACs (a 20 M-FLOP network is 0.02 G: the released α = 5 per G² would not
   # move a mask), α = 50 — lands within 1% of the target in 3 epochs here
   c.pas.epochs = 10
   c.pas.batch_size = 128

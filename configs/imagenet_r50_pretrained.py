@@ -1,4 +1,4 @@
-"""ImageNet ResNet-50 pruned with PaS from torchvision's pretrained weights (spec PAS.md: PaS starts
+"""ImageNet ResNet-50 pruned with PaS from torchvision's pretrained weights (Li et al., IJCAI 2022: PaS starts
 from a pretrained ResNet-50), at 50% of its FLOPs.
 
     python -m tas_jax.convert torchvision --arch=resnet50_tv \

@@ -39,7 +39,7 @@ def students() -> tuple[str, ...]:
 
 
 def base_config() -> ml_collections.ConfigDict:
-  """Defaults: CIFAR-10 ResNet-20 teacher with the spec's recipe (§6)."""
+  """Defaults: CIFAR-10 ResNet-20 teacher with the released TAS recipe."""
   c = ml_collections.ConfigDict()
   c.stage = "teacher"              # teacher | search | extract | distill | results | all
   c.method = layout.DEFAULT_METHOD # the pruning method of search/extract: tas | pas | l1 | fpgm
@@ -105,7 +105,7 @@ def base_config() -> ml_collections.ConfigDict:
       c[section][name] = ml_collections.config_dict.placeholder(   # None: not given
           str if name == "cost" else float)
 
-  c.distill = sgd_recipe()         # training of the pruned network (spec §6: the teacher's recipe)
+  c.distill = sgd_recipe()         # training of the pruned network (the released TAS recipe: the teacher's)
   c.distill.student = layout.DEFAULT_METHOD  # a method (tas, pas, l1, fpgm): its extracted network;
                                    # uniform | random: baselines at config.method's FLOPs; or an
                                    # architecture JSON path / named network
@@ -137,7 +137,7 @@ def base_config() -> ml_collections.ConfigDict:
 
 
 def sgd_recipe() -> ml_collections.ConfigDict:
-  """The spec's CIFAR training recipe (§6), shared by the teacher and the pruned network."""
+  """The released TAS CIFAR training recipe (Dong & Yang 2019), shared by the teacher and the pruned network."""
   t = ml_collections.ConfigDict()
   t.warmup_epochs = 5              # linear warm-up, per iteration
   t.cosine_epochs = 300            # then cosine to 0, per iteration
@@ -192,7 +192,7 @@ def run_name(d: ml_collections.ConfigDict) -> str:
 
 
 def cifar_recipe(dataset: str, depth: int) -> ml_collections.ConfigDict:
-  """The spec's CIFAR recipe (§6) for a CIFAR ResNet of `depth` (164: bottleneck) on `dataset`."""
+  """The released TAS CIFAR recipe for a CIFAR ResNet of `depth` (164: bottleneck) on `dataset`."""
   c = base_config()
   c.data.name = dataset
   c.model.depth = depth
@@ -201,7 +201,7 @@ def cifar_recipe(dataset: str, depth: int) -> ml_collections.ConfigDict:
 
 
 def imagenet_recipe(depth: int) -> ml_collections.ConfigDict:
-  """The spec's ImageNet recipe (§5, §6) for ResNet-18/50: 120 epochs (5 of linear warm-up) of
+  """The released TAS ImageNet recipe (Dong & Yang 2019) for ResNet-18/50: 120 epochs (5 of linear warm-up) of
   SGD Nesterov, lr 0.1 cosine, weight decay 1e-4, batch 256, for the teacher, the search's weights
   and the pruned network; bf16 convolutions and activations (float32 weights, BN statistics, loss)."""
   c = base_config()

@@ -28,7 +28,7 @@ import numpy as np
 EMBEDDED_PATH = os.path.join(os.path.dirname(__file__), "embedded", "fashion_mnist_subset.npz")
 DEBIAN_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
 
-# Per-dataset normalisation, in [0, 1] pixel units. CIFAR figures are the spec's (§6); the
+# Per-dataset normalisation, in [0, 1] pixel units. CIFAR figures are the released TAS code's; the
 # (Fashion-)MNIST ones are the training-set statistics.
 _STATS = {
   "cifar10": ((125.3 / 255, 123.0 / 255, 113.9 / 255), (63.0 / 255, 62.1 / 255, 66.7 / 255)),
@@ -156,7 +156,7 @@ def pad_images(ds: ImageDataset, size: int) -> ImageDataset:
 def split_per_class(labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
   """A seeded split of the indices into two halves with (within one) half of every class each.
 
-  The search (spec §5) takes weight steps on half A and architecture steps on half B.
+  The search (Dong & Yang 2019's search, as released) takes weight steps on half A and architecture steps on half B.
   """
   rng = np.random.default_rng(seed)
   a, b = [], []

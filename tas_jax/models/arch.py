@@ -25,12 +25,12 @@ counter and the search spaces read that. An architecture is stored as JSON:
     }
 
 Shortcuts, strides and spatial sizes are derived, never listed (`tas_jax.models.topology`). A
-stride-1 projection has BN when `projection_bn` is true: the spec (`shared/spec/TAS.md` §1) asks
+stride-1 projection has BN when `projection_bn` is true: TAS's released code asks
 for it on the unpruned networks and in pruned CIFAR-basic and ImageNet networks, and for none in
 pruned CIFAR-bottleneck networks; extraction writes the flag. `projections` is for a pruned network
 that inherits the weights of its original (PaS): a block that had a projection keeps it, even when
 pruning happened to leave its input and output equally wide. `downsample` says how a stride-2 block's
-shortcut shrinks the map: TAS's networks average-pool 2x2 and then apply a 1x1 conv (spec §1),
+shortcut shrinks the map: TAS's networks average-pool 2x2 and then apply a 1x1 conv (as released),
 torchvision's ResNets apply a 1x1 conv with stride 2 and BN (`resnet18_tv`, `resnet50_tv`, the form
 pretrained torchvision weights need). Both cost the same FLOPs.
 """
@@ -227,7 +227,7 @@ def validate(a: Architecture) -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# Named unpruned networks (spec §1)
+# Named unpruned networks (Dong & Yang 2019's networks, as released)
 # --------------------------------------------------------------------------------------------
 
 CIFAR_DEPTHS_BASIC = (20, 32, 56, 110)

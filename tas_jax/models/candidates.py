@@ -1,5 +1,5 @@
-"""The pruned widths and depths a ResNet can take (spec §2): TAS searches over them, and the random
-baseline draws from them, so both live apart from any method.
+"""The pruned widths and depths a ResNet can take (TAS's search space, Dong & Yang 2019): TAS
+searches over them, and the random baseline draws from them, so both live apart from any method.
 
 Width: every main conv of full width C keeps floor(C·r) channels, r ∈ {0.3, 0.4, …, 1.0}.
 Depth: CIFAR stages of n ≤ 3 blocks keep 1 … n; longer ones the odd counts 1, 3, 5, … (and n);

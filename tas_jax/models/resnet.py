@@ -1,4 +1,4 @@
-"""ResNets built from an `Architecture` (spec §1): one module per network family.
+"""ResNets built from an `Architecture` (Dong & Yang 2019's networks, as released): one module per network family.
 
 One module, `ResNet`, for both families: the stem, pool, strides and shortcuts come from
 `tas_jax.models.topology` (CIFAR: 3x3 stem, pooled projection without BN; ImageNet: 7x7 stem +

@@ -5,7 +5,7 @@ the max-pool, which shortcut a block gets and whether it has BN — is decided h
 else. The Flax model (`tas_jax.models.resnet`), the FLOP counter (`tas_jax.ops.flops`), the
 baselines and every method's search space read a `Topology`; nothing else walks the network.
 
-Rules (spec §1):
+Rules (Dong & Yang 2019's networks, as released):
 - CIFAR: 3x3 stem, stride 1. ImageNet: 7x7 stem, stride 2, then a 3x3 stride-2 max-pool.
 - Basic block: conv_a 3x3 (carries the stride), conv_b 3x3. Bottleneck: conv_a 1x1, conv_b 3x3
   (carries the stride), conv_c 1x1. Every conv is padded by kernel//2 and followed by BN.
@@ -169,7 +169,8 @@ def pruned(
   """The network of `base` with `widths[i]` channels in its i-th main conv (`main_convs` order)
   and the first `depths[s]` blocks of stage s: what a search extracts and a baseline builds.
 
-  Pruned CIFAR bottleneck networks keep no BN on a stride-1 projection (spec §1); the others do.
+  Pruned CIFAR bottleneck networks keep no BN on a stride-1 projection (as released); the others
+  do.
   `inherits`: the pruned network takes over the base's weights (PaS), so every shortcut stays what
   it was — the base's projections, with the base's BN flag — whatever the pruned widths.
   """

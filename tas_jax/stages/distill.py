@@ -1,4 +1,5 @@
-"""Stage `distill`: train the pruned network, with knowledge distillation from the teacher (spec §6).
+"""Stage `distill`: train the pruned network, with knowledge distillation from the teacher (TAS's
+released training recipe).
 
 The student is a method's extracted network (`distill.student=tas`: `WORKDIR/extract/arch.json`;
 `pas`, `l1`, `fpgm`: `WORKDIR/extract-NAME/`, fine-tuned from its extracted weights,

@@ -1,4 +1,5 @@
-"""Stage `teacher`: train the unpruned network of the config (spec §6), or evaluate an imported one.
+"""Stage `teacher`: train the unpruned network of the config (TAS's released training recipe), or
+evaluate an imported one.
 
 Writes `WORKDIR/teacher/`: Orbax checkpoints (the distill stage reads the weights from them),
 TensorBoard events, `arch.json` and `summary.json`. The training itself is

@@ -1,4 +1,5 @@
-"""PaS's channel masks (spec `shared/spec/PAS.md`): where they sit, the threshold, the MACs they leave.
+"""PaS's channel masks (Li et al., IJCAI 2022): where they sit, the threshold, the MACs they
+leave.
 
 One real scalar v per channel, initialised to 1; forward m = 1[v > 0.5], backward the identity
 (straight-through). A mask sits after a ReLU (`tas_jax.models.resnet`'s gate sites): after the

@@ -1,4 +1,4 @@
-"""Stage `search` of PaS (spec `shared/spec/PAS.md`): masks and weights learned together, one step.
+"""Stage `search` of PaS (Li et al., IJCAI 2022, and its released code): masks and weights learned together, one step.
 
 Starts from the teacher in WORKDIR/teacher (PaS prunes a trained network). Every step is one SGD
 step (constant lr, momentum, coupled weight decay on the mask scalars too) on one batch of the

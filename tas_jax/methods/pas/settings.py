@@ -1,4 +1,4 @@
-"""PaS's config section, `config.pas` (spec PAS.md): its defaults, checks, and the recipe that
+"""PaS's config section, `config.pas` (Li et al., IJCAI 2022): its defaults, checks, and the recipe that
 fine-tunes its extracted weights. Its FLOPs target is the shared `config.target.flop_ratio`.
 
 The defaults are the released scripts' (liyy201912/PaS, `scripts/resnet50.sh`): a search of 9
@@ -34,7 +34,7 @@ def defaults() -> ml_collections.ConfigDict:
   s.weight_decay = 1e-4        # coupled L2, on the mask scalars too (as released)
   s.cost_weight = placeholder(float)   # α of α·(MACs − target)²; None: the family's released
                                       # value (ResNet 5, RepVGG 0.1)
-  s.macs_unit = 1e9            # MACs are counted in this unit in the penalty (spec: G);
+  s.macs_unit = 1e9            # MACs are counted in this unit in the penalty (released: G);
                                # 0 = in units of the unpruned network's MACs
   s.eval_batch_size = 500      # evaluation only: does not change a result
   s.finetune_epochs = placeholder(int)   # fine-tuning of the kept weights, masks frozen; None:

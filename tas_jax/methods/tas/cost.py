@@ -1,4 +1,5 @@
-"""The FLOPs cost of the search (spec §4): expected FLOPs E[F], the argmax network's F(A), the loss.
+"""The FLOPs cost of the search (as TAS's released code prices it): expected FLOPs E[F], the
+argmax network's F(A), the loss.
 
 Both are traced functions of the architecture logits, so the architecture step computes them
 inside `jit`. F(A) is the exact count of the network extraction builds (truncated stages and the
@@ -6,7 +7,7 @@ inserted stride-1 projections included) and equals `tas_jax.ops.flops.count` of
 `space.architecture(argmax)` — a test checks this on random architectures.
 
 E[F] comes in two forms (`config.search.expected_flops`):
-  "released" (default, spec §4): the official code's chain form — each conv's expected input width
+  "released" (default, the released TAS code): the official code's chain form — each conv's expected input width
       is the previous conv's expected width along the unpruned network (the previous stage's last
       block, whatever the depths), each block's FLOPs are weighted by P(stage depth ≥ its
       position), only the unpruned network's projections are priced, and the head is

@@ -1,4 +1,4 @@
-"""Channel-wise interpolation (CWI) and the fused per-conv aggregation (spec §3).
+"""Channel-wise interpolation (CWI) and the fused per-conv aggregation (Dong & Yang 2019, as released).
 
 CWI resizes a C-channel map to C' channels by adaptive average pooling along channels: output
 channel j is the mean of input channels floor(j·C/C') … ceil((j+1)·C/C')−1. Example, C=3 → C'=5:

@@ -1,4 +1,4 @@
-"""Stage `extract`: the searched architecture as a file, a report and two plots (spec §6).
+"""Stage `extract`: the searched architecture as a file, a report and two plots (the released TAS training recipe).
 
 Runs as its own process after the search: it reads only the architecture logits (α, β) and the
 recorded history from the latest search checkpoint (Orbax partial restore, no weights), takes the

@@ -1,4 +1,4 @@
-"""Two-of-K Gumbel sampling of a width (spec §3), under `jit` with `jax.random`.
+"""Two-of-K Gumbel sampling of a width (Dong & Yang 2019, as released), under `jit` with `jax.random`.
 
 For one searched conv with candidate logits α (K,) and temperature τ:
   g ~ Gumbel(0, 1);  ℓ = (log_softmax(α) + g) / τ;  p = softmax(ℓ)
@@ -16,7 +16,7 @@ import jax
 
 
 def perturbed_logits(key: jax.Array, alpha: jax.Array, tau) -> jax.Array:
-  """ℓ = (α + g) / τ with fresh Gumbel noise g: the spec's (log_softmax(α) + g) / τ up to a
+  """ℓ = (α + g) / τ with fresh Gumbel noise g: the paper's (log_softmax(α) + g) / τ up to a
   constant shift, which no softmax of ℓ depends on."""
   g = jax.random.gumbel(key, alpha.shape, alpha.dtype)
   return (alpha + g) / tau

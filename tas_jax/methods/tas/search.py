@@ -1,4 +1,4 @@
-"""Stage `search`: TAS architecture search (spec §5).
+"""Stage `search`: TAS architecture search (Dong & Yang 2019's search, as released).
 
 The training set is split per class into halves A and B (seeded). Every iteration is one weight
 step on a batch of A (cross-entropy, SGD Nesterov, cosine per epoch) followed by one architecture

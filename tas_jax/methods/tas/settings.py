@@ -1,4 +1,4 @@
-"""TAS's config section, `config.search`: its defaults (the spec's CIFAR recipe, §5) and checks.
+"""TAS's config section, `config.search`: its defaults (the released TAS CIFAR recipe) and checks.
 
 The FLOPs target is shared by every method: `config.target.flop_ratio` and `config.target.tolerance`
 (the band's width t).
@@ -23,7 +23,7 @@ def defaults() -> ml_collections.ConfigDict:
   s.in_band = "free"        # free (released): no cost while F(A) is in the band; centred (a
                             # deviation): E[F] above the band's centre is pushed down
   s.cost_weight = 2.0       # λ
-  s.expected_flops = "released"  # released: the official chain form (spec §4); exact: the
+  s.expected_flops = "released"  # released: the official chain form (the released TAS code's FLOPs cost); exact: the
                                  # expectation of F(A) over independent choices (a deviation)
   s.epochs = 600            # search epochs (each iteration: a weight and an arch step)
   s.batch_size = 256        # per step; each iteration takes one batch of each half
@@ -87,8 +87,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
 
 
 def imagenet(c: ml_collections.ConfigDict) -> None:
-  """TAS in the ImageNet recipe (spec §5-§6): 120 search epochs (5 of warm-up), weight decay
-  1e-4, evaluation batches of 250."""
+  """TAS in the ImageNet recipe (Dong & Yang 2019, as released): 120 search epochs (5 of
+  warm-up), weight decay 1e-4, evaluation batches of 250."""
   c.search.epochs, c.search.warmup_epochs = 120, 5
   c.search.weight_decay = 1e-4
   c.search.eval_batch_size = 250

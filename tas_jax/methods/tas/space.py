@@ -1,4 +1,5 @@
-"""The TAS search space of a ResNet (spec §2): width candidates per conv, depth candidates per stage.
+"""The TAS search space of a ResNet (Dong & Yang 2019, as released): width candidates per conv,
+depth candidates per stage.
 
 A `SearchSpace` is derived from the unpruned `Architecture` and is static (hashable): the supernet,
 the FLOPs cost and extraction all read their shapes and geometry from it. Every main-path conv
@@ -76,7 +77,7 @@ class SearchSpace:
     return np.array([[j < len(c) for j in range(d)] for c in self.depths])
 
   def init_logits(self, key: jax.Array) -> dict:
-    """Architecture parameters: α (S, 8) and β (stages, D), N(0, 0.01) (spec §2)."""
+    """Architecture parameters: α (S, 8) and β (stages, D), N(0, 0.01) (as released)."""
     ka, kb = jax.random.split(key)
     return {
       "alpha": 0.01 * jax.random.normal(ka, (self.num_slots, NUM_WIDTH_CANDIDATES)),

@@ -1,4 +1,4 @@
-"""The TAS supernet (spec §3): width and depth mixtures over a ResNet, at static shapes.
+"""The TAS supernet (Dong & Yang 2019, as released): width and depth mixtures over a ResNet, at static shapes.
 
 `SuperNet` is a pure function of (weights, batch statistics, architecture logits, key, τ). The
 architecture logits are an input, not a Flax variable, so the weight optimiser and the
