@@ -15,7 +15,8 @@ values) it compiles and times, in this order and in one process:
   scalars) timed in turns with the plain step (repeat by repeat): `pas_over_plain_ratio` is the
   PaS step against the plain step under the same machine load;
 - compile time (ahead-of-time lower + compile), images/s, the compiled program's memory
-  (`memory_analysis`; the CPU runtime keeps no peak counter, accelerators report `peak_bytes_in_use`);
+  (`memory_analysis`; the CPU runtime keeps no peak counter, accelerators report
+  `peak_bytes_in_use`);
 - compilations across an epoch boundary: the calls after new permutations and a new τ must reuse
   the compiled steps and gathers (jit cache sizes stay 1);
 - host-device transfers inside the step loop: the timed loop runs under

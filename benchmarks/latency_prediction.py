@@ -1,6 +1,7 @@
 """`python -m benchmarks.latency_prediction`: how well a latency table predicts whole networks.
 
-    python -m benchmarks.latency_prediction --network=resnet20 --batch=256 --archs=24 --workdir=runs/latency
+    python -m benchmarks.latency_prediction --network=resnet20 --batch=256 --archs=24 \\
+        --workdir=runs/latency
 
 Builds (or reads from WORKDIR/latency/) the table of the network's TAS search space, draws
 `--archs` random architectures of the space (uniform widths and depths; the unpruned and the

@@ -21,7 +21,8 @@ def get_config():
   # Search: 30 epochs x 19 iterations instead of 600 x 98. At this budget a supernet trained from
   # scratch does not learn (random widths with CWI every step: ~37% training accuracy after 10
   # epochs, ~58% after 30) and the logits stay undecided, so the demo departs from the released
-  # recipe where the budget demands it (the released recipe stays the default of every other config):
+  # recipe where the budget demands it (the released recipe stays the default of every other
+  # config):
   c.search.epochs = 30
   c.search.batch_size = 128
   c.search.init = "teacher"  # supernet weights from the teacher the pipeline trained first

@@ -9,7 +9,8 @@ epochs, |E[F] − F(A)| <= 0.05·F_max, mean width max-probability >= 0.5, super
 >= 65%. Three deviations from the released search, each for a short search:
 - no weight decay on the architecture logits (under Adam the coupled L2 pulls every logit towards
   the uniform distribution with a steady step, so the distributions never decide);
-- the architecture lr held at 0.2, then cosine to 0 over the last 10 epochs: the argmax stops moving;
+- the architecture lr held at 0.2, then cosine to 0 over the last 10 epochs: the argmax stops
+  moving;
 - `in_band=centred`: while F(A) is in the band, E[F] above the band's centre is pushed down, so E[F]
   settles at the centre instead of sliding along the band's top edge.
 A settled search did not give a more accurate network after KD at this budget (RESULTS.md).

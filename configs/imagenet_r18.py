@@ -1,4 +1,5 @@
-"""ImageNet ResNet-18, the released TAS recipe (Dong & Yang 2019): teacher, TAS search, pruned network with KD.
+"""ImageNet ResNet-18, the released TAS recipe (Dong & Yang 2019): teacher, TAS search, pruned
+network with KD.
 
     python -m tas_jax.main --config=configs/imagenet_r18.py --workdir=runs/imagenet_r18 \
         --config.data.dir=/data/imagenet --config.stage=all

@@ -1,5 +1,5 @@
-"""ImageNet ResNet-50 pruned with PaS from torchvision's pretrained weights (Li et al., IJCAI 2022: PaS starts
-from a pretrained ResNet-50), at 50% of its FLOPs.
+"""ImageNet ResNet-50 pruned with PaS from torchvision's pretrained weights (Li et al., IJCAI 2022:
+PaS starts from a pretrained ResNet-50), at 50% of its FLOPs.
 
     python -m tas_jax.convert torchvision --arch=resnet50_tv \
         --weights=resnet50-0676ba61.pth --workdir=runs/r50_pas      # the teacher: no training

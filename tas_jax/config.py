@@ -19,7 +19,7 @@ from tas_jax.models import arch as arch_lib, networks, repvgg
 from tas_jax.validation import fail, fraction, positive
 
 STAGES = ("teacher", "search", "extract", "distill", "results", "all")
-BASELINES = ("uniform", "random")   # distill students at a method's FLOPs (tas_jax.stages.baselines)
+BASELINES = ("uniform", "random")   # distill students at a method's FLOPs (stages.baselines)
 STUDENT_INITS = ("scratch", "teacher", "searched")
 PARALLEL_MODES = ("jit", "pmap")
 DTYPES = ("float32", "bfloat16")
@@ -48,7 +48,7 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.data = ml_collections.ConfigDict()
   c.data.name = "cifar10"          # in memory: tas_jax.data.datasets.NAMES; streamed: imagenet
-  c.data.dir = ""                  # where archives / IDX files / TFDS data live ("" = defaults only)
+  c.data.dir = ""                  # where archives / IDX files / TFDS data are ("" = defaults)
   c.data.train_examples = -1       # -1 = all; N = only the first N training images (quick runs)
   c.data.image_size = -1           # -1 = native; larger zero-pads (Fashion-MNIST 28 -> 32)
   c.data.crop_padding = 4          # random crop with this much zero padding (0 = no crop)
@@ -63,7 +63,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.depth = 20               # CIFAR: 6n+2 (basic) or 9n+2 (bottleneck); ImageNet: 18 | 50
   c.model.block = "basic"          # basic | bottleneck (CIFAR); ImageNet depth decides
   c.model.repvgg = "a0"            # family=repvgg: a0 | b1 (widths and blocks of the paper)
-  c.model.arch = ""                # a named architecture or an architecture JSON; overrides the above
+  c.model.arch = ""                # a named network or an architecture JSON; overrides the above
   c.model.dtype = "float32"        # float32 | bfloat16 (activations; weights stay float32)
   c.model.scan_blocks = False      # True: the blocks of a stage that share shapes run as one
                                    # lax.scan, recomputed in the backward pass: one compiled block
@@ -89,7 +89,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.target.tolerance = 0.05        # t: a result within t·F_max of the target is on target (TAS's
                                    # band: [R - t, R] of F_max, or ±t·R with search.band=symmetric)
 
-  c.latency = ml_collections.ConfigDict()  # the latency table of target.cost=latency (tas_jax.latency)
+  c.latency = ml_collections.ConfigDict()  # the table of target.cost=latency (tas_jax.latency)
   c.latency.batch_size = 0         # the batch its convs are timed at; 0 = pipeline.throughput_batch
                                    # (the batch the results table measures networks at)
   c.latency.repeats = 5            # each entry: the median of this many timed calls
@@ -105,7 +105,7 @@ def base_config() -> ml_collections.ConfigDict:
       c[section][name] = ml_collections.config_dict.placeholder(   # None: not given
           str if name == "cost" else float)
 
-  c.distill = sgd_recipe()         # training of the pruned network (the released TAS recipe: the teacher's)
+  c.distill = sgd_recipe()         # the pruned network's training (released TAS: the teacher's)
   c.distill.student = layout.DEFAULT_METHOD  # a method (tas, pas, l1, fpgm): its extracted network;
                                    # uniform | random: baselines at config.method's FLOPs; or an
                                    # architecture JSON path / named network
@@ -117,7 +117,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.distill.flops_tolerance = 0.02  # baselines: |F - F(TAS)| <= this fraction of F(TAS)
 
   c.pipeline = ml_collections.ConfigDict()
-  c.pipeline.runs = "tas-kd"       # stage=all: the distill runs, comma-separated STUDENT-{kd|ce}[-init]
+  c.pipeline.runs = "tas-kd"       # stage=all: distill runs, comma-separated STUDENT-{kd|ce}[-init]
   c.pipeline.throughput_batch = 256   # results: inference images/s of every network on one batch
   c.pipeline.throughput_repeats = 10  # results: the median of this many timed calls
 
@@ -127,7 +127,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.checkpoint_every_steps = 0     # 0 = at the end of every epoch only
   c.keep_checkpoints = 2           # the newest N checkpoints of a stage are kept
   c.max_steps_per_run = 0          # > 0: checkpoint and stop after this many steps (rerun resumes)
-  c.profile_steps = 0              # > 0: a profiler trace of that many steps into the stage's folder
+  c.profile_steps = 0              # > 0: a profiler trace of N steps into the stage's folder
   c.overwrite = ""                 # stages to run again although their folder holds a result made
                                    # with other settings (comma-separated: teacher, search, extract,
                                    # search-pas, extract-l1, distill/tas-kd, distill = every run);
@@ -137,7 +137,8 @@ def base_config() -> ml_collections.ConfigDict:
 
 
 def sgd_recipe() -> ml_collections.ConfigDict:
-  """The released TAS CIFAR training recipe (Dong & Yang 2019), shared by the teacher and the pruned network."""
+  """The released TAS CIFAR training recipe (Dong & Yang 2019), shared by the teacher and the pruned
+  network."""
   t = ml_collections.ConfigDict()
   t.warmup_epochs = 5              # linear warm-up, per iteration
   t.cosine_epochs = 300            # then cosine to 0, per iteration
@@ -182,8 +183,9 @@ def run_methods(runs: str, method: str) -> list[str]:
 
 
 def run_name(d: ml_collections.ConfigDict) -> str:
-  """The folder of a distill run under WORKDIR/distill/, e.g. 'tas-kd', 'uniform-ce-init', 'pas-kd'
-  (PaS fine-tuned from its extracted weights) or 'pas-kd-scratch' (its architecture from scratch)."""
+  """The folder of a distill run under WORKDIR/distill/, e.g. 'tas-kd', 'uniform-ce-init',
+  'pas-kd' (PaS fine-tuned from its extracted weights) or 'pas-kd-scratch' (its architecture from
+  scratch)."""
   student = d.student if d.student in students() else (
       d.student.rsplit("/", 1)[-1].removesuffix(".json"))
   suffix = {"teacher": "-init", "searched": "",
@@ -201,9 +203,10 @@ def cifar_recipe(dataset: str, depth: int) -> ml_collections.ConfigDict:
 
 
 def imagenet_recipe(depth: int) -> ml_collections.ConfigDict:
-  """The released TAS ImageNet recipe (Dong & Yang 2019) for ResNet-18/50: 120 epochs (5 of linear warm-up) of
-  SGD Nesterov, lr 0.1 cosine, weight decay 1e-4, batch 256, for the teacher, the search's weights
-  and the pruned network; bf16 convolutions and activations (float32 weights, BN statistics, loss)."""
+  """The released TAS ImageNet recipe (Dong & Yang 2019) for ResNet-18/50: 120 epochs (5 of linear
+  warm-up) of SGD Nesterov, lr 0.1 cosine, weight decay 1e-4, batch 256, for the teacher, the
+  search's weights and the pruned network; bf16 convolutions and activations (float32 weights, BN
+  statistics, loss)."""
   c = base_config()
   c.data.name = "imagenet"
   c.data.dir = ""                  # a train/ + val/ JPEG folder, or TFDS imagenet2012 (ArrayRecord)
@@ -254,7 +257,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
   positive(c, "data.prefetch", integer=True)
   if c.data.bad_images not in ("skip", "fail"):
     fail("data.bad_images", c.data.bad_images, "allowed: skip, fail")
-  if not (c.data.image_size == -1 or (isinstance(c.data.image_size, int) and c.data.image_size > 0)):
+  size = c.data.image_size
+  if not (size == -1 or (isinstance(size, int) and size > 0)):
     fail("data.image_size", c.data.image_size, "must be -1 (native size) or a positive integer")
   positive(c, "data.crop_padding", integer=True, zero_ok=True)
   if not (c.data.train_examples == -1 or (isinstance(c.data.train_examples, int)

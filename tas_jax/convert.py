@@ -1,7 +1,8 @@
 """`python -m tas_jax.convert SOURCE --arch=NAME --weights=FILE.pth --workdir=W`: a pretrained
 PyTorch network as the teacher of a workdir.
 
-    python -m tas_jax.convert torchvision --arch=resnet50_tv --weights=resnet50-11ad3fa6.pth --workdir=W
+    python -m tas_jax.convert torchvision --arch=resnet50_tv --weights=resnet50-11ad3fa6.pth \\
+        --workdir=W
     python -m tas_jax.convert repvgg --arch=repvgg_a0 --weights=RepVGG-A0-train.pth --workdir=W
 
 SOURCE names the checkpoint's layout: `torchvision` (a torchvision ResNet's state dict, for the
@@ -71,7 +72,8 @@ def architecture(source: str, name: str, state: dict, input_size: int):
   if (source == "repvgg") != is_repvgg:
     raise errors.ConfigError(
       f"--arch={name} is {'a RepVGG' if is_repvgg else 'a ResNet'}; "
-      f"SOURCE {source} needs {'repvgg_a0 or repvgg_b1' if source == 'repvgg' else 'resnet18_tv or resnet50_tv'}"
+      f"SOURCE {source} needs "
+      f"{'repvgg_a0 or repvgg_b1' if source == 'repvgg' else 'resnet18_tv or resnet50_tv'}"
     )
   if not is_repvgg and a.downsample != "strided_conv":
     raise errors.ConfigError(

@@ -1,8 +1,8 @@
 """The errors a user can cause and fix; the entry point prints each as one line ("error: …").
 
 Architecture and data errors live with their modules (`tas_jax.models.arch.ArchError`,
-`tas_jax.data.datasets.DataNotFoundError`, `BadDataError`); `tas_jax.commands.USER_ERRORS` lists all of
-them.
+`tas_jax.data.datasets.DataNotFoundError`, `BadDataError`); `tas_jax.commands.USER_ERRORS` lists all
+of them.
 """
 
 

@@ -5,7 +5,8 @@ search space can build.
 
 FLOPs are a proxy for speed, and a poor one: at equal FLOPs, the networks of RESULTS.md run
 0.97-1.9x faster than the teacher on the CPU. A latency table prices each conv by its measured time
-instead, so a search can aim at a fraction of the unpruned network's latency (`target.cost=latency`).
+instead, so a search can aim at a fraction of the unpruned network's latency
+(`target.cost=latency`).
 
 The table: for every conv of the unpruned topology (stem, main path, projections) and every
 (input width, output width) pair of the TAS candidates (`tas_jax.models.candidates`), plus the 1x1

@@ -56,7 +56,8 @@ def extract_stage(method: str = DEFAULT_METHOD) -> str:
 
 
 def stage_flags(stage: str, method: str = DEFAULT_METHOD) -> str:
-  """What follows --config.stage= in an error's advice: 'search', or 'search --config.method=pas'."""
+  """What follows --config.stage= in an error's advice: 'search', or
+  'search --config.method=pas'."""
   return stage if method == DEFAULT_METHOD else f"{stage} --config.method={method}"
 
 

@@ -117,7 +117,8 @@ def test_command_line_stops_with_one_line(tmp_path, override, needle):
     (
       ["--config=configs/demoo.py"],
       "error: --config=configs/demoo.py: no such file (the shipped "
-      f"configs are in {ROOT}/configs; list their fields with python -m tas_jax.config --config=FILE)",
+      f"configs are in {ROOT}/configs; list their fields with "
+      "python -m tas_jax.config --config=FILE)",
     ),
     (
       ["--config=configs/demo.py", "--config.target.flop_ratio=half"],
@@ -125,8 +126,8 @@ def test_command_line_stops_with_one_line(tmp_path, override, needle):
     ),
     (
       ["--config=configs/demo.py", "--config.overwrite=teachers"],
-      "error: config.overwrite='teachers': comma-separated stage folders: teacher, search, extract, "
-      "search-pas, extract-pas, distill/RUN (e.g. distill/tas-kd), distill (every run)",
+      "error: config.overwrite='teachers': comma-separated stage folders: teacher, search, "
+      "extract, search-pas, extract-pas, distill/RUN (e.g. distill/tas-kd), distill (every run)",
     ),
   ],
 )

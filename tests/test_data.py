@@ -1,4 +1,5 @@
-"""Datasets (IDX, CIFAR archives, TFDS, embedded), the per-class split and on-device augmentation."""
+"""Datasets (IDX, CIFAR archives, TFDS, embedded), the per-class split and on-device
+augmentation."""
 
 import gzip
 import io

@@ -1,4 +1,5 @@
-"""Distillation loss, "w/ Init" inheritance, baselines at a FLOP target, partial checkpoint reads."""
+"""Distillation loss, "w/ Init" inheritance, baselines at a FLOP target, partial checkpoint
+reads."""
 
 import logging
 

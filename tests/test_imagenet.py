@@ -1,5 +1,6 @@
-"""The streaming ImageNet input on real files: ImageNet photographs shipped in the foolbox wheel laid
-out as train/<class>/*.JPEG, and TFDS `mock_data` for imagenet2012 through `tfds.data_source`."""
+"""The streaming ImageNet input on real files: ImageNet photographs shipped in the foolbox wheel
+laid out as train/<class>/*.JPEG, and TFDS `mock_data` for imagenet2012 through
+`tfds.data_source`."""
 
 import io
 import os

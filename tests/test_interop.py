@@ -89,7 +89,8 @@ def test_torchvision_weights_import_with_equal_logits(name, size):
   assert relative_difference(jax_logits(a, variables, x), theirs) < TOLERANCE
 
 
-RELEASED_REPVGG_KEYS = [  # names of the released RepVGG training-form state dict (RepVGG-A0-train.pth)
+# names of the released RepVGG training-form state dict (RepVGG-A0-train.pth)
+RELEASED_REPVGG_KEYS = [
   "stage0.rbr_dense.conv.weight",
   "stage0.rbr_dense.bn.running_var",
   "stage0.rbr_1x1.conv.weight",

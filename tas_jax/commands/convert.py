@@ -1,7 +1,8 @@
 """`python -m tas_jax.convert SOURCE --arch=NAME --weights=FILE.pth --workdir=W`: a pretrained
 PyTorch network as the teacher of a workdir (`tas_jax.convert.convert`).
 
-    python -m tas_jax.convert torchvision --arch=resnet50_tv --weights=resnet50-11ad3fa6.pth --workdir=W
+    python -m tas_jax.convert torchvision --arch=resnet50_tv --weights=resnet50-11ad3fa6.pth \\
+        --workdir=W
     python -m tas_jax.convert repvgg --arch=repvgg_a0 --weights=RepVGG-A0-train.pth --workdir=W
 """
 

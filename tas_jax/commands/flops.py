@@ -1,4 +1,4 @@
-"""`python -m tas_jax.flops NAME_OR_ARCH_JSON [--json] [--layers]`: FLOPs and parameters (absl flags).
+"""`python -m tas_jax.flops NAME_OR_ARCH_JSON [--json] [--layers]`: FLOPs and parameters.
 
 NAME is one of the named unpruned networks (resnet20/32/56/110/164 on CIFAR-10,
 imagenet_resnet18/50, torchvision's resnet18_tv/resnet50_tv, repvgg_a0/b1); anything ending in .json

@@ -1,8 +1,8 @@
 """On-device augmentation and normalisation, traced into the jitted step.
 
 Images stay uint8 on the device; a step gathers its batch by index, then crops, flips and normalises
-it here. Every example's random numbers come from a key folded with its position in the global batch,
-so the result does not depend on how the batch is spread over devices.
+it here. Every example's random numbers come from a key folded with its position in the global
+batch, so the result does not depend on how the batch is spread over devices.
 """
 
 from __future__ import annotations

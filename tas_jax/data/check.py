@@ -1,6 +1,7 @@
 """Lists every image of a streamed dataset that cannot be decoded, before a run meets it.
 
-    python -m tas_jax.data.check --data_dir=/data/imagenet [--splits=train,validation] [--threads=16]
+    python -m tas_jax.data.check --data_dir=/data/imagenet \\
+        [--splits=train,validation] [--threads=16]
 
 Reads the same records a run reads (a train/ + val/ JPEG folder, or TFDS imagenet2012) and decodes
 each fully, with a progress bar; prints one line per unreadable file and a count, and exits with

@@ -7,7 +7,8 @@ order for each name:
   cifar10, cifar100      the official archives in `data_dir` (binary or python version, packed or
                          extracted; no TensorFlow needed), then TFDS data prepared in `data_dir`.
   fashion_mnist, mnist   IDX files in `data_dir` (gzipped or not), then Debian's
-                         /usr/share/datasets/fashion-mnist (package dataset-fashion-mnist), then TFDS.
+                         /usr/share/datasets/fashion-mnist (package dataset-fashion-mnist), then
+                         TFDS.
   embedded               a class-balanced real subset of Fashion-MNIST that ships with tas_jax.
 
 Nothing is downloaded: a dataset that is not found raises `DataNotFoundError` listing every place
@@ -109,7 +110,8 @@ def normalisation(name: str) -> tuple[tuple, tuple]:
 
 
 def load(name: str, data_dir: Optional[str] = None, image_size: int = -1) -> ImageDataset:
-  """Loads a dataset by name; `image_size` > native zero-pads the images (centred), -1 keeps them."""
+  """Loads a dataset by name; `image_size` > native zero-pads the images (centred), -1 keeps
+  them."""
   if name not in _NUM_CLASSES:
     raise ValueError(f"unknown dataset {name!r}; allowed: {', '.join(NAMES)}")
   looked: list[str] = []
@@ -156,7 +158,8 @@ def pad_images(ds: ImageDataset, size: int) -> ImageDataset:
 def split_per_class(labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
   """A seeded split of the indices into two halves with (within one) half of every class each.
 
-  The search (Dong & Yang 2019's search, as released) takes weight steps on half A and architecture steps on half B.
+  The search (Dong & Yang 2019's search, as released) takes weight steps on half A and architecture
+  steps on half B.
   """
   rng = np.random.default_rng(seed)
   a, b = [], []

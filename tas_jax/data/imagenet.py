@@ -18,11 +18,11 @@ the run is `dataset[k]`, and a resumed run starts at the checkpoint's step with 
 an uninterrupted run would have drawn next. The step is all a checkpoint needs: no iterator state
 is saved.
 
-Augmentation (the official ImageNet recipe, as TAS's released code uses it): random-resized crop to 224 (scale 0.08–1,
-aspect 3/4–4/3), horizontal flip, colour jitter 0.4 (brightness, contrast, saturation), PCA
-lighting 0.1; evaluation: resize the shorter side to 256, centre crop 224 — at another
-`data.image_size` S the shorter side goes to round(S·256/224), so the crop always covers the same
-central 87.5% of the shorter side. Workers send uint8 images; normalisation runs on the device.
+Augmentation (the official ImageNet recipe, as TAS's released code uses it): random-resized crop to
+224 (scale 0.08–1, aspect 3/4–4/3), horizontal flip, colour jitter 0.4 (brightness, contrast,
+saturation), PCA lighting 0.1; evaluation: resize the shorter side to 256, centre crop 224 — at
+another `data.image_size` S the shorter side goes to round(S·256/224), so the crop always covers the
+same central 87.5% of the shorter side. Workers send uint8 images; normalisation runs on the device.
 """
 
 from __future__ import annotations

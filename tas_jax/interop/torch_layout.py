@@ -164,7 +164,8 @@ def _put(tree: dict, path: tuple[str, ...], value) -> None:
 
 
 def to_state_dict(a, variables: Mapping, deploy: bool | None = None) -> dict[str, np.ndarray]:
-  """{"params", "batch_stats"} of network `a` -> {state-dict key: float32 array in PyTorch's layout}."""
+  """{"params", "batch_stats"} of network `a` -> {state-dict key: float32 array in PyTorch's
+  layout}."""
   return {
     e.key: _to_torch(np.asarray(_get(variables[e.collection], e.path), np.float32), e.kind)
     for e in entries(a, deploy)

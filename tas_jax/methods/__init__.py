@@ -10,7 +10,8 @@ Stages, each `fn(config, workdir) -> summary dict`:
 - `extract`: from the search's result, writes WORKDIR/extract[-NAME]/arch.json — the pruned
   network as an architecture, which every method-independent stage (training with KD, baselines at
   its FLOPs, results) reads — and its report. A method that keeps weights (`keeps_weights`) also
-  writes the kept channels' variables (`tas_jax.methods.extraction`), which its fine-tuning starts from.
+  writes the kept channels' variables (`tas_jax.methods.extraction`), which its fine-tuning starts
+  from.
 
 Settings: the method's own config section (`section`, built by `defaults()`, checked by
 `validate(config)`), and the FLOPs target all methods share, `config.target`.

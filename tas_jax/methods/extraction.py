@@ -96,7 +96,8 @@ def _markdown(title: str, source: str, summary: dict, table: list[dict]) -> str:
     "",
     "| | original | pruned | kept |",
     "|---|---|---|---|",
-    f"| FLOPs (M) | {b['flops_m']:.2f} | {p['flops_m']:.2f} | {100 * summary['flops_ratio']:.1f}% |",
+    f"| FLOPs (M) | {b['flops_m']:.2f} | {p['flops_m']:.2f} | "
+    f"{100 * summary['flops_ratio']:.1f}% |",
     f"| params (M) | {b['params_m']:.4f} | {p['params_m']:.4f} | "
     f"{100 * p['params_m'] / b['params_m']:.1f}% |",
     "",

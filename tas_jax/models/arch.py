@@ -5,7 +5,8 @@ The teacher, the network extracted from a search and a user's hand-written width
 counter and the search spaces read that. An architecture is stored as JSON:
 
     {
-      "family": "cifar_basic",        # cifar_basic | cifar_bottleneck | imagenet_basic | imagenet_bottleneck
+      "family": "cifar_basic",        # cifar_basic | cifar_bottleneck | imagenet_basic |
+                                      # imagenet_bottleneck
       "num_classes": 10,
       "input_size": 32,               # square images, pixels
       "input_channels": 3,
@@ -29,10 +30,10 @@ stride-1 projection has BN when `projection_bn` is true: TAS's released code ask
 for it on the unpruned networks and in pruned CIFAR-basic and ImageNet networks, and for none in
 pruned CIFAR-bottleneck networks; extraction writes the flag. `projections` is for a pruned network
 that inherits the weights of its original (PaS): a block that had a projection keeps it, even when
-pruning happened to leave its input and output equally wide. `downsample` says how a stride-2 block's
-shortcut shrinks the map: TAS's networks average-pool 2x2 and then apply a 1x1 conv (as released),
-torchvision's ResNets apply a 1x1 conv with stride 2 and BN (`resnet18_tv`, `resnet50_tv`, the form
-pretrained torchvision weights need). Both cost the same FLOPs.
+pruning happened to leave its input and output equally wide. `downsample` says how a stride-2
+block's shortcut shrinks the map: TAS's networks average-pool 2x2 and then apply a 1x1 conv (as
+released), torchvision's ResNets apply a 1x1 conv with stride 2 and BN (`resnet18_tv`,
+`resnet50_tv`, the form pretrained torchvision weights need). Both cost the same FLOPs.
 """
 
 from __future__ import annotations

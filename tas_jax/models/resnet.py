@@ -1,4 +1,5 @@
-"""ResNets built from an `Architecture` (Dong & Yang 2019's networks, as released): one module per network family.
+"""ResNets built from an `Architecture` (Dong & Yang 2019's networks, as released): one module per
+network family.
 
 One module, `ResNet`, for both families: the stem, pool, strides and shortcuts come from
 `tas_jax.models.topology` (CIFAR: 3x3 stem, pooled projection without BN; ImageNet: 7x7 stem +
@@ -27,7 +28,8 @@ import jax.numpy as jnp
 from tas_jax.models import conv as conv_ops, scan, topology
 from tas_jax.models.arch import Architecture
 
-# kaiming-normal, fan_out, gain sqrt(2) (PyTorch's kaiming_normal_(mode='fan_out', nonlinearity='relu'))
+# kaiming-normal, fan_out, gain sqrt(2) (PyTorch's kaiming_normal_(mode='fan_out',
+# nonlinearity='relu'))
 conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 linear_init = nn.initializers.normal(stddev=0.01)
 
@@ -139,7 +141,8 @@ class Block(nn.Module):
 
 
 def shape_signature(b: topology.Block):
-  """What fixes a block's shapes and function, its names aside: blocks alike in it can be scanned."""
+  """What fixes a block's shapes and function, its names aside: blocks alike in it can be
+  scanned."""
   shape = lambda c: (
     None if c is None else (c.kernel, c.stride, c.in_width, c.out_width, c.in_size, c.has_bn)
   )

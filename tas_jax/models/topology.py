@@ -1,4 +1,5 @@
-"""The one walk over a ResNet: every conv, block, stride, spatial size and shortcut of an architecture.
+"""The one walk over a ResNet: every conv, block, stride, spatial size and shortcut of an
+architecture.
 
 An `Architecture` lists widths; what they mean — which conv carries a block's stride, the stem,
 the max-pool, which shortcut a block gets and whether it has BN — is decided here and nowhere

@@ -1,4 +1,5 @@
-"""Analytic FLOPs and parameters of an architecture, in the TAS convention (Dong & Yang 2019's networks, as released).
+"""Analytic FLOPs and parameters of an architecture, in the TAS convention (Dong & Yang 2019's
+networks, as released).
 
 FLOPs are multiply-adds: k*k*Cin*Cout*Hout*Wout for every conv (groups = 1 throughout) plus
 in*out + out for the classifier; BatchNorm, ReLU and pooling are free. Parameters are conv and

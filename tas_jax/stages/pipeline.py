@@ -2,9 +2,9 @@
 
 teacher → the search and extraction of every method the runs need (`config.method`, whose FLOPs
 the baselines match, and e.g. PaS for a `pas-kd` run) → every distill run of
-`config.pipeline.runs` → results. A stage whose `summary.json` says it finished is skipped, an interrupted one resumes
-from its checkpoint, so the same command continues a pipeline that was stopped anywhere. The
-method (`config.method`) comes from the registry in `tas_jax.methods`.
+`config.pipeline.runs` → results. A stage whose `summary.json` says it finished is skipped, an
+interrupted one resumes from its checkpoint, so the same command continues a pipeline that was
+stopped anywhere. The method (`config.method`) comes from the registry in `tas_jax.methods`.
 """
 
 from __future__ import annotations

@@ -8,8 +8,8 @@ and the whole config for the record. A rerun in the same workdir compares the de
 stage and of every stage it reads with the current config. A difference stops the run with one line
 naming the fields and what to do; `--config.overwrite=STAGE` instead deletes that stage and every
 stage that read it, and runs it again. Fields that do not change a result (logging, evaluation
-batch sizes, checkpoint frequency, `max_steps_per_run`, device counts) are not compared, so a resumed
-run with another `max_steps_per_run` carries on.
+batch sizes, checkpoint frequency, `max_steps_per_run`, device counts) are not compared, so a
+resumed run with another `max_steps_per_run` carries on.
 
 A finished stage that a command only reads (the teacher, for `--config.stage=search`) is taken as
 recorded (`adopt_recorded`): the fields it was made with replace the config's, are logged once and
@@ -93,7 +93,8 @@ def stage_of(config: ml_collections.ConfigDict) -> str:
 
 
 def _method_of(stage: str, prefix: str) -> methods.Method:
-  """The method of a search or extract folder: 'search' is the default method's, 'search-pas' PaS's."""
+  """The method of a search or extract folder: 'search' is the default method's, 'search-pas'
+  PaS's."""
   suffix = stage[len(prefix) + 1 :]
   return methods.get(suffix or layout.DEFAULT_METHOD)
 

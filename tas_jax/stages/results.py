@@ -25,7 +25,8 @@ from tas_jax.training import checkpoint, supervised
 
 def teacher_to_measure(stage_dir: str, arch: networks.Network) -> tuple:
   """(architecture, variables) the teacher is timed as: a RepVGG teacher in its deploy form, as
-  every pruned RepVGG is, so the speed-up is the pruning's alone and not the reparameterisation's."""
+  every pruned RepVGG is, so the speed-up is the pruning's alone and not the
+  reparameterisation's."""
   variables = checkpoint.read_variables(stage_dir, arch, "teacher", checkpoint.host_sharding())[0]
   if isinstance(arch, repvgg.RepVGGArch) and not arch.deploy:
     return dataclasses.replace(arch, deploy=True), repvgg.reparameterize(arch, variables)
@@ -149,12 +150,16 @@ def results(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 
 def markdown(table: dict) -> str:
+  deploy = (
+    "; RepVGG networks timed in deploy form (branches fused)" if table.get("deploy_form") else ""
+  )
   lines = [
     f"Results on {table['dataset']}; inference throughput: batch {table['throughput_batch']}, "
     f"median of {table['throughput_repeats']} interleaved calls, one {table['device']} device"
-    f"{'; RepVGG networks timed in deploy form (branches fused)' if table.get('deploy_form') else ''}.",
+    f"{deploy}.",
     "",
-    "| network | run | test acc. | top-5 | FLOPs (M) | params (M) | FLOPs pruned | epochs | images/s | speed-up |",
+    "| network | run | test acc. | top-5 | FLOPs (M) | params (M) | FLOPs pruned | epochs "
+    "| images/s | speed-up |",
     "|---|---|---|---|---|---|---|---|---|---|",
   ]
   for r in table["rows"]:

@@ -34,8 +34,8 @@ def l1_validate(c: ml_collections.ConfigDict) -> None:
 L1 = Method(
     name="l1",
     label="L1-norm (fine-tuned)",
-    description="L1-norm filter pruning (Li et al., ICLR 2017): the channels whose filters have the "
-                "smallest L1 norm removed from the trained teacher until the FLOPs target",
+    description="L1-norm filter pruning (Li et al., ICLR 2017): the channels whose filters "
+                "have the smallest L1 norm removed from the trained teacher until the FLOPs target",
     search=stages.make_search("l1"),
     extract=stages.make_extract("l1", "L1-norm"),
     section="l1",

@@ -1,4 +1,5 @@
-"""The kept channels of every group for a FLOPs target, from per-channel scores (low = removed first).
+"""The kept channels of every group for a FLOPs target, from per-channel scores (low = removed
+first).
 
 The cost is FLOPs unless a `cost(counts)` is given: `target.cost=latency` passes the table latency
 of the network at those counts (`tas_jax.latency.with_kept`), and the same bisection finds the
@@ -6,8 +7,8 @@ smallest removal under a latency target (the interpolated table falls with every
 up to measurement noise).
 
 Both rules remove channels until the FLOP counter, on the network at the kept widths
-(`tas_jax.ops.flops.with_kept`), is at or below the target: the smallest removal that reaches it. Every
-group keeps at least its best channel. Removing a channel never adds FLOPs, so the FLOPs fall
+(`tas_jax.ops.flops.with_kept`), is at or below the target: the smallest removal that reaches it.
+Every group keeps at least its best channel. Removing a channel never adds FLOPs, so the FLOPs fall
 monotonically with the amount removed and a bisection finds that point exactly.
 
 - `global_ranking`: one ranking of all channels of all groups; the lowest go first (L1-norm, its

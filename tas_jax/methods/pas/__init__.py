@@ -1,9 +1,9 @@
 """PaS, Pruning-as-Search (Li et al., IJCAI 2022).
 
 settings.py its config section (config.pas): defaults, checks, the released fine-tuning recipe
-masks.py    per-channel masks (threshold + straight-through), their groups, the masked network's MACs
+masks.py    per-channel masks (threshold + straight-through), their groups, the masked MACs
 search.py   the search stage: joint SGD on weights and mask scalars, CE + α·(MACs − target)²
-extract.py  the extract stage: kept channel indices, the physically smaller network and its weights
+extract.py  the extract stage: kept channel indices, the physically smaller network, its weights
 """
 
 from tas_jax.methods.contract import Method

@@ -1,4 +1,5 @@
-"""Stage `extract` of PaS: the kept channels cut out into a physically smaller network, with weights.
+"""Stage `extract` of PaS: the kept channels cut out into a physically smaller network, with
+weights.
 
 Reads the latest PaS search checkpoint (weights, BN statistics and mask scalars; no optimiser
 state), takes the kept channel *indices* of every mask group (1[v > 0.5], at least one per group)

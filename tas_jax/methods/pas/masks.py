@@ -12,9 +12,9 @@ PaS masks each block output on its own and cannot cut such chains). A RepVGG has
 block.
 
 Every group keeps at least its highest-scoring channel, so no layer is ever empty. The MACs of the
-masked network are counted by `tas_jax.ops.flops.with_kept`, the FLOP counter on the original topology
-with the kept counts as widths: the extracted network has exactly those layers, so its FLOPs by the
-counter equal the search's final MACs.
+masked network are counted by `tas_jax.ops.flops.with_kept`, the FLOP counter on the original
+topology with the kept counts as widths: the extracted network has exactly those layers, so its
+FLOPs by the counter equal the search's final MACs.
 """
 
 from __future__ import annotations

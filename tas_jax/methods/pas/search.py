@@ -1,10 +1,11 @@
-"""Stage `search` of PaS (Li et al., IJCAI 2022, and its released code): masks and weights learned together, one step.
+"""Stage `search` of PaS (Li et al., IJCAI 2022, and its released code): masks and weights learned
+together, one step.
 
 Starts from the teacher in WORKDIR/teacher (PaS prunes a trained network). Every step is one SGD
 step (constant lr, momentum, coupled weight decay on the mask scalars too) on one batch of the
 whole training set, on
 
-    CE + α·((MACs(kept) − R·MACs_full) / unit)²,    R = config.target.flop_ratio (shared by all methods),
+    CE + α·((MACs(kept) − R·MACs_full) / unit)²,    R = config.target.flop_ratio (all methods'),
 
 where MACs(kept) counts the masked network by the same topology as the FLOP counter
 (`tas_jax.models.channels`). After every epoch the kept channels of every group, the MACs ratio

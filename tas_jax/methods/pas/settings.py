@@ -1,5 +1,5 @@
-"""PaS's config section, `config.pas` (Li et al., IJCAI 2022): its defaults, checks, and the recipe that
-fine-tunes its extracted weights. Its FLOPs target is the shared `config.target.flop_ratio`.
+"""PaS's config section, `config.pas` (Li et al., IJCAI 2022): its defaults, checks, and the recipe
+that fine-tunes its extracted weights. Its FLOPs target is the shared `config.target.flop_ratio`.
 
 The defaults are the released scripts' (liyy201912/PaS, `scripts/resnet50.sh`): a search of 9
 epochs at lr 0.02 and global batch 512 (8 GPUs x 64), then, masks frozen and the searched weights
@@ -26,7 +26,7 @@ def defaults() -> ml_collections.ConfigDict:
   placeholder = ml_collections.config_dict.placeholder
   s = ml_collections.ConfigDict()
   s.epochs = 9                 # joint SGD on weights and mask scalars, from the teacher
-  s.batch_size = 512           # global batch of the search and of the fine-tuning (released: 8 x 64)
+  s.batch_size = 512           # global batch of the search and the fine-tuning (released: 8 x 64)
   s.lr = 0.02                  # the search's constant lr, paired with batch 512 as released (the
                                # released code scales lr with the batch: at 256 use 0.01)
   s.momentum = 0.9             # SGD of weights and mask scalars, and of the fine-tuning
@@ -55,7 +55,9 @@ def cost_weight(p: ml_collections.ConfigDict, arch) -> float:
 
 
 def finetune_epochs(c: ml_collections.ConfigDict) -> int:
-  return c.pas.finetune_epochs if c.pas.finetune_epochs is not None else FINETUNE_EPOCHS[networks.family_of(c.model)]
+  if c.pas.finetune_epochs is not None:
+    return c.pas.finetune_epochs
+  return FINETUNE_EPOCHS[networks.family_of(c.model)]
 
 
 def decay_epochs(c: ml_collections.ConfigDict) -> tuple[int, ...]:

@@ -7,11 +7,11 @@ inserted stride-1 projections included) and equals `tas_jax.ops.flops.count` of
 `space.architecture(argmax)` — a test checks this on random architectures.
 
 E[F] comes in two forms (`config.search.expected_flops`):
-  "released" (default, the released TAS code): the official code's chain form — each conv's expected input width
-      is the previous conv's expected width along the unpruned network (the previous stage's last
-      block, whatever the depths), each block's FLOPs are weighted by P(stage depth ≥ its
-      position), only the unpruned network's projections are priced, and the head is
-      E[c_last]·classes.
+  "released" (default, the released TAS code): the official code's chain form — each conv's
+      expected input width is the previous conv's expected width along the unpruned network (the
+      previous stage's last block, whatever the depths), each block's FLOPs are weighted by
+      P(stage depth ≥ its position), only the unpruned network's projections are priced, and the
+      head is E[c_last]·classes.
   "exact" (an option, a deviation from the released code): the expectation of F(A) when every
       slot's width and every stage's depth are drawn independently from softmax(α), softmax(β).
       It follows the real input of every block (the last kept block of the previous stage) and

@@ -1,4 +1,5 @@
-"""Channel-wise interpolation (CWI) and the fused per-conv aggregation (Dong & Yang 2019, as released).
+"""Channel-wise interpolation (CWI) and the fused per-conv aggregation (Dong & Yang 2019, as
+released).
 
 CWI resizes a C-channel map to C' channels by adaptive average pooling along channels: output
 channel j is the mean of input channels floor(j·C/C') … ceil((j+1)·C/C')−1. Example, C=3 → C'=5:
@@ -55,7 +56,8 @@ def mix_matrix(widths_ab, weights_ab, scale_ab, size: int) -> jax.Array:
 
 
 def mix_from_pairs(pairs: jax.Array, weights_ab, scale_ab: jax.Array) -> jax.Array:
-  """`mix_matrix` from the conv's `pair_matrices`, its candidates' weights (2,) and scales (2, size)."""
+  """`mix_matrix` from the conv's `pair_matrices`, its candidates' weights (2,) and scales
+  (2, size)."""
   return (
     weights_ab[0] * pairs[0] * scale_ab[0][None, :]
     + weights_ab[1] * pairs[1] * scale_ab[1][None, :]

@@ -1,4 +1,5 @@
-"""Stage `extract`: the searched architecture as a file, a report and two plots (the released TAS training recipe).
+"""Stage `extract`: the searched architecture as a file, a report and two plots (the released TAS
+training recipe).
 
 Runs as its own process after the search: it reads only the architecture logits (α, β) and the
 recorded history from the latest search checkpoint (Orbax partial restore, no weights), takes the
@@ -32,7 +33,8 @@ from tas_jax.training import checkpoint
 
 
 def read_search(workdir: str) -> tuple[space_lib.SearchSpace, dict, list[dict], int]:
-  """(search space, architecture logits, per-epoch history, step) of the latest search checkpoint."""
+  """(search space, architecture logits, per-epoch history, step) of the latest search
+  checkpoint."""
   search_dir = layout.search_dir(workdir)
   base_path = os.path.join(search_dir, layout.BASE_ARCH)
   if not os.path.exists(base_path):
@@ -99,7 +101,8 @@ def _markdown(summary: dict, rows: list[dict]) -> str:
     "",
     "| | original | pruned | kept |",
     "|---|---|---|---|",
-    f"| FLOPs (M) | {b['flops_m']:.2f} | {p['flops_m']:.2f} | {100 * summary['flops_ratio']:.1f}% |",
+    f"| FLOPs (M) | {b['flops_m']:.2f} | {p['flops_m']:.2f} | "
+    f"{100 * summary['flops_ratio']:.1f}% |",
     f"| params (M) | {b['params_m']:.4f} | {p['params_m']:.4f} | "
     f"{100 * p['params_m'] / b['params_m']:.1f}% |",
     f"| blocks per stage | {b['depths']} | {p['depths']} | |",

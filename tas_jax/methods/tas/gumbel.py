@@ -1,4 +1,5 @@
-"""Two-of-K Gumbel sampling of a width (Dong & Yang 2019, as released), under `jit` with `jax.random`.
+"""Two-of-K Gumbel sampling of a width (Dong & Yang 2019, as released), under `jit` with
+`jax.random`.
 
 For one searched conv with candidate logits α (K,) and temperature τ:
   g ~ Gumbel(0, 1);  ℓ = (log_softmax(α) + g) / τ;  p = softmax(ℓ)
@@ -23,7 +24,8 @@ def perturbed_logits(key: jax.Array, alpha: jax.Array, tau) -> jax.Array:
 
 
 def draw_two_distinct(key: jax.Array, log_p: jax.Array) -> jax.Array:
-  """Indices (2,) of two distinct draws without replacement from p = exp(log_p), first draw first."""
+  """Indices (2,) of two distinct draws without replacement from p = exp(log_p), first draw
+  first."""
   g = jax.random.gumbel(key, log_p.shape, log_p.dtype)
   _, idx = jax.lax.top_k(jax.lax.stop_gradient(log_p) + g, 2)
   return idx

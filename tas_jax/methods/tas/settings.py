@@ -23,8 +23,8 @@ def defaults() -> ml_collections.ConfigDict:
   s.in_band = "free"        # free (released): no cost while F(A) is in the band; centred (a
                             # deviation): E[F] above the band's centre is pushed down
   s.cost_weight = 2.0       # λ
-  s.expected_flops = "released"  # released: the official chain form (the released TAS code's FLOPs cost); exact: the
-                                 # expectation of F(A) over independent choices (a deviation)
+  s.expected_flops = "released"  # released: the released TAS code's chain form of E[F]; exact:
+                                 # the expectation of F(A) over independent choices (a deviation)
   s.epochs = 600            # search epochs (each iteration: a weight and an arch step)
   s.batch_size = 256        # per step; each iteration takes one batch of each half
   s.tau_schedule = "cosine"   # cosine (released) | linear (paper: tau_max = 10)

@@ -87,7 +87,8 @@ class SearchSpace:
   def masked_logits(self, logits: dict, variant: str = "tas") -> tuple[jax.Array, jax.Array]:
     """α and β with padded candidates at -inf, and the dimension a variant does not search pinned
     to its full value (one-hot): TAS(W) keeps every stage at full depth, TAS(D) every conv at full
-    width. Whatever reads the distributions (sampling, E[F], F(A), records, extraction) reads these."""
+    width. Whatever reads the distributions (sampling, E[F], F(A), records, extraction) reads
+    these."""
     alpha = jnp.where(self.width_mask(), logits["alpha"], -jnp.inf)
     beta = jnp.where(self.depth_mask(), logits["beta"], -jnp.inf)
     if variant == "depth":

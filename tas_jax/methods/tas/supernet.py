@@ -1,4 +1,5 @@
-"""The TAS supernet (Dong & Yang 2019, as released): width and depth mixtures over a ResNet, at static shapes.
+"""The TAS supernet (Dong & Yang 2019, as released): width and depth mixtures over a ResNet, at
+static shapes.
 
 `SuperNet` is a pure function of (weights, batch statistics, architecture logits, key, τ). The
 architecture logits are an input, not a Flax variable, so the weight optimiser and the
@@ -264,7 +265,8 @@ def _pair_matrices(space: SearchSpace, widths) -> dict:
 @dataclasses.dataclass(frozen=True)
 class BlockLayout:
   """What a searched block computes, its names aside: per main-path conv (full width, kernel,
-  stride, slot), and the shortcut ("identity", or a projection: pooled or strided, with BN or not)."""
+  stride, slot), and the shortcut ("identity", or a projection: pooled or strided, with BN or
+  not)."""
 
   convs: tuple[tuple[int, int, int], ...]
   shortcut: str
@@ -310,8 +312,8 @@ def _choice_slots(b) -> tuple[int, ...]:
 def search_block(conv, layout: BlockLayout, h, channels, choices, train: bool, mix: bool):
   """One residual block of the supernet: (input, its true channel count) -> the same of its
   output. `conv(part, width, kernel, stride, bn=)` makes the named SearchConv; `choices` are the
-  (idx, widths, weights, CWI pair matrices) of its convs, then of its projection. The unrolled and the scanned
-  supernet both run this."""
+  (idx, widths, weights, CWI pair matrices) of its convs, then of its projection. The unrolled and
+  the scanned supernet both run this."""
   # the true width of a conv's output: the wider sampled candidate, or the full width unmixed
   c_star = lambda choice: jnp.max(choice[1]) if mix else layout.convs[-1][0]
   y, last = h, len(layout.convs) - 1
