@@ -11,11 +11,22 @@ instead, so a search can aim at a fraction of the unpruned network's latency
 The table: for every conv of the unpruned topology (stem, main path, projections) and every
 (input width, output width) pair of the TAS candidates (`tas_jax.models.candidates`), plus the 1x1
 stride-1 projections extraction inserts where a pruned block's input and output widths differ, the
-median forward time of conv + BN (inference form: one scale and shift) + ReLU on a batch of
+forward time of conv + BN (inference form: one scale and shift) + ReLU on a batch of
 `latency.batch_size` random inputs. Identical convs (same kernel, stride, input side and widths)
-share one entry. The backward is not in the table: it prices inference. BN and ReLU are measured on
-every entry, the CIFAR stride-2 projections included (they have no BN): a small overcharge for those
-few entries. The residual adds, pooling and classifier are not priced; how well the sum predicts a
+share one entry. Each entry is timed as `CHAINED` calls of the conv inside one jitted function,
+less the same function with no call, over `CHAINED` (medians of `repeats`): the fixed cost of
+launching a jitted function is paid once per network, not once per conv, and must not be in every
+entry (on a GPU it would flatten the table and make every removed block look cheap).
+
+Widths between the table's are interpolated bilinearly (the searches' gradients need a smooth
+price); below the narrowest candidate (30%) the price is the narrowest entry's, never
+extrapolated. The network a method actually chose is priced on entries at its own widths,
+measured on demand and added to the cache (`predicted`): PaS, L1 and FPGM keep any number of
+channels, not only TAS's 8.
+
+The backward is not in the table: it prices inference. BN and ReLU are measured on every entry,
+the CIFAR stride-2 projections included (they have no BN): a small overcharge for those few
+entries. The residual adds, pooling and classifier are not priced; how well the sum predicts a
 whole network's forward is in BENCHMARKS.md (`python -m benchmarks.latency_prediction`).
 
 The table is cached as JSON in WORKDIR/latency/, one file per (backend, device kind, batch size);
@@ -123,6 +134,22 @@ class Table:
   device_kind: str
   batch_size: int
   seconds: dict  # ConvKey -> float
+  path: str = ""  # its cache file, where entries measured on demand go ("" = none: no measuring)
+  repeats: int = 5
+
+  def measure_missing(self, keys: Iterable[ConvKey]) -> int:
+    """Measures the entries of `keys` the table lacks, on this device, and adds them to the
+    table and its cache file; returns how many. Nothing without a cache file or with several
+    processes (every process must price alike: they interpolate instead)."""
+    missing = sorted(set(keys) - set(self.seconds))
+    if not missing or not self.path or jax.process_count() > 1:
+      return 0
+    for key in missing:
+      self.seconds[key] = conv_seconds(key, self.batch_size, self.repeats)
+    cached = _read(self.path)
+    cached.update(self.seconds)
+    _write(self.path, Table(self.backend, self.device_kind, self.batch_size, cached))
+    return len(missing)
 
   def __getitem__(self, key: ConvKey) -> float:
     try:
@@ -167,8 +194,16 @@ def _read(path: str) -> dict:
     return {ConvKey.parse(k): float(v) for k, v in json.load(f)["entries"].items()}
 
 
+CHAINED = 8  # conv calls inside one timed jitted call
+FLOOR_SECONDS = 1e-9  # an entry's least value (a difference of medians can come out <= 0)
+
+
 def conv_seconds(key: ConvKey, batch_size: int, repeats: int, seed: int = 0) -> float:
-  """Median forward time of conv + BN (scale and shift) + ReLU of `key` on a random batch."""
+  """Forward time of conv + BN (scale and shift) + ReLU of `key` on a random batch, without the
+  fixed per-call cost: (median time of `CHAINED` calls in one jitted loop − median of the same
+  loop with none) / `CHAINED`. Each iteration's weights depend on the previous result (times
+  zero) and sums its output, so XLA can neither hoist the conv out of the loop nor compute part
+  of it."""
   rng = np.random.default_rng(seed)
   x = jnp.asarray(
     rng.normal(size=(batch_size, key.in_size, key.in_size, key.in_width)), jnp.float32
@@ -185,15 +220,28 @@ def conv_seconds(key: ConvKey, batch_size: int, repeats: int, seed: int = 0) -> 
     )
     return jax.nn.relu(y * scale + shift)
 
-  fn = jax.jit(forward, compiler_options=parallel.compiler_options())
-  jax.block_until_ready(fn(x, w, scale, shift))  # compile
-  jax.block_until_ready(fn(x, w, scale, shift))  # warm up
-  times = []
-  for _ in range(repeats):
-    t = time.perf_counter()
-    jax.block_until_ready(fn(x, w, scale, shift))
-    times.append(time.perf_counter() - t)
-  return statistics.median(times)
+  def chained(calls):
+    def loop(x, w, scale, shift):
+      def body(_, carry):
+        # the whole output is read, so no part of the conv can be left out
+        return carry + jnp.sum(forward(x, w + 0.0 * carry, scale, shift))
+
+      return jax.lax.fori_loop(0, calls, body, jnp.zeros((), x.dtype))
+
+    return jax.jit(loop, compiler_options=parallel.compiler_options())
+
+  fns = {calls: chained(calls) for calls in (CHAINED, 0)}
+  for fn in fns.values():
+    jax.block_until_ready(fn(x, w, scale, shift))  # compile
+    jax.block_until_ready(fn(x, w, scale, shift))  # warm up
+  times = {calls: [] for calls in fns}
+  for _ in range(repeats):  # interleaved: machine noise hits both alike
+    for calls, fn in fns.items():
+      t = time.perf_counter()
+      jax.block_until_ready(fn(x, w, scale, shift))
+      times[calls].append(time.perf_counter() - t)
+  seconds = (statistics.median(times[CHAINED]) - statistics.median(times[0])) / CHAINED
+  return max(seconds, FLOOR_SECONDS)
 
 
 def build(
@@ -236,22 +284,24 @@ def build(
       if (i + 1) % 50 == 0 or i + 1 == len(missing):  # an interrupted build keeps its entries
         table = Table(device.platform, device.device_kind, batch_size, cached)
         _write(path, table)
-  table = Table(device.platform, device.device_kind, batch_size, {k: cached[k] for k in keys})
-  return table
+  return Table(
+    device.platform, device.device_kind, batch_size, {k: cached[k] for k in keys}, path, repeats
+  )
 
 
 def _axis(grid, c):
-  """(i, t) with c = grid[i] + t·(grid[i+1] − grid[i]): the grid cell of c, linear beyond the
-  ends (t < 0 or > 1); c may be traced."""
+  """(i, t) with c = grid[i] + t·(grid[i+1] − grid[i]), t in [0, 1]: the grid cell of c, clamped
+  at the ends (below the narrowest width, the narrowest entry's price); c may be traced."""
   g = jnp.asarray(grid, jnp.float32)
   i = jnp.clip(jnp.searchsorted(g, c, side="right") - 1, 0, len(g) - 2)
-  return i, (c - g[i]) / (g[i + 1] - g[i])
+  return i, jnp.clip((c - g[i]) / (g[i + 1] - g[i]), 0.0, 1.0)
 
 
 def conv_latency(table: Table, base: Architecture, conv: topology.Conv, c_in, c_out):
   """The latency of `base`'s conv at any widths (traced or not): the table bilinearly
-  interpolated between the candidate widths, linear below the narrowest. Its derivative in a
-  width is the latency of one more channel there, as a conv's FLOPs' is for MACs (PaS)."""
+  interpolated between the candidate widths, the narrowest entry's below them (clamped, never
+  extrapolated towards zero). Its derivative in a width is the latency of one more channel
+  there, as a conv's FLOPs' is for MACs (PaS); below the narrowest candidate it is 0."""
   ins, outs = input_candidates(base, conv), width_candidates(conv.out_width)
   t = jnp.asarray([[table[ConvKey.of(conv, a, b)] for b in outs] for a in ins], jnp.float32)
   j, v = _axis(outs, c_out)
@@ -278,12 +328,15 @@ def with_kept(table: Table, groups, kept: dict):
 
 
 def predicted(table: Table, base: Architecture, arch: Architecture) -> float:
-  """The table latency of `arch`, a pruned `base`: entries where its convs are on the table's
-  widths, else the base conv of the same name interpolated (`conv_latency`: PaS, L1, FPGM keep
-  any number of channels)."""
+  """The table latency of `arch`, a pruned `base`, on entries at its own widths: those the table
+  lacks (PaS, L1, FPGM keep any number of channels) are measured now and cached; where they
+  cannot be (no cache file, several processes), the base conv of the same name interpolated
+  (`conv_latency`)."""
   base_convs = {c.name: c for c in topology.of(base).convs()}
+  convs = topology.of(arch).convs()
+  table.measure_missing(ConvKey.of(c) for c in convs)
   total = 0.0
-  for c in topology.of(arch).convs():
+  for c in convs:
     key = ConvKey.of(c)
     total += (
       table.seconds[key]
@@ -338,6 +391,7 @@ def log_report(stage: str, name: str, t: dict, log) -> None:
 
 
 def _write(path: str, table: Table) -> None:
+  os.makedirs(os.path.dirname(path), exist_ok=True)
   tmp = path + ".tmp"
   with open(tmp, "w") as f:
     json.dump(table.to_json(), f, indent=1)

@@ -174,7 +174,7 @@ def one_pas_step(num_devices: int, mode: str, num_steps: int = 2) -> dict:
   a = arch.cifar_resnet(8, num_classes=10, input_size=28, input_channels=1)
   model = masks.MaskedNetwork(a)
   p = base_config().pas
-  p.lr, p.macs_unit, p.cost_weight = 0.05, 0.0, 10.0
+  p.lr, p.penalty, p.macs_unit, p.cost_weight = 0.05, "released", 0.0, 10.0
   tx = pas_search.optimizer(p)
   state = steps.create_state(model, tx, resnet.dummy_input(a), jax.random.key(0), mesh)
   rng = np.random.default_rng(3)

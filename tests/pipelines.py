@@ -38,6 +38,7 @@ OVERRIDES = {
   "pas.batch_size": 64,
   "pas.lr": 0.05,
   "pas.cost_weight": 20.0,
+  "pas.penalty": "released",
   "pas.macs_unit": 0.0,
   "pas.finetune_epochs": 1,
   "pipeline.runs": "tas-kd,uniform-ce-init,pas-kd",

@@ -1,5 +1,6 @@
 """The latency table (tas_jax.latency) and TAS's latency cost (target.cost=latency)."""
 
+import dataclasses
 import json
 import os
 
@@ -191,8 +192,45 @@ def test_interpolated_latency_hits_the_table_on_its_widths_and_is_linear_between
   assert mid == pytest.approx((lo + hi) / 2, rel=1e-6)
   slope = jax.grad(lambda c: latency.conv_latency(table, base, conv, c, 25.0))(14.0)
   assert float(slope) == pytest.approx((hi - lo) / 4, rel=1e-4)
-  # below the narrowest candidate (PaS may keep fewer): extended linearly, still positive slope
-  assert float(jax.grad(lambda c: latency.conv_latency(table, base, conv, 32.0, c))(3.0)) > 0
+  # below the narrowest candidate (PaS may keep fewer): the narrowest entry's price, clamped,
+  # never extrapolated towards zero or below
+  narrowest = table[latency.ConvKey.of(conv, 32, 9)]
+  for c in (8.0, 3.0, 1.0, 0.0):
+    assert float(latency.conv_latency(table, base, conv, 32.0, c)) == pytest.approx(narrowest)
+  assert float(jax.grad(lambda c: latency.conv_latency(table, base, conv, 32.0, c))(3.0)) == 0
+  assert float(latency.conv_latency(table, base, conv, 1.0, 1.0)) == pytest.approx(
+    table[latency.ConvKey.of(conv, 9, 9)]
+  )
+  assert narrowest > 0
+
+
+def test_a_chosen_network_is_priced_on_entries_measured_at_its_own_widths(tmp_path):
+  """PaS, L1 and FPGM keep widths the table does not have: `predicted` measures those entries on
+  this device, caches them, and sums entries only; a second pricing measures nothing."""
+  wide = dataclasses.replace(TINY, stem_width=7, stages=(((7, 7),), ((7, 7),), ((7, 7),)))
+  path = latency.cache_path(str(tmp_path), 2)
+  table = dataclasses.replace(fake_table(wide, monotone_with_overhead), path=path, repeats=1)
+  table.batch_size = 2
+  # 7 channels: candidates 2..7, so a conv kept at 1 channel is off the table's widths
+  pruned = dataclasses.replace(wide, stem_width=1, stages=(((1, 7),), ((7, 1),), ((4, 7),)))
+  off_grid = {latency.ConvKey.of(c) for c in topology.of(pruned).convs()} - set(table.seconds)
+  assert len(off_grid) >= 3
+  interpolated = sum(
+    float(latency.conv_latency(table, wide, b, c.in_width, c.out_width))
+    for b, c in zip(topology.of(wide).convs(), topology.of(pruned).convs())
+  )
+  value = latency.predicted(table, wide, pruned)
+  assert off_grid <= set(table.seconds)
+  assert all(0 < table.seconds[k] < 1 for k in off_grid)
+  assert value == pytest.approx(
+    sum(table.seconds[latency.ConvKey.of(c)] for c in topology.of(pruned).convs())
+  )
+  assert value != pytest.approx(interpolated)  # real entries, not the clamped interpolation
+  with open(path) as f:
+    on_disk = {latency.ConvKey.parse(k) for k in json.load(f)["entries"]}
+  assert off_grid <= on_disk
+  before = dict(table.seconds)
+  assert latency.predicted(table, wide, pruned) == value and table.seconds == before
 
 
 def test_kept_count_latency_equals_the_table_latency_of_the_network_at_those_widths():

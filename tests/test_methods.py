@@ -130,6 +130,67 @@ def test_global_l1_keeps_the_highest_relative_norms_and_stops_at_the_target():
   assert flops.with_kept(groups, back) > 0.5 * flops.count(a).flops
 
 
+@pytest.mark.parametrize("ranking", ["global", "uniform"])
+def test_l1_inner_scope_prunes_only_the_first_conv_of_each_block(ranking):
+  """l1.scope=inner (Li et al.): the residual chains keep every channel, each block's inner
+  activation loses the lowest-L1 ones, the FLOPs reach the target."""
+  a = arch.named("resnet20")
+  x, v = _variables(a, 7)
+  scores = stages.score("l1", a, v, ranking)
+  kept, how = stages.choose("l1", a, scores, Target.flops(a, 0.7), ranking, scope="inner")
+  groups = channels.of(a)
+  inner = [g for g in groups.groups if ".conv_a" in g.name]
+  chains = [g for g in groups.groups if ".conv_" not in g.name]
+  assert len(inner) == 9 and len(chains) == 3 and how["scope"] == "inner"
+  assert all(kept[g.name] == list(range(g.size)) for g in chains)
+  assert sum(len(kept[g.name]) < g.size for g in inner) >= 6
+  ratio = flops.with_kept(groups, channels.counts(kept)) / flops.count(a).flops
+  assert 0.65 <= ratio <= 0.7
+  # within a block the removed channels are its lowest-scoring ones
+  for g in inner:
+    removed = [scores[g.name][j] for j in range(g.size) if j not in kept[g.name]]
+    if removed:
+      assert max(removed) <= min(scores[g.name][j] for j in kept[g.name])
+  with pytest.raises(config_lib.ConfigError, match="l1.scope=inner .* has none"):
+    stages.choose(
+      "l1",
+      TINY_REPVGG,
+      stages.score("l1", TINY_REPVGG, _variables(TINY_REPVGG, 1)[1]),
+      Target.flops(TINY_REPVGG, 0.5),
+      "global",
+      scope="inner",
+    )
+
+
+def test_each_one_shot_method_fine_tunes_with_its_papers_recipe():
+  from tas_jax.methods.oneshot import settings
+  from tas_jax.training import supervised
+
+  c = config_lib.cifar_recipe("cifar10", 56)
+  c.distill.student, c.distill.init = "l1", "searched"
+  describe = lambda m: supervised.describe(methods.get(m).finetune(c))
+  assert describe("l1") == (
+    "40 epochs at batch 64, SGD momentum 0.9, weight decay 0.0001, constant lr 0.001"
+  )
+  assert describe("fpgm") == (
+    "200 epochs at batch 128, SGD momentum 0.9 (Nesterov), weight decay 0.0005, lr 0.01, x0.2 "
+    "after epochs 60, 120, 160"
+  )
+  c.fpgm.finetune_epochs = 20  # a shorter run keeps the decays at the same fractions
+  assert methods.get("fpgm").finetune(c).decay_epochs == (6, 12, 16)
+  c.data.name = "imagenet"
+  assert describe("l1").startswith("20 epochs at batch 256") and "constant lr 0.001" in describe(
+    "l1"
+  )
+  c.fpgm.finetune_epochs = None
+  assert describe("fpgm").endswith("lr 0.1, x0.1 after epochs 30, 60, 90")
+  c.l1.finetune = "distill"  # the TAS recipe, as an explicit choice
+  assert describe("l1") == supervised.describe(c.distill)
+  c.l1.finetune = "papers"
+  with pytest.raises(config_lib.ConfigError, match="l1.finetune.*allowed: paper, distill"):
+    settings.l1_validate(c)
+
+
 # ------------------------------------------------------------------- a method from outside
 def _first_channels_method() -> methods.Method:
   """A throw-away method written here: keeps the first channels of every group (a fraction set

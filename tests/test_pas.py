@@ -15,9 +15,10 @@ from test_train import run_on
 
 from tas_jax import config as config_lib, parallel, workdir as layout
 from tas_jax.methods import pas
-from tas_jax.methods.pas import extract, masks, search
-from tas_jax.models import arch, channels, resnet, topology
+from tas_jax.methods.pas import extract, masks, search, settings
+from tas_jax.models import arch, channels, networks, resnet, topology
 from tas_jax.ops import flops
+from tas_jax.target import Target
 
 FAMILIES = [
   arch.cifar_resnet(14, input_size=16),  # stage-1 chain: the stem and two blocks
@@ -300,3 +301,33 @@ def test_config_errors_for_weight_keeping_runs():
   assert config_lib.run_methods("tas-kd,pas-kd,uniform-kd", "tas") == ["tas", "pas"]
   assert config_lib.run_methods("pas-kd", "tas") == ["pas"]
   assert config_lib.run_methods("uniform-kd,pas-ce", "pas") == ["pas"]
+
+
+def test_scaled_penalty_is_the_released_one_at_resnet50():
+  """The default (scaled) penalty gives every mask scalar of ResNet-50 at 224 px the gradient of
+  the released α·((MACs − R·MACs_full)/G)², α = 5; on a CIFAR ResNet it is the same relative
+  gap with the same weight, (4.089)²·5 ≈ 83.6, where the released form gives ~0.008."""
+  r50 = networks.resolve("imagenet_resnet50")
+  groups = channels.of(r50)
+  rng = np.random.default_rng(0)
+  scores = {g.name: jnp.asarray(rng.uniform(0.2, 1.2, g.size), jnp.float32) for g in groups.groups}
+  target = Target.flops(r50, 0.5)
+  grads = {}
+  for form in ("scaled", "released"):
+    p = config_lib.base_config().pas
+    p.penalty = form
+    penalty = search.make_penalty(p, target)
+    value, grads[form] = jax.value_and_grad(lambda s: penalty(s)[0])(scores)
+    assert float(value) > 0
+  for g in groups.groups:
+    np.testing.assert_allclose(grads["scaled"][g.name], grads["released"][g.name], rtol=1e-6)
+  assert any(float(jnp.abs(v).max()) > 0 for v in grads["released"].values())
+  # by hand on ResNet-20: weight 5·(M_R50/G)², gap relative to its own MACs
+  r20 = networks.resolve("resnet20")
+  p = config_lib.base_config().pas
+  weight, unit = settings.penalty_scale(p, r20, 40.813194e6, by_table=False)
+  assert weight == pytest.approx(5 * 4.089185256**2, rel=1e-9) and unit == 40.813194e6
+  p.penalty = "released"
+  assert settings.penalty_scale(p, r20, 40.813194e6, by_table=False) == (5.0, 1e9)
+  p.macs_unit = 0.0
+  assert settings.penalty_scale(p, r20, 40.813194e6, by_table=False) == (5.0, 40.813194e6)

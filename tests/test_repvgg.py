@@ -92,7 +92,7 @@ def test_pas_steps_on_repvgg_switch_channels_off():
   mesh = parallel.make_mesh(1)
   model = masks.MaskedNetwork(TINY)
   p = base_config().pas
-  p.lr, p.macs_unit, p.cost_weight = 0.02, 0.0, 50.0
+  p.lr, p.penalty, p.macs_unit, p.cost_weight = 0.02, "released", 0.0, 50.0
   tx = search.optimizer(p)
   state = steps.create_state(model, tx, jnp.zeros((1, 32, 32, 3)), jax.random.key(0), mesh)
   step = search.make_search_step(model, p, Target.flops(model.arch, 0.4), mesh, "jit")
@@ -131,7 +131,8 @@ def test_repvgg_pipeline_teacher_pas_search_extract_fine_tune_results(tmp_path):
   c.stage, c.method, c.data.name = "all", "pas", "embedded"
   c.data.train_examples, c.data.image_size, c.model.arch = 128, 32, str(tmp_path / "tiny.json")
   c.teacher.warmup_epochs, c.teacher.cosine_epochs, c.teacher.batch_size = 1, 1, 64
-  c.pas.epochs, c.pas.batch_size, c.pas.macs_unit, c.pas.cost_weight = 1, 32, 0.0, 50.0
+  c.pas.epochs, c.pas.batch_size, c.pas.cost_weight = 1, 32, 50.0
+  c.pas.penalty, c.pas.macs_unit = "released", 0.0
   c.pas.lr = 0.05
   c.distill.warmup_epochs, c.distill.cosine_epochs, c.distill.batch_size = 0, 1, 64
   c.pas.finetune_epochs, c.pas.finetune_lr = 2, 0.05  # in training form, then cut

@@ -9,7 +9,7 @@ import pytest
 from reference import cwi_numpy
 
 from tas_jax.methods.tas import cost, cwi, gumbel, space as space_lib
-from tas_jax.models import arch, candidates
+from tas_jax.models import arch, candidates, topology
 from tas_jax.ops import flops
 
 
@@ -288,3 +288,49 @@ def test_a_variant_prices_and_extracts_its_unsearched_dimension_at_full_value(va
     for stage, base_stage in zip(a.stages, space.base.stages):
       assert list(stage) == list(base_stage[: len(stage)])
     assert a.stem_width == space.base.stem_width
+
+
+def released_genotype_flops(base, widths, depths):
+  """A plain transcription of the released search's F(A) estimate (`get_flop('genotype')`): the
+  chain of the unpruned network, a block counted when kept, each conv's input the width of the
+  conv before it in the unpruned network (kept or not), the unpruned network's projections, the
+  classifier without its bias."""
+  topo = topology.of(base)
+  slot = iter(range(len(widths)))
+  stem = next(slot)
+  total = topo.stem.kernel**2 * topo.stem.out_size**2 * base.input_channels * widths[stem]
+  previous = widths[stem]
+  for block in topo.blocks:
+    kept = block.index < depths[block.stage]
+    block_in, block_flops = previous, 0
+    for conv in block.convs:
+      w = widths[next(slot)]
+      block_flops += conv.kernel**2 * conv.out_size**2 * previous * w
+      previous = w
+    if block.projection is not None:
+      block_flops += block.projection.out_size**2 * block_in * previous
+    total += block_flops if kept else 0
+  return total + previous * base.num_classes
+
+
+@pytest.mark.parametrize("name", ["resnet20", "resnet56", "resnet164"])
+def test_released_branch_estimate_is_the_released_formula(name):
+  space = space_lib.build(arch.named(name))
+  target = type("FlopsTarget", (), {"by_table": False, "table": None})()
+  rng = np.random.default_rng(5)
+  errors = []
+  for _ in range(12):
+    w, d = random_choice(space, rng)
+    widths = space.width_table()[np.arange(space.num_slots), w]
+    depths = space.depth_table()[np.arange(len(space.depths)), d]
+    by_hand = released_genotype_flops(space.base, widths.tolist(), depths.tolist())
+    logits = one_hot_logits(space, w, d)
+    _, estimate = cost.priced(space, logits, target, branch="released")
+    assert float(estimate) == pytest.approx(by_hand, rel=1e-6)
+    real = float(cost.exact_flops(space, w, d))
+    errors.append(by_hand / real - 1)
+  # the estimate misses what the network extraction builds has (the bias, inserted projections,
+  # the true input of a truncated stage's successor)
+  assert max(abs(e) for e in errors) > 1e-3
+  _, exact = cost.priced(space, logits, target, branch="exact")
+  assert float(exact) == pytest.approx(real, rel=1e-6)

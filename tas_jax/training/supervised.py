@@ -71,8 +71,12 @@ def recipe_epochs(t: ml_collections.ConfigDict) -> int:
 def describe(t: ml_collections.ConfigDict) -> str:
   """One line: the recipe's schedule and optimiser, for the log."""
   if is_step_decay(t):
-    decays = ", ".join(str(e) for e in t.decay_epochs if e < t.epochs) or "none"
-    lr = f"lr {t.lr:g}, x{t.decay_factor:g} after epochs {decays}"
+    decays = ", ".join(str(e) for e in t.decay_epochs if e < t.epochs)
+    lr = (
+      f"lr {t.lr:g}, x{t.decay_factor:g} after epochs {decays}"
+      if decays
+      else f"constant lr {t.lr:g}"
+    )
   else:
     lr = f"lr {t.lr:g}, {t.warmup_epochs} warm-up epochs then cosine to 0"
   return (

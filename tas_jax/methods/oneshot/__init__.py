@@ -3,33 +3,18 @@
 criteria.py  the scores: L1 norm of a channel's filters (Li et al. 2017), FPGM's distance to the
              other filters (He et al. 2019)
 select.py    the kept channels for a FLOPs target: one global ranking, or one ratio for every group
+settings.py  their config sections (config.l1, config.fpgm) and each paper's fine-tuning recipe
 stages.py    search (scores and kept channels) and extract (the channels cut out with their weights)
 
-Both keep weights: their distill runs (l1-kd, fpgm-ce, …) fine-tune the extracted network.
-How they differ from their papers is in README ("L1-norm and FPGM").
+Both keep weights: their distill runs (l1-kd, fpgm-ce, …) fine-tune the extracted network with the
+paper's recipe (or config.distill's: `l1.finetune=distill`). How they differ from their papers is
+in README ("L1-norm and FPGM").
 """
 
-import ml_collections
-
-from tas_jax import validation
 from tas_jax.methods.contract import Method
-from tas_jax.methods.oneshot import stages
+from tas_jax.methods.oneshot import settings, stages
 
-L1_RANKINGS = ("global", "uniform")
-
-
-def l1_defaults() -> ml_collections.ConfigDict:
-  s = ml_collections.ConfigDict()
-  s.ranking = "global"   # global: one ranking of every channel by its L1 norm over its group's
-                         # mean; uniform: one pruning ratio for every group, its lowest-L1
-                         # channels first (the paper's per-layer form)
-  return s
-
-
-def l1_validate(c: ml_collections.ConfigDict) -> None:
-  if c.l1.ranking not in L1_RANKINGS:
-    validation.fail("l1.ranking", c.l1.ranking, f"allowed: {', '.join(L1_RANKINGS)}")
-
+FINETUNE_FIELDS = ("finetune", "finetune_epochs", "finetune_lr", "finetune_batch_size")
 
 L1 = Method(
     name="l1",
@@ -39,10 +24,12 @@ L1 = Method(
     search=stages.make_search("l1"),
     extract=stages.make_extract("l1", "L1-norm"),
     section="l1",
-    defaults=l1_defaults,
-    validate=l1_validate,
+    defaults=settings.l1_defaults,
+    validate=settings.l1_validate,
     keeps_weights=True,
-    families=("resnet", "repvgg"))
+    families=("resnet", "repvgg"),
+    finetune_fields=FINETUNE_FIELDS,
+    finetune=settings.finetune("l1"))
 
 FPGM = Method(
     name="fpgm",
@@ -51,5 +38,10 @@ FPGM = Method(
                 "filters nearest the geometric median removed first, one ratio for all groups",
     search=stages.make_search("fpgm"),
     extract=stages.make_extract("fpgm", "FPGM"),
+    section="fpgm",
+    defaults=settings.fpgm_defaults,
+    validate=settings.fpgm_validate,
     keeps_weights=True,
-    families=("resnet", "repvgg"))
+    families=("resnet", "repvgg"),
+    finetune_fields=FINETUNE_FIELDS,
+    finetune=settings.finetune("fpgm"))

@@ -15,6 +15,9 @@ monotonically with the amount removed and a bisection finds that point exactly.
   scores relative to their group's mean).
 - `uniform_ratio`: one pruning ratio r for every group, each keeping its max(1, round((1-r)·size))
   best channels (FPGM, and L1 with `l1.ranking=uniform`); r found by bisection.
+
+Both take `prunable`, the groups that may lose channels (default all): `l1.scope=inner` passes the
+blocks' inner activations, and every residual chain keeps all its channels.
 """
 
 from __future__ import annotations
@@ -40,15 +43,32 @@ def _kept(groups: channels.ChannelGroups, scores: dict, counts: dict) -> dict:
   return out
 
 
+def inner_groups(groups: channels.ChannelGroups) -> frozenset:
+  """The groups inside residual blocks (a block's activations before its last conv), not the
+  residual chains: what Li et al. prune in a ResNet."""
+  return frozenset(g.name for g in groups.groups if ".conv_" in g.name)
+
+
+def _prunable(groups: channels.ChannelGroups, prunable: Optional[frozenset]) -> frozenset:
+  return frozenset(g.name for g in groups.groups) if prunable is None else prunable
+
+
 def global_ranking(
-  groups: channels.ChannelGroups, scores: dict, target_flops: float, cost: Optional[Callable] = None
+  groups: channels.ChannelGroups,
+  scores: dict,
+  target_flops: float,
+  cost: Optional[Callable] = None,
+  prunable: Optional[frozenset] = None,
 ) -> dict:
-  """{group: kept indices}: the lowest-scoring channels of the whole network removed, fewest
-  first, until the FLOPs (or `cost`) are at most `target_flops` (or every group is down to one
-  channel)."""
+  """{group: kept indices}: the lowest-scoring channels of the `prunable` groups removed, fewest
+  first, until the FLOPs (or `cost`) are at most `target_flops` (or every such group is down to
+  one channel)."""
   cost = _cost(groups, cost)
+  prunable = _prunable(groups, prunable)
   candidates = []  # (score, group position, channel) of every channel that may go
   for position, g in enumerate(groups.groups):
+    if g.name not in prunable:
+      continue
     s = np.asarray(scores[g.name])
     best = int(np.argmax(s))
     candidates += [(float(s[j]), position, j) for j in range(g.size) if j != best]
@@ -77,22 +97,33 @@ def global_ranking(
   }
 
 
-def counts_at_ratio(groups: channels.ChannelGroups, ratio: float) -> dict:
-  return {g.name: max(1, int(round((1 - ratio) * g.size))) for g in groups.groups}
+def counts_at_ratio(
+  groups: channels.ChannelGroups, ratio: float, prunable: Optional[frozenset] = None
+) -> dict:
+  prunable = _prunable(groups, prunable)
+  return {
+    g.name: max(1, int(round((1 - ratio) * g.size))) if g.name in prunable else g.size
+    for g in groups.groups
+  }
 
 
 def uniform_ratio(
-  groups: channels.ChannelGroups, scores: dict, target_flops: float, cost: Optional[Callable] = None
+  groups: channels.ChannelGroups,
+  scores: dict,
+  target_flops: float,
+  cost: Optional[Callable] = None,
+  prunable: Optional[frozenset] = None,
 ) -> tuple[dict, float]:
-  """({group: kept indices}, r): the smallest ratio r (to 1e-9) whose FLOPs (or `cost`) are at
-  most the target."""
+  """({group: kept indices}, r): the smallest ratio r (to 1e-9) of the `prunable` groups whose
+  FLOPs (or `cost`) are at most the target."""
   cost = _cost(groups, cost)
+  at = lambda r: counts_at_ratio(groups, r, prunable)
   lo, hi = 0.0, 1.0
-  if cost(counts_at_ratio(groups, 0.0)) <= target_flops:
+  if cost(at(0.0)) <= target_flops:
     hi = 0.0
   for _ in range(60):
     if hi - lo < 1e-9:
       break
     mid = 0.5 * (lo + hi)
-    lo, hi = (lo, mid) if cost(counts_at_ratio(groups, mid)) <= target_flops else (mid, hi)
-  return _kept(groups, scores, counts_at_ratio(groups, hi)), hi
+    lo, hi = (lo, mid) if cost(at(mid)) <= target_flops else (mid, hi)
+  return _kept(groups, scores, at(hi)), hi

@@ -21,7 +21,7 @@ import ml_collections
 from absl import logging
 
 from tas_jax import target as target_lib, workdir as layout
-from tas_jax.errors import CheckpointNotFoundError
+from tas_jax.errors import CheckpointNotFoundError, ConfigError
 from tas_jax.methods import extraction
 from tas_jax.methods.oneshot import criteria, select
 from tas_jax.models import channels
@@ -48,16 +48,33 @@ def score(criterion: str, base, variables: dict, l1_ranking: str = "global") -> 
 
 
 def choose(
-  criterion: str, base, scores: dict, target: target_lib.Target, l1_ranking: str = "global"
+  criterion: str,
+  base,
+  scores: dict,
+  target: target_lib.Target,
+  l1_ranking: str = "global",
+  scope: str = "all",
 ) -> tuple[dict, dict]:
-  """(kept indices per group, how: {"rule", "pruning_ratio"?}) for a cost <= the target's (FLOPs,
-  or the table latency, a ratio of the unpruned network's)."""
+  """(kept indices per group, how: {"rule", "scope", "pruning_ratio"?}) for a cost <= the
+  target's (FLOPs, or the table latency, a ratio of the unpruned network's). scope "inner":
+  only the blocks' inner activations lose channels (Li et al.)."""
   groups = channels.of(base)
   goal, cost = target.goal, target.cost_of_counts()
+  prunable = None
+  if scope == "inner":
+    prunable = select.inner_groups(groups)
+    if not prunable:
+      name = base.name or "this network"
+      raise ConfigError(
+        f"l1.scope=inner prunes the convs inside residual blocks, and {name} has none: "
+        "use l1.scope=all"
+      )
+  how = {"scope": scope}
   if criterion == "l1" and l1_ranking == "global":
-    return select.global_ranking(groups, scores, goal, cost), {"rule": "global ranking"}
-  kept, r = select.uniform_ratio(groups, scores, goal, cost)
-  return kept, {"rule": "one pruning ratio for every group", "pruning_ratio": r}
+    kept = select.global_ranking(groups, scores, goal, cost, prunable)
+    return kept, {"rule": "global ranking", **how}
+  kept, r = select.uniform_ratio(groups, scores, goal, cost, prunable)
+  return kept, {"rule": "one pruning ratio for every group", "pruning_ratio": r, **how}
 
 
 def make_search(criterion: str) -> Callable[[ml_collections.ConfigDict, str], dict]:
@@ -70,9 +87,10 @@ def make_search(criterion: str) -> Callable[[ml_collections.ConfigDict, str], di
     t0 = time.time()
     base, variables, step = _teacher(workdir, stage)
     ranking = config.l1.ranking if criterion == "l1" else "uniform"
+    scope = config.l1.scope if criterion == "l1" else "all"
     scores = score(criterion, base, variables, ranking)
     target = target_lib.Target.build(config, base, workdir)
-    kept, how = choose(criterion, base, scores, target, ranking)
+    kept, how = choose(criterion, base, scores, target, ranking, scope)
     groups = channels.of(base)
     counts = channels.counts(kept)
     flops_max = flops.count(base).flops
@@ -100,13 +118,14 @@ def make_search(criterion: str) -> Callable[[ml_collections.ConfigDict, str], di
         json.dump({g: {"scores": [float(v) for v in scores[g]], "kept": kept[g]} for g in kept}, f)
     layout.write_summary(stage_dir, summary)
     logging.info(
-      "[%s] %s: %d of %d channels kept (%s), %.2f M FLOPs = %.1f%% of %.2f M%s (target "
+      "[%s] %s: %d of %d channels kept (%s, %s), %.2f M FLOPs = %.1f%% of %.2f M%s (target "
       "%.0f%% of the %s)",
       stage,
       criterion,
       sum(counts.values()),
       groups.num_channels,
       how["rule"],
+      "inner convs only" if scope == "inner" else "every group",
       summary["flops_m"],
       100 * ratio,
       flops_max / 1e6,

@@ -5,16 +5,19 @@ Starts from the teacher in WORKDIR/teacher (PaS prunes a trained network). Every
 step (constant lr, momentum, coupled weight decay on the mask scalars too) on one batch of the
 whole training set, on
 
-    CE + α·((MACs(kept) − R·MACs_full) / unit)²,    R = config.target.flop_ratio (all methods'),
+    CE + w·((MACs(kept) − R·MACs_full) / unit)²,    R = config.target.flop_ratio (all methods'),
 
 where MACs(kept) counts the masked network by the same topology as the FLOP counter
-(`tas_jax.models.channels`). After every epoch the kept channels of every group, the MACs ratio
-and the masked network's test accuracy go into the history; WORKDIR/search-pas/ holds Orbax
-checkpoints (resumable mid-epoch), TensorBoard events and summary.json.
+(`tas_jax.models.channels`), and (w, unit) = (α·(M_ref/G)², MACs_full) by default, or the
+released (α, G) with `pas.penalty=released` (`settings.penalty_scale`).
+
+After every epoch the kept channels of every group, the MACs ratio and the masked network's test
+accuracy go into the history; WORKDIR/search-pas/ holds Orbax checkpoints (resumable mid-epoch),
+TensorBoard events and summary.json.
 
 With `target.cost=latency` the penalty prices the masked network by the latency table
 (`tas_jax.latency.with_kept`, interpolated between the table's widths) in units of the unpruned
-network's table latency, and R is a ratio of latencies.
+network's table latency, with the same weight, and R is a ratio of latencies.
 """
 
 from typing import Optional
@@ -43,12 +46,26 @@ class PasMetrics(metrics.Collection):
   loss: metrics.Average.from_output("loss")  # CE + α·penalty
   ce: metrics.Average.from_output("ce")
   accuracy: metrics.Average.from_output("accuracy")
-  penalty: metrics.Average.from_output("penalty")  # ((MACs − target) / unit)²
+  penalty: metrics.Average.from_output("penalty")  # ((cost − target) / unit)², unweighted
   flops_ratio: metrics.LastValue.from_output("flops_ratio")  # MACs(kept) / MACs_full
 
 
-def cost_unit(p: ml_collections.ConfigDict, flops_max: float) -> float:
-  return p.macs_unit if p.macs_unit > 0 else flops_max
+MOTIONLESS = 0.99  # a MACs ratio above this after the first epoch: the masks have not moved
+
+
+def make_penalty(p: ml_collections.ConfigDict, target: target_lib.Target):
+  """scores -> (w·gap², gap², MACs of the masked network), gap = (cost(kept) − R·full) / unit in
+  the target's measure, (w, unit) from `settings.penalty_scale` (traceable; the STE gives every
+  mask scalar the derivative of the cost by its group's count)."""
+  lay = channels.of(target.base)
+  weight, unit = settings.penalty_scale(p, target.base, target.full, target.by_table)
+
+  def penalty(scores):
+    kept = masks_lib.kept_counts(lay, scores)
+    gap2 = ((target.at_kept(lay, kept) - target.goal) / unit) ** 2
+    return weight * gap2, gap2, flops.with_kept(lay, kept)
+
+  return penalty
 
 
 def make_search_step(
@@ -59,15 +76,12 @@ def make_search_step(
   mode: str,
 ):
   """Compiles `step(state, batch) -> (state, PasMetrics)`: one joint SGD step, the penalty on the
-  masked network's cost in the target's measure (FLOPs in `pas.macs_unit`, or the table latency
-  in units of the unpruned network's); the metrics' FLOPs ratio stays FLOPs."""
+  masked network's cost in the target's measure (FLOPs, or the table latency), weighted and
+  measured as `settings.penalty_scale` says; the metrics' FLOPs ratio stays FLOPs."""
   axis = parallel.step_axis(mode)
   model = model.clone(bn_axis_name=axis)
-  lay = channels.of(model.arch)
   flops_max = float(flops.count(model.arch).flops)
-  unit = target.full if target.by_table else cost_unit(p, flops_max)
-  goal = target.goal
-  alpha = settings.cost_weight(p, model.arch)
+  penalty_of = make_penalty(p, target)
 
   def step(state: steps.TrainState, batch):
     x, y = batch["image"], batch["label"]
@@ -77,10 +91,8 @@ def make_search_step(
         {"params": params, "batch_stats": state.batch_stats}, x, train=True, mutable=["batch_stats"]
       )
       ce = steps.classification_loss(logits, y)
-      kept = masks_lib.kept_counts(lay, params["masks"])
-      macs = flops.with_kept(lay, kept)
-      penalty = ((target.at_kept(lay, kept) - goal) / unit) ** 2
-      return ce + alpha * penalty, (ce, penalty, macs, logits, upd["batch_stats"])
+      weighted, penalty, macs = penalty_of(params["masks"])
+      return ce + weighted, (ce, penalty, macs, logits, upd["batch_stats"])
 
     (loss, (ce, penalty, macs, logits, batch_stats)), grads = jax.value_and_grad(
       objective, has_aux=True
@@ -147,7 +159,7 @@ def search(config: ml_collections.ConfigDict, workdir: str) -> dict:
   steps_per_epoch = sources.check_batch("pas.batch_size", p.batch_size, n_dev, ds.num_train)
   logging.info(
     "[%s] PaS on %s of %s: target %.0f%% of the %s (%.2f M FLOPs), %d mask groups (%d "
-    "channels), alpha %g, %d steps per epoch, %d device(s)",
+    "channels), alpha %g (%s penalty), %d steps per epoch, %d device(s)",
     stage,
     base.name or "custom",
     ds.name,
@@ -157,6 +169,7 @@ def search(config: ml_collections.ConfigDict, workdir: str) -> dict:
     len(lay.groups),
     lay.num_channels,
     settings.cost_weight(p, base),
+    p.penalty,
     steps_per_epoch,
     n_dev,
   )
@@ -197,6 +210,7 @@ def search(config: ml_collections.ConfigDict, workdir: str) -> dict:
   )
   test_source = ds.eval_source()
   target = target_lib.Target.build(config, base, workdir)
+  weight, unit = settings.penalty_scale(p, base, target.full, target.by_table)
   step = make_search_step(model, p, target, mesh, config.parallel)
   eval_step = steps.make_eval_step(
     lambda v, x: model.apply({"params": v[0], "batch_stats": v[1]}, x, train=False)
@@ -213,6 +227,18 @@ def search(config: ml_collections.ConfigDict, workdir: str) -> dict:
     console.detail(
       "[%s] epoch %d: kept channels %s", stage, epoch + 1, list(entry["kept"].values())
     )
+    on_target = entry["latency_ratio"] if target.by_table else entry["flops_ratio"]
+    if epoch == 0 and on_target > MOTIONLESS and ratio < MOTIONLESS - config.target.tolerance:
+      logging.warning(
+        "[%s] after the first epoch the masks have not moved (%.1f%% of the %s, target %.0f%%): "
+        "the penalty is too weak for this network and budget; raise pas.cost_weight (now %g)%s",
+        stage,
+        100 * on_target,
+        target.label,
+        100 * ratio,
+        settings.cost_weight(p, base),
+        ", or use pas.penalty=scaled" if p.penalty == "released" else "",
+      )
     return entry
 
   state, history = run.fit(
@@ -246,7 +272,9 @@ def search(config: ml_collections.ConfigDict, workdir: str) -> dict:
     "epochs": p.epochs,
     "steps": p.epochs * steps_per_epoch,
     "cost_weight": settings.cost_weight(p, base),
-    "macs_unit": cost_unit(p, flops_max),
+    "penalty": p.penalty,
+    "penalty_weight": weight,  # w of w·((cost − target) / unit)²
+    "penalty_unit": unit,
     "teacher_step": teacher_step,
     "compilations": {"step": step._cache_size(), "eval_step": eval_step._cache_size()},
     "history": history,
@@ -267,9 +295,7 @@ def search(config: ml_collections.ConfigDict, workdir: str) -> dict:
       100 * ratio,
       "raise" if on_target > ratio else "lower",
       alpha,
-      f" or a smaller pas.macs_unit (now {p.macs_unit:g}; 0: the full network's MACs)"
-      if on_target > ratio and p.macs_unit
-      else "",
+      ", or pas.penalty=scaled" if on_target > ratio and p.penalty == "released" else "",
       p.epochs,
     )
   return run.finish(

@@ -6,7 +6,14 @@ epochs at lr 0.02 and global batch 512 (8 GPUs x 64), then, masks frozen and the
 kept, a fine-tuning that is the tail of the released 90-epoch step schedule (lr x0.1 at epochs 30,
 60 and 80): from epoch 52 for ResNet-50 (38 epochs: lr 0.0256, x0.1 after 8 and 28 epochs), from
 epoch 42 for RepVGG-B1 (48 epochs: x0.1 after 18 and 38), SGD momentum 0.9, weight decay 1e-4, no
-KD. α of the MACs penalty is 5 for ResNets and 0.1 for RepVGG (`prunesearch.py`).
+KD. α of the MACs penalty is 5 for ResNets and 0.1 for RepVGG (`prunesearch.py`), with MACs in G.
+
+That α was tuned on ImageNet networks of a few G MACs; counted in G, the same α barely touches a
+CIFAR ResNet of 0.04 G. The default penalty (`pas.penalty=scaled`) is the released one written
+relative to the network: α·(M_ref/G)²·((MACs − R·MACs_full)/MACs_full)², M_ref the MACs of the
+network α was tuned on (ResNet-50 at 224 px for ResNets, RepVGG-B1 for RepVGG). At that network it
+is the released penalty exactly; on any other it pushes every mask in proportion to its channel's
+share of the MACs, as the released penalty does ResNet-50's (README: "PaS at every scale").
 """
 
 from __future__ import annotations
@@ -15,9 +22,14 @@ import ml_collections
 
 from tas_jax import validation
 from tas_jax.models import networks, repvgg
+from tas_jax.ops import flops
 
 # the released per-family values, where the section's field is left at None
 COST_WEIGHT = {"resnet": 5.0, "repvgg": 0.1}
+# the network each family's released α was tuned on, where the scaled penalty is the released one
+REFERENCE_NETWORK = {"resnet": "imagenet_resnet50", "repvgg": "repvgg_b1"}
+RELEASED_MACS_UNIT = 1e9
+PENALTIES = ("scaled", "released")
 FINETUNE_EPOCHS = {"resnet": 38, "repvgg": 48}
 RELEASED_DECAYS_BEFORE_END = (30, 10)   # the released schedule decays at epochs 60 and 80 of 90
 
@@ -34,8 +46,11 @@ def defaults() -> ml_collections.ConfigDict:
   s.weight_decay = 1e-4        # coupled L2, on the mask scalars too (as released)
   s.cost_weight = placeholder(float)   # α of α·(MACs − target)²; None: the family's released
                                       # value (ResNet 5, RepVGG 0.1)
-  s.macs_unit = 1e9            # MACs are counted in this unit in the penalty (released: G);
-                               # 0 = in units of the unpruned network's MACs
+  s.penalty = "scaled"         # scaled: the released α carried to this network's size
+                               # (α·(M_ref/G)²·(relative gap)²); released: α·((MACs − target)/
+                               # macs_unit)², as released
+  s.macs_unit = placeholder(float)   # penalty=released: the MACs unit (None: G, as released; 0:
+                                    # the unpruned network's MACs)
   s.eval_batch_size = 500      # evaluation only: does not change a result
   s.finetune_epochs = placeholder(int)   # fine-tuning of the kept weights, masks frozen; None:
                                         # the family's released count (ResNet 38, RepVGG 48)
@@ -51,7 +66,31 @@ def cost_weight(p: ml_collections.ConfigDict, arch) -> float:
   """α: `p.cost_weight` (the pas section), or the released value of `arch`'s family."""
   if p.cost_weight is not None:
     return p.cost_weight
-  return COST_WEIGHT["repvgg" if isinstance(arch, repvgg.RepVGGArch) else "resnet"]
+  return COST_WEIGHT[family(arch)]
+
+
+def family(arch) -> str:
+  return "repvgg" if isinstance(arch, repvgg.RepVGGArch) else "resnet"
+
+
+def reference_macs(arch) -> float:
+  """M_ref: the MACs of the network `arch`'s family's released α was tuned on."""
+  return float(flops.count(networks.resolve(REFERENCE_NETWORK[family(arch)])).flops)
+
+
+def penalty_scale(p: ml_collections.ConfigDict, arch, full: float, by_table: bool) -> tuple:
+  """(weight, unit) of the penalty weight·((cost − R·full)/unit)² for the unpruned network `arch`
+  whose cost is `full` (its MACs, or its table latency when `by_table`).
+
+  scaled: unit = full and weight = α·(M_ref/G)², so at the reference network (full = M_ref) it is
+  α·((MACs − R·M_ref)/G)², the released penalty; a latency target gets the same weight on the
+  same relative gap. released: α with MACs in `macs_unit` (a latency target: in units of the
+  unpruned latency, as a table has no G)."""
+  alpha = cost_weight(p, arch)
+  if p.penalty == "scaled":
+    return alpha * (reference_macs(arch) / RELEASED_MACS_UNIT) ** 2, full
+  unit = RELEASED_MACS_UNIT if p.macs_unit is None else p.macs_unit
+  return alpha, full if by_table or unit == 0 else unit
 
 
 def finetune_epochs(c: ml_collections.ConfigDict) -> int:
@@ -72,8 +111,15 @@ def validate(c: ml_collections.ConfigDict) -> None:
     validation.positive(c, f"pas.{field}", integer=True)
   for field in ("lr", "finetune_lr"):
     validation.positive(c, f"pas.{field}")
-  for field in ("weight_decay", "macs_unit"):
-    validation.positive(c, f"pas.{field}", zero_ok=True)
+  validation.positive(c, "pas.weight_decay", zero_ok=True)
+  if c.pas.penalty not in PENALTIES:
+    validation.fail("pas.penalty", c.pas.penalty, f"allowed: {', '.join(PENALTIES)}")
+  if c.pas.macs_unit is not None:
+    if c.pas.penalty != "released":
+      validation.fail("pas.macs_unit", c.pas.macs_unit,
+                      "applies to pas.penalty=released only (the scaled penalty measures the gap "
+                      "in units of the unpruned network's MACs)")
+    validation.positive(c, "pas.macs_unit", zero_ok=True)
   if c.pas.cost_weight is not None:
     validation.positive(c, "pas.cost_weight")
   if c.pas.finetune_epochs is not None:

@@ -41,6 +41,7 @@ from tas_jax.ops.flops import conv_flops
 
 MEASURES = ("flops", "latency")
 EXPECTED_FORMS = ("released", "exact")
+BRANCH_FORMS = ("exact", "released")
 BANDS = ("released", "symmetric")
 IN_BAND = ("free", "centred")
 
@@ -169,17 +170,39 @@ def expected_latency(
 
 
 def priced(
-  space: SearchSpace, logits: dict, target, form: str = "released", variant: str = "tas"
+  space: SearchSpace,
+  logits: dict,
+  target,
+  form: str = "released",
+  variant: str = "tas",
+  branch: str = "exact",
 ) -> tuple[jax.Array, jax.Array]:
-  """(E[cost], the cost of the argmax network) in the target's measure: one walk, priced in FLOPs
-  or by the target's latency table."""
+  """(E[cost], the argmax network's cost that picks the loss's branch) in the target's measure:
+  one walk, priced in FLOPs or by the target's latency table. `branch`: "exact" (tas_jax) is the
+  cost of the network extraction builds; "released" is the released code's estimate
+  (`released_argmax_cost`)."""
   argmax = space.argmax(logits, variant)
+  if branch == "released":
+    chosen = released_argmax_cost(space, *argmax, target.table if target.by_table else None)
+  elif target.by_table:
+    chosen = exact_latency(space, target.table, *argmax)
+  else:
+    chosen = exact_flops(space, *argmax)
   if target.by_table:
-    return (
-      expected_latency(space, logits, target.table, form, variant),
-      exact_latency(space, target.table, *argmax),
-    )
-  return expected_flops(space, logits, form, variant), exact_flops(space, *argmax)
+    return expected_latency(space, logits, target.table, form, variant), chosen
+  return expected_flops(space, logits, form, variant), chosen
+
+
+def released_argmax_cost(space: SearchSpace, width_idx, depth_idx, table=None) -> jax.Array:
+  """The released search's estimate of F(A) (its `get_flop('genotype')`): the chain form of E[F]
+  at one-hot distributions. Where a stage is truncated, the next stage's first conv is priced
+  with the dropped last block's width; only the unpruned network's projections are priced (not
+  those a width mismatch inserts); the classifier has no bias. With a table, the same walk
+  priced by it."""
+  pa = jax.nn.one_hot(width_idx, space.width_table().shape[1])
+  pb = jax.nn.one_hot(depth_idx, space.depth_table().shape[1])
+  pricer = FlopsPricer(space, pa) if table is None else LatencyPricer(space, pa, table)
+  return expected_cost(space, pa, pb, pricer, "released")
 
 
 def exact_latency(space: SearchSpace, table, width_idx, depth_idx) -> jax.Array:

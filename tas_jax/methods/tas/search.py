@@ -136,7 +136,7 @@ def make_search_step(
 
   def priced(arch):
     """(E[cost], cost of the argmax network) in the search's measure."""
-    return cost.priced(space, arch, target, s.expected_flops, s.variant)
+    return cost.priced(space, arch, target, s.expected_flops, s.variant, s.branch_flops)
 
   def iteration(state: SearchState, batch, extras):
     key, tau = extras
@@ -186,6 +186,7 @@ def make_search_step(
     )(state.arch)
     if target.by_table:  # the metrics' ratios are FLOPs in either measure
       expected = cost.expected_flops(space, state.arch, s.expected_flops, s.variant)
+    if target.by_table or s.branch_flops != "exact":  # and F(A) the exact count
       exact = cost.exact_flops(space, *space.argmax(state.arch, s.variant))
     a_grads, a_ce = parallel.mean((a_grads, a_ce), axis)
     state = state.apply_arch_gradients(a_grads).replace(batch_stats=batch_stats)

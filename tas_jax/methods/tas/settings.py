@@ -25,6 +25,9 @@ def defaults() -> ml_collections.ConfigDict:
   s.cost_weight = 2.0       # λ
   s.expected_flops = "released"  # released: the released TAS code's chain form of E[F]; exact:
                                  # the expectation of F(A) over independent choices (a deviation)
+  s.branch_flops = "exact"  # the argmax network's cost that picks the cost loss's sign: exact
+                            # (a deviation: the network extraction builds); released: the
+                            # released code's get_flop('genotype') estimate (see README)
   s.epochs = 600            # search epochs (each iteration: a weight and an arch step)
   s.batch_size = 256        # per step; each iteration takes one batch of each half
   s.tau_schedule = "cosine"   # cosine (released) | linear (paper: tau_max = 10)
@@ -59,6 +62,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
          "were retired: RESULTS.md shows they did not settle the search)")
   if s.expected_flops not in cost.EXPECTED_FORMS:
     fail("search.expected_flops", s.expected_flops, f"allowed: {', '.join(cost.EXPECTED_FORMS)}")
+  if s.branch_flops not in cost.BRANCH_FORMS:
+    fail("search.branch_flops", s.branch_flops, f"allowed: {', '.join(cost.BRANCH_FORMS)}")
   if s.arch_lr_schedule not in ("constant", "cosine"):
     fail("search.arch_lr_schedule", s.arch_lr_schedule, "allowed: constant, cosine")
   if not isinstance(s.arch_cooldown_epochs, int) or not 0 <= s.arch_cooldown_epochs < s.epochs:
