@@ -280,6 +280,14 @@ def test_fine_tuning_recipe_is_the_released_one_per_family():
     config_lib.ConfigError, match=r"pas\.finetune_decay_epochs=\(15, 5\): increasing"
   ):
     config_lib.validate(c)
+  c.pas.finetune_decay_epochs = ()
+  c.pas.finetune = "distill"  # the common recipe, for comparing methods on one recipe
+  assert supervised.describe(settings.finetune(c)) == supervised.describe(c.distill)
+  c.pas.macs_unit = 1e6  # the released form's unit, with the scaled form: refused
+  with pytest.raises(config_lib.ConfigError, match=r"pas\.macs_unit=1000000.0: applies to "):
+    config_lib.validate(c)
+  c.pas.penalty = "released"
+  config_lib.validate(c)
 
 
 def test_config_errors_for_weight_keeping_runs():

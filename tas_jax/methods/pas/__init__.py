@@ -22,6 +22,7 @@ METHOD = Method(
   keeps_weights=True,
   families=("resnet", "repvgg"),
   finetune_fields=(
+    "finetune",
     "finetune_epochs",
     "finetune_lr",
     "finetune_decay_epochs",

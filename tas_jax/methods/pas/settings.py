@@ -30,6 +30,7 @@ COST_WEIGHT = {"resnet": 5.0, "repvgg": 0.1}
 REFERENCE_NETWORK = {"resnet": "imagenet_resnet50", "repvgg": "repvgg_b1"}
 RELEASED_MACS_UNIT = 1e9
 PENALTIES = ("scaled", "released")
+FINETUNES = ("released", "distill")
 FINETUNE_EPOCHS = {"resnet": 38, "repvgg": 48}
 RELEASED_DECAYS_BEFORE_END = (30, 10)   # the released schedule decays at epochs 60 and 80 of 90
 
@@ -52,6 +53,8 @@ def defaults() -> ml_collections.ConfigDict:
   s.macs_unit = placeholder(float)   # penalty=released: the MACs unit (None: G, as released; 0:
                                     # the unpruned network's MACs)
   s.eval_batch_size = 500      # evaluation only: does not change a result
+  s.finetune = "released"      # released: the released fine-tuning below; distill: the recipe of
+                               # config.distill (a common recipe for every method)
   s.finetune_epochs = placeholder(int)   # fine-tuning of the kept weights, masks frozen; None:
                                         # the family's released count (ResNet 38, RepVGG 48)
   s.finetune_lr = 0.0256       # its lr at the start (released, at batch 512), step-decayed
@@ -124,6 +127,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
     validation.positive(c, "pas.cost_weight")
   if c.pas.finetune_epochs is not None:
     validation.positive(c, "pas.finetune_epochs", integer=True)
+  if c.pas.finetune not in FINETUNES:
+    validation.fail("pas.finetune", c.pas.finetune, f"allowed: {', '.join(FINETUNES)}")
   validation.fraction(c, "pas.momentum")
   validation.positive(c, "pas.finetune_decay_factor")
   points = c.pas.finetune_decay_epochs
@@ -135,8 +140,12 @@ def validate(c: ml_collections.ConfigDict) -> None:
 
 def finetune(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """The recipe of a PaS run (pas-ce, pas-kd): the released fine-tuning, with config.distill's KD
-  settings (KD itself is the run's choice: pas-ce is the released recipe)."""
+  settings (KD itself is the run's choice: pas-ce is the released recipe); with
+  `pas.finetune=distill`, config.distill's recipe."""
   d = ml_collections.ConfigDict(c.distill.to_dict())
+  if c.pas.finetune == "distill":
+    d.description = "the distill recipe (config.distill), from the searched weights"
+    return d
   d.schedule = "step"
   d.epochs = finetune_epochs(c)
   d.decay_epochs = decay_epochs(c)
