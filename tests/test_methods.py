@@ -300,3 +300,50 @@ def test_a_method_registered_outside_the_package_runs_through_every_stage(
     assert len(kept["classifier.inputs"]) == flops.output_width(pruned)
     searched = json.load(open(os.path.join(layout.search_dir(workdir, name), stages.CHANNELS)))
     assert {g: v["kept"] for g, v in searched.items()}["stem"] == kept["stem"]
+
+
+@pytest.mark.stage  # teacher, a 2-epoch soft search, extraction and the run, on 128 images
+def test_soft_fpgm_zeroes_reselects_each_epoch_and_cuts_what_it_fine_tuned(tmp_path):
+  """fpgm.soft (He et al.'s procedure): the search fine-tunes the whole teacher, zeroing the
+  selected filters after every epoch (the kept sets are recorded per epoch); extraction cuts the
+  last selection out of those weights; the run fpgm-ce trains no more and evaluates the cut
+  network, whose accuracy is the search's `cut_test_accuracy`."""
+  from tas_jax.methods.oneshot import soft
+  from tas_jax.stages import pipeline
+  from tas_jax.training import checkpoint
+
+  a = arch.cifar_resnet(8, input_size=32, input_channels=1)
+  a.save(str(tmp_path / "r8.json"))
+  c = config_lib.base_config()
+  c.stage, c.method, c.data.name = "all", "fpgm", "embedded"
+  c.data.train_examples, c.data.image_size, c.model.arch = 128, 32, str(tmp_path / "r8.json")
+  c.teacher.warmup_epochs, c.teacher.cosine_epochs, c.teacher.batch_size = 0, 1, 64
+  c.fpgm.soft, c.fpgm.finetune_epochs, c.fpgm.finetune_batch_size = True, 2, 64
+  c.distill.batch_size = 64
+  c.pipeline.runs, c.pipeline.throughput_batch, c.pipeline.throughput_repeats = "fpgm-ce", 16, 2
+  c.log_every_steps = 100
+  w = tmp_path / "w"
+  out = pipeline.run_all(c, str(w))
+  search = json.load(open(w / "search-fpgm" / "summary.json"))
+  assert search["soft"] and search["epochs"] == 2 and len(search["history"]) == 2
+  first, last = (h["kept_indices"] for h in search["history"])
+  assert search["history"][0]["channels_swapped"] is None
+  assert (
+    search["history"][1]["channels_swapped"]
+    == sum(len(set(first[g]) ^ set(last[g])) for g in first) // 2
+  )
+  assert 0.45 <= search["flops_ratio"] <= 0.5
+  # the checkpoint holds the zeroed filters of the last selection, and nothing else is zero
+  variables, _ = checkpoint.read_variables(
+    str(w / "search-fpgm"), a, "t", checkpoint.host_sharding()
+  )
+  assert soft.kept_of_zeros(a, jax.device_get(variables)["params"]) == last
+  kept = json.load(open(w / "search-fpgm" / stages.CHANNELS))
+  assert {g: v["kept"] for g, v in kept.items()} == last
+  # the run trains nothing and evaluates the cut network: the search's figure
+  run = json.load(open(w / "distill" / "fpgm-ce" / "summary.json"))
+  assert run["epochs"] == 0 and run["test_accuracy"] == pytest.approx(
+    search["cut_test_accuracy"], abs=1e-9
+  )
+  assert [r["run"] for r in out["rows"]] == ["teacher", "fpgm-ce"]
+  assert "soft FPGM" in (w / "extract-fpgm" / "report.md").read_text()

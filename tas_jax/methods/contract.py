@@ -29,6 +29,8 @@ class Method:
   # extracted weights, not by its search
   finetune: Optional[Callable[[ml_collections.ConfigDict], ml_collections.ConfigDict]] = None
   # the recipe fine-tuning its extracted weights (default: config.distill)
+  search_reads_finetune: Callable[[ml_collections.ConfigDict], bool] = lambda config: False
+  # whether its search trains with the finetune fields (soft FPGM), so they define it too
   not_defining: tuple[str, ...] = ()  # fields of its section that do not change a result
   imagenet: Callable[[ml_collections.ConfigDict], None] = lambda config: None
   # its settings in the ImageNet recipe (tas_jax.config.imagenet_recipe), set on the config

@@ -107,8 +107,9 @@ def own_fields(config: ml_collections.ConfigDict, stage: str) -> tuple[dict, lis
   if stage.startswith("search"):
     method = _method_of(stage, "search")
     fields = _select(config, COMMON + ("target",) + ((method.section,) if method.section else ()))
-    for field in method.finetune_fields:  # read by its fine-tuning, not by its search
-      fields.pop(f"{method.section}.{field}", None)
+    if not method.search_reads_finetune(config):
+      for field in method.finetune_fields:  # read by its fine-tuning, not by its search
+        fields.pop(f"{method.section}.{field}", None)
     # the latency table it prices with, where the target is latency (tas_jax.target)
     fields.update(_select(config, target_lib.recorded_fields(config)))
     return fields, ["teacher"] if method.reads_teacher(config) else []

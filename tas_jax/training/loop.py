@@ -125,7 +125,8 @@ def fit(
   the batches from `source` (resumed at the step the checkpoint holds); `epoch_args(epoch)` gives
   the device values that change per epoch (τ); `end_of_epoch(state, epoch, train)` -> a JSON-able
   dict (evaluation, recorded architecture, …; `train` holds the epoch's averaged train metrics):
-  its numbers are logged and written to TensorBoard, all of it goes into the history.
+  its numbers are logged and written to TensorBoard, all of it goes into the history. It may
+  return (state, dict) instead: the state then continues (and is checkpointed) as changed.
 
   SIGINT or SIGTERM saves a checkpoint at the current step and raises `Interrupted`; on any exit
   the input pipeline (and its worker processes), the checkpoint manager and the writer are closed.
@@ -305,11 +306,14 @@ def _fit(run: _Run, state):
       )
       break
     multihost.at(f"[{cfg.stage}] the evaluation after epoch {epoch + 1}")
+    ended = end_of_epoch(state, epoch, train)
+    if isinstance(ended, tuple):  # (a changed state, its record): FPGM's soft pruning
+      state, ended = ended
     entry = {
       "epoch": epoch + 1,
       "step": step,
       **{f"train_{k}": v for k, v in train.items()},
-      **end_of_epoch(state, epoch, train),
+      **ended,
       "elapsed_s": round(time.time() - t_start, 1),
     }
     history.append(entry)

@@ -26,7 +26,7 @@ from tas_jax.data import sources
 from tas_jax.errors import ConfigError
 from tas_jax.models import arch as arch_lib, networks, repvgg
 from tas_jax.ops import flops
-from tas_jax.training import inputs as inputs_lib, stage as stage_lib, steps
+from tas_jax.training import checkpoint, inputs as inputs_lib, stage as stage_lib, steps
 
 
 def sgd_with_warmup_cosine(t: ml_collections.ConfigDict, steps_per_epoch: int):
@@ -157,6 +157,7 @@ def train_network(
   model: Any = None,
   finish: Optional[Callable[[Any, Callable], dict]] = None,
   starts_from: str = "",
+  between_epochs: Optional[Callable[[Any, int], tuple]] = None,
 ) -> dict:
   """Trains `arch` on `ds` with `recipe` (a section like `config.teacher`) into `stage_dir`.
 
@@ -168,7 +169,9 @@ def train_network(
   evaluate)` turns the trained state into that result at the end and returns what it changes
   in the summary, `evaluate(apply_fn, variables)` giving its test metrics. `starts_from` names
   the initial weights in the log (default: scratch, or "the given weights" with
-  `init_variables`). Writes `arch.json`,
+  `init_variables`). `between_epochs(state, epoch)` -> (state, record) changes the state after
+  every epoch, before its evaluation (FPGM's soft pruning zeroes filters). A recipe of 0 epochs
+  only evaluates the initial weights. Writes `arch.json`,
   checkpoints, TensorBoard events and `summary.json` (returned) in `stage_dir`.
   """
   run = stage_lib.Stage.open(config, stage, stage_dir, mesh, files={layout.ARCH: arch})
@@ -219,25 +222,38 @@ def train_network(
     lambda v, x: model.apply({"params": v[0], "batch_stats": v[1]}, x, train=False)
   )
 
-  def end_of_epoch(state, epoch, train):
+  def evaluation(state):
     test = steps.evaluate(
       eval_step, (state.params, state.batch_stats), test_source.batches(), test_source.num_examples
     )
     return {f"test_{k}": v for k, v in test.items()}
 
+  def end_of_epoch(state, epoch, train):
+    if between_epochs is None:
+      return evaluation(state)
+    state, record = between_epochs(state, epoch)
+    return state, {**record, **evaluation(state)}
+
   epochs = recipe_epochs(recipe)
-  state, history = run.fit(
-    state,
-    train_step,
-    train_source,
-    end_of_epoch,
-    epochs=epochs,
-    steps_per_epoch=steps_per_epoch,
-    batch_size=recipe.batch_size,
-    learning_rate=lambda step: float(schedule(step)),
-    step_args=loss_args,
-    starts_from=starts_from or ("scratch" if init_variables is None else "the given weights"),
-  )
+  if epochs == 0:  # nothing to train: the initial weights, evaluated and kept as the result
+    history = [{"epoch": 0, "step": 0, **evaluation(state)}]
+    manager = checkpoint.manager_for(stage_dir, config.keep_checkpoints)
+    checkpoint.save(manager, 0, state, {"history": history})
+    manager.wait_until_finished()
+    manager.close()
+  else:
+    state, history = run.fit(
+      state,
+      train_step,
+      train_source,
+      end_of_epoch,
+      epochs=epochs,
+      steps_per_epoch=steps_per_epoch,
+      batch_size=recipe.batch_size,
+      learning_rate=lambda step: float(schedule(step)),
+      step_args=loss_args,
+      starts_from=starts_from or ("scratch" if init_variables is None else "the given weights"),
+    )
   if history is None:
     return run.unfinished(state)
   last = history[-1]
@@ -266,8 +282,8 @@ def train_network(
     "test_top5_accuracy": last["test_top5_accuracy"],
     "test_loss": last["test_loss"],
     "best_test_accuracy": max(h["test_accuracy"] for h in history),
-    "train_accuracy": last["train_accuracy"],
-    "train_loss": last["train_loss"],
+    "train_accuracy": last.get("train_accuracy"),
+    "train_loss": last.get("train_loss"),
     "compilations": {
       "train_step": train_step._cache_size(),
       "eval_step": eval_step._cache_size(),

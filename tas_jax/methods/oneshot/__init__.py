@@ -4,7 +4,8 @@ criteria.py  the scores: L1 norm of a channel's filters (Li et al. 2017), FPGM's
              other filters (He et al. 2019)
 select.py    the kept channels for a FLOPs target: one global ranking, or one ratio for every group
 settings.py  their config sections (config.l1, config.fpgm) and each paper's fine-tuning recipe
-stages.py    search (scores and kept channels) and extract (the channels cut out with their weights)
+stages.py    search (scores, kept channels) and extract (the channels cut out with their weights)
+soft.py      FPGM's soft pruning (fpgm.soft): the teacher fine-tuned, zeroed after each epoch
 
 Both keep weights: their distill runs (l1-kd, fpgm-ce, …) fine-tune the extracted network with the
 paper's recipe (or config.distill's: `l1.finetune=distill`). How they differ from their papers is
@@ -12,7 +13,7 @@ in README ("L1-norm and FPGM").
 """
 
 from tas_jax.methods.contract import Method
-from tas_jax.methods.oneshot import settings, stages
+from tas_jax.methods.oneshot import settings, soft, stages
 
 FINETUNE_FIELDS = ("finetune", "finetune_epochs", "finetune_lr", "finetune_batch_size")
 
@@ -31,12 +32,17 @@ L1 = Method(
     finetune_fields=FINETUNE_FIELDS,
     finetune=settings.finetune("l1"))
 
+def _fpgm_search(config, workdir: str) -> dict:
+  """FPGM's search: one shot from the teacher, or soft pruning over a fine-tuning (fpgm.soft)."""
+  return (soft.search if config.fpgm.soft else stages.make_search("fpgm"))(config, workdir)
+
+
 FPGM = Method(
     name="fpgm",
     label="FPGM (fine-tuned)",
     description="Filter Pruning via Geometric Median (He et al., CVPR 2019): in every group the "
                 "filters nearest the geometric median removed first, one ratio for all groups",
-    search=stages.make_search("fpgm"),
+    search=_fpgm_search,
     extract=stages.make_extract("fpgm", "FPGM"),
     section="fpgm",
     defaults=settings.fpgm_defaults,
@@ -44,4 +50,5 @@ FPGM = Method(
     keeps_weights=True,
     families=("resnet", "repvgg"),
     finetune_fields=FINETUNE_FIELDS,
-    finetune=settings.finetune("fpgm"))
+    finetune=settings.finetune("fpgm"),
+    search_reads_finetune=lambda config: bool(config.fpgm.soft))

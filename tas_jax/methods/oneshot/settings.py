@@ -11,7 +11,8 @@ checks, and the recipe each paper fine-tunes its pruned network with.
   Nesterov, weight decay 5e-4, batch 128 (`scripts/pruning_cifar10.sh`); on ImageNet 100 epochs
   from lr 0.1, x0.1 every 30, weight decay 1e-4, batch 256 (`pruning_imagenet.py`). The paper
   prunes softly (the selected filters zeroed after every epoch, free to grow back, only the final
-  selection cut); tas_jax cuts once, before this fine-tuning.
+  selection cut): `fpgm.soft=true` (`soft.py`); by default tas_jax cuts once, before this
+  fine-tuning.
 
 `finetune=distill` fine-tunes with `config.distill` instead (the TAS recipe: 5 + 300 epochs from
 lr 0.1), an explicit choice. KD from the teacher is the run's choice either way (`l1-kd`, `l1-ce`).
@@ -65,6 +66,10 @@ def l1_defaults() -> ml_collections.ConfigDict:
 def fpgm_defaults() -> ml_collections.ConfigDict:
   placeholder = ml_collections.config_dict.placeholder
   s = ml_collections.ConfigDict()
+  s.soft = False         # True: the paper's soft pruning: the search fine-tunes the whole teacher
+                         # with the recipe below, zeroing the selected filters after every epoch
+                         # (they may grow back); extraction cuts the last selection; no
+                         # fine-tuning after the cut
   s.finetune = "paper"   # paper: He et al.'s pre-trained setting (CIFAR 200 epochs from lr 0.01,
                          # x0.2 at 30/60/80%; ImageNet 100 from 0.1); distill: config.distill's
   s.finetune_epochs = placeholder(int)      # None: the paper's; the decays keep their fractions
@@ -93,6 +98,8 @@ def l1_validate(c: ml_collections.ConfigDict) -> None:
 
 
 def fpgm_validate(c: ml_collections.ConfigDict) -> None:
+  if not isinstance(c.fpgm.soft, bool):
+    validation.fail("fpgm.soft", c.fpgm.soft, "true or false")
   _validate_finetune(c, "fpgm")
 
 
@@ -119,14 +126,34 @@ def paper_recipe(c: ml_collections.ConfigDict, method: str) -> ml_collections.Co
   return d
 
 
+def _recipe(c: ml_collections.ConfigDict, method: str) -> ml_collections.ConfigDict:
+  if c[method].finetune == "distill":
+    d = ml_collections.ConfigDict(c.distill.to_dict())
+    d.description = "the distill recipe (config.distill), from the cut weights"
+    return d
+  return paper_recipe(c, method)
+
+
+def soft(c: ml_collections.ConfigDict, method: str) -> bool:
+  return method == "fpgm" and bool(c.fpgm.soft)
+
+
+def soft_recipe(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """What soft FPGM's search fine-tunes the whole teacher with: FPGM's fine-tuning recipe."""
+  return _recipe(c, "fpgm")
+
+
 def finetune(method: str):
-  """The `Method.finetune` hook of `method`: the paper's recipe, or config.distill's."""
+  """The `Method.finetune` hook of `method`: the paper's recipe, or config.distill's; with soft
+  FPGM no training at all (the search fine-tuned before the cut): the cut network evaluated."""
 
   def recipe(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    if c[method].finetune == "distill":
-      d = ml_collections.ConfigDict(c.distill.to_dict())
-      d.description = "the distill recipe (config.distill), from the cut weights"
-      return d
-    return paper_recipe(c, method)
+    if not soft(c, method):
+      return _recipe(c, method)
+    d = ml_collections.ConfigDict(c.distill.to_dict())
+    d.schedule, d.epochs, d.decay_epochs, d.decay_factor = "step", 0, (), 1.0
+    d.warmup_epochs, d.cosine_epochs = 0, 0
+    d.description = "soft FPGM, fine-tuned before the cut (search-fpgm): the cut network evaluated"
+    return d
 
   return recipe

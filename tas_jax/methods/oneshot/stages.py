@@ -23,8 +23,8 @@ from absl import logging
 from tas_jax import target as target_lib, workdir as layout
 from tas_jax.errors import CheckpointNotFoundError, ConfigError
 from tas_jax.methods import extraction
-from tas_jax.methods.oneshot import criteria, select
-from tas_jax.models import channels
+from tas_jax.methods.oneshot import criteria, select, settings
+from tas_jax.models import channels, networks
 from tas_jax.ops import flops
 from tas_jax.training import checkpoint
 
@@ -149,17 +149,29 @@ def make_extract(name: str, title: str) -> Callable[[ml_collections.ConfigDict, 
       )
     with open(path) as f:
       kept = {g: v["kept"] for g, v in json.load(f).items()}
-    base, variables, step = _teacher(workdir, layout.extract_stage(name))
+    stage = layout.extract_stage(name)
+    soft = settings.soft(config, name)
+    if soft:  # soft FPGM: the weights its search fine-tuned and zeroed
+      search_dir = layout.search_dir(workdir, name)
+      base = networks.load(os.path.join(search_dir, layout.BASE_ARCH))
+      variables, step = checkpoint.read_variables(
+        search_dir, base, stage, checkpoint.host_sharding()
+      )
+      variables = jax.device_get(variables)
+      source = f"soft {title} on its search's fine-tuned weights at step {step}"
+    else:
+      base, variables, step = _teacher(workdir, stage)
+      source = f"{title} on the teacher's checkpoint at step {step}"
     return extraction.write(
       config,
       workdir,
       name,
       title,
-      f"{title} on the teacher's checkpoint at step {step}",
+      source,
       base,
       variables,
       kept,
-      extra={"teacher_step": step},
+      extra={"search_step" if soft else "teacher_step": step},
     )
 
   return extract

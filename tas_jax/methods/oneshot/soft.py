@@ -1,0 +1,151 @@
+"""FPGM's soft pruning (He et al., CVPR 2019; `fpgm.soft=true`): the search stage fine-tunes the
+whole teacher with FPGM's recipe and, after every epoch, selects the filters nearest the geometric
+median again and zeroes them. A zeroed filter keeps getting gradients, so a channel pruned after
+one epoch can grow back and be kept after the next. The channels zeroed after the last epoch are
+cut by extraction, from these weights (not the teacher's); the run `fpgm-ce` then only evaluates
+the cut network: the paper fine-tunes before the cut, not after.
+
+Zeroing a filter leaves its BN's shift, so a soft-pruned channel still carries a constant; the cut
+network drops it. The search's summary gives both accuracies (`test_accuracy`, soft-pruned;
+`cut_test_accuracy`, the network extraction builds). Residual chains are pruned as one group, as
+in the one-shot form: every conv producing the chain loses the same filters.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import ml_collections
+import numpy as np
+
+from tas_jax import parallel, target as target_lib, workdir as layout
+from tas_jax.errors import ConfigError
+from tas_jax.methods.oneshot import settings, stages
+from tas_jax.models import channels, networks, repvgg, resnet
+from tas_jax.ops import flops
+from tas_jax.training import checkpoint, supervised
+
+NAME = "fpgm"
+
+
+def _kernel_of(params: dict, conv_name: str) -> dict:
+  layer = params
+  for key in resnet.variable_scope(conv_name):
+    layer = layer[key]
+  return layer["conv"]
+
+
+def zero_removed(base, params: dict, kept: dict) -> dict:
+  """`params` with the filters of every removed channel zeroed in every conv producing its group
+  (host arrays; a copy)."""
+  params = jax.tree.map(np.array, params)
+  lay = channels.of(base)
+  for g in lay.groups:
+    removed = np.setdiff1d(np.arange(g.size), kept[g.name])
+    for conv in lay.producers(g.name):
+      _kernel_of(params, conv.name)["kernel"][..., removed] = 0.0
+  return params
+
+
+def kept_of_zeros(base, params: dict) -> dict:
+  """{group: kept indices}: the channels whose filters are not all zero in every producing conv
+  (what `zero_removed` left)."""
+  lay = channels.of(base)
+  out = {}
+  for g in lay.groups:
+    alive = np.zeros(g.size, bool)
+    for conv in lay.producers(g.name):
+      k = np.asarray(_kernel_of(params, conv.name)["kernel"])
+      alive |= np.abs(k.reshape(-1, g.size)).sum(0) > 0
+    out[g.name] = np.flatnonzero(alive).tolist()
+  return out
+
+
+def search(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Soft FPGM: fine-tunes the teacher, re-selecting and zeroing after every epoch; writes
+  WORKDIR/search-fpgm/ (checkpoints, channels.json, summary.json)."""
+  stage, stage_dir = layout.search_stage(NAME), layout.search_dir(workdir, NAME)
+  recipe = settings.soft_recipe(config)
+  mesh, ds = supervised.load_inputs(config, recipe.eval_batch_size)
+  base, teacher_vars, teacher_step = checkpoint.read_teacher(
+    workdir, parallel.replicated(mesh), stage
+  )
+  if isinstance(base, repvgg.RepVGGArch):
+    raise ConfigError(
+      "fpgm.soft=true zeroes a ResNet's conv filters between epochs; a RepVGG's pruned filters "
+      "are its reparameterised ones: use fpgm.soft=false"
+    )
+  target = target_lib.Target.build(config, base, workdir)
+  groups = channels.of(base)
+  full = flops.count(base).flops
+
+  def select(params, batch_stats):
+    scores = stages.score(NAME, base, {"params": params, "batch_stats": batch_stats})
+    kept, how = stages.choose(NAME, base, scores, target)
+    return scores, kept, how
+
+  previous = {}
+
+  def between_epochs(state, epoch):
+    params, batch_stats = jax.device_get((state.params, state.batch_stats))
+    _, kept, how = select(params, batch_stats)
+    zeroed = zero_removed(base, params, kept)
+    state = state.replace(
+      params=jax.tree.map(lambda new, old: jax.device_put(new, old.sharding), zeroed, state.params)
+    )
+    counts = channels.counts(kept)
+    changed = sum(len(set(kept[g]) ^ set(previous[g])) for g in kept) // 2 if previous else None
+    previous.update(kept)
+    return state, {
+      "flops_ratio": flops.with_kept(groups, counts) / full,
+      "pruning_ratio": how["pruning_ratio"],
+      "channels_swapped": changed,  # kept now and removed before, or the reverse (pairs)
+      "kept_indices": kept,
+    }
+
+  def finish(state, evaluate):
+    params, batch_stats = jax.device_get((state.params, state.batch_stats))
+    kept = kept_of_zeros(base, params)
+    variables = {"params": params, "batch_stats": batch_stats}
+    scores = stages.score(NAME, base, variables)
+    pruned, weights = channels.cut(base, variables, kept)
+    model = networks.build(pruned)
+    cut = evaluate(lambda v, x: model.apply(v, x, train=False), weights)
+    counts = channels.counts(kept)
+    if layout.is_writer():
+      base.save(os.path.join(stage_dir, layout.BASE_ARCH))
+      with open(os.path.join(stage_dir, stages.CHANNELS), "w") as f:
+        json.dump({g: {"scores": [float(v) for v in scores[g]], "kept": kept[g]} for g in kept}, f)
+    return {
+      "method": NAME,
+      "criterion": NAME,
+      "soft": True,
+      "rule": "one pruning ratio for every group, re-selected after every epoch",
+      "base_architecture": base.name,
+      "flop_ratio_target": config.target.flop_ratio,
+      "flops_ratio": flops.with_kept(groups, counts) / full,
+      "flops_m": round(flops.with_kept(groups, counts) / 1e6, 4),
+      "flops_max_m": round(full / 1e6, 4),
+      "kept": counts,
+      "cut_test_accuracy": cut["accuracy"],
+      "cut_test_top5_accuracy": cut["top5_accuracy"],
+      **target.kept_latency_ratio(groups, counts),
+    }
+
+  return supervised.train_network(
+    config,
+    recipe,
+    "fpgm",
+    stage,
+    stage_dir,
+    mesh,
+    ds,
+    base,
+    init_variables=lambda params, stats: (teacher_vars["params"], teacher_vars["batch_stats"]),
+    summary_extra={"teacher_step": teacher_step},
+    finish=finish,
+    starts_from=f"the teacher's weights (step {teacher_step}), soft FPGM",
+    between_epochs=between_epochs,
+  )
