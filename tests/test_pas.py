@@ -339,3 +339,27 @@ def test_scaled_penalty_is_the_released_one_at_resnet50():
   assert settings.penalty_scale(p, r20, 40.813194e6, by_table=False) == (5.0, 1e9)
   p.macs_unit = 0.0
   assert settings.penalty_scale(p, r20, 40.813194e6, by_table=False) == (5.0, 40.813194e6)
+
+
+@pytest.mark.stage  # a 1-epoch teacher and a 1-epoch search on 128 images
+def test_a_search_whose_masks_do_not_move_says_which_setting_to_change(tmp_path, caplog):
+  """The released penalty (MACs in G) on an 11 M-FLOP network cannot move a mask: after the
+  first epoch the search warns in one line and names pas.cost_weight and the scaled penalty."""
+  from tas_jax import main
+
+  a = arch.cifar_resnet(8, input_size=32, input_channels=1)
+  a.save(str(tmp_path / "r8.json"))
+  c = config_lib.base_config()
+  c.stage, c.method, c.data.name = "teacher", "pas", "embedded"
+  c.data.train_examples, c.data.image_size, c.model.arch = 128, 32, str(tmp_path / "r8.json")
+  c.teacher.warmup_epochs, c.teacher.cosine_epochs, c.teacher.batch_size = 0, 1, 64
+  c.pas.epochs, c.pas.batch_size, c.pas.penalty = 1, 64, "released"
+  c.log_every_steps = 100
+  main.run(c, str(tmp_path / "w"))
+  c.stage = "search"
+  with caplog.at_level("WARNING"):
+    summary = main.run(c, str(tmp_path / "w"))
+  assert summary["flops_ratio"] > 0.99 and summary["penalty"] == "released"
+  lines = [r.getMessage() for r in caplog.records if "have not moved" in r.getMessage()]
+  assert len(lines) == 1 and "raise pas.cost_weight (now 5)" in lines[0]
+  assert "pas.penalty=scaled" in lines[0] and "\n" not in lines[0]
