@@ -347,3 +347,39 @@ def test_soft_fpgm_zeroes_reselects_each_epoch_and_cuts_what_it_fine_tuned(tmp_p
   )
   assert [r["run"] for r in out["rows"]] == ["teacher", "fpgm-ce"]
   assert "soft FPGM" in (w / "extract-fpgm" / "report.md").read_text()
+
+
+def test_soft_fpgm_holds_zeroed_filters_through_the_epoch():
+  """The held filters get no update — not from the gradient, the momentum built before, nor
+  weight decay — while the others train; the mask is optimizer state, swapped without a new
+  optimizer."""
+  import optax
+
+  from tas_jax.methods.oneshot import soft
+
+  a = arch.cifar_resnet(8, input_size=8, input_channels=1)
+  _, v = _variables(a, 2)
+  params = jax.tree.map(jnp.asarray, v["params"])
+  tx = optax.chain(
+    optax.add_decayed_weights(5e-4), optax.sgd(0.1, momentum=0.9), soft.frozen_where_zeroed()
+  )
+  state = tx.init(params)
+  grads = jax.tree.map(jnp.ones_like, params)
+  for _ in range(3):  # momentum builds up everywhere
+    updates, state = tx.update(grads, state, params)
+    params = optax.apply_updates(params, updates)
+  groups = channels.of(a)
+  kept = {g.name: list(range(1, g.size)) for g in groups.groups}  # channel 0 of every group held
+  params = jax.tree.map(jnp.asarray, soft.zero_removed(a, jax.device_get(params), kept))
+  *links, _ = state
+  state = (
+    *links,
+    soft.FrozenState(jax.tree.map(jnp.asarray, soft.trainable_mask(a, params, kept))),
+  )
+  before = params
+  for _ in range(3):
+    updates, state = tx.update(grads, state, params)
+    params = optax.apply_updates(params, updates)
+  assert soft.kept_of_zeros(a, jax.device_get(params)) == kept
+  moved = jax.tree.map(lambda x, y: float(jnp.abs(x - y).max()), params, before)
+  assert max(jax.tree.leaves(moved)) > 0.1  # the rest trained

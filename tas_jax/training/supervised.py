@@ -158,6 +158,7 @@ def train_network(
   finish: Optional[Callable[[Any, Callable], dict]] = None,
   starts_from: str = "",
   between_epochs: Optional[Callable[[Any, int], tuple]] = None,
+  optimizer_wrapper: Optional[Callable] = None,
 ) -> dict:
   """Trains `arch` on `ds` with `recipe` (a section like `config.teacher`) into `stage_dir`.
 
@@ -170,7 +171,9 @@ def train_network(
   in the summary, `evaluate(apply_fn, variables)` giving its test metrics. `starts_from` names
   the initial weights in the log (default: scratch, or "the given weights" with
   `init_variables`). `between_epochs(state, epoch)` -> (state, record) changes the state after
-  every epoch, before its evaluation (FPGM's soft pruning zeroes filters). A recipe of 0 epochs
+  every epoch, before its evaluation (FPGM's soft pruning zeroes filters);
+  `optimizer_wrapper(tx)` extends the recipe's optimizer (soft FPGM freezes those filters at zero
+  through the next epoch). A recipe of 0 epochs
   only evaluates the initial weights. Writes `arch.json`,
   checkpoints, TensorBoard events and `summary.json` (returned) in `stage_dir`.
   """
@@ -204,6 +207,8 @@ def train_network(
   tx, schedule = (sgd_with_step_decay if is_step_decay(recipe) else sgd_with_warmup_cosine)(
     recipe, steps_per_epoch
   )
+  if optimizer_wrapper is not None:
+    tx = optimizer_wrapper(tx)
   init_key, aug_key = jax.random.split(jax.random.key(config.seed))
   state = steps.create_state(model, tx, networks.dummy_input(arch), init_key, mesh)
   if init_variables is not None:

@@ -1,7 +1,9 @@
 """FPGM's soft pruning (He et al., CVPR 2019; `fpgm.soft=true`): the search stage fine-tunes the
 whole teacher with FPGM's recipe and, after every epoch, selects the filters nearest the geometric
-median again and zeroes them. A zeroed filter keeps getting gradients, so a channel pruned after
-one epoch can grow back and be kept after the next. The channels zeroed after the last epoch are
+median again and zeroes them. As in the released `pruning_cifar10.py` (its `do_grad_mask`), the
+zeroed filters get no updates through the next epoch, so the network and its BN statistics learn
+to do without them; they stay in the network, and the next selection may keep them again (they
+then train from zero). The channels zeroed after the last epoch are
 cut by extraction, from these weights (not the teacher's); the run `fpgm-ce` then only evaluates
 the cut network: the paper fine-tunes before the cut, not after.
 
@@ -15,10 +17,13 @@ from __future__ import annotations
 
 import json
 import os
+from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 
 from tas_jax import parallel, target as target_lib, workdir as layout
 from tas_jax.errors import ConfigError
@@ -47,6 +52,30 @@ def zero_removed(base, params: dict, kept: dict) -> dict:
     for conv in lay.producers(g.name):
       _kernel_of(params, conv.name)["kernel"][..., removed] = 0.0
   return params
+
+
+class FrozenState(NamedTuple):
+  trainable: Any  # a params-shaped tree: 1 where a weight may change, 0 where it is held
+
+
+def frozen_where_zeroed() -> optax.GradientTransformation:
+  """Multiplies every update by `FrozenState.trainable` (all ones at first): the last link of the
+  optimizer's chain, so momentum and weight decay never move a held weight. The mask is state,
+  replaced between epochs (same shapes: no recompilation)."""
+
+  def init(params):
+    return FrozenState(jax.tree.map(jnp.ones_like, params))
+
+  def update(updates, state, params=None):
+    return jax.tree.map(lambda u, m: u * m, updates, state.trainable), state
+
+  return optax.GradientTransformation(init, update)
+
+
+def trainable_mask(base, params: dict, kept: dict) -> dict:
+  """1 everywhere but the filters of removed channels: `zero_removed`'s zeros as a mask."""
+  ones = jax.tree.map(lambda p: np.ones(np.shape(p), np.float32), params)
+  return zero_removed(base, ones, kept)
 
 
 def kept_of_zeros(base, params: dict) -> dict:
@@ -91,10 +120,12 @@ def search(config: ml_collections.ConfigDict, workdir: str) -> dict:
   def between_epochs(state, epoch):
     params, batch_stats = jax.device_get((state.params, state.batch_stats))
     _, kept, how = select(params, batch_stats)
-    zeroed = zero_removed(base, params, kept)
-    state = state.replace(
-      params=jax.tree.map(lambda new, old: jax.device_put(new, old.sharding), zeroed, state.params)
+    place = lambda tree: jax.tree.map(
+      lambda new, old: jax.device_put(new, old.sharding), tree, state.params
     )
+    *links, _ = state.opt_state  # the chain's last link is frozen_where_zeroed's
+    held = FrozenState(place(trainable_mask(base, params, kept)))
+    state = state.replace(params=place(zero_removed(base, params, kept)), opt_state=(*links, held))
     counts = channels.counts(kept)
     changed = sum(len(set(kept[g]) ^ set(previous[g])) for g in kept) // 2 if previous else None
     previous.update(kept)
@@ -148,4 +179,5 @@ def search(config: ml_collections.ConfigDict, workdir: str) -> dict:
     finish=finish,
     starts_from=f"the teacher's weights (step {teacher_step}), soft FPGM",
     between_epochs=between_epochs,
+    optimizer_wrapper=lambda tx: optax.chain(tx, frozen_where_zeroed()),
   )

@@ -12,8 +12,10 @@ where MACs(kept) counts the masked network by the same topology as the FLOP coun
 released (α, G) with `pas.penalty=released` (`settings.penalty_scale`).
 
 After every epoch the kept channels of every group, the MACs ratio and the masked network's test
-accuracy go into the history; WORKDIR/search-pas/ holds Orbax checkpoints (resumable mid-epoch),
-TensorBoard events and summary.json.
+accuracy (with batch statistics, as TAS evaluates its argmax network; with the running statistics,
+which trail the moving masks, as `masked_test_accuracy_running_bn`) go into the history;
+WORKDIR/search-pas/ holds Orbax checkpoints (resumable mid-epoch), TensorBoard events and
+summary.json.
 
 With `target.cost=latency` the penalty prices the masked network by the latency table
 (`tas_jax.latency.with_kept`, interpolated between the table's widths) in units of the unpruned
@@ -212,17 +214,29 @@ def search(config: ml_collections.ConfigDict, workdir: str) -> dict:
   target = target_lib.Target.build(config, base, workdir)
   weight, unit = settings.penalty_scale(p, base, target.full, target.by_table)
   step = make_search_step(model, p, target, mesh, config.parallel)
+  # the masked network with batch statistics: its running statistics trail the masks, which
+  # moved during the epoch (on a small dataset they are a few steps old; fine-tuning renews them)
   eval_step = steps.make_eval_step(
+    lambda v, x: model.apply(
+      {"params": v[0], "batch_stats": v[1]}, x, train=True, mutable=["batch_stats"]
+    )[0]
+  )
+  running_eval_step = steps.make_eval_step(
     lambda v, x: model.apply({"params": v[0], "batch_stats": v[1]}, x, train=False)
   )
 
   def end_of_epoch(state, epoch, train):
     entry = record(lay, state.params["masks"], flops_max, target)
-    test = steps.evaluate(
-      eval_step, (state.params, state.batch_stats), test_source.batches(), test_source.num_examples
+    test, running = (
+      steps.evaluate(
+        fn, (state.params, state.batch_stats), test_source.batches(), test_source.num_examples
+      )
+      for fn in (eval_step, running_eval_step)
     )
     entry.update(
-      masked_test_accuracy=test["accuracy"], masked_test_top5_accuracy=test["top5_accuracy"]
+      masked_test_accuracy=test["accuracy"],
+      masked_test_top5_accuracy=test["top5_accuracy"],
+      masked_test_accuracy_running_bn=running["accuracy"],
     )
     console.detail(
       "[%s] epoch %d: kept channels %s", stage, epoch + 1, list(entry["kept"].values())
