@@ -335,6 +335,8 @@ def test_scaled_penalty_is_the_released_one_at_resnet50():
   p = config_lib.base_config().pas
   weight, unit = settings.penalty_scale(p, r20, 40.813194e6, by_table=False)
   assert weight == pytest.approx(5 * 4.089185256**2, rel=1e-9) and unit == 40.813194e6
+  # a latency target: the same weight on the relative latency gap
+  assert settings.penalty_scale(p, r20, 0.0123, by_table=True) == (weight, 0.0123)
   p.penalty = "released"
   assert settings.penalty_scale(p, r20, 40.813194e6, by_table=False) == (5.0, 1e9)
   p.macs_unit = 0.0
