@@ -162,6 +162,8 @@ def make_extract(name: str, title: str) -> Callable[[ml_collections.ConfigDict, 
     else:
       base, variables, step = _teacher(workdir, stage)
       source = f"{title} on the teacher's checkpoint at step {step}"
+    if name == "l1" and config.l1.scope == "inner":
+      source += " (l1.scope=inner: only the convs inside residual blocks pruned, as Li et al.)"
     return extraction.write(
       config,
       workdir,
