@@ -327,7 +327,7 @@ def test_soft_fpgm_zeroes_reselects_each_epoch_and_cuts_what_it_fine_tuned(tmp_p
   search = json.load(open(w / "search-fpgm" / "summary.json"))
   assert search["soft"] and search["epochs"] == 2 and len(search["history"]) == 2
   first, last = (h["kept_indices"] for h in search["history"])
-  assert search["history"][0]["channels_swapped"] is None
+  assert isinstance(search["history"][0]["channels_swapped"], int)  # against the first cut
   assert (
     search["history"][1]["channels_swapped"]
     == sum(len(set(first[g]) ^ set(last[g])) for g in first) // 2

@@ -1,9 +1,11 @@
-"""FPGM's soft pruning (He et al., CVPR 2019; `fpgm.soft=true`): the search stage fine-tunes the
-whole teacher with FPGM's recipe and, after every epoch, selects the filters nearest the geometric
-median again and zeroes them. As in the released `pruning_cifar10.py` (its `do_grad_mask`), the
-zeroed filters get no updates through the next epoch, so the network and its BN statistics learn
-to do without them; they stay in the network, and the next selection may keep them again (they
-then train from zero). The channels zeroed after the last epoch are
+"""FPGM's soft pruning (He et al., CVPR 2019; `fpgm.soft=true`): as the released
+`pruning_cifar10.py`, the filters nearest the geometric median are selected and zeroed before the
+first epoch; the search stage then fine-tunes the whole teacher with FPGM's recipe and, after
+every epoch, selects again and zeroes. The zeroed filters get no updates through an epoch (the
+released `do_grad_mask`), so the network and its BN statistics learn to do without them; they stay
+in the network, and a later selection may keep them again (they then train from zero). A filter
+held at zero is usually the nearest to the median again, so few channels come back: each epoch
+records how many swapped. The channels zeroed after the last epoch are
 cut by extraction, from these weights (not the teacher's); the run `fpgm-ce` then only evaluates
 the cut network: the paper fine-tunes before the cut, not after.
 
@@ -58,13 +60,15 @@ class FrozenState(NamedTuple):
   trainable: Any  # a params-shaped tree: 1 where a weight may change, 0 where it is held
 
 
-def frozen_where_zeroed() -> optax.GradientTransformation:
-  """Multiplies every update by `FrozenState.trainable` (all ones at first): the last link of the
-  optimizer's chain, so momentum and weight decay never move a held weight. The mask is state,
-  replaced between epochs (same shapes: no recompilation)."""
+def frozen_where_zeroed(trainable: Any = None) -> optax.GradientTransformation:
+  """Multiplies every update by `FrozenState.trainable` (at first `trainable`, or all ones): the
+  last link of the optimizer's chain, so momentum and weight decay never move a held weight. The
+  mask is state, replaced between epochs (same shapes: no recompilation)."""
 
   def init(params):
-    return FrozenState(jax.tree.map(jnp.ones_like, params))
+    if trainable is None:
+      return FrozenState(jax.tree.map(jnp.ones_like, params))
+    return FrozenState(jax.tree.map(lambda m, p: jnp.asarray(m, p.dtype), trainable, params))
 
   def update(updates, state, params=None):
     return jax.tree.map(lambda u, m: u * m, updates, state.trainable), state
@@ -99,7 +103,7 @@ def search(config: ml_collections.ConfigDict, workdir: str) -> dict:
   recipe = settings.soft_recipe(config)
   mesh, ds = supervised.load_inputs(config, recipe.eval_batch_size)
   base, teacher_vars, teacher_step = checkpoint.read_teacher(
-    workdir, parallel.replicated(mesh), stage
+    workdir, checkpoint.host_sharding(), stage
   )
   if isinstance(base, repvgg.RepVGGArch):
     raise ConfigError(
@@ -115,7 +119,17 @@ def search(config: ml_collections.ConfigDict, workdir: str) -> dict:
     kept, how = stages.choose(NAME, base, scores, target)
     return scores, kept, how
 
-  previous = {}
+  # as released: the first selection is made and zeroed before the first epoch
+  teacher_vars = jax.device_get(teacher_vars)
+  _, first, _ = select(teacher_vars["params"], teacher_vars["batch_stats"])
+  start = jax.device_put(
+    {
+      "params": zero_removed(base, teacher_vars["params"], first),
+      "batch_stats": teacher_vars["batch_stats"],
+    },
+    parallel.replicated(mesh),
+  )
+  first_mask = trainable_mask(base, teacher_vars["params"], first)
 
   def between_epochs(state, epoch):
     params, batch_stats = jax.device_get((state.params, state.batch_stats))
@@ -124,11 +138,13 @@ def search(config: ml_collections.ConfigDict, workdir: str) -> dict:
       lambda new, old: jax.device_put(new, old.sharding), tree, state.params
     )
     *links, _ = state.opt_state  # the chain's last link is frozen_where_zeroed's
-    held = FrozenState(place(trainable_mask(base, params, kept)))
-    state = state.replace(params=place(zero_removed(base, params, kept)), opt_state=(*links, held))
+    frozen = FrozenState(place(trainable_mask(base, params, kept)))
+    state = state.replace(
+      params=place(zero_removed(base, params, kept)), opt_state=(*links, frozen)
+    )
     counts = channels.counts(kept)
-    changed = sum(len(set(kept[g]) ^ set(previous[g])) for g in kept) // 2 if previous else None
-    previous.update(kept)
+    held = kept_of_zeros(base, params)  # the previous selection: held at zero through the epoch
+    changed = sum(len(set(kept[g]) ^ set(held[g])) for g in kept) // 2
     return state, {
       "flops_ratio": flops.with_kept(groups, counts) / full,
       "pruning_ratio": how["pruning_ratio"],
@@ -174,10 +190,10 @@ def search(config: ml_collections.ConfigDict, workdir: str) -> dict:
     mesh,
     ds,
     base,
-    init_variables=lambda params, stats: (teacher_vars["params"], teacher_vars["batch_stats"]),
+    init_variables=lambda params, stats: (start["params"], start["batch_stats"]),
     summary_extra={"teacher_step": teacher_step},
     finish=finish,
     starts_from=f"the teacher's weights (step {teacher_step}), soft FPGM",
     between_epochs=between_epochs,
-    optimizer_wrapper=lambda tx: optax.chain(tx, frozen_where_zeroed()),
+    optimizer_wrapper=lambda tx: optax.chain(tx, frozen_where_zeroed(first_mask)),
   )
