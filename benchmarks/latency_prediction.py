@@ -75,15 +75,11 @@ def main(_):
   archs += [draw(space, base, rng) for _ in range(FLAGS.archs)]
   measured = np.array(latency.measured_network_seconds(archs, FLAGS.batch, FLAGS.repeats))
   base_convs = {c.name: c for c in topology.of(base).convs()}
-  interpolated = np.array(
-    [
-      sum(
-        float(latency.conv_latency(table, base, base_convs[c.name], c.in_width, c.out_width))
-        for c in topology.of(a).convs()
-      )
-      for a in archs
-    ]
+  interpolate = lambda a: sum(  # any widths: no inserted projections, every conv is the base's
+    float(latency.conv_latency(table, base, base_convs[c.name], c.in_width, c.out_width))
+    for c in topology.of(a).convs()
   )
+  interpolated = np.array([interpolate(a) for a in archs]) if FLAGS.widths == "any" else None
   on_table = len(table.seconds)
   predicted = np.array([latency.predicted(table, base, a) for a in archs])
   d = jax.devices()[0]
