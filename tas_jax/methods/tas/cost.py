@@ -183,7 +183,7 @@ def priced(
   (`released_argmax_cost`)."""
   argmax = space.argmax(logits, variant)
   if branch == "released":
-    chosen = released_argmax_cost(space, *argmax, target.table if target.by_table else None)
+    chosen = released_argmax_cost(space, *argmax, target)
   elif target.by_table:
     chosen = exact_latency(space, target.table, *argmax)
   else:
@@ -193,15 +193,16 @@ def priced(
   return expected_flops(space, logits, form, variant), chosen
 
 
-def released_argmax_cost(space: SearchSpace, width_idx, depth_idx, table=None) -> jax.Array:
+def released_argmax_cost(space: SearchSpace, width_idx, depth_idx, target=None) -> jax.Array:
   """The released search's estimate of F(A) (its `get_flop('genotype')`): the chain form of E[F]
   at one-hot distributions. Where a stage is truncated, the next stage's first conv is priced
   with the dropped last block's width; only the unpruned network's projections are priced (not
-  those a width mismatch inserts); the classifier has no bias. With a table, the same walk
-  priced by it."""
+  those a width mismatch inserts); the classifier has no bias. With a latency target, the same walk
+  priced by its table."""
   pa = jax.nn.one_hot(width_idx, space.width_table().shape[1])
   pb = jax.nn.one_hot(depth_idx, space.depth_table().shape[1])
-  pricer = FlopsPricer(space, pa) if table is None else LatencyPricer(space, pa, table)
+  by_table = target is not None and target.by_table
+  pricer = LatencyPricer(space, pa, target.table) if by_table else FlopsPricer(space, pa)
   return expected_cost(space, pa, pb, pricer, "released")
 
 
