@@ -213,6 +213,18 @@ def search(config: ml_collections.ConfigDict, workdir: str) -> dict:
   test_source = ds.eval_source()
   target = target_lib.Target.build(config, base, workdir)
   weight, unit = settings.penalty_scale(p, base, target.full, target.by_table)
+  logging.info(
+    "[%s] penalty %.4g·((%s − %.0f%% of the unpruned) / %s)², %s",
+    stage,
+    weight,
+    target.label,
+    100 * ratio,
+    "the unpruned network's" if unit == target.full else f"{unit:g}",
+    "scaled from the released α = %g per G² at %s"
+    % (settings.cost_weight(p, base), settings.REFERENCE_NETWORK[settings.family(base)])
+    if p.penalty == "scaled"
+    else "the released form",
+  )
   step = make_search_step(model, p, target, mesh, config.parallel)
   # the masked network with batch statistics: its running statistics trail the masks, which
   # moved during the epoch (on a small dataset they are a few steps old; fine-tuning renews them)
