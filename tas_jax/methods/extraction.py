@@ -87,22 +87,28 @@ def read_training_form(workdir: str, method: str, abstract: dict) -> dict:
   )
 
 
-def _markdown(title: str, source: str, summary: dict, table: list[dict]) -> str:
+def size_rows(summary: dict) -> list[str]:
+  """The report's original/pruned table of FLOPs and params (every extraction's report.md)."""
   b, p = summary["before"], summary["after"]
-  lines = [
-    f"# {title}: extracted network {summary['architecture']}",
-    "",
-    f"{source}; the weights of the kept channels are in `weights/`.",
-    "",
+  return [
     "| | original | pruned | kept |",
     "|---|---|---|---|",
     f"| FLOPs (M) | {b['flops_m']:.2f} | {p['flops_m']:.2f} | "
     f"{100 * summary['flops_ratio']:.1f}% |",
     f"| params (M) | {b['params_m']:.4f} | {p['params_m']:.4f} | "
     f"{100 * p['params_m'] / b['params_m']:.1f}% |",
+  ]
+
+
+def _markdown(title: str, source: str, summary: dict, table: list[dict]) -> str:
+  lines = [
+    f"# {title}: extracted network {summary['architecture']}",
     "",
-    f"Target {100 * summary['target']:.0f}% of the original "
-    f"{'FLOPs' if summary['cost'] == 'flops' else 'table latency'}.",
+    f"{source}; the weights of the kept channels are in `weights/`.",
+    "",
+    *size_rows(summary),
+    "",
+    f"Target {100 * summary['target']:.0f}% of the original {target_lib.LABELS[summary['cost']]}.",
     "",
     *latency.report_lines(summary.get("latency")),
     "| layer | original width | kept channels | kept |",

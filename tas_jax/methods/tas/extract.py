@@ -25,6 +25,7 @@ from absl import logging
 
 from tas_jax import latency, plots, target as target_lib, workdir as layout
 from tas_jax.errors import CheckpointNotFoundError, ConfigError
+from tas_jax.methods import extraction
 from tas_jax.methods.tas import space as space_lib
 from tas_jax.models import arch as arch_lib
 from tas_jax.models.candidates import NUM_WIDTH_CANDIDATES
@@ -99,12 +100,7 @@ def _markdown(summary: dict, rows: list[dict]) -> str:
     f"From the search checkpoint at step {summary['search_step']} "
     f"({summary['search_epochs_recorded']} epochs recorded).",
     "",
-    "| | original | pruned | kept |",
-    "|---|---|---|---|",
-    f"| FLOPs (M) | {b['flops_m']:.2f} | {p['flops_m']:.2f} | "
-    f"{100 * summary['flops_ratio']:.1f}% |",
-    f"| params (M) | {b['params_m']:.4f} | {p['params_m']:.4f} | "
-    f"{100 * p['params_m'] / b['params_m']:.1f}% |",
+    *extraction.size_rows(summary),
     f"| blocks per stage | {b['depths']} | {p['depths']} | |",
     "",
     f"F(A) = {100 * summary['flops_ratio']:.1f}% of F_max; target {100 * summary['target']:.0f}% "
