@@ -12,3 +12,13 @@ def load(workdir: str, run: str = "teacher"):
   from tas_jax import runs
 
   return runs.load(workdir, run)
+
+
+def __getattr__(name: str):
+  """`tas_jax.graph` (channel groups of any Flax model) and `tas_jax.prune` (plans on them),
+  imported on first use."""
+  if name in ("graph", "prune"):
+    import importlib
+
+    return importlib.import_module(f"tas_jax.{name}")
+  raise AttributeError(f"module 'tas_jax' has no attribute {name!r}")

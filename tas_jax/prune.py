@@ -24,7 +24,7 @@ import numpy as np
 
 from tas_jax.graph import Graph
 from tas_jax.graph.models import path_name
-from tas_jax.methods.oneshot import criteria, select
+from tas_jax.ops import criteria, select
 
 CRITERIA = ("l1", "fpgm", "random")
 RANKINGS = ("global", "uniform")

@@ -114,7 +114,7 @@ class Target:
     return float(self.at_kept(groups, kept)) / self.full
 
   def cost_of_counts(self):
-    """counts -> cost, for the channel selections (`oneshot/select.py`); None: FLOPs, which
+    """counts -> cost, for the channel selections (`tas_jax/ops/select.py`); None: FLOPs, which
     they count themselves."""
     if not self.by_table:
       return None

@@ -10,17 +10,18 @@ from flax import nnx
 
 
 class VGG11(nn.Module):
-  """VGG-11 with BN: 8 convs in 5 stages, max-pools, then NHWC flatten → Dense → Dense."""
+  """VGG-11 with BN: 8 convs in 5 stages, max-pools, then NHWC flatten → Dense → Dense. (Convs
+  padded by 1 on each side, as torchvision's: the Torch-Pruning twin computes the same.)"""
 
   widths: tuple = (8, 16, 16, 16, 24, 24, 24, 24)
-  pools: tuple = (0, 1, 3, 5, 7)  # after these convs
+  pools: tuple = (0, 1, 3, 5)  # after these convs: 32x32 in, a 2x2x24 map flattened
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     for i, w in enumerate(self.widths):
-      x = nn.Conv(w, (3, 3), use_bias=False)(x)
+      x = nn.Conv(w, (3, 3), padding=1, use_bias=False)(x)
       x = nn.relu(nn.BatchNorm(use_running_average=not train)(x))
-      if i in self.pools and x.shape[1] > 1:
+      if i in self.pools:
         x = nn.max_pool(x, (2, 2), (2, 2))
     x = x.reshape(x.shape[0], -1)
     x = nn.relu(nn.Dense(32)(x))
@@ -41,7 +42,9 @@ class InvertedResidual(nn.Module):
     bn = lambda: nn.BatchNorm(use_running_average=not train)
     hidden = self.inp * self.expand
     y = nn.relu6(bn()(nn.Conv(hidden, (1, 1), use_bias=False)(x)))
-    y = nn.Conv(hidden, (3, 3), self.stride, feature_group_count=hidden, use_bias=False)(y)
+    y = nn.Conv(hidden, (3, 3), self.stride, padding=1, feature_group_count=hidden, use_bias=False)(
+      y
+    )
     y = nn.relu6(bn()(y))
     y = bn()(nn.Conv(self.out, (1, 1), use_bias=False)(y))
     return x + y if self.stride == 1 and self.inp == self.out else y
@@ -52,7 +55,7 @@ class MobileNetV2(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    x = nn.relu6(nn.BatchNorm(use_running_average=not train)(nn.Conv(8, (3, 3), 2)(x)))
+    x = nn.relu6(nn.BatchNorm(use_running_average=not train)(nn.Conv(8, (3, 3), 2, padding=1)(x)))
     inp = 8
     for out, expand, stride in ((8, 1, 1), (12, 4, 2), (12, 4, 1), (16, 4, 2), (16, 4, 1)):
       x = InvertedResidual(inp, out, expand, stride)(x, train)

@@ -14,12 +14,14 @@ from flax import nnx
 
 from tas_jax import graph, prune
 from tas_jax.graph.models import path_name
+from tas_jax.models import channels, networks, repvgg
 from tests import graph_zoo as zoo
 
 
 def randomised(variables, seed=0):
-  """Every variable random (running variances positive): zeroed channels then differ from kept
-  ones everywhere, and running statistics matter."""
+  """Every variable random, kernels at 1/sqrt(fan-in) and running variances positive: zeroed
+  channels then differ from kept ones everywhere, running statistics matter, and activations keep
+  their scale through the network."""
   leaves, treedef = jax.tree_util.tree_flatten_with_path(variables)
   keys = jax.random.split(jax.random.key(seed), len(leaves))
   out = []
@@ -27,7 +29,9 @@ def randomised(variables, seed=0):
     r = jax.random.normal(k, x.shape, x.dtype)
     if path_name(path).endswith("var"):
       r = 0.5 + jnp.abs(r)
-    out.append(r * (0.3 if x.ndim > 1 else 1.0))
+    elif x.ndim > 1:
+      r = r / np.sqrt(np.prod(x.shape[:-1]))
+    out.append(r)
   return jax.tree_util.tree_unflatten(treedef, out)
 
 
@@ -170,3 +174,167 @@ def test_ignore_keeps_a_layers_outputs_and_cuts_its_inputs():
   assert "Conv_6" in [grp.name for grp in g.groups]
   with pytest.raises(ValueError, match="no variable of the model is under"):
     graph.trace(module, variables, x, ignore=["Conv_70"])
+
+
+@pytest.mark.parametrize("name", ["resnet20", "imagenet_resnet50", "resnet18_tv", "repvgg_a0"])
+def test_builtin_networks_traced_groups_equal_the_topologys(name):
+  """The groups traced from the Flax module equal the groups models/channels.py derives from the
+  topology, channel for channel. A RepVGG is compared in deploy form, the form it is cut in: in
+  training form its identity branches add a block's input to its output, which couples each
+  stage's blocks into one chain (checked below)."""
+  arch = networks.resolve(name)
+  lay = channels.of(arch)
+  g, names = channels.traced(arch)
+  assert len(g.groups) == len(lay.groups)
+  assert sorted(names.values()) == sorted(t.name for t in g.groups)
+  for group in lay.groups:
+    t = g.group(names[group.name])
+    assert t.size == group.size
+    assert set(t.producer_paths) == {
+      channels.producer_path(arch, c) for c in lay.producers(group.name)
+    }
+    for m in t.members:  # channel j is index j of every member (conv, BN, classifier)
+      assert m.indices == tuple((j,) for j in range(group.size)), (group.name, m.path)
+    consumers = {m.path for m in t.members} - set(t.producer_paths)
+    readers = [c for c in channels.convs(arch) if lay.conv_groups[c.name][0] == group.name]
+    for c in readers:
+      assert channels.producer_path(arch, c) in consumers
+    assert ("params/classifier/kernel" in consumers) == (group.name == lay.head_group)
+  if isinstance(arch, repvgg.RepVGGArch):
+    module = networks.build(arch)
+    x = jnp.zeros((1, 32, 32, 3))
+    variables = jax.eval_shape(lambda: module.init(jax.random.key(0), x, False))
+    chains = graph.trace(module, variables, x, train=False).groups
+    assert [c.name for c in chains] == [f"stage{s}.block1/dense/conv" for s in range(1, 6)]
+    assert [c.size for c in chains] == [stage[0] for stage in arch.stages]
+
+
+def test_builtin_cut_equals_masked_network():
+  """The built-in surgery is the graph's cut: a ResNet-20 with random channels removed computes
+  what the original computes with them zeroed."""
+  arch = networks.resolve("resnet20")
+  module = networks.build(arch)
+  x = jax.random.normal(jax.random.key(1), (2, 32, 32, 3))
+  variables = randomised(module.init(jax.random.key(0), x, False))
+  rng = np.random.default_rng(0)
+  kept = {
+    g.name: sorted(rng.choice(g.size, g.size // 2, replace=False).tolist())
+    for g in channels.of(arch).groups
+  }
+  pruned, small = channels.cut(arch, variables, kept)
+  g, names = channels.traced(arch)
+  masked = g.masked(variables, {names[k]: v for k, v in kept.items()})
+  want = module.apply(masked, x, train=False)
+  got = networks.build(pruned).apply(small, x, train=False)
+  np.testing.assert_allclose(got, want, atol=1e-5 * np.abs(want).max())
+
+
+def test_readme_example_runs_as_written(capsys):
+  """README's "Prune any Flax model" example, executed as written: it prints what README says."""
+  import os
+  import re
+
+  readme = open(os.path.join(os.path.dirname(os.path.dirname(__file__)), "README.md")).read()
+  blocks = re.findall(r"```python\n((?:(?!```).)*?)```\n\nprints\n\n```\n(.*?)```", readme, re.S)
+  (code, printed), *_ = [b for b in blocks if "tas_jax.graph.trace(" in b[0]]
+  exec(code, {})  # noqa: S102 — README's own lines
+  assert capsys.readouterr().out == printed
+
+
+def _conv(x, k):
+  return jax.lax.conv_general_dilated(x, k, (1,) * (x.ndim - 2), "SAME", dimension_numbers=None)
+
+
+def _nhwc(x, k):
+  spec = ("NHWC", "HWIO", "NHWC") if x.ndim == 4 else ("NWC", "WIO", "NWC")
+  return jax.lax.conv_general_dilated(x, k, (1,) * (x.ndim - 2), "SAME", dimension_numbers=spec)
+
+
+def _concat_twice(v, x):  # Torch-Pruning #146: the same value concatenated twice
+  h = jax.nn.relu(_nhwc(x, v["a"]))
+  return _nhwc(jnp.concatenate([h, h], -1), v["b"]).mean((1, 2))
+
+
+def _chunks(v, x):  # #147: a conv's output split in two halves, swapped and concatenated
+  first, second = jnp.split(jax.nn.relu(_nhwc(x, v["a"])), 2, axis=-1)
+  return _nhwc(jnp.concatenate([second, first * 2], -1), v["b"]).mean((1, 2))
+
+
+def _conv1d_flatten(v, x):  # #451: Conv1d, then a flatten into a Dense
+  h = jax.nn.relu(_nhwc(x, v["a"]))
+  return h.reshape(h.shape[0], -1) @ v["dense"]
+
+
+def _dense_reshape_conv(v, x):  # #125: Dense → reshape to a map → conv
+  h = jax.nn.relu(x.reshape(x.shape[0], -1) @ v["dense"]).reshape(x.shape[0], 4, 4, -1)
+  return _nhwc(h, v["b"]).mean((1, 2))
+
+
+def _one_channel(v, x):  # #179: a conv with a single output channel
+  h = jax.nn.relu(_nhwc(x, v["a"]))
+  return _nhwc(jax.nn.relu(_nhwc(h, v["one"])), v["b"]).mean((1, 2))
+
+
+def _scanned(v, x):  # stacked layers under lax.scan: a hidden width shared by every iteration
+  def layer(h, w):
+    return h + jax.nn.relu(h @ w["up"]) @ w["down"], None
+
+  h, _ = jax.lax.scan(layer, jax.nn.relu(x @ v["in"]), v["layers"])
+  return h @ v["out"]
+
+
+def _param(key, shape):
+  return jax.random.normal(key, shape) / np.sqrt(np.prod(shape[:-1]))
+
+
+REGRESSIONS = {
+  "concat_twice": (_concat_twice, {"a": (3, 3, 3, 6), "b": (3, 3, 12, 4)}, (2, 6, 6, 3)),
+  "chunks": (_chunks, {"a": (3, 3, 3, 8), "b": (3, 3, 8, 4)}, (2, 6, 6, 3)),
+  "conv1d_flatten": (_conv1d_flatten, {"a": (3, 2, 6), "dense": (30, 4)}, (2, 5, 2)),
+  "dense_reshape_conv": (_dense_reshape_conv, {"dense": (12, 48), "b": (3, 3, 3, 4)}, (2, 12)),
+  "one_channel": (
+    _one_channel,
+    {"a": (3, 3, 3, 6), "one": (3, 3, 6, 1), "b": (3, 3, 1, 4)},
+    (2, 6, 6, 3),
+  ),
+  "scan": (
+    _scanned,
+    {"in": (5, 8), "layers": {"up": (3, 8, 16), "down": (3, 16, 8)}, "out": (8, 4)},
+    (2, 5),
+  ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(REGRESSIONS))
+def test_regressions_from_torch_pruning_issues(name):
+  fn, shapes, x_shape = REGRESSIONS[name]
+  leaves, treedef = jax.tree_util.tree_flatten(shapes, is_leaf=lambda s: isinstance(s, tuple))
+  keys = jax.random.split(jax.random.key(0), len(leaves) + 1)
+  v = jax.tree_util.tree_unflatten(treedef, [_param(k, s) for k, s in zip(keys, leaves)])
+  x = jax.random.normal(keys[-1], x_shape)
+  g = graph.trace(fn, v, x)
+  sizes = {grp.name: grp.size for grp in g.groups}
+  rng = np.random.default_rng(1)
+  kept = {
+    grp.name: sorted(rng.choice(grp.size, max(1, grp.size // 2), replace=False).tolist())
+    for grp in g.groups
+  }
+  small_apply, small, _ = g.prune(kept)
+  want = fn(g.masked(v, kept), x)
+  np.testing.assert_allclose(small_apply(small, x), want, atol=1e-5 * np.abs(want).max())
+  if name == "concat_twice":  # channel j is rows j and 6 + j of the consumer
+    assert sizes == {"a": 6}
+    (consumer,) = [m for m in g.group("a").members if m.path == "b"]
+    assert consumer.indices == tuple((j, 6 + j) for j in range(6))
+  elif name == "chunks":  # the halves keep the same positions: 4 channels of 2 rows each
+    assert sizes == {"a": 4} and small["b"].shape[2] == 2 * len(kept["a"])
+  elif name == "conv1d_flatten":  # NWC flatten: channel c is rows 6p + c
+    (rows,) = [m for m in g.group("a").members if m.path == "dense"]
+    assert rows.indices[1] == (1, 7, 13, 19, 25)
+  elif name == "dense_reshape_conv":  # a Dense reshaped into a map: its columns are pixels and
+    assert sizes == {}  # channels at once, which the trace does not split: left alone
+  elif name == "one_channel":  # a 1-channel conv has nothing to cut: no group, its shape stays
+    assert sizes == {"a": 6} and small["one"].shape == (3, 3, 3, 1)
+  elif name == "scan":  # the hidden width and the carried width, each cut in every layer alike
+    assert sizes == {"in": 8, "layers": 16}
+    assert small["layers"]["up"].shape == (3, 4, 8) and small["layers"]["down"].shape == (3, 8, 4)

@@ -261,8 +261,8 @@ def test_kept_count_latency_equals_the_table_latency_of_the_network_at_those_wid
 
 
 def test_global_l1_ranking_stops_at_the_latency_target():
-  from tas_jax.methods.oneshot import select
   from tas_jax.models import channels
+  from tas_jax.ops import select
 
   base = arch.named("resnet20")
   table = fake_table(base, monotone_with_overhead)

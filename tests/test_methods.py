@@ -17,9 +17,9 @@ from test_repvgg import TINY as TINY_REPVGG
 
 from tas_jax import config as config_lib, main, methods, parallel, workdir as layout
 from tas_jax.methods import extraction
-from tas_jax.methods.oneshot import criteria, stages
+from tas_jax.methods.oneshot import stages
 from tas_jax.models import arch, channels, networks, repvgg, resnet
-from tas_jax.ops import flops
+from tas_jax.ops import criteria, flops
 from tas_jax.target import Target
 
 

@@ -1,5 +1,5 @@
 """RepVGG for PaS: the published sizes, reparameterisation (training form = deploy form), masks per
-block, and the squeezed network = the masked one; a PaS step on it."""
+block, and the cut network = the masked one; a PaS step on it."""
 
 import jax
 import jax.numpy as jnp
@@ -77,9 +77,7 @@ def test_squeezed_network_computes_the_masked_function_and_its_flops_are_the_mas
     train=False,
   )
   kept = search.kept_channels(scores)
-  pruned, weights = repvgg.squeeze(
-    TINY, repvgg.reparameterize(TINY, jax.device_get(v)), kept, name="tiny_pas"
-  )
+  pruned, weights = channels.cut(TINY, jax.device_get(v), kept, name="tiny_pas")
   got = repvgg.RepVGG(pruned, deploy=True).apply(weights, x)
   np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5)
   # the last block's mask trims the classifier's inputs

@@ -80,6 +80,14 @@ class Walker:
     self.repeats = 1
     self.first_use: dict = {}  # Var -> order of the first equation that reads it
     self.enclosing: list = []  # the call equations whose jaxpr is being walked
+    self.origin: dict = {}  # Var -> the variable it is a cast or a call's copy of, same axes
+
+  def source(self, v):
+    """The value `v` is a dtype cast (or a nested call's parameter) of: a kernel keeps its name
+    through Flax's dtype promotion and the jit around a layer."""
+    while v in self.origin:
+      v = self.origin[v]
+    return v
 
   # --- values -------------------------------------------------------------------------------
   def of(self, v) -> list:
@@ -135,6 +143,8 @@ class Walker:
       self.pin_value(v)
     for inv, op in zip(inner.invars, operands):
       self.define(inv, [self.atoms.like(a) for a in self.of(op)])
+      if not isinstance(op, core.Literal):
+        self.origin[inv] = op
     self.run(inner)
     for outv, res in zip(inner.outvars, results):
       self.define(res, [self.atoms.like(a) for a in self.of(outv)])
@@ -158,6 +168,9 @@ def _elementwise(w: Walker, eqn) -> None:
         if d > 1 and v.aval.shape[a] == d:
           w.atoms.unify(axes[a], b)
     w.define(out, axes)
+  operands = [v for v in eqn.invars if not isinstance(v, core.Literal)]
+  if len(operands) == 1 and len(eqn.outvars) == 1 and operands[0].aval.shape == shape:
+    w.origin[eqn.outvars[0]] = operands[0]
 
 
 def _one_to_one(w: Walker, eqn) -> None:
@@ -386,6 +399,8 @@ def _conv(w: Walker, eqn) -> None:
   la, ra = w.of(lhs), w.of(rhs)
   for a in rs:
     w.atoms.pin_axis(ra[a])
+  for a in dn.lhs_spec[2:]:  # pixels are not channels
+    w.atoms.pin_axis(la[a])
   groups = p["feature_group_count"]
   result = [None] * len(out.aval.shape)
   result[ob] = w.atoms.like(la[lb])
@@ -394,7 +409,7 @@ def _conv(w: Walker, eqn) -> None:
     result[a] = w.atoms.axis(out.aval.shape[a], pinned=True)
   if groups == 1:
     w.atoms.unify(la[lf], ra[ri])
-    w.contracted.add((rhs, ri))
+    w.contracted.add((w.source(rhs), ri))
   else:  # grouped / depthwise: a whole feature group (its inputs and outputs) is one channel
     c, o = lhs.aval.shape[lf], rhs.aval.shape[ro]
     if len(la[lf]) != 1 or len(result[of]) != 1:
@@ -422,8 +437,8 @@ def _dot_general(w: Walker, eqn) -> None:
   la, ra = w.of(lhs), w.of(rhs)
   for a, b in zip(lc, rc):
     w.atoms.unify(la[a], ra[b])
-    w.contracted.add((rhs, b))
-    w.contracted.add((lhs, a))
+    w.contracted.add((w.source(rhs), b))
+    w.contracted.add((w.source(lhs), a))
   result = []
   for a, b in zip(lbatch, rbatch):
     w.atoms.unify(la[a], ra[b])

@@ -18,7 +18,9 @@ the smaller architecture and its variables — every conv's kernel gathered on i
 axes, BN vectors and statistics to the kept outputs, the classifier to the kept inputs. In
 evaluation mode the result computes what the original computes with the removed channels zeroed
 after their ReLU (the "gate sites" of `tas_jax.models.resnet` and `repvgg`). A RepVGG is
-reparameterised to its deploy form (one 3x3 conv with bias per block) first, then squeezed.
+reparameterised to its deploy form (one 3x3 conv with bias per block) first. The arrays are cut by
+`tas_jax.graph` — the surgery any Flax model gets — on the network's traced groups, which a test
+checks equal to the groups derived here, channel for channel.
 
 `Gated` is the other way to run a pruned network: the original in training form with the removed
 channels zeroed by fixed 0/1 gates — frozen masks. A RepVGG is fine-tuned so (its BN-carrying
@@ -39,6 +41,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from tas_jax import graph
 from tas_jax.models import networks, repvgg, resnet, topology
 from tas_jax.models.arch import Architecture
 
@@ -161,42 +164,39 @@ def _get(tree: dict, path: tuple[str, ...]) -> dict:
   return tree
 
 
-def _put(tree: dict, path: tuple[str, ...], value: dict) -> None:
-  for key in path[:-1]:
-    tree = tree.setdefault(key, {})
-  tree[path[-1]] = value
+def producer_path(arch: Network, conv: topology.Conv) -> str:
+  """Where a conv's kernel lives in the variables `cut` reads (a RepVGG's: deploy form)."""
+  if isinstance(arch, repvgg.RepVGGArch):
+    return f"params/{conv.name}/kernel"
+  return "/".join(("params", *resnet.variable_scope(conv.name), "conv", "kernel"))
 
 
-def _gather_resnet(arch: Architecture, kept: dict, params: dict, batch_stats: dict) -> dict:
+@functools.cache
+def traced(arch: Network) -> tuple:
+  """(the network's `tas_jax.graph.Graph`, {group: traced group name}): the groups of this module
+  found again in the network's own computation (a RepVGG's deploy form). The surgery of every
+  network, built-in or a user's, is the graph's cut."""
+  form = dataclasses.replace(arch, deploy=True) if isinstance(arch, repvgg.RepVGGArch) else arch
+  module = networks.build(form)
+  size = min(arch.input_size, 64)  # the groups do not depend on the image size
+  x = jax.ShapeDtypeStruct((1, size, size, arch.input_channels), jnp.float32)
+  variables = jax.eval_shape(lambda: module.init(jax.random.key(0), jnp.zeros(x.shape), False))
+  traced_graph = graph.trace(module, variables, x, train=False)
+  by_producers = {frozenset(t.producer_paths): t.name for t in traced_graph.groups}
   lay = of(arch)
-  new_params, new_stats = {}, {}
-  for c in topology.of(arch).convs():
-    scope = resnet.variable_scope(c.name)
-    group_in, group_out = lay.conv_groups[c.name]
-    rows = np.arange(c.in_width) if group_in is None else np.asarray(kept[group_in])
-    cols = np.asarray(kept[group_out])
-    layer = _get(params, scope)
-    entry = {"conv": {"kernel": np.asarray(layer["conv"]["kernel"])[:, :, rows][..., cols]}}
-    if c.has_bn:
-      entry["bn"] = {k: np.asarray(v)[cols] for k, v in layer["bn"].items()}
-      _put(
-        new_stats,
-        scope,
-        {"bn": {k: np.asarray(v)[cols] for k, v in _get(batch_stats, scope)["bn"].items()}},
-      )
-    _put(new_params, scope, entry)
-  head = np.asarray(kept[lay.head_group])
-  new_params["classifier"] = {
-    "kernel": np.asarray(params["classifier"]["kernel"])[head],
-    "bias": np.asarray(params["classifier"]["bias"]),
-  }
-  return {"params": new_params, "batch_stats": new_stats}
+  names = {}
+  for g in lay.groups:
+    producers = frozenset(producer_path(arch, c) for c in lay.producers(g.name))
+    if producers not in by_producers:
+      raise AssertionError(f"{arch.name}: group {g.name} ({sorted(producers)}) not in the trace")
+    names[g.name] = by_producers[producers]
+  return traced_graph, names
 
 
 def cut(arch: Network, variables: dict, kept: dict, name: str = "") -> tuple[Network, dict]:
   """(the pruned architecture, its {"params", "batch_stats"}) keeping `kept[group]` of every group
-  of a trained network's {"params", "batch_stats"}. A RepVGG comes out in deploy form (no BN
-  statistics)."""
+  of a trained network's {"params", "batch_stats"}: the traced graph's cut (`traced`). A RepVGG
+  is reparameterised first and comes out in deploy form (no BN statistics)."""
   lay = of(arch)
   for g in lay.groups:
     chosen = np.asarray(kept[g.name])
@@ -206,12 +206,12 @@ def cut(arch: Network, variables: dict, kept: dict, name: str = "") -> tuple[Net
         f"least one; got {chosen.tolist()}"
       )
   variables = jax.device_get(variables)
+  traced_graph, names = traced(arch)
+  pruned = pruned_architecture(arch, kept, name)
   if isinstance(arch, repvgg.RepVGGArch):
-    pruned, got = repvgg.squeeze(arch, repvgg.reparameterize(arch, variables), kept, name)
-    got["batch_stats"] = {}
-  else:
-    pruned = pruned_architecture(arch, kept, name)
-    got = _gather_resnet(arch, kept, variables["params"], variables["batch_stats"])
+    variables = repvgg.reparameterize(arch, variables)
+  got = traced_graph.cut(variables, {names[g]: idx for g, idx in kept.items()})
+  got = {"params": got["params"], "batch_stats": got.get("batch_stats", {})}
   expected = jax.eval_shape(
     lambda: networks.build(pruned).init(jax.random.key(0), networks.dummy_input(pruned))
   )

@@ -5,8 +5,8 @@ training form a block is ReLU(BN(conv3x3(x)) + BN(conv1x1(x)) + BN(x)), the iden
 where the block keeps width and resolution. `reparameterize` folds the three branches and their
 BNs into one 3x3 conv with bias per block — the deploy form, a plain VGG-like chain computing the
 same function in evaluation mode. The deploy form has a free width per layer, so a network PaS
-pruned (`squeeze`: drop a block's masked output rows and the next block's matching input columns)
-is again a `RepVGGArch`, built by the same module with `deploy=True`.
+pruned (`tas_jax.models.channels.cut`: a block's masked output rows and the next block's matching
+input columns go) is again a `RepVGGArch`, built by the same module with `deploy=True`.
 
 `gates` (a call argument) multiplies a block's output, after its ReLU, by a per-channel vector
 (the site is the block's name, "stage2.block1"), as in `tas_jax.models.resnet`.
@@ -39,7 +39,7 @@ class RepVGGArch:
   stages: tuple[tuple[int, ...], ...]
   name: str = ""
   family: str = "repvgg"
-  deploy: bool = False  # built in deploy form (a pruned/squeezed network) rather than training form
+  deploy: bool = False  # built in deploy form (a pruned network) rather than training form
 
   def __post_init__(self):
     object.__setattr__(self, "stages", tuple(tuple(int(w) for w in s) for s in self.stages))
@@ -213,32 +213,3 @@ def reparameterize(arch: RepVGGArch, variables: dict) -> dict:
       kernel, bias = kernel + ki, bias + bi
     out[c.name] = {"kernel": kernel.astype(np.float32), "bias": bias.astype(np.float32)}
   return {"params": out}
-
-
-def squeeze(
-  arch: RepVGGArch, deploy_variables: dict, kept: dict, name: str = ""
-) -> tuple[RepVGGArch, dict]:
-  """The deploy network keeping the channels `kept[block]` (sorted indices) of every block's
-  output: its rows of that block's kernel and bias, the matching input columns of the next block,
-  and the classifier's inputs of the last block (trimmed with it)."""
-  params = deploy_variables["params"]
-  out, prev = {}, np.arange(arch.input_channels)
-  for c in blocks(arch):
-    cols = np.asarray(kept[c.name])
-    out[c.name] = {
-      "kernel": np.asarray(params[c.name]["kernel"])[:, :, prev][..., cols],
-      "bias": np.asarray(params[c.name]["bias"])[cols],
-    }
-    prev = cols
-  out["classifier"] = {
-    "kernel": np.asarray(params["classifier"]["kernel"])[prev],
-    "bias": np.asarray(params["classifier"]["bias"]),
-  }
-  stages = [
-    [len(kept[f"stage{s + 1}.block{b + 1}"]) for b in range(len(st))]
-    for s, st in enumerate(arch.stages)
-  ]
-  return (
-    dataclasses.replace(arch, stages=tuple(map(tuple, stages)), name=name, deploy=True),
-    {"params": out},
-  )

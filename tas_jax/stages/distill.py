@@ -199,7 +199,7 @@ def distill(config: ml_collections.ConfigDict, workdir: str) -> dict:
 def _training_form(workdir: str, run_dir: str, method: str, base, kept: dict, pruned, dtype):
   """(model, init_variables, finish) of a fine-tuning in training form: the unpruned network
   with its removed channels gated off (frozen masks), from the extraction's training-form
-  weights; at the end it is cut into `pruned` (a RepVGG: reparameterised, then squeezed), which
+  weights; at the end it is cut into `pruned` (a RepVGG: reparameterised, then cut), which
   goes to the run's deploy/ folder and is evaluated again — its accuracy is the run's."""
   model = channels.Gated(base, channels.as_static(kept), dtype=dtype)
 

@@ -1,8 +1,10 @@
 """One-shot pruning of the trained teacher by a per-channel criterion: the classic baselines.
 
-criteria.py  the scores: L1 norm of a channel's filters (Li et al. 2017), FPGM's distance to the
-             other filters (He et al. 2019)
-select.py    the kept channels for a FLOPs target: one global ranking, or one ratio for every group
+The scores and the selection are shared with pruning any traced model (`tas_jax.prune`):
+tas_jax/ops/criteria.py  L1 norm of a channel's filters (Li et al. 2017), FPGM's distance to the
+                         other filters (He et al. 2019)
+tas_jax/ops/select.py    the kept channels for a FLOPs target: one global ranking, or one ratio
+                         for every group
 settings.py  their config sections (config.l1, config.fpgm) and each paper's fine-tuning recipe
 stages.py    search (scores, kept channels) and extract (the channels cut out with their weights)
 soft.py      FPGM's soft pruning (fpgm.soft): the teacher fine-tuned, zeroed after each epoch

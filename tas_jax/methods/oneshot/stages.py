@@ -23,9 +23,9 @@ from absl import logging
 from tas_jax import target as target_lib, workdir as layout
 from tas_jax.errors import CheckpointNotFoundError, ConfigError
 from tas_jax.methods import extraction
-from tas_jax.methods.oneshot import criteria, select, settings
+from tas_jax.methods.oneshot import settings
 from tas_jax.models import channels, networks
-from tas_jax.ops import flops
+from tas_jax.ops import criteria, flops, select
 from tas_jax.training import checkpoint
 
 CHANNELS = "channels.json"
