@@ -338,3 +338,17 @@ def test_regressions_from_torch_pruning_issues(name):
   elif name == "scan":  # the hidden width and the carried width, each cut in every layer alike
     assert sizes == {"in": 8, "layers": 16}
     assert small["layers"]["up"].shape == (3, 4, 8) and small["layers"]["down"].shape == (3, 8, 4)
+
+
+def test_plan_to_a_parameter_target_with_a_uniform_ratio():
+  module, shape = LINEN["se_resnet"]
+  x = jnp.ones(shape)
+  g = graph.trace(module, randomised(module.init(jax.random.key(0), x)), x)
+  plan = prune.plan(g, criterion="random", param_ratio=0.4, ranking="uniform")
+  assert g.params(plan.kept) <= 0.4 * g.params()
+  fractions = {round(len(plan.kept[grp.name]) / grp.size, 1) for grp in g.groups if grp.size >= 8}
+  assert len(fractions) == 1, fractions  # the same share of every group
+  with pytest.raises(ValueError, match="one of flop_ratio= or param_ratio="):
+    prune.plan(g, flop_ratio=0.5, param_ratio=0.5)
+  with pytest.raises(ValueError, match="criterion must be one of"):
+    prune.plan(g, criterion="taylor", flop_ratio=0.5)
