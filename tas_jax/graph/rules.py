@@ -111,10 +111,11 @@ class Walker:
   # --- walking ------------------------------------------------------------------------------
   def run(self, jaxpr) -> None:
     for eqn in jaxpr.eqns:
-      for v in eqn.invars:
-        if not isinstance(v, core.Literal):
-          self.first_use.setdefault(v, len(self.first_use))
       name = eqn.primitive.name
+      if name not in CALLS and name != "scan":  # where the computation, not a wrapper, reads it
+        for v in eqn.invars:
+          if not isinstance(v, core.Literal):
+            self.first_use.setdefault(self.source(v), len(self.first_use))
       rule = RULES.get(name)
       if name in ELEMENTWISE:
         rule = _elementwise
