@@ -8,6 +8,7 @@ what is allowed.
 
 from __future__ import annotations
 
+import json
 import re
 
 import ml_collections
@@ -15,7 +16,7 @@ from absl import logging
 
 from tas_jax import errors, methods, target as target_lib, workdir as layout
 from tas_jax.data import datasets
-from tas_jax.models import arch as arch_lib, networks, repvgg
+from tas_jax.models import arch as arch_lib, networks, repvgg, user
 from tas_jax.validation import fail, fraction, positive
 
 STAGES = ("teacher", "search", "extract", "distill", "results", "all")
@@ -64,6 +65,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.block = "basic"          # basic | bottleneck (CIFAR); ImageNet depth decides
   c.model.repvgg = "a0"            # family=repvgg: a0 | b1 (widths and blocks of the paper)
   c.model.arch = ""                # a named network or an architecture JSON; overrides the above
+  c.model.module = ""              # your own flax.linen model, 'package.module:Class' (importable
+                                   # from the working directory): overrides the above; pruned on
+                                   # its traced channel groups by l1 | fpgm (README, "Your own
+                                   # model from the command line")
+  c.model.kwargs = "{}"            # model.module's keyword arguments, a JSON object
   c.model.dtype = "float32"        # float32 | bfloat16 (activations; weights stay float32)
   c.model.scan_blocks = False      # True: the blocks of a stage that share shapes run as one
                                    # lax.scan, recomputed in the backward pass: one compiled block
@@ -266,7 +272,15 @@ def validate(c: ml_collections.ConfigDict) -> None:
     fail("data.train_examples", c.data.train_examples, "must be -1 (all) or a positive integer")
   if c.model.dtype not in DTYPES:
     fail("model.dtype", c.model.dtype, f"allowed: {', '.join(DTYPES)}")
-  if c.model.arch:
+  if c.model.module:
+    user.load_class(c.model.module)
+    try:
+      kwargs = json.loads(c.model.kwargs)
+    except json.JSONDecodeError as e:
+      raise ConfigError(f"config.model.kwargs={c.model.kwargs!r}: not JSON ({e})") from None
+    if not isinstance(kwargs, dict):
+      fail("model.kwargs", c.model.kwargs, "a JSON object, e.g. '{\"num_classes\": 10}'")
+  elif c.model.arch:
     try:
       networks.resolve(c.model.arch)
     except arch_lib.ArchError as e:

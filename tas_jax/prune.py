@@ -19,31 +19,13 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable, Optional, Sequence
 
-import jax
 import numpy as np
 
 from tas_jax.graph import Graph
-from tas_jax.graph.models import path_name
 from tas_jax.ops import criteria, select
 
 CRITERIA = ("l1", "fpgm", "random")
 RANKINGS = ("global", "uniform")
-
-
-def producer_filters(graph: Graph, variables: Any) -> dict:
-  """{group: [(fan-in, C) filters of every producer]}: each channel's weights in a producer, laid
-  out as `criteria` expects (channels last)."""
-  arrays = {
-    path_name(p): np.asarray(x) for p, x in jax.tree_util.tree_flatten_with_path(variables)[0]
-  }
-  out = {}
-  for g in graph.groups:
-    filters = []
-    for m in g.producers:
-      w = np.moveaxis(arrays[m.path], m.axis, 0)
-      filters.append(np.stack([w[list(idx)].ravel() for idx in m.indices], axis=1))
-    out[g.name] = filters
-  return out
 
 
 def scores(graph: Graph, variables: Any, criterion: str, seed: int = 0) -> dict:
@@ -54,7 +36,7 @@ def scores(graph: Graph, variables: Any, criterion: str, seed: int = 0) -> dict:
     rng = np.random.default_rng(seed)
     return {g.name: rng.random(g.size) for g in graph.groups}
   out = {}
-  for name, filters in producer_filters(graph, variables).items():
+  for name, filters in graph.producer_filters(variables).items():
     if not filters:  # no kernel makes these channels (e.g. a bare scale): their size-only score
       out[name] = np.ones(graph.group(name).size)
     else:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import flax.linen as nn
 import jax
@@ -42,9 +42,11 @@ def _get(tree, path: tuple):
   return tree
 
 
-def _linen_widths(module: nn.Module, params: dict, original: dict, args: tuple) -> None:
+def _linen_widths(
+  module: nn.Module, params: dict, original: dict, args: tuple, prefix: tuple = ()
+) -> None:
   """Set the width attributes of one bound Flax layer from its (pruned) parameters."""
-  path = tuple(module.scope.path) if module.scope is not None else ()
+  path = tuple(module.scope.path)[len(prefix) :] if module.scope is not None else ()
   mine, before = _get(params, path), _get(original, path)
   if not isinstance(mine, dict):
     return
@@ -70,26 +72,52 @@ def _linen_widths(module: nn.Module, params: dict, original: dict, args: tuple) 
       put("num_groups", vector.shape[-1] // group_size)
 
 
+def _fit(value, shape):
+  """`value` (an initializer's output) cut to `shape` on every axis: a pruned model's fresh
+  parameter where the module's code states the unpruned shape."""
+  return value[tuple(slice(0, n) for n in shape)] if tuple(value.shape) != tuple(shape) else value
+
+
 @contextlib.contextmanager
-def _stored_param_shapes():
-  """Within it, a linen parameter that exists is taken at its stored (pruned) shape: Flax's check
-  against the shape the module's code states (e.g. a layer scale `(self.width,)`) is given the
-  stored shape instead. `Graph.verify` checks every shape of the pruned computation against the
-  trace, a stronger check than the one this stands in for."""
+def _param_shapes(shapes: Optional[dict], prefix: tuple):
+  """Within it, a linen parameter takes its pruned shape: a stored one is taken as stored (Flax's
+  check against the shape the module's code states, e.g. a layer scale `(self.width,)`, is given
+  the stored shape instead), and a new one (init) is cut to `shapes` where they name it.
+  `Graph.verify` checks every shape of the pruned computation against the trace, a stronger check
+  than the one this stands in for."""
   original = flax_scope.Scope.param
 
   def param(self, name, init_fn, *init_args, unbox=True, **init_kwargs):
-    if not self.has_variable("params", name):
+    if self.has_variable("params", name):
+      stored = meta.unbox(self.get_variable("params", name))
+      like = lambda *_, **__: jax.tree.map(lambda v: jnp.zeros(np.shape(v), v.dtype), stored)
+      return original(self, name, like, unbox=unbox)
+    target = _get(shapes, tuple(self.path)[len(prefix) :] + (name,)) if shapes else None
+    if target is None or not hasattr(target, "shape"):
       return original(self, name, init_fn, *init_args, unbox=unbox, **init_kwargs)
-    stored = meta.unbox(self.get_variable("params", name))
-    like = lambda *_, **__: jax.tree.map(lambda v: jnp.zeros(np.shape(v), v.dtype), stored)
-    return original(self, name, like, unbox=unbox)
+    fitted = lambda *a, **k: _fit(init_fn(*a, **k), target.shape)
+    return original(self, name, fitted, *init_args, unbox=unbox, **init_kwargs)
 
   flax_scope.Scope.param = param
   try:
     yield
   finally:
     flax_scope.Scope.param = original
+
+
+@contextlib.contextmanager
+def widths_from(params: dict, original: dict, prefix: tuple = ()):
+  """Runs linen modules at pruned widths: each Flax layer's width attributes set from `params`
+  (its pruned parameters or their shapes) as it is called, parameters at their pruned shapes.
+  `prefix`: the scope path of the model inside a larger one."""
+
+  def widths(next_fun, args, kwargs, context):
+    if context.method_name == "__call__":
+      _linen_widths(context.module, params, original, args, prefix)
+    return next_fun(*args, **kwargs)
+
+  with nn.intercept_methods(widths), _param_shapes(params, prefix):
+    yield
 
 
 class Function:
@@ -124,14 +152,7 @@ class Linen:
     original = original.get("params", {})
 
     def small_apply(small_variables, *xs):
-      params = small_variables.get("params", {})
-
-      def widths(next_fun, args, kwargs, context):
-        if context.method_name == "__call__":
-          _linen_widths(context.module, params, original, args)
-        return next_fun(*args, **kwargs)
-
-      with nn.intercept_methods(widths), _stored_param_shapes():
+      with widths_from(small_variables.get("params", {}), original):
         return self.module.apply(small_variables, *xs, **self.kwargs)
 
     return small_apply, variables, None

@@ -219,6 +219,21 @@ class Graph:
       if is_param
     )
 
+  def producer_filters(self, variables: Any) -> dict:
+    """{group: [(fan-in, C) filters of every producer]}: each channel's weights in a producing
+    kernel, channels last, as the filter criteria (`tas_jax.ops.criteria`) read them."""
+    arrays = {
+      path_name(p): np.asarray(x) for p, x in jax.tree_util.tree_flatten_with_path(variables)[0]
+    }
+    out = {}
+    for g in self.groups:
+      filters = []
+      for m in g.producers:
+        w = np.moveaxis(arrays[m.path], m.axis, 0)
+        filters.append(np.stack([w[list(idx)].ravel() for idx in m.indices], axis=1))
+      out[g.name] = filters
+    return out
+
   def counts(self, kept: dict) -> dict:
     return {g.name: len(kept.get(g.name, range(g.size))) for g in self.groups}
 
@@ -232,6 +247,16 @@ class Graph:
           f"kept channels of {name}: sorted distinct indices in [0, {g.size}), at least one; "
           f"got {idx.tolist()}"
         )
+
+  def shapes_at(self, kept: dict) -> Any:
+    """The traced variables' tree of `jax.ShapeDtypeStruct`s after `kept`'s cut."""
+    removed = self.removed(kept)
+    flat = jax.tree_util.tree_leaves(self.adapter.variables)
+    out = [
+      jax.ShapeDtypeStruct(tuple(kept_size(r, removed) for r in roots), x.dtype)
+      for x, roots in zip(flat, self.leaf_roots)
+    ]
+    return jax.tree_util.tree_unflatten(self.treedef, out)
 
   def cut(self, variables: Any, kept: dict) -> Any:
     """`variables` (the traced model's tree) with every channel `kept` does not keep removed from

@@ -36,6 +36,11 @@ from tas_jax.training import checkpoint
 def rows(base, kept_counts: dict) -> list[dict]:
   """The report's table: every main conv's original and kept width."""
   groups = channels.of(base)
+  if isinstance(groups, channels.TracedGroups):  # a user's model: one row per traced group
+    return [
+      {"layer": g.name, "original": g.size, "width": kept_counts[g.name], "removed": False}
+      for g in groups.groups
+    ]
   return [
     {
       "layer": c.name,

@@ -42,7 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from tas_jax import graph
-from tas_jax.models import networks, repvgg, resnet, topology
+from tas_jax.models import networks, repvgg, resnet, topology, user
 from tas_jax.models.arch import Architecture
 
 Network = Union[Architecture, repvgg.RepVGGArch]
@@ -96,9 +96,31 @@ def main_convs(arch: Network) -> tuple[topology.Conv, ...]:
   )
 
 
+@dataclasses.dataclass(frozen=True)
+class TracedGroups:
+  """The channel groups of a user's model (`tas_jax.models.user`), from its traced graph."""
+
+  arch: user.UserNetwork
+  groups: tuple[Group, ...]
+
+  @property
+  def graph(self):
+    return user.traced(self.arch)
+
+  @property
+  def num_channels(self) -> int:
+    return sum(g.size for g in self.groups)
+
+  def per_conv(self, kept: dict) -> dict:
+    return {g: [int(i) for i in idx] for g, idx in kept.items()}
+
+
 @functools.cache
 def of(arch: Network) -> ChannelGroups:
-  """The channel groups of `arch`, read off its topology."""
+  """The channel groups of `arch`, read off its topology (a user's model: its trace)."""
+  if isinstance(arch, user.UserNetwork):
+    g = user.traced(arch)
+    return TracedGroups(arch.unpruned, tuple(Group(t.name, t.size, ()) for t in g.groups))
   if isinstance(arch, repvgg.RepVGGArch):
     convs = repvgg.blocks(arch)
     groups = tuple(Group(c.name, c.out_width, (c.name,)) for c in convs)
@@ -135,6 +157,8 @@ def producer_kernels(arch: Network, variables: dict) -> dict:
   """{group: [(kh, kw, in, out) kernel of every conv producing it]} of a trained network: what a
   filter criterion (L1 norm, geometric median) scores. A RepVGG's are its deploy-form kernels
   (branches and BN folded in), the convs that remain after reparameterisation."""
+  if isinstance(arch, user.UserNetwork):
+    return user.traced(arch).producer_filters(variables)
   lay = of(arch)
   if isinstance(arch, repvgg.RepVGGArch):
     params = repvgg.reparameterize(arch, variables)["params"]
@@ -149,6 +173,8 @@ def producer_kernels(arch: Network, variables: dict) -> dict:
 def pruned_architecture(arch: Network, kept: dict, name: str = "") -> Network:
   """`arch` with every main conv as wide as its output group's kept channels (full depth); the
   shortcuts stay what they were, so the original's weights fit."""
+  if isinstance(arch, user.UserNetwork):
+    return arch.keep(kept, name)
   lay = of(arch)
   widths = [len(kept[lay.conv_groups[c.name][1]]) for c in main_convs(arch)]
   if isinstance(arch, repvgg.RepVGGArch):
@@ -206,6 +232,12 @@ def cut(arch: Network, variables: dict, kept: dict, name: str = "") -> tuple[Net
         f"least one; got {chosen.tolist()}"
       )
   variables = jax.device_get(variables)
+  if isinstance(arch, user.UserNetwork):
+    small = user.traced(arch).cut(variables, kept)
+    return arch.keep(kept, name), {
+      "params": small["params"],
+      "batch_stats": small.get("batch_stats", {}),
+    }
   traced_graph, names = traced(arch)
   pruned = pruned_architecture(arch, kept, name)
   if isinstance(arch, repvgg.RepVGGArch):

@@ -10,9 +10,9 @@ from typing import Optional, Union
 import flax.linen as nn
 import jax.numpy as jnp
 
-from tas_jax.models import arch as arch_lib, repvgg, resnet
+from tas_jax.models import arch as arch_lib, repvgg, resnet, user
 
-Network = Union[arch_lib.Architecture, repvgg.RepVGGArch]
+Network = Union[arch_lib.Architecture, repvgg.RepVGGArch, user.UserNetwork]
 REPVGG_NAMED = ("repvgg_a0", "repvgg_b1")
 NAMED = (*arch_lib.NAMED, *REPVGG_NAMED)  # every named network `resolve` knows
 
@@ -28,6 +28,8 @@ def build(
   ResNet's equal blocks as one lax.scan, `model.scan_blocks`)."""
   if isinstance(a, repvgg.RepVGGArch):
     return repvgg.RepVGG(a, bn_axis_name=bn_axis_name, dtype=dtype, name=name)
+  if isinstance(a, user.UserNetwork):
+    return user.Model(a, bn_axis_name=bn_axis_name, dtype=dtype, name=name)
   if not isinstance(a, arch_lib.Architecture):
     raise TypeError(
       f"networks.build takes a tas_jax architecture description (a ResNet's "
@@ -44,6 +46,8 @@ def dummy_input(a: Network, batch: int = 1):
 
 
 def from_dict(d, source: str = "architecture") -> Network:
+  if isinstance(d, dict) and d.get("family") == user.FAMILY:
+    return user.UserNetwork.from_dict(d, source)
   if isinstance(d, dict) and d.get("family") == "repvgg":
     return repvgg.RepVGGArch.from_dict(d, source)
   if isinstance(d, dict) and "family" in d and d["family"] not in arch_lib.FAMILIES:
@@ -81,7 +85,10 @@ def resolve(name_or_path: str) -> Network:
 
 
 def family_of(model) -> str:
-  """ "resnet" or "repvgg": the network a config's `model` section describes."""
+  """ "resnet", "repvgg" or "module" (a user's): the network a config's `model` section
+  describes."""
+  if model.get("module"):
+    return user.FAMILY
   if model.arch:
     return "repvgg" if isinstance(resolve(model.arch), repvgg.RepVGGArch) else "resnet"
   return "repvgg" if model.family == "repvgg" else "resnet"

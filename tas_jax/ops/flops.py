@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable
 
-from tas_jax.models import channels, repvgg, topology
+from tas_jax.models import channels, repvgg, topology, user
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +61,9 @@ def flops_at_widths(arch, widths: Callable[[topology.Conv], tuple[Any, Any]], he
 def with_kept(groups: channels.ChannelGroups, kept: dict) -> Any:
   """FLOPs of a network with `kept[group]` channels in each of its channel groups (traced or
   concrete counts): the network a weight-keeping method extracts, counted on the original."""
+
+  if isinstance(groups, channels.TracedGroups):  # a user's model: its traced graph's MACs
+    return groups.graph.macs({g: range(n) for g, n in kept.items()})
 
   def width(group):
     return groups.arch.input_channels if group is None else kept[group]
@@ -115,6 +118,10 @@ def layers(arch) -> tuple[Layer, ...]:
 
 
 def count(arch) -> Counts:
-  """FLOPs (multiply-adds) and parameters of `arch`."""
+  """FLOPs (multiply-adds) and parameters of `arch` (a user's model: its traced graph's, per
+  image, conv and matmul multiply-adds without bias adds)."""
+  if isinstance(arch, user.UserNetwork):
+    g, kept = user.traced(arch), dict(arch.kept) or None
+    return Counts(g.macs(kept), g.params(kept), ())
   ls = layers(arch)
   return Counts(sum(l.flops for l in ls), sum(l.params for l in ls), ls)

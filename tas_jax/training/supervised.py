@@ -11,6 +11,7 @@ distillation) and the initial weights.
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any, Callable, Optional
 
@@ -24,7 +25,7 @@ from absl import logging
 from tas_jax import parallel, workdir as layout
 from tas_jax.data import sources
 from tas_jax.errors import ConfigError
-from tas_jax.models import arch as arch_lib, networks, repvgg
+from tas_jax.models import arch as arch_lib, networks, repvgg, user
 from tas_jax.ops import flops
 from tas_jax.training import checkpoint, inputs as inputs_lib, stage as stage_lib, steps
 
@@ -103,6 +104,12 @@ def architecture(
   c: ml_collections.ConfigDict, num_classes: int, image_size: int, channels: int
 ) -> arch_lib.Architecture:
   """The network the config describes, fitted to a dataset's classes, image size and channels."""
+  if c.model.module:
+    kwargs = json.dumps(json.loads(c.model.kwargs), sort_keys=True)
+    name = c.model.module.split(":")[-1].lower()
+    net = user.UserNetwork(c.model.module, kwargs, num_classes, image_size, channels, name=name)
+    user.traced(net)  # the call convention, the output and the groups, checked before training
+    return net
   if c.model.arch:
     a = networks.resolve(c.model.arch)
     if (a.num_classes, a.input_size, a.input_channels) != (num_classes, image_size, channels):

@@ -30,7 +30,7 @@ L1 = Method(
     defaults=settings.l1_defaults,
     validate=settings.l1_validate,
     keeps_weights=True,
-    families=("resnet", "repvgg"),
+    families=("resnet", "repvgg", "module"),
     finetune_fields=FINETUNE_FIELDS,
     finetune=settings.finetune("l1"))
 
@@ -50,7 +50,7 @@ FPGM = Method(
     defaults=settings.fpgm_defaults,
     validate=settings.fpgm_validate,
     keeps_weights=True,
-    families=("resnet", "repvgg"),
+    families=("resnet", "repvgg", "module"),
     finetune_fields=FINETUNE_FIELDS,
     finetune=settings.finetune("fpgm"),
     search_reads_finetune=lambda config: bool(config.fpgm.soft))

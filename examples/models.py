@@ -1,0 +1,67 @@
+"""Models written as any Flax user would write them, pruned from the command line by tas_jax:
+
+  python -m tas_jax.main --config=configs/demo.py --config.model.module=examples.models:VGG \\
+    --config.stage=all --config.pipeline.runs=l1-ce,fpgm-ce
+
+Each follows the call convention tas_jax expects: `__call__(self, x, train: bool)` returning
+(batch, num_classes) logits, BatchNorm with `use_running_average=not train`.
+"""
+
+import flax.linen as nn
+
+
+class VGG(nn.Module):
+  """A VGG-style network: 3x3 conv-BN-ReLU stages with max-pools, then an NHWC flatten into a
+  two-layer classifier."""
+
+  num_classes: int = 10
+  widths: tuple = (16, 32, 32, 64, 64)
+  pools: tuple = (0, 2, 4)
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    for i, w in enumerate(self.widths):
+      x = nn.Conv(w, (3, 3), padding=1, use_bias=False)(x)
+      x = nn.relu(nn.BatchNorm(use_running_average=not train)(x))
+      if i in self.pools:
+        x = nn.max_pool(x, (2, 2), (2, 2))
+    x = x.reshape(x.shape[0], -1)
+    x = nn.relu(nn.Dense(64)(x))
+    return nn.Dense(self.num_classes)(x)
+
+
+class InvertedResidual(nn.Module):
+  inp: int
+  out: int
+  expand: int
+  stride: int
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    bn = lambda: nn.BatchNorm(use_running_average=not train)
+    hidden = self.inp * self.expand
+    y = nn.relu6(bn()(nn.Conv(hidden, (1, 1), use_bias=False)(x)))
+    y = nn.Conv(hidden, (3, 3), self.stride, padding=1, feature_group_count=hidden, use_bias=False)(
+      y
+    )
+    y = nn.relu6(bn()(y))
+    y = bn()(nn.Conv(self.out, (1, 1), use_bias=False)(y))
+    return x + y if self.stride == 1 and self.inp == self.out else y
+
+
+class MobileNetV2(nn.Module):
+  """A MobileNetV2-style network: inverted residual blocks with depthwise 3x3 convs."""
+
+  num_classes: int = 10
+  blocks: tuple = ((16, 1, 1), (24, 4, 2), (24, 4, 1), (32, 4, 2), (32, 4, 1))
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    x = nn.Conv(16, (3, 3), padding=1, use_bias=False)(x)
+    x = nn.relu6(nn.BatchNorm(use_running_average=not train)(x))
+    inp = 16
+    for out, expand, stride in self.blocks:
+      x = InvertedResidual(inp, out, expand, stride)(x, train)
+      inp = out
+    x = nn.relu6(nn.BatchNorm(use_running_average=not train)(nn.Conv(64, (1, 1))(x)))
+    return nn.Dense(self.num_classes)(x.mean((1, 2)))

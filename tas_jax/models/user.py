@@ -1,0 +1,182 @@
+"""A user's own Flax model as a tas_jax network: `--config.model.module=my_package.models:VGG`.
+
+`UserNetwork` is its description, as an `Architecture` is a ResNet's: the class path, its keyword
+arguments, the input and classes, and — once pruned — the channels kept of every traced group
+(`tas_jax.graph`). `Model` is its Flax module at those widths: the user's own class, called with
+Flax's layers' widths set from the pruned shapes (`tas_jax.graph.models`), so the teacher, the
+extracted network and its fine-tuning all run the user's code. The call convention a model must
+follow: `__call__(self, x, train: bool)` returning `(batch, classes)` logits, BatchNorm with
+`use_running_average=not train`, and no width the code writes itself (`x.reshape(b, 64)`) where a
+channel is cut (the trace refuses such a cut in one line).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import importlib
+import json
+import os
+import sys
+from typing import Any, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from tas_jax import graph
+from tas_jax.errors import ConfigError
+from tas_jax.graph import models as adapters
+
+FAMILY = "module"
+
+
+@dataclasses.dataclass(frozen=True)
+class UserNetwork:
+  module: str  # "package.module:Class", importable from the working directory or installed
+  kwargs: str  # the class's keyword arguments, a JSON object
+  num_classes: int
+  input_size: int
+  input_channels: int = 3
+  kept: tuple = ()  # ((group, (channel, ...)), ...) of the unpruned model; () = unpruned
+  name: str = ""
+
+  @property
+  def unpruned(self) -> "UserNetwork":
+    return dataclasses.replace(self, kept=(), name=self.name if not self.kept else "")
+
+  def keep(self, kept: dict, name: str = "") -> "UserNetwork":
+    if self.kept:
+      raise ConfigError(f"{self.name}: already pruned; prune the unpruned model instead")
+    return dataclasses.replace(
+      self, kept=tuple((g, tuple(int(i) for i in idx)) for g, idx in kept.items()), name=name
+    )
+
+  def to_dict(self) -> dict:
+    return {
+      "family": FAMILY,
+      "name": self.name,
+      "module": self.module,
+      "kwargs": json.loads(self.kwargs),
+      "num_classes": self.num_classes,
+      "input_size": self.input_size,
+      "input_channels": self.input_channels,
+      "kept": {g: list(idx) for g, idx in self.kept},
+    }
+
+  def to_json(self) -> str:
+    return json.dumps(self.to_dict(), indent=1)
+
+  def save(self, path: str) -> None:
+    with open(path, "w") as f:
+      f.write(self.to_json())
+
+  @classmethod
+  def from_dict(cls, d: dict, source: str = "architecture") -> "UserNetwork":
+    try:
+      return cls(
+        module=d["module"],
+        kwargs=json.dumps(d.get("kwargs", {}), sort_keys=True),
+        num_classes=int(d["num_classes"]),
+        input_size=int(d["input_size"]),
+        input_channels=int(d.get("input_channels", 3)),
+        kept=tuple((g, tuple(idx)) for g, idx in d.get("kept", {}).items()),
+        name=d.get("name", ""),
+      )
+    except (KeyError, TypeError, ValueError) as e:
+      raise ConfigError(f"{source}: a module network needs module, num_classes, input_size: {e}")
+
+
+def load_class(path: str):
+  """The class `package.module:Class` names; one line saying what is wrong otherwise."""
+  if ":" not in path:
+    raise ConfigError(
+      f"config.model.module={path!r}: expected 'package.module:Class', e.g. "
+      "'examples.models:MobileNetV2'"
+    )
+  where, name = path.split(":", 1)
+  if os.getcwd() not in sys.path:
+    sys.path.insert(0, os.getcwd())
+  try:
+    module = importlib.import_module(where)
+  except ImportError as e:
+    raise ConfigError(
+      f"config.model.module={path!r}: cannot import {where!r} ({e}); run from the folder that "
+      "holds it or install it"
+    ) from None
+  cls = getattr(module, name, None)
+  if cls is None:
+    raise ConfigError(f"config.model.module={path!r}: {where} has no {name!r}")
+  if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+    raise ConfigError(
+      f"config.model.module={path!r}: {name} is not a flax.linen Module (the command line "
+      "trains linen modules; an NNX model is pruned in Python with tas_jax.graph / tas_jax.prune)"
+    )
+  return cls
+
+
+def instantiate(net: UserNetwork) -> nn.Module:
+  kwargs = json.loads(net.kwargs)
+  try:
+    return load_class(net.module)(**kwargs)
+  except TypeError as e:
+    raise ConfigError(f"config.model.kwargs={net.kwargs}: {net.module} does not take them: {e}")
+
+
+def _example(net: UserNetwork, batch: int = 1):
+  return jnp.zeros((batch, net.input_size, net.input_size, net.input_channels), jnp.float32)
+
+
+@functools.cache
+def traced(net: UserNetwork) -> graph.Graph:
+  """The unpruned model's channel graph (abstract: no weights are computed). Checks the call
+  convention and the output first, each failure in one line."""
+  net = net.unpruned
+  module = instantiate(net)
+  x = _example(net)
+  try:
+    variables = jax.eval_shape(lambda: module.init(jax.random.key(0), x, train=False))
+    out = jax.eval_shape(lambda v: module.apply(v, x, train=False), variables)
+  except TypeError as e:
+    if "train" not in str(e) and "argument" not in str(e):
+      raise
+    raise ConfigError(
+      f"{net.module}: tas_jax calls a model as model(x, train=...) (BatchNorm with "
+      f"use_running_average=not train); this one says: {e}"
+    ) from None
+  if getattr(out, "shape", None) != (1, net.num_classes):
+    raise ConfigError(
+      f"{net.module}: expected (batch, {net.num_classes}) logits for a batch of "
+      f"{tuple(x.shape)} images, got {getattr(out, 'shape', type(out).__name__)}"
+    )
+  g = graph.trace(module, variables, x, train=False)
+  if not g.groups:
+    reasons = "; ".join(g.messages) or "every channel reaches the model's input or output"
+    raise ConfigError(f"{net.module}: no channel of the model can be cut ({reasons})")
+  return g
+
+
+def pruned_shapes(net: UserNetwork) -> dict:
+  """{"params", ...} shapes of `net` at its kept channels."""
+  g = traced(net)
+  return g.shapes_at(dict(net.kept)) if net.kept else g.shapes_at({})
+
+
+class Model(nn.Module):
+  """The user's model at `net`'s widths; its variables are exactly the user's own tree."""
+
+  net: UserNetwork
+  bn_axis_name: Optional[str] = None  # the user's BatchNorm decides (jit: global statistics)
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool = False, gates: Optional[dict] = None):
+    if gates is not None:
+      raise ValueError("a module network has no gate sites")
+    shapes = pruned_shapes(self.net)["params"]
+    original = pruned_shapes(self.net.unpruned)["params"]
+    prefix = tuple(self.scope.path)
+    inner = instantiate(self.net)
+    nn.share_scope(self, inner)
+    with adapters.widths_from(shapes, original, prefix):
+      return inner(x.astype(jnp.float32), train=train)
