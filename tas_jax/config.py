@@ -372,9 +372,12 @@ def _validate_families(c: ml_collections.ConfigDict, method: methods.Method) -> 
                family in methods.get(student).families if methods.is_method(student) else True)
       if not works:
         field = "pipeline.runs" if c.stage == "all" else "distill.student"
+        able = [m.name for m in methods.REGISTRY.values() if family in m.families]
+        kinds = ("resnet",) if student in BASELINES else methods.get(student).families
+        needs = "a ResNet" if kinds == ("resnet",) else " or ".join(kinds) + " networks"
         fail(field, c.pipeline.runs if c.stage == "all" else c.distill.student,
-             f"{student} needs a ResNet; a {family} network's runs use --config.method="
-             f"{pruners()} (e.g. pas-kd, pas-ce)")
+             f"{student} needs {needs}; a {family} network's runs use --config.method="
+             f"{pruners()} (e.g. {able[0]}-kd, {able[0]}-ce)")
 
 
 def _validate_distill(c: ml_collections.ConfigDict) -> None:
