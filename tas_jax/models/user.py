@@ -23,6 +23,7 @@ from typing import Any, Optional
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from tas_jax import graph
 from tas_jax.errors import ConfigError
@@ -162,6 +163,27 @@ def pruned_shapes(net: UserNetwork) -> dict:
   return g.shapes_at(dict(net.kept)) if net.kept else g.shapes_at({})
 
 
+def gated(g: graph.Graph, gates: dict, prefix: tuple = ()):
+  """Within it, the outputs of `g`'s layers that carry a group are multiplied by its gate."""
+  sites = g.output_sites
+
+  def gate(next_fun, args, kwargs, context):
+    out = next_fun(*args, **kwargs)
+    path = tuple(context.module.scope.path)[len(prefix) :] if context.module.scope else ()
+    entries = sites.get("/".join(path)) if context.method_name == "__call__" else None
+    if not entries or not hasattr(out, "shape"):
+      return out
+    vector = jnp.ones(out.shape[-1], out.dtype)
+    for group, positions, channels in entries:  # a gather (static indices): differentiable
+      index = np.full(out.shape[-1], -1)
+      index[positions] = channels
+      value = jnp.take(gates[group].astype(out.dtype), np.maximum(index, 0))
+      vector = vector * jnp.where(index >= 0, value, 1)
+    return out * vector
+
+  return nn.intercept_methods(gate)
+
+
 class Model(nn.Module):
   """The user's model at `net`'s widths; its variables are exactly the user's own tree."""
 
@@ -171,8 +193,16 @@ class Model(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = False, gates: Optional[dict] = None):
-    if gates is not None:
-      raise ValueError("a module network has no gate sites")
+    """`gates`: {group: (channels,) vector} multiplying every layer output that carries the
+    group (the unpruned model only): PaS's masks on a traced model."""
+    if gates:
+      if self.net.kept:
+        raise ValueError("gates multiply the unpruned model's channels; this one is pruned")
+      with gated(traced(self.net), gates, tuple(self.scope.path)):
+        return self._run(x, train)
+    return self._run(x, train)
+
+  def _run(self, x, train: bool):
     shapes = pruned_shapes(self.net)["params"]
     original = pruned_shapes(self.net.unpruned)["params"]
     prefix = tuple(self.scope.path)

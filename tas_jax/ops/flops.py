@@ -63,7 +63,7 @@ def with_kept(groups: channels.ChannelGroups, kept: dict) -> Any:
   concrete counts): the network a weight-keeping method extracts, counted on the original."""
 
   if isinstance(groups, channels.TracedGroups):  # a user's model: its traced graph's MACs
-    return groups.graph.macs({g: range(n) for g, n in kept.items()})
+    return groups.graph.macs_at_counts(kept)
 
   def width(group):
     return groups.arch.input_channels if group is None else kept[group]

@@ -20,7 +20,7 @@ METHOD = Method(
   defaults=settings.defaults,
   validate=settings.validate,
   keeps_weights=True,
-  families=("resnet", "repvgg"),
+  families=("resnet", "repvgg", "module"),
   finetune_fields=(
     "finetune",
     "finetune_epochs",

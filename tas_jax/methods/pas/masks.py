@@ -23,7 +23,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from tas_jax.models import channels, repvgg, resnet
+from tas_jax.models import channels, repvgg, resnet, user
 from tas_jax.models.arch import Architecture
 
 THRESHOLD = 0.5
@@ -59,7 +59,7 @@ class MaskedNetwork(nn.Module):
   {"masks": {group: (C,)}, "network": the plain network's params}, so a teacher's checkpoint
   drops into "network" unchanged."""
 
-  arch: Architecture | repvgg.RepVGGArch
+  arch: Architecture | repvgg.RepVGGArch | user.UserNetwork
   bn_axis_name: str | None = None
   dtype: jnp.dtype = jnp.float32
   scan_blocks: bool = False  # a ResNet's equal blocks as one lax.scan (model.scan_blocks)
@@ -69,7 +69,9 @@ class MaskedNetwork(nn.Module):
     groups = channels.of(self.arch)
     scores = MaskScores(groups.groups, name="masks")()
     gates = groups.per_site({k: hard_mask(v) for k, v in scores.items()})
-    if isinstance(self.arch, repvgg.RepVGGArch):
+    if isinstance(self.arch, user.UserNetwork):  # gates at the traced groups' layers
+      network = user.Model(self.arch, name="network")
+    elif isinstance(self.arch, repvgg.RepVGGArch):
       network = repvgg.RepVGG(
         self.arch, bn_axis_name=self.bn_axis_name, dtype=self.dtype, name="network"
       )

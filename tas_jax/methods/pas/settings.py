@@ -73,6 +73,8 @@ def cost_weight(p: ml_collections.ConfigDict, arch) -> float:
 
 
 def family(arch) -> str:
+  """The family whose released settings apply: a user's model (traced groups) takes the ResNets'
+  (α = 5 per G², scaled to its MACs as any network is)."""
   return "repvgg" if isinstance(arch, repvgg.RepVGGArch) else "resnet"
 
 
@@ -99,7 +101,8 @@ def penalty_scale(p: ml_collections.ConfigDict, arch, full: float, by_table: boo
 def finetune_epochs(c: ml_collections.ConfigDict) -> int:
   if c.pas.finetune_epochs is not None:
     return c.pas.finetune_epochs
-  return FINETUNE_EPOCHS[networks.family_of(c.model)]
+  kind = networks.family_of(c.model)
+  return FINETUNE_EPOCHS["repvgg" if kind == "repvgg" else "resnet"]
 
 
 def decay_epochs(c: ml_collections.ConfigDict) -> tuple[int, ...]:
