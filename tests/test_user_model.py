@@ -10,6 +10,7 @@ import sys
 import textwrap
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -45,6 +46,15 @@ def test_user_network_runs_at_its_pruned_widths(cls):
   np.testing.assert_allclose(got, want, atol=1e-5 * np.abs(want).max())
   assert networks.from_dict(json.loads(small_net.to_json())) == small_net
   assert flops.count(small_net).flops == g.macs(plan.kept) <= 0.5 * flops.count(net).flops
+  # PaS's gates: 0/1 per traced group on the unpruned model compute the cut model
+  gates = {
+    grp.name: jnp.zeros(grp.size).at[jnp.asarray(plan.kept[grp.name])].set(1.0) for grp in g.groups
+  }
+  gated = module.apply(variables, x, train=False, gates=gates)
+  np.testing.assert_allclose(gated, got, atol=1e-5 * np.abs(want).max())
+  # the MACs as a function of kept counts (what PaS differentiates) are the cut's MACs
+  counts = {k: len(v) for k, v in plan.kept.items()}
+  assert g.macs_at_counts(counts) == pytest.approx(g.macs(plan.kept), rel=1e-9)
 
 
 def _module_file(tmp_path, monkeypatch, source: str) -> None:

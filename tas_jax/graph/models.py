@@ -160,7 +160,7 @@ class Linen:
 
 def _nnx_widths(model: nnx.Module) -> None:
   """Set every Flax NNX layer's width attributes from its (pruned) arrays, in place."""
-  for _, m in model.iter_modules():
+  for _, m in nnx.iter_modules(model):
     kernel = getattr(m, "kernel", None)
     kernel = None if kernel is None else kernel.get_value()
     if isinstance(m, nnx.Conv) and kernel is not None:
