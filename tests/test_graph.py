@@ -290,6 +290,13 @@ def _scanned(v, x):  # stacked layers under lax.scan: a hidden width shared by e
   return h @ v["out"]
 
 
+def _transpose_slices(v, x):  # NCHW via a transpose, the two halves sliced and added
+  h = jnp.transpose(jax.nn.relu(_nhwc(x, v["a"])), (0, 3, 1, 2))
+  c = h.shape[1] // 2
+  h = jnp.transpose(h[:, :c] + h[:, c:], (0, 2, 3, 1))
+  return _nhwc(h, v["b"]).mean((1, 2))
+
+
 def _param(key, shape):
   return jax.random.normal(key, shape) / np.sqrt(np.prod(shape[:-1]))
 
@@ -304,6 +311,7 @@ REGRESSIONS = {
     {"a": (3, 3, 3, 6), "one": (3, 3, 6, 1), "b": (3, 3, 1, 4)},
     (2, 6, 6, 3),
   ),
+  "transpose_slices": (_transpose_slices, {"a": (3, 3, 3, 8), "b": (3, 3, 4, 4)}, (2, 6, 6, 3)),
   "scan": (
     _scanned,
     {"in": (5, 8), "layers": {"up": (3, 8, 16), "down": (3, 16, 8)}, "out": (8, 4)},
@@ -342,6 +350,9 @@ def test_regressions_from_torch_pruning_issues(name):
     assert sizes == {}  # channels at once, which the trace does not split: left alone
   elif name == "one_channel":  # a 1-channel conv has nothing to cut: no group, its shape stays
     assert sizes == {"a": 6} and small["one"].shape == (3, 3, 3, 1)
+  elif name == "transpose_slices":  # channel j of the sum is a's outputs j and 4 + j
+    (a,) = [m for m in g.group("a").members if m.path == "a"]
+    assert sizes == {"a": 4} and a.indices == tuple((j, 4 + j) for j in range(4))
   elif name == "scan":  # the hidden width and the carried width, each cut in every layer alike
     assert sizes == {"in": 8, "layers": 16}
     assert small["layers"]["up"].shape == (3, 4, 8) and small["layers"]["down"].shape == (3, 8, 4)
