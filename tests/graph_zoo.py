@@ -8,6 +8,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from examples.models import InvertedResidual  # the MobileNetV2 block a user writes
+
 
 class VGG11(nn.Module):
   """VGG-11 with BN: 8 convs in 5 stages, max-pools, then NHWC flatten → Dense → Dense. (Convs
@@ -26,28 +28,6 @@ class VGG11(nn.Module):
     x = x.reshape(x.shape[0], -1)
     x = nn.relu(nn.Dense(32)(x))
     return nn.Dense(10)(x)
-
-
-class InvertedResidual(nn.Module):
-  """Widths from the constructor, as torchvision writes it (a block that read its input's width
-  to decide on its shortcut would change structure when pruned: `trace` refuses that model)."""
-
-  inp: int
-  out: int
-  expand: int
-  stride: int
-
-  @nn.compact
-  def __call__(self, x, train: bool = False):
-    bn = lambda: nn.BatchNorm(use_running_average=not train)
-    hidden = self.inp * self.expand
-    y = nn.relu6(bn()(nn.Conv(hidden, (1, 1), use_bias=False)(x)))
-    y = nn.Conv(hidden, (3, 3), self.stride, padding=1, feature_group_count=hidden, use_bias=False)(
-      y
-    )
-    y = nn.relu6(bn()(y))
-    y = bn()(nn.Conv(self.out, (1, 1), use_bias=False)(y))
-    return x + y if self.stride == 1 and self.inp == self.out else y
 
 
 class MobileNetV2(nn.Module):

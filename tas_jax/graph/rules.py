@@ -353,38 +353,39 @@ def _slice(w: Walker, eqn) -> None:
   w.define(out, result)
 
 
-def _pad(w: Walker, eqn) -> None:
-  v, out = eqn.invars[0], eqn.outvars[0]
+def _axiswise(w: Walker, v, out, untouched) -> None:
+  """`out` from `v` axis by axis: an axis the op leaves alone keeps its channels; one it pads or
+  windows is fixed on both sides."""
   result = []
-  for ax, d, cfg in zip(w.of(v), out.aval.shape, eqn.params["padding_config"]):
-    if tuple(cfg) == (0, 0, 0):
+  for ax, d, same in zip(w.of(v), out.aval.shape, untouched):
+    if same:
       result.append(w.atoms.like(ax))
     else:
       w.atoms.pin_axis(ax)
       result.append(w.atoms.axis(d, pinned=True))
   w.define(out, result)
+
+
+def _pad(w: Walker, eqn) -> None:
+  v, out = eqn.invars[0], eqn.outvars[0]
+  _axiswise(w, v, out, [tuple(cfg) == (0, 0, 0) for cfg in eqn.params["padding_config"]])
 
 
 def _reduce_window(w: Walker, eqn) -> None:
-  p = eqn.params
-  v, out = eqn.invars[0], eqn.outvars[0]
   if len(eqn.invars) != 1:
     return False
-  result = []
-  for a, (ax, d) in enumerate(zip(w.of(v), out.aval.shape)):
-    plain = (
-      p["window_dimensions"][a] == 1
-      and p["window_strides"][a] == 1
-      and tuple(p["padding"][a]) == (0, 0)
-      and p.get("base_dilation", (1,) * (a + 1))[a] == 1
-      and p.get("window_dilation", (1,) * (a + 1))[a] == 1
-    )
-    if plain:
-      result.append(w.atoms.like(ax))
-    else:
-      w.atoms.pin_axis(ax)
-      result.append(w.atoms.axis(d, pinned=True))
-  w.define(out, result)
+  p, v, out = eqn.params, eqn.invars[0], eqn.outvars[0]
+  ones = (1,) * len(v.aval.shape)
+  untouched = [
+    p["window_dimensions"][a] == 1
+    and p["window_strides"][a] == 1
+    and tuple(p["padding"][a]) == (0, 0)
+    and p.get("base_dilation", ones)[a] == 1
+    and p.get("window_dilation", ones)[a] == 1
+    for a in range(len(ones))
+  ]
+  _axiswise(w, v, out, untouched)
+  return None
 
 
 def _conv(w: Walker, eqn) -> None:
