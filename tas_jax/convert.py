@@ -8,7 +8,9 @@ PyTorch network as the teacher of a workdir.
 SOURCE names the checkpoint's layout: `torchvision` (a torchvision ResNet's state dict, for the
 `resnet18_tv` / `resnet50_tv` topology or an architecture JSON with `"downsample": "strided_conv"`)
 or `repvgg` (the released RepVGG code's training-form state dict). The classifier's width is read
-from the file, so a network fine-tuned to other classes converts too.
+from the file, so a network fine-tuned to other classes converts too. `flax` takes a user's own
+Flax model's variables (.msgpack or .npz) for `--arch=package.module:Class` (`--kwargs`,
+`--input_size`, `--input_channels`): checked against the class's shapes, no PyTorch involved.
 
 Writes W/teacher/ as the teacher stage would: arch.json, an Orbax checkpoint of the weights and
 BN statistics, `imported.json` (file, SHA-256, the conversion check) and the stage record. The
@@ -38,6 +40,8 @@ from tas_jax.models import networks, repvgg  # noqa: E402
 SOURCES = {
   "torchvision": "a torchvision ResNet state dict",
   "repvgg": "a released RepVGG training-form state dict",
+  "flax": "a Flax model's variables (.msgpack from flax.serialization, or .npz keyed "
+  "'params/Conv_0/kernel'), for --arch=package.module:Class",
 }
 
 
@@ -113,8 +117,69 @@ def check_against_torch(a, state: dict, variables: dict, batch: int = 2) -> floa
   return float(np.max(np.abs(np.asarray(ours) - theirs)))
 
 
-def convert(source: str, name: str, weights: str, workdir: str, input_size: int = 0) -> dict:
-  """Writes WORKDIR/teacher from a PyTorch checkpoint; returns what imported.json records."""
+def read_flax_variables(path: str) -> dict:
+  """{"params": ..., "batch_stats"?: ...} of a .msgpack (flax.serialization) or .npz file."""
+  if not os.path.isfile(path):
+    raise errors.ConfigError(f"--weights={path}: no such file")
+  if path.endswith(".npz"):
+    tree: dict = {}
+    with np.load(path) as f:
+      for key in f.files:
+        *parents, leaf = key.split("/")
+        node = tree
+        for p in parents:
+          node = node.setdefault(p, {})
+        node[leaf] = np.asarray(f[key], np.float32)
+  else:
+    from flax import serialization
+
+    try:
+      with open(path, "rb") as f:
+        tree = serialization.msgpack_restore(f.read())
+    except Exception as e:  # noqa: BLE001 — any unreadable file: one line
+      raise errors.ConfigError(f"--weights={path}: not a Flax msgpack file ({e})") from None
+  return tree if "params" in tree else {"params": tree}
+
+
+def flax_network(name: str, kwargs: str, variables: dict, input_size: int, channels: int):
+  """The `UserNetwork` of a user's class whose variables these are (classes from its output),
+  checked against the module's own variable shapes."""
+  import jax
+
+  from tas_jax.models import user
+
+  if not input_size:
+    raise errors.ConfigError("SOURCE flax needs --input_size (the image side the model takes)")
+  kwargs = json.dumps(json.loads(kwargs or "{}"), sort_keys=True)
+  module = user.instantiate(user.UserNetwork(name, kwargs, 1, input_size, channels))
+  x = np.zeros((1, input_size, input_size, channels), np.float32)
+  expected = jax.eval_shape(lambda: module.init(jax.random.key(0), x, train=False))
+  want = {p: v.shape for p, v in jax.tree_util.tree_flatten_with_path(expected)[0]}
+  got = {p: np.shape(v) for p, v in jax.tree_util.tree_flatten_with_path(variables)[0]}
+  if want != got:
+    diff = sorted(set(want.items()) ^ set(got.items()), key=str)[:3]
+    raise errors.ConfigError(
+      f"--weights do not fit {name} at {input_size}x{input_size}x{channels}: first differences "
+      f"(path, shape) {[(jax.tree_util.keystr(p), s) for p, s in diff]}"
+    )
+  logits = jax.eval_shape(lambda v: module.apply(v, x, train=False), variables)
+  class_name = name.split(":")[-1].lower()
+  return user.UserNetwork(
+    name, kwargs, int(logits.shape[-1]), input_size, channels, name=class_name
+  )
+
+
+def convert(
+  source: str,
+  name: str,
+  weights: str,
+  workdir: str,
+  input_size: int = 0,
+  kwargs: str = "{}",
+  input_channels: int = 3,
+) -> dict:
+  """Writes WORKDIR/teacher from a PyTorch checkpoint (or a Flax model's variables); returns
+  what imported.json records."""
   if source not in SOURCES:
     raise errors.ConfigError(f"SOURCE={source!r}: allowed: {', '.join(SOURCES)}")
   teacher_dir = layout.teacher_dir(workdir)
@@ -123,10 +188,19 @@ def convert(source: str, name: str, weights: str, workdir: str, input_size: int 
       f"{teacher_dir} already holds a teacher: choose a new --workdir, or "
       "delete that folder to replace it"
     )
+  if source == "flax":
+    variables = read_flax_variables(weights)
+    a = flax_network(name, kwargs, variables, input_size, input_channels)
+    return _write_teacher(workdir, a, variables, source, weights, None)
   state = read_state_dict(weights)
   a = architecture(source, name, state, input_size)
   variables = torch_layout.from_state_dict(a, state, source=f"--weights={weights}")
   error = check_against_torch(a, state, variables)
+  return _write_teacher(workdir, a, variables, source, weights, error)
+
+
+def _write_teacher(workdir: str, a, variables: dict, source: str, weights: str, error) -> dict:
+  teacher_dir = layout.teacher_dir(workdir)
   record = {
     "source": source,
     "weights": os.path.abspath(weights),
@@ -134,7 +208,7 @@ def convert(source: str, name: str, weights: str, workdir: str, input_size: int 
     "architecture": a.name,
     "num_classes": a.num_classes,
     "input_size": a.input_size,
-    "max_abs_logit_difference": error,
+    "max_abs_logit_difference": error,  # None: nothing to compare with (a Flax model's own)
   }
   from tas_jax.stages import records
   from tas_jax.training import checkpoint

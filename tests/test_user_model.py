@@ -153,3 +153,39 @@ def test_user_model_through_the_pipeline(tmp_path):
       want = networks.build(base).apply(masked, x, train=False)
     np.testing.assert_allclose(got, want, atol=1e-5 * np.abs(want).max())
     assert rows[f"{method}-ce"]["flops_m"] < rows["teacher"]["flops_m"]
+
+
+def test_a_users_variables_become_the_teacher(tmp_path):
+  """`python -m tas_jax.convert flax --arch=examples.models:VGG --weights=F.msgpack|F.npz`: the
+  user's own variables as WORKDIR/teacher, described as the config would describe the model;
+  variables that do not fit the class are one line."""
+  from flax import serialization
+
+  from tas_jax import convert
+
+  kwargs = '{"pools": [0, 1, 2], "widths": [8, 16, 16]}'
+  net = user.UserNetwork(
+    "examples.models:VGG", json.dumps(json.loads(kwargs), sort_keys=True), 10, 16, 1, name="vgg"
+  )
+  x = jnp.zeros((1, 16, 16, 1))
+  variables = jax.device_get(randomised(networks.build(net).init(jax.random.key(0), x)))
+  (tmp_path / "vgg.msgpack").write_bytes(serialization.msgpack_serialize(variables))
+  flat = {
+    jax.tree_util.keystr(p, simple=True, separator="/"): np.asarray(v)
+    for p, v in jax.tree_util.tree_flatten_with_path(variables)[0]
+  }
+  np.savez(tmp_path / "vgg.npz", **flat)
+  for i, name in enumerate(("vgg.msgpack", "vgg.npz")):
+    workdir = str(tmp_path / f"w{i}")
+    record = convert.convert(
+      "flax", net.module, str(tmp_path / name), workdir, 16, kwargs, input_channels=1
+    )
+    assert record["num_classes"] == 10 and record["max_abs_logit_difference"] is None
+    teacher, restored, _ = checkpoint.read_teacher(workdir, checkpoint.host_sharding(), "test")
+    assert teacher == net
+    for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(variables)):
+      np.testing.assert_array_equal(a, b)
+  with pytest.raises(ConfigError, match=r"--weights do not fit examples.models:VGG at 32x32x1"):
+    convert.convert(
+      "flax", net.module, str(tmp_path / "vgg.npz"), str(tmp_path / "w9"), 32, kwargs, 1
+    )
