@@ -57,7 +57,7 @@ class Site:
   axes: tuple = ()  # (result axes, contracted axes) before the walk ends
 
 
-def _where(eqn) -> str:
+def where(eqn) -> str:
   """The user's source line of an equation (JAX's own summary of it)."""
   from jax._src import source_info_util  # no public API names an equation's source line
 
@@ -133,9 +133,9 @@ class Walker:
     for v in eqn.outvars:
       self.define(v, self.fresh(v, pinned=True))
       atoms += [d for axis in self.of(v) for d in axis]
-    places = [_where(e) for e in [eqn] + self.enclosing[::-1]]
-    where = next((p for p in places if p), "no source line")
-    self.unknown.append(Unknown(eqn.primitive.name, where, atoms))
+    places = [where(e) for e in [eqn] + self.enclosing[::-1]]
+    place = next((p for p in places if p), "no source line")
+    self.unknown.append(Unknown(eqn.primitive.name, place, atoms))
 
   def nested(self, jaxpr, operands, results) -> None:
     """Run a nested jaxpr whose invars are `operands` and outvars `results`, in order."""

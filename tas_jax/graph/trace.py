@@ -24,7 +24,7 @@ from jax.extend import core
 from tas_jax.graph import models as adapters
 from tas_jax.graph.atoms import Atoms, index_roots, kept_size
 from tas_jax.graph.models import path_name
-from tas_jax.graph.rules import Walker
+from tas_jax.graph.rules import Walker, where as _where
 
 log = logging.getLogger(__name__)
 
@@ -291,9 +291,6 @@ class Graph:
       out[g.name] = filters
     return out
 
-  def counts(self, kept: dict) -> dict:
-    return {g.name: len(kept.get(g.name, range(g.size))) for g in self.groups}
-
   # --- the cut ------------------------------------------------------------------------------
   def check_kept(self, kept: dict) -> None:
     for name, idx in kept.items():
@@ -375,18 +372,12 @@ class Graph:
         for axis, d in zip(self.walker.of(old), old.aval.shape)
       )
       if tuple(new.aval.shape) != want:
-        where = "" if eqn is None else f" at `{eqn.primitive.name}` ({_where(eqn)})"
+        place = "" if eqn is None else f" at `{eqn.primitive.name}` ({_where(eqn)})"
         raise ValueError(
-          f"the pruned model computes a {tuple(new.aval.shape)} value{where} where the cut "
+          f"the pruned model computes a {tuple(new.aval.shape)} value{place} where the cut "
           f"predicts {want}: a width written into the model's code did not follow the cut; pass "
           "ignore=[that layer] to trace()"
         )
-
-
-def _where(eqn) -> str:
-  from tas_jax.graph.rules import _where as where
-
-  return where(eqn)
 
 
 def _lockstep(old, new):
