@@ -16,7 +16,8 @@ class VGG(nn.Module):
 
   num_classes: int = 10
   widths: tuple = (16, 32, 32, 64, 64)
-  pools: tuple = (0, 2, 4)
+  pools: tuple = (0, 2, 4)  # a 2x2 max-pool after these convs
+  hidden: int = 64  # the classifier's hidden Dense
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -26,7 +27,7 @@ class VGG(nn.Module):
       if i in self.pools:
         x = nn.max_pool(x, (2, 2), (2, 2))
     x = x.reshape(x.shape[0], -1)
-    x = nn.relu(nn.Dense(64)(x))
+    x = nn.relu(nn.Dense(self.hidden)(x))
     return nn.Dense(self.num_classes)(x)
 
 

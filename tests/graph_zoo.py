@@ -8,26 +8,17 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from examples.models import InvertedResidual  # the MobileNetV2 block a user writes
+from examples.models import VGG, InvertedResidual  # what a user writes
 
 
-class VGG11(nn.Module):
-  """VGG-11 with BN: 8 convs in 5 stages, max-pools, then NHWC flatten → Dense → Dense. (Convs
-  padded by 1 on each side, as torchvision's: the Torch-Pruning twin computes the same.)"""
+class VGG11(VGG):
+  """VGG-11 with BN: 8 convs in 5 stages, max-pools, then NHWC flatten → Dense → Dense (the
+  example's VGG at VGG-11's depth; convs padded by 1 as torchvision's, so the Torch-Pruning twin
+  computes the same)."""
 
   widths: tuple = (8, 16, 16, 16, 24, 24, 24, 24)
-  pools: tuple = (0, 1, 3, 5)  # after these convs: 32x32 in, a 2x2x24 map flattened
-
-  @nn.compact
-  def __call__(self, x, train: bool = False):
-    for i, w in enumerate(self.widths):
-      x = nn.Conv(w, (3, 3), padding=1, use_bias=False)(x)
-      x = nn.relu(nn.BatchNorm(use_running_average=not train)(x))
-      if i in self.pools:
-        x = nn.max_pool(x, (2, 2), (2, 2))
-    x = x.reshape(x.shape[0], -1)
-    x = nn.relu(nn.Dense(32)(x))
-    return nn.Dense(10)(x)
+  pools: tuple = (0, 1, 3, 5)  # 32x32 in, a 2x2x24 map flattened
+  hidden: int = 32
 
 
 class MobileNetV2(nn.Module):
