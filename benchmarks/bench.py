@@ -49,7 +49,7 @@ from tas_jax import parallel
 from tas_jax.config import base_config
 from tas_jax.data import datasets, sources
 from tas_jax.methods.pas import masks, search as pas_search
-from tas_jax.methods.tas import search, space as space_lib, supernet
+from tas_jax.methods.tas import search, spaces, supernet
 from tas_jax.models import arch as arch_lib, resnet
 from tas_jax.target import Target
 from tas_jax.training import steps, supervised
@@ -79,7 +79,7 @@ def synthetic_cifar(n: int, seed: int = 0) -> datasets.ImageDataset:
 def search_setup(a, c, mesh, ds, data, augmentation, batch: int):
   """(jitted search iteration, its state, the two halves stepped together, τ of epochs 0 and 1)
   of the supernet of `a` on a resident dataset, as the search stage builds them."""
-  space = space_lib.build(a)
+  space = spaces.of(a)
   net = supernet.SuperNet(space, scan_blocks=c.model.scan_blocks)
   c.search.epochs = 2
   wtx, _, atx = search.optimizers(c.search, 4)

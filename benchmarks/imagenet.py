@@ -29,7 +29,7 @@ from benchmarks.timing import Stepper, compile_stats, median_time
 from tas_jax import parallel
 from tas_jax.config import base_config
 from tas_jax.data import imagenet
-from tas_jax.methods.tas import search, space as space_lib, supernet
+from tas_jax.methods.tas import search, spaces, supernet
 from tas_jax.models import arch as arch_lib, resnet
 from tas_jax.target import Target
 from tas_jax.training import steps, supervised
@@ -103,7 +103,7 @@ def step_figures(depth: int, dtype: str, batch: int, repeats: int, steps_per_rep
   }
   del stepper, state
 
-  space = space_lib.build(a)
+  space = spaces.of(a)
   net = supernet.SuperNet(space, dtype=jnp.dtype(dtype), scan_blocks=FLAGS.scan_blocks)
   c.search.epochs = 2
   wtx, _, atx = search.optimizers(c.search, 100)

@@ -66,3 +66,19 @@ class MobileNetV2(nn.Module):
       inp = out
     x = nn.relu6(nn.BatchNorm(use_running_average=not train)(nn.Conv(64, (1, 1))(x)))
     return nn.Dense(self.num_classes)(x.mean((1, 2)))
+
+
+class ProjectResNet(nn.Module):
+  """tas_jax's own CIFAR ResNet (`tas_jax.models.resnet`) handed over as if it were a user's
+  model: TAS on its traced channel groups can then be set against TAS on the built-in topology
+  (`tests/test_user_model.py`)."""
+
+  depth: int = 14
+  num_classes: int = 10
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    from tas_jax.models import arch, resnet
+
+    a = arch.cifar_resnet(self.depth, num_classes=self.num_classes)
+    return resnet.ResNet(a, name="resnet")(x, train)

@@ -349,7 +349,7 @@ def _validate_target(c: ml_collections.ConfigDict) -> None:
     fail("target.tolerance", t.tolerance, "must be in [0, target.flop_ratio)")
   if t.cost not in COSTS:
     fail("target.cost", t.cost, f"allowed: {', '.join(COSTS)}")
-  if target_lib.priced_by_table(t.cost) and network_family(c) == "repvgg":
+  if target_lib.priced_by_table(t.cost) and network_family(c) in ("repvgg", user.FAMILY):
     fail("target.cost", t.cost, "the latency table covers ResNets (CIFAR and ImageNet) only")
 
 

@@ -72,11 +72,11 @@ def one_step(num_devices: int, mode: str, num_steps: int = 2) -> dict:
 def one_search_iteration(num_devices: int, mode: str, num_steps: int = 2) -> dict:
   """TAS search iterations (weight step + architecture step) of ResNet-14: the metrics of every
   iteration, and the weights and architecture logits after the first."""
-  from tas_jax.methods.tas import search, space as space_lib, supernet
+  from tas_jax.methods.tas import search, spaces, supernet
 
   mesh = parallel.make_mesh(num_devices)
   ds, data = _data(mesh)
-  space = space_lib.build(arch.cifar_resnet(14, num_classes=10, input_size=28, input_channels=1))
+  space = spaces.of(arch.cifar_resnet(14, num_classes=10, input_size=28, input_channels=1))
   c = base_config()
   s = c.search
   s.epochs = 2

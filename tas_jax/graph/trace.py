@@ -276,6 +276,26 @@ class Graph:
         out.setdefault(layer, []).append((g.name, positions, channels))
     return out
 
+  @functools.cached_property
+  def input_sites(self) -> dict:
+    """{layer: [(group, positions, channels, size)]}: the layers that contract a group's channels
+    (a conv's input features, a Dense's rows after a flatten) with, for each position of the
+    contracted axis (of `size`), the channel it reads. Mixing a layer's input there changes what
+    every reader of the group sees and nothing else (TAS's channel-wise interpolation)."""
+    out: dict = {}
+    for g in self.groups:
+      for m in g.members:
+        leaf = self.paths.index(m.path)
+        if (
+          not self.is_param[leaf] or (self.var_of_leaf[leaf], m.axis) not in self.walker.contracted
+        ):
+          continue
+        positions = np.concatenate([np.asarray(idx, np.int64) for idx in m.indices])
+        channels = np.concatenate([np.full(len(idx), j) for j, idx in enumerate(m.indices)])
+        entry = (g.name, positions, channels, self.shapes[leaf][m.axis])
+        out.setdefault(self.module_of(m.path), []).append(entry)
+    return out
+
   def producer_filters(self, variables: Any) -> dict:
     """{group: [(fan-in, C) filters of every producer]}: each channel's weights in a producing
     kernel, channels last, as the filter criteria (`tas_jax.ops.criteria`) read them."""

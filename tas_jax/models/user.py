@@ -43,6 +43,11 @@ class UserNetwork:
   name: str = ""
 
   @property
+  def depths(self) -> tuple:
+    """No blocks tas_jax may drop: a user's model is pruned in width only."""
+    return ()
+
+  @property
   def unpruned(self) -> "UserNetwork":
     return dataclasses.replace(self, kept=(), name=self.name if not self.kept else "")
 
@@ -184,6 +189,48 @@ def gated(g: graph.Graph, gates: dict, prefix: tuple = ()):
   return nn.intercept_methods(gate)
 
 
+def mix_input(x, mix, positions, channels):
+  """x with the channels of one group, at `positions` of its last axis (`channels[i]` the channel
+  at positions[i]), replaced by `mix @ channels`: at every position of the same replica (a
+  flatten's pixel) at once."""
+  order = np.lexsort((positions, channels))
+  per_channel = np.bincount(channels)
+  if np.any(per_channel != per_channel[0]):
+    raise ValueError("a group's channels occur unequally often in a layer's input")
+  index = positions[order].reshape(len(per_channel), per_channel[0])  # (C, replicas)
+  mix = mix.astype(x.dtype)
+  if index.shape[1] == 1 and np.array_equal(index[:, 0], np.arange(x.shape[-1])):
+    return x @ mix.T
+  mixed = jnp.einsum("jk,...kp->...jp", mix, x[..., index])
+  return x.at[..., index].set(mixed)
+
+
+def mixed(g: graph.Graph, mixes: dict, prefix: tuple = ()):
+  """Within it, every layer that reads a group's channels (`Graph.input_sites`) reads them mixed
+  by that group's (C, C) matrix: TAS's channel-wise interpolation where the group is read."""
+  sites = g.input_sites
+
+  def mix(next_fun, args, kwargs, context):
+    path = tuple(context.module.scope.path)[len(prefix) :] if context.module.scope else ()
+    entries = sites.get("/".join(path)) if context.method_name == "__call__" else None
+    if not entries or not args or not hasattr(args[0], "shape"):
+      return next_fun(*args, **kwargs)
+    x = args[0]
+    for group, positions, channels, size in entries:
+      if group not in mixes:
+        continue
+      if x.shape[-1] != size:
+        raise ConfigError(
+          f"{'/'.join(path)} reads group {group} on an axis of {size} but is called on an input "
+          f"of shape {tuple(x.shape)}: TAS's width search mixes a layer's last input axis; prune "
+          "this model with pas, l1 or fpgm"
+        )
+      x = mix_input(x, mixes[group], positions, channels)
+    return next_fun(x, *args[1:], **kwargs)
+
+  return nn.intercept_methods(mix)
+
+
 class Model(nn.Module):
   """The user's model at `net`'s widths; its variables are exactly the user's own tree."""
 
@@ -192,13 +239,19 @@ class Model(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x, train: bool = False, gates: Optional[dict] = None):
+  def __call__(
+    self, x, train: bool = False, gates: Optional[dict] = None, mixes: Optional[dict] = None
+  ):
     """`gates`: {group: (channels,) vector} multiplying every layer output that carries the
-    group (the unpruned model only): PaS's masks on a traced model."""
+    group: PaS's masks on a traced model. `mixes`: {group: (channels, channels) matrix} mixing
+    what every layer reads of the group: TAS's CWI. Both on the unpruned model only."""
+    if (gates or mixes) and self.net.kept:
+      raise ValueError("gates and mixes act on the unpruned model's channels; this one is pruned")
     if gates:
-      if self.net.kept:
-        raise ValueError("gates multiply the unpruned model's channels; this one is pruned")
       with gated(traced(self.net), gates, tuple(self.scope.path)):
+        return self._run(x, train)
+    if mixes:
+      with mixed(traced(self.net), mixes, tuple(self.scope.path)):
         return self._run(x, train)
     return self._run(x, train)
 

@@ -2,6 +2,8 @@
 
 settings.py  its config section (config.search): defaults and checks
 space.py     the search space: width candidates per conv, depth candidates per stage
+traced.py    a user's model's search space: width candidates per traced channel group
+spaces.py    either space behind the interface the stages call
 gumbel.py    two-of-K Gumbel sampling of a width, soft depth weights
 cwi.py       channel-wise interpolation and the fused per-conv aggregation
 supernet.py  the width/depth mixture network, a pure function of weights, logits, key and τ
@@ -21,6 +23,7 @@ METHOD = Method(
   search=search.search,
   extract=extract.extract,
   section="search",
+  families=("resnet", "module"),
   defaults=settings.defaults,
   validate=settings.validate,
   imagenet=settings.imagenet,

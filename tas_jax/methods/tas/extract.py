@@ -18,7 +18,6 @@ from __future__ import annotations
 import os
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
@@ -26,14 +25,13 @@ from absl import logging
 from tas_jax import latency, plots, target as target_lib, workdir as layout
 from tas_jax.errors import CheckpointNotFoundError, ConfigError
 from tas_jax.methods import extraction
-from tas_jax.methods.tas import space as space_lib
-from tas_jax.models import arch as arch_lib
-from tas_jax.models.candidates import NUM_WIDTH_CANDIDATES
+from tas_jax.methods.tas import spaces
+from tas_jax.models import networks
 from tas_jax.ops import flops
 from tas_jax.training import checkpoint
 
 
-def read_search(workdir: str) -> tuple[space_lib.SearchSpace, dict, list[dict], int]:
+def read_search(workdir: str) -> tuple[spaces.Space, dict, list[dict], int]:
   """(search space, architecture logits, per-epoch history, step) of the latest search
   checkpoint."""
   search_dir = layout.search_dir(workdir)
@@ -43,23 +41,19 @@ def read_search(workdir: str) -> tuple[space_lib.SearchSpace, dict, list[dict], 
       f"no search in {search_dir} ({base_path} is missing): run --config.stage=search with this "
       "--workdir first"
     )
-  space = space_lib.build(arch_lib.load(base_path))
+  space = spaces.of(networks.load(base_path))
   sharding = checkpoint.host_sharding()
   abstract = {
-    "arch": {
-      "alpha": jax.ShapeDtypeStruct(
-        (space.num_slots, NUM_WIDTH_CANDIDATES), jnp.float32, sharding=sharding
-      ),
-      "beta": jax.ShapeDtypeStruct(
-        (len(space.depths), space.max_depth_candidates), jnp.float32, sharding=sharding
-      ),
-    }
+    "arch": jax.tree.map(
+      lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding),
+      jax.eval_shape(space.init_logits, jax.random.key(0)),
+    )
   }
   restored, meta, step = checkpoint.read_checkpoint(search_dir, abstract, "search")
   return space, jax.device_get(restored["arch"]), meta.get("history", []), step
 
 
-def slot_table(space: space_lib.SearchSpace, widths, depths) -> list[dict]:
+def slot_table(space: spaces.Space, widths, depths) -> list[dict]:
   """One row per searched conv: original width, kept width (0 where its block was dropped)."""
   rows = []
   slot_block = {i: b for b in space.blocks for i in b.slots}
@@ -77,7 +71,7 @@ def slot_table(space: space_lib.SearchSpace, widths, depths) -> list[dict]:
   return rows
 
 
-def plot_history(space: space_lib.SearchSpace, history: list[dict], path: str) -> None:
+def plot_history(space: spaces.Space, history: list[dict], path: str) -> None:
   """Heat map: rows = layers, columns = epochs, colour = argmax width / original (0 = dropped)."""
   full = np.array([s.full for s in space.slots], np.float32)
   ratios = np.stack(
@@ -101,7 +95,7 @@ def _markdown(summary: dict, rows: list[dict]) -> str:
     f"({summary['search_epochs_recorded']} epochs recorded).",
     "",
     *extraction.size_rows(summary),
-    f"| blocks per stage | {b['depths']} | {p['depths']} | |",
+    *([f"| blocks per stage | {b['depths']} | {p['depths']} | |"] if b["depths"] else []),
     "",
     f"F(A) = {100 * summary['flops_ratio']:.1f}% of F_max; target {100 * summary['target']:.0f}% "
     f"(band of the search: {summary['band']}).",
@@ -204,7 +198,7 @@ def extract(config: ml_collections.ConfigDict, workdir: str) -> dict:
   layout.write_summary(out_dir, summary)
   logging.info(
     "[extract] %s: %.2f M FLOPs = %.1f%% of %.2f M (target %.0f%% of the %s), %.4f M params "
-    "(%.4f M), blocks per stage %s of %s; wrote arch.json, report.md and plots to %s",
+    "(%.4f M)%s; wrote arch.json, report.md and plots to %s",
     final.name,
     after.flops_m,
     100 * summary["flops_ratio"],
@@ -213,8 +207,7 @@ def extract(config: ml_collections.ConfigDict, workdir: str) -> dict:
     target.label,
     after.params_m,
     before.params_m,
-    list(final.depths),
-    list(base.depths),
+    f", blocks per stage {list(final.depths)} of {list(base.depths)}" if base.depths else "",
     out_dir,
   )
   if "latency" in summary:

@@ -25,7 +25,7 @@ from clu import metrics
 
 from tas_jax import console, parallel, target as target_lib, workdir as layout
 from tas_jax.data import datasets, sources
-from tas_jax.methods.tas import cost, space as space_lib, supernet as supernet_lib
+from tas_jax.methods.tas import cost, spaces
 from tas_jax.ops import flops
 from tas_jax.training import checkpoint, stage as stage_lib, steps, supervised
 
@@ -119,12 +119,7 @@ def step_keys(key, step):
 
 
 def make_search_step(
-  net: supernet_lib.SuperNet,
-  space: space_lib.SearchSpace,
-  s: ml_collections.ConfigDict,
-  target: target_lib.Target,
-  mesh,
-  mode: str,
+  net, space, s: ml_collections.ConfigDict, target: target_lib.Target, mesh, mode: str
 ):
   """Compiles `iteration(state, batch, (key, tau)) -> (state, metrics)`; the batch holds one batch
   of each half, `{"a": …, "b": …}`. `s`: config.search; `target`: what the cost prices (FLOPs, or
@@ -136,7 +131,7 @@ def make_search_step(
 
   def priced(arch):
     """(E[cost], cost of the argmax network) in the search's measure."""
-    return cost.priced(space, arch, target, s.expected_flops, s.variant, s.branch_flops)
+    return space.priced(arch, target, s.expected_flops, s.variant, s.branch_flops)
 
   def iteration(state: SearchState, batch, extras):
     key, tau = extras
@@ -155,7 +150,7 @@ def make_search_step(
         train=True,
         mutable=["batch_stats"],
       )
-      return steps.classification_loss(logits, ya), (logits, upd["batch_stats"])
+      return steps.classification_loss(logits, ya), (logits, upd.get("batch_stats", {}))
 
     (w_loss, (logits_a, batch_stats)), grads = jax.value_and_grad(weight_objective, has_aux=True)(
       state.params
@@ -179,15 +174,15 @@ def make_search_step(
       c = cost.cost_loss(
         expected, exact, cost_max, target.ratio, target.tolerance, s.band, s.in_band
       )
-      return ce + s.cost_weight * c, (ce, c, expected, exact, logits, upd["batch_stats"])
+      return ce + s.cost_weight * c, (ce, c, expected, exact, logits, upd.get("batch_stats", {}))
 
     (_, (a_ce, c, expected, exact, logits_b, batch_stats)), a_grads = jax.value_and_grad(
       arch_objective, has_aux=True
     )(state.arch)
     if target.by_table:  # the metrics' ratios are FLOPs in either measure
-      expected = cost.expected_flops(space, state.arch, s.expected_flops, s.variant)
+      expected = space.expected_flops(state.arch, s.expected_flops, s.variant)
     if target.by_table or s.branch_flops != "exact":  # and F(A) the exact count
-      exact = cost.exact_flops(space, *space.argmax(state.arch, s.variant))
+      exact = space.exact_flops(*space.argmax(state.arch, s.variant))
     a_grads, a_ce = parallel.mean((a_grads, a_ce), axis)
     state = state.apply_arch_gradients(a_grads).replace(batch_stats=batch_stats)
 
@@ -217,7 +212,7 @@ def create_state(net, space, tx, arch_tx, sample_input, key, mesh) -> SearchStat
       apply_fn=net.apply,
       params=variables["params"],
       tx=tx,
-      batch_stats=variables["batch_stats"],
+      batch_stats=variables.get("batch_stats", {}),
       arch=arch,
       arch_opt_state=arch_tx.init(arch),
       arch_tx=arch_tx,
@@ -226,9 +221,10 @@ def create_state(net, space, tx, arch_tx, sample_input, key, mesh) -> SearchStat
   return parallel.jit_once(init, out_shardings=parallel.replicated(mesh))()
 
 
-def _from_teacher(state: SearchState, base, tx, workdir: str, mesh, variant: str) -> SearchState:
+def _from_teacher(state: SearchState, space, tx, workdir: str, mesh, variant: str) -> SearchState:
   """The supernet's weights from the teacher's checkpoint: every conv its trained kernel, every
   width candidate its trained BN (a search-only BN starts as the identity)."""
+  base = space.base
   _, variables, step = checkpoint.read_teacher(
     workdir,
     parallel.replicated(mesh),
@@ -239,8 +235,8 @@ def _from_teacher(state: SearchState, base, tx, workdir: str, mesh, variant: str
       f"{teacher.name or 'a different network'}, the search runs on {base.name or 'custom'}"
     ),
   )
-  params, stats = supernet_lib.supernet_params_from_plain(
-    variables["params"], variables["batch_stats"], variant
+  params, stats = space.supernet_weights(
+    variables["params"], variables.get("batch_stats", {}), variant
   )
   params, stats = jax.device_put((params, stats), parallel.replicated(mesh))
   logging.info("[search] supernet weights from the teacher's checkpoint at step %d", step)
@@ -249,7 +245,7 @@ def _from_teacher(state: SearchState, base, tx, workdir: str, mesh, variant: str
 
 
 def record_architecture(
-  space: space_lib.SearchSpace,
+  space,
   arch_logits,
   flops_max: float,
   s: ml_collections.ConfigDict,
@@ -262,7 +258,7 @@ def record_architecture(
   w_idx, d_idx = jax.device_get(space.argmax(arch_logits, s.variant))
   a = space.architecture(w_idx, d_idx)
   counts = flops.count(a)
-  expected = float(cost.expected_flops(space, arch_logits, s.expected_flops, s.variant))
+  expected = float(space.expected_flops(arch_logits, s.expected_flops, s.variant))
   p_width, p_depth = jax.device_get(space.probabilities(arch_logits, s.variant))
   return {
     "flops_ratio": counts.flops / flops_max,
@@ -272,7 +268,8 @@ def record_architecture(
     "expected_flops_form": s.expected_flops,
     "flops_gap": abs(expected - counts.flops) / flops_max,
     "width_max_prob": float(np.mean(np.max(p_width, -1))),
-    "depth_max_prob": float(np.mean(np.max(p_depth, -1))),
+    # 1 where there is no depth to choose (a user's model)
+    "depth_max_prob": float(np.mean(np.max(p_depth, -1))) if p_depth.size else 1.0,
     "widths": [slot.candidates[int(i)] for slot, i in zip(space.slots, w_idx)],
     "depths": list(a.depths),
     **latency_record(space, arch_logits, a, s, target),
@@ -302,7 +299,7 @@ def search(config: ml_collections.ConfigDict, workdir: str) -> dict:
   stage_dir = layout.search_dir(workdir)
   mesh, ds = supervised.load_inputs(config, s.eval_batch_size)
   base = supervised.architecture(config, ds.num_classes, ds.image_size, ds.channels)
-  space = space_lib.build(base)
+  space = spaces.of(base)
   # base_arch.json: extraction rebuilds the search space from it
   run = stage_lib.Stage.open(config, "search", stage_dir, mesh, files={layout.BASE_ARCH: base})
   flops_max = float(flops.count(base).flops)
@@ -314,9 +311,8 @@ def search(config: ml_collections.ConfigDict, workdir: str) -> dict:
   target = target_lib.Target.build(config, base, workdir)
   measure = target.label
   logging.info(
-    "[search] TAS(%s) on %s of %s: target %.0f%% of the %s (%.2f M FLOPs%s), %d "
-    "searched convs, depth choices %s; halves of %d/%d images, %d iterations per "
-    "epoch, %d device(s)",
+    "[search] TAS(%s) on %s of %s: target %.0f%% of the %s (%.2f M FLOPs%s), %s; halves of "
+    "%d/%d images, %d iterations per epoch, %d device(s)",
     s.variant,
     base.name or "custom",
     ds.name,
@@ -324,17 +320,14 @@ def search(config: ml_collections.ConfigDict, workdir: str) -> dict:
     measure,
     flops_max / 1e6,
     f", {1e3 * target.full:.2f} ms table latency" if target.by_table else "",
-    space.num_slots,
-    [list(d) for d in space.depths],
+    space.describe(),
     len(half_a),
     len(half_b),
     steps_per_epoch,
     n_dev,
   )
 
-  net = supernet_lib.SuperNet(
-    space, s.variant, dtype=jnp.dtype(config.model.dtype), scan_blocks=config.model.scan_blocks
-  )
+  net = space.supernet(s.variant, jnp.dtype(config.model.dtype), config.model.scan_blocks)
   tx, schedule, arch_tx = optimizers(s, steps_per_epoch)
   init_key, aug_key = jax.random.split(jax.random.key(config.seed))
   state = create_state(
@@ -347,7 +340,7 @@ def search(config: ml_collections.ConfigDict, workdir: str) -> dict:
     mesh,
   )
   if s.init == "teacher":
-    state = _from_teacher(state, base, tx, workdir, mesh, s.variant)
+    state = _from_teacher(state, space, tx, workdir, mesh, s.variant)
   # one batch of each half per iteration; each half reshuffled per epoch with its own key
   perm_key = jax.random.fold_in(jax.random.key(config.seed), 2)
   halves = sources.Zipped(

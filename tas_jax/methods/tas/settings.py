@@ -10,6 +10,7 @@ import ml_collections
 
 from tas_jax import validation
 from tas_jax.methods.tas import cost
+from tas_jax.models import networks, user
 
 VARIANTS = ("tas", "width", "depth")
 INITS = ("scratch", "teacher")
@@ -55,6 +56,9 @@ def validate(c: ml_collections.ConfigDict) -> None:
   s, fail, positive = c.search, validation.fail, validation.positive
   if s.variant not in VARIANTS:
     fail("search.variant", s.variant, f"allowed: {', '.join(VARIANTS)}")
+  if s.variant == "depth" and networks.family_of(c.model) == user.FAMILY:
+    fail("search.variant", s.variant, "a model given by model.module has no blocks TAS may drop: "
+         "its search is in width only (variant tas or width)")
   if s.band not in cost.BANDS:
     fail("search.band", s.band, f"allowed: {', '.join(cost.BANDS)}")
   if s.in_band not in cost.IN_BAND:
