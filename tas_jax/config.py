@@ -134,6 +134,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.keep_checkpoints = 2           # the newest N checkpoints of a stage are kept
   c.max_steps_per_run = 0          # > 0: checkpoint and stop after this many steps (rerun resumes)
   c.profile_steps = 0              # > 0: a profiler trace of N steps into the stage's folder
+  c.compilation_cache = "auto"     # JAX's persistent compilation cache: a folder (gs:// for a
+                                   # pod), auto = $JAX_COMPILATION_CACHE_DIR or
+                                   # ~/.cache/tas_jax/xla, "" = off; a rerun, a resume and every
+                                   # stage after the first load their compiled steps from it
   c.overwrite = ""                 # stages to run again although their folder holds a result made
                                    # with other settings (comma-separated: teacher, search, extract,
                                    # search-pas, extract-l1, distill/tas-kd, distill = every run);
@@ -324,6 +328,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
   positive(c, "keep_checkpoints", integer=True)
   positive(c, "max_steps_per_run", integer=True, zero_ok=True)
   positive(c, "profile_steps", integer=True, zero_ok=True)
+  if not isinstance(c.compilation_cache, str):
+    fail("compilation_cache", c.compilation_cache, "a folder, 'auto' or '' (off)")
   for stage in filter(None, (s.strip() for s in str(c.overwrite).split(","))):
     if not re.fullmatch(r"teacher|distill(/[\w.-]+)?|(search|extract)(-\w+)?", stage):
       fail("overwrite", c.overwrite, "comma-separated stage folders: teacher, search, extract, "

@@ -14,6 +14,7 @@ import contextlib
 import logging as std_logging
 import os
 import time
+from typing import Optional
 
 from absl import logging
 
@@ -127,9 +128,16 @@ class Progress:
     self.stage, self.total, self.batch = stage, total_steps, global_batch
     self._t = self._step = None
 
-  def compiled(self, step: int, seconds: float, what: str = "train step") -> None:
-    """Called after the first step of this run returned: its time is mostly compilation."""
-    logging.info("[%s] compiled and ran the %s in %.1fs", self.stage, what, seconds)
+  def compiled(
+    self, step: int, seconds: float, what: str = "train step", cache: Optional[dict] = None
+  ) -> None:
+    """Called after the first step of this run returned: its time is mostly compilation.
+    `cache`: what the persistent compilation cache did meanwhile (`compilation.counts`)."""
+    if cache and cache.get("hits") and not cache.get("compiled"):
+      how = "loaded the %s from the compilation cache and ran it in %.1fs"
+    else:
+      how = "compiled and ran the %s in %.1fs"
+    logging.info("[%s] " + how, self.stage, what, seconds)
     self._t, self._step = time.time(), step
 
   def restart(self, step: int) -> None:

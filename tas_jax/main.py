@@ -16,7 +16,7 @@ from tas_jax import console
 
 console.quiet_environment()  # before TensorFlow (clu, tfds) loads
 
-from tas_jax import config as config_lib, errors, methods, multihost, workdir as layout  # noqa: E402
+from tas_jax import compilation, config as config_lib, errors, methods, multihost, workdir as layout  # noqa: E402
 from tas_jax.stages import distill, pipeline, records, results, teacher  # noqa: E402
 
 # method-independent stage -> function(config, workdir) -> summary
@@ -45,15 +45,19 @@ def run(config: ml_collections.ConfigDict, workdir: str, overrides=None) -> dict
   field of the config with them (`tas_jax.stages.records.adopt_recorded`)."""
   console.setup()
   config_lib.validate(config)
-  if config.stage != "results":  # which only reads (and prints its table if it cannot write)
-    check_writable(workdir)
-  if config.stage in ("all", "results"):  # `all` checks and logs each of its stages itself
-    return STAGE_FUNCTIONS[config.stage](config, workdir)
-  stage = records.stage_of(config)
-  multihost.at(f"[{stage}] setting up (data, model, checkpoint)")
-  config = records.check(config, workdir, stage, overrides)
-  with console.stage_log(layout.stage_dir(workdir, stage), layout.is_writer()):
-    return stage_function(config)(config, workdir)
+  folder = compilation.setup(config.compilation_cache)
+  try:
+    if config.stage != "results":  # which only reads (and prints its table if it cannot write)
+      check_writable(workdir)
+    if config.stage in ("all", "results"):  # `all` checks and logs each of its stages itself
+      return STAGE_FUNCTIONS[config.stage](config, workdir)
+    stage = records.stage_of(config)
+    multihost.at(f"[{stage}] setting up (data, model, checkpoint)")
+    config = records.check(config, workdir, stage, overrides)
+    with console.stage_log(layout.stage_dir(workdir, stage), layout.is_writer()):
+      return stage_function(config)(config, workdir)
+  finally:
+    compilation.report(folder)
 
 
 def check_writable(workdir: str) -> None:

@@ -42,7 +42,9 @@ CACHE_SETTINGS = {  # exported: child processes inherit them
 SESSION_TMP = tempfile.mkdtemp(prefix="tas_jax_tests_")
 tempfile.tempdir = SESSION_TMP
 os.environ["TMPDIR"] = SESSION_TMP
-if os.environ.get("TAS_JAX_NO_CACHE") != "1":
+if os.environ.get("TAS_JAX_NO_CACHE") == "1":
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = ""  # config.compilation_cache="auto": off
+else:
   os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(SESSION_TMP, "xla_cache"))
   for name, value in CACHE_SETTINGS.items():
     os.environ.setdefault(name, value)

@@ -157,7 +157,7 @@ def test_the_cycle_check_names_a_planted_cycle():
 
 # bottom to top: a module imports its own layer and the ones below, never one above
 LAYERS = (
-  {"errors", "validation", "console", "parallel", "multihost", "workdir", "plots"},
+  {"errors", "validation", "console", "parallel", "multihost", "workdir", "plots", "compilation"},
   {"graph", "models", "ops", "prune"},
   {"data", "interop"},
   {"training", "latency", "target"},

@@ -22,7 +22,7 @@ from typing import Any, Callable
 import jax
 from absl import logging
 
-from tas_jax import console, multihost, workdir
+from tas_jax import compilation, console, multihost, workdir
 from tas_jax.data import sources
 from tas_jax.training import checkpoint
 
@@ -234,6 +234,7 @@ def _fit(run: _Run, state):
   step_name = "search step" if cfg.stage.startswith("search") else "train step"
   if step < stop_at:
     logging.info("[%s] compiling the %s (the first step waits for it)…", cfg.stage, step_name)
+  cache_before = compilation.counts()
   while step < stop_at:
     epoch = step // cfg.steps_per_epoch
     args = tuple(step_args) + tuple(epoch_args(epoch))
@@ -248,7 +249,8 @@ def _fit(run: _Run, state):
       step += 1
       if step == start + 1:
         jax.block_until_ready(state.step)
-        progress.compiled(step, time.time() - t_step, step_name)
+        cache = {k: v - cache_before[k] for k, v in compilation.counts().items()}
+        progress.compiled(step, time.time() - t_step, step_name, cache)
       if profiler is not None:
         profiler(step)
       in_epoch = step - epoch * cfg.steps_per_epoch
