@@ -111,9 +111,9 @@ def counts() -> dict:
 
 
 def report(folder: str) -> None:
-  """One line: what the cache served this process."""
-  if folder:
-    c = counts()
+  """One line: what the cache served this process (nothing when nothing was compiled)."""
+  c = counts()
+  if folder and c["requests"]:
     logging.info(
       "compilation cache %s: %d programs loaded, %d compiled (%d written)",
       folder,
