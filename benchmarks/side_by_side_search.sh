@@ -1,19 +1,34 @@
 #!/usr/bin/env bash
-# The released search iteration and tas_jax's (blocks unrolled / scanned), alternated.
-# Needs the released code in /tmp/official and torch (../shared/bench/official_tas/README.md).
+# The released search iteration and tas_jax's (blocks unrolled / scanned), alternated, from launch
+# to the end of the first iteration (benchmarks/first_iteration.py).
+#
+#   bash benchmarks/side_by_side_search.sh [PYTHON] [RELEASED] [BENCH]
+#
+# PYTHON    a python with tas_jax's requirements and torch (default: $PYTHON, else .venv/bin/python)
+# RELEASED  the released TAS code's folder (default: $OFFICIAL, else /tmp/official)
+# BENCH     the folder of official_search_bench.py (default: $OFFICIAL_BENCH, else
+#           ../shared/bench/official_tas; its README says how to get the released code)
+# Lines go to $OUT (default runs/side_by_side_search.jsonl).
+set -u
 cd "$(dirname "$0")/.."
-mkdir -p runs; OUT=${OUT:-runs/side_by_side_search.jsonl}
-OFF=../shared/bench/official_tas/official_search_bench.py
-one() {  # network depth, repeat
+ROOT=$(pwd)
+PY=$(realpath "${1:-${PYTHON:-.venv/bin/python}}")
+RELEASED=$(realpath "${2:-${OFFICIAL:-/tmp/official}}")
+BENCH=$(realpath "${3:-${OFFICIAL_BENCH:-../shared/bench/official_tas}}")
+for need in "$PY" "$RELEASED" "$BENCH/official_search_bench.py"; do
+  [ -e "$need" ] || { echo "side_by_side_search.sh: $need does not exist (see the usage above)"; exit 2; }
+done
+mkdir -p runs; OUT=$(realpath -m "${OUT:-runs/side_by_side_search.jsonl}")
+one() {  # network depth
   local d=$1
-  ( cd ../shared/bench/official_tas && OFFICIAL=/tmp/official T_LAUNCH=$(date +%s.%N) \
+  ( cd "$BENCH" && OFFICIAL="$RELEASED" T_LAUNCH=$(date +%s.%N) \
     /usr/bin/time -f '{"side": "official", "depth": '$d', "peak_rss_kb": %M}' \
-    /work/main/.venv/bin/python official_search_bench.py --depth $d --warmup 1 --iters 3 ) 2>&1 | grep '^{' >> $OUT
+    "$PY" official_search_bench.py --depth $d --warmup 1 --iters 3 ) 2>&1 | grep '^{' >> "$OUT"
   for s in false true; do
-    T_LAUNCH=$(date +%s.%N) .venv/bin/python -m benchmarks.first_iteration --network=resnet$d \
-      --warmup=1 --iters=3 --scan_blocks=$s 2>/dev/null | grep '^{' >> $OUT
+    ( cd "$ROOT" && T_LAUNCH=$(date +%s.%N) "$PY" -m benchmarks.first_iteration \
+      --network=resnet$d --warmup=1 --iters=3 --scan_blocks=$s 2>/dev/null ) | grep '^{' >> "$OUT"
   done
 }
 for r in 1 2 3; do for d in 20 56; do one $d; done; done
 one 110
-echo done >> $OUT
+echo done >> "$OUT"
