@@ -46,18 +46,18 @@ def run(config: ml_collections.ConfigDict, workdir: str, overrides=None) -> dict
   console.setup()
   config_lib.validate(config)
   folder = compilation.setup(config.compilation_cache)
-  try:
-    if config.stage != "results":  # which only reads (and prints its table if it cannot write)
-      check_writable(workdir)
-    if config.stage in ("all", "results"):  # `all` checks and logs each of its stages itself
-      return STAGE_FUNCTIONS[config.stage](config, workdir)
+  if config.stage != "results":  # which only reads (and prints its table if it cannot write)
+    check_writable(workdir)
+  if config.stage in ("all", "results"):  # `all` checks and logs each of its stages itself
+    summary = STAGE_FUNCTIONS[config.stage](config, workdir)
+  else:
     stage = records.stage_of(config)
     multihost.at(f"[{stage}] setting up (data, model, checkpoint)")
     config = records.check(config, workdir, stage, overrides)
     with console.stage_log(layout.stage_dir(workdir, stage), layout.is_writer()):
-      return stage_function(config)(config, workdir)
-  finally:
-    compilation.report(folder)
+      summary = stage_function(config)(config, workdir)
+  compilation.report(folder)
+  return summary
 
 
 def check_writable(workdir: str) -> None:

@@ -16,6 +16,7 @@ import dataclasses
 import functools
 import importlib
 import json
+import logging as std_logging
 import os
 import sys
 from typing import Any, Optional
@@ -155,10 +156,18 @@ def traced(net: UserNetwork) -> graph.Graph:
       f"{net.module}: expected (batch, {net.num_classes}) logits for a batch of "
       f"{tuple(x.shape)} images, got {getattr(out, 'shape', type(out).__name__)}"
     )
-  g = graph.trace(module, variables, x, train=False)
+  tracer_log = std_logging.getLogger(graph.trace.__module__)
+  level = tracer_log.level
+  tracer_log.setLevel(std_logging.ERROR)  # its notes go into the error, or are logged below
+  try:
+    g = graph.trace(module, variables, x, train=False)
+  finally:
+    tracer_log.setLevel(level)
   if not g.groups:
     reasons = "; ".join(g.messages) or "every channel reaches the model's input or output"
     raise ConfigError(f"{net.module}: no channel of the model can be cut ({reasons})")
+  for message in g.messages:
+    tracer_log.warning(message)
   return g
 
 
