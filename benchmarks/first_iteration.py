@@ -8,8 +8,14 @@ held in memory, one device. It prints one JSON line with
 - `launch_to_first_iteration_s`: from `T_LAUNCH` (set it in the shell just before the command, as
   for the official script; without it, from this module's import) to the end of the first search
   iteration: imports, the state's initialisation, compilation and the iteration itself;
-- `search_compile_s`: lowering + XLA compilation of the search iteration (ahead of time; the
-  compiled program is the one then run, so nothing compiles twice);
+- `search_compile_s`: tracing, lowering and XLA compilation of the search iteration (ahead of
+  time; the compiled program is the one then run, so nothing compiles twice);
+- `breakdown`: where the launch went, in seconds: `import` (Python modules, from `T_LAUNCH`),
+  `data`, `init` (the supernet's state, its own small compilations included), `trace` and `lower`
+  (the search iteration to a jaxpr, then to StableHLO: Python, never cached), `compile` (XLA, or a
+  load from the compilation cache), `first_iteration` (running it);
+- `compilation_cache`: with `--compilation_cache=FOLDER`, the programs it served and compiled
+  (`tas_jax.compilation.counts`): run twice for a cold and a warm launch;
 - `search_iteration_s`: the median of `--iters` iterations after `--warmup`;
 - `compiled_temp_bytes`: XLA's memory analysis of the compiled iteration;
 - `peak_rss_bytes`: the process's peak resident memory (`getrusage`), at the end.
@@ -31,7 +37,7 @@ import jax  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 from benchmarks import bench  # noqa: E402
-from tas_jax import parallel  # noqa: E402
+from tas_jax import compilation, parallel  # noqa: E402
 from tas_jax.config import base_config  # noqa: E402
 from tas_jax.data import sources  # noqa: E402
 
@@ -39,11 +45,14 @@ from tas_jax.data import sources  # noqa: E402
 flags.DEFINE_integer("warmup", 1, "iterations after the first, not timed")
 flags.DEFINE_integer("iters", 5, "timed iterations; the figure is their median")
 flags.DEFINE_bool("scan_blocks", True, "model.scan_blocks: one compiled block per stage")
+flags.DEFINE_string("compilation_cache", "", "a persistent compilation cache folder ('' = none)")
 FLAGS = flags.FLAGS
 
 
 def main(_):
   launch = float(os.environ.get("T_LAUNCH", _IMPORTED))
+  marks = {"import": time.time()}
+  cache = compilation.setup(FLAGS.compilation_cache) if FLAGS.compilation_cache else ""
   a = bench.cifar_network(FLAGS.network)
   c = base_config()
   c.model.scan_blocks = FLAGS.scan_blocks
@@ -51,24 +60,36 @@ def main(_):
   ds = bench.synthetic_cifar(8 * FLAGS.batch)
   data = sources.DeviceDataset(ds, mesh, 256)
   augmentation = sources.Augmentation(ds.mean, ds.std)
+  marks["data"] = time.time()
   iteration, state, halves, taus = bench.search_setup(
     a, c, mesh, ds, data, augmentation, FLAGS.batch
   )
   key = parallel.put_replicated(jax.random.key(1), mesh)
   batches = halves.iterate(0)
   first = next(batches)
-  t = time.perf_counter()
-  compiled = iteration.lower(state, first, key, taus[0]).compile()
-  compile_s = time.perf_counter() - t
+  jax.block_until_ready((state, first))
+  marks["init"] = time.time()
+  traced = iteration.trace(state, first, (key, taus[0]))
+  marks["trace"] = time.time()
+  lowered = traced.lower()
+  marks["lower"] = time.time()
+  compiled = lowered.compile()
+  marks["compile"] = time.time()
+  compile_s = marks["compile"] - marks["init"]
   analysis = compiled.memory_analysis()
   memory = {"compiled_temp_bytes": int(analysis.temp_size_in_bytes)} if analysis else {}
-  state, _ = compiled(state, first, key, taus[0])
+  state, _ = compiled(state, first, (key, taus[0]))
   jax.block_until_ready(state)
-  to_first = time.time() - launch
+  marks["first_iteration"] = time.time()
+  to_first = marks["first_iteration"] - launch
+  previous, breakdown = launch, {}
+  for name, at in marks.items():
+    breakdown[name] = round(at - previous, 2)
+    previous = at
   times = []
   for i in range(FLAGS.warmup + FLAGS.iters):
     t = time.perf_counter()
-    state, _ = compiled(state, next(batches), key, taus[0])
+    state, _ = compiled(state, next(batches), (key, taus[0]))
     jax.block_until_ready(state)
     if i >= FLAGS.warmup:
       times.append(time.perf_counter() - t)
@@ -83,6 +104,8 @@ def main(_):
         "search_compile_s": round(compile_s, 2),
         "search_iteration_s": round(statistics.median(times), 4),
         "iterations_s": [round(x, 4) for x in times],
+        "breakdown": breakdown,
+        **({"compilation_cache": compilation.counts()} if cache else {}),
         **memory,
         "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
         "device": jax.devices()[0].device_kind,
