@@ -34,9 +34,8 @@ import io
 import os
 import signal
 import sys
-from typing import Iterator, Optional, Sequence
+from typing import TYPE_CHECKING, Iterator, Optional, Sequence
 
-import grain
 import jax
 import numpy as np
 from absl import flags, logging
@@ -45,6 +44,20 @@ from tas_jax import parallel
 from tas_jax.data import augment
 from tas_jax.data.datasets import BadDataError, DataNotFoundError
 from tas_jax.data.sources import BatchSource, EvalSource
+
+if TYPE_CHECKING:
+  import grain
+
+
+def _grain():
+  """grain, imported when an ImageNet stream is built: the in-memory datasets (and an image
+  without grain, such as the accelerator check's) do without it."""
+  try:
+    import grain
+  except ImportError:
+    raise ImportError("streaming ImageNet needs grain: pip install grain") from None
+  return grain
+
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
@@ -336,7 +349,7 @@ def _shard(options: StreamOptions) -> tuple[int, int]:
   """(this process's shard, shard count): grain's ShardByJaxProcess unless a test names one."""
   if options.shard_index >= 0:
     return options.shard_index, options.shard_count
-  by_process = grain.sharding.ShardByJaxProcess(drop_remainder=True)
+  by_process = _grain().sharding.ShardByJaxProcess(drop_remainder=True)
   return by_process.shard_index, by_process.shard_count
 
 
@@ -354,7 +367,7 @@ def train_dataset(
       f"{len(indices)} examples cannot fill one batch of {process_batch} on each of "
       f"{count} processes"
     )
-  ds = grain.MapDataset.source(np.asarray(indices, np.int64)).shuffle(seed=seed).repeat(None)
+  ds = _grain().MapDataset.source(np.asarray(indices, np.int64)).shuffle(seed=seed).repeat(None)
   ds = ds[shard::count]  # this process's examples
   ds = ds.random_map(
     functools.partial(
@@ -426,7 +439,7 @@ class StreamingSource(BatchSource):
 
   def iterate(self, start_step: int) -> Iterator[dict]:
     it = self._dataset[start_step:].to_iter_dataset(
-      grain.ReadOptions(num_threads=4, prefetch_buffer_size=4)
+      _grain().ReadOptions(num_threads=4, prefetch_buffer_size=4)
     )
     if self._options.workers > 0:
       if (
@@ -435,7 +448,7 @@ class StreamingSource(BatchSource):
         flags.FLAGS.mark_as_parsed()
       _quiet_resource_tracker()
       it = it.mp_prefetch(
-        grain.MultiprocessingOptions(num_workers=self._options.workers),
+        _grain().MultiprocessingOptions(num_workers=self._options.workers),
         worker_init_fn=functools.partial(die_with_parent, os.getpid()),
       )
     host = iter(it)
