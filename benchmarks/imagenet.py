@@ -7,7 +7,8 @@
   (`python -m tas_jax.data.imagenet_samples --out=DIR` builds one from real photographs);
 - the ImageNet ResNet-50 teacher step and one TAS search iteration (weight + architecture step) at
   224, in float32 and bfloat16: ahead-of-time compile time, the compiled program's memory, median
-  step time and images/s.
+  step time and images/s; in bfloat16 also the model FLOP/s and the MFU against the chip's dense
+  bf16 peak (`BF16_PEAK`; null for a chip not in it, the CPU included).
 
 Synthetic batches feed the steps (timing does not depend on pixel values); `--batch` is per step
 (the search iteration takes one batch of each half).
@@ -19,6 +20,7 @@ import json
 import statistics
 import sys
 import time
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -31,6 +33,7 @@ from tas_jax.config import base_config
 from tas_jax.data import imagenet
 from tas_jax.methods.tas import search, spaces, supernet
 from tas_jax.models import arch as arch_lib, resnet
+from tas_jax.ops import flops
 from tas_jax.target import Target
 from tas_jax.training import steps, supervised
 
@@ -135,6 +138,39 @@ def step_figures(depth: int, dtype: str, batch: int, repeats: int, steps_per_rep
   return out
 
 
+# dense bf16 peak FLOP/s by device kind (vendor datasheets, without sparsity); the first match wins
+BF16_PEAK = (
+  ("H100 PCIe", 756e12),
+  ("H100", 989.4e12),
+  ("H200", 989.4e12),
+  ("A100", 312e12),
+  ("L4", 121e12),
+  ("TPU v4", 275e12),
+  ("TPU v5 lite", 197e12),
+  ("TPU v5", 459e12),
+  ("TPU v6 lite", 918e12),
+)
+
+
+def bf16_peak(kind: str) -> Optional[float]:
+  return next((peak for name, peak in BF16_PEAK if name in kind), None)
+
+
+def add_mfu(figures: dict, depth: int, batch: int, kind: str) -> None:
+  """Model FLOPs utilisation of each step against the chip's dense bf16 peak (all devices): a
+  training step is 3 passes of 2·MACs per image (forward, and a backward twice as costly); a
+  search iteration two such steps of the full-width network (the CWI mixing is not counted)."""
+  peak = bf16_peak(kind)
+  macs = flops.count(arch_lib.imagenet_resnet(depth)).flops
+  for name, passes in (("teacher_step", 1), ("search_iteration", 2)):
+    if name in figures:
+      model_flops = passes * 3 * 2 * macs * batch
+      achieved = model_flops / figures[name]["step_s"]
+      figures[name]["tflops_per_s"] = round(achieved / 1e12, 2)
+      n = jax.device_count()
+      figures[name]["mfu"] = round(achieved / (n * peak), 4) if peak else None
+
+
 def run(args) -> dict:
   r = {
     "network": f"imagenet_resnet{args.depth}",
@@ -150,6 +186,8 @@ def run(args) -> dict:
     r["pipeline"] = pipeline_rate(args.folder, args.images)
   for dtype in args.dtypes.split(","):
     r[dtype] = step_figures(args.depth, dtype, args.batch, args.repeats, args.steps)
+    if dtype == "bfloat16":
+      add_mfu(r[dtype], args.depth, args.batch, r["device_kind"])
   return r
 
 

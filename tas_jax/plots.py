@@ -6,16 +6,23 @@
 
 from __future__ import annotations
 
-import matplotlib
-import matplotlib.ticker
 import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
+
+def _pyplot():
+  """matplotlib's pyplot on the file-only Agg backend, imported at the first plot: a process that
+  draws none (a benchmark, the accelerator check) runs without matplotlib."""
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  return plt
 
 
 def plot_widths(rows: list[dict], path: str, title: str) -> None:
   """rows: {"layer", "original", "width", "removed"} per layer, in forward order."""
+  plt = _pyplot()
   x = np.arange(len(rows))
   fig, ax = plt.subplots(figsize=(max(6, 0.28 * len(rows) + 2), 3.6))
   ax.bar(x, [r["original"] for r in rows], color="#d0d0d0", label="original")
@@ -40,6 +47,7 @@ def plot_widths(rows: list[dict], path: str, title: str) -> None:
 def plot_width_history(layers: list[str], ratios: np.ndarray, path: str, title: str) -> None:
   """ratios: (layers, epochs) kept width / original width."""
   epochs = ratios.shape[1]
+  plt = _pyplot()
   fig, ax = plt.subplots(figsize=(max(5, 0.25 * epochs + 3), max(3, 0.2 * len(layers) + 1)))
   image = ax.imshow(
     ratios,
@@ -51,7 +59,7 @@ def plot_width_history(layers: list[str], ratios: np.ndarray, path: str, title: 
     extent=(0.5, epochs + 0.5, len(layers) - 0.5, -0.5),
   )
   ax.set_yticks(range(len(layers)), layers, fontsize=6)
-  ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+  ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
   ax.set_xlabel("search epoch")
   ax.set_title(title, fontsize=9)
   fig.colorbar(image, ax=ax, fraction=0.04)

@@ -9,6 +9,8 @@ Tiers (markers; an unmarked test is a unit test):
             this process's 1 x 8), and the data-parallel benchmark harness: the 8-device pass
   children  starts processes that choose their own devices (hard kills, several processes, the
             notebook, the CLI): the 1-device pass
+  accelerator  bf16 numerics and the search step on the local devices: the tier
+            benchmarks/accelerator_check.sh runs on a GPU; here the 8-device pass
 launch/test.sh runs two passes side by side and sets TAS_JAX_PASS=1 or 8 in each; a pass runs only
 its tiers, so every test runs once. Without TAS_JAX_PASS (plain `pytest tests/...`) everything
 selected runs.
@@ -31,7 +33,7 @@ from tas_jax import console
 
 console.quiet_environment()  # no TensorFlow banners in the test log
 
-TIERS = {"stage": 8, "devices": 8, "children": 1}  # marker -> the pass that runs it; unit: 1
+TIERS = {"stage": 8, "devices": 8, "children": 1, "accelerator": 8}  # marker -> its pass; unit: 1
 CACHE_SETTINGS = {  # exported: child processes inherit them
   "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0.5",
   "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
@@ -73,6 +75,11 @@ def pytest_configure(config):
   )
   config.addinivalue_line(
     "markers", "children: starts processes with their own devices; runs in the 1-device pass"
+  )
+  config.addinivalue_line(
+    "markers",
+    "accelerator: bf16 numerics and the search step on the local devices, the tier "
+    "benchmarks/accelerator_check.sh runs on a GPU; runs in the 8-device pass",
   )
 
 
