@@ -364,7 +364,8 @@ def search(config: ml_collections.ConfigDict, workdir: str) -> dict:
   test_source = ds.eval_source()
   iteration = make_search_step(net, space, s, target, mesh, config.parallel)
   eval_step = steps.make_eval_step(
-    # the argmax network with batch statistics (see tas_jax.methods.tas.supernet)
+    # the argmax network with batch statistics (see tas_jax.methods.tas.supernet); the running
+    # statistics a user's BatchNorm would update meanwhile are dropped
     lambda v, x: net.apply(
       {"params": v[0], "batch_stats": v[1]},
       x,
@@ -373,7 +374,8 @@ def search(config: ml_collections.ConfigDict, workdir: str) -> dict:
       1.0,
       train=True,
       argmax=True,
-    )
+      mutable=["batch_stats"],
+    )[0]
   )
 
   def end_of_epoch(state, epoch, train):

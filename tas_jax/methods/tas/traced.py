@@ -191,8 +191,8 @@ def mix_matrices(space: TracedSpace, widths, weights) -> dict:
 class TracedSuperNet(nn.Module):
   """The user's model with every searched group's readers mixed by its sampled CWI matrix; same
   call as the ResNet supernet: (x, logits, key, τ, train, argmax). Its variables are the user's
-  model's own tree. `train` with immutable `batch_stats` (the search's argmax evaluation) runs the
-  model's BatchNorm on its running statistics."""
+  model's own tree. `train` with immutable `batch_stats` runs the model's BatchNorm on its running
+  statistics."""
 
   space: TracedSpace
   variant: str = "tas"
@@ -206,7 +206,7 @@ class TracedSuperNet(nn.Module):
     )
     model = user.Model(self.space.base, dtype=self.dtype)
     nn.share_scope(self, model)
-    # the search evaluates the argmax network with immutable statistics: a user's BatchNorm in
-    # training mode would update them, so it runs on its running statistics there
+    # a user's BatchNorm in training mode updates its running statistics: with them immutable
+    # it runs on them instead (the search's evaluation makes them mutable and drops the update)
     stats_free = self.is_initializing() or self.is_mutable_collection("batch_stats")
     return model(x, train and stats_free, mixes=mix_matrices(self.space, widths, weights))
