@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Optional
 
 import jax
 from absl import logging
+
+from tas_jax import workdir as layout
 
 AUTO = "auto"  # $JAX_COMPILATION_CACHE_DIR when set ("" = off), else the per-user folder below
 MIN_COMPILE_SECONDS = 0.0  # every program: a relaunch then compiles nothing at all
@@ -39,21 +40,6 @@ def resolve(setting: str) -> str:
   return setting if "://" in setting else os.path.expanduser(setting)
 
 
-def _writable(folder: str) -> Optional[str]:
-  """None if `folder` can hold the cache, else why not."""
-  if "://" in folder:  # a bucket: JAX's own file system layer reports problems
-    return None
-  try:
-    os.makedirs(folder, exist_ok=True)
-    probe = os.path.join(folder, f".write_test_{os.getpid()}")
-    with open(probe, "w"):
-      pass
-    os.remove(probe)
-  except OSError as e:
-    return f"{type(e).__name__}: {e.strerror or e}"
-  return None
-
-
 def setup(setting: str) -> str:
   """Points JAX's persistent cache at the folder `setting` names; returns it ("" when off or
   unusable). Call before the first compilation of the process."""
@@ -62,7 +48,7 @@ def setup(setting: str) -> str:
   if not folder:
     jax.config.update("jax_enable_compilation_cache", False)
     return ""
-  problem = _writable(folder)
+  problem = None if "://" in folder else layout.write_problem(folder)  # a bucket: JAX reports
   if problem:
     logging.warning(
       "compilation cache %s cannot be written (%s): compiling without it (set "

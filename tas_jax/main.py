@@ -7,7 +7,6 @@ folder (`config.method`, found through the registry in `tas_jax.methods`).
 
 from __future__ import annotations
 
-import os
 from typing import Callable
 
 import ml_collections
@@ -64,16 +63,11 @@ def check_writable(workdir: str) -> None:
   """A workdir that cannot be written stops before any work, with one line."""
   if not layout.is_writer():
     return
-  try:
-    os.makedirs(workdir, exist_ok=True)
-    probe = os.path.join(workdir, f".write_test_{os.getpid()}")
-    with open(probe, "w"):
-      pass
-    os.remove(probe)
-  except OSError as e:
+  problem = layout.write_problem(workdir)
+  if problem:
     raise errors.ConfigError(
-      f"--workdir={workdir} cannot be written ({e.strerror}): choose a folder you can write to"
-    ) from None
+      f"--workdir={workdir} cannot be written ({problem}): choose a folder you can write to"
+    )
 
 
 if __name__ == "__main__":

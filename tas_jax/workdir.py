@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+from typing import Optional
 
 import jax
 
@@ -129,3 +130,16 @@ def write_summary(directory: str, summary: dict) -> str:
 def read_record(directory: str):
   """The settings record a stage wrote in `directory` (`tas_jax.stages.records`), or None."""
   return read_json(os.path.join(directory, RECORD))
+
+
+def write_problem(folder: str) -> Optional[str]:
+  """None if `folder` exists or can be made and a file written in it; else the OS's reason."""
+  try:
+    os.makedirs(folder, exist_ok=True)
+    probe = os.path.join(folder, f".write_test_{os.getpid()}")
+    with open(probe, "w"):
+      pass
+    os.remove(probe)
+  except OSError as e:
+    return e.strerror or str(e)
+  return None

@@ -65,9 +65,10 @@ def cli_args(overrides=None) -> list[str]:
   return [f"--config.{k}={v}" for k, v in (overrides or OVERRIDES).items()]
 
 
-def cli(workdir, *extra):
-  """`python -m tas_jax.main` with this pipeline's settings, in a child process on 1 device."""
-  env = {**os.environ, "PYTHONPATH": ROOT, "XLA_FLAGS": ""}
+def cli(workdir, *extra, overrides=None, environ=None):
+  """`python -m tas_jax.main` with this pipeline's settings (or `overrides`), in a child process
+  on 1 device, with `environ` (default: this process's)."""
+  env = {**(os.environ if environ is None else environ), "PYTHONPATH": ROOT, "XLA_FLAGS": ""}
   return subprocess.run(
     [
       sys.executable,
@@ -75,13 +76,14 @@ def cli(workdir, *extra):
       "tas_jax.main",
       "--config=configs/demo.py",
       f"--workdir={workdir}",
-      *cli_args(),
+      *cli_args(overrides),
       *extra,
     ],
     capture_output=True,
     text=True,
     cwd=ROOT,
     env=env,
+    timeout=900,
   )
 
 
