@@ -359,6 +359,9 @@ def _validate_target(c: ml_collections.ConfigDict) -> None:
     fail("target.cost", t.cost, "the latency table covers ResNets (CIFAR and ImageNet) only")
 
 
+FAMILY_WORDS = {"resnet": "a ResNet", "repvgg": "a RepVGG", user.FAMILY: "a model.module model"}
+
+
 def _validate_families(c: ml_collections.ConfigDict, method: methods.Method) -> None:
   """Every method and baseline the stage uses can prune the config's network (TAS's space and the
   uniform / random baselines are ResNet-shaped, blocks of 2-3 convs)."""
@@ -368,8 +371,9 @@ def _validate_families(c: ml_collections.ConfigDict, method: methods.Method) -> 
     return ", ".join(m.name for m in methods.REGISTRY.values() if family in m.families)
 
   if c.stage in ("search", "extract") and family not in method.families:
-    fail("method", c.method, f"{method.label} prunes {' and '.join(method.families)} networks; a "
-         f"{family} network is pruned with --config.method={pruners()}")
+    fail("method", c.method, f"{method.label} prunes "
+         f"{' or '.join(FAMILY_WORDS[k] for k in method.families)}; {FAMILY_WORDS[family]} is "
+         f"pruned with --config.method={pruners()}")
   if c.stage in ("all", "distill"):
     runs = ([parse_run(r)["student"] for r in c.pipeline.runs.split(",")] if c.stage == "all"
             else [c.distill.student])
@@ -380,9 +384,9 @@ def _validate_families(c: ml_collections.ConfigDict, method: methods.Method) -> 
         field = "pipeline.runs" if c.stage == "all" else "distill.student"
         able = [m.name for m in methods.REGISTRY.values() if family in m.families]
         kinds = ("resnet",) if student in BASELINES else methods.get(student).families
-        needs = "a ResNet" if kinds == ("resnet",) else " or ".join(kinds) + " networks"
+        needs = " or ".join(FAMILY_WORDS[k] for k in kinds)
         fail(field, c.pipeline.runs if c.stage == "all" else c.distill.student,
-             f"{student} needs {needs}; a {family} network's runs use --config.method="
+             f"{student} needs {needs}; {FAMILY_WORDS[family]}'s runs use --config.method="
              f"{pruners()} (e.g. {able[0]}-kd, {able[0]}-ce)")
 
 
