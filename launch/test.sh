@@ -2,8 +2,9 @@
 # Runs the test suite: two passes side by side, one process each (most of their time is XLA
 # compiling, which uses one core each):
 #   1 CPU device:          the unit tier and the tests that start their own processes (children)
-#   8 forced CPU devices:  the stage tests (the shared tiny pipelines, data parallel) and the
-#                          1-vs-8-device comparisons
+#   8 forced CPU devices:  the stage tests (the shared tiny pipelines, data parallel), the
+#                          1-vs-8-device comparisons, the accelerator tier, and the hard kills
+#                          (whose children run on one device: here to balance the two passes)
 # Each test runs in one pass only (tiers: tests/conftest.py). `--fast` runs the unit tier alone,
 # in one process: what to run while working. Uses .venv if launch/setup.sh made one. Both passes
 # and every child process share one compilation cache (JAX_COMPILATION_CACHE_DIR, removed at the
@@ -41,7 +42,7 @@ else
 fi
 
 if [ $fast -eq 1 ]; then
-  XLA_FLAGS= "${pytest[@]}" --durations=5 -m "not stage and not devices and not children" \
+  XLA_FLAGS= "${pytest[@]}" --durations=5 -m "not stage and not devices and not children and not kills and not accelerator" \
       "${targets[@]}" "${options[@]}"
   rc=$?
   [ $lint -eq 0 ] || { echo "ruff found problems (above): ruff check --fix . && ruff format ."; exit 1; }

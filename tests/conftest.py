@@ -9,6 +9,8 @@ Tiers (markers; an unmarked test is a unit test):
             this process's 1 x 8), and the data-parallel benchmark harness: the 8-device pass
   children  starts processes that choose their own devices (hard kills, several processes, the
             notebook, the CLI): the 1-device pass
+  kills     hard-kills child runs and resumes them (tests/test_kill.py); the children run on one
+            device each whatever the pass, so the tier sits in the 8-device pass to balance the two
   accelerator  bf16 numerics and the search step on the local devices: the tier
             benchmarks/accelerator_check.sh runs on a GPU; here the 8-device pass
 launch/test.sh runs two passes side by side and sets TAS_JAX_PASS=1 or 8 in each; a pass runs only
@@ -33,7 +35,8 @@ from tas_jax import console
 
 console.quiet_environment()  # no TensorFlow banners in the test log
 
-TIERS = {"stage": 8, "devices": 8, "children": 1, "accelerator": 8}  # marker -> its pass; unit: 1
+# marker -> its pass; unit: 1
+TIERS = {"stage": 8, "devices": 8, "children": 1, "kills": 8, "accelerator": 8}
 CACHE_SETTINGS = {  # exported: child processes inherit them
   "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0.5",
   "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
@@ -75,6 +78,9 @@ def pytest_configure(config):
   )
   config.addinivalue_line(
     "markers", "children: starts processes with their own devices; runs in the 1-device pass"
+  )
+  config.addinivalue_line(
+    "markers", "kills: hard-kills and resumes child runs on one device; runs in the 8-device pass"
   )
   config.addinivalue_line(
     "markers",

@@ -24,7 +24,7 @@ from tas_jax.models import arch as arch_lib
 from tas_jax.training import checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-pytestmark = pytest.mark.children
+pytestmark = pytest.mark.kills  # children on one device each: either pass can run them
 
 
 def cli(workdir, *args, kill_after_step=None, timeout=900):
