@@ -76,16 +76,15 @@ def synthetic_cifar(n: int, seed: int = 0) -> datasets.ImageDataset:
   )
 
 
-def search_setup(a, c, mesh, ds, data, augmentation, batch: int):
+def search_setup(a, c, mesh, ds, data, augmentation, batch: int, fingerprint=None):
   """(jitted search iteration, its state, the two halves stepped together, τ of epochs 0 and 1)
-  of the supernet of `a` on a resident dataset, as the search stage builds them."""
+  of the supernet of `a` on a resident dataset, as the search stage builds them: with
+  `fingerprint` and a compilation cache the iteration is kept (`compilation.ExportedStep`), and a
+  kept one loads while the state is made."""
   space = spaces.of(a)
   net = supernet.SuperNet(space, scan_blocks=c.model.scan_blocks)
   c.search.epochs = 2
   wtx, _, atx = search.optimizers(c.search, 4)
-  sstate = search.create_state(
-    net, space, wtx, atx, np.zeros((2, 32, 32, 3), np.float32), jax.random.key(0), mesh
-  )
   iteration = search.make_search_step(
     net,
     space,
@@ -93,6 +92,12 @@ def search_setup(a, c, mesh, ds, data, augmentation, batch: int):
     Target.flops(space.base, c.target.flop_ratio, c.target.tolerance),
     mesh,
     "jit",
+    fingerprint,
+  )
+  if hasattr(iteration, "prefetch"):
+    iteration.prefetch()
+  sstate = search.create_state(
+    net, space, wtx, atx, np.zeros((2, 32, 32, 3), np.float32), jax.random.key(0), mesh, fingerprint
   )
   half_a, half_b = datasets.split_per_class(ds.train_labels, 0)
   halves = sources.Zipped(

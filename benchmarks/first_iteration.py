@@ -11,9 +11,13 @@ held in memory, one device. It prints one JSON line with
 - `search_compile_s`: tracing, lowering and XLA compilation of the search iteration (ahead of
   time; the compiled program is the one then run, so nothing compiles twice);
 - `breakdown`: where the launch went, in seconds: `import` (Python modules, from `T_LAUNCH`),
-  `data`, `init` (the supernet's state, its own small compilations included), `trace` and `lower`
-  (the search iteration to a jaxpr, then to StableHLO: Python, never cached), `compile` (XLA, or a
-  load from the compilation cache), `first_iteration` (running it);
+  `data`, `init` (the supernet's state, its own small programs included), then either `step`
+  (with `--compilation_cache`: the iteration's kept program loaded, or traced, exported and
+  compiled; a load starts before `init` and overlaps it, so `step` is only what was left to wait)
+  or, without a cache, `trace`, `lower` (Python, never cached) and `compile` (XLA); then
+  `first_iteration` (running it);
+- `kept_step`: with `--compilation_cache`, `compilation.ExportedStep.timings` of the iteration:
+  `source` ("traced" on a cold launch, "loaded" on a warm one) and the seconds of each part;
 - `compilation_cache`: with `--compilation_cache=FOLDER`, the programs it served and compiled
   (`tas_jax.compilation.counts`): run twice for a cold and a warm launch;
 - `search_iteration_s`: the median of `--iters` iterations after `--warmup`;
@@ -46,6 +50,7 @@ flags.DEFINE_integer("warmup", 1, "iterations after the first, not timed")
 flags.DEFINE_integer("iters", 5, "timed iterations; the figure is their median")
 flags.DEFINE_bool("scan_blocks", True, "model.scan_blocks: one compiled block per stage")
 flags.DEFINE_string("compilation_cache", "", "a persistent compilation cache folder ('' = none)")
+flags.DEFINE_string("label", "", "copied into the JSON line as 'launch' (e.g. cold, warm)")
 FLAGS = flags.FLAGS
 
 
@@ -61,24 +66,33 @@ def main(_):
   data = sources.DeviceDataset(ds, mesh, 256)
   augmentation = sources.Augmentation(ds.mean, ds.std)
   marks["data"] = time.time()
+  fingerprint = {"benchmark": "first_iteration", "batch": FLAGS.batch, "config": c.to_dict()}
   iteration, state, halves, taus = bench.search_setup(
-    a, c, mesh, ds, data, augmentation, FLAGS.batch
+    a, c, mesh, ds, data, augmentation, FLAGS.batch, fingerprint if cache else None
   )
   key = parallel.put_replicated(jax.random.key(1), mesh)
   batches = halves.iterate(0)
   first = next(batches)
   jax.block_until_ready((state, first))
   marks["init"] = time.time()
-  traced = iteration.trace(state, first, (key, taus[0]))
-  marks["trace"] = time.time()
-  lowered = traced.lower()
-  marks["lower"] = time.time()
-  compiled = lowered.compile()
-  marks["compile"] = time.time()
-  compile_s = marks["compile"] - marks["init"]
+  kept = {}
+  if hasattr(iteration, "ready"):  # kept in the cache: loaded (prefetched during init) or traced
+    iteration.ready(state, first, (key, taus[0]))
+    marks["step"] = time.time()
+    compiled, kept = iteration._compiled, dict(iteration.timings)
+  else:
+    traced = iteration.trace(state, first, (key, taus[0]))
+    marks["trace"] = time.time()
+    lowered = traced.lower()
+    marks["lower"] = time.time()
+    compiled = lowered.compile()
+    marks["compile"] = time.time()
+  compile_s = time.time() - marks["init"]
+  args = (state, first, (key, taus[0]))
+  run = iteration if kept else compiled
   analysis = compiled.memory_analysis()
   memory = {"compiled_temp_bytes": int(analysis.temp_size_in_bytes)} if analysis else {}
-  state, _ = compiled(state, first, (key, taus[0]))
+  state, _ = run(*args)
   jax.block_until_ready(state)
   marks["first_iteration"] = time.time()
   to_first = marks["first_iteration"] - launch
@@ -89,7 +103,7 @@ def main(_):
   times = []
   for i in range(FLAGS.warmup + FLAGS.iters):
     t = time.perf_counter()
-    state, _ = compiled(state, next(batches), (key, taus[0]))
+    state, _ = run(state, next(batches), (key, taus[0]))
     jax.block_until_ready(state)
     if i >= FLAGS.warmup:
       times.append(time.perf_counter() - t)
@@ -97,6 +111,7 @@ def main(_):
     json.dumps(
       {
         "side": "tas_jax",
+        **({"launch": FLAGS.label} if FLAGS.label else {}),
         "network": FLAGS.network,
         "batch": FLAGS.batch,
         "scan_blocks": FLAGS.scan_blocks,
@@ -105,6 +120,7 @@ def main(_):
         "search_iteration_s": round(statistics.median(times), 4),
         "iterations_s": [round(x, 4) for x in times],
         "breakdown": breakdown,
+        **({"kept_step": kept} if kept else {}),
         **({"compilation_cache": compilation.counts()} if cache else {}),
         **memory,
         "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# The released search iteration and tas_jax's (blocks unrolled / scanned), alternated, from launch
-# to the end of the first iteration (benchmarks/first_iteration.py).
+# The released search iteration and tas_jax's, alternated, from launch to the end of the first
+# iteration (benchmarks/first_iteration.py): each round runs the released code, then tas_jax with
+# an emptied compilation cache ("cold": the first launch a user waits for), then tas_jax again
+# with that cache ("warm": every later launch, a resume, the next stage's relaunch).
 #
 #   bash benchmarks/side_by_side_search.sh [PYTHON] [RELEASED] [BENCH]
 #
@@ -19,16 +21,19 @@ for need in "$PY" "$RELEASED" "$BENCH/official_search_bench.py"; do
   [ -e "$need" ] || { echo "side_by_side_search.sh: $need does not exist (see the usage above)"; exit 2; }
 done
 mkdir -p runs; OUT=$(realpath -m "${OUT:-runs/side_by_side_search.jsonl}")
+CACHE=$(mktemp -d)
+trap 'rm -rf "$CACHE"' EXIT
 one() {  # network depth
   local d=$1
   ( cd "$BENCH" && OFFICIAL="$RELEASED" T_LAUNCH=$(date +%s.%N) \
     /usr/bin/time -f '{"side": "official", "depth": '$d', "peak_rss_kb": %M}' \
     "$PY" official_search_bench.py --depth $d --warmup 1 --iters 3 ) 2>&1 | grep '^{' >> "$OUT"
-  for s in false true; do
+  rm -rf "${CACHE:?}"/*
+  for launch in cold warm; do
     ( cd "$ROOT" && T_LAUNCH=$(date +%s.%N) "$PY" -m benchmarks.first_iteration \
-      --network=resnet$d --warmup=1 --iters=3 --scan_blocks=$s 2>/dev/null ) | grep '^{' >> "$OUT"
+      --network=resnet$d --warmup=1 --iters=3 --compilation_cache="$CACHE" --label=$launch \
+      2>/dev/null ) | grep '^{' >> "$OUT"
   done
 }
 for r in 1 2 3; do for d in 20 56; do one $d; done; done
-one 110
 echo done >> "$OUT"

@@ -129,11 +129,19 @@ class Progress:
     self._t = self._step = None
 
   def compiled(
-    self, step: int, seconds: float, what: str = "train step", cache: Optional[dict] = None
+    self,
+    step: int,
+    seconds: float,
+    what: str = "train step",
+    cache: Optional[dict] = None,
+    kept: Optional[dict] = None,
   ) -> None:
     """Called after the first step of this run returned: its time is mostly compilation.
-    `cache`: what the persistent compilation cache did meanwhile (`compilation.counts`)."""
-    if cache and cache.get("hits") and not cache.get("compiled"):
+    `cache`: what the persistent compilation cache did meanwhile (`compilation.counts`); `kept`:
+    the step's `compilation.ExportedStep.timings`, when its lowered program is kept."""
+    if kept and kept.get("source") == "loaded":
+      how = "loaded the %s an earlier launch kept (no tracing) and ran it in %.1fs"
+    elif cache and cache.get("hits") and not cache.get("compiled"):
       how = "loaded the %s from the compilation cache and ran it in %.1fs"
     else:
       how = "compiled and ran the %s in %.1fs"

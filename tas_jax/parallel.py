@@ -26,6 +26,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from tas_jax import compilation
 from tas_jax.errors import ConfigError
 
 AXIS = "data"
@@ -160,6 +161,19 @@ def jit_once(fn: Callable, **jit_kwargs) -> Callable:
   return jax.jit(fn, compiler_options=options, **jit_kwargs)
 
 
+def kept_once(fn: Callable, mesh: Mesh, name: str, fingerprint: Optional[dict]) -> Callable:
+  """`jit_once(fn, out_shardings=replicated(mesh))` for an initialisation whose outputs are a
+  model's variables (nested dicts): with a compilation cache and a `fingerprint`, its lowered
+  program is kept there, so that a relaunch skips tracing the model's `init`."""
+  folder = compilation.folder()
+  if fingerprint is None or not folder or "://" in folder or not _one_process():
+    return jit_once(fn, out_shardings=replicated(mesh))
+  options = dict(ONCE_CPU_OPTIONS) if jax.default_backend() == "cpu" else {}
+  return compilation.ExportedStep(
+    fn, name, fingerprint, mesh, None, options, out_shardings=replicated(mesh), donate_first=False
+  )
+
+
 def mean(tree, axis: Optional[str]):
   """The average over the devices of a per-device step (`pmap` mode: `lax.pmean` over `axis`);
   under `jit` (axis None) the step already sees the global batch: the tree as it is."""
@@ -172,7 +186,12 @@ def step_axis(mode: str) -> Optional[str]:
 
 
 def compile_step(
-  step: Callable, mesh: Mesh, mode: str, extras: bool = False, donate: Sequence[int] = (0,)
+  step: Callable,
+  mesh: Mesh,
+  mode: str,
+  extras: bool = False,
+  donate: Sequence[int] = (0,),
+  kept: Optional[tuple] = None,
 ) -> Callable:
   """Compiles `step(state, batch)` (or, with `extras`, `step(state, batch, extras)`: one tree of
   everything else the step reads, e.g. keys, τ, a teacher's weights) as a data-parallel step.
@@ -181,6 +200,10 @@ def compile_step(
   output are replicated. Under `jit` the step runs once on the global batch; under `pmap` it runs
   on every device with that device's slice of the batch, and does its own averaging over `AXIS`
   (`mean`).
+
+  `kept=(name, fingerprint, outputs_like)`: with a compilation cache, the lowered step is kept
+  there (`tas_jax.compilation.ExportedStep`), so that a relaunch skips tracing too; `fingerprint`
+  must hold everything the step's Python reads (config, architecture, step counts).
   """
   if mode == "jit":
     fn = step
@@ -191,4 +214,15 @@ def compile_step(
     fn = jax.shard_map(step, mesh=mesh, in_specs=in_specs, out_specs=P(), check_vma=False)
   else:
     raise ValueError(f"parallel={mode!r}; allowed: jit, pmap")
+  folder = compilation.folder()
+  if kept and folder and "://" not in folder and tuple(donate) == (0,) and _one_process():
+    name, fingerprint, outputs_like = kept
+    return compilation.ExportedStep(
+      fn, name, {"fingerprint": fingerprint, "mode": mode}, mesh, outputs_like, compiler_options()
+    )
   return jax.jit(fn, donate_argnums=tuple(donate), compiler_options=compiler_options())
+
+
+def _one_process() -> bool:
+  """Exported steps are kept for one-process runs (a pod's hosts share XLA's cache only)."""
+  return jax.process_count() == 1

@@ -24,9 +24,36 @@ import jax
 import ml_collections
 from absl import logging
 
-from tas_jax import parallel, workdir as layout
+from tas_jax import compilation, parallel, workdir as layout
 from tas_jax.data import sources
 from tas_jax.training import loop
+
+# run control: fields that change how a run is driven, never what a step computes
+_RUN_CONTROL = (
+  "stage",
+  "overwrite",
+  "compilation_cache",
+  "log_every_steps",
+  "checkpoint_every_steps",
+  "keep_checkpoints",
+  "max_steps_per_run",
+  "profile_steps",
+  "pipeline",
+)
+
+
+def step_fingerprint(config: ml_collections.ConfigDict, **parts) -> dict:
+  """What a stage's compiled step is keyed by when it is kept (`parallel.compile_step(kept=…)`):
+  the whole config but its run-control fields, the user's module's source, and `parts` (the
+  architecture, the step counts, the target). Anything else the step's Python reads belongs in
+  `parts`; too much costs only a retrace, too little would load a wrong program."""
+  settings = {k: v for k, v in config.to_dict().items() if k not in _RUN_CONTROL}
+  module = config.model.get("module", "") or ""
+  return {
+    "config": settings,
+    "module_source": compilation.source_digest(module) if module else "",
+    **{k: repr(v) for k, v in parts.items()},
+  }
 
 
 @dataclasses.dataclass

@@ -119,11 +119,18 @@ def step_keys(key, step):
 
 
 def make_search_step(
-  net, space, s: ml_collections.ConfigDict, target: target_lib.Target, mesh, mode: str
+  net,
+  space,
+  s: ml_collections.ConfigDict,
+  target: target_lib.Target,
+  mesh,
+  mode: str,
+  fingerprint: Optional[dict] = None,
 ):
   """Compiles `iteration(state, batch, (key, tau)) -> (state, metrics)`; the batch holds one batch
   of each half, `{"a": …, "b": …}`. `s`: config.search; `target`: what the cost prices (FLOPs, or
-  a latency table: the metrics' ratios stay FLOPs)."""
+  a latency table: the metrics' ratios stay FLOPs). With `fingerprint` (`stage.step_fingerprint`)
+  the lowered iteration is kept in the compilation cache for the next launch."""
   axis = parallel.step_axis(mode)
   net = net.clone(axis_name=axis)
   flops_max = float(flops.count(space.base).flops)
@@ -199,26 +206,44 @@ def make_search_step(
       flops_ratio=exact / flops_max,
     )
 
-  return parallel.compile_step(iteration, mesh, mode, extras=True)
+  kept = (
+    ("tas_search_iteration", fingerprint, lambda state, *_: (state, SearchMetrics.empty()))
+    if fingerprint is not None
+    else None
+  )
+  return parallel.compile_step(iteration, mesh, mode, extras=True, kept=kept)
 
 
-def create_state(net, space, tx, arch_tx, sample_input, key, mesh) -> SearchState:
-  k_init, k_arch = jax.random.split(key)
+def create_state(
+  net, space, tx, arch_tx, sample_input, key, mesh, fingerprint: Optional[dict] = None
+) -> SearchState:
+  """The supernet's state: its variables and α/β (one program, kept in the compilation cache
+  with `fingerprint`, as the iteration is), then the optimisers' states."""
 
-  def init():
+  def variables(key_data):
+    k_init, k_arch = jax.random.split(jax.random.wrap_key_data(key_data))
     arch = space.init_logits(k_arch)
-    variables = net.init(k_init, sample_input, arch, k_init, 1.0, train=True)
+    v = net.init(k_init, sample_input, arch, k_init, 1.0, train=True)
+    return {"params": v["params"], "batch_stats": v.get("batch_stats", {}), "arch": arch}
+
+  if fingerprint is not None:
+    fingerprint = {**fingerprint, "sample_input": repr(jax.typeof(sample_input))}
+  v = parallel.kept_once(variables, mesh, "tas_supernet_init", fingerprint)(
+    jax.random.key_data(key)
+  )
+
+  def state(v):
     return SearchState.create(
       apply_fn=net.apply,
-      params=variables["params"],
+      params=v["params"],
       tx=tx,
-      batch_stats=variables.get("batch_stats", {}),
-      arch=arch,
-      arch_opt_state=arch_tx.init(arch),
+      batch_stats=v["batch_stats"],
+      arch=v["arch"],
+      arch_opt_state=arch_tx.init(v["arch"]),
       arch_tx=arch_tx,
     )
 
-  return parallel.jit_once(init, out_shardings=parallel.replicated(mesh))()
+  return parallel.jit_once(state, out_shardings=parallel.replicated(mesh))(v)
 
 
 def _from_teacher(state: SearchState, space, tx, workdir: str, mesh, variant: str) -> SearchState:
@@ -329,6 +354,11 @@ def search(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   net = space.supernet(s.variant, jnp.dtype(config.model.dtype), config.model.scan_blocks)
   tx, schedule, arch_tx = optimizers(s, steps_per_epoch)
+  # the iteration first: a program kept by an earlier launch loads while the state is made
+  fingerprint = stage_lib.step_fingerprint(config, target=target, steps_per_epoch=steps_per_epoch)
+  iteration = make_search_step(net, space, s, target, mesh, config.parallel, fingerprint)
+  if hasattr(iteration, "prefetch"):
+    iteration.prefetch()
   init_key, aug_key = jax.random.split(jax.random.key(config.seed))
   state = create_state(
     net,
@@ -338,6 +368,7 @@ def search(config: ml_collections.ConfigDict, workdir: str) -> dict:
     jnp.zeros((2, ds.image_size, ds.image_size, ds.channels)),
     init_key,
     mesh,
+    fingerprint,
   )
   if s.init == "teacher":
     state = _from_teacher(state, space, tx, workdir, mesh, s.variant)
@@ -362,7 +393,6 @@ def search(config: ml_collections.ConfigDict, workdir: str) -> dict:
     ),
   )
   test_source = ds.eval_source()
-  iteration = make_search_step(net, space, s, target, mesh, config.parallel)
   eval_step = steps.make_eval_step(
     # the argmax network with batch statistics (see tas_jax.methods.tas.supernet); the running
     # statistics a user's BatchNorm would update meanwhile are dropped
