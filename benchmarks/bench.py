@@ -115,6 +115,9 @@ def search_setup(a, c, mesh, ds, data, augmentation, batch: int, fingerprint=Non
     }
   )
   taus = [parallel.put_replicated(np.float32(search.tau_at(c.search, e)), mesh) for e in (0, 1)]
+  if hasattr(iteration, "prefetch"):  # as the search stage: nothing kept, traced in a thread
+    key = parallel.put_replicated(jax.random.key(1), mesh)
+    iteration.prefetch(parallel.abstract((sstate, halves.abstract_batch(), (key, taus[0]))))
   return iteration, sstate, halves, taus
 
 

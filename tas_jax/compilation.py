@@ -13,6 +13,7 @@ cache.
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import hashlib
 import importlib.util
 import json
@@ -227,6 +228,7 @@ class ExportedStep:
     self._compiled = None
     self._out_tree = None
     self._future: Optional[concurrent.futures.Future] = None
+    self._loading = False  # what the future does: load a kept program, or trace ahead of time
     self.timings: dict = {}
 
   def _jit(self, fn: Callable, donated: int, out_shardings: Any = None):
@@ -236,14 +238,27 @@ class ExportedStep:
       fn, donate_argnums=tuple(range(donated)), compiler_options=self._options, **extra
     )
 
-  # -- a kept program
-  def prefetch(self) -> bool:
-    """Starts loading the kept program in a thread; False when there is none."""
-    if self._future is None and self._compiled is None and os.path.exists(self.path):
-      pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"load-{self.name}")
-      self._future = pool.submit(self._load)
-      pool.shutdown(wait=False)
-    return self._future is not None
+  # -- a kept program, or one traced ahead of time
+  def prefetch(self, abstract_args: Optional[tuple] = None) -> bool:
+    """Starts making the program in a thread: loading the kept one, or, when there is none and
+    `abstract_args` (`jax.ShapeDtypeStruct`s with shardings, shaped as the step's arguments) are
+    given, tracing and compiling it ahead of the first call. False when nothing started."""
+    if self._future is not None or self._compiled is not None:
+      return self._future is not None
+    if os.path.exists(self.path):
+      work, self._loading = self._load, True
+    elif abstract_args is not None:
+      work = functools.partial(self._trace, abstract_args, self._donated(abstract_args))
+      self._loading = False
+    else:
+      return False
+    pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"compile-{self.name}")
+    self._future = pool.submit(work)
+    pool.shutdown(wait=False)
+    return True
+
+  def _donated(self, args) -> int:
+    return len(jax.tree.leaves(args[0])) if args and self._donate_first else 0
 
   def _load(self):
     t = time.perf_counter()
@@ -256,8 +271,8 @@ class ExportedStep:
     exported = jax.export.deserialize(bytearray(body))
     timings = {"source": "loaded", "load_s": round(time.perf_counter() - t, 3)}
     compiled = self._compile(exported, header["donated"], timings)
-    avals = [(tuple(a.shape), a.dtype) for a in exported.in_avals]
-    return compiled, avals, header, timings
+    out_tree = _nested_tree(header["keys"]) if header["keys"] is not None else None
+    return compiled, _avals(exported.in_avals), header["donated"], out_tree, timings
 
   def _compile(self, exported, donated: int, timings: dict):
     """The exported program lowered and compiled from its own avals and shardings, so that the
@@ -274,8 +289,8 @@ class ExportedStep:
     timings["compile_s"] = round(time.perf_counter() - t_lowered, 3)
     return compiled
 
-  # -- tracing the step and keeping it
-  def _export(self, args, donated: int) -> None:
+  def _trace(self, args, donated: int):
+    """Traces the step (on arrays or abstract values alike), keeps it, compiles it."""
     leaves, in_tree = jax.tree.flatten(args)
     box = {}
 
@@ -286,18 +301,13 @@ class ExportedStep:
 
     t = time.perf_counter()
     exported = jax.export.export(self._jit(flat, donated, self._out_shardings))(*leaves)
-    header = {"donated": donated, "keys": None}
-    if self._outputs_like is None:  # nested dicts: their keys are kept with the program
-      header["keys"] = _dict_keys(box["out_tree"], self.name)
-      self._out_tree = box["out_tree"]
-    elif box["out_tree"] != self._out_tree:
-      raise ValueError(
-        f"{self.name}: outputs_like gives {self._out_tree}, the step returns {box['out_tree']}"
-      )
-    self.timings = {"source": "traced", "trace_s": round(time.perf_counter() - t, 3)}
+    keys = _dict_keys(box["out_tree"], self.name) if self._outputs_like is None else None
+    timings = {"source": "traced", "trace_s": round(time.perf_counter() - t, 3)}
     body = bytes(exported.serialize())
+    header = {"donated": donated, "keys": keys}
     self._write(self._MAGIC + json.dumps(header).encode() + b"\n" + body)
-    self._compiled = self._compile(exported, donated, self.timings)
+    compiled = self._compile(exported, donated, timings)
+    return compiled, _avals(leaves), donated, box["out_tree"], timings
 
   def _write(self, data: bytes) -> None:
     folder = os.path.dirname(self.path)
@@ -311,37 +321,43 @@ class ExportedStep:
       logging.warning("%s: not kept in %s (%s): traced again next launch", self.name, folder, e)
 
   def ready(self, *args) -> None:
-    """Makes the compiled program for arguments like `args`: waits for a prefetch, else loads
-    the kept program or traces the step."""
+    """Makes the compiled program for arguments like `args`: waits for what `prefetch` started,
+    else loads the kept program or traces the step."""
     if self._compiled is not None:
       return
-    if self._outputs_like is not None:
-      self._out_tree = jax.tree.structure(self._outputs_like(*args))
-    donated = len(jax.tree.leaves(args[0])) if args and self._donate_first else 0
+    expected = jax.tree.structure(self._outputs_like(*args)) if self._outputs_like else None
+    donated = self._donated(args)
     self.prefetch()
+    made = None
     if self._future is not None:
       t = time.perf_counter()
       try:
-        compiled, avals, header, timings = self._future.result()
-        if avals != [(tuple(x.shape), x.dtype) for x in jax.tree.leaves(args)]:
-          raise ValueError("its inputs are not this run's")
-        if header["donated"] != donated:
-          raise ValueError("its state is not this run's")
-        if self._outputs_like is None:
-          self._out_tree = jax.tree.structure(_nested(header["keys"]))
-        self._compiled, self.timings = compiled, timings
-        self.timings["waited_s"] = round(time.perf_counter() - t, 3)
-        return
-      except Exception as e:  # a damaged or foreign file: trace again and replace it
+        made = self._future.result()
+      except Exception as e:  # a damaged or foreign file: traced again (and replaced)
+        if not self._loading:
+          raise  # the step itself failed to trace or compile
         logging.warning(
-          "%s: the kept program %s is not usable (%s): tracing the step again",
-          self.name,
-          self.path,
-          e,
+          "%s: the program %s is not usable (%s): tracing the step again", self.name, self.path, e
         )
       finally:
         self._future = None
-    self._export(args, donated)
+      waited = round(time.perf_counter() - t, 3)
+      if made is not None and (made[1] != _avals(jax.tree.leaves(args)) or made[2] != donated):
+        logging.warning(
+          "%s: the program %s was made for other inputs than this run's: tracing the step again",
+          self.name,
+          self.path if self._loading else "traced ahead",
+        )
+        made = None
+    if made is None:
+      t = time.perf_counter()
+      made = self._trace(args, donated)
+      waited = round(time.perf_counter() - t, 3)
+    compiled, _, _, out_tree, timings = made
+    if expected is not None and out_tree is not None and out_tree != expected:
+      raise ValueError(f"{self.name}: outputs_like gives {expected}, the step returns {out_tree}")
+    self._out_tree = expected if expected is not None else out_tree
+    self._compiled, self.timings = compiled, {**timings, "waited_s": waited}
 
   def _cache_size(self) -> int:
     """Programs compiled for this step, as `jax.jit`'s (a kept step has one: a call with other
@@ -367,6 +383,14 @@ def _dict_keys(treedef, name: str) -> list:
   if not paths or jax.tree.structure(_nested(paths)) != treedef:
     raise ValueError(f"{name}: outputs_like=None needs nested dicts with string keys")
   return paths
+
+
+def _avals(leaves) -> list:
+  return [(tuple(x.shape), str(x.dtype)) for x in leaves]
+
+
+def _nested_tree(paths: list):
+  return jax.tree.structure(_nested(paths))
 
 
 def _nested(paths: list) -> dict:

@@ -145,6 +145,12 @@ class Progress:
       how = "loaded the %s from the compilation cache and ran it in %.1fs"
     else:
       how = "compiled and ran the %s in %.1fs"
+    if kept and kept.get("source") == "traced":  # traced, compiled and kept, maybe ahead of time
+      how += " (traced in %.1fs, compiled in %.1fs; the step waited %.1fs for them)" % (
+        kept.get("trace_s", 0.0),
+        kept.get("compile_s", 0.0),
+        kept.get("waited_s", 0.0),
+      )
     logging.info("[%s] " + how, self.stage, what, seconds)
     self._t, self._step = time.time(), step
 

@@ -161,6 +161,17 @@ def jit_once(fn: Callable, **jit_kwargs) -> Callable:
   return jax.jit(fn, compiler_options=options, **jit_kwargs)
 
 
+def abstract(tree):
+  """`jax.ShapeDtypeStruct`s of a tree of arrays, each with its array's sharding (none for an
+  uncommitted array, which a step may place where it likes): what compiling ahead needs."""
+
+  def one(x):
+    sharding = x.sharding if getattr(x, "committed", True) else None
+    return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
+
+  return jax.tree.map(one, tree)
+
+
 def kept_once(fn: Callable, mesh: Mesh, name: str, fingerprint: Optional[dict]) -> Callable:
   """`jit_once(fn, out_shardings=replicated(mesh))` for an initialisation whose outputs are a
   model's variables (nested dicts): with a compilation cache and a `fingerprint`, its lowered

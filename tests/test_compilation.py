@@ -179,3 +179,21 @@ def test_kept_variables_come_back_as_the_same_nested_dicts(tmp_path):
   np.testing.assert_array_equal(
     loaded["params"]["dense"]["kernel"], init(key)["params"]["dense"]["kernel"]
   )
+
+
+def test_a_step_traced_ahead_from_abstract_arguments_is_the_one_called(tmp_path, monkeypatch):
+  state, batch = _inputs()
+  warnings = []
+  monkeypatch.setattr(logging, "warning", lambda msg, *a: warnings.append(msg % a))
+  ahead = _kept(tmp_path)
+  abstract = parallel.abstract((state, batch))
+  assert all(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(abstract))
+  assert ahead.prefetch(abstract)  # nothing kept: traced and compiled in a thread
+  out = ahead(*_inputs())
+  assert ahead.timings["source"] == "traced" and os.path.isfile(ahead.path) and not warnings
+  np.testing.assert_array_equal(out[0]["w"], jax.jit(_step)(*_inputs())[0]["w"])
+  # made for other shapes: one warning, traced again for the arguments the step is called with
+  other = _kept(tmp_path, "v3")
+  other.prefetch(parallel.abstract((state, {"x": jnp.zeros((16, 3)), "y": jnp.zeros((16, 2))})))
+  assert float(other(*_inputs())[1]["loss"]) == float(out[1]["loss"])
+  assert len(warnings) == 1 and "made for other inputs" in warnings[0], warnings

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Optional
 
 import jax
 import jax.numpy as jnp
@@ -51,6 +51,11 @@ class BatchSource(abc.ABC):
   @abc.abstractmethod
   def iterate(self, start_step: int) -> Iterator[dict]:
     """The batches of steps start_step, start_step + 1, …"""
+
+  def abstract_batch(self) -> Optional[dict]:
+    """A batch's shapes, dtypes and shardings (`jax.ShapeDtypeStruct`s), for compiling a step
+    before the first batch is there; None when the source cannot tell ahead."""
+    return None
 
 
 class EvalSource(abc.ABC):
@@ -168,6 +173,13 @@ class InMemorySource(BatchSource):
       yield batch
       step += 1
 
+  def abstract_batch(self) -> dict:
+    d = self._data
+    step = jax.ShapeDtypeStruct((), np.int32, sharding=self._replicated)
+    batch, _ = self._gather.eval_shape(d.train_images, d.train_labels, self._indices, step)
+    sharding = parallel.batch_sharded(d.mesh)
+    return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding), batch)
+
   def compilations(self) -> dict:
     return {"gather": self._gather._cache_size(), "shuffle": self._shuffle._cache_size()}
 
@@ -185,6 +197,10 @@ class Zipped(BatchSource):
 
   def source(self, name: str) -> BatchSource:
     return self._sources[name]
+
+  def abstract_batch(self) -> Optional[dict]:
+    batches = {name: s.abstract_batch() for name, s in self._sources.items()}
+    return None if any(b is None for b in batches.values()) else batches
 
   def iterate(self, start_step: int) -> Iterator[dict]:
     iterators = {name: s.iterate(start_step) for name, s in self._sources.items()}

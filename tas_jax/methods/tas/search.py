@@ -357,8 +357,9 @@ def search(config: ml_collections.ConfigDict, workdir: str) -> dict:
   # the iteration first: a program kept by an earlier launch loads while the state is made
   fingerprint = stage_lib.step_fingerprint(config, target=target, steps_per_epoch=steps_per_epoch)
   iteration = make_search_step(net, space, s, target, mesh, config.parallel, fingerprint)
-  if hasattr(iteration, "prefetch"):
-    iteration.prefetch()
+  ahead = hasattr(iteration, "prefetch")  # kept in the compilation cache: made in a thread
+  if ahead:
+    iteration.prefetch()  # a program an earlier launch kept loads while the state is made
   init_key, aug_key = jax.random.split(jax.random.key(config.seed))
   state = create_state(
     net,
@@ -370,8 +371,6 @@ def search(config: ml_collections.ConfigDict, workdir: str) -> dict:
     mesh,
     fingerprint,
   )
-  if s.init == "teacher":
-    state = _from_teacher(state, space, tx, workdir, mesh, s.variant)
   # one batch of each half per iteration; each half reshuffled per epoch with its own key
   perm_key = jax.random.fold_in(jax.random.key(config.seed), 2)
   halves = sources.Zipped(
@@ -393,6 +392,13 @@ def search(config: ml_collections.ConfigDict, workdir: str) -> dict:
     ),
   )
   test_source = ds.eval_source()
+  batch = halves.abstract_batch()
+  if ahead and batch is not None:  # nothing kept: traced and compiled in a thread, meanwhile the
+    # teacher's weights (and, in the loop, a checkpoint) load and the first batches are gathered
+    tau0 = jax.device_put(np.float32(tau_at(s, 0)), parallel.replicated(mesh))
+    iteration.prefetch(parallel.abstract((state, batch, (aug_key, tau0))))
+  if s.init == "teacher":
+    state = _from_teacher(state, space, tx, workdir, mesh, s.variant)
   eval_step = steps.make_eval_step(
     # the argmax network with batch statistics (see tas_jax.methods.tas.supernet); the running
     # statistics a user's BatchNorm would update meanwhile are dropped
