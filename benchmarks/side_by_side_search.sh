@@ -14,7 +14,7 @@
 set -u
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
-PY=$(realpath "${1:-${PYTHON:-.venv/bin/python}}")
+PY=$(realpath -s "${1:-${PYTHON:-.venv/bin/python}}")  # -s: a venv's python is a symlink
 RELEASED=$(realpath "${2:-${OFFICIAL:-/tmp/official}}")
 BENCH=$(realpath "${3:-${OFFICIAL_BENCH:-../shared/bench/official_tas}}")
 for need in "$PY" "$RELEASED" "$BENCH/official_search_bench.py"; do
