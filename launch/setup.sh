@@ -4,7 +4,8 @@
 #   bash launch/setup.sh [--tests] [--dry-run]        # then: source .venv/bin/activate
 #
 # --tests also installs what the tests need beyond tas_jax: PyTorch, ONNX and onnxruntime (the
-# optional packages of tas_jax.convert / tas_jax.export, requirements-interop.txt) and torchvision.
+# optional packages of tas_jax.convert / tas_jax.export, requirements-interop.txt), torchvision,
+# and the documentation tools (requirements-docs.txt).
 #
 # jax 0.10.2 and numpy 2.4 need Python >= 3.11. The venv is made with $PYTHON if set, else with the
 # first of python3.13, python3.12, python3.11, python3 that is new enough. Without one (TPU VM
@@ -65,7 +66,8 @@ INSTALL=("${PIP[@]}"); COMPILE=()
 # pass). uv does not read pip's configuration, so the folders of local wheels pip is configured
 # with (`find-links`: e.g. a CPU build of torch, 190 MB, where PyPI's is CUDA's) are passed on.
 REQS=(-r requirements.txt); LINKS=()
-[ "$TESTS" = 1 ] && REQS+=(-r requirements-interop.txt)
+# and the documentation tools (requirements-docs.txt: CI builds the site with --strict)
+[ "$TESTS" = 1 ] && REQS+=(-r requirements-interop.txt -r requirements-docs.txt)
 if [ "${TAS_JAX_INSTALLER:-uv}" = uv ] && run "${PIP[@]}" uv; then
   # bytecode as pip writes it (imports start 2x faster); uv compiles all of site-packages: once
   INSTALL=("$VENV/bin/uv" pip install -q --python "$VENV/bin/python"); COMPILE=(--compile-bytecode)

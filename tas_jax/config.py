@@ -68,7 +68,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.module = ""              # your own flax.linen model, 'package.module:Class' (importable
                                    # from the working directory): overrides the above; pruned on
                                    # its traced channel groups by tas (widths) | pas | l1 | fpgm
-                                   # (README, "Your own model from the command line")
+                                   # (docs/guides/own-model.md)
   c.model.kwargs = "{}"            # model.module's keyword arguments, a JSON object
   c.model.dtype = "float32"        # float32 | bfloat16 (activations; weights stay float32)
   c.model.scan_blocks = False      # True: the blocks of a stage that share shapes run as one

@@ -113,8 +113,9 @@ def test_export_json_and_readme_say_what_the_network_expects(exported, monkeypat
     assert export.largest_difference(reference, logits) < 1e-4, fmt
 
 
-def test_tas_jax_load_as_readme_shows_it(cifar_pipeline, capsys):
-  """README's `tas_jax.load` example, run as written on the shared pipeline's workdir: the printed
+def test_tas_jax_load_as_the_docs_show_it(cifar_pipeline, capsys):
+  """The docs' `tas_jax.load` example (docs/guides/cifar.md), run as written on the shared
+  pipeline's workdir: the printed
   accuracy is the run's recorded test accuracy; a missing workdir or run is one line."""
   import json
   import re
@@ -123,9 +124,10 @@ def test_tas_jax_load_as_readme_shows_it(cifar_pipeline, capsys):
   from tas_jax import errors
 
   workdir, _ = cifar_pipeline
-  readme = open(os.path.join(os.path.dirname(os.path.dirname(__file__)), "README.md")).read()
-  code = next(b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if "tas_jax.load(" in b)
-  exec(code.replace('"runs/demo"', repr(workdir)), {})  # noqa: S102 — README's own lines
+  root = os.path.dirname(os.path.dirname(__file__))
+  page = open(os.path.join(root, "docs", "guides", "cifar.md")).read()
+  code = next(b for b in re.findall(r"```python\n(.*?)```", page, re.S) if "tas_jax.load(" in b)
+  exec(code.replace('"runs/demo"', repr(workdir)), {})  # noqa: S102 — the docs' own lines
   name, accuracy = capsys.readouterr().out.split()[:2]
   summary = json.load(open(os.path.join(workdir, "distill", "tas-kd", "summary.json")))
   assert name == summary["architecture"]

@@ -236,15 +236,17 @@ def test_builtin_cut_equals_masked_network():
   np.testing.assert_allclose(got, want, atol=1e-5 * np.abs(want).max())
 
 
-def test_readme_example_runs_as_written(capsys):
-  """README's "Prune any Flax model" example, executed as written: it prints what README says."""
+def test_the_docs_example_runs_as_written(capsys):
+  """The "Pruning your own Flax model" guide's example, executed as written: it prints what the
+  guide says."""
   import os
   import re
 
-  readme = open(os.path.join(os.path.dirname(os.path.dirname(__file__)), "README.md")).read()
-  blocks = re.findall(r"```python\n((?:(?!```).)*?)```\n\nprints\n\n```\n(.*?)```", readme, re.S)
+  root = os.path.dirname(os.path.dirname(__file__))
+  page = open(os.path.join(root, "docs", "guides", "own-model.md")).read()
+  blocks = re.findall(r"```python\n((?:(?!```).)*?)```\n\nprints\n\n```\n(.*?)```", page, re.S)
   (code, printed), *_ = [b for b in blocks if "tas_jax.graph.trace(" in b[0]]
-  exec(code, {})  # noqa: S102 — README's own lines
+  exec(code, {})  # noqa: S102 — the guide's own lines
   assert capsys.readouterr().out == printed
 
 

@@ -2,7 +2,7 @@
 through teacher, search (stopped and resumed), extract and distill, at 32×32 to keep it quick,
 data parallel over 2 of the pass's 8 devices (the weight update of an 11 M-parameter network runs
 on every device: on 8 forced devices sharing two cores it is most of each step; the 1-vs-8-device
-equalities are the `devices` tests'). The same commands at 224 are in the README."""
+equalities are the `devices` tests'). The same commands at 224 are in docs/guides/tpu-vm.md."""
 
 import os
 

@@ -18,7 +18,7 @@ Settings: the method's own config section (`section`, built by `defaults()`, che
 
 Adding one: a folder beside `tas/` and `pas/` with a module-level `METHOD = Method(...)`, and a line
 in `REGISTRY` below — or, from outside the package (a notebook, a test), `register(method)` before
-`tas_jax.config.base_config()` is called. README's "Adding a method" walks through it.
+`tas_jax.config.base_config()` is called. docs/guides/adding-a-method.md walks through it.
 """
 
 from __future__ import annotations

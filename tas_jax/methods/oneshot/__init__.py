@@ -11,7 +11,7 @@ soft.py      FPGM's soft pruning (fpgm.soft): the teacher fine-tuned, zeroed aft
 
 Both keep weights: their distill runs (l1-kd, fpgm-ce, …) fine-tune the extracted network with the
 paper's recipe (or config.distill's: `l1.finetune=distill`). How they differ from their papers is
-in README ("L1-norm and FPGM").
+in docs/concepts/l1-fpgm.md.
 """
 
 from tas_jax.methods.contract import Method

@@ -28,7 +28,7 @@ def defaults() -> ml_collections.ConfigDict:
                                  # the expectation of F(A) over independent choices (a deviation)
   s.branch_flops = "exact"  # the argmax network's cost that picks the cost loss's sign: exact
                             # (a deviation: the network extraction builds); released: the
-                            # released code's get_flop('genotype') estimate (see README)
+                            # released code's get_flop('genotype') estimate (docs/concepts/tas.md)
   s.epochs = 600            # search epochs (each iteration: a weight and an arch step)
   s.batch_size = 256        # per step; each iteration takes one batch of each half
   s.tau_schedule = "cosine"   # cosine (released) | linear (paper: tau_max = 10)
