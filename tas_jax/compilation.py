@@ -281,8 +281,12 @@ class ExportedStep:
       jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s)
       for a, s in zip(exported.in_avals, exported.in_shardings_jax(self._mesh))
     ]
+    # the outputs' shardings too: a program without inputs (an initialisation) would otherwise
+    # be lowered for one device whatever its mesh
+    outs = exported.out_shardings_jax(self._mesh)
+    outs = list(outs) if all(o is not None for o in outs) else None  # `flat` returns a list
     t = time.perf_counter()
-    lowered = self._jit(exported.call, donated).lower(*avals)
+    lowered = self._jit(exported.call, donated, outs).lower(*avals)
     t_lowered = time.perf_counter()
     compiled = lowered.compile()
     timings["lower_s"] = round(t_lowered - t, 3)

@@ -156,8 +156,8 @@ def test_setup_finds_a_python_new_enough_or_gets_one_with_uv(tmp_path):
   )
   venv_p = tmp_path / "p" / "venv"
   assert (
-    f"{venv_p}/bin/python -m pip install -q -r requirements.txt -r requirements-interop.txt"
-    in lines
+    f"{venv_p}/bin/python -m pip install -q -r requirements.txt -r requirements-interop.txt "
+    "-r requirements-docs.txt" in lines
   )
   assert f"{venv_p}/bin/python -m pip install -q --no-deps torchvision==0.28.0" in lines
   # no command runs or installs uv (a word of its own: a temporary path may hold the letters)

@@ -13,7 +13,8 @@ CIFAR ResNet of 0.04 G. The default penalty (`pas.penalty=scaled`) is the releas
 relative to the network: α·(M_ref/G)²·((MACs − R·MACs_full)/MACs_full)², M_ref the MACs of the
 network α was tuned on (ResNet-50 at 224 px for ResNets, RepVGG-B1 for RepVGG). At that network it
 is the released penalty exactly; on any other it pushes every mask in proportion to its channel's
-share of the MACs, as the released penalty does ResNet-50's (docs/concepts/pas.md: "PaS at every scale").
+share of the MACs, as the released penalty does ResNet-50's (docs/concepts/pas.md, "PaS at
+every scale").
 """
 
 from __future__ import annotations
