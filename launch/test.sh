@@ -3,7 +3,8 @@
 # compiling, which uses one core each):
 #   1 CPU device:          the unit tier and the tests that start their own processes (children)
 #   8 forced CPU devices:  the stage tests (the shared tiny pipelines, data parallel), the
-#                          1-vs-8-device comparisons, the accelerator tier, and the hard kills
+#                          1-vs-8-device comparisons, the accelerator tier, the hard kills and the
+#                          guides' runnable commands
 #                          (whose children run on one device: here to balance the two passes)
 # Each test runs in one pass only (tiers: tests/conftest.py). `--fast` runs the unit tier alone,
 # in one process: what to run while working. Uses .venv if launch/setup.sh made one. Both passes
@@ -42,7 +43,7 @@ else
 fi
 
 if [ $fast -eq 1 ]; then
-  XLA_FLAGS= "${pytest[@]}" --durations=5 -m "not stage and not devices and not children and not kills and not accelerator" \
+  XLA_FLAGS= "${pytest[@]}" --durations=5 -m "not stage and not devices and not children and not kills and not guides and not accelerator" \
       "${targets[@]}" "${options[@]}"
   rc=$?
   [ $lint -eq 0 ] || { echo "ruff found problems (above): ruff check --fix . && ruff format ."; exit 1; }

@@ -11,6 +11,8 @@ Tiers (markers; an unmarked test is a unit test):
             notebook, the CLI): the 1-device pass
   kills     hard-kills child runs and resumes them (tests/test_kill.py); the children run on one
             device each whatever the pass, so the tier sits in the 8-device pass to balance the two
+  guides    runs the guides' runnable shell blocks (tests/test_docs.py) in child processes on one
+            device each: in the 8-device pass to balance the two (the Quickstart's are `children`)
   accelerator  bf16 numerics and the search step on the local devices: the tier
             benchmarks/accelerator_check.sh runs on a GPU; here the 8-device pass
 launch/test.sh runs two passes side by side and sets TAS_JAX_PASS=1 or 8 in each; a pass runs only
@@ -36,7 +38,7 @@ from tas_jax import console
 console.quiet_environment()  # no TensorFlow banners in the test log
 
 # marker -> its pass; unit: 1
-TIERS = {"stage": 8, "devices": 8, "children": 1, "kills": 8, "accelerator": 8}
+TIERS = {"stage": 8, "devices": 8, "children": 1, "kills": 8, "guides": 8, "accelerator": 8}
 CACHE_SETTINGS = {  # exported: child processes inherit them
   "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0.5",
   "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
@@ -81,6 +83,9 @@ def pytest_configure(config):
   )
   config.addinivalue_line(
     "markers", "kills: hard-kills and resumes child runs on one device; runs in the 8-device pass"
+  )
+  config.addinivalue_line(
+    "markers", "guides: the guides' runnable commands in child processes; the 8-device pass"
   )
   config.addinivalue_line(
     "markers",

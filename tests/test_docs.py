@@ -75,31 +75,45 @@ def test_runnable_blocks_are_found_and_shrunk():
   assert "--config.data.train_examples=200" in argv
 
 
+def _run_page(page: str, runs) -> list[str]:
+  """Runs the page's runnable commands in order; returns them as run."""
+  with open(page) as f:
+    commands = runnable_commands(f.read())
+  assert commands, f"{page} has no runnable block"
+  for command in commands:
+    done = subprocess.run(
+      shrunk(command, str(runs)),
+      cwd=ROOT,
+      capture_output=True,
+      text=True,
+      timeout=600,
+      env={**os.environ, "PYTHONPATH": ROOT, "XLA_FLAGS": "", "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )
+    assert done.returncode == 0, f"{os.path.relpath(page, ROOT)}: {command}\n{done.stderr[-3000:]}"
+  print(f"ran ({os.path.relpath(page, ROOT)}):\n" + "\n".join(commands))
+  return commands
+
+
 @pytest.mark.children  # python -m tas_jax.main in child processes
-def test_the_runnable_commands_of_the_docs_run(tmp_path):
-  ran = []
-  for page in _pages():
-    with open(page) as f:
-      commands = runnable_commands(f.read())
-    for command in commands:
-      argv = shrunk(command, str(tmp_path / "runs"))
-      done = subprocess.run(
-        argv,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, "PYTHONPATH": ROOT, "XLA_FLAGS": "", "TF_CPP_MIN_LOG_LEVEL": "2"},
-      )
-      assert done.returncode == 0, (
-        f"{os.path.relpath(page, ROOT)}: {command}\n{done.stderr[-3000:]}"
-      )
-      ran.append(f"{os.path.relpath(page, ROOT)}: {command}")
-  print("ran:\n" + "\n".join(ran))
-  pages = {r.split(":")[0] for r in ran}
-  assert {"docs/quickstart.md", "docs/guides/resuming.md", "docs/guides/own-model.md"} <= pages
+def test_the_quickstarts_commands_run(tmp_path):
+  _run_page(os.path.join(DOCS, "quickstart.md"), tmp_path / "runs")
   results = (tmp_path / "runs" / "stages" / "results.md").read_text()
   assert "teacher (unpruned)" in results and "TAS + KD" in results
+
+
+GUIDES = [
+  p for p in _pages() if os.path.basename(p) != "quickstart.md" and RUNNABLE.search(open(p).read())
+]
+
+
+@pytest.mark.guides  # child processes on one device each, in the 8-device pass
+@pytest.mark.parametrize("page", GUIDES, ids=lambda p: os.path.basename(p)[:-3])
+def test_the_guides_runnable_commands_run(page, tmp_path):
+  _run_page(page, tmp_path / "runs")
+
+
+def test_every_guide_with_runnable_commands_is_run():
+  assert {os.path.basename(p) for p in GUIDES} >= {"own-model.md", "resuming.md"}
 
 
 def _local_references(html: str) -> list[str]:
