@@ -167,6 +167,24 @@ def source_digest(module: str = "") -> str:
   return _sources[module]
 
 
+def can_keep() -> bool:
+  """Whether steps can be kept: `jax.export` serialises with `flatbuffers`, a package jax does not
+  require (requirements.txt pins it). Without it steps are compiled as `jax.jit` does, and XLA's
+  cache alone serves relaunches."""
+  global _keepable
+  if _keepable is None:
+    _keepable = importlib.util.find_spec("flatbuffers") is not None
+    if not _keepable:
+      logging.info(
+        "flatbuffers is not installed: steps are traced at every launch (pip install "
+        "flatbuffers to keep them in the compilation cache)"
+      )
+  return _keepable
+
+
+_keepable: Optional[bool] = None
+
+
 def _platform_key(mesh) -> dict:
   import jaxlib
 

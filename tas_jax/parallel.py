@@ -177,7 +177,13 @@ def kept_once(fn: Callable, mesh: Mesh, name: str, fingerprint: Optional[dict]) 
   model's variables (nested dicts): with a compilation cache and a `fingerprint`, its lowered
   program is kept there, so that a relaunch skips tracing the model's `init`."""
   folder = compilation.folder()
-  if fingerprint is None or not folder or "://" in folder or not _one_process():
+  if (
+    fingerprint is None
+    or not folder
+    or "://" in folder
+    or not _one_process()
+    or not compilation.can_keep()
+  ):
     return jit_once(fn, out_shardings=replicated(mesh))
   options = dict(ONCE_CPU_OPTIONS) if jax.default_backend() == "cpu" else {}
   return compilation.ExportedStep(
@@ -226,7 +232,14 @@ def compile_step(
   else:
     raise ValueError(f"parallel={mode!r}; allowed: jit, pmap")
   folder = compilation.folder()
-  if kept and folder and "://" not in folder and tuple(donate) == (0,) and _one_process():
+  if (
+    kept
+    and folder
+    and "://" not in folder
+    and tuple(donate) == (0,)
+    and _one_process()
+    and compilation.can_keep()
+  ):
     name, fingerprint, outputs_like = kept
     return compilation.ExportedStep(
       fn, name, {"fingerprint": fingerprint, "mode": mode}, mesh, outputs_like, compiler_options()

@@ -198,3 +198,17 @@ def test_a_step_traced_ahead_from_abstract_arguments_is_the_one_called(tmp_path,
   other.prefetch(parallel.abstract((state, {"x": jnp.zeros((16, 3)), "y": jnp.zeros((16, 2))})))
   assert float(other(*_inputs())[1]["loss"]) == float(out[1]["loss"])
   assert len(warnings) == 1 and "made for other inputs" in warnings[0], warnings
+
+
+def test_without_flatbuffers_steps_are_plain_jit(monkeypatch):
+  """jax.export serialises with flatbuffers, which jax does not require: without it a step is
+  compiled as jax.jit does (XLA's cache still serves it), never a failed run."""
+  monkeypatch.setattr(compilation, "_folder", "/tmp/any-cache")
+  kept = ("least_squares", "v1", lambda state, batch: (state, {"loss": 0}))
+  mesh = parallel.make_mesh(1)
+  monkeypatch.setattr(compilation, "_keepable", True)
+  assert isinstance(parallel.compile_step(_step, mesh, "jit", kept=kept), compilation.ExportedStep)
+  monkeypatch.setattr(compilation, "_keepable", False)
+  plain = parallel.compile_step(_step, mesh, "jit", kept=kept)
+  assert not isinstance(plain, compilation.ExportedStep) and hasattr(plain, "lower")
+  np.testing.assert_array_equal(plain(*_inputs())[0]["w"], jax.jit(_step)(*_inputs())[0]["w"])
