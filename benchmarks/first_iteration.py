@@ -79,7 +79,7 @@ def main(_):
   if hasattr(iteration, "ready"):  # kept in the cache: loaded (prefetched during init) or traced
     iteration.ready(state, first, (key, taus[0]))
     marks["step"] = time.time()
-    compiled, kept = iteration._compiled, dict(iteration.timings)
+    compiled, kept = iteration.compiled, dict(iteration.timings)
   else:
     traced = iteration.trace(state, first, (key, taus[0]))
     marks["trace"] = time.time()

@@ -69,8 +69,7 @@ def setup(setting: str) -> str:
     jax.config.update("jax_enable_compilation_cache", False)
     _set_folder("")
     return ""
-  global _folder
-  _folder = folder
+  _set_folder(folder)
   jax.config.update("jax_enable_compilation_cache", True)
   jax.config.update("jax_compilation_cache_dir", folder)
   # JAX's own variables, when set, keep their thresholds (the test suite's)
@@ -168,9 +167,10 @@ def source_digest(module: str = "") -> str:
 
 
 def can_keep() -> bool:
-  """Whether steps can be kept: `jax.export` serialises with `flatbuffers`, a package jax does not
-  require (requirements.txt pins it). Without it steps are compiled as `jax.jit` does, and XLA's
-  cache alone serves relaunches."""
+  """Whether steps can be kept here: a local (or mounted) cache folder, one process (a pod's
+  hosts share XLA's cache only), and `flatbuffers`, which `jax.export` serialises with and jax
+  does not require (requirements.txt pins it). Otherwise steps compile as `jax.jit` does, and
+  XLA's cache alone serves relaunches."""
   global _keepable
   if _keepable is None:
     _keepable = importlib.util.find_spec("flatbuffers") is not None
@@ -179,7 +179,7 @@ def can_keep() -> bool:
         "flatbuffers is not installed: steps are traced at every launch (pip install "
         "flatbuffers to keep them in the compilation cache)"
       )
-  return _keepable
+  return bool(_keepable and _folder and "://" not in _folder and jax.process_count() == 1)
 
 
 _keepable: Optional[bool] = None
@@ -380,6 +380,11 @@ class ExportedStep:
       raise ValueError(f"{self.name}: outputs_like gives {expected}, the step returns {out_tree}")
     self._out_tree = expected if expected is not None else out_tree
     self._compiled, self.timings = compiled, {**timings, "waited_s": waited}
+
+  @property
+  def compiled(self):
+    """The compiled program (`jax.stages.Compiled`) once `ready` made it, else None."""
+    return self._compiled
 
   def _cache_size(self) -> int:
     """Programs compiled for this step, as `jax.jit`'s (a kept step has one: a call with other

@@ -176,14 +176,7 @@ def kept_once(fn: Callable, mesh: Mesh, name: str, fingerprint: Optional[dict]) 
   """`jit_once(fn, out_shardings=replicated(mesh))` for an initialisation whose outputs are a
   model's variables (nested dicts): with a compilation cache and a `fingerprint`, its lowered
   program is kept there, so that a relaunch skips tracing the model's `init`."""
-  folder = compilation.folder()
-  if (
-    fingerprint is None
-    or not folder
-    or "://" in folder
-    or not _one_process()
-    or not compilation.can_keep()
-  ):
+  if fingerprint is None or not compilation.can_keep():
     return jit_once(fn, out_shardings=replicated(mesh))
   options = dict(ONCE_CPU_OPTIONS) if jax.default_backend() == "cpu" else {}
   return compilation.ExportedStep(
@@ -231,22 +224,9 @@ def compile_step(
     fn = jax.shard_map(step, mesh=mesh, in_specs=in_specs, out_specs=P(), check_vma=False)
   else:
     raise ValueError(f"parallel={mode!r}; allowed: jit, pmap")
-  folder = compilation.folder()
-  if (
-    kept
-    and folder
-    and "://" not in folder
-    and tuple(donate) == (0,)
-    and _one_process()
-    and compilation.can_keep()
-  ):
+  if kept and tuple(donate) == (0,) and compilation.can_keep():
     name, fingerprint, outputs_like = kept
     return compilation.ExportedStep(
       fn, name, {"fingerprint": fingerprint, "mode": mode}, mesh, outputs_like, compiler_options()
     )
   return jax.jit(fn, donate_argnums=tuple(donate), compiler_options=compiler_options())
-
-
-def _one_process() -> bool:
-  """Exported steps are kept for one-process runs (a pod's hosts share XLA's cache only)."""
-  return jax.process_count() == 1
