@@ -85,11 +85,6 @@ def _set_folder(folder: str) -> None:
   _folder = folder
 
 
-def folder() -> str:
-  """The compilation cache's folder this process uses ("" = none)."""
-  return _folder
-
-
 def _listen() -> None:
   global _listening
   with _lock:
