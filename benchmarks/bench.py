@@ -79,7 +79,7 @@ def synthetic_cifar(n: int, seed: int = 0) -> datasets.ImageDataset:
 def search_setup(a, c, mesh, ds, data, augmentation, batch: int, fingerprint=None):
   """(jitted search iteration, its state, the two halves stepped together, τ of epochs 0 and 1)
   of the supernet of `a` on a resident dataset, as the search stage builds them: with
-  `fingerprint` and a compilation cache the iteration is kept (`compilation.ExportedStep`), and a
+  `fingerprint` and a compilation cache the iteration is kept (`compilation.KeptStep`), and a
   kept one loads while the state is made."""
   space = spaces.of(a)
   net = supernet.SuperNet(space, scan_blocks=c.model.scan_blocks)

@@ -12,11 +12,11 @@ held in memory, one device. It prints one JSON line with
   time; the compiled program is the one then run, so nothing compiles twice);
 - `breakdown`: where the launch went, in seconds: `import` (Python modules, from `T_LAUNCH`),
   `data`, `init` (the supernet's state, its own small programs included), then either `step`
-  (with `--compilation_cache`: the iteration's kept program loaded, or traced, exported and
-  compiled; a load starts before `init` and overlaps it, so `step` is only what was left to wait)
+  (with `--compilation_cache`: the iteration's kept program loaded, or traced, compiled and
+  kept; a load starts before `init` and overlaps it, so `step` is only what was left to wait)
   or, without a cache, `trace`, `lower` (Python, never cached) and `compile` (XLA); then
   `first_iteration` (running it);
-- `kept_step`: with `--compilation_cache`, `compilation.ExportedStep.timings` of the iteration:
+- `kept_step`: with `--compilation_cache`, `compilation.KeptStep.timings` of the iteration:
   `source` ("traced" on a cold launch, "loaded" on a warm one) and the seconds of each part;
 - `compilation_cache`: with `--compilation_cache=FOLDER`, the programs it served and compiled
   (`tas_jax.compilation.counts`): run twice for a cold and a warm launch;

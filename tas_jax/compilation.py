@@ -1,6 +1,6 @@
 """JAX's persistent compilation cache for every command (`config.compilation_cache`), counts of
 what it served (so the log can say whether a step was compiled or loaded), and the train and
-search steps kept traced and lowered (`ExportedStep`), so that a relaunch skips Python's part too.
+search steps kept traced and lowered (`KeptStep`), so that a relaunch skips Python's part too.
 
 XLA's compiled programs are written to a folder and looked up by a key that holds the program, the
 jax/jaxlib versions and the device kind, so a cache from another version or another accelerator is
@@ -126,16 +126,19 @@ def report(folder: str) -> None:
     )
 
 
-# --- steps kept traced and lowered ------------------------------------------------------------
+# --- steps kept compiled ----------------------------------------------------------------------
 # XLA's cache skips compiling, not what comes before it: tracing a supernet's step to a jaxpr and
 # lowering it to StableHLO is Python, seconds per launch (ResNet-20's search iteration: 1.7 s of
-# a 6.8 s relaunch). `jax.export` serialises the lowered program; a relaunch deserialises it
-# (0.2 s), and XLA's cache then serves its compiled form. A step's Python is not looked at again,
-# so the file's key must hold everything that shapes the step: the caller's `fingerprint` (its
-# config, architecture, step counts), tas_jax's source code, the user's module's source, the
-# jax/jaxlib versions and the devices.
+# a 6.8 s relaunch), and even a cache hit hashes the lowered program for its key. So a step's
+# compiled executable is kept whole (`jax.experimental.serialize_executable`), and a relaunch
+# only deserialises it: no tracing, no lowering, no key to compute (ResNet-20's iteration:
+# 0.85 s, against 1.25 s for a `jax.export`ed program lowered again and served by XLA's cache).
+# A step's Python is not looked at again, so the file's key must hold everything that shapes the
+# step: the caller's `fingerprint` (its config, architecture, step counts), tas_jax's source code,
+# the user's module's source, the jax/jaxlib versions, the devices, XLA_FLAGS and, on a CPU, the
+# instruction set the program was compiled for.
 
-EXPORTED = "exported"  # the cache folder's subfolder for exported steps
+KEPT = "kept"  # the cache folder's subfolder for kept steps
 
 _sources: dict = {}
 
@@ -162,22 +165,25 @@ def source_digest(module: str = "") -> str:
 
 
 def can_keep() -> bool:
-  """Whether steps can be kept here: a local (or mounted) cache folder, one process (a pod's
-  hosts share XLA's cache only), and `flatbuffers`, which `jax.export` serialises with and jax
-  does not require (requirements.txt pins it). Otherwise steps compile as `jax.jit` does, and
-  XLA's cache alone serves relaunches."""
-  global _keepable
-  if _keepable is None:
-    _keepable = importlib.util.find_spec("flatbuffers") is not None
-    if not _keepable:
-      logging.info(
-        "flatbuffers is not installed: steps are traced at every launch (pip install "
-        "flatbuffers to keep them in the compilation cache)"
-      )
-  return bool(_keepable and _folder and "://" not in _folder and jax.process_count() == 1)
+  """Whether steps can be kept here: a local (or mounted) cache folder and one process (a pod's
+  hosts share XLA's cache only). Otherwise steps compile as `jax.jit` does, and XLA's cache
+  alone serves relaunches."""
+  return bool(_folder and "://" not in _folder and jax.process_count() == 1)
 
 
-_keepable: Optional[bool] = None
+def _cpu_features() -> str:
+  """The host CPU's feature flags (Linux), which XLA:CPU compiles for: a folder shared by
+  machines with other instruction sets must not hand one of them a program it cannot run."""
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith(("flags", "Features")):
+          return hashlib.sha256(line.encode()).hexdigest()[:16]
+  except OSError:
+    pass
+  import platform
+
+  return platform.machine() + platform.processor()
 
 
 def _platform_key(mesh) -> dict:
@@ -188,25 +194,30 @@ def _platform_key(mesh) -> dict:
     "jax": jax.__version__,
     "jaxlib": jaxlib.__version__,
     "platform": devices[0].platform,
+    "platform_version": devices[0].client.platform_version,
     "device_kind": devices[0].device_kind,
+    "devices": [d.id for d in devices],
     "mesh": {str(k): int(v) for k, v in mesh.shape.items()},
     "x64": bool(jax.config.jax_enable_x64),
+    "xla_flags": os.environ.get("XLA_FLAGS", ""),
+    "cpu": _cpu_features() if devices[0].platform == "cpu" else "",
   }
 
 
-class ExportedStep:
-  """A step compiled as `jax.jit(fn, donate_argnums=(0,), …)` would be, whose lowered program is
-  kept in the cache folder (`jax.export`) under a key of `fingerprint`, the sources and the
-  platform.
+class KeptStep:
+  """A step compiled as `jax.jit(fn, donate_argnums=(0,), …)` would be, whose compiled program
+  is kept in the cache folder under a key of `fingerprint`, the sources and the platform.
 
-  The first call traces and exports the step (and writes it), or, when the file is there, loads
-  it; `prefetch()` starts the load in a thread so that it overlaps the state's initialisation.
-  `outputs_like(*args)` gives a tree shaped like the step's outputs (a loaded program has no
-  Python to tell); None: the outputs are nested dicts with string keys (a model's variables),
-  whose keys are kept with the program. `timings` says which path ran and its seconds.
+  The first call traces and compiles the step (and writes it), or, when the file is there, loads
+  it; `prefetch()` starts the load in a thread so that it overlaps the state's initialisation, or,
+  given the arguments' shapes, compiles ahead of the first call. `outputs_like(*args)` gives a
+  tree shaped like the step's outputs (a loaded program has no Python to tell); None: the outputs
+  are nested dicts with string keys (a model's variables), whose keys are kept with the program.
+  `timings` says which path ran and its seconds. A step that cannot be serialised (it closes
+  over constants XLA keeps beside the program) still runs, and is compiled again next launch.
   """
 
-  _MAGIC = b"tas_jax-exported-2\n"
+  _MAGIC = b"tas_jax-kept-1\n"
 
   def __init__(
     self,
@@ -237,21 +248,21 @@ class ExportedStep:
       default=str,
     )
     key = hashlib.sha256(blob.encode()).hexdigest()[:32]
-    self.path = os.path.join(folder or _folder, EXPORTED, f"{name}-{key}.jax")
+    self.path = os.path.join(folder or _folder, KEPT, f"{name}-{key}.xla")
     self._compiled = None
     self._out_tree = None
     self._future: Optional[concurrent.futures.Future] = None
-    self._loading = False  # what the future does: load a kept program, or trace ahead of time
+    self._loading = False  # what the future does: load a kept program, or compile ahead of time
     self.timings: dict = {}
 
-  def _jit(self, fn: Callable, donated: int, out_shardings: Any = None):
+  def _jit(self, fn: Callable, donated: int):
     """The flat program: the state's `donated` leaves first, donated as `jax.jit` would."""
-    extra = {} if out_shardings is None else {"out_shardings": out_shardings}
+    extra = {} if self._out_shardings is None else {"out_shardings": self._out_shardings}
     return jax.jit(
       fn, donate_argnums=tuple(range(donated)), compiler_options=self._options, **extra
     )
 
-  # -- a kept program, or one traced ahead of time
+  # -- a kept program, or one compiled ahead of time
   def prefetch(self, abstract_args: Optional[tuple] = None) -> bool:
     """Starts making the program in a thread: loading the kept one, or, when there is none and
     `abstract_args` (`jax.ShapeDtypeStruct`s with shardings, shaped as the step's arguments) are
@@ -274,40 +285,30 @@ class ExportedStep:
     return len(jax.tree.leaves(args[0])) if args and self._donate_first else 0
 
   def _load(self):
+    from jax.experimental import serialize_executable
+
     t = time.perf_counter()
     with open(self.path, "rb") as f:
       data = f.read()
     if not data.startswith(self._MAGIC):
-      raise ValueError("not a tas_jax exported step")
+      raise ValueError("not a tas_jax kept step")
     header, body = data[len(self._MAGIC) :].split(b"\n", 1)
     header = json.loads(header)
-    exported = jax.export.deserialize(bytearray(body))
+    avals = [(tuple(shape), dtype) for shape, dtype in header["avals"]]
+    compiled = serialize_executable.deserialize_and_load(
+      body,
+      jax.tree.structure((tuple(range(len(avals))), {})),  # called as compiled(*leaves)
+      jax.tree.structure([0] * header["outputs"]),  # `flat` returns a list
+      execution_devices=list(self._mesh.devices.flat),
+    )
     timings = {"source": "loaded", "load_s": round(time.perf_counter() - t, 3)}
-    compiled = self._compile(exported, header["donated"], timings)
     out_tree = _nested_tree(header["keys"]) if header["keys"] is not None else None
-    return compiled, _avals(exported.in_avals), header["donated"], out_tree, timings
-
-  def _compile(self, exported, donated: int, timings: dict):
-    """The exported program lowered and compiled from its own avals and shardings, so that the
-    launch that traced it and the ones that load it ask XLA's cache for the same program."""
-    avals = [
-      jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s)
-      for a, s in zip(exported.in_avals, exported.in_shardings_jax(self._mesh))
-    ]
-    # the outputs' shardings too: a program without inputs (an initialisation) would otherwise
-    # be lowered for one device whatever its mesh
-    outs = exported.out_shardings_jax(self._mesh)
-    outs = list(outs) if all(o is not None for o in outs) else None  # `flat` returns a list
-    t = time.perf_counter()
-    lowered = self._jit(exported.call, donated, outs).lower(*avals)
-    t_lowered = time.perf_counter()
-    compiled = lowered.compile()
-    timings["lower_s"] = round(t_lowered - t, 3)
-    timings["compile_s"] = round(time.perf_counter() - t_lowered, 3)
-    return compiled
+    return compiled, avals, header["donated"], out_tree, timings
 
   def _trace(self, args, donated: int):
-    """Traces the step (on arrays or abstract values alike), keeps it, compiles it."""
+    """Traces and compiles the step (on arrays or abstract values alike), and keeps it."""
+    from jax.experimental import serialize_executable
+
     leaves, in_tree = jax.tree.flatten(args)
     box = {}
 
@@ -317,13 +318,30 @@ class ExportedStep:
       return result
 
     t = time.perf_counter()
-    exported = jax.export.export(self._jit(flat, donated, self._out_shardings))(*leaves)
+    traced = self._jit(flat, donated).trace(*leaves)
+    t_traced = time.perf_counter()
+    lowered = traced.lower()
+    t_lowered = time.perf_counter()
+    compiled = lowered.compile()
+    timings = {
+      "source": "traced",
+      "trace_s": round(t_traced - t, 3),
+      "lower_s": round(t_lowered - t_traced, 3),
+      "compile_s": round(time.perf_counter() - t_lowered, 3),
+    }
     keys = _dict_keys(box["out_tree"], self.name) if self._outputs_like is None else None
-    timings = {"source": "traced", "trace_s": round(time.perf_counter() - t, 3)}
-    body = bytes(exported.serialize())
-    header = {"donated": donated, "keys": keys}
-    self._write(self._MAGIC + json.dumps(header).encode() + b"\n" + body)
-    compiled = self._compile(exported, donated, timings)
+    try:
+      body, _, _ = serialize_executable.serialize(compiled)
+    except (ValueError, NotImplementedError) as e:
+      logging.info("%s: not kept (%s): it compiles again next launch", self.name, e)
+    else:
+      header = {
+        "donated": donated,
+        "keys": keys,
+        "avals": _avals(leaves),
+        "outputs": box["out_tree"].num_leaves,
+      }
+      self._write(self._MAGIC + json.dumps(header).encode() + b"\n" + body)
     return compiled, _avals(leaves), donated, box["out_tree"], timings
 
   def _write(self, data: bytes) -> None:
@@ -335,7 +353,7 @@ class ExportedStep:
         f.write(data)
       os.replace(partial, self.path)  # two processes writing the same step: either wins
     except OSError as e:
-      logging.warning("%s: not kept in %s (%s): traced again next launch", self.name, folder, e)
+      logging.warning("%s: not kept in %s (%s): compiled again next launch", self.name, folder, e)
 
   def ready(self, *args) -> None:
     """Makes the compiled program for arguments like `args`: waits for what `prefetch` started,

@@ -138,7 +138,7 @@ class Progress:
   ) -> None:
     """Called after the first step of this run returned: its time is mostly compilation.
     `cache`: what the persistent compilation cache did meanwhile (`compilation.counts`); `kept`:
-    the step's `compilation.ExportedStep.timings`, when its lowered program is kept."""
+    the step's `compilation.KeptStep.timings`, when its compiled program is kept."""
     if kept and kept.get("source") == "loaded":
       how = "loaded the %s an earlier launch kept (no tracing) and ran it in %.1fs"
     elif cache and cache.get("hits") and not cache.get("compiled"):

@@ -174,12 +174,12 @@ def abstract(tree):
 
 def kept_once(fn: Callable, mesh: Mesh, name: str, fingerprint: Optional[dict]) -> Callable:
   """`jit_once(fn, out_shardings=replicated(mesh))` for an initialisation whose outputs are a
-  model's variables (nested dicts): with a compilation cache and a `fingerprint`, its lowered
+  model's variables (nested dicts): with a compilation cache and a `fingerprint`, its compiled
   program is kept there, so that a relaunch skips tracing the model's `init`."""
   if fingerprint is None or not compilation.can_keep():
     return jit_once(fn, out_shardings=replicated(mesh))
   options = dict(ONCE_CPU_OPTIONS) if jax.default_backend() == "cpu" else {}
-  return compilation.ExportedStep(
+  return compilation.KeptStep(
     fn, name, fingerprint, mesh, None, options, out_shardings=replicated(mesh), donate_first=False
   )
 
@@ -211,8 +211,8 @@ def compile_step(
   on every device with that device's slice of the batch, and does its own averaging over `AXIS`
   (`mean`).
 
-  `kept=(name, fingerprint, outputs_like)`: with a compilation cache, the lowered step is kept
-  there (`tas_jax.compilation.ExportedStep`), so that a relaunch skips tracing too; `fingerprint`
+  `kept=(name, fingerprint, outputs_like)`: with a compilation cache, the compiled step is kept
+  there (`tas_jax.compilation.KeptStep`), so that a relaunch skips tracing too; `fingerprint`
   must hold everything the step's Python reads (config, architecture, step counts).
   """
   if mode == "jit":
@@ -226,7 +226,7 @@ def compile_step(
     raise ValueError(f"parallel={mode!r}; allowed: jit, pmap")
   if kept and tuple(donate) == (0,) and compilation.can_keep():
     name, fingerprint, outputs_like = kept
-    return compilation.ExportedStep(
+    return compilation.KeptStep(
       fn, name, {"fingerprint": fingerprint, "mode": mode}, mesh, outputs_like, compiler_options()
     )
   return jax.jit(fn, donate_argnums=tuple(donate), compiler_options=compiler_options())

@@ -2,7 +2,7 @@
 process running the same stage compiles nothing and traces no step, and a folder that cannot be
 written costs one warning line, never the run. The counts come from JAX's own monitoring events
 (`tas_jax.compilation.counts`), as the run's last log line reports them. Steps kept with
-`jax.export` (`compilation.ExportedStep`) give what `jax.jit` gives, traced or loaded."""
+compiled (`compilation.KeptStep`) give what `jax.jit` gives, traced or loaded."""
 
 import json
 import os
@@ -60,7 +60,7 @@ def test_a_second_launch_compiles_nothing_and_traces_no_step(tmp_path):
   loaded, compiled, written = _cache_line(first.stderr, cache)
   assert loaded == 0 and compiled == written > 0
   assert "compiled and ran the search step" in first.stderr
-  kept = os.listdir(os.path.join(cache, compilation.EXPORTED))
+  kept = os.listdir(os.path.join(cache, compilation.KEPT))
   assert sorted(name.split("-")[0] for name in kept) == [
     "tas_search_iteration",
     "tas_supernet_init",
@@ -103,7 +103,7 @@ def _inputs():
 
 
 def _kept(folder, fingerprint="v1"):
-  return compilation.ExportedStep(
+  return compilation.KeptStep(
     _step,
     "least_squares",
     fingerprint,
@@ -139,8 +139,10 @@ def test_a_kept_step_gives_what_jit_gives_traced_then_loaded(tmp_path):
 def test_a_damaged_kept_step_is_traced_again_with_one_warning(tmp_path, monkeypatch):
   first = _kept(tmp_path)
   first(*_inputs())
+  with open(first.path, "rb") as f:
+    header = f.read().split(b"\n")[:2]  # the magic line and the header: a program cut short
   with open(first.path, "wb") as f:
-    f.write(b"tas_jax-exported-2\n{}\nnot a program")
+    f.write(b"\n".join(header) + b"\nnot a program")
   warnings = []
   monkeypatch.setattr(logging, "warning", lambda msg, *a: warnings.append(msg % a))
   again = _kept(tmp_path)
@@ -152,7 +154,7 @@ def test_a_damaged_kept_step_is_traced_again_with_one_warning(tmp_path, monkeypa
 
 
 def test_outputs_like_must_match_the_step(tmp_path):
-  wrong = compilation.ExportedStep(
+  wrong = compilation.KeptStep(
     _step, "wrong", "v1", parallel.make_mesh(1), lambda s, b: (s,), folder=str(tmp_path)
   )
   with pytest.raises(ValueError, match="outputs_like gives"):
@@ -169,7 +171,7 @@ def test_kept_variables_come_back_as_the_same_nested_dicts(tmp_path):
 
   key = jax.random.key_data(jax.random.key(3))
   made = [
-    compilation.ExportedStep(
+    compilation.KeptStep(
       init, "init", "v1", parallel.make_mesh(1), None, folder=str(tmp_path), donate_first=False
     )
     for _ in range(2)
@@ -200,15 +202,17 @@ def test_a_step_traced_ahead_from_abstract_arguments_is_the_one_called(tmp_path,
   assert len(warnings) == 1 and "made for other inputs" in warnings[0], warnings
 
 
-def test_without_flatbuffers_steps_are_plain_jit(monkeypatch):
-  """jax.export serialises with flatbuffers, which jax does not require: without it a step is
-  compiled as jax.jit does (XLA's cache still serves it), never a failed run."""
-  monkeypatch.setattr(compilation, "_folder", "/tmp/any-cache")
+def test_steps_are_plain_jit_where_they_cannot_be_kept(monkeypatch):
+  """A bucket (`gs://`) or several processes: XLA's cache alone serves relaunches, and the step
+  is compiled as jax.jit does, never a failed run."""
   kept = ("least_squares", "v1", lambda state, batch: (state, {"loss": 0}))
   mesh = parallel.make_mesh(1)
-  monkeypatch.setattr(compilation, "_keepable", True)
-  assert isinstance(parallel.compile_step(_step, mesh, "jit", kept=kept), compilation.ExportedStep)
-  monkeypatch.setattr(compilation, "_keepable", False)
+  monkeypatch.setattr(compilation, "_folder", "/tmp/any-cache")
+  assert isinstance(parallel.compile_step(_step, mesh, "jit", kept=kept), compilation.KeptStep)
+  monkeypatch.setattr(compilation, "_folder", "gs://bucket/cache")
   plain = parallel.compile_step(_step, mesh, "jit", kept=kept)
-  assert not isinstance(plain, compilation.ExportedStep) and hasattr(plain, "lower")
+  assert not isinstance(plain, compilation.KeptStep) and hasattr(plain, "lower")
   np.testing.assert_array_equal(plain(*_inputs())[0]["w"], jax.jit(_step)(*_inputs())[0]["w"])
+  monkeypatch.setattr(compilation, "_folder", "/tmp/any-cache")
+  monkeypatch.setattr(jax, "process_count", lambda: 2)
+  assert not isinstance(parallel.compile_step(_step, mesh, "jit", kept=kept), compilation.KeptStep)

@@ -159,4 +159,4 @@ def test_the_built_site_has_its_pages_titles_and_assets(tmp_path):
   reference = (site / "reference/config/index.html").read_text()
   names = [name for name, _, _ in config_lib.describe(config_lib.base_config())]
   assert all(f"<code>{name}</code>" in reference for name in names)
-  assert "tas_jax.compilation.ExportedStep" in (site / "reference/api/index.html").read_text()
+  assert "tas_jax.compilation.KeptStep" in (site / "reference/api/index.html").read_text()

@@ -250,7 +250,7 @@ def _fit(run: _Run, state):
       if step == start + 1:
         jax.block_until_ready(state.step)
         cache = {k: v - cache_before[k] for k, v in compilation.counts().items()}
-        kept = getattr(train_step, "timings", None)  # a kept program (compilation.ExportedStep)
+        kept = getattr(train_step, "timings", None)  # a kept program (compilation.KeptStep)
         progress.compiled(step, time.time() - t_step, step_name, cache, kept)
       if profiler is not None:
         profiler(step)
