@@ -1,7 +1,8 @@
 """`python -m benchmarks.launch_table runs/side_by_side_search.jsonl`: the side-by-side launches
 (`benchmarks/side_by_side_search.sh`) as one Markdown table of medians: from launch to the end of
 the first search iteration, the released code against tas_jax with a cold and a warm compilation
-cache, and tas_jax's ratios to the released code."""
+cache, and tas_jax's ratios to the released code; then every launch, round by round, with its
+steady iteration and where its launch went (`--lines=false` leaves that table out)."""
 
 from __future__ import annotations
 
@@ -39,6 +40,39 @@ def rows(lines: list[str]) -> list[str]:
   return out
 
 
+def every_launch(lines: list[str]) -> list[str]:
+  """One row per launch, in the order they ran; a round is one released launch and the tas_jax
+  launches after it."""
+  out = [
+    "| round | network | launch | launch → end of 1st iteration (s) | iteration (s, median) "
+    "| breakdown (s) |",
+    "|---|---|---|---|---|---|",
+  ]
+  rounds: dict = defaultdict(int)
+  for line in lines:
+    if not line.startswith("{"):
+      continue
+    d = json.loads(line)
+    if d.get("side") == "official" and "first_iteration_end_since_launch_s" in d:
+      rounds[d["depth"]] += 1
+      depth, launch, total = d["depth"], "released", d["first_iteration_end_since_launch_s"]
+      iteration, parts = d["iteration_s_median"], f"setup {d['setup_s_since_launch']:.2f}"
+    elif d.get("side") == "tas_jax" and "launch" in d:
+      depth, launch = int(d["network"].removeprefix("resnet")), f"tas_jax {d['launch']}"
+      total, iteration = d["launch_to_first_iteration_s"], d["search_iteration_s"]
+      parts = ", ".join(f"{k} {v}" for k, v in d["breakdown"].items())
+    else:
+      continue
+    out.append(
+      f"| {rounds[depth]} | ResNet-{depth} | {launch} | {total:.2f} | {iteration:.2f} | {parts} |"
+    )
+  return out
+
+
 if __name__ == "__main__":
-  with open(sys.argv[1] if len(sys.argv) > 1 else "runs/side_by_side_search.jsonl") as f:
-    print("\n".join(rows(f.read().splitlines())))
+  args = [a for a in sys.argv[1:] if not a.startswith("--")]
+  with open(args[0] if args else "runs/side_by_side_search.jsonl") as f:
+    lines = f.read().splitlines()
+  print("\n".join(rows(lines)))
+  if "--lines=false" not in sys.argv:
+    print("\n" + "\n".join(every_launch(lines)))

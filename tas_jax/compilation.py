@@ -332,7 +332,7 @@ class KeptStep:
     keys = _dict_keys(box["out_tree"], self.name) if self._outputs_like is None else None
     try:
       body, _, _ = serialize_executable.serialize(compiled)
-    except (ValueError, NotImplementedError) as e:
+    except Exception as e:  # a backend or a program that cannot be serialised: not kept
       logging.info("%s: not kept (%s): it compiles again next launch", self.name, e)
     else:
       header = {

@@ -216,3 +216,19 @@ def test_steps_are_plain_jit_where_they_cannot_be_kept(monkeypatch):
   monkeypatch.setattr(compilation, "_folder", "/tmp/any-cache")
   monkeypatch.setattr(jax, "process_count", lambda: 2)
   assert not isinstance(parallel.compile_step(_step, mesh, "jit", kept=kept), compilation.KeptStep)
+
+
+def test_a_step_that_cannot_be_serialised_runs_and_is_compiled_again(tmp_path, monkeypatch):
+  """A backend whose executables cannot be serialised: the step runs, nothing is written, and
+  the next launch compiles it again."""
+  from jax.experimental import serialize_executable
+
+  def refuse(compiled):
+    raise jax.errors.JaxRuntimeError("UNIMPLEMENTED: serialisation")
+
+  monkeypatch.setattr(serialize_executable, "serialize", refuse)
+  step = _kept(tmp_path)
+  out = step(*_inputs())
+  np.testing.assert_array_equal(out[0]["w"], jax.jit(_step)(*_inputs())[0]["w"])
+  assert step.timings["source"] == "traced" and not os.path.exists(step.path)
+  assert not _kept(tmp_path).prefetch()  # nothing to load
