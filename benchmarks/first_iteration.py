@@ -22,7 +22,9 @@ held in memory, one device. It prints one JSON line with
   (`tas_jax.compilation.counts`): run twice for a cold and a warm launch;
 - `search_iteration_s`: the median of `--iters` iterations after `--warmup`;
 - `compiled_temp_bytes`: XLA's memory analysis of the compiled iteration;
-- `peak_rss_bytes`: the process's peak resident memory (`getrusage`), at the end.
+- `peak_rss_bytes`: the process's peak resident memory (`getrusage`), at the end;
+- `page_faults_per_iteration`: minor page faults (`getrusage`) per timed iteration: memory the
+  process took fresh from the system at every call.
 `--scan_blocks=false` builds the supernet with every block unrolled (the layout before
 `model.scan_blocks`), for before/after figures.
 """
@@ -100,8 +102,10 @@ def main(_):
   for name, at in marks.items():
     breakdown[name] = round(at - previous, 2)
     previous = at
-  times = []
+  times, faults = [], 0
   for i in range(FLAGS.warmup + FLAGS.iters):
+    if i == FLAGS.warmup:
+      faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     t = time.perf_counter()
     state, _ = run(state, next(batches), (key, taus[0]))
     jax.block_until_ready(state)
@@ -124,6 +128,9 @@ def main(_):
         **({"compilation_cache": compilation.counts()} if cache else {}),
         **memory,
         "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "page_faults_per_iteration": round(
+          (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / FLAGS.iters
+        ),
         "device": jax.devices()[0].device_kind,
         "jax": jax.__version__,
       }
