@@ -1,6 +1,6 @@
 """JAX's persistent compilation cache for every command (`config.compilation_cache`), counts of
 what it served (so the log can say whether a step was compiled or loaded), and the train and
-search steps kept traced and lowered (`KeptStep`), so that a relaunch skips Python's part too.
+search steps kept compiled (`KeptStep`), so that a relaunch skips Python's part too.
 
 XLA's compiled programs are written to a folder and looked up by a key that holds the program, the
 jax/jaxlib versions and the device kind, so a cache from another version or another accelerator is
