@@ -232,3 +232,40 @@ def test_a_step_that_cannot_be_serialised_runs_and_is_compiled_again(tmp_path, m
   np.testing.assert_array_equal(out[0]["w"], jax.jit(_step)(*_inputs())[0]["w"])
   assert step.timings["source"] == "traced" and not os.path.exists(step.path)
   assert not _kept(tmp_path).prefetch()  # nothing to load
+
+
+@pytest.mark.devices  # a data-parallel step on every device (8 in launch/test.sh's second pass)
+@pytest.mark.parametrize("mode", ["jit", "pmap"])
+def test_a_kept_data_parallel_step_loads_onto_its_mesh(tmp_path, monkeypatch, mode):
+  """The batch sharded along 'data', the state replicated: a relaunch's loaded program gives
+  the traced one's numbers on the same mesh, and its outputs stay replicated on every device."""
+  mesh = parallel.make_mesh(-1)
+  monkeypatch.setattr(compilation, "_folder", str(tmp_path))
+
+  def step(state, batch):  # `_step`, each device's gradient and loss averaged in pmap mode
+    axis = parallel.step_axis(mode)
+
+    def loss(w):
+      return jnp.mean((batch["x"] @ w - batch["y"]) ** 2)
+
+    grad = parallel.mean(jax.grad(loss)(state["w"]), axis)
+    new = {"w": state["w"] - 0.1 * grad, "n": state["n"] + 1}
+    return new, {"loss": parallel.mean(loss(state["w"]), axis)}
+
+  def place():
+    state, batch = _inputs()
+    rng = np.random.default_rng(1)  # 8 rows per device, all different
+    n = 8 * len(mesh.devices.flat)
+    batch = {"x": rng.normal(size=(n, 3)).astype(np.float32), "y": np.ones((n, 2), np.float32)}
+    return parallel.put_replicated(state, mesh), jax.device_put(batch, parallel.batch_sharded(mesh))
+
+  kept = ("least_squares_dp", "v1", lambda state, batch: (state, {"loss": 0}))
+  made = [parallel.compile_step(step, mesh, mode, kept=kept) for _ in range(2)]
+  traced, loaded = made[0](*place()), made[1](*place())
+  assert [m.timings["source"] for m in made] == ["traced", "loaded"]
+  expected = jax.jit(_step)(*place())
+  for got in (traced, loaded):
+    np.testing.assert_allclose(got[0]["w"], expected[0]["w"], rtol=1e-5)
+    np.testing.assert_allclose(got[1]["loss"], expected[1]["loss"], rtol=1e-5)
+    assert got[0]["w"].sharding.is_fully_replicated
+    assert len(got[0]["w"].sharding.device_set) == len(mesh.devices.flat)
