@@ -16,8 +16,7 @@ WHEELS=wheels
 OUT=${OUT:-runs/accelerator_check.jsonl}
 # tas_jax's needs beyond such an image (grain and tensorflow-datasets are imported only for ImageNet
 # streaming and TFDS datasets, which the check does not use)
-PURE="ml-collections clu pytest pluggy iniconfig packaging flatbuffers"  # flatbuffers: jax.export's
-# serialisation (the kept steps of the compilation cache), not a dependency of jax itself
+PURE="ml-collections clu pytest pluggy iniconfig packaging"
 BINARY="wrapt"  # clu's; binary wheels for each Python the image may have
 PYTHONS="3.10 3.11 3.12 3.13"
 
@@ -33,7 +32,7 @@ build_wheels() {
 
 install_missing() {  # $1: python
   local py=$1 missing=""
-  for m in ml_collections clu wrapt pytest flatbuffers; do
+  for m in ml_collections clu wrapt pytest; do
     "$py" -c "import $m" 2>/dev/null || missing="$missing $m"
   done
   if [ -n "$missing" ]; then
