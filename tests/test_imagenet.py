@@ -4,6 +4,11 @@ laid out as train/<class>/*.JPEG, and TFDS `mock_data` for imagenet2012 through
 
 import io
 import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
 
 import jax
 import numpy as np
@@ -205,6 +210,66 @@ def test_worker_processes_give_the_same_batches(folder):
     it.close()
   for a, b in zip(*batches):
     np.testing.assert_array_equal(a, b)
+
+
+def _alive(pid: int) -> bool:
+  """Running (a zombie, re-parented to an init that has not reaped it yet, counts as ended)."""
+  try:
+    with open(f"/proc/{pid}/stat") as f:
+      return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+  except FileNotFoundError:
+    return False
+
+
+@pytest.mark.children  # starts processes
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_a_worker_outlives_the_thread_that_started_it_and_ends_with_its_process(tmp_path):
+  """A grain worker (`die_with_parent`) started from a thread that then ends keeps running (with
+  PR_SET_PDEATHSIG it was killed then: it fires when the starting *thread* ends), and it ends
+  within seconds of its training process being killed by SIGKILL."""
+  parent = textwrap.dedent(
+    """
+    import multiprocessing, os, threading, time
+    from tas_jax.data.imagenet import die_with_parent
+
+    def worker(parent_pid, ready):
+      die_with_parent(parent_pid)
+      open(ready, "w").close()
+      time.sleep(120)
+
+    def start():
+      ready = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ready")
+      p = multiprocessing.get_context("spawn").Process(target=worker, args=(os.getpid(), ready))
+      p.start()
+      print(p.pid, flush=True)
+      while not os.path.exists(ready):  # the worker has called die_with_parent
+        time.sleep(0.05)
+
+    if __name__ == "__main__":
+      starter = threading.Thread(target=start)
+      starter.start()
+      starter.join()  # the thread that started the worker has ended
+      time.sleep(120)
+    """
+  )
+  script = tmp_path / "parent.py"  # a file: the spawned worker imports its `worker`
+  script.write_text(parent)
+  proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+  try:
+    worker = int(proc.stdout.readline())
+    deadline = time.time() + 60
+    while not (tmp_path / "ready").exists() and time.time() < deadline:
+      time.sleep(0.1)
+    time.sleep(1)  # the thread that started the worker ends once the worker is ready
+    assert _alive(worker), "the worker died with the thread that started it"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    deadline = time.time() + 10
+    while _alive(worker) and time.time() < deadline:
+      time.sleep(0.2)
+    assert not _alive(worker), "the worker outlived its killed parent"
+  finally:
+    proc.kill()
 
 
 def test_tfds_imagenet2012_through_data_source():

@@ -32,8 +32,8 @@ import dataclasses
 import functools
 import io
 import os
-import signal
-import sys
+import threading
+import time
 from typing import TYPE_CHECKING, Iterator, Optional, Sequence
 
 import jax
@@ -70,17 +70,22 @@ JPEG_SUFFIXES = (".jpeg", ".jpg", ".png")
 
 
 def die_with_parent(parent_pid: int, worker_index: int = 0, worker_count: int = 0) -> None:
-  """In a grain worker: the kernel kills it when the training process dies, even by `kill -9`
-  (Linux PR_SET_PDEATHSIG; elsewhere a no-op). Without it a killed run leaves its decoding
-  workers, a few hundred MB each, running."""
-  if sys.platform != "linux":
-    return
-  import ctypes
-
-  pr_set_pdeathsig = 1
-  ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
-  if os.getppid() != parent_pid:  # the parent died before the line above
+  """In a grain worker: exits when the training process dies, even by `kill -9`. Without it a
+  killed run leaves its decoding workers, a few hundred MB each, running. A daemon thread watches
+  the parent's pid (an orphan is given another parent). Linux's PR_SET_PDEATHSIG would not do:
+  it fires when the *thread* that started the worker ends, and grain starts workers from threads
+  that end, so a worker was killed mid-run, once while holding the lock of grain's stop event,
+  which then hung the training process at `close()`."""
+  del worker_index, worker_count
+  if os.getppid() != parent_pid:  # the parent died before the worker started
     os._exit(1)
+
+  def watch() -> None:
+    while os.getppid() == parent_pid:
+      time.sleep(0.5)
+    os._exit(1)
+
+  threading.Thread(target=watch, name="die-with-parent", daemon=True).start()
 
 
 # ------------------------------------------------------------------------------------------
