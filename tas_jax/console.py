@@ -146,10 +146,16 @@ class Progress:
     else:
       how = "compiled and ran the %s in %.1fs"
     if kept and kept.get("source") == "traced":  # traced, compiled and kept, maybe ahead of time
-      how += " (traced in %.1fs, compiled in %.1fs; the step waited %.1fs for them)" % (
+      parts = "traced in %.1fs, lowered in %.1fs, compiled in %.1fs" % (
         kept.get("trace_s", 0.0),
+        kept.get("lower_s", 0.0),
         kept.get("compile_s", 0.0),
-        kept.get("waited_s", 0.0),
+      )
+      waited = kept.get("waited_s", 0.0)
+      how += (
+        f" (the step: {parts}, ahead of time, ready before the first step needed it)"
+        if waited < 0.05
+        else f" (the step: {parts}; the first step waited {waited:.1f}s for it)"
       )
     logging.info("[%s] " + how, self.stage, what, seconds)
     self._t, self._step = time.time(), step
