@@ -94,11 +94,9 @@ def search_setup(a, c, mesh, ds, data, augmentation, batch: int, fingerprint=Non
     "jit",
     fingerprint,
   )
-  if hasattr(iteration, "prefetch"):
-    iteration.prefetch()
-  sstate = search.create_state(
-    net, space, wtx, atx, np.zeros((2, 32, 32, 3), np.float32), jax.random.key(0), mesh, fingerprint
-  )
+  ahead = hasattr(iteration, "prefetch")
+  loading = ahead and iteration.prefetch()  # a kept program loads while the state is made
+  sample = np.zeros((2, 32, 32, 3), np.float32)
   half_a, half_b = datasets.split_per_class(ds.train_labels, 0)
   halves = sources.Zipped(
     **{
@@ -115,9 +113,12 @@ def search_setup(a, c, mesh, ds, data, augmentation, batch: int, fingerprint=Non
     }
   )
   taus = [parallel.put_replicated(np.float32(search.tau_at(c.search, e)), mesh) for e in (0, 1)]
-  if hasattr(iteration, "prefetch"):  # as the search stage: nothing kept, traced in a thread
+  if ahead and not loading:  # as the search stage: nothing kept, compiled in a thread from the
+    # state's shapes while the state itself is made
     key = parallel.put_replicated(jax.random.key(1), mesh)
-    iteration.prefetch(parallel.abstract((sstate, halves.abstract_batch(), (key, taus[0]))))
+    shapes = search.state_shapes(net, space, wtx, atx, sample, jax.random.key(0), mesh)
+    iteration.prefetch((shapes, halves.abstract_batch(), parallel.abstract((key, taus[0]))))
+  sstate = search.create_state(net, space, wtx, atx, sample, jax.random.key(0), mesh, fingerprint)
   return iteration, sstate, halves, taus
 
 

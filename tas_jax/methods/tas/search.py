@@ -214,23 +214,14 @@ def make_search_step(
   return parallel.compile_step(iteration, mesh, mode, extras=True, kept=kept)
 
 
-def create_state(
-  net, space, tx, arch_tx, sample_input, key, mesh, fingerprint: Optional[dict] = None
-) -> SearchState:
-  """The supernet's state: its variables and α/β (one program, kept in the compilation cache
-  with `fingerprint`, as the iteration is), then the optimisers' states."""
+def _state_parts(net, space, tx, arch_tx, sample_input):
+  """(variables(key_data), state(variables)): the two programs that make the search state."""
 
   def variables(key_data):
     k_init, k_arch = jax.random.split(jax.random.wrap_key_data(key_data))
     arch = space.init_logits(k_arch)
     v = net.init(k_init, sample_input, arch, k_init, 1.0, train=True)
     return {"params": v["params"], "batch_stats": v.get("batch_stats", {}), "arch": arch}
-
-  if fingerprint is not None:
-    fingerprint = {**fingerprint, "sample_input": repr(jax.typeof(sample_input))}
-  v = parallel.kept_once(variables, mesh, "tas_supernet_init", fingerprint)(
-    jax.random.key_data(key)
-  )
 
   def state(v):
     return SearchState.create(
@@ -243,7 +234,31 @@ def create_state(
       arch_tx=arch_tx,
     )
 
+  return variables, state
+
+
+def create_state(
+  net, space, tx, arch_tx, sample_input, key, mesh, fingerprint: Optional[dict] = None
+) -> SearchState:
+  """The supernet's state: its variables and α/β (one program, kept in the compilation cache
+  with `fingerprint`, as the iteration is), then the optimisers' states."""
+  variables, state = _state_parts(net, space, tx, arch_tx, sample_input)
+  if fingerprint is not None:
+    fingerprint = {**fingerprint, "sample_input": repr(jax.typeof(sample_input))}
+  v = parallel.kept_once(variables, mesh, "tas_supernet_init", fingerprint)(
+    jax.random.key_data(key)
+  )
   return parallel.jit_once(state, out_shardings=parallel.replicated(mesh))(v)
+
+
+def state_shapes(net, space, tx, arch_tx, sample_input, key, mesh) -> SearchState:
+  """`create_state`'s result as `jax.ShapeDtypeStruct`s, replicated over `mesh`, without
+  running or compiling anything: what compiling the iteration ahead needs before the state is
+  made."""
+  variables, state = _state_parts(net, space, tx, arch_tx, sample_input)
+  shapes = jax.eval_shape(lambda k: state(variables(k)), jax.random.key_data(key))
+  replicated = parallel.replicated(mesh)
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), shapes)
 
 
 def _from_teacher(state: SearchState, space, tx, workdir: str, mesh, variant: str) -> SearchState:
@@ -358,19 +373,9 @@ def search(config: ml_collections.ConfigDict, workdir: str) -> dict:
   fingerprint = stage_lib.step_fingerprint(config, target=target, steps_per_epoch=steps_per_epoch)
   iteration = make_search_step(net, space, s, target, mesh, config.parallel, fingerprint)
   ahead = hasattr(iteration, "prefetch")  # kept in the compilation cache: made in a thread
-  if ahead:
-    iteration.prefetch()  # a program an earlier launch kept loads while the state is made
+  loading = ahead and iteration.prefetch()  # a program an earlier launch kept loads meanwhile
   init_key, aug_key = jax.random.split(jax.random.key(config.seed))
-  state = create_state(
-    net,
-    space,
-    tx,
-    arch_tx,
-    jnp.zeros((2, ds.image_size, ds.image_size, ds.channels)),
-    init_key,
-    mesh,
-    fingerprint,
-  )
+  sample = jnp.zeros((2, ds.image_size, ds.image_size, ds.channels))
   # one batch of each half per iteration; each half reshuffled per epoch with its own key
   perm_key = jax.random.fold_in(jax.random.key(config.seed), 2)
   halves = sources.Zipped(
@@ -393,10 +398,13 @@ def search(config: ml_collections.ConfigDict, workdir: str) -> dict:
   )
   test_source = ds.eval_source()
   batch = halves.abstract_batch()
-  if ahead and batch is not None:  # nothing kept: traced and compiled in a thread, meanwhile the
-    # teacher's weights (and, in the loop, a checkpoint) load and the first batches are gathered
+  if ahead and not loading and batch is not None:  # nothing kept: compiled in a thread from the
+    # state's shapes, while the state is made, the teacher's weights (and, in the loop, a
+    # checkpoint) load and the first batches are gathered
     tau0 = jax.device_put(np.float32(tau_at(s, 0)), parallel.replicated(mesh))
-    iteration.prefetch(parallel.abstract((state, batch, (aug_key, tau0))))
+    shapes = state_shapes(net, space, tx, arch_tx, sample, init_key, mesh)
+    iteration.prefetch((shapes, batch, parallel.abstract((aug_key, tau0))))
+  state = create_state(net, space, tx, arch_tx, sample, init_key, mesh, fingerprint)
   if s.init == "teacher":
     state = _from_teacher(state, space, tx, workdir, mesh, s.variant)
   eval_step = steps.make_eval_step(
