@@ -82,7 +82,7 @@ def main(_):
   found = collect(FLAGS.root)
   if not found:
     raise SystemExit(f"no finished s*_t*/{{paper,common}}/results.json under {FLAGS.root}")
-  for target in sorted(found):
+  for target in sorted(found, key=float, reverse=True):  # the milder target first
     print("\n".join(table(target, found[target])))
 
 
