@@ -24,7 +24,7 @@ import numpy as np
 
 from tas_jax.models import topology
 from tas_jax.models.arch import ArchError
-from tas_jax.models.resnet import ConvBN, conv_init, gate, linear_init
+from tas_jax.models.resnet import ConvBN, classify, conv_init, gate
 
 BN_EPSILON = 1e-5
 
@@ -175,14 +175,7 @@ class RepVGG(nn.Module):
       else:
         x = RepVGGBlock(c, self.bn_axis_name, self.dtype, name=c.name)(x, train)
       x = gate(x, gates, c.name)
-    x = jnp.mean(x, axis=(1, 2))
-    return nn.Dense(
-      self.arch.num_classes,
-      kernel_init=linear_init,
-      bias_init=nn.initializers.zeros,
-      dtype=jnp.float32,
-      name="classifier",
-    )(x.astype(jnp.float32))
+    return classify(x, self.arch.num_classes)
 
 
 def _fold_bn(kernel, bn_params, bn_stats):

@@ -34,6 +34,37 @@ conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 linear_init = nn.initializers.normal(stddev=0.01)
 
 
+def conv(width: int, kernel: int, stride: int, dtype) -> nn.Conv:
+  """The k x k conv of every network family and the supernet: no bias, padded by k//2 on each
+  side, so that a teacher's kernel, a supernet's and an extracted network's are laid out alike.
+  Made inside a module's compact method, whose child "conv" it becomes."""
+  p = kernel // 2
+  return nn.Conv(
+    width,
+    (kernel, kernel),
+    (stride, stride),
+    padding=((p, p), (p, p)),
+    use_bias=False,
+    kernel_init=conv_init,
+    dtype=dtype,
+    conv_general_dilated=conv_ops.for_flax(),
+    name="conv",
+  )
+
+
+def classify(x: jax.Array, num_classes: int) -> jax.Array:
+  """Global average pooling, then the classifier ("classifier"), both in float32 whatever the
+  network's dtype. Called inside a module's compact method."""
+  features = jnp.mean(x, axis=(1, 2)).astype(jnp.float32)
+  return nn.Dense(
+    num_classes,
+    kernel_init=linear_init,
+    bias_init=nn.initializers.zeros,
+    dtype=jnp.float32,
+    name="classifier",
+  )(features)
+
+
 class ConvBN(nn.Module):
   """k x k conv (no bias, padded by k//2 on each side) with an optional BatchNorm."""
 
@@ -47,18 +78,7 @@ class ConvBN(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool):
-    p = self.kernel // 2
-    x = nn.Conv(
-      self.width,
-      (self.kernel, self.kernel),
-      (self.stride, self.stride),
-      padding=((p, p), (p, p)),
-      use_bias=False,
-      kernel_init=conv_init,
-      dtype=self.dtype,
-      conv_general_dilated=conv_ops.for_flax(),
-      name="conv",
-    )(x)
+    x = conv(self.width, self.kernel, self.stride, self.dtype)(x)
     if self.use_bn:
       x = nn.BatchNorm(
         use_running_average=not train,
@@ -238,14 +258,7 @@ class ResNet(nn.Module):
       )
       for b, s in zip(run, stats or ()):
         self.put_variable("batch_stats", b.name, s)
-    x = jnp.mean(x, axis=(1, 2))
-    return nn.Dense(
-      self.arch.num_classes,
-      kernel_init=linear_init,
-      bias_init=nn.initializers.zeros,
-      dtype=jnp.float32,
-      name="classifier",
-    )(x.astype(jnp.float32))
+    return classify(x, self.arch.num_classes)
 
 
 def build(

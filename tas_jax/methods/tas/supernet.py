@@ -38,9 +38,8 @@ import numpy as np
 
 from tas_jax.methods.tas import cwi, gumbel
 from tas_jax.methods.tas.space import SearchSpace
-from tas_jax.models import conv as conv_ops, scan, topology
+from tas_jax.models import resnet, scan, topology
 from tas_jax.models.candidates import NUM_WIDTH_CANDIDATES
-from tas_jax.models.resnet import conv_init, linear_init
 
 VARIANTS = ("tas", "width", "depth")
 BN_MOMENTUM = 0.9
@@ -107,18 +106,7 @@ class SearchConv(nn.Module):
     """choice = (idx (2,), widths (2,), weights (2,), pairs) of this conv's sampled candidates;
     pairs are their CWI matrices (2, width, width) (`cwi.pair_matrices`), None unmixed."""
     idx, _, weights, pairs = choice
-    p = self.kernel // 2
-    z = nn.Conv(
-      self.width,
-      (self.kernel,) * 2,
-      (self.stride,) * 2,
-      padding=((p, p), (p, p)),
-      use_bias=False,
-      kernel_init=conv_init,
-      dtype=self.dtype,
-      conv_general_dilated=conv_ops.for_flax(),
-      name="conv",
-    )(x)
+    z = resnet.conv(self.width, self.kernel, self.stride, self.dtype)(x)
     if not self.bn:
       return z
     mean, var, scales, biases = CandidateBatchNorm(self.width, self.axis_name, name="bn")(
@@ -245,10 +233,7 @@ class SuperNet(nn.Module):
             if part in block_stats:
               self.put_variable("batch_stats", n, block_stats[part])
       h, channels = _depth_mixture(outputs, dtab[s], q[s], soft=sample and self.variant != "width")
-    features = jnp.mean(h, axis=(1, 2)).astype(jnp.float32)  # the head and the loss in float32
-    return nn.Dense(
-      base.num_classes, kernel_init=linear_init, bias_init=nn.initializers.zeros, name="classifier"
-    )(features)
+    return resnet.classify(h, base.num_classes)  # the head and the loss in float32
 
 
 def _pair_matrices(space: SearchSpace, widths) -> dict:
