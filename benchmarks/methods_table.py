@@ -1,7 +1,8 @@
 """`python -m benchmarks.methods_table --root=runs/methods39`: the six methods' tables from the
 workdirs `benchmarks/methods_table.sh` made — per target, each method's test accuracy (mean ± std
 over seeds) with its paper's own fine-tuning and with the common KD recipe, FLOPs, params and the
-measured speed-up (per seed: the machine is shared)."""
+measured speed-up (per seed: the machine is shared), and TAS's accuracy against each other
+method's under the common recipe, seed by seed (one teacher per seed, so the pairs share it)."""
 
 from __future__ import annotations
 
@@ -74,6 +75,26 @@ def table(target: str, seeds: dict) -> list[str]:
       f"{_acc([r['test_accuracy'] for r in c])} | {np.mean([r['flops_m'] for r in p]):.2f} | "
       f"{np.mean([r['params_m'] for r in p]):.4f} | "
       f"{' / '.join('%.2f' % r['speedup'] for r in p)}× |"
+    )
+  return lines + [""] + paired(seeds, order)
+
+
+def paired(seeds: dict, order: list) -> list[str]:
+  """TAS + KD minus each other method under the common recipe, per seed and on average, in
+  points: a difference that keeps its sign on every seed is worth more than the means' gap."""
+  tas = [seeds[s]["common"].get("tas-kd") for s in order]
+  lines = [
+    "| common KD recipe: TAS minus | per seed (points) | mean | same sign on every seed |",
+    "|---|---|---|---|",
+  ]
+  for label, _, common in METHODS[1:]:
+    other = [seeds[s]["common"].get(common) for s in order]
+    if not all(tas) or not all(other):
+      continue
+    d = 100 * np.array([t["test_accuracy"] - o["test_accuracy"] for t, o in zip(tas, other)])
+    same = "yes" if (np.all(d > 0) or np.all(d < 0)) and len(d) > 1 else "no"
+    lines.append(
+      f"| {label} ({common}) | {' / '.join(f'{x:+.1f}' for x in d)} | {d.mean():+.2f} | {same} |"
     )
   return lines + [""]
 
