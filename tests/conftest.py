@@ -117,6 +117,28 @@ def pytest_collection_modifyitems(config, items):
     items[:] = kept
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+  """A test of an 8-device tier that fails in a plain `pytest` run on fewer devices says how to
+  run it where it belongs (its own assertion, e.g. `assert 1 > 1`, would not)."""
+  outcome = yield
+  report = outcome.get_result()
+  if (
+    report.failed
+    and not os.environ.get("TAS_JAX_PASS")
+    and TIERS.get(tier(item), 1) == 8
+    and jax.device_count() < 8
+  ):
+    report.sections.append(
+      (
+        "tas_jax",
+        f"{item.nodeid} is in the {tier(item)} tier, which runs on 8 devices, and this process "
+        f"has {jax.device_count()}: run it with `bash launch/test.sh {item.nodeid}` or "
+        "XLA_FLAGS=--xla_force_host_platform_device_count=8",
+      )
+    )
+
+
 @pytest.fixture(scope="session")
 def cifar_pipeline(tmp_path_factory):
   """The shared tiny CIFAR-ResNet pipeline (TAS and PaS): tests/pipelines.py."""

@@ -195,3 +195,14 @@ def test_distill_step_same_numbers_on_1_and_8_devices_with_jit_and_pmap():
     np.testing.assert_allclose(got["params_head"], ref["params_head"], atol=1e-5)
     assert abs(got["params_norm"] - ref["params_norm"]) < 1e-4 * ref["params_norm"]
   assert all(0 < l < 10 for l in ref["losses"])
+
+
+def test_a_method_student_from_scratch_says_how_to_fine_tune_instead(tmp_path, caplog):
+  from configs import demo
+
+  c = demo.get_config()
+  c.distill.student, c.distill.kd = "l1", False  # init stays "scratch"
+  with caplog.at_level(logging.INFO), pytest.raises(CheckpointNotFoundError):
+    distill.distill(c, str(tmp_path))  # nothing extracted here: stops after the recipe lines
+  assert "l1-ce-scratch: the distill recipe" in caplog.text
+  assert "--config.distill.init=searched fine-tunes its extracted weights" in caplog.text

@@ -102,6 +102,15 @@ def distill(config: ml_collections.ConfigDict, workdir: str) -> dict:
     f", KD from the teacher (a={d.kd_alpha:g}, T={d.kd_temperature:g})" if d.kd else ", no KD",
     supervised.describe(d),
   )
+  if d.init == "scratch" and config_lib.keeps_weights(d.student):
+    logging.info(
+      "[distill] %s: %s's architecture trained from scratch; --config.distill.init=searched "
+      "fine-tunes its extracted weights with its paper's recipe instead (the pipeline's %s-%s)",
+      run,
+      d.student,
+      d.student,
+      "kd" if d.kd else "ce",
+    )
   mesh, ds = supervised.load_inputs(config, d.eval_batch_size)
   student, chosen = student_architecture(d, workdir, config.method)
   supervised.check_fits(student, ds, f"config.distill.student={d.student!r}")
