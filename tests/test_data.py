@@ -3,6 +3,7 @@ augmentation."""
 
 import gzip
 import io
+import logging
 import os
 import pickle
 import tarfile
@@ -114,8 +115,19 @@ def test_cifar10_python_archive(tmp_path):
 
 
 def test_missing_data_says_where_it_looked(tmp_path):
-  with pytest.raises(datasets.DataNotFoundError) as e:
-    datasets.load("cifar10", str(tmp_path))
+  from absl import logging as absl_logging
+
+  absl_logger = absl_logging.get_absl_logger()
+  level = absl_logger.level
+  absl_logger.setLevel(logging.NOTSET)  # as in a notebook: absl follows the root logger
+  try:
+    with pytest.raises(datasets.DataNotFoundError) as e:
+      datasets.load("cifar10", str(tmp_path))
+    # TFDS was asked and its notes silenced; the logger's level is back unset, not pinned at
+    # the root's WARNING (which hid every INFO line after it from a notebook's or test's handler)
+    assert absl_logger.level == logging.NOTSET
+  finally:
+    absl_logger.setLevel(level)
   msg = str(e.value)
   assert str(tmp_path / "cifar-10-binary.tar.gz") in msg and "TFDS" in msg
   assert "--config.data.dir" in msg and "\n" not in msg

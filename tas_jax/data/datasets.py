@@ -333,17 +333,22 @@ def _tfds(name, data_dir, looked):
     return None
   looked.append(f"TFDS prepared data in {where}")
   arrays = []
+  import logging as std_logging
+
   from absl import logging as absl_logging
 
+  absl_logger = absl_logging.get_absl_logger()
   for split in ("train", "test"):
-    verbosity = absl_logging.get_verbosity()
-    absl_logging.set_verbosity(absl_logging.ERROR)  # TFDS's notes on a folder it cannot use
+    # the logger's own level, restored as it was: an unset one (following the root logger, as
+    # in a notebook) must not come back pinned at the effective level of the moment
+    level = absl_logger.level
+    absl_logger.setLevel(std_logging.ERROR)  # TFDS's notes on a folder it cannot use
     try:  # would come before our one-line error
       ds = tfds.load(name, split=split, data_dir=where, download=False)
     except AssertionError:  # TFDS's way of saying "not prepared here"
       return None
     finally:
-      absl_logging.set_verbosity(verbosity)
+      absl_logger.setLevel(level)
     batches = list(tfds.as_numpy(ds.batch(8192)))
     arrays += [
       np.concatenate([b["image"] for b in batches]),
